@@ -1,0 +1,209 @@
+"""Shared pieces of the side-by-side benchmarks: the cached MNIST model, the image subset, the
+common evaluation of adversarial examples, and provenance.
+
+Benchmark code, not library code: it may print, reseed global generators (peers draw their
+random starts from them) and import the peer libraries. robustlab never imports from here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import robustlab
+from robustlab.data import load_dataset
+from robustlab.models import ModelCard, build_model, load_model, save_model
+from robustlab.training import TrainConfig, train
+
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULT_WORKDIR = BENCH_DIR / ".cache"
+
+# Peer packages: import name -> distribution name (for the version in provenance).
+PEERS = {
+    "torchattacks": "torchattacks",
+    "foolbox": "foolbox",
+    "art": "adversarial-robustness-toolbox",
+}
+
+# Natural training of the benchmark model. LeNet-5 (61,706 parameters) reaches ~99% clean test
+# accuracy in two epochs and trains in about a minute on two cores; it is the "small CNN" of the
+# benchmark because a PGD-40 run over 1000 images then takes seconds, so the whole comparison
+# (five rows, warm-up and three repeats each) stays within a few minutes.
+TRAIN_CONFIGS = {
+    "lenet": TrainConfig(epochs=2, batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9,
+                         weight_decay=5e-4, schedule="cosine", seed=0),
+    "madry-cnn": TrainConfig(epochs=1, batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9,
+                             weight_decay=5e-4, schedule="cosine", seed=0),
+    "small-cnn": TrainConfig(epochs=2, batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9,
+                             weight_decay=5e-4, schedule="cosine", seed=0),
+}
+MIN_CLEAN_ACCURACY = 0.98
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
+    """Predicted classes ``[N]`` by a fresh forward pass in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(x[i:i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def get_model(arch: str, workdir: Path, data_dir: str | None) -> tuple[nn.Module, ModelCard, bool]:
+    """The naturally trained MNIST model ``arch``: loaded from ``workdir`` if cached there,
+    otherwise trained with robustlab's loop and saved with ``save_model``.
+
+    Returns ``(model in eval mode, card, trained_now)``. The model is always the one read back
+    from the safetensors file, so a fresh run and a cached run attack identical weights.
+    """
+    stem = workdir / f"mnist-{arch}-natural"
+    weights = stem.with_name(stem.name + ".safetensors")
+    trained_now = False
+    if not weights.exists():
+        config = TRAIN_CONFIGS[arch]
+        log(f"[model] training {arch} on MNIST ({config.epochs} epochs, natural); cached in {workdir}")
+        train_set = load_dataset("mnist", split="train", data_dir=data_dir)
+        test_set = load_dataset("mnist", split="test", data_dir=data_dir)
+        torch.manual_seed(config.seed)
+        model = build_model(arch, input_shape=(1, 28, 28), num_classes=10)
+        start = time.perf_counter()
+        result = train(model, train_set.x, train_set.y, config=config, val_x=test_set.x, val_y=test_set.y)
+        seconds = time.perf_counter() - start
+        clean = float((predict(model, test_set.x) == test_set.y).float().mean())
+        log(f"[model] trained in {seconds:.0f} s; clean test accuracy {clean:.4f}")
+        if clean < MIN_CLEAN_ACCURACY:
+            raise SystemExit(f"{arch} reached only {clean:.4f} clean accuracy (< {MIN_CLEAN_ACCURACY}); not caching it")
+        card = ModelCard(
+            architecture=arch,
+            arguments={"input_shape": [1, 28, 28], "num_classes": 10},
+            dataset="mnist",
+            training={"method": "natural", "config": config.to_dict(), "seconds": round(seconds, 1),
+                      "history": result.history},
+            metrics={"clean_test_accuracy": clean},
+            extra={"made_by": "benchmarks/common.py"},
+        )
+        workdir.mkdir(parents=True, exist_ok=True)
+        save_model(model, stem, card)
+        trained_now = True
+    model, card = load_model(stem)
+    model.eval()
+    return model, card, trained_now
+
+
+def state_digest(model: nn.Module) -> str:
+    """SHA-256 of the state dict, to check that no library changed the weights."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Check:
+    """Threat-set membership of a batch of adversarial examples, checked the same way for all."""
+
+    max_linf: float
+    linf_violations: int  # samples with ||x_adv - x||_inf > eps + tol
+    box_violations: int  # samples with any value outside [lo, hi] (no tolerance)
+    max_box_excess: float  # how far outside [lo, hi] the worst value is (0 when inside)
+    nonfinite: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def check_threat_set(x: Tensor, x_adv: Tensor, eps: float, bounds=(0.0, 1.0), tol: float = 1e-5) -> Check:
+    lo, hi = bounds
+    flat_delta = (x_adv - x).reshape(len(x), -1).abs()
+    linf = flat_delta.amax(dim=1) if len(x) else x.new_zeros(0)
+    flat = x_adv.reshape(len(x), -1)
+    outside = ((flat < lo) | (flat > hi)).any(dim=1)
+    excess = torch.clamp(torch.maximum(lo - flat, flat - hi), min=0.0)
+    return Check(
+        max_linf=float(linf.max()) if len(x) else 0.0,
+        linf_violations=int((linf > eps + tol).sum()),
+        box_violations=int(outside.sum()),
+        max_box_excess=float(excess.max()) if len(x) else 0.0,
+        nonfinite=int((~torch.isfinite(flat)).any(dim=1).sum()),
+    )
+
+
+def peer_available(module: str) -> tuple[bool, str]:
+    """Whether peer ``module`` imports; the reason when it does not."""
+    try:
+        importlib.import_module(module)
+    except Exception as error:  # noqa: BLE001 - any import failure means "skip this peer"
+        return False, f"{type(error).__name__}: {error}"
+    return True, ""
+
+
+def version_of(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def git_revision() -> str | None:
+    """The commit of the checkout (read-only ``git rev-parse``), or None."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def provenance(threads: int) -> dict[str, Any]:
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "robustlab": robustlab.__version__,
+        "robustlab_git": git_revision(),
+        "torch": torch.__version__,
+        "numpy": version_of("numpy"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "device": "cpu",
+        "peers": {module: version_of(dist) for module, dist in PEERS.items()},
+    }

@@ -1,0 +1,3 @@
+"""robustlab: adversarial robustness of image classifiers in PyTorch."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,37 @@
+"""Attacks: one contract (:class:`Attack`), one file per family, and a registry by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from robustlab.attacks.base import Attack, AttackResult, ModelOracle, is_adversarial, resolve_targets
+from robustlab.attacks.gradient import (
+    BIM,
+    FGSM,
+    PGD,
+    BasicIterativeMethod,
+    FastGradientMethod,
+    ProjectedGradientDescent,
+)
+from robustlab.attacks.noise import GaussianNoise
+from robustlab.errors import RobustlabError
+
+ATTACKS: dict[str, type[Attack]] = {
+    cls.name: cls for cls in (FastGradientMethod, BasicIterativeMethod, ProjectedGradientDescent, GaussianNoise)
+}
+
+
+def build_attack(name: str, **hyperparameters: Any) -> Attack:
+    """Build a registered attack by name (``robustlab.attacks.ATTACKS`` lists them)."""
+    if name not in ATTACKS:
+        raise RobustlabError(f"unknown attack {name!r}; choose one of {sorted(ATTACKS)}")
+    try:
+        return ATTACKS[name](**hyperparameters)
+    except TypeError as exc:
+        raise RobustlabError(f"bad hyperparameters for {name}: {exc}") from None
+
+
+__all__ = [
+    "ATTACKS", "Attack", "AttackResult", "ModelOracle", "build_attack", "is_adversarial", "resolve_targets",
+    "FGSM", "FastGradientMethod", "BIM", "BasicIterativeMethod", "PGD", "ProjectedGradientDescent", "GaussianNoise",
+]

@@ -1,0 +1,304 @@
+"""The attack contract and the template every attack runs through.
+
+``attack(model, x, y, *, threat, targets=None, generator=None) -> AttackResult``
+
+An attack object holds only configuration (keyword-only hyperparameters, validated at
+construction). A call takes what varies per batch and leaves nothing behind. The template in
+:meth:`Attack.__call__` enforces the invariants so that no attack has to remember them:
+
+1. inputs are checked (shapes, dtypes, NaN/inf, bounds, label range, probabilities vs logits);
+2. the model runs in eval mode with its parameters frozen; its per-module training flags,
+   parameters' ``requires_grad`` and ``.grad`` are restored in ``finally``;
+3. targets are resolved (given, least likely, most confusing, random);
+4. the attack's result is projected onto the threat set and membership is verified;
+5. success is recomputed by a fresh forward pass, never taken from the attack's own bookkeeping.
+
+Attacks talk to the model only through a :class:`ModelOracle`, which counts forward and
+backward passes (per sample) and is the place where wrappers such as EOT plug in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.errors import DOCS, ProbabilityOutputWarning, RobustlabError
+from robustlab.losses import looks_like_probabilities
+from robustlab.threat import ThreatModel
+
+__all__ = ["Attack", "AttackResult", "ModelOracle", "is_adversarial", "resolve_targets", "TARGET_MODES"]
+
+TARGET_MODES = ("least-likely", "most-confusing", "random")
+
+# Inputs this far outside the box are float noise and are clamped silently; further out is an error.
+_BOX_TOLERANCE = 1e-5
+
+
+@dataclass
+class AttackResult:
+    """What an attack produced, per sample.
+
+    Attributes:
+        x_adv: ``[N, ...]`` adversarial inputs, inside the threat set (where an attack failed
+            this is its best attempt, never silently the clean input unless that is its best).
+        success: ``bool[N]``, recomputed by a fresh forward pass on ``x_adv``.
+        distance: ``[N]`` distance of ``x_adv`` to ``x`` in the threat model's norm.
+        loss: ``[N]`` the attack's loss at ``x_adv`` (NaN for attacks without a loss).
+        predictions: ``[N]`` the model's predicted classes at ``x_adv``.
+        targets: ``[N]`` target classes, or ``None`` for untargeted attacks.
+        forwards / backwards: model forward and backward passes, counted per sample.
+        extras: attack-specific information (e.g. the restart that won).
+    """
+
+    x_adv: Tensor
+    success: Tensor
+    distance: Tensor
+    loss: Tensor
+    predictions: Tensor
+    targets: Tensor | None = None
+    forwards: int = 0
+    backwards: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.x_adv.shape[0]
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean()) if len(self) else float("nan")
+
+
+def is_adversarial(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
+    """The success criterion: misclassified (untargeted) or classified as the target."""
+    pred = logits.argmax(dim=1)
+    return pred != labels if targets is None else pred == targets
+
+
+class ModelOracle:
+    """The model as attacks see it: logits and gradients, with per-sample cost counters."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.forwards = 0
+        self.backwards = 0
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Logits ``[N, K]`` without gradient. Costs one forward per sample."""
+        self.forwards += x.shape[0]
+        with torch.no_grad():
+            return self.model(x)
+
+    def loss_and_grad(
+        self, x: Tensor, loss_fn: Callable[[Tensor], Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(loss [N], grad d sum(loss)/dx, logits [N, K])`` at ``x``.
+
+        ``loss_fn`` maps logits to a per-sample loss. Costs one forward and one backward per
+        sample. Samples are independent in eval mode, so the gradient of the summed loss is
+        each sample's own gradient.
+        """
+        self.forwards += x.shape[0]
+        self.backwards += x.shape[0]
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            logits = self.model(x)
+            loss = loss_fn(logits)
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+        return loss.detach(), grad.detach(), logits.detach()
+
+
+def resolve_targets(
+    targets: Tensor | str | None,
+    clean_logits: Tensor,
+    labels: Tensor,
+    generator: torch.Generator | None = None,
+) -> Tensor | None:
+    """Turn a target specification into a ``[N]`` tensor of classes (or ``None``).
+
+    ``"least-likely"``: the class with the lowest clean logit. ``"most-confusing"``: the
+    highest-scoring wrong class. ``"random"``: uniform over the wrong classes, from ``generator``.
+    """
+    if targets is None:
+        return None
+    n, k = clean_logits.shape
+    if isinstance(targets, str):
+        if targets == "least-likely":
+            return clean_logits.argmin(dim=1)
+        if targets == "most-confusing":
+            return clean_logits.scatter(1, labels[:, None], float("-inf")).argmax(dim=1)
+        if targets == "random":
+            if k < 2:
+                raise RobustlabError("random targets need at least 2 classes")
+            offset = torch.randint(1, k, (n,), generator=generator, device=labels.device) if n else labels.clone()
+            return (labels + offset) % k
+        raise RobustlabError(f"unknown target mode {targets!r}; give a tensor of classes or one of {TARGET_MODES}")
+    if not isinstance(targets, Tensor):
+        targets = torch.as_tensor(targets)
+    if targets.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise RobustlabError(f"targets must be integer class indices, got dtype {targets.dtype}")
+    targets = targets.to(device=labels.device, dtype=torch.int64)
+    if targets.shape != labels.shape:
+        raise RobustlabError(f"targets must have shape {tuple(labels.shape)}, got {tuple(targets.shape)}")
+    if n and (targets.min() < 0 or targets.max() >= k):
+        raise RobustlabError(f"targets must lie in [0, {k}); got values in [{int(targets.min())}, {int(targets.max())}]")
+    if n and (targets == labels).any():
+        raise RobustlabError("a target equals the true label for some samples; targeted attacks need t != y")
+    return targets
+
+
+def _check_inputs(x: Tensor, y: Tensor, threat: ThreatModel) -> tuple[Tensor, Tensor]:
+    if not isinstance(threat, ThreatModel):
+        raise RobustlabError(f"threat must be a robustlab.threat.ThreatModel, got {type(threat).__name__}")
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise RobustlabError("x and y must be torch tensors")
+    if not x.is_floating_point():
+        raise RobustlabError(f"x must be a floating-point tensor, got dtype {x.dtype} (scale integer images to {threat.bounds})")
+    if x.dim() < 2:
+        raise RobustlabError(f"x must be a batch [N, ...] with at least 2 dimensions, got shape {tuple(x.shape)}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise RobustlabError(f"y must have shape [{x.shape[0]}] (one label per input), got {tuple(y.shape)}")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise RobustlabError(f"y must hold integer class indices, got dtype {y.dtype}")
+    if not torch.isfinite(x).all():
+        raise RobustlabError("x contains NaN or inf")
+    lo, hi = threat.bounds
+    if x.numel():
+        x_min, x_max = float(x.min()), float(x.max())
+        if x_min < lo - _BOX_TOLERANCE or x_max > hi + _BOX_TOLERANCE:
+            raise RobustlabError(
+                f"x lies outside the threat model's bounds {threat.bounds}: values in [{x_min:.4g}, {x_max:.4g}]. "
+                "Inputs must be in the model's input domain; put mean/std normalization inside the model "
+                "(robustlab.models.Normalize)"
+            )
+    return x.clamp(lo, hi), y.to(torch.int64)
+
+
+class _FrozenEval:
+    """Context: model in eval mode, parameters frozen; everything restored on exit."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self) -> nn.Module:
+        self.modes = [(m, m.training) for m in self.model.modules()]
+        self.params = [(p, p.requires_grad, p.grad) for p in self.model.parameters()]
+        self.model.eval()
+        for p, _, _ in self.params:
+            p.requires_grad_(False)
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        for m, training in self.modes:
+            m.training = training
+        for p, requires_grad, grad in self.params:
+            p.requires_grad_(requires_grad)
+            p.grad = grad
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attack:
+    """Base class. Subclasses are frozen keyword-only dataclasses holding hyperparameters and
+    implement :meth:`_run`.
+
+    Class attributes: ``name`` (registry key), ``norms`` (supported threat-model norms),
+    ``minimum_norm`` (True for attacks that minimise the distance rather than work at a fixed
+    budget: their per-sample distances give robust accuracy at every eps).
+    """
+
+    name: ClassVar[str] = ""
+    norms: ClassVar[frozenset[str]] = frozenset()
+    minimum_norm: ClassVar[bool] = False
+
+    def config(self) -> dict[str, Any]:
+        """The hyperparameters as a JSON-friendly dict (for reports and the results store)."""
+        out: dict[str, Any] = {"attack": self.name}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
+        return out
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        threat: ThreatModel,
+        targets: Tensor | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> AttackResult:
+        x, y = _check_inputs(x, y, threat)
+        if threat.norm not in self.norms:
+            raise RobustlabError(f"{type(self).__name__} supports the norms {sorted(self.norms)}, not {threat.norm}")
+        x = x.detach()
+        oracle = ModelOracle(model)
+        with _FrozenEval(model):
+            clean_logits = oracle.logits(x)
+            self._check_logits(clean_logits, y)
+            target_classes = resolve_targets(targets, clean_logits, y, generator)
+            if x.shape[0] == 0:
+                x_adv: Tensor = x.clone()
+                extras: dict[str, Any] = {}
+            else:
+                x_adv, extras = self._run(oracle, x, y, threat=threat, targets=target_classes, generator=generator)
+            x_adv = threat.project(x, x_adv.detach())
+            inside = threat.contains(x, x_adv)
+            if not bool(inside.all()):
+                raise RuntimeError(
+                    f"{type(self).__name__} produced points outside {threat} after projection "
+                    f"(max distance {float(threat.distance(x, x_adv).max()):.6g}); this is a bug in the attack"
+                )
+            adv_logits = oracle.logits(x_adv)
+        return AttackResult(
+            x_adv=x_adv,
+            success=is_adversarial(adv_logits, y, target_classes),
+            distance=threat.distance(x, x_adv),
+            loss=self._final_loss(adv_logits, y, target_classes),
+            predictions=adv_logits.argmax(dim=1),
+            targets=target_classes,
+            forwards=oracle.forwards,
+            backwards=oracle.backwards,
+            extras=extras,
+        )
+
+    @staticmethod
+    def _check_logits(logits: Tensor, y: Tensor) -> None:
+        if logits.dim() != 2:
+            raise RobustlabError(f"the model must return logits of shape [N, K], got {tuple(logits.shape)}")
+        k = logits.shape[1]
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
+            raise RobustlabError(f"labels must lie in [0, {k}) for a model with {k} outputs; got [{int(y.min())}, {int(y.max())}]")
+        if looks_like_probabilities(logits):
+            warnings.warn(
+                "the model's outputs look like probabilities (non-negative rows summing to 1); attacks and "
+                "losses expect logits: remove the final softmax. Margin-based losses saturate on "
+                f"probabilities and make the model look robust. See {DOCS}/diagnostics/#probabilities",
+                ProbabilityOutputWarning,
+                stacklevel=3,
+            )
+
+    def _final_loss(self, logits: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
+        loss_fn = getattr(self, "loss_fn", None)
+        if loss_fn is None:
+            return torch.full((logits.shape[0],), math.nan, device=logits.device)
+        return loss_fn(logits, y, targets).detach()
+
+    def _run(
+        self,
+        oracle: ModelOracle,
+        x: Tensor,
+        y: Tensor,
+        *,
+        threat: ThreatModel,
+        targets: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """Return ``(x_adv, extras)``. ``x`` is detached and inside the box; the model is in eval
+        mode with frozen parameters. Need not project: the template does."""
+        raise NotImplementedError

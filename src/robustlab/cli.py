@@ -1,0 +1,300 @@
+"""The ``robustlab`` command line: train, attack, evaluate, datasets, demo.
+
+Attacks are named with their hyperparameters as ``NAME[:key=value,key=value]``, for example
+``--attack pgd:steps=40,step_size=0.01,restarts=5``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from robustlab.errors import RobustlabError
+
+log = logging.getLogger("robustlab")
+
+
+# -- argument helpers ----------------------------------------------------------------------
+def _value(text: str) -> Any:
+    """Parse a command-line value: JSON (numbers, true/false, null, lists), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _key_values(text: str, what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        if "=" not in item:
+            raise RobustlabError(f"{what}: expected key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = _value(value.strip())
+    return out
+
+
+def parse_attack(spec: str):
+    """``"pgd:steps=40,step_size=0.01"`` -> the configured attack."""
+    from robustlab.attacks import build_attack
+
+    name, _, params = spec.partition(":")
+    return build_attack(name.strip(), **_key_values(params, f"attack {name}"))
+
+
+def _threat(args: argparse.Namespace, bounds: tuple[float, float]):
+    from robustlab.threat import threat_model
+
+    return threat_model(args.norm, math.inf if args.eps in ("inf", "unbounded") else float(args.eps), bounds)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _load_data(args: argparse.Namespace, name: str, split: str, limit: int | None):
+    from robustlab.data import load_dataset
+
+    return load_dataset(name, split=split, data_dir=args.data_dir, limit=limit, seed=args.seed,
+                        download=getattr(args, "download", False))
+
+
+def _print_table(rows: list[tuple[str, str]], header: tuple[str, str]) -> None:
+    width = max(len(r[0]) for r in [header, *rows])
+    print(f"{header[0]:<{width}}  {header[1]}")
+    print(f"{'-' * width}  {'-' * len(header[1])}")
+    for a, b in rows:
+        print(f"{a:<{width}}  {b}")
+
+
+def _accuracy_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    def fmt(acc: dict[str, float]) -> str:
+        return f"{100 * acc['value']:5.1f}%  [{100 * acc['ci_low']:.1f}, {100 * acc['ci_high']:.1f}]"
+
+    rows = [("clean", fmt(metrics["clean_accuracy"]))]
+    rows += [(name, fmt(acc)) for name, acc in metrics["robust_accuracy_per_attack"].items()]
+    rows.append(("worst case", fmt(metrics["robust_accuracy"])))
+    return rows
+
+
+# -- commands ------------------------------------------------------------------------------
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from robustlab.data import DATASETS, fetch, locate, search_paths
+
+    if args.action == "list":
+        for name, info in DATASETS.items():
+            where = locate(name, args.data_dir)
+            status = "no download needed" if not info.needs_download else (str(where) if where else "not found")
+            print(f"{name:<14} {info.description}  [{status}]")
+        return 0
+    if not args.name:
+        raise RobustlabError(f"datasets {args.action} needs a dataset name: one of {sorted(DATASETS)}")
+    if args.action == "locate":
+        where = locate(args.name, args.data_dir)
+        print(where if where else "not found; searched:\n  " + "\n  ".join(map(str, search_paths(args.name, args.data_dir))))
+        return 0 if where or not DATASETS[args.name].needs_download else 1
+    path = fetch(args.name, dest=Path(args.data_dir) if args.data_dir else None, base_url=args.base_url, progress=True)
+    print(path)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from robustlab.data import train_val_split
+    from robustlab.models import ModelCard, build_model, save_model
+    from robustlab.training import TrainConfig, train
+
+    device = _device(args.device)
+    data = _load_data(args, args.dataset, "train", args.limit)
+    train_set, val_set = train_val_split(data, args.val_fraction, seed=args.seed) if args.val_fraction > 0 else (data, None)
+    model_args = _key_values(args.model_arg, "model arguments")
+    normalize = (args.mean, args.std) if args.mean is not None else None
+    model = build_model(args.model, input_shape=tuple(data.shape), num_classes=data.num_classes, normalize=normalize, **model_args)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                         momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed)
+    out = Path(args.out)
+    result = train(model.to(device), train_set.x, train_set.y, config=config,
+                   val_x=None if val_set is None else val_set.x, val_y=None if val_set is None else val_set.y,
+                   checkpoint_dir=out / "checkpoints", resume=not args.no_resume, progress=not args.quiet, device=device,
+                   on_epoch_end=None if args.quiet else lambda r: print(json.dumps(r), file=sys.stderr))
+    card = ModelCard(
+        architecture=args.model,
+        arguments={"input_shape": list(data.shape), "num_classes": data.num_classes, **model_args},
+        dataset=args.dataset,
+        normalization=None if normalize is None else {"mean": list(args.mean), "std": list(args.std)},
+        training={"method": config.method, "config": {k: v for k, v in vars(config).items()}, "samples": len(train_set)},
+        metrics={"best_val_acc": result.best_val_acc, "final": result.history[-1] if result.history else None},
+    )
+    path = save_model(model.cpu(), out / "model", card)
+    print(f"saved {path} (val accuracy {result.best_val_acc})")
+    return 0
+
+
+def _load_model_and_data(args: argparse.Namespace):
+    from robustlab.models import load_model
+
+    model, card = load_model(args.model)
+    device = _device(args.device)
+    dataset = args.dataset or card.dataset
+    if not dataset:
+        raise RobustlabError("the model card names no dataset; pass --dataset")
+    data = _load_data(args, dataset, args.split, args.limit)
+    return model.to(device), card, data, device
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from safetensors.torch import save_file
+
+    from robustlab.report import save_grid
+
+    model, card, data, device = _load_model_and_data(args)
+    attack = parse_attack(args.attack)
+    threat = _threat(args, tuple(card.input_bounds))
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    outputs: dict[str, list[torch.Tensor]] = {k: [] for k in ("x_adv", "success", "distance", "predictions")}
+    start = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(0, len(data), args.batch_size), desc=attack.name, disable=args.quiet):
+        x, y = data.x[i:i + args.batch_size].to(device), data.y[i:i + args.batch_size].to(device)
+        result = attack(model, x, y, threat=threat, targets=args.targets, generator=generator)
+        for key in outputs:
+            outputs[key].append(getattr(result, key).cpu())
+    merged = {k: torch.cat(v) for k, v in outputs.items()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({**merged, "x": data.x, "y": data.y, "indices": data.indices,
+               "success": merged["success"].to(torch.uint8)}, str(out / "adversarial.safetensors"))
+    save_grid(out / "grid.png", data.x, merged["x_adv"], bounds=tuple(card.input_bounds))
+    summary = {"attack": attack.config(), "threat": str(threat), "samples": len(data),
+               "success_rate": float(merged["success"].float().mean()) if len(data) else math.nan,
+               "median_distance": float(merged["distance"].median()) if len(data) else math.nan,
+               "wall_time_s": round(time.perf_counter() - start, 3)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    print(f"wrote {out}/adversarial.safetensors, {out}/grid.png, {out}/summary.json")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from robustlab.evaluation import evaluate
+    from robustlab.report import evaluation_markdown
+
+    model, card, data, device = _load_model_and_data(args)
+    threat = _threat(args, tuple(card.input_bounds))
+    attacks = [parse_attack(spec) for spec in args.attack]
+    ev = evaluate(model, data.x.to(device), data.y.to(device), threat=threat, attacks=attacks, batch_size=args.batch_size,
+                  seed=args.seed, cascade=args.cascade, indices=data.indices, model_card=card.to_dict(), progress=not args.quiet)
+    out = Path(args.out)
+    ev.save(out / "evaluation.json")
+    (out / "report.md").write_text(evaluation_markdown(ev))
+    print(f"{threat}, {len(data)} samples of {data.name}/{data.split}")
+    _print_table(_accuracy_rows(ev.metrics), ("accuracy", "value   [95% CI]"))
+    print(f"wrote {out}/evaluation.json and {out}/report.md")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from robustlab.demo import run_demo
+
+    start = time.perf_counter()
+    summary = run_demo(Path(args.out), seed=args.seed, progress=not args.quiet)
+    ev = summary["evaluation"]
+    print(f"\nrobustlab demo: {summary['model']} on scikit-learn digits (8x8), {ev.metrics['samples']} test images, {ev.threat}")
+    _print_table(_accuracy_rows(ev.metrics), ("accuracy", "value   [95% CI]"))
+    print(f"\nreport folder: {args.out}/ (model, evaluation.json, report.md, grid.png); {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="robustlab", description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", help="directory holding the datasets (else $ROBUSTLAB_DATA, the cache, system dirs)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+        p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+    def attack_common(p: argparse.ArgumentParser) -> None:
+        common(p)
+        p.add_argument("--model", required=True, help="model path (model.safetensors with model.json beside it)")
+        p.add_argument("--dataset", help="default: the dataset named in the model card")
+        p.add_argument("--split", default="test")
+        p.add_argument("--limit", type=int, default=1000, help="stratified subset of this many samples")
+        p.add_argument("--norm", default="Linf", help="Linf, L2, L1 or L0")
+        p.add_argument("--eps", required=True, help="radius of the threat model ('inf' for unbounded)")
+        p.add_argument("--batch-size", type=int, default=256)
+        p.add_argument("--download", action="store_true", help="download the dataset if not found")
+
+    p = sub.add_parser("datasets", help="list, locate or fetch datasets")
+    p.add_argument("action", choices=["list", "locate", "fetch"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--data-dir", help="where to look (locate) or to download to (fetch)")
+    p.add_argument("--base-url", help="download from this mirror instead of the official source")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("train", help="train a model (natural training)")
+    common(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", required=True, help="architecture name (robustlab.models.list_models())")
+    p.add_argument("--model-arg", default="", help="architecture arguments, key=value,key=value")
+    p.add_argument("--mean", type=float, nargs="+", help="per-channel mean for a Normalize layer inside the model")
+    p.add_argument("--std", type=float, nargs="+")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--schedule", default="cosine", choices=["constant", "step", "cosine", "onecycle"])
+    p.add_argument("--limit", type=int, help="train on a stratified subset of this many samples")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl and the final model")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if the run folder has a checkpoint")
+    p.add_argument("--download", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("attack", help="run one attack; save adversarial inputs and a PNG grid")
+    attack_common(p)
+    p.add_argument("--attack", required=True, help="NAME[:key=value,...], e.g. pgd:steps=40,step_size=0.01")
+    p.add_argument("--targets", choices=["least-likely", "most-confusing", "random"], help="targeted attack")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("evaluate", help="robust accuracy under several attacks, per sample and worst case")
+    attack_common(p)
+    p.add_argument("--attack", action="append", required=True, help="NAME[:key=value,...]; repeat for several")
+    p.add_argument("--cascade", action="store_true", help="run each attack only on samples still unbroken")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="train a small model on scikit-learn digits, attack it, write a report (< 2 min)")
+    p.add_argument("--out", default="demo-report")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except RobustlabError as exc:
+        print(f"robustlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"robustlab {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,29 @@
+"""Typed errors and warnings.
+
+Every warning robustlab emits is a subclass of :class:`RobustlabWarning`, so users can filter
+or escalate them as a group (``warnings.simplefilter("error", RobustlabWarning)``).
+"""
+
+from __future__ import annotations
+
+DOCS = "https://robustlab.readthedocs.io/en/latest"
+
+
+class RobustlabError(ValueError):
+    """Bad input: a shape, dtype, range or setting that robustlab cannot work with."""
+
+
+class DataError(RobustlabError):
+    """A dataset file is missing, truncated or corrupt; the message names the file."""
+
+
+class RobustlabWarning(UserWarning):
+    """Base class of every warning robustlab emits."""
+
+
+class ProbabilityOutputWarning(RobustlabWarning):
+    """The model's outputs look like probabilities; attacks and losses expect logits."""
+
+
+class InputRangeWarning(RobustlabWarning):
+    """Inputs were found (slightly) outside the declared bounds and were clipped."""

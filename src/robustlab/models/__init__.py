@@ -1,0 +1,36 @@
+"""Architectures, the ``Normalize`` layer, the model registry and checkpoints.
+
+``build_model(name, input_shape=(C, H, W), num_classes=..., normalize=(mean, std), **kwargs)``
+builds a registered architecture; ``save_model`` / ``load_model`` write and read safetensors
+weights with a JSON :class:`ModelCard`.
+"""
+
+from robustlab.models.normalize import Normalize
+from robustlab.models.registry import MODELS, build_model, list_models, model_arguments, register_model
+
+# Importing the architecture modules registers their builders.
+from robustlab.models.mlp import MLP
+from robustlab.models.cnn import LeNet, MadryCNN, SmallCNN
+from robustlab.models.resnet import PreActBlock, PreActResNet18, WideBasicBlock, WideResNet
+from robustlab.models.checkpoint import ModelCard, checkpoint_paths, load_model, save_model
+
+__all__ = [
+    "MLP",
+    "MODELS",
+    "LeNet",
+    "MadryCNN",
+    "ModelCard",
+    "Normalize",
+    "PreActBlock",
+    "PreActResNet18",
+    "SmallCNN",
+    "WideBasicBlock",
+    "WideResNet",
+    "build_model",
+    "checkpoint_paths",
+    "list_models",
+    "load_model",
+    "model_arguments",
+    "register_model",
+    "save_model",
+]

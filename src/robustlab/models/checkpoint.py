@@ -1,0 +1,327 @@
+"""Model checkpoints: weights as safetensors plus a JSON model card.
+
+``save_model(model, "runs/mnist-pgd", card)`` writes ``runs/mnist-pgd.safetensors`` (the
+state dict, buffers included) and ``runs/mnist-pgd.json`` (the card). ``load_model`` rebuilds the
+architecture from the card through the registry and loads the weights with strict key, shape
+and normalization checks. Nothing is ever unpickled, so loading an untrusted checkpoint cannot
+run code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import robustlab
+from robustlab.errors import RobustlabError
+from robustlab.models.normalize import Normalize
+from robustlab.models.registry import build_model
+
+WEIGHTS_SUFFIX = ".safetensors"
+CARD_SUFFIX = ".json"
+_MAX_LISTED = 10
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _json_default(value: Any) -> Any:
+    # Tensors, NumPy arrays and scalars become numbers/lists; paths become strings.
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
+
+
+def _jsonable(value: Any, name: str) -> Any:
+    """``value`` as plain JSON types (tuples become lists), or a RobustlabError naming the field."""
+    try:
+        return json.loads(json.dumps(value, default=_json_default))
+    except (TypeError, ValueError) as error:
+        raise RobustlabError(f"model card field {name!r} is not JSON-serializable: {error}") from None
+
+
+@dataclass
+class ModelCard:
+    """What a checkpoint is: enough to rebuild the model and to know how it was made.
+
+    ``arguments`` holds ``input_shape``, ``num_classes`` and the architecture's extra arguments
+    (everything ``build_model`` takes except ``normalize``, which is ``normalization``).
+    ``training`` records the method and its configuration (threat model, epochs, ...),
+    ``metrics`` the measured results. All values must be JSON-able; tuples are stored as lists,
+    tensors and NumPy values as numbers.
+    """
+
+    architecture: str
+    arguments: dict[str, Any]
+    dataset: str | None = None
+    input_bounds: tuple[float, float] = (0.0, 1.0)
+    normalization: dict[str, list[float]] | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    library_version: str = robustlab.__version__
+    created: str = field(default_factory=_now)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.architecture, str) or not self.architecture:
+            raise RobustlabError(f"model card: architecture must be a non-empty string, got {self.architecture!r}")
+        self.arguments = self._check_dict(self.arguments, "arguments")
+        missing = [key for key in ("input_shape", "num_classes") if key not in self.arguments]
+        if missing:
+            raise RobustlabError(f"model card: arguments must include {missing}")
+        if "normalize" in self.arguments:
+            raise RobustlabError("model card: put mean/std in 'normalization', not in arguments['normalize']")
+        if self.dataset is not None and not isinstance(self.dataset, str):
+            raise RobustlabError(f"model card: dataset must be a string or None, got {self.dataset!r}")
+        self.input_bounds = self._check_bounds(self.input_bounds)
+        self.normalization = self._check_normalization(self.normalization)
+        self.training = self._check_dict(self.training, "training")
+        self.metrics = self._check_dict(self.metrics, "metrics")
+        self.extra = self._check_dict(self.extra, "extra")
+        for name in ("library_version", "created"):
+            if not isinstance(getattr(self, name), str):
+                raise RobustlabError(f"model card: {name} must be a string, got {getattr(self, name)!r}")
+
+    @staticmethod
+    def _check_dict(value: Any, name: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise RobustlabError(f"model card: {name} must be a dict, got {type(value).__name__}")
+        if not all(isinstance(key, str) for key in value):
+            raise RobustlabError(f"model card: keys of {name} must be strings")
+        return _jsonable(value, name)
+
+    @staticmethod
+    def _check_bounds(value: Any) -> tuple[float, float]:
+        try:
+            low, high = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise RobustlabError(f"model card: input_bounds must be (low, high), got {value!r}") from None
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise RobustlabError(f"model card: input_bounds must be finite with low < high, got {value!r}")
+        return (low, high)
+
+    @staticmethod
+    def _check_normalization(value: Any) -> dict[str, list[float]] | None:
+        if value is None:
+            return None
+        if not isinstance(value, dict) or set(value) != {"mean", "std"}:
+            raise RobustlabError(
+                f"model card: normalization must be None or {{'mean': [...], 'std': [...]}}, got {value!r}"
+            )
+        Normalize(value["mean"], value["std"])  # validates lengths, finiteness and std > 0
+        return {stat: [float(v) for v in _jsonable(value[stat], "normalization")] for stat in ("mean", "std")}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["input_bounds"] = list(self.input_bounds)
+        return data
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelCard:
+        """Build a card from a dict holding exactly the card's fields (all of them)."""
+        if not isinstance(data, dict):
+            raise RobustlabError(f"model card must be a JSON object, got {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        missing = [name for name in names if name not in data]
+        if unknown or missing:
+            problems = []
+            if missing:
+                problems.append(f"missing field(s) {missing}")
+            if unknown:
+                problems.append(f"unknown field(s) {unknown}")
+            raise RobustlabError(f"invalid model card: {'; '.join(problems)} (expected fields: {', '.join(names)})")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModelCard:
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise RobustlabError(f"model card is not valid JSON: {error}") from None
+        return cls.from_dict(data)
+
+
+def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``(weights, card)`` paths for ``path`` given with or without ``.safetensors``/``.json``."""
+    path = Path(path)
+    if path.suffix in (WEIGHTS_SUFFIX, CARD_SUFFIX):
+        path = path.with_suffix("")
+    if not path.name:
+        raise RobustlabError(f"checkpoint path has no file name: {str(path)!r}")
+    return path.with_name(path.name + WEIGHTS_SUFFIX), path.with_name(path.name + CARD_SUFFIX)
+
+
+def save_model(model: nn.Module, path: str | os.PathLike[str], card: ModelCard) -> Path:
+    """Write ``<path>.safetensors`` (state dict incl. buffers) and ``<path>.json`` (``card``).
+
+    The card is checked against the model first (the architecture it names, built on the meta
+    device, must have the same keys, shapes and normalization), so nothing is written for a
+    card that could not load these weights. Each file is written to a temporary file in the
+    same folder and moved into place with ``os.replace``, so a crash never leaves a truncated
+    file. Shared or non-contiguous tensors are saved as contiguous copies. Returns the weights
+    path.
+    """
+    if not isinstance(card, ModelCard):
+        raise RobustlabError(f"card must be a ModelCard, got {type(card).__name__}")
+    model = _unwrap(model)
+    state = model.state_dict()
+    not_tensors = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise RobustlabError(f"cannot save non-tensor state entries as safetensors: {_listed(not_tensors)}")
+    tensors = {
+        key: value.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+        for key, value in state.items()
+    }
+    has_normalize = any(isinstance(module, Normalize) for module in model.modules())
+    if has_normalize != (card.normalization is not None):
+        raise RobustlabError(
+            "the model has a Normalize layer but the card's normalization is None"
+            if has_normalize
+            else "the card declares a normalization but the model has no Normalize layer"
+        )
+    with torch.device("meta"):
+        reference = _build(card)
+    _check_state(tensors, reference.state_dict(), source="the model", target=f"the card's {card.architecture!r}")
+    _check_normalization(reference, tensors, card)
+
+    weights_path, card_path = checkpoint_paths(path)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": "pt", "robustlab_version": robustlab.__version__, "architecture": card.architecture}
+    _write_atomic(weights_path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+    _write_atomic(card_path, lambda temporary: temporary.write_text(card.to_json() + "\n", encoding="utf-8"))
+    return weights_path
+
+
+def load_model(
+    path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelCard]:
+    """Rebuild the model described by ``<path>.json`` and load ``<path>.safetensors`` into it.
+
+    Keys and shapes must match exactly (a mismatch raises a ``RobustlabError`` naming the keys);
+    the Normalize statistics in the weights must equal the card's ``normalization``. If the
+    weights were saved in another floating dtype (e.g. float64 for verification), the model is
+    converted to it. Returns ``(model, card)`` with the model on ``map_location`` in eval mode.
+    """
+    weights_path, card_path = checkpoint_paths(path)
+    for required in (card_path, weights_path):
+        if not required.is_file():
+            raise RobustlabError(f"checkpoint file not found: {required}")
+    try:
+        card = ModelCard.from_json(card_path.read_text(encoding="utf-8"))
+    except RobustlabError as error:
+        raise RobustlabError(f"{card_path}: {error}") from None
+    model = _build(card)
+    try:
+        tensors = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise RobustlabError(f"cannot read weights {weights_path}: {error}") from None
+    expected = model.state_dict()
+    target = f"{card.architecture!r} as described by {card_path}"
+    _check_state(tensors, expected, source=str(weights_path), target=target)
+    dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
+    if len(dtypes) == 1:
+        (dtype,) = dtypes
+        if dtype != next((t.dtype for t in expected.values() if t.is_floating_point()), dtype):
+            model.to(dtype=dtype)
+    model.load_state_dict(tensors, strict=True)
+    _check_normalization(model, tensors, card)
+    model.to(map_location)
+    model.eval()
+    return model, card
+
+
+def _build(card: ModelCard) -> nn.Module:
+    normalize = None
+    if card.normalization is not None:
+        normalize = (card.normalization["mean"], card.normalization["std"])
+    return build_model(card.architecture, **card.arguments, normalize=normalize)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # torch.compile wraps in OptimizedModule (._orig_mod); (Distributed)DataParallel in .module.
+    while True:
+        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def _listed(keys: list[str]) -> str:
+    shown = ", ".join(repr(k) for k in keys[:_MAX_LISTED])
+    more = len(keys) - _MAX_LISTED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _check_state(
+    tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], *, source: str, target: str
+) -> None:
+    missing = [key for key in expected if key not in tensors]
+    unexpected = [key for key in tensors if key not in expected]
+    wrong_shape = [
+        f"{key!r} {tuple(tensors[key].shape)} (expected {tuple(expected[key].shape)})"
+        for key in expected
+        if key in tensors and tensors[key].shape != expected[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing key(s) {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected key(s) {_listed(unexpected)}")
+    if wrong_shape:
+        shown = "; ".join(wrong_shape[:_MAX_LISTED])
+        problems.append(f"wrong shape(s): {shown}")
+    if problems:
+        raise RobustlabError(f"weights from {source} do not fit {target}: {'; '.join(problems)}")
+
+
+def _check_normalization(model: nn.Module, tensors: dict[str, torch.Tensor], card: ModelCard) -> None:
+    for name, module in model.named_modules():
+        if not isinstance(module, Normalize):
+            continue
+        prefix = f"{name}." if name else ""
+        for stat in ("mean", "std"):
+            stored = tensors[prefix + stat].to(dtype=torch.float64, device="cpu")
+            declared = torch.tensor(card.normalization[stat], dtype=torch.float64)  # type: ignore[index]
+            if stored.shape != declared.shape or not torch.allclose(stored, declared, rtol=1e-6, atol=1e-7):
+                raise RobustlabError(
+                    f"the weights' Normalize {stat} {stored.tolist()} differs from the card's "
+                    f"normalization {stat} {declared.tolist()}"
+                )
+
+
+def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    temporary_path = Path(temporary)
+    try:
+        write(temporary_path)
+        with open(temporary_path, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary_path, path)
+    except BaseException:
+        temporary_path.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,27 @@
+"""Training: one loop with pluggable inner maximization and objective.
+
+``train(model, x, y, config=TrainConfig(...))`` runs the method ``config.method`` from
+:data:`METHODS`; see :mod:`robustlab.training.methods` for the plug-point contract and
+:mod:`robustlab.training.checkpoint` for the checkpoint format.
+"""
+
+from robustlab.training.checkpoint import load_checkpoint
+from robustlab.training.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from robustlab.training.loop import TrainResult, train
+from robustlab.training.methods import METHODS, LossOutput, Method, NaturalMethod
+from robustlab.training.optim import build_optimizer, build_scheduler
+
+__all__ = [
+    "METHODS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "LossOutput",
+    "Method",
+    "NaturalMethod",
+    "TrainConfig",
+    "TrainResult",
+    "build_optimizer",
+    "build_scheduler",
+    "load_checkpoint",
+    "train",
+]

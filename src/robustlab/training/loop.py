@@ -1,0 +1,361 @@
+"""The training loop: one loop for every method, resumable bit for bit on CPU."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from robustlab.errors import RobustlabError
+from robustlab.training import checkpoint as ckpt
+from robustlab.training.config import TrainConfig
+from robustlab.training.methods import Method, make_method
+from robustlab.training.optim import build_optimizer, build_scheduler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """``history``: one dict per epoch with ``epoch`` (1-based), ``train_loss``, ``train_acc``
+    (on the method's training inputs), ``val_loss``, ``val_acc`` (clean; None without
+    validation data), ``lr`` (at the epoch's first iteration) and ``seconds``.
+    ``best_epoch``: the epoch with the highest validation accuracy (the first such), or the
+    last epoch without validation data; its weights are in ``best.ckpt``."""
+
+    history: list[dict]
+    best_epoch: int
+    best_val_acc: float | None
+
+
+def train(
+    model: nn.Module,
+    train_x: Tensor,
+    train_y: Tensor,
+    *,
+    config: TrainConfig,
+    val_x: Tensor | None = None,
+    val_y: Tensor | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = False,
+    device: str | torch.device = "cpu",
+    on_epoch_end: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place with the method ``config.method`` and return its history.
+
+    ``train_x``: float ``[N, C, H, W]`` (any ``[N, ...]``) in the model's input box,
+    ``train_y``: integer ``[N]``; likewise the optional ``val_x``/``val_y``, on which clean
+    accuracy is measured after each epoch. Batches are drawn by a ``torch.randperm`` from a
+    generator seeded by ``config.seed``; the learning rate is stepped every iteration.
+
+    With ``checkpoint_dir``, each epoch appends a JSON line to ``metrics.jsonl`` and writes
+    ``last.ckpt`` (everything needed to continue) and, when validation accuracy improves,
+    ``best.ckpt`` (model weights); see :mod:`robustlab.training.checkpoint`. With ``resume``
+    and an existing ``last.ckpt`` written under the same config, training continues after
+    its epoch; on CPU the final weights are bitwise those of an uninterrupted run.
+
+    Randomness that uses torch's global generator (dropout) runs inside
+    ``torch.random.fork_rng``, started from a state derived from ``config.seed`` and saved
+    in each checkpoint: runs are reproducible whatever the caller's global RNG state, and
+    that state is unchanged when ``train`` returns.
+
+    ``on_epoch_end(record)`` is called after each epoch's checkpoint is written (an exception
+    it raises stops training with that checkpoint intact). The model is left in eval mode.
+    """
+    if not isinstance(config, TrainConfig):
+        raise RobustlabError(f"config must be a TrainConfig, got {type(config).__name__}")
+    device = _as_device(device)
+    train_x, train_y = _check_pair(train_x, train_y, "train")
+    if (val_x is None) != (val_y is None):
+        raise RobustlabError("give both val_x and val_y, or neither")
+    val = None if val_x is None else _check_pair(val_x, val_y, "val")
+    model.to(device)
+
+    checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+    if checkpoint_dir is not None:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    shuffle_seed, global_seed = _derive_seeds(config.seed)
+
+    with _forked_global_rng(device, global_seed):
+        _check_model_outputs(model, train_x, train_y, val, device)
+        run = _Run(model, config, device, num_train=len(train_x), shuffle_seed=shuffle_seed)
+        last = None if checkpoint_dir is None else checkpoint_dir / ckpt.LAST
+        if last is not None and resume and last.exists():
+            run.restore(ckpt.load_checkpoint(last), last)
+            ckpt.write_metrics(checkpoint_dir / ckpt.METRICS, run.history)
+            logger.info("resuming from %s after epoch %d", last, run.epoch)
+        elif checkpoint_dir is not None:
+            ckpt.write_metrics(checkpoint_dir / ckpt.METRICS, [])
+        try:
+            while run.epoch < config.epochs:
+                record = run.train_one_epoch(train_x, train_y, val, progress)
+                if checkpoint_dir is not None:
+                    run.write_checkpoints(checkpoint_dir)
+                    ckpt.append_metrics(checkpoint_dir / ckpt.METRICS, record)
+                logger.info("%s", _describe(record, config.epochs))
+                if on_epoch_end is not None:
+                    on_epoch_end(dict(record))
+        finally:
+            model.eval()
+    return TrainResult(list(run.history), run.best_epoch, run.best_val_acc)
+
+
+class _Run:
+    """The mutable state of one run: everything a checkpoint holds."""
+
+    def __init__(self, model, config: TrainConfig, device, *, num_train: int, shuffle_seed: int):
+        self.model = model
+        self.config = config
+        self.device = device
+        self.num_train = num_train
+        self.steps_per_epoch = math.ceil(num_train / config.batch_size)
+        self.method: Method = make_method(config)
+        self.optimizer = build_optimizer(model.parameters(), config)
+        self.scheduler = build_scheduler(
+            self.optimizer, config, config.epochs * self.steps_per_epoch
+        )
+        self.generator = torch.Generator().manual_seed(shuffle_seed)
+        self.epoch = 0
+        self.global_step = 0
+        self.history: list[dict] = []
+        self.best_epoch = 0
+        self.best_val_acc: float | None = None
+        self.improved = False
+
+    def train_one_epoch(self, train_x, train_y, val, progress: bool) -> dict:
+        start = time.perf_counter()
+        self.epoch += 1
+        lr = self.optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = self._fit(train_x, train_y, progress)
+        if not math.isfinite(train_loss):
+            raise RobustlabError(
+                f"training diverged in epoch {self.epoch} (loss {train_loss}); lower the "
+                "learning rate. The last checkpoint is from the previous epoch."
+            )
+        val_loss, val_acc = (None, None) if val is None else self._evaluate(*val)
+        record = {
+            "epoch": self.epoch,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": lr,
+            "seconds": time.perf_counter() - start,
+        }
+        self.history.append(record)
+        self.improved = val_acc is None or self.best_val_acc is None or val_acc > self.best_val_acc
+        if self.improved:
+            self.best_epoch, self.best_val_acc = self.epoch, val_acc
+        return record
+
+    def _fit(self, x_all: Tensor, y_all: Tensor, progress: bool) -> tuple[float, float]:
+        model, method, optimizer = self.model, self.method, self.optimizer
+        model.train()
+        order = torch.randperm(self.num_train, generator=self.generator)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {self.epoch}/{self.config.epochs}",
+            disable=not progress,
+            leave=False,
+        )
+        with bar:
+            for first in range(0, self.num_train, self.config.batch_size):
+                index = order[first : first + self.config.batch_size]
+                x = x_all[index].to(self.device)
+                y = y_all[index].to(self.device)
+                x_train = method.make_inputs(model, x, y)
+                # After make_inputs, so an inner maximization may leave gradients behind.
+                optimizer.zero_grad(set_to_none=True)
+                loss, logits = method.loss(model, x_train, x, y)
+                if loss.dim() != 0:
+                    raise RobustlabError(
+                        f"method {self.config.method!r} returned a loss of shape "
+                        f"{tuple(loss.shape)}; it must be a scalar"
+                    )
+                loss.backward()
+                optimizer.step()
+                self.scheduler.step()
+                self.global_step += 1
+                loss_sum += loss.detach() * len(index)
+                correct += (logits.detach().argmax(dim=1) == y).sum()
+                if progress:
+                    seen = first + len(index)
+                    bar.set_postfix(
+                        loss=f"{loss_sum.item() / seen:.4f}",
+                        acc=f"{correct.item() / seen:.3f}",
+                        refresh=False,
+                    )
+                    bar.update()
+        return loss_sum.item() / self.num_train, correct.item() / self.num_train
+
+    @torch.no_grad()
+    def _evaluate(self, x_all: Tensor, y_all: Tensor) -> tuple[float, float]:
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        for first in range(0, len(x_all), self.config.batch_size):
+            x = x_all[first : first + self.config.batch_size].to(self.device)
+            y = y_all[first : first + self.config.batch_size].to(self.device)
+            logits = self.model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(dim=1) == y).sum()
+        return loss_sum.item() / len(x_all), correct.item() / len(x_all)
+
+    def state(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "num_train": self.num_train,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "method": self.method.state_dict(),
+            "shuffle_generator": self.generator.get_state(),
+            "global_rng": _get_global_rng(self.device),
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "best_val_acc": self.best_val_acc,
+        }
+
+    def write_checkpoints(self, directory: Path) -> None:
+        # best first: a kill between the two writes then reruns this epoch, rewriting both.
+        if self.improved:
+            ckpt.save_checkpoint(
+                directory / ckpt.BEST,
+                {
+                    "config": self.config.to_dict(),
+                    "epoch": self.epoch,
+                    "val_acc": self.best_val_acc,
+                    "model": self.model.state_dict(),
+                },
+            )
+        ckpt.save_checkpoint(directory / ckpt.LAST, self.state())
+
+    def restore(self, state: dict, path: Path) -> None:
+        ckpt.check_resumable(state.get("config", {}), self.config, path)
+        if state["num_train"] != self.num_train:
+            raise RobustlabError(
+                f"cannot resume from {path}: it was trained on {state['num_train']} examples, "
+                f"this run has {self.num_train}"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise RobustlabError(
+                f"cannot resume from {path}: its weights do not fit this model ({exc})"
+            ) from exc
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state["method"])
+        self.generator.set_state(state["shuffle_generator"])
+        _set_global_rng(self.device, state["global_rng"])
+        self.epoch = state["epoch"]
+        self.global_step = state["global_step"]
+        self.history = list(state["history"])
+        self.best_epoch = state["best_epoch"]
+        self.best_val_acc = state["best_val_acc"]
+
+
+def _describe(record: dict, epochs: int) -> str:
+    text = (
+        f"epoch {record['epoch']}/{epochs}: train_loss={record['train_loss']:.4f} "
+        f"train_acc={record['train_acc']:.4f}"
+    )
+    if record["val_acc"] is not None:
+        text += f" val_loss={record['val_loss']:.4f} val_acc={record['val_acc']:.4f}"
+    return text + f" lr={record['lr']:.3g} ({record['seconds']:.1f}s)"
+
+
+def _as_device(device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise RobustlabError(f"unknown device {device!r}") from exc
+
+
+def _check_pair(x, y, name: str) -> tuple[Tensor, Tensor]:
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise RobustlabError(f"{name}_x and {name}_y must be torch tensors")
+    if not x.is_floating_point():
+        raise RobustlabError(f"{name}_x must be a floating-point tensor, got {x.dtype}")
+    if x.dim() < 2 or len(x) == 0:
+        raise RobustlabError(f"{name}_x must be a non-empty batch [N, ...], got {tuple(x.shape)}")
+    if y.dim() != 1 or len(y) != len(x):
+        raise RobustlabError(
+            f"{name}_y must have shape [{len(x)}] to match {name}_x, got {tuple(y.shape)}"
+        )
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise RobustlabError(f"{name}_y must hold integer class labels, got {y.dtype}")
+    if not torch.isfinite(x).all():
+        raise RobustlabError(f"{name}_x contains NaN or infinite values")
+    if (y < 0).any():
+        raise RobustlabError(f"{name}_y contains negative labels")
+    return x, y.long()
+
+
+def _check_model_outputs(model, train_x, train_y, val, device) -> None:
+    """One eval-mode forward on one example: the model must return logits ``[1, K]``."""
+    model.eval()
+    with torch.no_grad():
+        out = model(train_x[:1].to(device))
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 1:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise RobustlabError(f"the model must return logits of shape [N, K], got {shape}")
+    num_classes = out.shape[1]
+    highest = max(int(train_y.max()), -1 if val is None else int(val[1].max()))
+    if highest >= num_classes:
+        raise RobustlabError(
+            f"labels go up to {highest} but the model has only {num_classes} outputs"
+        )
+
+
+def _derive_seeds(seed: int) -> tuple[int, int]:
+    """Independent seeds for the shuffling generator and the forked global RNG."""
+    generator = torch.Generator().manual_seed(seed)
+    shuffle, global_rng = torch.randint(0, 2**62, (2,), generator=generator).tolist()
+    return shuffle, global_rng
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+@contextlib.contextmanager
+def _forked_global_rng(device: torch.device, seed: int) -> Iterator[None]:
+    """Run the body on a private copy of the global RNG, started from ``seed``.
+
+    The caller's global RNG state is restored on exit, so nothing global is reseeded.
+    """
+    cuda = [_cuda_index(device)] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(cuda[0]):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def _get_global_rng(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(_cuda_index(device))
+    return state
+
+
+def _set_global_rng(device: torch.device, state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], _cuda_index(device))

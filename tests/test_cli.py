@@ -1,0 +1,114 @@
+"""The command line, end to end on scikit-learn digits (no download)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+from robustlab.cli import main, parse_attack
+from robustlab.errors import RobustlabError
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    code = main(["train", "--dataset", "digits", "--model", "mlp", "--model-arg", "hidden=[64]", "--epochs", "8",
+                 "--batch-size", "64", "--lr", "0.1", "--quiet", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_train_writes_model_card_and_checkpoints(trained):
+    card = json.loads((trained / "model.json").read_text())
+    assert card["architecture"] == "mlp" and card["dataset"] == "digits"
+    assert card["arguments"]["hidden"] == [64]
+    assert card["metrics"]["best_val_acc"] > 0.85
+    assert (trained / "model.safetensors").exists()
+    assert (trained / "checkpoints" / "last.ckpt").exists()
+    assert len((trained / "checkpoints" / "metrics.jsonl").read_text().splitlines()) == 8
+
+
+def test_attack_saves_adversarial_inputs_and_grid(trained, tmp_path, capsys):
+    code = main(["attack", "--model", str(trained / "model"), "--attack", "pgd:steps=10,restarts=2", "--eps", "0.2",
+                 "--limit", "60", "--quiet", "--out", str(tmp_path)])
+    assert code == 0
+    saved = load_file(str(tmp_path / "adversarial.safetensors"))
+    assert saved["x_adv"].shape == saved["x"].shape == (60, 1, 8, 8)
+    assert (saved["x_adv"] - saved["x"]).abs().max() <= 0.2 + 1e-5
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["attack"]["restarts"] == 2 and summary["success_rate"] > 0.5
+    assert summary["success_rate"] == pytest.approx(saved["success"].float().mean().item())
+    width, height = Image.open(tmp_path / "grid.png").size
+    assert width > height / 8 * 3  # three columns: clean, adversarial, perturbation
+
+
+def test_evaluate_writes_json_and_report(trained, tmp_path, capsys):
+    code = main(["evaluate", "--model", str(trained / "model"), "--attack", "fgsm", "--attack", "pgd:steps=10",
+                 "--eps", "0.2", "--limit", "60", "--quiet", "--out", str(tmp_path)])
+    assert code == 0
+    data = json.loads((tmp_path / "evaluation.json").read_text())
+    assert len(data["samples"]) == 60 and set(data["attacks"]) == {"fgsm", "pgd"}
+    assert data["model_card"]["architecture"] == "mlp"
+    printed = capsys.readouterr().out
+    assert "worst case" in printed and "pgd" in printed
+    assert "worst case" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--eps", "-1"], "eps must be > 0"),
+    (["--eps", "0.1", "--norm", "L7"], "unknown norm"),
+    (["--eps", "0.1", "--attack-name", "nope"], "unknown attack"),
+    (["--eps", "0.1", "--attack-name", "pgd:steps=0"], "steps must be a positive integer"),
+    (["--eps", "0.1", "--attack-name", "pgd:bogus=1"], "bad hyperparameters"),
+])
+def test_bad_input_gives_a_clear_error_and_exit_code_2(trained, tmp_path, capsys, argv, message):
+    attack = "pgd"
+    if "--attack-name" in argv:
+        i = argv.index("--attack-name")
+        attack = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
+    code = main(["attack", "--model", str(trained / "model"), "--attack", attack, "--limit", "10", "--quiet",
+                 "--out", str(tmp_path), *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_model_is_a_clear_error(tmp_path, capsys):
+    code = main(["evaluate", "--model", str(tmp_path / "nothing"), "--attack", "fgsm", "--eps", "0.1", "--out", str(tmp_path)])
+    assert code == 2
+    assert "nothing" in capsys.readouterr().err
+
+
+def test_parse_attack_values():
+    attack = parse_attack("pgd:steps=7,step_size=0.01,random_start=false,loss=margin,kappa=5")
+    assert (attack.steps, attack.step_size, attack.random_start, attack.loss, attack.kappa) == (7, 0.01, False, "margin", 5)
+    with pytest.raises(RobustlabError, match="key=value"):
+        parse_attack("pgd:steps")
+
+
+def test_datasets_list_and_locate(capsys):
+    assert main(["datasets", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "digits" in out and "mnist" in out
+    assert main(["datasets", "locate", "digits"]) == 0
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    # The README's main command, as a subprocess: it must work from a fresh interpreter.
+    proc = subprocess.run([sys.executable, "-m", "robustlab", "demo", "--quiet", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "worst case" in proc.stdout
+    for name in ("model.safetensors", "model.json", "evaluation.json", "report.md", "grid.png", "curve.json"):
+        assert (tmp_path / name).exists(), name
+    ev = json.loads((tmp_path / "evaluation.json").read_text())
+    assert ev["metrics"]["clean_accuracy"]["value"] > 0.9
+    assert ev["metrics"]["robust_accuracy"]["value"] < ev["metrics"]["clean_accuracy"]["value"] - 0.2
+    curve = json.loads((tmp_path / "curve.json").read_text())["robust_accuracy"]
+    values = [curve[k] for k in sorted(curve, key=float)]
+    assert values == sorted(values, reverse=True)  # robust accuracy falls as eps grows
