@@ -364,3 +364,14 @@ def test_load_restores_float64_weights(tmp_path):
 def test_missing_checkpoint_file_is_a_clear_error(tmp_path):
     with pytest.raises(RobustlabError, match="not found"):
         load_model(tmp_path / "nothing")
+
+
+def test_build_model_seed_is_reproducible_and_leaves_global_rng_alone():
+    before = torch.get_rng_state()
+    a = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, seed=3)
+    b = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, seed=3)
+    c = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, seed=4)
+    assert torch.equal(torch.get_rng_state(), before)
+    for (name, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert not all(torch.equal(pa, pc) for pa, pc in zip(a.state_dict().values(), c.state_dict().values()))

@@ -117,7 +117,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_set, val_set = train_val_split(data, args.val_fraction, seed=args.seed) if args.val_fraction > 0 else (data, None)
     model_args = _key_values(args.model_arg, "model arguments")
     normalize = (args.mean, args.std) if args.mean is not None else None
-    model = build_model(args.model, input_shape=tuple(data.shape), num_classes=data.num_classes, normalize=normalize, **model_args)
+    model = build_model(args.model, input_shape=tuple(data.shape), num_classes=data.num_classes, normalize=normalize,
+                        seed=args.seed, **model_args)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                          momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed)
     out = Path(args.out)
@@ -289,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if args.verbose else logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except RobustlabError as exc:

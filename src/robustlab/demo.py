@@ -29,7 +29,7 @@ def run_demo(out: Path, *, seed: int = 0, progress: bool = True) -> dict[str, An
     test = load_dataset("digits", split="test")
     train_set, val_set = train_val_split(data, 0.1, seed=seed)
     hidden = [256, 256]
-    model = build_model("mlp", input_shape=tuple(data.shape), num_classes=data.num_classes, hidden=hidden)
+    model = build_model("mlp", input_shape=tuple(data.shape), num_classes=data.num_classes, hidden=hidden, seed=seed)
     config = TrainConfig(epochs=30, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="cosine", seed=seed)
     result = train(model, train_set.x, train_set.y, config=config, val_x=val_set.x, val_y=val_set.y,
                    checkpoint_dir=out / "checkpoints", resume=False, progress=progress)

@@ -23,7 +23,3 @@ class RobustlabWarning(UserWarning):
 
 class ProbabilityOutputWarning(RobustlabWarning):
     """The model's outputs look like probabilities; attacks and losses expect logits."""
-
-
-class InputRangeWarning(RobustlabWarning):
-    """Inputs were found (slightly) outside the declared bounds and were clipped."""

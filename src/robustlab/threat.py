@@ -16,6 +16,7 @@ feature counts.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -53,7 +54,7 @@ class ThreatModel:
 
     def __post_init__(self) -> None:
         eps = self.eps
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
             raise RobustlabError(f"eps must be a number, got {eps!r}")
         if math.isnan(eps) or eps <= 0:
             raise RobustlabError(f"eps must be > 0 (math.inf for unbounded), got {eps}")

@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from robustlab.errors import RobustlabError
@@ -63,6 +64,7 @@ def build_model(
     input_shape: Sequence[int],
     num_classes: int,
     normalize: tuple[Sequence[float], Sequence[float]] | Mapping[str, Sequence[float]] | None = None,
+    seed: int | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build the registered architecture ``name`` for inputs of shape ``input_shape = (C, H, W)``.
@@ -71,7 +73,14 @@ def build_model(
     ``nn.Sequential(Normalize(mean, std), net)`` so normalization lives inside the model.
     Unknown names, unknown arguments and inputs too small for the architecture raise
     :class:`~robustlab.errors.RobustlabError`.
+
+    ``seed``: initialise the weights from this seed (on a forked copy of the global RNG, which
+    is left as it was), so that the same seed builds the same model.
     """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            return build_model(name, input_shape=input_shape, num_classes=num_classes, normalize=normalize, **kwargs)
     builder = _lookup(name)
     accepted = model_arguments(name)
     unknown = sorted(set(kwargs) - set(accepted))
