@@ -22,7 +22,13 @@ from robustlab.threat import L1, L2, NORMS, Linf, ThreatModel
 
 # Cheap hyperparameters per registered attack. Attacks missing here still run, with defaults,
 # so that a newly registered attack is covered by the conformance suite automatically.
-OVERRIDES: dict[str, dict] = {"pgd": {"steps": 5}, "bim": {"steps": 5}, "gaussian-noise": {"draws": 2}}
+OVERRIDES: dict[str, dict] = {
+    "pgd": {"steps": 5}, "bim": {"steps": 5}, "gaussian-noise": {"draws": 2},
+    "deepfool": {"steps": 5}, "fmn": {"steps": 5}, "ddn": {"steps": 5}, "jsma": {"max_distortion": 0.1},
+    "cw-l2": {"binary_search_steps": 3, "max_iterations": 10},
+    "cw-l0": {"max_iterations": 10, "initial_const": 1.0, "largest_const": 16.0},
+    "cw-linf": {"max_iterations": 10, "initial_const": 1.0, "largest_const": 16.0},
+}
 # Attacks that never call backward; every other attack is expected to.
 GRADIENT_FREE = {"gaussian-noise"}
 EPS = {"Linf": 0.1, "L2": 0.5, "L1": 2.0, "L0": 3}

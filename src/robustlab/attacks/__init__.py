@@ -13,11 +13,18 @@ from robustlab.attacks.gradient import (
     FastGradientMethod,
     ProjectedGradientDescent,
 )
+from robustlab.attacks.carlini_wagner import CWL0, CWL2, CWLinf, CarliniWagnerL0, CarliniWagnerL2, CarliniWagnerLinf
+from robustlab.attacks.ddn import DDN, DecoupledDirectionNorm
+from robustlab.attacks.deepfool import DeepFool
+from robustlab.attacks.fmn import FMN, FastMinimumNorm
+from robustlab.attacks.jsma import JSMA, JacobianSaliencyMap
 from robustlab.attacks.noise import GaussianNoise
 from robustlab.errors import RobustlabError
 
 ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (FastGradientMethod, BasicIterativeMethod, ProjectedGradientDescent, GaussianNoise)
+    cls.name: cls for cls in (FastGradientMethod, BasicIterativeMethod, ProjectedGradientDescent, GaussianNoise,
+                DeepFool, FastMinimumNorm, DecoupledDirectionNorm, JacobianSaliencyMap,
+                CarliniWagnerL2, CarliniWagnerL0, CarliniWagnerLinf)
 }
 
 
@@ -34,4 +41,6 @@ def build_attack(name: str, **hyperparameters: Any) -> Attack:
 __all__ = [
     "ATTACKS", "Attack", "AttackResult", "ModelOracle", "build_attack", "is_adversarial", "resolve_targets",
     "FGSM", "FastGradientMethod", "BIM", "BasicIterativeMethod", "PGD", "ProjectedGradientDescent", "GaussianNoise",
+    "DeepFool", "FMN", "FastMinimumNorm", "DDN", "DecoupledDirectionNorm", "JSMA", "JacobianSaliencyMap",
+    "CarliniWagnerL2", "CWL2", "CarliniWagnerL0", "CWL0", "CarliniWagnerLinf", "CWLinf",
 ]
