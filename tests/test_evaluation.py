@@ -7,8 +7,6 @@ import math
 from dataclasses import dataclass
 
 import pytest
-import torch
-from torch import nn
 
 from robustlab.attacks import FGSM, PGD, Attack
 from robustlab.data import load_dataset

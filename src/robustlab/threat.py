@@ -23,22 +23,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from robustlab._tensors import flat, per_sample
 from robustlab.errors import RobustlabError
 
 __all__ = ["ThreatModel", "Linf", "L2", "L1", "L0", "threat_model", "NORMS"]
 
 # Bisection steps for the L2 and L1 projections onto ball ∩ box: 2**-50 relative precision.
 _BISECTION_STEPS = 50
-
-
-def _flat(t: Tensor) -> Tensor:
-    # An explicit width, not -1: reshape cannot infer -1 for an empty batch.
-    return t.reshape(t.shape[0], math.prod(t.shape[1:]))
-
-
-def _per_sample(v: Tensor, like: Tensor) -> Tensor:
-    """Reshape a [N] tensor so that it broadcasts against ``like`` ([N, ...])."""
-    return v.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 @dataclass(frozen=True)
@@ -81,7 +72,7 @@ class ThreatModel:
         """``bool[N]``: whether each ``x_adv`` lies in the threat set around ``x`` (with a small
         tolerance for float rounding)."""
         lo, hi = self.bounds
-        in_box = _flat((x_adv >= lo - tol) & (x_adv <= hi + tol)).all(dim=1)
+        in_box = flat((x_adv >= lo - tol) & (x_adv <= hi + tol)).all(dim=1)
         return in_box & (self.distance(x, x_adv) <= self.eps * (1 + tol) + tol)
 
     def with_eps(self, eps: float) -> "ThreatModel":
@@ -119,7 +110,7 @@ class Linf(ThreatModel):
     norm: ClassVar[str] = "Linf"
 
     def distance(self, x: Tensor, x_adv: Tensor) -> Tensor:
-        return _flat(x_adv - x).abs().amax(dim=1) if x.numel() else x.new_zeros(x.shape[0])
+        return flat(x_adv - x).abs().amax(dim=1) if x.numel() else x.new_zeros(x.shape[0])
 
     def project(self, x: Tensor, x_adv: Tensor) -> Tensor:
         # The intersection of two boxes is a box, so clamping is the exact projection.
@@ -142,7 +133,7 @@ class L2(ThreatModel):
     norm: ClassVar[str] = "L2"
 
     def distance(self, x: Tensor, x_adv: Tensor) -> Tensor:
-        return _flat(x_adv - x).norm(p=2, dim=1)
+        return flat(x_adv - x).norm(p=2, dim=1)
 
     def project(self, x: Tensor, x_adv: Tensor) -> Tensor:
         # KKT: delta_i = clip(t * v_i, lower_i, upper_i) for some t in [0, 1], and ||delta(t)||
@@ -153,7 +144,7 @@ class L2(ThreatModel):
             return x + torch.minimum(torch.maximum(v, lower), upper)
 
         def norm_at(t: Tensor) -> Tensor:
-            return _flat(torch.minimum(torch.maximum(_per_sample(t, v) * v, lower), upper)).norm(dim=1)
+            return flat(torch.minimum(torch.maximum(per_sample(t, v) * v, lower), upper)).norm(dim=1)
 
         n = v.shape[0]
         t_lo = v.new_zeros(n)
@@ -165,7 +156,7 @@ class L2(ThreatModel):
             t_lo = torch.where(inside, mid, t_lo)
             t_hi = torch.where(inside, t_hi, mid)
         t = torch.where(feasible, torch.ones_like(t_lo), t_lo)
-        return x + torch.minimum(torch.maximum(_per_sample(t, v) * v, lower), upper)
+        return x + torch.minimum(torch.maximum(per_sample(t, v) * v, lower), upper)
 
     def random_init(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         # Uniform in the ball (Gaussian direction, radius eps * u^(1/d)), then clipped to the box;
@@ -173,13 +164,13 @@ class L2(ThreatModel):
         d = math.prod(x.shape[1:]) or 1
         eps = min(self.eps, (self.bounds[1] - self.bounds[0]) * math.sqrt(d))
         direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        direction = direction / _per_sample(_flat(direction).norm(dim=1).clamp_min(1e-12), x)
+        direction = direction / per_sample(flat(direction).norm(dim=1).clamp_min(1e-12), x)
         radius = eps * torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1 / d)
-        return self.clip_to_box(x + _per_sample(radius, x) * direction)
+        return self.clip_to_box(x + per_sample(radius, x) * direction)
 
     def steepest_direction(self, grad: Tensor, x_adv: Tensor | None = None) -> Tensor:
-        norm = _flat(grad).norm(dim=1).clamp_min(1e-12)
-        return grad / _per_sample(norm, grad)
+        norm = flat(grad).norm(dim=1).clamp_min(1e-12)
+        return grad / per_sample(norm, grad)
 
 
 @dataclass(frozen=True)
@@ -205,7 +196,7 @@ class L1(ThreatModel):
         return L1(eps=eps, bounds=self.bounds, sparsity_quantile=self.sparsity_quantile)
 
     def distance(self, x: Tensor, x_adv: Tensor) -> Tensor:
-        return _flat(x_adv - x).abs().sum(dim=1)
+        return flat(x_adv - x).abs().sum(dim=1)
 
     def project(self, x: Tensor, x_adv: Tensor) -> Tensor:
         # KKT: delta_i = clip(soft_threshold(v_i, lam), lower_i, upper_i) for some lam >= 0, and
@@ -214,17 +205,17 @@ class L1(ThreatModel):
         v = x_adv - x
 
         def delta_at(lam: Tensor) -> Tensor:
-            shrunk = v.sign() * (v.abs() - _per_sample(lam, v)).clamp_min(0)
+            shrunk = v.sign() * (v.abs() - per_sample(lam, v)).clamp_min(0)
             return torch.minimum(torch.maximum(shrunk, lower), upper)
 
         if self.unbounded:
             return x + delta_at(v.new_zeros(v.shape[0]))
         lam_lo = v.new_zeros(v.shape[0])
-        lam_hi = _flat(v).abs().amax(dim=1) if v.numel() else lam_lo.clone()
-        feasible = _flat(delta_at(lam_lo)).abs().sum(dim=1) <= self.eps
+        lam_hi = flat(v).abs().amax(dim=1) if v.numel() else lam_lo.clone()
+        feasible = flat(delta_at(lam_lo)).abs().sum(dim=1) <= self.eps
         for _ in range(_BISECTION_STEPS):
             mid = (lam_lo + lam_hi) / 2
-            inside = _flat(delta_at(mid)).abs().sum(dim=1) <= self.eps
+            inside = flat(delta_at(mid)).abs().sum(dim=1) <= self.eps
             lam_hi = torch.where(inside, mid, lam_hi)
             lam_lo = torch.where(inside, lam_lo, mid)
         lam = torch.where(feasible, torch.zeros_like(lam_hi), lam_hi)
@@ -243,10 +234,10 @@ class L1(ThreatModel):
         return self.clip_to_box(x + (eps * point * signs).reshape(x.shape))
 
     def steepest_direction(self, grad: Tensor, x_adv: Tensor | None = None) -> Tensor:
-        g = _flat(grad)
+        g = flat(grad)
         if x_adv is not None:
             lo, hi = self.bounds
-            xa = _flat(x_adv)
+            xa = flat(x_adv)
             stuck = ((xa <= lo) & (g < 0)) | ((xa >= hi) & (g > 0))
             g = g.masked_fill(stuck, 0.0)
         if g.shape[1] == 0 or g.shape[0] == 0:
@@ -274,8 +265,8 @@ class L0(ThreatModel):
     def _pixels(t: Tensor) -> Tensor:
         """``[N, P]`` per-pixel view: channel values reduced with ``amax`` of magnitudes."""
         if t.dim() == 4:
-            return _flat(t.abs().amax(dim=1))
-        return _flat(t).abs()
+            return flat(t.abs().amax(dim=1))
+        return flat(t).abs()
 
     def distance(self, x: Tensor, x_adv: Tensor) -> Tensor:
         return (self._pixels(x_adv - x) > 0).sum(dim=1).to(x.dtype)

@@ -25,6 +25,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import Tensor
 
+from robustlab._tensors import flat, per_sample
 from robustlab.attacks.base import Attack, ModelOracle, is_adversarial
 from robustlab.attacks.cw_objectives import KAPPA_OBJECTIVES, OBJECTIVES, f6, get_objective, objective_floor
 from robustlab.errors import RobustlabError
@@ -41,14 +42,6 @@ _UPPER_START, _UPPER_KNOWN = 1e10, 1e9
 _ABORT_RATIO = 0.9999
 # L0/L∞ "it worked" threshold (authors: loss < 1e-4, resp. < 1e-4 * c).
 _WORKS = 1e-4
-
-
-def _flat(t: Tensor) -> Tensor:
-    return t.reshape(t.shape[0], math.prod(t.shape[1:]))
-
-
-def _per_sample(v: Tensor, like: Tensor) -> Tensor:
-    return v.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 def _confident(logits: Tensor, labels: Tensor, targets: Tensor | None, kappa: float) -> Tensor:
@@ -106,13 +99,13 @@ class _Adam:
         self.t = self.t + 1
         self.m = 0.9 * self.m + 0.1 * grad
         self.v = 0.999 * self.v + 0.001 * grad * grad
-        m_hat = self.m / _per_sample(1 - 0.9**self.t, grad)
-        v_hat = self.v / _per_sample(1 - 0.999**self.t, grad)
+        m_hat = self.m / per_sample(1 - 0.9**self.t, grad)
+        v_hat = self.v / per_sample(1 - 0.999**self.t, grad)
         return self.lr * m_hat / (v_hat.sqrt() + 1e-8)
 
     def reset(self, rows: Tensor) -> None:
         """Forget the state of the samples where ``rows`` (bool ``[N]``) is set."""
-        keep = _per_sample(~rows, self.m).to(self.m.dtype)
+        keep = per_sample(~rows, self.m).to(self.m.dtype)
         self.m, self.v = self.m * keep, self.v * keep
         self.t = torch.where(rows, torch.zeros_like(self.t), self.t)
 
@@ -153,7 +146,7 @@ class _Encoding:
     def distance_and_grad(self, v: Tensor, image: Tensor, x: Tensor, grad_f: Tensor) -> tuple[Tensor, Tensor]:
         """``(||x' - x||² [N], d(||x' - x||² + c f)/dv)`` given ``grad_f = c df/dx'``."""
         delta = image - x
-        return _flat(delta).pow(2).sum(dim=1), 2 * delta + grad_f
+        return flat(delta).pow(2).sum(dim=1), 2 * delta + grad_f
 
     def after_step(self, v: Tensor) -> Tensor:
         return v
@@ -187,7 +180,7 @@ class _ClipEncoding(_Encoding):
     def distance_and_grad(self, v: Tensor, image: Tensor, x: Tensor, grad_f: Tensor) -> tuple[Tensor, Tensor]:
         delta = v - x
         inside = (v > self.lo) & (v < self.hi)
-        return _flat(delta).pow(2).sum(dim=1), 2 * delta + grad_f * inside
+        return flat(delta).pow(2).sum(dim=1), 2 * delta + grad_f * inside
 
 
 class _ProjectEncoding(_Encoding):
@@ -220,7 +213,7 @@ class _Smallest:
 
     def offer(self, rows: Tensor, x: Tensor, distance: Tensor, success: Tensor, const: Tensor) -> None:
         better = success & (distance < self.distance[rows])
-        self.x[rows] = torch.where(_per_sample(better, x), x, self.x[rows])
+        self.x[rows] = torch.where(per_sample(better, x), x, self.x[rows])
         self.distance[rows] = torch.where(better, distance, self.distance[rows])
         self.const[rows] = torch.where(better, const, self.const[rows])
 
@@ -322,7 +315,7 @@ class CarliniWagnerL2(Attack):
             succeeded = self._descend(oracle, x, y, targets, const, encoding, best, last)
             const, lower, upper = next_const(const, lower, upper, succeeded)
         found = torch.isfinite(best.distance)
-        x_adv = torch.where(_per_sample(found, x), best.x, last)
+        x_adv = torch.where(per_sample(found, x), best.x, last)
         return x_adv, {"best_distance": best.distance, "best_const": best.const.to(x.dtype)}
 
     def _descend(self, oracle: ModelOracle, x: Tensor, y: Tensor, targets: Tensor | None, const: Tensor,
@@ -341,9 +334,9 @@ class CarliniWagnerL2(Attack):
         for iteration in range(self.max_iterations):
             image = encoding.image(v)
             f, grad_f, logits = oracle.loss_and_grad(image, lambda z: objective(z, ys, ts, kappa=kappa))
-            dist2, grad = encoding.distance_and_grad(v, image, xs, _per_sample(cs, v) * grad_f)
+            dist2, grad = encoding.distance_and_grad(v, image, xs, per_sample(cs, v) * grad_f)
             success = is_adversarial(_confident(logits, ys, ts, kappa), ys, ts)
-            best.offer(rows, image, _flat(image - xs).norm(dim=1), success, const[rows])
+            best.offer(rows, image, flat(image - xs).norm(dim=1), success, const[rows])
             last[rows] = image
             succeeded[rows] |= success
             if self.abort_early and iteration % check_every == 0:
@@ -459,7 +452,7 @@ class _WarmStartedRounds(Attack):
             hinge, grad_hinge, logits = oracle.loss_and_grad(
                 image, lambda z: _hinge(z, s.y, s.t, kappa=self.confidence))
             penalty, grad_penalty = self._penalty(image - s.x, s.tau)
-            grad_w = (_per_sample(s.const, image) * grad_hinge + grad_penalty) * tanh.slope(s.start + s.w) * s.mask
+            grad_w = (per_sample(s.const, image) * grad_hinge + grad_penalty) * tanh.slope(s.start + s.w) * s.mask
             works = self._works(hinge, penalty, s.const) & is_adversarial(logits, s.y, s.t)
             last[s.rows] = image
             s.w = s.w - s.adam.step(grad_w)
@@ -473,7 +466,7 @@ class _WarmStartedRounds(Attack):
             done |= s.const >= self.largest_const
             if bool(done.any()):
                 solver = s.select(~done)
-        x_adv = torch.where(_per_sample(found, x), solution, last)
+        x_adv = torch.where(per_sample(found, x), solution, last)
         distance = threat.distance(x, solution).masked_fill(~found, math.inf)
         return x_adv, {"best_distance": distance}
 
@@ -501,7 +494,7 @@ def _pixel_view(t: Tensor) -> Tensor:
     """``[N, P, C]``: the channels of each pixel of ``[N, C, H, W]`` (else ``C = 1``)."""
     if t.dim() == 4:
         return t.flatten(2).transpose(1, 2)
-    return _flat(t)[:, :, None]
+    return flat(t)[:, :, None]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -545,7 +538,7 @@ class CarliniWagnerL0(_WarmStartedRounds):
         return torch.ones_like(x[:, :1]) if x.dim() == 4 else torch.ones_like(x)
 
     def _penalty(self, delta: Tensor, tau: Tensor) -> tuple[Tensor, Tensor]:
-        return _flat(delta).pow(2).sum(dim=1), 2 * delta
+        return flat(delta).pow(2).sum(dim=1), 2 * delta
 
     def _works(self, hinge: Tensor, penalty: Tensor, const: Tensor) -> Tensor:
         return hinge < _WORKS
@@ -556,7 +549,7 @@ class CarliniWagnerL0(_WarmStartedRounds):
 
     def _tighten(self, solver: _Solver, image: Tensor, grad_w: Tensor, width: float) -> Tensor:
         delta = _pixel_view(image - solver.x)
-        valid = _flat(solver.mask) > 0
+        valid = flat(solver.mask) > 0
         changed = (delta.abs().amax(dim=2) >= _WORKS * width).sum(dim=1)
         score = delta.sum(dim=2).abs() * _pixel_view(grad_w).abs().sum(dim=2)
         score = score.masked_fill(~valid, math.inf)
@@ -612,14 +605,14 @@ class CarliniWagnerLinf(_WarmStartedRounds):
             raise RobustlabError(f"decrease_factor must lie in (0, 1), got {self.decrease_factor!r}")
 
     def _penalty(self, delta: Tensor, tau: Tensor) -> tuple[Tensor, Tensor]:
-        excess = delta.abs() - _per_sample(tau, delta)
-        return _flat(excess.clamp_min(0)).sum(dim=1), delta.sign() * (excess > 0)
+        excess = delta.abs() - per_sample(tau, delta)
+        return flat(excess.clamp_min(0)).sum(dim=1), delta.sign() * (excess > 0)
 
     def _works(self, hinge: Tensor, penalty: Tensor, const: Tensor) -> Tensor:
         return const * hinge + penalty < _WORKS * const
 
     def _tighten(self, solver: _Solver, image: Tensor, grad_w: Tensor, width: float) -> Tensor:
-        actual = _flat(image - solver.x).abs().amax(dim=1)
+        actual = flat(image - solver.x).abs().amax(dim=1)
         solver.tau = torch.minimum(solver.tau, actual) * self.decrease_factor
         return solver.tau <= width / 256
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from robustlab._tensors import flat, per_sample
 from robustlab.attacks.base import Attack, ModelOracle, is_adversarial
 from robustlab.attacks.fmn import (
     MinimumNormBest,
@@ -24,7 +25,7 @@ from robustlab.attacks.fmn import (
     require_two_classes,
 )
 from robustlab.errors import RobustlabError
-from robustlab.threat import ThreatModel, _flat, _per_sample
+from robustlab.threat import ThreatModel
 
 __all__ = ["DecoupledDirectionNorm", "DDN"]
 
@@ -108,10 +109,10 @@ class DecoupledDirectionNorm(Attack):
             _, grad, logits = oracle.loss_and_grad(x_adv, lambda z: _descent_loss(z, y, targets))
             success = is_adversarial(logits, y, targets)
             best.update(x_adv, threat.distance(x, x_adv), difference_of_logits(logits, y, targets), success)
-            zero = _per_sample(_flat(grad).norm(dim=1) < 1e-12, grad)
+            zero = per_sample(flat(grad).norm(dim=1) < 1e-12, grad)
             delta = delta - alpha * torch.where(zero, fallback, normalize_l2(grad))
             eps = torch.where(success, (1 - self.gamma) * eps, (1 + self.gamma) * eps).minimum(worst)
-            delta = delta * _per_sample(eps / _flat(delta).norm(dim=1).clamp_min(1e-12), delta)
+            delta = delta * per_sample(eps / flat(delta).norm(dim=1).clamp_min(1e-12), delta)
             delta = self._to_box(x + delta, lo, hi) - x
         return best.x, {"best_distance": best.distance}
 

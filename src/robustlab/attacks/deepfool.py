@@ -14,10 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from robustlab._tensors import flat, per_sample
 from robustlab.attacks.base import Attack, ModelOracle, is_adversarial
 from robustlab.attacks.fmn import require_two_classes
 from robustlab.errors import RobustlabError
-from robustlab.threat import ThreatModel, _flat, _per_sample
+from robustlab.threat import ThreatModel
 
 __all__ = ["DeepFool"]
 
@@ -136,13 +137,13 @@ class DeepFool(Attack):
             cls = classes[:, j]
             f, w, _ = oracle.loss_and_grad(x, lambda z: _logit_difference(z, cls, ref))
             w = w.masked_fill(((x <= lo) & (w < 0)) | ((x >= hi) & (w > 0)), 0.0)
-            w_norm = torch.linalg.vector_norm(_flat(w), ord=dual, dim=1)
+            w_norm = torch.linalg.vector_norm(flat(w), ord=dual, dim=1)
             dist = f.abs() / (w_norm + _DENOMINATOR_EPS)
             closer = dist < best_dist
             best_dist = torch.where(closer, dist, best_dist)
             best_f = torch.where(closer, f, best_f)
-            best_w = torch.where(_per_sample(closer, w), w, best_w)
+            best_w = torch.where(per_sample(closer, w), w, best_w)
         if norm == "L2":
-            scale = best_f.abs() / (_flat(best_w).norm(dim=1) ** 2 + _DENOMINATOR_EPS)
-            return _per_sample(scale, best_w) * best_w
-        return _per_sample(best_dist, best_w) * best_w.sign()
+            scale = best_f.abs() / (flat(best_w).norm(dim=1) ** 2 + _DENOMINATOR_EPS)
+            return per_sample(scale, best_w) * best_w
+        return per_sample(best_dist, best_w) * best_w.sign()

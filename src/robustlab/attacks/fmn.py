@@ -15,9 +15,10 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from robustlab._tensors import flat, per_sample
 from robustlab.attacks.base import Attack, ModelOracle, is_adversarial
 from robustlab.errors import RobustlabError
-from robustlab.threat import L0, ThreatModel, _flat, _per_sample
+from robustlab.threat import L0, ThreatModel
 
 __all__ = ["FastMinimumNorm", "FMN", "difference_of_logits", "MinimumNormBest", "require_two_classes"]
 
@@ -62,7 +63,7 @@ class MinimumNormBest:
         smaller = success & (distance < self.distance)
         closer = ~self.success & ~success & (margin < self.margin)
         take = smaller | closer
-        self.x = torch.where(_per_sample(take, x_adv), x_adv, self.x)
+        self.x = torch.where(per_sample(take, x_adv), x_adv, self.x)
         self.distance = torch.where(smaller, distance, self.distance)
         self.margin = torch.where(closer, margin, self.margin)
         self.success = self.success | success
@@ -80,26 +81,26 @@ def farthest_corner(x: Tensor, bounds: tuple[float, float]) -> Tensor:
 
 
 def normalize_l2(g: Tensor) -> Tensor:
-    return g / _per_sample(_flat(g).norm(dim=1).clamp_min(1e-12), g)
+    return g / per_sample(flat(g).norm(dim=1).clamp_min(1e-12), g)
 
 
 # -- projections onto per-sample balls (eps is [N]; math.inf leaves a sample unchanged) ---------
 
 
 def _project_linf(delta: Tensor, eps: Tensor) -> Tensor:
-    e = _per_sample(eps, delta)
+    e = per_sample(eps, delta)
     return torch.maximum(torch.minimum(delta, e), -e)
 
 
 def _project_l2(delta: Tensor, eps: Tensor) -> Tensor:
-    scale = (eps / _flat(delta).norm(dim=1).clamp_min(1e-12)).clamp_max(1.0)
-    return delta * _per_sample(scale, delta)
+    scale = (eps / flat(delta).norm(dim=1).clamp_min(1e-12)).clamp_max(1.0)
+    return delta * per_sample(scale, delta)
 
 
 def _project_l1(delta: Tensor, eps: Tensor) -> Tensor:
     # Exact Euclidean projection onto the L1 ball by sorting (Duchi et al., ICML 2008): shrink
     # every magnitude by theta, where theta makes the shrunk magnitudes sum to eps.
-    v = _flat(delta)
+    v = flat(delta)
     sorted_abs = v.abs().sort(dim=1, descending=True).values
     cumsum = sorted_abs.cumsum(dim=1)
     j = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
@@ -218,7 +219,7 @@ class FastMinimumNorm(Attack):
             shrink = torch.minimum(torch.minimum(eps - 1, (eps * (1 - gamma)).floor()), best.distance)
             grow = torch.maximum(eps + 1, (eps * (1 + gamma)).floor())
             return torch.where(success, shrink, grow).clamp_min(0)
-        dual = torch.linalg.vector_norm(_flat(grad), ord=_DUAL_ORDER[norm_name], dim=1)
+        dual = torch.linalg.vector_norm(flat(grad), ord=_DUAL_ORDER[norm_name], dim=1)
         to_boundary = margin.abs() / dual.clamp_min(1e-12)
         grow = torch.where(best.success, eps, torch.maximum(eps, norm + to_boundary)) * (1 + gamma)
         return torch.where(success, torch.minimum(eps * (1 - gamma), best.distance), grow)

@@ -14,16 +14,13 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from robustlab._tensors import per_sample
 from robustlab.attacks.base import Attack, ModelOracle, is_adversarial
 from robustlab.errors import RobustlabError
 from robustlab.losses import Loss, get_loss
 from robustlab.threat import ThreatModel
 
 __all__ = ["FastGradientMethod", "FGSM", "ProjectedGradientDescent", "PGD", "BasicIterativeMethod", "BIM"]
-
-
-def _per_sample(v: Tensor, like: Tensor) -> Tensor:
-    return v.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,7 +77,7 @@ class _Best:
         old_loss = self.loss if idx is None else self.loss[idx]
         old_success = self.success if idx is None else self.success[idx]
         better = (success & ~old_success) | ((success == old_success) & (loss > old_loss))
-        new_x = torch.where(_per_sample(better, x), x, self.x if idx is None else self.x[idx])
+        new_x = torch.where(per_sample(better, x), x, self.x if idx is None else self.x[idx])
         new_loss = torch.where(better, loss, old_loss)
         new_success = old_success | success
         if idx is None:

@@ -15,10 +15,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from robustlab._tensors import flat
 from robustlab.attacks.base import Attack, ModelOracle, is_adversarial
 from robustlab.attacks.fmn import require_two_classes
 from robustlab.errors import RobustlabError
-from robustlab.threat import ThreatModel, _flat
+from robustlab.threat import ThreatModel
 
 __all__ = ["JSMA", "JacobianSaliencyMap"]
 
@@ -123,11 +124,11 @@ class JacobianSaliencyMap(Attack):
         increase = self.theta > 0
         goal = self._random_targets(oracle, x, y, generator) if targets is None else targets
         x_adv = x.clone()
-        flat = _flat(x_adv)  # a view: writing it updates x_adv
-        searchable = flat < hi if increase else flat > lo
+        features = flat(x_adv)  # a view: writing it updates x_adv
+        searchable = features < hi if increase else features > lo
         success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         active = torch.arange(x.shape[0], device=x.device)
-        max_pairs = int(self.max_distortion * flat.shape[1] / 2)
+        max_pairs = int(self.max_distortion * features.shape[1] / 2)
         for step in range(max_pairs + 1):
             ta = None if targets is None else targets[active]
             if step == max_pairs:
@@ -142,17 +143,17 @@ class JacobianSaliencyMap(Attack):
             if active.numel() == 0:
                 break
             _, beta, _ = oracle.loss_and_grad(x_adv[active], _other_outputs(self.variant, goal_a))
-            p, q, found = _pick_pairs(_flat(alpha), _flat(beta), searchable[active], increase)
+            p, q, found = _pick_pairs(flat(alpha), flat(beta), searchable[active], increase)
             active, p, q = active[found], p[found], q[found]
             if active.numel() == 0:
                 break
             for feature in (p, q):
-                flat[active, feature] = (flat[active, feature] + self.theta * (hi - lo)).clamp(lo, hi)
+                features[active, feature] = (features[active, feature] + self.theta * (hi - lo)).clamp(lo, hi)
                 searchable[active, feature] = False
         distance = threat.distance(x, x_adv)
         return x_adv, {
             "best_distance": torch.where(success, distance, torch.full_like(distance, math.inf)),
-            "changed_features": (_flat(x_adv) != _flat(x)).sum(dim=1),
+            "changed_features": (flat(x_adv) != flat(x)).sum(dim=1),
         }
 
     @staticmethod

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from robustlab._tensors import per_sample
 from robustlab.attacks.base import Attack, ModelOracle, is_adversarial
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
@@ -51,9 +52,9 @@ class GaussianNoise(Attack):
             candidate = threat.project(x, x + scale * noise)
             success = is_adversarial(oracle.logits(candidate), y, targets)
             take = success & ~found if self.draws > 1 else torch.ones_like(found)
-            best = torch.where(take.reshape(-1, *([1] * (x.dim() - 1))), candidate, best)
+            best = torch.where(per_sample(take, x), candidate, best)
             found |= success
         if self.draws > 1:
             # Samples that no draw broke keep the last draw, not the clean input.
-            best = torch.where(found.reshape(-1, *([1] * (x.dim() - 1))), best, candidate)
+            best = torch.where(per_sample(found, x), best, candidate)
         return best, {}
