@@ -2,6 +2,18 @@
 
 from robustlab.evaluation.evaluate import CLEAN, Evaluation, evaluate
 from robustlab.evaluation.metrics import accuracy, wilson_interval
+from robustlab.evaluation.minimum_norm import (
+    BEST,
+    DistanceMismatchWarning,
+    MinimumNormEvaluation,
+    distance_statistics,
+    evaluate_minimum_norm,
+)
 from robustlab.evaluation.provenance import provenance
+from robustlab.evaluation.targeted import CASES, TargetedEvaluation, evaluate_targeted
 
-__all__ = ["CLEAN", "Evaluation", "evaluate", "accuracy", "wilson_interval", "provenance"]
+__all__ = [
+    "CLEAN", "Evaluation", "evaluate", "accuracy", "wilson_interval", "provenance",
+    "BEST", "DistanceMismatchWarning", "MinimumNormEvaluation", "distance_statistics", "evaluate_minimum_norm",
+    "CASES", "TargetedEvaluation", "evaluate_targeted",
+]

@@ -109,7 +109,7 @@ def _named(attacks: Sequence[Attack] | Mapping[str, Attack]) -> dict[str, Attack
     else:
         named = {}
         for attack in attacks:
-            base, i = attack.name or type(attack).__name__, 1
+            base, i = getattr(attack, "name", "") or type(attack).__name__, 1
             key = base
             while key in named:
                 i += 1
