@@ -23,3 +23,8 @@ class RobustlabWarning(UserWarning):
 
 class ProbabilityOutputWarning(RobustlabWarning):
     """The model's outputs look like probabilities; attacks and losses expect logits."""
+
+
+class DistanceMismatchWarning(RobustlabWarning):
+    """A minimum-norm attack's own ``extras["best_distance"]`` disagrees with the verified
+    distance of the ``x_adv`` it returned (a bug in the attack's bookkeeping, or a logit tie)."""

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.attacks.base import Attack, AttackResult
-from robustlab.errors import DOCS, RobustlabError, RobustlabWarning
+from robustlab.errors import DOCS, DistanceMismatchWarning, RobustlabError
 from robustlab.evaluation.evaluate import CLEAN, Evaluation, _jsonable, _named
 from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.provenance import provenance
@@ -42,11 +42,6 @@ BEST = "best"  # the column that takes, per sample, the smallest distance over a
 
 # Relative tolerance when comparing an attack's reported best distance with the verified one.
 _MISMATCH_RTOL = 1e-4
-
-
-class DistanceMismatchWarning(RobustlabWarning):
-    """An attack's own ``extras["best_distance"]`` disagrees with the verified distance of the
-    ``x_adv`` it returned (a bug in the attack's bookkeeping, or a tie in the logits)."""
 
 
 # -- shared helpers (also used by the targeted protocol) -------------------------------------
