@@ -112,3 +112,19 @@ def test_demo_runs_end_to_end(tmp_path):
     curve = json.loads((tmp_path / "curve.json").read_text())["robust_accuracy"]
     values = [curve[k] for k in sorted(curve, key=float)]
     assert values == sorted(values, reverse=True)  # robust accuracy falls as eps grows
+
+
+def test_model_arguments_may_hold_lists():
+    from robustlab.cli import _key_values
+
+    assert _key_values("hidden=[16,16],dropout=0.5", "model") == {"hidden": [16, 16], "dropout": 0.5}
+
+
+def test_certify_command_end_to_end(trained, tmp_path, capsys):
+    code = main(["certify", "--model", str(trained / "model"), "--eps", "0.005,0.02", "--methods", "ibp,crown",
+                 "--limit", "40", "--bracket", "2", "--time-limit", "20", "--quiet", "--out", str(tmp_path)])
+    assert code == 0
+    result = json.loads((tmp_path / "certify.json").read_text())
+    acc = result["certified_accuracy"]
+    assert acc["crown"]["0.005"] >= acc["ibp"]["0.005"] >= acc["ibp"]["0.02"]
+    assert (tmp_path / "bracket.md").exists() and result["bracket"]["all_consistent"]

@@ -31,9 +31,25 @@ def _value(text: str) -> Any:
         return text
 
 
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside brackets, so that ``hidden=[16,16],dropout=0.5`` has two items."""
+    items, depth, current = [], 0, ""
+    for char in text:
+        if char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    return [item for item in [*items, current] if item.strip()]
+
+
 def _key_values(text: str, what: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for item in filter(None, text.split(",")):
+    for item in _split_top_level(text):
         if "=" not in item:
             raise RobustlabError(f"{what}: expected key=value, got {item!r}")
         key, value = item.split("=", 1)
@@ -215,6 +231,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from robustlab.reproduce import REPRODUCTIONS, ReproOptions, run_reproduction
+
+    if args.list or not args.name:
+        for name, (description, budget, _) in REPRODUCTIONS.items():
+            print(f"{name:<12} {description}\n{'':<12} budget: {budget}")
+        return 0
+    options = ReproOptions(images=args.images, data_dir=args.data_dir, out=Path(args.out), full=args.full, seed=args.seed,
+                           device=str(_device(args.device)), progress=not args.quiet,
+                           cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    result = run_reproduction(args.name, options)
+    print(result.markdown)
+    print(f"wrote {result.json_path} and {result.markdown_path}")
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robustlab", description=__doc__.splitlines()[0])
@@ -280,11 +312,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("reproduce", help="reproduce a published table at CPU scale (--list shows them)")
+    p.add_argument("name", nargs="?", help="e.g. cw-table4; omit with --list")
+    p.add_argument("--list", action="store_true", help="list the reproductions and their budgets")
+    p.add_argument("--images", type=int, help="number of test images (default: the reproduction's CPU default)")
+    p.add_argument("--data-dir", help="directory holding the datasets (else $ROBUSTLAB_DATA, the cache, system dirs)")
+    p.add_argument("--out", default="reproduce", help="folder for NAME.json and NAME.md")
+    p.add_argument("--full", action="store_true", help="the paper's settings (needs a GPU and hours)")
+    p.add_argument("--cache-dir", help="where trained models are cached (default: <user cache>/reproduce)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_reproduce)
+
     p = sub.add_parser("demo", help="train a small model on scikit-learn digits, attack it, write a report (< 2 min)")
     p.add_argument("--out", default="demo-report")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    from robustlab.certify.cli import add_certify_parser
+
+    add_certify_parser(sub)
     return parser
 
 

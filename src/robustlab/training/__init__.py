@@ -7,6 +7,12 @@
 
 from robustlab.training.checkpoint import load_checkpoint
 from robustlab.training.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from robustlab.training.distillation import (
+    DistillationResult,
+    distill,
+    logit_norms,
+    soft_labels,
+)
 from robustlab.training.loop import TrainResult, train
 from robustlab.training.methods import METHODS, LossOutput, Method, NaturalMethod
 from robustlab.training.optim import build_optimizer, build_scheduler
@@ -15,6 +21,7 @@ __all__ = [
     "METHODS",
     "OPTIMIZERS",
     "SCHEDULES",
+    "DistillationResult",
     "LossOutput",
     "Method",
     "NaturalMethod",
@@ -22,6 +29,9 @@ __all__ = [
     "TrainResult",
     "build_optimizer",
     "build_scheduler",
+    "distill",
     "load_checkpoint",
+    "logit_norms",
+    "soft_labels",
     "train",
 ]

@@ -1,0 +1,110 @@
+"""``robustlab certify``: certified accuracy (IBP / CROWN / CROWN-IBP / alpha-CROWN) at given
+radii and, with ``--bracket``, the per-sample bracket lower <= exact <= upper.
+
+Hook into ``robustlab.cli.build_parser`` with::
+
+    from robustlab.certify.cli import add_certify_parser
+    add_certify_parser(sub)
+
+Writes ``certify.json`` (and ``bracket.md`` / ``bracket.json``) into ``--out`` and prints a
+summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from robustlab.errors import RobustlabError
+
+__all__ = ["add_certify_parser", "certify_command"]
+
+METHODS = ("ibp", "crown", "crown-ibp", "alpha-crown")
+
+
+def _certifier(name: str, batch_size: int):
+    from robustlab.certify import CROWN, IBP
+
+    if name == "ibp":
+        return IBP(batch_size=batch_size)
+    if name == "crown":
+        return CROWN(batch_size=batch_size)
+    if name == "crown-ibp":
+        return CROWN(intermediate="ibp", batch_size=batch_size)
+    if name == "alpha-crown":
+        return CROWN(alpha_steps=30, batch_size=batch_size)
+    raise RobustlabError(f"unknown certification method {name!r}; choose from {METHODS}")
+
+
+def certify_command(args: argparse.Namespace) -> int:
+    from robustlab.certify.bracket import bracket
+    from robustlab.data import load_dataset
+    from robustlab.models import load_model
+    from robustlab.threat import threat_model
+
+    model, card = load_model(args.model)
+    model.eval()
+    dataset = args.dataset or card.dataset
+    if not dataset:
+        raise RobustlabError("the model card names no dataset; pass --dataset")
+    data = load_dataset(dataset, split=args.split, data_dir=args.data_dir, limit=args.limit, seed=args.seed,
+                        download=args.download)
+    bounds = tuple(card.input_bounds)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    eps_values = [float(e) for e in args.eps.split(",") if e.strip()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"model": str(args.model), "dataset": dataset, "samples": len(data), "norm": args.norm,
+                     "certified_accuracy": {}, "seconds": {}}
+    for method in methods:
+        certifier = _certifier(method, args.batch_size)
+        for eps in eps_values:
+            start = time.perf_counter()
+            result = certifier(model, data.x, data.y, threat=threat_model(args.norm, eps, bounds))
+            results["certified_accuracy"].setdefault(method, {})[f"{eps:g}"] = result.certified_accuracy
+            results["seconds"].setdefault(method, {})[f"{eps:g}"] = round(time.perf_counter() - start, 3)
+    if args.bracket:
+        n = min(args.bracket, len(data))
+        table = bracket(model, data.x[:n], data.y[:n], norm=args.norm, time_limit=args.time_limit,
+                        lp_tighten=args.lp_tighten, bounds=bounds)
+        (out / "bracket.md").write_text(table.markdown())
+        (out / "bracket.json").write_text(json.dumps({"rows": table.rows, "summary": table.summary},
+                                                     indent=1, default=_json_default))
+        results["bracket"] = table.summary
+        print(table.markdown())
+    (out / "certify.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    print(json.dumps(results, indent=1, default=_json_default))
+    return 0
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return repr(value)
+
+
+def add_certify_parser(sub) -> argparse.ArgumentParser:
+    """Add the ``certify`` sub-command to ``sub`` (the result of ``add_subparsers``)."""
+    p = sub.add_parser("certify", help="certified accuracy by bound propagation; exact MILP bracket on a few samples")
+    p.add_argument("--model", required=True, help="model path (model.safetensors with model.json beside it)")
+    p.add_argument("--dataset", help="default: the dataset named in the model card")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=1000, help="stratified subset of this many samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--norm", default="Linf", help="Linf, L2 or L1 (the bracket: Linf or L1)")
+    p.add_argument("--eps", required=True, help="comma-separated radii, e.g. 0.01,0.03")
+    p.add_argument("--methods", default="ibp,crown", help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--bracket", type=int, default=0, metavar="N",
+                   help="also compute certified <= exact (MILP) <= attack on the first N samples")
+    p.add_argument("--time-limit", type=float, default=60.0, help="MILP seconds per sample")
+    p.add_argument("--lp-tighten", action="store_true", help="tighten MILP bounds by an LP per unstable neuron")
+    p.add_argument("--out", default="certify-report")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=certify_command)
+    return p

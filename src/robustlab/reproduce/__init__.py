@@ -1,0 +1,20 @@
+"""Reproductions of published tables at a stated (CPU) scale: ``robustlab reproduce NAME``.
+
+:data:`REPRODUCTIONS` maps a name to ``(description, budget, function)``; later work registers
+its tables with :func:`register`. Each function takes :class:`ReproOptions`, writes
+``<out>/<name>.json`` and ``<out>/<name>.md`` (our numbers beside the paper's) and returns a
+:class:`ReproResult`.
+"""
+
+# Importing the modules registers their tables.
+from robustlab.reproduce import cw as _cw  # noqa: F401
+from robustlab.reproduce.registry import (
+    REPRODUCTIONS,
+    Reproduction,
+    ReproOptions,
+    ReproResult,
+    register,
+    run_reproduction,
+)
+
+__all__ = ["REPRODUCTIONS", "ReproOptions", "ReproResult", "Reproduction", "register", "run_reproduction"]

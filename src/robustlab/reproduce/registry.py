@@ -1,0 +1,99 @@
+"""The registry of reproductions and the options/result types they share."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from robustlab.errors import RobustlabError
+
+
+@dataclass
+class ReproOptions:
+    """What a reproduction run may vary.
+
+    ``images``: number of test images (``None``: the reproduction's default for the scale).
+    ``full``: the paper's settings (training epochs, iterations, images); needs a GPU and hours.
+    ``out``: folder for ``<name>.json`` / ``<name>.md``. ``cache_dir``: where trained models are
+    cached (``None``: ``<user cache>/reproduce``). ``overrides``: test-only size overrides a
+    reproduction documents (e.g. ``{"dataset": "digits", "epochs": 1}``); they are recorded in
+    the JSON so a result can never pass for a real-scale one.
+    """
+
+    images: int | None = None
+    data_dir: str | None = None
+    out: Path = Path("reproduce")
+    full: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = False
+    cache_dir: Path | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReproResult:
+    """``record``: everything written to the JSON; ``markdown``: the table as written;
+    ``json_path`` / ``markdown_path``: where they went."""
+
+    record: dict[str, Any]
+    markdown: str
+    json_path: Path
+    markdown_path: Path
+
+
+class Reproduction(NamedTuple):
+    """``(description, budget, function)``: ``budget`` states the default CPU-scale cost."""
+
+    description: str
+    budget: str
+    function: Callable[[ReproOptions], tuple[dict[str, Any], str]]
+
+
+#: name -> Reproduction(description, budget, function). The function returns ``(record,
+#: markdown)``; :func:`run_reproduction` times it and writes both files.
+REPRODUCTIONS: dict[str, Reproduction] = {}
+
+
+def register(name: str, description: str, budget: str):
+    """Decorator: register ``function(options) -> (record, markdown)`` under ``name``."""
+
+    def decorate(function):
+        if name in REPRODUCTIONS:
+            raise RobustlabError(f"reproduction {name!r} is already registered")
+        REPRODUCTIONS[name] = Reproduction(description, budget, function)
+        return function
+
+    return decorate
+
+
+def run_reproduction(name: str, options: ReproOptions) -> ReproResult:
+    """Run the reproduction ``name``; write ``<out>/<name>.json`` and ``<out>/<name>.md``."""
+    if name not in REPRODUCTIONS:
+        raise RobustlabError(f"unknown reproduction {name!r}; choose one of {sorted(REPRODUCTIONS)}")
+    if options.images is not None and options.images < 1:
+        raise RobustlabError(f"--images must be >= 1, got {options.images}")
+    start = time.perf_counter()
+    record, markdown = REPRODUCTIONS[name].function(options)
+    wall = time.perf_counter() - start
+    record = {"reproduction": name, "description": REPRODUCTIONS[name].description, **record,
+              "wall_time_s": round(wall, 1)}
+    markdown = markdown.rstrip() + f"\n\nWall time: {wall:.1f} s.\n"
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, markdown_path = out / f"{name}.json", out / f"{name}.md"
+    json_path.write_text(json.dumps(record, indent=1, default=_plain) + "\n")
+    markdown_path.write_text(markdown)
+    return ReproResult(record, markdown, json_path, markdown_path)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

@@ -1,0 +1,292 @@
+"""Certification: soundness by dense sampling, exactness on linear models, CROWN vs IBP, MILP
+against attacks and bound propagation, the bracket, bad input."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from robustlab.attacks import build_attack
+from robustlab.certify import CROWN, CROWNIBP, IBP, AlphaCROWN, certified_radius
+from robustlab.certify.bracket import bracket
+from robustlab.certify.cli import add_certify_parser
+from robustlab.certify.milp import MILPVerifier
+from robustlab.errors import RobustlabError
+from robustlab.models import MLP, Normalize, PreActBlock
+from robustlab.threat import L1, L2, Linf
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+CERTIFIERS = {
+    "ibp": IBP(),
+    "crown": CROWN(with_ibp=False),
+    "crown-ibp": CROWNIBP(with_ibp=False),
+    "alpha-crown": AlphaCROWN(alpha_steps=10, with_ibp=False),
+}
+
+
+def _seeded(build, seed=0):
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build().eval()
+
+
+def small_cnn() -> nn.Module:
+    def build():
+        model = nn.Sequential(
+            Normalize([0.4], [0.3]), nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(4, 6, 3), nn.ReLU(), nn.AvgPool2d(2, stride=1), nn.Flatten(), nn.Linear(6, 8), nn.ReLU(),
+            nn.Linear(8, 3),
+        )
+        model[2].running_mean.uniform_(-0.2, 0.2)
+        model[2].running_var.uniform_(0.5, 2.0)
+        return model
+    return _seeded(build)
+
+
+class ResidualNet(nn.Sequential):
+    def __init__(self):
+        super().__init__(OrderedDict([
+            ("conv", nn.Conv2d(1, 4, 3, padding=1)),
+            ("block1", PreActBlock(4, 4)),
+            ("block2", PreActBlock(4, 6, stride=2)),
+            ("relu", nn.ReLU()),
+            ("flatten", nn.Flatten()),
+            ("fc", nn.Linear(6 * 4 * 4, 3)),
+        ]))
+
+
+def residual_net() -> nn.Module:
+    def build():
+        model = ResidualNet()
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+        return model
+    return _seeded(build, 1)
+
+
+def random_mlp(seed=0) -> nn.Module:
+    return _seeded(lambda: MLP(64, (20, 20), 4), seed)
+
+
+def _inputs(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 8, 8, generator=g) * 0.8 + 0.1
+
+
+def _margins(model, x, y):
+    with torch.no_grad():
+        z = model(x)
+    return z.gather(1, y[:, None]) - z
+
+
+def _vertices(x, eps, count, generator):
+    signs = torch.randint(0, 2, (count, *x.shape), generator=generator).float() * 2 - 1
+    return (x.unsqueeze(0) + eps * signs).clamp(0, 1).reshape(-1, *x.shape[1:])
+
+
+# -- soundness -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(CERTIFIERS))
+@pytest.mark.parametrize("build", [random_mlp, small_cnn, residual_net], ids=["mlp", "cnn", "resnet"])
+def test_dense_sampling_never_leaves_the_bounds(name, build):
+    model = build()
+    x = _inputs()
+    y = model(x).argmax(1)
+    g = torch.Generator().manual_seed(0)
+    for threat in (Linf(eps=0.03), L2(eps=0.2), L1(eps=0.5)):
+        result = CERTIFIERS[name](model, x, y, threat=threat)
+        reps = 300
+        xs = threat.random_init(x.repeat(reps, 1, 1, 1), generator=g)
+        if threat.norm == "Linf":
+            xs = torch.cat([xs, _vertices(x, threat.eps, reps, g)])
+        ys = y.repeat(xs.shape[0] // x.shape[0])
+        bound = result.margins.repeat(xs.shape[0] // x.shape[0], 1)
+        sampled = _margins(model, xs, ys)
+        finite = torch.isfinite(bound)
+        assert (sampled[finite] >= bound[finite] - 1e-5).all(), (name, threat)
+        # Adversarial points found by PGD (on the margin) respect the bounds too.
+        pgd = build_attack("pgd", steps=20, step_size=threat.eps / 4)
+        adv = pgd(model, x, y, threat=threat, generator=g).x_adv
+        assert (_margins(model, adv, y)[finite[: x.shape[0]]] >= result.margins[finite[: x.shape[0]]] - 1e-5).all()
+
+
+def test_linear_model_bounds_equal_the_dual_norm_closed_form():
+    model = _seeded(lambda: MLP(64, (), 4))
+    x = _inputs(3)
+    y = torch.tensor([0, 1, 3])
+    w = model.fc1.weight
+    with torch.no_grad():
+        z = model(x)
+        diff = w[y].unsqueeze(1) - w.unsqueeze(0)  # [N, K, D]
+        for threat, dual in ((Linf(eps=0.05), 1), (L2(eps=0.3), 2), (L1(eps=0.5), math.inf)):
+            expected = (z.gather(1, y[:, None]) - z) - threat.eps * torch.linalg.vector_norm(diff, ord=dual, dim=2)
+            expected[torch.arange(3), y] = math.inf
+            for certifier in (IBP(), CROWN(with_ibp=False)):
+                got = certifier(model, x, y, threat=threat).margins
+                assert torch.allclose(got, expected, atol=1e-5), (threat, certifier.method)
+
+
+@pytest.mark.parametrize("build", [random_mlp, residual_net], ids=["mlp", "resnet"])
+def test_crown_at_least_as_tight_as_ibp(build):
+    model = build()
+    x = _inputs(6)
+    y = model(x).argmax(1)
+    for eps in (0.01, 0.03):
+        ibp = IBP()(model, x, y, threat=Linf(eps=eps)).margins
+        crown = CROWN(with_ibp=False)(model, x, y, threat=Linf(eps=eps)).margins
+        alpha = AlphaCROWN(alpha_steps=10, with_ibp=False)(model, x, y, threat=Linf(eps=eps)).margins
+        finite = torch.isfinite(ibp)
+        assert (crown[finite] >= ibp[finite] - 1e-5).all()
+        assert (alpha[finite] >= crown[finite] - 1e-6).all()
+
+
+def test_crown_certifies_more_than_ibp_and_never_broken_by_pgd(digits, digits_mlp):
+    _, _, x, y = digits
+    x, y = x[:100], y[:100]
+    for eps in (0.01, 0.02):
+        threat = Linf(eps=eps)
+        ibp, crown = IBP()(digits_mlp, x, y, threat=threat), CROWN()(digits_mlp, x, y, threat=threat)
+        assert crown.certified_accuracy >= ibp.certified_accuracy
+        assert (ibp.certified <= crown.certified).all()
+        pgd = build_attack("pgd", steps=20, restarts=2)
+        broken = pgd(digits_mlp, x, y, threat=threat, generator=torch.Generator().manual_seed(0)).success
+        assert not (broken & crown.certified).any()
+        assert crown.certified.sum() > 0
+
+
+def test_state_restored_and_result_fields(digits_mlp):
+    x = _inputs(5)
+    digits_mlp.train()
+    try:
+        result = CROWN()(digits_mlp, x, torch.zeros(5, dtype=torch.long), threat=Linf(eps=0.01))
+        assert digits_mlp.training
+    finally:
+        digits_mlp.eval()
+    assert result.margins.shape == (5, 10) and result.certified.dtype == torch.bool
+    assert all(p.requires_grad for p in digits_mlp.parameters())
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+
+def test_unsupported_layer_is_named():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 3))
+    with pytest.raises(RobustlabError, match=r"'2'.*Tanh.*supported:.*ReLU"):
+        IBP()(model, _inputs(1), torch.tensor([0]), threat=Linf(eps=0.1))
+
+
+def test_forward_not_described_by_children_is_rejected():
+    class Sneaky(nn.Sequential):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    model = Sneaky(nn.Flatten(), nn.Linear(64, 3))
+    with pytest.raises(RobustlabError, match="do not reproduce"):
+        CROWN()(model, _inputs(1), torch.tensor([0]), threat=Linf(eps=0.1))
+
+
+def test_milp_rejects_max_pool():
+    with pytest.raises(RobustlabError, match="affine layers and ReLU only"):
+        MILPVerifier().minimal_perturbation(small_cnn(), _inputs(1), small_cnn()(_inputs(1)).argmax(1))
+
+
+# -- exact MILP ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_mlp(digits):
+    x_train, y_train, _, _ = digits
+    model = _seeded(lambda: MLP(64, (16, 16), 10), 0).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    order = torch.Generator().manual_seed(0)
+    for _ in range(15):
+        perm = torch.randperm(x_train.shape[0], generator=order)
+        for start in range(0, x_train.shape[0], 50):
+            idx = perm[start:start + 50]
+            loss = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+def _attack_distance(attack, model, x, y, threat):
+    result = attack(model, x, y, threat=threat)
+    return torch.where(result.success, result.distance, torch.full_like(result.distance, math.inf))
+
+
+def test_milp_minimal_linf_between_crown_and_attacks(digits, tiny_mlp):
+    _, _, x, y = digits
+    x, y = x[:6], y[:6]
+    unbounded = Linf(eps=math.inf)
+    fmn = _attack_distance(build_attack("fmn", steps=100), tiny_mlp, x, y, unbounded)
+    deepfool = _attack_distance(build_attack("deepfool"), tiny_mlp, x, y, unbounded)
+    upper = torch.minimum(fmn, deepfool)
+    certified = certified_radius(CROWN(), tiny_mlp, x, y, eps_max=upper.clamp(max=1.0), steps=12)
+    result = MILPVerifier(time_limit=60).minimal_perturbation(tiny_mlp, x, y, upper=upper, lower=certified)
+    for i in range(len(y)):
+        if result.status[i] == "misclassified":
+            continue
+        assert result.status[i] == "optimal"
+        exact = result.lower[i]
+        assert exact <= fmn[i] + 1e-4 and exact <= deepfool[i] + 1e-4
+        assert exact >= certified[i] - 1e-6
+        point = result.counterexample[i]
+        assert result.counterexample_ok[i] and int(tiny_mlp(point[None]).argmax()) != int(y[i])
+        assert Linf(eps=exact * (1 + 1e-4) + 1e-6).contains(x[i:i + 1], point[None]).all()
+    # Verification at eps agrees with the minimal distance on either side of it.
+    i = next(i for i in range(len(y)) if result.status[i] == "optimal")
+    verifier = MILPVerifier(time_limit=60)
+    below = verifier.verify(tiny_mlp, x[i:i + 1], y[i:i + 1], eps=result.lower[i] * 0.97)
+    above = verifier.verify(tiny_mlp, x[i:i + 1], y[i:i + 1], eps=result.lower[i] * 1.03)
+    assert below.status == ["robust"] and below.upper[0] < 0
+    assert above.status == ["not-robust"] and above.counterexample_ok == [True]
+    assert int(tiny_mlp(above.counterexample[0][None]).argmax()) != int(y[i])
+
+
+def test_milp_minimal_l1_below_attack(digits, tiny_mlp):
+    _, _, x, y = digits
+    x, y = x[10:12], y[10:12]
+    fmn = _attack_distance(build_attack("fmn", steps=100), tiny_mlp, x, y, L1(eps=math.inf))
+    result = MILPVerifier(time_limit=60).minimal_perturbation(tiny_mlp, x, y, norm="L1", upper=fmn)
+    for i in range(2):
+        assert result.status[i] == "optimal"
+        assert result.lower[i] <= fmn[i] + 1e-4
+        assert result.counterexample_ok[i]
+
+
+def test_milp_timeout_gives_an_interval_not_a_hang(digits, digits_mlp):
+    _, _, x, y = digits
+    result = MILPVerifier(time_limit=0.05).minimal_perturbation(digits_mlp, x[:2], y[:2])
+    for i in range(2):
+        assert result.status[i] in ("timeout", "misclassified", "optimal")
+        assert result.lower[i] <= result.upper[i]
+        assert result.seconds[i] < 30
+    assert "timeout" in result.status
+
+
+def test_bracket_is_consistent_and_renders(digits, tiny_mlp):
+    _, _, x, y = digits
+    table = bracket(tiny_mlp, x[20:23], y[20:23], time_limit=60, bisection_steps=10)
+    assert len(table.rows) == 3 and table.summary["all_consistent"]
+    for row in table.rows:
+        if row["exact"] is not None:
+            assert row["lower"] <= row["exact"] + 1e-4 <= row["upper"] + 2e-4
+    assert "| index |" in table.markdown() and "median_upper_over_exact" in table.markdown()
+
+
+def test_cli_parser_builds():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    add_certify_parser(sub)
+    args = parser.parse_args(["certify", "--model", "m.safetensors", "--eps", "0.01,0.02", "--bracket", "5"])
+    assert args.bracket == 5 and callable(args.func)
