@@ -128,3 +128,18 @@ def test_certify_command_end_to_end(trained, tmp_path, capsys):
     acc = result["certified_accuracy"]
     assert acc["crown"]["0.005"] >= acc["ibp"]["0.005"] >= acc["ibp"]["0.02"]
     assert (tmp_path / "bracket.md").exists() and result["bracket"]["all_consistent"]
+
+
+def test_evaluate_minimum_norm_and_targeted_modes(trained, tmp_path, capsys):
+    code = main(["evaluate", "--model", str(trained / "model"), "--mode", "minimum-norm", "--norm", "L2",
+                 "--attack", "deepfool", "--attack", "ddn:steps=20", "--limit", "30", "--quiet", "--out", str(tmp_path)])
+    assert code == 0
+    data = json.loads((tmp_path / "minimum-norm.json").read_text())
+    assert len(data["samples"]) == 30
+    assert "robust accuracy" in (tmp_path / "report.md").read_text().lower()
+    code = main(["evaluate", "--model", str(trained / "model"), "--mode", "targeted", "--norm", "L2",
+                 "--attack", "ddn:steps=10", "--limit", "10", "--quiet", "--out", str(tmp_path)])
+    assert code == 0
+    assert "worst" in capsys.readouterr().out
+    code = main(["evaluate", "--model", str(trained / "model"), "--attack", "fgsm", "--limit", "10", "--out", str(tmp_path)])
+    assert code == 2

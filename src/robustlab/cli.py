@@ -202,20 +202,39 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from robustlab.evaluation import evaluate
-    from robustlab.report import evaluation_markdown
+    from robustlab.evaluation import evaluate, evaluate_minimum_norm, evaluate_targeted
+    from robustlab.report import evaluation_markdown, minimum_norm_markdown, targeted_markdown
 
     model, card, data, device = _load_model_and_data(args)
-    threat = _threat(args, tuple(card.input_bounds))
     attacks = [parse_attack(spec) for spec in args.attack]
-    ev = evaluate(model, data.x.to(device), data.y.to(device), threat=threat, attacks=attacks, batch_size=args.batch_size,
-                  seed=args.seed, cascade=args.cascade, indices=data.indices, model_card=card.to_dict(), progress=not args.quiet)
+    bounds = tuple(card.input_bounds)
+    x, y = data.x.to(device), data.y.to(device)
+    common = dict(batch_size=args.batch_size, seed=args.seed, indices=data.indices, model_card=card.to_dict(),
+                  progress=not args.quiet)
     out = Path(args.out)
-    ev.save(out / "evaluation.json")
-    (out / "report.md").write_text(evaluation_markdown(ev))
-    print(f"{threat}, {len(data)} samples of {data.name}/{data.split}")
-    _print_table(_accuracy_rows(ev.metrics), ("accuracy", "value   [95% CI]"))
-    print(f"wrote {out}/evaluation.json and {out}/report.md")
+    if args.mode == "fixed":
+        if args.eps is None:
+            raise RobustlabError("--eps is required for a fixed-budget evaluation (or use --mode minimum-norm)")
+        threat = _threat(args, bounds)
+        ev = evaluate(model, x, y, threat=threat, attacks=attacks, cascade=args.cascade, **common)
+        ev.save(out / "evaluation.json")
+        (out / "report.md").write_text(evaluation_markdown(ev))
+        print(f"{threat}, {len(data)} samples of {data.name}/{data.split}")
+        _print_table(_accuracy_rows(ev.metrics), ("accuracy", "value   [95% CI]"))
+        print(f"wrote {out}/evaluation.json and {out}/report.md")
+        return 0
+    if args.mode == "minimum-norm":
+        ev = evaluate_minimum_norm(model, x, y, attacks=attacks, norm=args.norm, bounds=bounds, **common)
+        text = minimum_norm_markdown(ev)
+    else:
+        if len(attacks) != 1:
+            raise RobustlabError("--mode targeted runs the C&W protocol with exactly one --attack")
+        ev = evaluate_targeted(model, x, y, attack=attacks[0], norm=args.norm, bounds=bounds, **common)
+        text = targeted_markdown(ev)
+    ev.save(out / f"{args.mode}.json")
+    (out / "report.md").write_text(text)
+    print(text)
+    print(f"wrote {out}/{args.mode}.json and {out}/report.md")
     return 0
 
 
@@ -259,14 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
-    def attack_common(p: argparse.ArgumentParser) -> None:
+    def attack_common(p: argparse.ArgumentParser, *, eps_required: bool) -> None:
         common(p)
         p.add_argument("--model", required=True, help="model path (model.safetensors with model.json beside it)")
         p.add_argument("--dataset", help="default: the dataset named in the model card")
         p.add_argument("--split", default="test")
         p.add_argument("--limit", type=int, default=1000, help="stratified subset of this many samples")
         p.add_argument("--norm", default="Linf", help="Linf, L2, L1 or L0")
-        p.add_argument("--eps", required=True, help="radius of the threat model ('inf' for unbounded)")
+        p.add_argument("--eps", required=eps_required, help="radius of the threat model ('inf' for unbounded)")
         p.add_argument("--batch-size", type=int, default=256)
         p.add_argument("--download", action="store_true", help="download the dataset if not found")
 
@@ -299,16 +318,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("attack", help="run one attack; save adversarial inputs and a PNG grid")
-    attack_common(p)
+    attack_common(p, eps_required=True)
     p.add_argument("--attack", required=True, help="NAME[:key=value,...], e.g. pgd:steps=40,step_size=0.01")
     p.add_argument("--targets", choices=["least-likely", "most-confusing", "random"], help="targeted attack")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_attack)
 
     p = sub.add_parser("evaluate", help="robust accuracy under several attacks, per sample and worst case")
-    attack_common(p)
+    attack_common(p, eps_required=False)
     p.add_argument("--attack", action="append", required=True, help="NAME[:key=value,...]; repeat for several")
     p.add_argument("--cascade", action="store_true", help="run each attack only on samples still unbroken")
+    p.add_argument("--mode", choices=["fixed", "minimum-norm", "targeted"], default="fixed",
+                   help="fixed: robust accuracy at --eps; minimum-norm: per-sample minimal distances and robust "
+                        "accuracy at every eps; targeted: the C&W protocol (every sample against all other classes)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_evaluate)
 

@@ -67,7 +67,7 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "threat": {"norm": self.threat.norm, "eps": self.threat.eps, "bounds": list(self.threat.bounds)},
+            "threat": threat_dict(self.threat),
             "attacks": self.attacks,
             "metrics": self.metrics,
             "provenance": self.provenance,
@@ -77,12 +77,7 @@ class Evaluation:
 
     def save(self, path: str | Path) -> Path:
         """Write the evaluation as JSON (atomically: a killed write leaves the old file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(_jsonable(self.to_dict()), indent=1, allow_nan=True))
-        tmp.replace(path)
-        return path
+        return save_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "Evaluation":
@@ -91,6 +86,20 @@ class Evaluation:
         eps = t["eps"] if t["eps"] is not None else math.inf
         return cls(threat=threat_model(t["norm"], eps, tuple(t["bounds"])), attacks=data["attacks"],
                    samples=data["samples"], provenance=data.get("provenance", {}), model_card=data.get("model_card"))
+
+
+def threat_dict(threat: ThreatModel) -> dict[str, Any]:
+    return {"norm": threat.norm, "eps": threat.eps, "bounds": list(threat.bounds)}
+
+
+def save_json(path: str | Path, data: dict[str, Any]) -> Path:
+    """Write JSON atomically (a killed write leaves the old file); ``inf`` becomes ``null``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(data), indent=1, allow_nan=True))
+    tmp.replace(path)
+    return path
 
 
 def _jsonable(value: Any) -> Any:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from robustlab.attacks.base import Attack, AttackResult
 from robustlab.errors import DOCS, DistanceMismatchWarning, RobustlabError
-from robustlab.evaluation.evaluate import CLEAN, Evaluation, _jsonable, _named
+from robustlab.evaluation.evaluate import CLEAN, Evaluation, _named, save_json, threat_dict
 from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.provenance import provenance
 from robustlab.threat import ThreatModel, threat_model
@@ -181,20 +181,6 @@ def _median(sorted_values: list[float]) -> float:
     if n % 2:
         return sorted_values[n // 2]
     return (sorted_values[n // 2 - 1] + sorted_values[n // 2]) / 2
-
-
-def save_json(path: str | Path, data: dict[str, Any]) -> Path:
-    """Write JSON atomically (a killed write leaves the old file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=1, allow_nan=True))
-    tmp.replace(path)
-    return path
-
-
-def threat_dict(threat: ThreatModel) -> dict[str, Any]:
-    return {"norm": threat.norm, "eps": threat.eps, "bounds": list(threat.bounds)}
 
 
 # -- the result ------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from robustlab.attacks.base import Attack
 from robustlab.errors import RobustlabError
+from robustlab.evaluation.evaluate import save_json, threat_dict
 from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.minimum_norm import (
     _median,
@@ -35,8 +36,6 @@ from robustlab.evaluation.minimum_norm import (
     clean_logits,
     cross_check,
     inf_from_json,
-    save_json,
-    threat_dict,
     unbounded_threat,
     verified_distances,
     warn_mismatch,
