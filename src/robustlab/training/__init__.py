@@ -35,3 +35,6 @@ __all__ = [
     "soft_labels",
     "train",
 ]
+
+# Registers the certified training methods "ibp" and "crown-ibp" (robustlab.certify.training).
+import robustlab.certify.training  # noqa: E402, F401
