@@ -12,13 +12,15 @@ import importlib
 import importlib.metadata
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +43,7 @@ PEERS = {
 # Natural training of the benchmark model. LeNet-5 (61,706 parameters) reaches ~99% clean test
 # accuracy in two epochs and trains in about a minute on two cores; it is the "small CNN" of the
 # benchmark because a PGD-40 run over 1000 images then takes seconds, so the whole comparison
-# (five rows, warm-up and three repeats each) stays within a few minutes.
+# (five rows, warm-up and five repeats each) stays within a few minutes.
 TRAIN_CONFIGS = {
     "lenet": TrainConfig(epochs=2, batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9,
                          weight_decay=5e-4, schedule="cosine", seed=0),
@@ -181,11 +183,76 @@ def load_average() -> list[float] | None:
         return None
 
 
+def _cpu_seconds() -> tuple[float, float] | None:
+    """``(busy CPU seconds of the whole machine, CPU seconds of this process)`` so far."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(v) for v in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    busy = sum(ticks[:8]) - idle  # guest time is already counted in user
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return busy / os.sysconf("SC_CLK_TCK"), usage.ru_utime + usage.ru_stime
+
+
+class OtherLoad:
+    """Cores used on average by *other* processes while the ``with`` block runs.
+
+    Machine-wide busy time from /proc/stat minus this process's CPU time, over wall time.
+    On a 2-core machine, anything above a few tenths means the timing was disturbed (torch's
+    OpenMP threads busy-wait, so sharing the cores can slow a run down many times over).
+    None where /proc/stat is not available.
+    """
+
+    def __enter__(self) -> Self:
+        self.cores: float | None = None
+        self._start = _cpu_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end, wall_end = _cpu_seconds(), time.perf_counter()
+        (start, wall_start) = self._start
+        if start is None or end is None or wall_end <= wall_start:
+            return
+        others = (end[0] - start[0]) - (end[1] - start[1])
+        self.cores = max(0.0, others / (wall_end - wall_start))
+
+
+def wait_until_idle(max_wait: float, threshold: float = 0.2, probe: float = 1.0) -> float | None:
+    """Wait (at most ``max_wait`` seconds) until other processes use < ``threshold`` cores over a
+    ``probe``-second window; returns the last measured load (None if it cannot be measured)."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        with OtherLoad() as meter:
+            time.sleep(probe)
+        if meter.cores is None or meter.cores < threshold or time.monotonic() >= deadline:
+            return meter.cores
+        log(f"[load] other processes use {meter.cores:.2f} cores; waiting for an idle machine")
+
+
+def quiet_timing(fn: Callable[[], Any], *, wait: float = 120.0, threshold: float = 0.2,
+                 retries: int = 3) -> tuple[float, float | None, int]:
+    """Wall seconds of ``fn()`` on an idle machine: wait for idle, time it, and run it again
+    (up to ``retries`` times) when other processes used ``threshold`` cores or more meanwhile.
+    Returns ``(seconds, other processes' cores during the kept run, discarded runs)``."""
+    for attempt in range(retries + 1):
+        if wait > 0:
+            wait_until_idle(wait, threshold=threshold, probe=0.5)
+        with OtherLoad() as meter:
+            start = time.perf_counter()
+            fn()
+            seconds = time.perf_counter() - start
+        if meter.cores is None or meter.cores < threshold or attempt == retries:
+            return seconds, meter.cores, attempt
+    raise AssertionError("unreachable")
+
+
 def git_revision() -> str | None:
     """The commit of the checkout (read-only ``git rev-parse``), or None."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True,
-                             text=True, timeout=5)
+                             text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -193,7 +260,7 @@ def git_revision() -> str | None:
 
 def provenance(threads: int) -> dict[str, Any]:
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "robustlab": robustlab.__version__,
         "robustlab_git": git_revision(),
         "torch": torch.__version__,
