@@ -29,6 +29,20 @@ def _logit_difference(logits: Tensor, cls: Tensor, ref: Tensor) -> Tensor:
     return logits.gather(1, cls[:, None]).squeeze(1) - logits.gather(1, ref[:, None]).squeeze(1)
 
 
+# A point counts as adversarial during the search only past a logit tie by this relative margin:
+# an exact tie can flip in the template's fresh forward pass (float rounding depends on the batch).
+_TIE_MARGIN = 1e-5
+
+
+def _clearly_adversarial(logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
+    """``is_adversarial`` with ties excluded: the winning class must lead by a relative margin."""
+    winner = labels if targets is None else targets
+    own = logits.gather(1, winner[:, None]).squeeze(1)
+    other = logits.scatter(1, winner[:, None], -math.inf).amax(dim=1)
+    lead = other - own if targets is None else own - other
+    return is_adversarial(logits, labels, targets) & (lead > _TIE_MARGIN * logits.abs().amax(dim=1).clamp_min(1.0))
+
+
 @dataclass(frozen=True, kw_only=True)
 class DeepFool(Attack):
     """DeepFool: repeatedly linearise the classifier and step to the nearest linearised boundary.
@@ -100,7 +114,7 @@ class DeepFool(Attack):
             if others is None:
                 require_two_classes(logits)
                 others = self._candidate_classes(logits, y)
-            reached = is_adversarial(logits, ya, ta)
+            reached = _clearly_adversarial(logits, ya, ta)
             success[active] = reached
             active, logits = active[~reached], logits[~reached]
             if step == self.steps or active.numel() == 0:
