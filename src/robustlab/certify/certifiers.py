@@ -131,7 +131,9 @@ def prepare(model: nn.Module, x: Tensor) -> Prepared:
 
 
 def check_graph_with_head(model: nn.Module, ops: list, weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
-    head = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None).to(weight.dtype)
+    # Built on the meta device and filled in: no initialisation, so no draw from the global RNG.
+    head = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta", dtype=weight.dtype)
+    head = head.to_empty(device=weight.device)
     with torch.no_grad():
         head.weight.copy_(weight)
         if bias is not None:
