@@ -42,24 +42,36 @@ def _other_outputs(variant: str, targets: Tensor) -> Callable[[Tensor], Tensor]:
     return other
 
 
+# Pair scores are [rows, F, F]; images are processed in chunks of about this many elements so
+# that the temporaries stay small (a [100, 784, 784] float tensor alone is 245 MB).
+_PAIR_CHUNK = 2**22
+
+
 def _pick_pairs(alpha: Tensor, beta: Tensor, searchable: Tensor, increase: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Best pair per image by pairwise saliency.
 
     ``alpha``, ``beta``: ``[M, F]`` gradients of the target output and of the sum of the other
     outputs; ``searchable``: ``bool[M, F]``, the search set. Pair sums form ``[M, F, F]`` outer
-    sums. Returns ``(p, q, found)``: the pair maximising ``-alpha_pq * beta_pq`` subject to
-    ``alpha_pq > 0, beta_pq < 0`` (signs flipped when decreasing), ``p != q`` both searchable;
-    ``found`` is False where no pair qualifies.
+    sums (computed in chunks of images). Returns ``(p, q, found)``: the pair maximising
+    ``-alpha_pq * beta_pq`` subject to ``alpha_pq > 0, beta_pq < 0`` (signs flipped when
+    decreasing), ``p != q`` both searchable; ``found`` is False where no pair qualifies.
     """
-    features = alpha.shape[1]
-    a = alpha[:, :, None] + alpha[:, None, :]
-    b = beta[:, :, None] + beta[:, None, :]
+    m, features = alpha.shape
     sign = 1.0 if increase else -1.0
-    distinct = ~torch.eye(features, dtype=torch.bool, device=alpha.device)
-    valid = (sign * a > 0) & (sign * b < 0) & searchable[:, :, None] & searchable[:, None, :] & distinct
-    score = (-a * b).masked_fill(~valid, -math.inf).flatten(1)
-    best = score.argmax(dim=1)
-    return best // features, best % features, valid.flatten(1).any(dim=1)
+    # Signs folded in, and features outside the search set made unable to satisfy alpha_pq > 0.
+    a1 = torch.where(searchable, sign * alpha, -math.inf)
+    b1 = sign * beta
+    p = torch.zeros(m, dtype=torch.int64, device=alpha.device)
+    q, found = torch.zeros_like(p), torch.zeros(m, dtype=torch.bool, device=alpha.device)
+    rows = max(1, _PAIR_CHUNK // (features * features))
+    for s in range(0, m, rows):
+        # score = relu(alpha_pq) * relu(-beta_pq): positive exactly on the valid pairs, 0 elsewhere.
+        score = (a1[s:s + rows, :, None] + a1[s:s + rows, None, :]).clamp_(min=0)
+        score.mul_((b1[s:s + rows, :, None] + b1[s:s + rows, None, :]).neg_().clamp_(min=0))
+        score.diagonal(dim1=1, dim2=2).fill_(0)
+        top, best = score.flatten(1).max(dim=1)
+        p[s:s + rows], q[s:s + rows], found[s:s + rows] = best // features, best % features, top > 0
+    return p, q, found
 
 
 @dataclass(frozen=True, kw_only=True)
