@@ -4,7 +4,7 @@ and certificates, per sample.
 Models (trained here with robustlab's loop and cached under --workdir):
 
 - ``mlp32-natural``: 784-32-32-10, natural training;
-- ``mlp100-ibp``: 784-100-100-10, IBP training (robustlab.certify.training, method "ibp");
+- ``mlp100-ibp``: 784-100-100-10, IBP training (robustlab.training.certified, method "ibp");
 - ``mlp100-natural``: 784-100-100-10, natural training (expected out of reach for HiGHS).
 
 Measured:
@@ -47,7 +47,7 @@ from robustlab.attacks import PGD, build_attack
 from robustlab.certify import CROWN, CROWNIBP, IBP, AlphaCROWN
 from robustlab.certify.bracket import bracket
 from robustlab.certify.milp import MILPVerifier
-from robustlab.certify.training import CertifiedTrainingOptions
+from robustlab.training.certified import CertifiedTrainingOptions
 from robustlab.data import load_dataset
 from robustlab.models import ModelCard, build_model, load_model, save_model
 from robustlab.threat import threat_model
@@ -88,7 +88,7 @@ def get_model(name: str, workdir: Path, train_set, test_set) -> tuple[nn.Module,
         if options is None:
             result = train(model, train_set.x, train_set.y, config=config, val_x=test_set.x, val_y=test_set.y)
         else:
-            from robustlab.certify.training import train_certified
+            from robustlab.training.certified import train_certified
 
             result = train_certified(model, train_set.x, train_set.y, config=config, options=options,
                                      val_x=test_set.x, val_y=test_set.y)

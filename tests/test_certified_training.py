@@ -1,4 +1,4 @@
-"""Tests of robustlab.certify.training: IBP and CROWN-IBP certified training in the training loop."""
+"""Tests of robustlab.training.certified: IBP and CROWN-IBP certified training in the training loop."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from conftest import torch_threads
 from torch import nn
 
 from robustlab.certify import CROWN, IBP
-from robustlab.certify.training import (
+from robustlab.training.certified import (
     CERTIFIED_METHODS,
     CertifiedTrainingOptions,
     CROWNIBPMethod,

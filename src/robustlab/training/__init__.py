@@ -2,9 +2,12 @@
 
 ``train(model, x, y, config=TrainConfig(...))`` runs the method ``config.method`` from
 :data:`METHODS`; see :mod:`robustlab.training.methods` for the plug-point contract and
-:mod:`robustlab.training.checkpoint` for the checkpoint format.
+:mod:`robustlab.training.checkpoint` for the checkpoint format. Methods: natural training,
+defensive distillation (:mod:`~robustlab.training.distillation`) and certified training with
+IBP / CROWN-IBP bounds (:mod:`~robustlab.training.certified`).
 """
 
+from robustlab.training.certified import CertifiedTrainingOptions, train_certified
 from robustlab.training.checkpoint import load_checkpoint
 from robustlab.training.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from robustlab.training.distillation import (
@@ -18,6 +21,8 @@ from robustlab.training.methods import METHODS, LossOutput, Method, NaturalMetho
 from robustlab.training.optim import build_optimizer, build_scheduler
 
 __all__ = [
+    "CertifiedTrainingOptions",
+    "train_certified",
     "METHODS",
     "OPTIMIZERS",
     "SCHEDULES",
@@ -35,6 +40,3 @@ __all__ = [
     "soft_labels",
     "train",
 ]
-
-# Registers the certified training methods "ibp" and "crown-ibp" (robustlab.certify.training).
-import robustlab.certify.training  # noqa: E402, F401

@@ -283,8 +283,8 @@ class _CertifiedMethod:
         if options is None:
             raise RobustlabError(
                 f"the {self.name!r} training method needs CertifiedTrainingOptions (at least eps); train with "
-                "robustlab.certify.training.train_certified(model, x, y, config=..., options=...) or inside "
-                "`with robustlab.certify.training.certified_training(options):`"
+                "robustlab.training.certified.train_certified(model, x, y, config=..., options=...) or inside "
+                "`with robustlab.training.certified.certified_training(options):`"
             )
         if not isinstance(options, CertifiedTrainingOptions):
             raise RobustlabError(f"options must be CertifiedTrainingOptions, got {type(options).__name__}")
