@@ -84,3 +84,14 @@ def single_thread() -> Iterator[None]:
     files whose tensors are all small."""
     with torch_threads(1):
         yield
+
+
+def linear_two_class(dim: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor, float]:
+    """A 2-class linear model whose logit difference is ``z_1 - z_0 = w . x + c`` (w ~ N(0, I))."""
+    w = torch.randn(dim, generator=torch.Generator().manual_seed(seed))
+    c = 0.3
+    model = nn.Linear(dim, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.stack([torch.zeros(dim), w]))
+        model.bias.copy_(torch.tensor([0.0, c]))
+    return model, w, c

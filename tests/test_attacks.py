@@ -17,6 +17,7 @@ from robustlab.attacks import ATTACKS, BIM, FGSM, PGD, Attack, GaussianNoise, bu
 from robustlab.errors import ProbabilityOutputWarning, RobustlabError
 from robustlab.losses import cross_entropy, dlr, get_loss, margin
 from robustlab.threat import L1, L2, NORMS, Linf, ThreatModel
+from conftest import linear_two_class
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -347,15 +348,6 @@ FACTORS = torch.tensor([0.5, 0.9, 0.97, 0.99, 1.01, 1.03, 1.1, 2.0])
 EPS_ORACLE = 0.5
 
 
-def linear_two_class(seed: int = 0) -> tuple[nn.Module, torch.Tensor, float]:
-    """f(x) = W x + b with logit difference z_1 - z_0 = w . x + c."""
-    w = torch.randn(D, generator=gen(seed))
-    c = 0.3
-    model = nn.Linear(D, 2)
-    with torch.no_grad():
-        model.weight.copy_(torch.stack([torch.zeros(D), w]))
-        model.bias.copy_(torch.tensor([0.0, c]))
-    return model, w, c
 
 
 def samples_with_minimal_eps(w: torch.Tensor, c: float, dual_norm: float, seed: int = 1):
@@ -402,7 +394,7 @@ DUAL = {"Linf": 1, "L2": 2, "L1": math.inf}
 @pytest.mark.parametrize("make_attack,norm", ORACLE_CASES)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_linear_model_broken_exactly_above_the_minimal_eps(make_attack, norm, seed):
-    model, w, c = linear_two_class(seed)
+    model, w, c = linear_two_class(D, seed)
     x, y, margins, factors = samples_with_minimal_eps(w, c, float(torch.linalg.vector_norm(w, DUAL[norm])), seed + 10)
     assert torch.equal(fresh_predictions(model, x), y)  # the labels are the clean classes
     threat = NORMS[norm](eps=EPS_ORACLE, bounds=BOX)
@@ -426,7 +418,7 @@ def test_linear_model_broken_exactly_above_the_minimal_eps(make_attack, norm, se
 def test_linear_model_attack_reaches_the_closed_form_optimum(make_attack, norm, closed_form, atol):
     # The loss grows along -sign(margin) * w, so the best point of the ball is the closed form
     # for every sample, broken or not.
-    model, w, c = linear_two_class(3)
+    model, w, c = linear_two_class(D, 3)
     x, y, margins, _ = samples_with_minimal_eps(w, c, float(torch.linalg.vector_norm(w, DUAL[norm])), 4)
     threat = NORMS[norm](eps=EPS_ORACLE, bounds=BOX)
     result = make_attack()(model, x, y, threat=threat, generator=gen(5))

@@ -13,6 +13,7 @@ from torch import nn
 from robustlab.attacks import DDN, FMN, JSMA, DeepFool, build_attack
 from robustlab.errors import RobustlabError
 from robustlab.threat import L0, L1, L2, NORMS, Linf
+from conftest import linear_two_class
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -28,12 +29,7 @@ def gen(seed: int = 0) -> torch.Generator:
 def linear_problem(norm: str, seed: int = 0):
     """A 2-class linear model ``z_1 - z_0 = w.x + c`` and 16 points (both classes) whose minimal
     flipping perturbation in ``norm`` is ``|w.x + c| / ||w||_dual``, between 0.1 and 1."""
-    w = torch.randn(D, generator=gen(seed))
-    c = 0.3
-    model = nn.Linear(D, 2)
-    with torch.no_grad():
-        model.weight.copy_(torch.stack([torch.zeros(D), w]))
-        model.bias.copy_(torch.tensor([0.0, c]))
+    model, w, c = linear_two_class(D, seed)
     dual = float(torch.linalg.vector_norm(w, DUAL[norm]))
     minimal = torch.linspace(0.1, 1.0, 16)
     margins = minimal * dual * torch.tensor([1.0, -1.0]).repeat(8)
