@@ -1,5 +1,6 @@
 """Evaluation: run attacks over data, keep per-sample results, derive metrics."""
 
+from robustlab.evaluation.diagnostics import Diagnosis, Finding, diagnose
 from robustlab.evaluation.evaluate import CLEAN, Evaluation, evaluate
 from robustlab.evaluation.metrics import accuracy, wilson_interval
 from robustlab.evaluation.minimum_norm import (
@@ -15,5 +16,5 @@ from robustlab.evaluation.targeted import CASES, TargetedEvaluation, evaluate_ta
 __all__ = [
     "CLEAN", "Evaluation", "evaluate", "accuracy", "wilson_interval", "provenance",
     "BEST", "DistanceMismatchWarning", "MinimumNormEvaluation", "distance_statistics", "evaluate_minimum_norm",
-    "CASES", "TargetedEvaluation", "evaluate_targeted",
+    "CASES", "TargetedEvaluation", "evaluate_targeted", "Diagnosis", "Finding", "diagnose",
 ]
