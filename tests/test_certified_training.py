@@ -10,20 +10,19 @@ from conftest import torch_threads
 from torch import nn
 
 from robustlab.certify import CROWN, IBP
+from robustlab.errors import RobustlabError
+from robustlab.threat import threat_model
+from robustlab.training import METHODS, Batch, TrainConfig, load_checkpoint, train
 from robustlab.training.certified import (
     CERTIFIED_METHODS,
     CertifiedTrainingOptions,
     CROWNIBPMethod,
     IBPMethod,
     certified_loss,
-    certified_training,
     schedule,
     train_certified,
     worst_case_logits,
 )
-from robustlab.errors import RobustlabError
-from robustlab.threat import threat_model
-from robustlab.training import METHODS, TrainConfig, load_checkpoint, train
 
 EPS = 0.05
 
@@ -46,6 +45,9 @@ def make_mlp(*, seed: int = 0, hidden: int = 64, batchnorm: bool = False) -> nn.
 
 
 def adam(epochs: int, method: str = "ibp", **kwargs) -> TrainConfig:
+    """The run's settings; certified methods get a placeholder radius that train_certified replaces."""
+    if method in CERTIFIED_METHODS:
+        kwargs.setdefault("method_options", {"eps": 0.1})
     return TrainConfig(epochs=epochs, batch_size=50, optimizer="adam", lr=3e-3, weight_decay=0.0,
                        schedule="constant", method=method, **kwargs)
 
@@ -68,9 +70,16 @@ def stop_after(epoch: int):
 def test_methods_are_registered_and_need_options(digits):
     assert METHODS["ibp"] is IBPMethod and METHODS["crown-ibp"] is CROWNIBPMethod
     assert set(CERTIFIED_METHODS) == {"ibp", "crown-ibp"}
-    x, y, _, _ = digits
     with pytest.raises(RobustlabError, match="train_certified"):
-        train(make_mlp(), x[:50], y[:50], config=adam(1))
+        TrainConfig(method="ibp")
+    with pytest.raises(RobustlabError, match="unknown option.*'epsilon'.*valid options: eps, norm"):
+        TrainConfig(method="ibp", method_options={"epsilon": 0.1})
+    with pytest.raises(RobustlabError, match="eps_warmup_epochs"):
+        TrainConfig(method="ibp", method_options={"eps": 0.1}, threat={"norm": "Linf", "eps": 0.1}, eps_warmup_epochs=1)
+    # The radius may come from the threat model instead.
+    from_threat = IBPMethod(TrainConfig(method="ibp", threat=threat_model("L2", 0.5), method_options={"ramp_steps": 3}))
+    assert (from_threat.options.eps, from_threat.options.norm, from_threat.options.ramp_steps) == (0.5, "L2", 3)
+    x, y, _, _ = digits
     with pytest.raises(RobustlabError, match="config.method"):
         train_certified(make_mlp(), x[:50], y[:50], config=adam(1, "distillation-teacher"),
                         options=CertifiedTrainingOptions(eps=0.1))
@@ -108,11 +117,12 @@ def test_ramp_schedules_give_the_documented_values():
 def test_method_counts_steps_and_uses_the_schedule(digits):
     x, y, _, _ = digits
     options = CertifiedTrainingOptions(eps=0.2, warmup_steps=3, ramp_steps=8)
-    method = CROWNIBPMethod(options)
+    method = CROWNIBPMethod(adam(1, "crown-ibp", method_options=options.to_dict()))
     model = make_mlp()
     seen = []
+    batch = Batch(x[:20], y[:20], torch.arange(20))
     for _ in range(12):
-        method.loss(model, x[:20], x[:20], y[:20])
+        method.loss(model, x[:20], batch)
         seen.append(method.last)
     assert method.step == 12 and method.state_dict()["step"] == 12
     assert [s.eps for s in seen] == pytest.approx([0, 0, 0, 0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2])
@@ -235,9 +245,9 @@ def test_resume_is_exact_with_the_method_state(digits, tmp_path, method, batchno
         train_certified(make_mlp(batchnorm=batchnorm), x, y, config=config, options=options,
                         checkpoint_dir=tmp_path, on_epoch_end=stop_after(2))
     state = load_checkpoint(tmp_path / "last.ckpt")
-    assert state["method"]["step"] == 2 * 6 and state["method"]["options"] == options.to_dict()
+    assert state["method"]["step"] == 2 * 6 and state["config"]["method_options"] == options.to_dict()
     # Different options: refused.
-    with pytest.raises(RobustlabError, match="options"):
+    with pytest.raises(RobustlabError, match="method_options"):
         train_certified(make_mlp(batchnorm=batchnorm), x, y, config=config,
                         options=CertifiedTrainingOptions(eps=0.2, warmup_steps=3, ramp_steps=12),
                         checkpoint_dir=tmp_path)
@@ -250,9 +260,8 @@ def test_resume_is_exact_with_the_method_state(digits, tmp_path, method, batchno
         assert torch.equal(a, b), key
 
 
-def test_context_manager_and_model_mode(digits):
+def test_options_in_the_config_and_model_mode(digits):
     x, y, _, _ = digits
     model = make_mlp(batchnorm=True)
-    with certified_training(CertifiedTrainingOptions(eps=0.1)):
-        result = train(model, x[:100], y[:100], config=adam(1))
+    result = train(model, x[:100], y[:100], config=adam(1, method_options={"eps": 0.1}))
     assert len(result.history) == 1 and not model.training

@@ -143,3 +143,42 @@ def test_evaluate_minimum_norm_and_targeted_modes(trained, tmp_path, capsys):
     assert "worst" in capsys.readouterr().out
     code = main(["evaluate", "--model", str(trained / "model"), "--attack", "fgsm", "--limit", "10", "--out", str(tmp_path)])
     assert code == 2
+
+
+def test_evaluate_suite_resumes_from_its_state_file(trained, tmp_path, capsys):
+    argv = ["evaluate", "--model", str(trained / "model"), "--suite", "quick", "--limit", "40", "--batch-size", "16",
+            "--quiet", "--out", str(tmp_path)]
+    assert main([*argv, "--eps", "0.2"]) == 0
+    data = json.loads((tmp_path / "evaluation.json").read_text())
+    assert list(data["attacks"]) == ["apgd-ce", "apgd-t"]
+    assert json.loads((tmp_path / "state.json").read_text())["steps"] == [3, 3, 3]  # 3 blocks: clean + 2 attacks
+    # A suite runs as a cascade: APGD-T only saw what APGD-CE left.
+    assert all(s["attacks"]["apgd-t"]["success"] is None for s in data["samples"]
+               if s["broken_by"] in ("clean", "apgd-ce"))
+    assert data["metrics"]["robust_accuracy"]["value"] < data["metrics"]["clean_accuracy"]["value"] - 0.3
+    assert main([*argv, "--eps", "0.2"]) == 0  # a finished state file: the same table again
+    assert json.loads((tmp_path / "evaluation.json").read_text())["samples"] == data["samples"]
+    capsys.readouterr()
+    assert main([*argv, "--eps", "0.3"]) == 2
+    assert "belongs to another evaluation (different threat)" in capsys.readouterr().err
+    assert main([*argv, "--eps", "0.3", "--no-resume"]) == 0
+    assert main([*argv[:3], *argv[5:], "--eps", "0.2"]) == 2  # neither a suite nor an attack
+    assert "--suite" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two torchrun workers, each a fresh interpreter
+def test_evaluate_under_torchrun_matches_a_single_process(trained, tmp_path):
+    import os
+
+    argv = ["evaluate", "--model", str(trained / "model"), "--attack", "fgsm", "--attack", "pgd:steps=3",
+            "--cascade", "--eps", "0.1", "--limit", "40", "--batch-size", "8", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "single")]) == 0
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "robustlab", *argv, "--out", str(tmp_path / "sharded")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    single = json.loads((tmp_path / "single" / "evaluation.json").read_text())
+    sharded = json.loads((tmp_path / "sharded" / "evaluation.json").read_text())
+    assert sharded["samples"] == single["samples"] and sharded["provenance"]["processes"] == 2
+    assert sorted(p.name for p in (tmp_path / "sharded").glob("state*.json")) == ["state.rank0-of-2.json",
+                                                                                   "state.rank1-of-2.json"]

@@ -12,6 +12,7 @@ from torch import nn
 from robustlab.errors import RobustlabError
 from robustlab.training import (
     METHODS,
+    Batch,
     LossOutput,
     NaturalMethod,
     TrainConfig,
@@ -290,8 +291,9 @@ def test_metrics_jsonl_has_one_json_line_per_epoch(small, tmp_path, with_val):
     assert [r["epoch"] for r in records] == [1, 2, 3]
     for record in records:
         assert set(record) == {
-            "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"
+            "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_robust_acc", "lr", "seconds"
         }
+        assert record["val_robust_acc"] is None  # no threat model configured
         assert 0 <= record["train_acc"] <= 1
         assert (record["val_acc"] is None) == (not with_val)
     if not with_val:
@@ -410,9 +412,10 @@ def test_bad_inputs_are_reported(small):
 
 def test_natural_method_is_identity_plus_cross_entropy(small):
     x, y, _, _ = small
-    model, method = make_mlp(), NaturalMethod()
-    assert method.make_inputs(model, x, y) is x
-    loss, logits = method.loss(model, x, x, y)
+    model, method = make_mlp(), NaturalMethod(TrainConfig())
+    batch = Batch(x, y, torch.arange(len(x)))
+    assert method.make_inputs(model, batch) is x and method.replays == 1
+    loss, logits = method.loss(model, x, batch)
     assert torch.equal(logits, model(x))
     assert loss.item() == pytest.approx(nn.functional.cross_entropy(model(x), y).item())
     assert METHODS["natural"] is NaturalMethod
@@ -420,37 +423,47 @@ def test_natural_method_is_identity_plus_cross_entropy(small):
 
 def test_a_registered_method_plugs_into_the_loop(small, monkeypatch):
     x, y, _, _ = small
-    calls = {"inputs": 0, "loss": 0}
+    calls = {"inputs": 0, "loss": 0, "after": 0}
+    seen = []
 
     class Shifted(NaturalMethod):
-        def make_inputs(self, model, x, y):
+        def make_inputs(self, model, batch):
             assert model.training
             calls["inputs"] += 1
-            model(x).sum().backward()  # leaves gradients behind; the loop must discard them
-            return (x + 0.1).clamp(0, 1)
+            # The dataset indices of the batch: the examples themselves, in the loop's order.
+            assert torch.equal(x[batch.index], batch.x) and torch.equal(y[batch.index], batch.y)
+            seen.append(batch.index)
+            assert batch.step == len(seen) - 1 and batch.threat is None
+            model(batch.x).sum().backward()  # leaves gradients behind; the loop must discard them
+            return (batch.x + 0.1).clamp(0, 1)
 
-        def loss(self, model, x_train, x, y):
+        def loss(self, model, x_train, batch):
             calls["loss"] += 1
-            assert not torch.equal(x_train, x)
-            return super().loss(model, x_train, x, y)
+            assert not torch.equal(x_train, batch.x)
+            return super().loss(model, x_train, batch)
+
+        def after_step(self, model, x_train, batch):
+            calls["after"] += 1
 
     monkeypatch.setitem(METHODS, "shifted", Shifted)
     result = train(make_mlp(), x, y, config=TrainConfig(epochs=2, method="shifted", **FAST))
-    assert calls == {"inputs": 10, "loss": 10}
+    assert calls == {"inputs": 10, "loss": 10, "after": 10}
     assert len(result.history) == 2
+    for epoch in (seen[:5], seen[5:]):  # every example exactly once per epoch
+        assert torch.equal(torch.cat(epoch).sort().values, torch.arange(len(x)))
 
 
 def test_nonscalar_or_nan_loss_is_reported(small, monkeypatch):
     x, y, _, _ = small
 
     class PerSample(NaturalMethod):
-        def loss(self, model, x_train, x, y):
+        def loss(self, model, x_train, batch):
             logits = model(x_train)
-            return LossOutput(nn.functional.cross_entropy(logits, y, reduction="none"), logits)
+            return LossOutput(nn.functional.cross_entropy(logits, batch.y, reduction="none"), logits)
 
     class Diverging(NaturalMethod):
-        def loss(self, model, x_train, x, y):
-            out = super().loss(model, x_train, x, y)
+        def loss(self, model, x_train, batch):
+            out = super().loss(model, x_train, batch)
             return LossOutput(out.loss * float("nan"), out.logits)
 
     monkeypatch.setitem(METHODS, "per-sample", PerSample)

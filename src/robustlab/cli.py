@@ -123,11 +123,75 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+# Defaults of `robustlab train`. Its parser leaves options it was not given at None, so that a
+# --config file can fill them in and whatever the command line says still wins.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "data_dir": None, "seed": 0, "device": "cpu", "quiet": False, "dataset": None, "model": None, "model_arg": "",
+    "mean": None, "std": None, "epochs": 10, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
+    "weight_decay": 5e-4, "schedule": "cosine", "limit": None, "val_fraction": 0.1, "out": None, "no_resume": False,
+    "download": False, "method": "natural", "options": {}, "norm": "Linf", "eps": None, "eps_warmup_epochs": 0,
+    "bn_mode": "eval", "robust_eval_samples": 500, "robust_eval_steps": 10, "mixed_precision": False,
+}
+
+
+def _read_run_file(path: str) -> dict[str, Any]:
+    """A run file's settings: TOML (``.toml``), or YAML where PyYAML is installed. Keys are the
+    long option names (``batch_size`` or ``batch-size``); method options go in an ``options`` table."""
+    file = Path(path)
+    try:
+        if file.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise RobustlabError(f"{file} is YAML, which needs PyYAML; install it or write the run file as TOML") from None
+            values = yaml.safe_load(file.read_text()) or {}
+        else:
+            import tomllib
+
+            values = tomllib.loads(file.read_text())
+    except OSError as exc:
+        raise RobustlabError(f"cannot read the run file {file}: {exc}") from None
+    except ValueError as exc:  # tomllib.TOMLDecodeError and yaml's errors are ValueErrors or reported here
+        raise RobustlabError(f"cannot parse the run file {file}: {exc}") from None
+    if not isinstance(values, dict):
+        raise RobustlabError(f"the run file {file} must hold a table of settings")
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    unknown = sorted(set(values) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise RobustlabError(f"unknown setting(s) {', '.join(unknown)} in {file}; valid: {', '.join(sorted(TRAIN_DEFAULTS))}")
+    if not isinstance(values.get("options", {}), dict):
+        raise RobustlabError(f"'options' in {file} must be a table of method options")
+    return values
+
+
+def _train_settings(args: argparse.Namespace) -> argparse.Namespace:
+    """Defaults, then the --config file, then the command line."""
+    from_file = _read_run_file(args.config) if args.config else {}
+    given = {key: value for key, value in vars(args).items() if key in TRAIN_DEFAULTS and value is not None}
+    options = dict(from_file.get("options", {}))
+    for item in args.option or []:
+        options.update(_key_values(item, "--option"))
+    settings = {**TRAIN_DEFAULTS, **from_file, **given, "options": options}
+    for required in ("dataset", "model", "out"):
+        if settings[required] is None:
+            raise RobustlabError(f"train needs --{required} (on the command line or in the --config file)")
+    return argparse.Namespace(**{**vars(args), **settings})
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from robustlab.data import train_val_split
     from robustlab.models import ModelCard, build_model, save_model
     from robustlab.training import TrainConfig, train
 
+    args = _train_settings(args)
+    threat = None if args.eps is None else {"norm": args.norm, "eps": args.eps}
+    # Validated before any data is loaded, so a misspelt option fails at once.
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                         momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
+                         method=args.method, method_options=args.options, threat=threat,
+                         eps_warmup_epochs=args.eps_warmup_epochs, bn_mode=args.bn_mode,
+                         robust_eval_samples=args.robust_eval_samples, robust_eval_steps=args.robust_eval_steps,
+                         mixed_precision=args.mixed_precision)
     device = _device(args.device)
     data = _load_data(args, args.dataset, "train", args.limit)
     train_set, val_set = train_val_split(data, args.val_fraction, seed=args.seed) if args.val_fraction > 0 else (data, None)
@@ -135,8 +199,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     normalize = (args.mean, args.std) if args.mean is not None else None
     model = build_model(args.model, input_shape=tuple(data.shape), num_classes=data.num_classes, normalize=normalize,
                         seed=args.seed, **model_args)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                         momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed)
     out = Path(args.out)
     result = train(model.to(device), train_set.x, train_set.y, config=config,
                    val_x=None if val_set is None else val_set.x, val_y=None if val_set is None else val_set.y,
@@ -147,11 +209,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         arguments={"input_shape": list(data.shape), "num_classes": data.num_classes, **model_args},
         dataset=args.dataset,
         normalization=None if normalize is None else {"mean": list(args.mean), "std": list(args.std)},
-        training={"method": config.method, "config": {k: v for k, v in vars(config).items()}, "samples": len(train_set)},
-        metrics={"best_val_acc": result.best_val_acc, "final": result.history[-1] if result.history else None},
+        training={"method": config.method, "config": config.to_dict(), "samples": len(train_set)},
+        metrics={"best_val_acc": result.best_val_acc, "best_val_robust_acc": result.best_val_robust_acc,
+                 "final": result.history[-1] if result.history else None},
     )
     path = save_model(model.cpu(), out / "model", card)
-    print(f"saved {path} (val accuracy {result.best_val_acc})")
+    robust = "" if result.best_val_robust_acc is None else f", robust {result.best_val_robust_acc}"
+    print(f"saved {path} (val accuracy {result.best_val_acc}{robust})")
     return 0
 
 
@@ -202,9 +266,15 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from robustlab.evaluation import evaluate, evaluate_minimum_norm, evaluate_targeted
-    from robustlab.report import evaluation_markdown, minimum_norm_markdown, targeted_markdown
+    from robustlab.evaluation import evaluate_minimum_norm, evaluate_targeted
+    from robustlab.report import minimum_norm_markdown, targeted_markdown
 
+    if args.mode == "fixed":
+        return _evaluate_fixed(args)
+    if args.suite or args.state_file or args.cascade is not None:
+        raise RobustlabError("--suite, --state-file and --cascade apply to --mode fixed only")
+    if not args.attack:
+        raise RobustlabError(f"--mode {args.mode} needs at least one --attack")
     model, card, data, device = _load_model_and_data(args)
     attacks = [parse_attack(spec) for spec in args.attack]
     bounds = tuple(card.input_bounds)
@@ -212,17 +282,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     common = dict(batch_size=args.batch_size, seed=args.seed, indices=data.indices, model_card=card.to_dict(),
                   progress=not args.quiet)
     out = Path(args.out)
-    if args.mode == "fixed":
-        if args.eps is None:
-            raise RobustlabError("--eps is required for a fixed-budget evaluation (or use --mode minimum-norm)")
-        threat = _threat(args, bounds)
-        ev = evaluate(model, x, y, threat=threat, attacks=attacks, cascade=args.cascade, **common)
-        ev.save(out / "evaluation.json")
-        (out / "report.md").write_text(evaluation_markdown(ev))
-        print(f"{threat}, {len(data)} samples of {data.name}/{data.split}")
-        _print_table(_accuracy_rows(ev.metrics), ("accuracy", "value   [95% CI]"))
-        print(f"wrote {out}/evaluation.json and {out}/report.md")
-        return 0
     if args.mode == "minimum-norm":
         ev = evaluate_minimum_norm(model, x, y, attacks=attacks, norm=args.norm, bounds=bounds, **common)
         text = minimum_norm_markdown(ev)
@@ -235,6 +294,48 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     (out / "report.md").write_text(text)
     print(text)
     print(f"wrote {out}/{args.mode}.json and {out}/report.md")
+    return 0
+
+
+def _evaluate_fixed(args: argparse.Namespace) -> int:
+    """Robust accuracy at --eps; resumable through a state file, sharded when run under torchrun."""
+    from robustlab.evaluation import build_suite, distributed, evaluate
+    from robustlab.report import evaluation_markdown
+
+    if args.eps is None:
+        raise RobustlabError("--eps is required for a fixed-budget evaluation (or use --mode minimum-norm)")
+    if not args.suite and not args.attack:
+        raise RobustlabError("give an attack suite (--suite) or at least one --attack")
+    sharded = distributed.launched_distributed()
+    if sharded:
+        args.device = str(distributed.init_process_group(_device(args.device)))
+    try:
+        model, card, data, device = _load_model_and_data(args)
+        threat = _threat(args, tuple(card.input_bounds))
+        attacks = build_suite(args.suite, threat, data.num_classes) if args.suite else {}
+        for spec in args.attack or []:
+            attack, i = parse_attack(spec), 1
+            key = attack.name
+            while key in attacks:
+                i += 1
+                key = f"{attack.name}-{i}"
+            attacks[key] = attack
+        out = Path(args.out)
+        ev = evaluate(model, data.x.to(device), data.y.to(device), threat=threat, attacks=attacks,
+                      cascade=bool(args.suite) if args.cascade is None else args.cascade, batch_size=args.batch_size,
+                      seed=args.seed, indices=data.indices, model_card=card.to_dict(), progress=not args.quiet,
+                      state_file=Path(args.state_file) if args.state_file else out / "state.json",
+                      resume=not args.no_resume, distributed=sharded)
+        if sharded and distributed.rank_and_world()[0] != 0:
+            return 0
+    finally:
+        if sharded:
+            distributed.close()
+    ev.save(out / "evaluation.json")
+    (out / "report.md").write_text(evaluation_markdown(ev))
+    print(f"{threat}, {len(data)} samples of {data.name}/{data.split}" + (f", {args.suite} suite" if args.suite else ""))
+    _print_table(_accuracy_rows(ev.metrics), ("accuracy", "value   [95% CI]"))
+    print(f"wrote {out}/evaluation.json and {out}/report.md")
     return 0
 
 
@@ -296,26 +397,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-url", help="download from this mirror instead of the official source")
     p.set_defaults(func=cmd_datasets)
 
-    p = sub.add_parser("train", help="train a model (natural training)")
+    p = sub.add_parser("train", help="train a model: natural, adversarial (fgsm, fast-fgsm, free, pgd, trades), "
+                                     "certified (ibp, crown-ibp)")
     common(p)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--model", required=True, help="architecture name (robustlab.models.list_models())")
-    p.add_argument("--model-arg", default="", help="architecture arguments, key=value,key=value")
+    p.add_argument("--config", help="run file (TOML; YAML with PyYAML) with these settings, keys as the long option "
+                                    "names and method options in an [options] table; the command line overrides it")
+    p.add_argument("--dataset", help="required (here or in --config)")
+    p.add_argument("--model", help="architecture name (robustlab.models.list_models()); required")
+    p.add_argument("--model-arg", help="architecture arguments, key=value,key=value")
     p.add_argument("--mean", type=float, nargs="+", help="per-channel mean for a Normalize layer inside the model")
     p.add_argument("--std", type=float, nargs="+")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", default="cosine", choices=["constant", "step", "cosine", "onecycle"])
+    p.add_argument("--epochs", type=int, help="default 10 (free training: epochs' worth of steps, a multiple of replays)")
+    p.add_argument("--batch-size", type=int, help="default 128")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], help="default sgd")
+    p.add_argument("--lr", type=float, help="default 0.1")
+    p.add_argument("--momentum", type=float, help="default 0.9")
+    p.add_argument("--weight-decay", type=float, help="default 5e-4")
+    p.add_argument("--schedule", choices=["constant", "step", "cosine", "onecycle"], help="default cosine")
+    p.add_argument("--method", help="training method (robustlab.training.METHODS), default natural")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="a method option, e.g. steps=40 or beta=6; repeat for several")
+    p.add_argument("--norm", help="threat model norm for adversarial training and robust validation, default Linf")
+    p.add_argument("--eps", type=float, help="threat model radius; needed by adversarial methods")
+    p.add_argument("--eps-warmup-epochs", type=float, help="ramp eps linearly over this many epochs, default 0")
+    p.add_argument("--bn-mode", choices=["eval", "train"], help="model mode in the inner maximization, default eval")
+    p.add_argument("--robust-eval-samples", type=int, help="validation samples for PGD robust accuracy, default 500")
+    p.add_argument("--robust-eval-steps", type=int, help="PGD steps of the robust validation, default 10")
+    p.add_argument("--mixed-precision", action="store_true", default=None, help="float16 autocast on CUDA")
     p.add_argument("--limit", type=int, help="train on a stratified subset of this many samples")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl and the final model")
-    p.add_argument("--no-resume", action="store_true", help="start afresh even if the run folder has a checkpoint")
-    p.add_argument("--download", action="store_true")
-    p.set_defaults(func=cmd_train)
+    p.add_argument("--val-fraction", type=float, help="default 0.1")
+    p.add_argument("--out", help="run folder: checkpoints/, metrics.jsonl and the final model; required")
+    p.add_argument("--no-resume", action="store_true", default=None,
+                   help="start afresh even if the run folder has a checkpoint")
+    p.add_argument("--download", action="store_true", default=None)
+    # None = not given, so that a --config file can set them (see TRAIN_DEFAULTS).
+    p.set_defaults(func=cmd_train, seed=None, device=None, quiet=None)
 
     p = sub.add_parser("attack", help="run one attack; save adversarial inputs and a PNG grid")
     attack_common(p, eps_required=True)
@@ -326,8 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="robust accuracy under several attacks, per sample and worst case")
     attack_common(p, eps_required=False)
-    p.add_argument("--attack", action="append", required=True, help="NAME[:key=value,...]; repeat for several")
-    p.add_argument("--cascade", action="store_true", help="run each attack only on samples still unbroken")
+    p.add_argument("--attack", action="append", help="NAME[:key=value,...]; repeat for several (after --suite's)")
+    p.add_argument("--suite", choices=["quick", "standard", "thorough"],
+                   help="an attack suite (standard: AutoAttack's); runs as a cascade unless --no-cascade")
+    p.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=None,
+                   help="run each attack only on samples still unbroken (default: on with --suite, else off)")
+    p.add_argument("--state-file", help="per-sample progress, written after every batch and resumed from "
+                                        "(default: OUT/state.json; one file per rank under torchrun)")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if the state file exists")
     p.add_argument("--mode", choices=["fixed", "minimum-norm", "targeted"], default="fixed",
                    help="fixed: robust accuracy at --eps; minimum-norm: per-sample minimal distances and robust "
                         "accuracy at every eps; targeted: the C&W protocol (every sample against all other classes)")

@@ -13,18 +13,24 @@ from robustlab.attacks.gradient import (
     FastGradientMethod,
     ProjectedGradientDescent,
 )
+from robustlab.attacks.apgd import APGD, APGDT, AutoPGD, AutoPGDTargeted
+from robustlab.attacks.composition import BPDA, EOT, SingleDrawEOTWarning, TransferAttack, bpda_mode
 from robustlab.attacks.carlini_wagner import CWL0, CWL2, CWLinf, CarliniWagnerL0, CarliniWagnerL2, CarliniWagnerLinf
 from robustlab.attacks.ddn import DDN, DecoupledDirectionNorm
+from robustlab.attacks.decision import HSJA, Boundary, BoundaryAttack, HopSkipJump, HopSkipJumpAttack
 from robustlab.attacks.deepfool import DeepFool
+from robustlab.attacks.fab import FAB, FABT, FABTargeted, FastAdaptiveBoundary
 from robustlab.attacks.fmn import FMN, FastMinimumNorm
 from robustlab.attacks.jsma import JSMA, JacobianSaliencyMap
 from robustlab.attacks.noise import GaussianNoise
+from robustlab.attacks.square import Square, SquareAttack
 from robustlab.errors import RobustlabError
 
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls for cls in (FastGradientMethod, BasicIterativeMethod, ProjectedGradientDescent, GaussianNoise,
                 DeepFool, FastMinimumNorm, DecoupledDirectionNorm, JacobianSaliencyMap,
-                CarliniWagnerL2, CarliniWagnerL0, CarliniWagnerLinf)
+                FastAdaptiveBoundary, FABTargeted, SquareAttack, BoundaryAttack, HopSkipJump,
+                CarliniWagnerL2, CarliniWagnerL0, CarliniWagnerLinf, AutoPGD, AutoPGDTargeted)
 }
 
 
@@ -42,5 +48,9 @@ __all__ = [
     "ATTACKS", "Attack", "AttackResult", "ModelOracle", "build_attack", "is_adversarial", "resolve_targets",
     "FGSM", "FastGradientMethod", "BIM", "BasicIterativeMethod", "PGD", "ProjectedGradientDescent", "GaussianNoise",
     "DeepFool", "FMN", "FastMinimumNorm", "DDN", "DecoupledDirectionNorm", "JSMA", "JacobianSaliencyMap",
+    "FAB", "FastAdaptiveBoundary", "FABT", "FABTargeted",
+    "Square", "SquareAttack", "Boundary", "BoundaryAttack", "HopSkipJump", "HopSkipJumpAttack", "HSJA",
+    "BPDA", "EOT", "TransferAttack", "SingleDrawEOTWarning", "bpda_mode",
     "CarliniWagnerL2", "CWL2", "CarliniWagnerL0", "CWL0", "CarliniWagnerLinf", "CWLinf",
+    "AutoPGD", "APGD", "AutoPGDTargeted", "APGDT",
 ]

@@ -11,10 +11,11 @@ from robustlab.evaluation.minimum_norm import (
     evaluate_minimum_norm,
 )
 from robustlab.evaluation.provenance import provenance
+from robustlab.evaluation.suites import SUITES, build_suite
 from robustlab.evaluation.targeted import CASES, TargetedEvaluation, evaluate_targeted
 
 __all__ = [
-    "CLEAN", "Evaluation", "evaluate", "accuracy", "wilson_interval", "provenance",
+    "CLEAN", "Evaluation", "evaluate", "SUITES", "build_suite", "accuracy", "wilson_interval", "provenance",
     "BEST", "DistanceMismatchWarning", "MinimumNormEvaluation", "distance_statistics", "evaluate_minimum_norm",
     "CASES", "TargetedEvaluation", "evaluate_targeted", "Diagnosis", "Finding", "diagnose",
 ]

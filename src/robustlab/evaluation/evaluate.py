@@ -8,24 +8,22 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from robustlab.attacks.base import Attack
 from robustlab.errors import RobustlabError
+from robustlab.evaluation.cascade import CLEAN, CascadeState, fingerprint, run_cascade
+from robustlab.evaluation.distributed import all_gather, rank_and_world, shard_range
 from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.provenance import provenance
 from robustlab.threat import ThreatModel, threat_model
 
-__all__ = ["Evaluation", "evaluate"]
-
-CLEAN = "clean"  # broken_by value of samples the model already misclassifies
+__all__ = ["CLEAN", "Evaluation", "evaluate"]
 
 
 @dataclass
@@ -145,6 +143,9 @@ def evaluate(
     indices: Tensor | None = None,
     model_card: dict[str, Any] | None = None,
     progress: bool = False,
+    state_file: str | Path | None = None,
+    resume: bool = True,
+    distributed: bool = False,
 ) -> Evaluation:
     """Attack every correctly classified sample with each attack and tabulate the results.
 
@@ -155,10 +156,21 @@ def evaluate(
         cascade: run each attack only on samples no earlier attack broke (faster; per-attack
             robust accuracies are then omitted, only the worst case is exact).
         indices: ``[N]`` indices of the samples in their original split (default ``arange``).
-        seed: each attack gets its own generator seeded from ``seed`` and its position, so
-            results do not depend on which other attacks ran.
+        seed: each attack gets one generator per block of ``batch_size`` samples, seeded from
+            ``seed``, the attack's name and the block's position (see
+            :mod:`robustlab.evaluation.cascade`): results do not depend on which other attacks ran
+            (without cascade), on resuming, or on sharding; they do depend on ``batch_size``.
+        state_file: write the per-sample state there after every block and attack, and resume
+            from it if it exists (and ``resume``). A state file of another model, data, threat
+            model, attack list, seed, batch size or cascade setting is refused. Under
+            ``distributed`` each rank uses its own file, ``NAME.rankR-of-W.SUFFIX``.
+        distributed: split the samples over the ranks of the initialized ``torch.distributed``
+            process group (:mod:`robustlab.evaluation.distributed`); every rank returns the
+            merged evaluation, identical to a single-process run.
 
-    Cost: one clean forward per sample plus each attack's own cost on the samples it runs on.
+    Cost: one clean forward per sample plus each attack's own cost on the samples it runs on;
+    one hash of the data and weights (the fingerprint that recognises a state file); with
+    ``state_file``, one JSON write of the table per block and step.
     """
     named = _named(attacks)
     if batch_size < 1:
@@ -167,54 +179,47 @@ def evaluate(
         raise RobustlabError(f"x has {x.shape[0]} samples but y has {y.shape[0]} labels")
     n = x.shape[0]
     indices = torch.arange(n) if indices is None else indices
-    start = time.perf_counter()
-    device = x.device
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            clean_pred = torch.cat([model(x[i:i + batch_size]).argmax(dim=1) for i in range(0, n, batch_size)]) \
-                if n else torch.empty(0, dtype=torch.int64, device=device)
-    finally:
-        model.train(was_training)
-    correct = clean_pred == y
-    broken_by: list[str | None] = [None if bool(c) else CLEAN for c in correct.tolist()]
-    distance = [math.inf if bool(c) else 0.0 for c in correct.tolist()]
-    per_attack: dict[str, list[dict[str, Any]]] = {name: [{"success": None, "distance": None} for _ in range(n)] for name in named}
-
-    bar = tqdm(total=len(named) * n, desc="evaluate", unit="sample", disable=not progress, leave=False)
-    for position, (name, attack) in enumerate(named.items()):
-        generator = torch.Generator(device=device).manual_seed(seed * 1000 + position)
-        alive = [i for i in range(n) if broken_by[i] is None or (not cascade and broken_by[i] != CLEAN)]
-        bar.update(n - len(alive))
-        bar.set_postfix(attack=name)
-        for b in range(0, len(alive), batch_size):
-            chunk = alive[b:b + batch_size]
-            idx = torch.tensor(chunk, device=device)
-            result = attack(model, x[idx], y[idx], threat=threat, generator=generator)
-            for i, ok, d in zip(chunk, result.success.tolist(), result.distance.tolist()):
-                per_attack[name][i] = {"success": ok, "distance": d}
-                if ok and broken_by[i] is None:
-                    broken_by[i], distance[i] = name, d
-            bar.update(len(chunk))
-    bar.close()
-
-    samples = [
-        {
-            "index": int(indices[i]),
-            "label": int(y[i]),
-            "clean_prediction": int(clean_pred[i]),
-            "broken_by": broken_by[i],
-            "distance": distance[i],
-            "attacks": {name: per_attack[name][i] for name in named},
-        }
-        for i in range(n)
-    ]
+    rank, world = rank_and_world() if distributed else (0, 1)
+    start, stop = shard_range(n, batch_size, rank, world)
+    fp = fingerprint(model, x, y, indices, threat=threat, attacks=named, seed=seed, batch_size=batch_size,
+                     cascade=cascade)
+    if world > 1:
+        if len({(f["data"], f["model"]) for f in all_gather(fp)}) > 1:
+            raise RobustlabError("the ranks of the process group hold different data or model weights; "
+                                 "every rank must load the same ones")
+        if state_file is not None:
+            state_file = Path(state_file)
+            state_file = state_file.with_name(f"{state_file.stem}.rank{rank}-of-{world}{state_file.suffix}")
+    state = run_cascade(model, x, y, threat=threat, attacks=named, fingerprint=fp, batch_size=batch_size, seed=seed,
+                        cascade=cascade, start=start, stop=stop, state_file=state_file, resume=resume,
+                        progress=progress and rank == 0)
+    samples = _samples(state, y[start:stop].tolist(), indices[start:stop].tolist())
+    wall_time = state.wall_time
+    if world > 1:
+        parts = all_gather((samples, wall_time))
+        samples = [s for part, _ in parts for s in part]
+        wall_time = max(t for _, t in parts)
+    record = provenance(seed=seed, device=x.device, wall_time=wall_time)
+    record["processes"] = world
     return Evaluation(
         threat=threat,
         attacks={name: attack.config() for name, attack in named.items()},
         samples=samples,
-        provenance=provenance(seed=seed, device=device, wall_time=time.perf_counter() - start),
+        provenance=record,
         model_card=model_card,
     )
+
+
+def _samples(state: CascadeState, labels: list[int], indices: list[int]) -> list[dict[str, Any]]:
+    return [
+        {
+            "index": indices[i],
+            "label": labels[i],
+            "clean_prediction": state.clean_prediction[i],
+            "broken_by": state.broken_by[i],
+            "distance": state.distance[i],
+            "attacks": {name: {"success": state.success[name][i], "distance": state.attack_distance[name][i]}
+                        for name in state.attacks},
+        }
+        for i in range(len(labels))
+    ]

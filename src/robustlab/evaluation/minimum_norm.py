@@ -1,6 +1,6 @@
 """Minimum-norm evaluation: one unbounded run per attack gives robust accuracy at *every* eps.
 
-A minimum-norm attack (C&W, DeepFool, FMN, DDN, JSMA, ...) looks for the smallest perturbation
+A minimum-norm attack (C&W, DeepFool, FMN, DDN, FAB, JSMA, ...) looks for the smallest perturbation
 that changes the prediction. Run once with an unbounded threat (``eps = math.inf``), it yields
 per sample a distance ``d_i`` (``inf`` where it never succeeded); a sample is broken at budget
 ``eps`` iff it is misclassified clean (``d_i = 0``) or ``d_i <= eps``. The robust-accuracy
@@ -54,7 +54,7 @@ def check_minimum_norm(attack: Any, key: str, threat: ThreatModel) -> None:
     if not attack.minimum_norm:
         raise RobustlabError(
             f"{key!r} ({type(attack).__name__}) is a fixed-budget attack, not a minimum-norm one: its distances "
-            "say nothing about smaller budgets. Use a minimum-norm attack (C&W, DeepFool, FMN, DDN, JSMA) here, "
+            "say nothing about smaller budgets. Use a minimum-norm attack (C&W, DeepFool, FMN, DDN, FAB, JSMA) here, "
             "or evaluate() at a fixed eps"
         )
     if threat.norm not in attack.norms:

@@ -13,8 +13,18 @@ from robustlab.models.mlp import MLP
 from robustlab.models.cnn import LeNet, MadryCNN, SmallCNN
 from robustlab.models.resnet import PreActBlock, PreActResNet18, WideBasicBlock, WideResNet
 from robustlab.models.checkpoint import ModelCard, checkpoint_paths, load_model, save_model
+from robustlab.models.preprocessing import (
+    BitDepthReduction,
+    InputTransformDefense,
+    JPEGDefense,
+    RandomResizePad,
+    ThermometerEncoding,
+)
 
 __all__ = [
+    "BitDepthReduction",
+    "InputTransformDefense",
+    "JPEGDefense",
     "MLP",
     "MODELS",
     "LeNet",
@@ -23,7 +33,9 @@ __all__ = [
     "Normalize",
     "PreActBlock",
     "PreActResNet18",
+    "RandomResizePad",
     "SmallCNN",
+    "ThermometerEncoding",
     "WideBasicBlock",
     "WideResNet",
     "build_model",

@@ -27,13 +27,14 @@ before ``warmup_steps``, 1 from then on), and
 While ``eps_t = 0`` or ``kappa_t = 1`` the robust term is skipped (the loss is the clean
 cross-entropy, which is what it equals mathematically at ``eps = 0``).
 
-**Settings.** :class:`~robustlab.training.TrainConfig` names the method only; the settings
-(:class:`CertifiedTrainingOptions`) reach the method through a context variable, as for
-defensive distillation: use :func:`train_certified`, or ``with certified_training(options):
-train(...)``. Outside that context the methods refuse to start (the radius is data-dependent,
-there is no sensible default). The step counter and the options are part of the method's
-``state_dict``, so checkpoints capture the ramp position and a resumed run is exact; resuming
-under different options is refused.
+**Settings.** :class:`CertifiedTrainingOptions`, given as ``TrainConfig.method_options``
+(:func:`train_certified` does that from an options object). ``eps``, ``norm`` and ``bounds`` may
+instead come from ``TrainConfig.threat``; with neither the methods refuse to start (the radius
+is data-dependent, there is no sensible default). The eps ramp is the methods' own
+(``warmup_steps`` / ``ramp_steps``), so ``TrainConfig.eps_warmup_epochs`` must stay 0. The step
+counter is part of the method's ``state_dict`` and the options are part of the config, so
+checkpoints capture the ramp position and a resumed run is exact; resuming under different
+options is refused.
 
 **Mode.** The clean term uses the model in training mode (as the loop leaves it). The bounds
 are those of the eval-mode network, the one that gets certified: BatchNorm with its running
@@ -47,10 +48,9 @@ per sample (about ``K`` times a forward pass), and its gradient.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -61,7 +61,13 @@ from torch import Tensor, nn
 from robustlab.certify.bounds import InputSet, crown_bounds, ibp_bounds, margin_spec
 from robustlab.certify.certifiers import Prepared, prepare
 from robustlab.errors import RobustlabError
-from robustlab.training.methods import METHODS, LossOutput
+from robustlab.training.methods import (
+    METHODS,
+    Batch,
+    LossOutput,
+    TrainingMethod,
+    build_options,
+)
 
 __all__ = [
     "CERTIFIED_METHODS",
@@ -71,7 +77,6 @@ __all__ = [
     "IBPMethod",
     "Schedule",
     "certified_loss",
-    "certified_training",
     "schedule",
     "train_certified",
     "worst_case_logits",
@@ -257,38 +262,30 @@ def certified_loss(
 # -- the training methods --------------------------------------------------------------------
 
 
-_CONTEXT: contextvars.ContextVar[CertifiedTrainingOptions | None] = contextvars.ContextVar(
-    "robustlab_certified_training", default=None
-)
-
-
-@contextlib.contextmanager
-def certified_training(options: CertifiedTrainingOptions) -> Iterator[CertifiedTrainingOptions]:
-    """Make ``options`` the settings of the ``"ibp"`` / ``"crown-ibp"`` methods built inside the
-    block (i.e. of :func:`robustlab.training.train` calls with those methods)."""
-    if not isinstance(options, CertifiedTrainingOptions):
-        raise RobustlabError(f"options must be CertifiedTrainingOptions, got {type(options).__name__}")
-    token = _CONTEXT.set(options)
-    try:
-        yield options
-    finally:
-        _CONTEXT.reset(token)
-
-
-class _CertifiedMethod:
-    name = ""
-
-    def __init__(self, options: CertifiedTrainingOptions | None = None) -> None:
-        options = options if options is not None else _CONTEXT.get()
-        if options is None:
+def _options_from(config) -> CertifiedTrainingOptions:
+    """The :class:`CertifiedTrainingOptions` of ``config``: its ``method_options``, with ``eps``,
+    ``norm`` and ``bounds`` taken from ``config.threat`` where the options leave them out."""
+    values = dict(config.method_options)
+    if set(values) - {f.name for f in fields(CertifiedTrainingOptions)}:
+        build_options(CertifiedTrainingOptions, values, config.method)  # names the valid options
+    if "eps" not in values:
+        if config.threat is None:
             raise RobustlabError(
-                f"the {self.name!r} training method needs CertifiedTrainingOptions (at least eps); train with "
-                "robustlab.training.certified.train_certified(model, x, y, config=..., options=...) or inside "
-                "`with robustlab.training.certified.certified_training(options):`"
+                f"the {config.method!r} training method needs a radius: give TrainConfig.threat or "
+                "method_options={'eps': ...}, or train with robustlab.training.certified.train_certified(model, x, y, "
+                "config=..., options=CertifiedTrainingOptions(eps=...))"
             )
-        if not isinstance(options, CertifiedTrainingOptions):
-            raise RobustlabError(f"options must be CertifiedTrainingOptions, got {type(options).__name__}")
-        self.options = options
+        values = {**{k: config.threat[k] for k in ("eps", "norm", "bounds")}, **values}
+    return build_options(CertifiedTrainingOptions, values, config.method)
+
+
+class _CertifiedMethod(TrainingMethod):
+    Options = CertifiedTrainingOptions
+
+    def __init__(self, config, *, device="cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.options = _options_from(config)
         self.step = 0
         self.last: Schedule | None = None
         self._prepared: tuple[tuple, Prepared] | None = None
@@ -297,16 +294,23 @@ class _CertifiedMethod:
         """The schedule values the next batch will use."""
         return schedule(self.options, self.step, method=self.name)
 
+    @classmethod
+    def check_config(cls, config) -> None:
+        _options_from(config)
+        if config.eps_warmup_epochs:
+            raise RobustlabError(
+                f"the {cls.name!r} method ramps eps with its own warmup_steps / ramp_steps options; "
+                "leave TrainConfig.eps_warmup_epochs at 0"
+            )
+
     def _prepared_for(self, model: nn.Module, x: Tensor) -> Prepared:
         key = (id(model), tuple(x.shape[1:]), x.dtype, x.device)
         if self._prepared is None or self._prepared[0] != key:
             self._prepared = (key, _prepare_for_training(model, x))
         return self._prepared[1]
 
-    def make_inputs(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return x
-
-    def loss(self, model: nn.Module, x_train: Tensor, x: Tensor, y: Tensor) -> LossOutput:
+    def loss(self, model: nn.Module, x_train: Tensor, batch: Batch) -> LossOutput:
+        x, y = batch.x, batch.y
         values = self.current()
         prepared = None
         if values.eps > 0 and values.kappa < 1:
@@ -318,16 +322,10 @@ class _CertifiedMethod:
         return LossOutput(out.loss, out.clean_logits)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "options": self.options.to_dict()}
+        return {"step": self.step}
 
     def load_state_dict(self, state: dict) -> None:
-        saved = state.get("options")
-        if saved is not None and CertifiedTrainingOptions.from_dict(saved) != self.options:
-            raise RobustlabError(
-                f"cannot resume: the checkpoint's {self.name!r} options {saved} differ from this run's "
-                f"{self.options.to_dict()}"
-            )
-        self.step = int(state.get("step", 0))
+        self.step = int(state["step"])
 
 
 class IBPMethod(_CertifiedMethod):
@@ -365,18 +363,19 @@ def train_certified(
     **train_kwargs,
 ):
     """:func:`robustlab.training.train` with ``config.method`` ``"ibp"`` or ``"crown-ibp"``
-    (``"natural"`` is replaced by ``"ibp"``) under ``options``; returns its ``TrainResult``.
-    Other keyword arguments go to :func:`~robustlab.training.train` unchanged."""
+    (``"natural"`` is replaced by ``"ibp"``) and ``options`` as its ``method_options``; returns
+    its ``TrainResult``. Other keyword arguments go to :func:`~robustlab.training.train`."""
     from robustlab.training.config import TrainConfig
     from robustlab.training.loop import train
 
     if not isinstance(config, TrainConfig):
         raise RobustlabError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if config.method == "natural":
-        config = replace(config, method="ibp")
-    if config.method not in CERTIFIED_METHODS:
+    method = "ibp" if config.method == "natural" else config.method
+    if method not in CERTIFIED_METHODS:
         raise RobustlabError(
             f"train_certified needs config.method in {sorted(CERTIFIED_METHODS)}, got {config.method!r}"
         )
-    with certified_training(options):
-        return train(model, train_x, train_y, config=config, checkpoint_dir=checkpoint_dir, **train_kwargs)
+    if not isinstance(options, CertifiedTrainingOptions):
+        raise RobustlabError(f"options must be CertifiedTrainingOptions, got {type(options).__name__}")
+    config = replace(config, method=method, method_options=options.to_dict())
+    return train(model, train_x, train_y, config=config, checkpoint_dir=checkpoint_dir, **train_kwargs)

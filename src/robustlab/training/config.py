@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from robustlab.errors import RobustlabError
-from robustlab.training.methods import METHODS
+from robustlab.threat import NORMS, ThreatModel, threat_model
+from robustlab.training.methods import BN_MODES, METHODS
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
@@ -48,9 +49,28 @@ class TrainConfig:
     - ``"onecycle"``: piecewise linear from 0 up to ``lr`` at 40% of training and back to 0
       at the end, the schedule of Wong et al., "Fast is better than free", 2020, Sec. 5.
 
-    ``seed`` drives all randomness of the run (shuffling and, e.g., dropout), so two runs with
-    the same seed give the same weights on CPU. ``method`` names a training method in
-    :data:`robustlab.training.METHODS`.
+    ``seed`` drives all randomness of the run (shuffling, dropout, the methods' random starts),
+    so two runs with the same seed give the same weights on CPU. ``method`` names a training
+    method in :data:`robustlab.training.METHODS`; ``method_options`` holds its settings (names
+    and values are checked against the method's own ``Options`` dataclass here, so a misspelt
+    option fails at once and lists the valid ones).
+
+    Adversarial training:
+
+    - ``threat``: the threat model to train against and to evaluate on, as
+      ``{"norm": "Linf", "eps": 0.3, "bounds": (0.0, 1.0)}`` (``bounds`` optional) or a
+      :class:`~robustlab.threat.ThreatModel` (stored as that dict, so configs stay plain data).
+      Needed by adversarial methods; optional for the others (it turns on robust validation).
+    - ``eps_warmup_epochs``: ramp eps linearly from (almost) 0 to ``threat.eps`` over the first
+      this many epochs, per optimizer step (0: no warm-up). Must lie in ``[0, epochs]``.
+    - ``bn_mode``: model mode during the inner maximization: ``"eval"`` (running BatchNorm
+      statistics, no Dropout, statistics not updated by attack forwards; TRADES' and MMA's
+      choice) or ``"train"`` (batch statistics, as in Madry et al.'s CIFAR-10 code).
+    - ``robust_eval_samples`` / ``robust_eval_steps``: with a threat and validation data, each
+      epoch also measures robust accuracy under PGD with ``robust_eval_steps`` steps (random
+      start, step ``2.5 eps / steps``) on the first ``robust_eval_samples`` validation examples
+      (0: off); the best checkpoint is then the one with the highest robust accuracy.
+    - ``mixed_precision``: float16 autocast with a gradient scaler on CUDA; ignored on CPU.
     """
 
     epochs: int = 10
@@ -65,6 +85,13 @@ class TrainConfig:
     gamma: float = 0.1
     seed: int = 0
     method: str = "natural"
+    method_options: dict = field(default_factory=dict)
+    threat: dict | None = None
+    eps_warmup_epochs: float = 0
+    bn_mode: str = "eval"
+    robust_eval_samples: int = 500
+    robust_eval_steps: int = 10
+    mixed_precision: bool = False
 
     def __post_init__(self) -> None:
         _require_int("epochs", self.epochs, 1)
@@ -94,6 +121,55 @@ class TrainConfig:
         if not 0 < self.gamma <= 1:
             raise RobustlabError(f"TrainConfig.gamma must be in (0, 1], got {self.gamma}")
         self.milestones = self._checked_milestones(self.milestones)
+        self.threat = self._checked_threat(self.threat)
+        self.eps_warmup_epochs = _require_float("eps_warmup_epochs", self.eps_warmup_epochs)
+        if not 0 <= self.eps_warmup_epochs <= self.epochs:
+            raise RobustlabError(
+                "TrainConfig.eps_warmup_epochs is the number of epochs over which eps ramps up; "
+                f"it must lie in [0, epochs={self.epochs}], got {self.eps_warmup_epochs}"
+            )
+        if self.eps_warmup_epochs > 0 and self.threat is None:
+            raise RobustlabError("TrainConfig.eps_warmup_epochs needs a threat model (TrainConfig.threat)")
+        _require_choice("bn_mode", self.bn_mode, BN_MODES)
+        _require_int("robust_eval_samples", self.robust_eval_samples, 0)
+        _require_int("robust_eval_steps", self.robust_eval_steps, 1)
+        if not isinstance(self.mixed_precision, bool):
+            raise RobustlabError(f"TrainConfig.mixed_precision must be a bool, got {self.mixed_precision!r}")
+        if not isinstance(self.method_options, dict):
+            raise RobustlabError(
+                f"TrainConfig.method_options must be a dict of option names to values, got {self.method_options!r}"
+            )
+        self.method_options = dict(self.method_options)
+        METHODS[self.method].check_config(self)
+
+    @staticmethod
+    def _checked_threat(threat) -> dict | None:
+        if threat is None:
+            return None
+        if isinstance(threat, ThreatModel):
+            threat = {"norm": threat.norm, "eps": threat.eps, "bounds": threat.bounds}
+        if not isinstance(threat, dict) or not {"norm", "eps"} <= set(threat) <= {"norm", "eps", "bounds"}:
+            raise RobustlabError(
+                "TrainConfig.threat must be a ThreatModel or a dict with 'norm', 'eps' and optionally "
+                f"'bounds', e.g. {{'norm': 'Linf', 'eps': 0.3}}; got {threat!r}"
+            )
+        eps = threat["eps"]
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
+            raise RobustlabError(f"TrainConfig.threat eps must be a finite number > 0 for training, got {eps!r}")
+        if threat["norm"] not in NORMS:
+            raise RobustlabError(f"TrainConfig.threat norm must be one of {sorted(NORMS)}, got {threat['norm']!r}")
+        bounds = threat.get("bounds", (0.0, 1.0))
+        try:
+            model = threat_model(threat["norm"], float(eps), tuple(float(b) for b in bounds))
+        except (TypeError, ValueError) as exc:
+            raise RobustlabError(f"TrainConfig.threat is not a valid threat model: {exc}") from None
+        return {"norm": model.norm, "eps": model.eps, "bounds": model.bounds}
+
+    def threat_model(self) -> ThreatModel | None:
+        """``threat`` as a :class:`~robustlab.threat.ThreatModel` (``None`` without one)."""
+        if self.threat is None:
+            return None
+        return threat_model(self.threat["norm"], self.threat["eps"], tuple(self.threat["bounds"]))
 
     @staticmethod
     def _checked_milestones(milestones) -> tuple[float, ...]:

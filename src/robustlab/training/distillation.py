@@ -18,10 +18,10 @@ registered methods, so they get its checkpoints, resumption, schedules and progr
   without gradient) gives exactly the soft labels "computed once on the training set", without
   holding an ``[N, K]`` table the loop has no index into.
 
-The temperature and the teacher are not part of :class:`TrainConfig` (which names the method
-only); :func:`distill` hands them to the methods through a context variable for the duration of
-its :func:`train` calls. Outside :func:`distill`, ``"distillation-teacher"`` uses
-:data:`DEFAULT_TEMPERATURE` and ``"distillation-student"`` refuses to start (it has no teacher).
+The temperature is the methods' option (``TrainConfig.method_options={"temperature": T}``,
+default :data:`DEFAULT_TEMPERATURE`). The teacher is a module, not configuration: :func:`distill`
+builds the student method with it and hands it to :func:`train` (``method=``); built from a
+config alone, ``"distillation-student"`` refuses to start (it has no teacher).
 
 **Numerics.** Soft labels are computed as ``exp(log_softmax(Z / T))`` in float64, never as a
 log of a softmax; the student's loss uses ``log_softmax`` of its own tempered logits. After
@@ -36,11 +36,8 @@ unaffected: distillation does not make the network robust (C&W Sec. VIII, Table 
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import copy
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -51,10 +48,11 @@ from torch import Tensor, nn
 from robustlab.errors import RobustlabError
 from robustlab.training.config import TrainConfig
 from robustlab.training.loop import TrainResult, train
-from robustlab.training.methods import METHODS, LossOutput
+from robustlab.training.methods import METHODS, Batch, LossOutput, TrainingMethod
 
 __all__ = [
     "DEFAULT_TEMPERATURE",
+    "DistillationOptions",
     "DistillationResult",
     "DistillationStudentMethod",
     "DistillationTeacherMethod",
@@ -67,30 +65,23 @@ __all__ = [
 DEFAULT_TEMPERATURE = 100.0
 
 
-@dataclass(frozen=True)
-class _Context:
-    temperature: float
-    teacher: nn.Module | None
-
-
-_CONTEXT: contextvars.ContextVar[_Context | None] = contextvars.ContextVar("robustlab_distillation", default=None)
-
-
-@contextlib.contextmanager
-def _distillation_context(temperature: float, teacher: nn.Module | None) -> Iterator[None]:
-    token = _CONTEXT.set(_Context(temperature, teacher))
-    try:
-        yield
-    finally:
-        _CONTEXT.reset(token)
-
-
 def _check_temperature(temperature: object) -> float:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise RobustlabError(f"temperature must be a number, got {temperature!r}")
     if not (math.isfinite(temperature) and temperature > 0):
         raise RobustlabError(f"temperature must be finite and > 0, got {temperature!r}")
     return float(temperature)
+
+
+@dataclass(frozen=True)
+class DistillationOptions:
+    """``temperature``: the softmax temperature ``T`` of both stages; 100 as in C&W's
+    ``train_distillation`` and Papernot et al.'s strongest setting (S&P 2016, Sec. V)."""
+
+    temperature: float = DEFAULT_TEMPERATURE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "temperature", _check_temperature(self.temperature))
 
 
 def soft_log_labels(teacher: nn.Module, x: Tensor, temperature: float) -> Tensor:
@@ -119,77 +110,49 @@ def soft_labels(
     return torch.cat(parts).float()
 
 
-class DistillationTeacherMethod:
+class DistillationTeacherMethod(TrainingMethod):
     """Teacher stage: cross-entropy on ``softmax(Z / T)`` with the hard labels.
 
-    ``T`` comes from :func:`distill` (else :data:`DEFAULT_TEMPERATURE`). The returned logits are
-    ``Z / T`` (the argmax, and so the reported accuracy, is the same as at ``T = 1``).
-    Cost per batch: 1 forward and 1 backward pass.
+    The returned logits are ``Z / T`` (the argmax, and so the reported accuracy, is the same as
+    at ``T = 1``). Cost per batch: 1 forward and 1 backward pass.
     """
 
     name = "distillation-teacher"
+    Options = DistillationOptions
 
-    def __init__(self) -> None:
-        context = _CONTEXT.get()
-        self.temperature = DEFAULT_TEMPERATURE if context is None else context.temperature
-
-    def make_inputs(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return x
-
-    def loss(self, model: nn.Module, x_train: Tensor, x: Tensor, y: Tensor) -> LossOutput:
-        logits = model(x_train) / self.temperature
-        return LossOutput(F.cross_entropy(logits, y), logits)
-
-    def state_dict(self) -> dict:
-        return {"temperature": self.temperature}
-
-    def load_state_dict(self, state: dict) -> None:
-        _check_same_temperature(state, self.temperature)
+    def loss(self, model: nn.Module, x_train: Tensor, batch: Batch) -> LossOutput:
+        logits = model(x_train) / self.options.temperature
+        return LossOutput(F.cross_entropy(logits, batch.y), logits)
 
 
-class DistillationStudentMethod:
+class DistillationStudentMethod(TrainingMethod):
     """Student stage: soft-label cross-entropy ``-sum_k p_k log softmax(Z / T)_k`` against the
     frozen teacher's ``p = softmax(Z_teacher / T)`` (computed in float64 from ``log_softmax``).
 
-    Only usable inside :func:`distill`, which supplies the teacher and ``T``. The teacher runs
-    in eval mode without gradient; its parameters are never updated. Cost per batch: 1 forward
-    and 1 backward pass of the student, 1 forward pass of the teacher.
+    Built by :func:`distill` with its ``teacher``. The teacher runs in eval mode without
+    gradient; its parameters are never updated. Cost per batch: 1 forward and 1 backward pass
+    of the student, 1 forward pass of the teacher.
     """
 
     name = "distillation-student"
+    Options = DistillationOptions
 
-    def __init__(self) -> None:
-        context = _CONTEXT.get()
-        if context is None or context.teacher is None:
+    def __init__(self, config: TrainConfig, *, device: str | torch.device = "cpu",
+                 teacher: nn.Module | None = None) -> None:
+        if teacher is None:
             raise RobustlabError(
                 "the 'distillation-student' method needs a teacher; train students with "
                 "robustlab.training.distill(teacher, student, ...)"
             )
-        self.temperature = context.temperature
-        self.teacher = context.teacher
+        super().__init__(config, device=device)
+        self.teacher = teacher
 
-    def make_inputs(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return x
-
-    def loss(self, model: nn.Module, x_train: Tensor, x: Tensor, y: Tensor) -> LossOutput:
-        target = soft_log_labels(self.teacher, x_train, self.temperature).exp().to(x_train.dtype)
-        logits = model(x_train) / self.temperature
+    def loss(self, model: nn.Module, x_train: Tensor, batch: Batch) -> LossOutput:
+        temperature = self.options.temperature
+        target = soft_log_labels(self.teacher, x_train, temperature).exp().to(x_train.dtype)
+        logits = model(x_train) / temperature
         loss = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
         return LossOutput(loss, logits)
-
-    def state_dict(self) -> dict:
-        return {"temperature": self.temperature}
-
-    def load_state_dict(self, state: dict) -> None:
-        _check_same_temperature(state, self.temperature)
-
-
-def _check_same_temperature(state: dict, temperature: float) -> None:
-    saved = state.get("temperature")
-    if saved is not None and float(saved) != temperature:
-        raise RobustlabError(
-            f"cannot resume: the checkpoint was trained at temperature {saved}, this run uses {temperature}"
-        )
 
 
 METHODS["distillation-teacher"] = DistillationTeacherMethod
@@ -231,8 +194,9 @@ def distill(
 
     ``train_x [N, ...]`` in the models' input box, ``train_y [N]`` integer labels (the student
     never sees them; they only report its training accuracy). ``config`` is used for both stages
-    with ``method`` replaced by ``"distillation-teacher"`` / ``"distillation-student"``
-    (``student_config`` overrides it for the student). Validation accuracy is measured on the
+    with ``method`` replaced by ``"distillation-teacher"`` / ``"distillation-student"`` and
+    ``method_options`` by ``{"temperature": temperature}`` (``student_config`` overrides it for
+    the student). Validation accuracy is measured on the
     raw logits, i.e. at ``T = 1``, which is how the student is deployed.
 
     ``shared_init``: copy the teacher's initial weights into the student first (C&W start both
@@ -263,27 +227,28 @@ def distill(
             ) from None
     root = None if checkpoint_dir is None else Path(checkpoint_dir)
     teacher_model.to(device)
-    with _distillation_context(temperature, None):
-        if train_teacher:
-            teacher_result = train(
-                teacher_model, train_x, train_y, config=replace(config, method="distillation-teacher"),
-                val_x=val_x, val_y=val_y, checkpoint_dir=None if root is None else root / "teacher",
-                progress=progress, device=device,
-            )
-        else:
-            teacher_result = TrainResult(history=[], best_epoch=0, best_val_acc=None)
+    options = {"temperature": temperature}
+    if train_teacher:
+        teacher_result = train(
+            teacher_model, train_x, train_y,
+            config=replace(config, method="distillation-teacher", method_options=options),
+            val_x=val_x, val_y=val_y, checkpoint_dir=None if root is None else root / "teacher",
+            progress=progress, device=device,
+        )
+    else:
+        teacher_result = TrainResult(history=[], best_epoch=0, best_val_acc=None)
     teacher_model.eval()
     frozen = [p.requires_grad for p in teacher_model.parameters()]
     for p in teacher_model.parameters():
         p.requires_grad_(False)
     try:
-        with _distillation_context(temperature, teacher_model):
-            student_result = train(
-                student_model, train_x, train_y,
-                config=replace(student_config or config, method="distillation-student"),
-                val_x=val_x, val_y=val_y, checkpoint_dir=None if root is None else root / "student",
-                progress=progress, device=device,
-            )
+        student_train_config = replace(student_config or config, method="distillation-student", method_options=options)
+        student_result = train(
+            student_model, train_x, train_y, config=student_train_config,
+            method=DistillationStudentMethod(student_train_config, device=device, teacher=teacher_model),
+            val_x=val_x, val_y=val_y, checkpoint_dir=None if root is None else root / "student",
+            progress=progress, device=device,
+        )
     finally:
         for p, flag in zip(teacher_model.parameters(), frozen):
             p.requires_grad_(flag)

@@ -15,10 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from robustlab.attacks.gradient import ProjectedGradientDescent
 from robustlab.errors import RobustlabError
+from robustlab.threat import ThreatModel
 from robustlab.training import checkpoint as ckpt
 from robustlab.training.config import TrainConfig
-from robustlab.training.methods import Method, make_method
+from robustlab.training.methods import Batch, Method, make_method
 from robustlab.training.optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
@@ -28,13 +30,19 @@ logger = logging.getLogger(__name__)
 class TrainResult:
     """``history``: one dict per epoch with ``epoch`` (1-based), ``train_loss``, ``train_acc``
     (on the method's training inputs), ``val_loss``, ``val_acc`` (clean; None without
-    validation data), ``lr`` (at the epoch's first iteration) and ``seconds``.
-    ``best_epoch``: the epoch with the highest validation accuracy (the first such), or the
-    last epoch without validation data; its weights are in ``best.ckpt``."""
+    validation data), ``val_robust_acc`` (PGD robust accuracy on the validation subset; None
+    without a threat model, validation data or with ``robust_eval_samples=0``), ``lr`` (at the
+    epoch's first iteration) and ``seconds``. For methods that replay each minibatch ``m``
+    times ("free"), an epoch is one pass over the data, and there are ``config.epochs / m``.
+    ``best_epoch``: the epoch with the highest robust validation accuracy when it is measured,
+    else the highest clean validation accuracy (the first such), or the last epoch without
+    validation data; its weights are in ``best.ckpt``. ``best_val_acc`` /
+    ``best_val_robust_acc``: that epoch's clean and robust validation accuracy."""
 
     history: list[dict]
     best_epoch: int
     best_val_acc: float | None
+    best_val_robust_acc: float | None = None
 
 
 def train(
@@ -50,17 +58,22 @@ def train(
     progress: bool = False,
     device: str | torch.device = "cpu",
     on_epoch_end: Callable[[dict], None] | None = None,
+    method: Method | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with the method ``config.method`` and return its history.
 
     ``train_x``: float ``[N, C, H, W]`` (any ``[N, ...]``) in the model's input box,
     ``train_y``: integer ``[N]``; likewise the optional ``val_x``/``val_y``, on which clean
-    accuracy is measured after each epoch. Batches are drawn by a ``torch.randperm`` from a
-    generator seeded by ``config.seed``; the learning rate is stepped every iteration.
+    accuracy (and, with ``config.threat``, PGD robust accuracy on the first
+    ``config.robust_eval_samples``) is measured after each epoch. Batches are drawn by a
+    ``torch.randperm`` from a generator seeded by ``config.seed``; the learning rate is stepped
+    at every optimizer step (``config.epochs * ceil(N / batch_size)`` steps in all, whatever
+    the method's replay count). With ``config.mixed_precision`` on CUDA, ``make_inputs`` and
+    ``loss`` run under float16 autocast and the backward pass through a ``GradScaler``.
 
     With ``checkpoint_dir``, each epoch appends a JSON line to ``metrics.jsonl`` and writes
-    ``last.ckpt`` (everything needed to continue) and, when validation accuracy improves,
-    ``best.ckpt`` (model weights); see :mod:`robustlab.training.checkpoint`. With ``resume``
+    ``last.ckpt`` (everything needed to continue) and, when the validation accuracy that
+    selects the best epoch improves, ``best.ckpt`` (model weights); see :mod:`robustlab.training.checkpoint`. With ``resume``
     and an existing ``last.ckpt`` written under the same config, training continues after
     its epoch; on CPU the final weights are bitwise those of an uninterrupted run.
 
@@ -70,10 +83,15 @@ def train(
     that state is unchanged when ``train`` returns.
 
     ``on_epoch_end(record)`` is called after each epoch's checkpoint is written (an exception
-    it raises stops training with that checkpoint intact). The model is left in eval mode.
+    it raises stops training with that checkpoint intact). ``method``: an already built method
+    for ``config.method`` (for methods that need more than configuration, such as the
+    distillation student's teacher); by default ``METHODS[config.method](config, device=...)``.
+    The model is left in eval mode.
     """
     if not isinstance(config, TrainConfig):
         raise RobustlabError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if method is not None and getattr(method, "name", config.method) != config.method:
+        raise RobustlabError(f"method is a {method.name!r} method but config.method is {config.method!r}")
     device = _as_device(device)
     train_x, train_y = _check_pair(train_x, train_y, "train")
     if (val_x is None) != (val_y is None):
@@ -85,10 +103,15 @@ def train(
     if checkpoint_dir is not None:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     shuffle_seed, global_seed = _derive_seeds(config.seed)
+    threat = config.threat_model()
+    if threat is not None:
+        _check_in_box(train_x, threat, "train_x")
+        if val is not None:
+            _check_in_box(val[0], threat, "val_x")
 
     with _forked_global_rng(device, global_seed):
         _check_model_outputs(model, train_x, train_y, val, device)
-        run = _Run(model, config, device, num_train=len(train_x), shuffle_seed=shuffle_seed)
+        run = _Run(model, config, device, num_train=len(train_x), shuffle_seed=shuffle_seed, method=method)
         last = None if checkpoint_dir is None else checkpoint_dir / ckpt.LAST
         if last is not None and resume and last.exists():
             run.restore(ckpt.load_checkpoint(last), last)
@@ -97,40 +120,56 @@ def train(
         elif checkpoint_dir is not None:
             ckpt.write_metrics(checkpoint_dir / ckpt.METRICS, [])
         try:
-            while run.epoch < config.epochs:
+            while run.epoch < run.epochs:
                 record = run.train_one_epoch(train_x, train_y, val, progress)
                 if checkpoint_dir is not None:
                     run.write_checkpoints(checkpoint_dir)
                     ckpt.append_metrics(checkpoint_dir / ckpt.METRICS, record)
-                logger.info("%s", _describe(record, config.epochs))
+                logger.info("%s", _describe(record, run.epochs))
                 if on_epoch_end is not None:
                     on_epoch_end(dict(record))
         finally:
             model.eval()
-    return TrainResult(list(run.history), run.best_epoch, run.best_val_acc)
+    return TrainResult(list(run.history), run.best_epoch, run.best_val_acc, run.best_val_robust_acc)
 
 
 class _Run:
     """The mutable state of one run: everything a checkpoint holds."""
 
-    def __init__(self, model, config: TrainConfig, device, *, num_train: int, shuffle_seed: int):
+    def __init__(self, model, config: TrainConfig, device, *, num_train: int, shuffle_seed: int,
+                 method: Method | None = None):
         self.model = model
         self.config = config
         self.device = device
         self.num_train = num_train
         self.steps_per_epoch = math.ceil(num_train / config.batch_size)
-        self.method: Method = make_method(config)
+        self.method: Method = make_method(config, device) if method is None else method
+        self.replays = self.method.replays
+        # A replaying method spends `replays` of the configured epochs' optimizer steps on each
+        # pass; TrainConfig has checked (through the method) that they divide.
+        self.epochs = config.epochs // self.replays
         self.optimizer = build_optimizer(model.parameters(), config)
-        self.scheduler = build_scheduler(
-            self.optimizer, config, config.epochs * self.steps_per_epoch
-        )
+        self.scheduler = build_scheduler(self.optimizer, config, config.epochs * self.steps_per_epoch)
+        self.threat = config.threat_model()
+        self.warmup_steps = config.eps_warmup_epochs * self.steps_per_epoch
+        self.amp = config.mixed_precision and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.generator = torch.Generator().manual_seed(shuffle_seed)
         self.epoch = 0
         self.global_step = 0
         self.history: list[dict] = []
         self.best_epoch = 0
         self.best_val_acc: float | None = None
+        self.best_val_robust_acc: float | None = None
         self.improved = False
+
+    def threat_at(self, step: int) -> ThreatModel | None:
+        """The threat model of optimizer step ``step`` (0-based): eps ramped linearly over the
+        warm-up, reaching ``threat.eps`` after it. The ramp starts one step in, never at 0,
+        because a threat model's eps must be positive."""
+        if self.threat is None or step + 1 >= self.warmup_steps:
+            return self.threat
+        return self.threat.with_eps(self.threat.eps * (step + 1) / self.warmup_steps)
 
     def train_one_epoch(self, train_x, train_y, val, progress: bool) -> dict:
         start = time.perf_counter()
@@ -143,30 +182,35 @@ class _Run:
                 "learning rate. The last checkpoint is from the previous epoch."
             )
         val_loss, val_acc = (None, None) if val is None else self._evaluate(*val)
+        robust_acc = None
+        if val is not None and self.threat is not None and self.config.robust_eval_samples > 0:
+            robust_acc = self._robust_accuracy(*val)
         record = {
             "epoch": self.epoch,
             "train_loss": train_loss,
             "train_acc": train_acc,
             "val_loss": val_loss,
             "val_acc": val_acc,
+            "val_robust_acc": robust_acc,
             "lr": lr,
             "seconds": time.perf_counter() - start,
         }
         self.history.append(record)
-        self.improved = val_acc is None or self.best_val_acc is None or val_acc > self.best_val_acc
+        score, best = (robust_acc, self.best_val_robust_acc) if robust_acc is not None else (val_acc, self.best_val_acc)
+        self.improved = score is None or best is None or score > best
         if self.improved:
-            self.best_epoch, self.best_val_acc = self.epoch, val_acc
+            self.best_epoch, self.best_val_acc, self.best_val_robust_acc = self.epoch, val_acc, robust_acc
         return record
 
     def _fit(self, x_all: Tensor, y_all: Tensor, progress: bool) -> tuple[float, float]:
-        model, method, optimizer = self.model, self.method, self.optimizer
-        model.train()
+        self.model.train()
         order = torch.randperm(self.num_train, generator=self.generator)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
+        seen = 0
         bar = tqdm(
-            total=self.steps_per_epoch,
-            desc=f"epoch {self.epoch}/{self.config.epochs}",
+            total=self.steps_per_epoch * self.replays,
+            desc=f"epoch {self.epoch}/{self.epochs}",
             disable=not progress,
             leave=False,
         )
@@ -175,30 +219,49 @@ class _Run:
                 index = order[first : first + self.config.batch_size]
                 x = x_all[index].to(self.device)
                 y = y_all[index].to(self.device)
-                x_train = method.make_inputs(model, x, y)
-                # After make_inputs, so an inner maximization may leave gradients behind.
-                optimizer.zero_grad(set_to_none=True)
-                loss, logits = method.loss(model, x_train, x, y)
-                if loss.dim() != 0:
-                    raise RobustlabError(
-                        f"method {self.config.method!r} returned a loss of shape "
-                        f"{tuple(loss.shape)}; it must be a scalar"
-                    )
-                loss.backward()
-                optimizer.step()
-                self.scheduler.step()
-                self.global_step += 1
-                loss_sum += loss.detach() * len(index)
-                correct += (logits.detach().argmax(dim=1) == y).sum()
-                if progress:
-                    seen = first + len(index)
-                    bar.set_postfix(
-                        loss=f"{loss_sum.item() / seen:.4f}",
-                        acc=f"{correct.item() / seen:.3f}",
-                        refresh=False,
-                    )
-                    bar.update()
-        return loss_sum.item() / self.num_train, correct.item() / self.num_train
+                index = index.to(self.device)
+                for _ in range(self.replays):
+                    loss, logits = self._step(Batch(
+                        x, y, index, epoch=self.epoch, step=self.global_step,
+                        threat=self.threat_at(self.global_step),
+                        scale_loss=self.scaler.scale,  # the identity when the scaler is disabled
+                    ))
+                    loss_sum += loss * len(index)
+                    correct += (logits.argmax(dim=1) == y).sum()
+                    seen += len(index)
+                    if progress:
+                        bar.set_postfix(
+                            loss=f"{loss_sum.item() / seen:.4f}",
+                            acc=f"{correct.item() / seen:.3f}",
+                            refresh=False,
+                        )
+                        bar.update()
+        return loss_sum.item() / seen, correct.item() / seen
+
+    def _step(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """One optimizer step; returns the detached loss and logits."""
+        model, method, optimizer = self.model, self.method, self.optimizer
+        autocast = (
+            torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
+        )
+        with autocast:
+            x_train = method.make_inputs(model, batch)
+        # After make_inputs, so an inner maximization may leave gradients behind.
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss, logits = method.loss(model, x_train, batch)
+        if loss.dim() != 0:
+            raise RobustlabError(
+                f"method {self.config.method!r} returned a loss of shape "
+                f"{tuple(loss.shape)}; it must be a scalar"
+            )
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        method.after_step(model, x_train, batch)
+        self.global_step += 1
+        return loss.detach().float(), logits.detach()
 
     @torch.no_grad()
     def _evaluate(self, x_all: Tensor, y_all: Tensor) -> tuple[float, float]:
@@ -213,6 +276,25 @@ class _Run:
             correct += (logits.argmax(dim=1) == y).sum()
         return loss_sum.item() / len(x_all), correct.item() / len(x_all)
 
+    def _robust_accuracy(self, x_all: Tensor, y_all: Tensor) -> float:
+        """Fraction of the first ``robust_eval_samples`` validation examples classified
+        correctly at the clean input *and* at the PGD adversarial input. The attack's random
+        starts come from a generator seeded afresh each epoch, so epochs are compared on the
+        same starts and the evaluation leaves the run's randomness untouched."""
+        n = min(self.config.robust_eval_samples, len(x_all))
+        attack = ProjectedGradientDescent(steps=self.config.robust_eval_steps)
+        generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        self.model.eval()
+        robust = torch.zeros((), dtype=torch.long, device=self.device)
+        for first in range(0, n, self.config.batch_size):
+            x = x_all[first : min(first + self.config.batch_size, n)].to(self.device)
+            y = y_all[first : min(first + self.config.batch_size, n)].to(self.device)
+            with torch.no_grad():
+                clean_correct = self.model(x).argmax(dim=1) == y
+            result = attack(self.model, x, y, threat=self.threat, generator=generator)
+            robust += (clean_correct & ~result.success).sum()
+        return robust.item() / n
+
     def state(self) -> dict:
         return {
             "config": self.config.to_dict(),
@@ -222,12 +304,14 @@ class _Run:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
             "method": self.method.state_dict(),
             "shuffle_generator": self.generator.get_state(),
             "global_rng": _get_global_rng(self.device),
             "history": self.history,
             "best_epoch": self.best_epoch,
             "best_val_acc": self.best_val_acc,
+            "best_val_robust_acc": self.best_val_robust_acc,
         }
 
     def write_checkpoints(self, directory: Path) -> None:
@@ -239,6 +323,7 @@ class _Run:
                     "config": self.config.to_dict(),
                     "epoch": self.epoch,
                     "val_acc": self.best_val_acc,
+                    "val_robust_acc": self.best_val_robust_acc,
                     "model": self.model.state_dict(),
                 },
             )
@@ -259,6 +344,8 @@ class _Run:
             ) from exc
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.amp and state["grad_scaler"]:
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.method.load_state_dict(state["method"])
         self.generator.set_state(state["shuffle_generator"])
         _set_global_rng(self.device, state["global_rng"])
@@ -267,6 +354,7 @@ class _Run:
         self.history = list(state["history"])
         self.best_epoch = state["best_epoch"]
         self.best_val_acc = state["best_val_acc"]
+        self.best_val_robust_acc = state["best_val_robust_acc"]
 
 
 def _describe(record: dict, epochs: int) -> str:
@@ -276,6 +364,8 @@ def _describe(record: dict, epochs: int) -> str:
     )
     if record["val_acc"] is not None:
         text += f" val_loss={record['val_loss']:.4f} val_acc={record['val_acc']:.4f}"
+    if record["val_robust_acc"] is not None:
+        text += f" val_robust_acc={record['val_robust_acc']:.4f}"
     return text + f" lr={record['lr']:.3g} ({record['seconds']:.1f}s)"
 
 
@@ -306,6 +396,16 @@ def _check_pair(x, y, name: str) -> tuple[Tensor, Tensor]:
     return x, y.long()
 
 
+def _check_in_box(x: Tensor, threat: ThreatModel, name: str) -> None:
+    lo, hi = threat.bounds
+    if (x < lo).any() or (x > hi).any():
+        raise RobustlabError(
+            f"{name} has values in [{float(x.min()):.4g}, {float(x.max()):.4g}], outside the threat model's "
+            f"bounds {threat.bounds}; inputs must be in the model's input box (put mean/std normalization "
+            "inside the model, robustlab.models.Normalize)"
+        )
+
+
 def _check_model_outputs(model, train_x, train_y, val, device) -> None:
     """One eval-mode forward on one example: the model must return logits ``[1, K]``."""
     model.eval()
@@ -323,9 +423,10 @@ def _check_model_outputs(model, train_x, train_y, val, device) -> None:
 
 
 def _derive_seeds(seed: int) -> tuple[int, int]:
-    """Independent seeds for the shuffling generator and the forked global RNG."""
+    """Independent seeds for the shuffling generator and the forked global RNG (a method's own
+    generator takes the third of the same draw: :func:`~robustlab.training.methods.method_generator`)."""
     generator = torch.Generator().manual_seed(seed)
-    shuffle, global_rng = torch.randint(0, 2**62, (2,), generator=generator).tolist()
+    shuffle, global_rng, _ = torch.randint(0, 2**62, (3,), generator=generator).tolist()
     return shuffle, global_rng
 
 

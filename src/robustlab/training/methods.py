@@ -1,32 +1,53 @@
-"""Training methods: the two plug points of the training loop.
+"""Training methods: the plug points of the training loop.
 
 Every training method is a pair:
 
-- an *inner maximization* ``make_inputs(model, x, y) -> x_train`` that produces the inputs the
-  model is trained on (natural training: ``x`` itself; adversarial training: an attack), and
-- an *objective* ``loss(model, x_train, x, y) -> LossOutput`` that computes the scalar loss to
-  minimize (natural training: cross-entropy on ``x_train``; TRADES: CE on ``x`` plus a KL term
-  to ``x_train``; ...).
+- an *inner maximization* ``make_inputs(model, batch) -> x_train`` that produces the inputs the
+  model is trained on (natural training: ``batch.x`` itself; adversarial training: an attack),
+- an *objective* ``loss(model, x_train, batch) -> LossOutput`` that computes the scalar loss to
+  minimize (natural training: cross-entropy on ``x_train``; TRADES: CE on ``batch.x`` plus a KL
+  term to ``x_train``; ...),
 
-The loop (:func:`robustlab.training.train`) calls, for each batch, with the model in train
-mode: ``make_inputs``, then zeroes the parameter gradients, then ``loss`` and ``backward``. So
-``make_inputs`` may leave parameter gradients behind, but it owns everything else about the
-model's state while it runs: in particular **BatchNorm mode during the inner maximization is
-the method's concern** (e.g. run the attack in eval mode so attack forwards do not update the
-running statistics, and restore train mode before returning). Randomness a method needs must
-come from a ``torch.Generator`` it owns and exposes through ``state_dict`` /
-``load_state_dict``, so that checkpoints capture it and resumed runs stay exact.
+plus an optional ``after_step(model, x_train, batch)`` called after the optimizer step, and
+``replays`` (how many optimizer steps the loop takes on each minibatch; "free" adversarial
+training replays each one ``m`` times).
+
+The loop (:func:`robustlab.training.train`) calls, for each batch and each replay, with the model
+in train mode: ``make_inputs``, then zeroes the parameter gradients, then ``loss``, ``backward``,
+the optimizer step and ``after_step``. So ``make_inputs`` may leave parameter gradients behind,
+and ``after_step`` may read ``x_train.grad`` when ``make_inputs`` returned a leaf that requires
+grad (that is how "free" training reuses the training backward for its perturbation). Everything
+else about the model's state while ``make_inputs`` runs is the method's concern; the
+:func:`inner_mode` helper puts the model in the mode ``TrainConfig.bn_mode`` asks for.
+
+A :class:`Batch` carries what varies per step: the inputs, their **dataset indices** (for methods
+with per-example state, such as MMA's per-example eps, kept in ``state_dict`` by index), the
+optimizer step, and the threat model for this step (``TrainConfig.threat`` with the eps warm-up
+applied; ``None`` without a threat).
+
+Methods are classes built as ``METHODS[name](config, device=...)``. Each declares its settings as
+a frozen ``Options`` dataclass; ``TrainConfig.method_options`` is validated against it when the
+config is made (:meth:`TrainingMethod.check_config`), so a misspelt option fails before training.
+Randomness a method needs must come from a ``torch.Generator`` it owns and exposes through
+``state_dict`` / ``load_state_dict``, so that checkpoints capture it and resumed runs stay exact.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustlab.errors import RobustlabError
+
 if TYPE_CHECKING:
+    from robustlab.threat import ThreatModel
     from robustlab.training.config import TrainConfig
 
 
@@ -43,16 +64,49 @@ class LossOutput(NamedTuple):
     logits: Tensor
 
 
+def _identity(t: Tensor) -> Tensor:
+    return t
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training step's data, as the loop hands it to a method.
+
+    ``x``: ``[N, ...]`` inputs on the training device; ``y``: ``[N]`` int64 labels; ``index``:
+    ``[N]`` int64 positions of the examples in the training set (same device); ``epoch``: the
+    loop's 1-based pass; ``step``: optimizer steps taken before this one (0 = first); ``threat``:
+    this step's threat model (warm-up applied) or ``None``; ``scale_loss``: the mixed-precision
+    loss scaler (identity without it). Scaling a loss before differentiating with respect to the
+    input keeps float16 input gradients from underflowing; the steepest-ascent directions of
+    the threat models are invariant to that positive factor.
+    """
+
+    x: Tensor
+    y: Tensor
+    index: Tensor
+    epoch: int = 1
+    step: int = 0
+    threat: ThreatModel | None = None
+    scale_loss: Callable[[Tensor], Tensor] = _identity
+
+
 @runtime_checkable
 class Method(Protocol):
     """A training method; see the module docstring for the contract."""
 
-    def make_inputs(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """Inner maximization: ``x [N, ...], y [N] -> x_train [N, ...]``."""
+    replays: int
+
+    def make_inputs(self, model: nn.Module, batch: Batch) -> Tensor:
+        """Inner maximization: ``batch -> x_train [N, ...]``."""
         ...
 
-    def loss(self, model: nn.Module, x_train: Tensor, x: Tensor, y: Tensor) -> LossOutput:
+    def loss(self, model: nn.Module, x_train: Tensor, batch: Batch) -> LossOutput:
         """Objective on a batch; returns the scalar loss and the logits for accuracy."""
+        ...
+
+    def after_step(self, model: nn.Module, x_train: Tensor, batch: Batch) -> None:
+        """Called after the optimizer step (``x_train.grad`` holds the training gradient when
+        ``x_train`` was a leaf requiring grad)."""
         ...
 
     def state_dict(self) -> dict:
@@ -63,20 +117,69 @@ class Method(Protocol):
         ...
 
 
-class NaturalMethod:
-    """Standard (non-adversarial) training: inputs unchanged, cross-entropy objective.
+@dataclass(frozen=True)
+class NoOptions:
+    """A method without settings."""
 
-    Cost per batch: 1 forward and 1 backward pass.
+
+def build_options(options_type: type, values: dict, method: str) -> Any:
+    """``options_type(**values)``, with unknown names reported together with the valid ones."""
+    if not isinstance(values, dict):
+        raise RobustlabError(f"method_options must be a dict of option names to values, got {values!r}")
+    valid = [f.name for f in dataclasses.fields(options_type)]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        choices = ", ".join(valid) if valid else "none"
+        raise RobustlabError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for training method {method!r}; "
+            f"valid options: {choices}"
+        )
+    try:
+        return options_type(**values)
+    except TypeError as exc:
+        raise RobustlabError(f"bad options for training method {method!r}: {exc}") from None
+
+
+class TrainingMethod:
+    """Base class: natural-training defaults for every plug point.
+
+    Subclasses set ``name``, ``Options`` (a frozen dataclass of the method's settings, validated
+    in ``__post_init__``) and ``needs_threat``, and override what they change.
     """
 
-    name = "natural"
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    needs_threat: ClassVar[bool] = False
 
-    def make_inputs(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return x
+    def __init__(self, config: TrainConfig, *, device: str | torch.device = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.options = build_options(self.Options, config.method_options, self.name)
 
-    def loss(self, model: nn.Module, x_train: Tensor, x: Tensor, y: Tensor) -> LossOutput:
+    @classmethod
+    def check_config(cls, config: TrainConfig) -> None:
+        """Raise :class:`RobustlabError` unless ``config`` suits this method (called by
+        ``TrainConfig`` on construction, before any data is touched)."""
+        build_options(cls.Options, config.method_options, cls.name)
+        if cls.needs_threat and config.threat is None:
+            raise RobustlabError(
+                f"training method {cls.name!r} needs a threat model: set TrainConfig.threat, e.g. "
+                "{'norm': 'Linf', 'eps': 0.3} (CLI: --norm Linf --eps 0.3)"
+            )
+
+    @property
+    def replays(self) -> int:
+        return 1
+
+    def make_inputs(self, model: nn.Module, batch: Batch) -> Tensor:
+        return batch.x
+
+    def loss(self, model: nn.Module, x_train: Tensor, batch: Batch) -> LossOutput:
         logits = model(x_train)
-        return LossOutput(F.cross_entropy(logits, y), logits)
+        return LossOutput(F.cross_entropy(logits, batch.y), logits)
+
+    def after_step(self, model: nn.Module, x_train: Tensor, batch: Batch) -> None:
+        pass
 
     def state_dict(self) -> dict:
         return {}
@@ -85,11 +188,45 @@ class NaturalMethod:
         pass
 
 
-#: Training methods by name; ``TrainConfig.method`` picks one. Values are zero-argument
-#: factories returning a :class:`Method`.
-METHODS: dict[str, Callable[[], Method]] = {"natural": NaturalMethod}
+class NaturalMethod(TrainingMethod):
+    """Standard (non-adversarial) training: inputs unchanged, cross-entropy objective.
+
+    Cost per batch: 1 forward and 1 backward pass.
+    """
+
+    name = "natural"
 
 
-def make_method(config: TrainConfig) -> Method:
+BN_MODES = ("eval", "train")
+
+
+@contextlib.contextmanager
+def inner_mode(model: nn.Module, bn_mode: str) -> Iterator[None]:
+    """Run the body with ``model`` in eval mode (``bn_mode="eval"``: BatchNorm uses its running
+    statistics and is not updated, Dropout is off) or train mode (``"train"``: batch statistics,
+    running statistics updated by every attack forward), restoring every module's mode after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.train(bn_mode == "train")
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def method_generator(config: TrainConfig, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator on ``device`` for a method's random starts, seeded from ``config.seed`` and
+    independent of the loop's shuffling and global-RNG seeds (it is the third of the same
+    draw). Methods keep it in their ``state_dict``."""
+    seeds = torch.randint(0, 2**62, (3,), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    return torch.Generator(device=device).manual_seed(seeds[2])
+
+
+#: Training methods by name; ``TrainConfig.method`` picks one. Values are classes built as
+#: ``METHODS[name](config, device=...)`` (see :class:`TrainingMethod`).
+METHODS: dict[str, type[TrainingMethod]] = {"natural": NaturalMethod}
+
+
+def make_method(config: TrainConfig, device: str | torch.device = "cpu") -> Method:
     """Build the method ``config.method`` names; the one place the loop constructs methods."""
-    return METHODS[config.method]()
+    return METHODS[config.method](config, device=device)

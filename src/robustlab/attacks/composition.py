@@ -1,0 +1,257 @@
+"""Attack wrappers against obfuscated gradients (Athalye, Carlini & Wagner, ICML 2018):
+BPDA, EOT and transfer.
+
+Each wrapper is itself an :class:`Attack` around any gradient attack, so the template still
+checks inputs, projects, restores the model and judges success by a fresh forward pass of the
+real model. BPDA and EOT change only how the wrapped attack's gradients are computed, by
+handing it a substitute :class:`ModelOracle` that routes every pass through the template's
+oracle: the cost counters stay honest (EOT with ``n`` draws costs ``n`` forwards and backwards
+per gradient). They compose either way round, e.g. ``EOT(BPDA(PGD()), draws=30)`` for a
+randomised, non-differentiable defense.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.attacks.base import Attack, ModelOracle
+from robustlab.errors import DOCS, RobustlabError, RobustlabWarning
+from robustlab.losses import Loss
+from robustlab.models.preprocessing import InputTransformDefense
+from robustlab.threat import ThreatModel
+
+__all__ = ["BPDA", "EOT", "TransferAttack", "SingleDrawEOTWarning", "bpda_mode"]
+
+
+class SingleDrawEOTWarning(RobustlabWarning):
+    """EOT with one draw per step is plain PGD on a random model, a pitfall (Athalye et al. §4.2)."""
+
+
+@contextlib.contextmanager
+def bpda_mode(model: nn.Module) -> Iterator[list[InputTransformDefense]]:
+    """Within the context, every :class:`InputTransformDefense` inside ``model`` keeps its real
+    forward value and back-propagates through its ``approximation``. Yields those defenses;
+    their previous settings are restored on exit."""
+    defenses = [m for m in model.modules() if isinstance(m, InputTransformDefense)]
+    before = [d.bpda for d in defenses]
+    try:
+        for d in defenses:
+            d.bpda = True
+        yield defenses
+    finally:
+        for d, flag in zip(defenses, before):
+            d.bpda = flag
+
+
+class _RelayOracle(ModelOracle):
+    """An oracle that answers through another, so that every pass lands on its counters."""
+
+    def __init__(self, base: ModelOracle):
+        self.base = base
+        self.model = base.model
+
+    @property  # type: ignore[override]
+    def forwards(self) -> int:
+        return self.base.forwards
+
+    @property  # type: ignore[override]
+    def backwards(self) -> int:
+        return self.base.backwards
+
+
+class _BPDAOracle(_RelayOracle):
+    def logits(self, x: Tensor) -> Tensor:
+        return self.base.logits(x)
+
+    def loss_and_grad(self, x: Tensor, loss_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        with bpda_mode(self.model):
+            return self.base.loss_and_grad(x, loss_fn)
+
+
+class _EOTOracle(_RelayOracle):
+    """Averages over ``draws`` independent passes of a random model (each a fresh draw)."""
+
+    def __init__(self, base: ModelOracle, draws: int):
+        super().__init__(base)
+        self.draws = draws
+
+    def logits(self, x: Tensor) -> Tensor:
+        total = self.base.logits(x)
+        for _ in range(self.draws - 1):
+            total = total + self.base.logits(x)
+        return total / self.draws
+
+    def loss_and_grad(self, x: Tensor, loss_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        loss, grad, logits = self.base.loss_and_grad(x, loss_fn)
+        for _ in range(self.draws - 1):
+            more = self.base.loss_and_grad(x, loss_fn)
+            loss, grad, logits = loss + more[0], grad + more[1], logits + more[2]
+        return loss / self.draws, grad / self.draws, logits / self.draws
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Wrapper(Attack):
+    """An attack around another; supported norms, family and loss are the wrapped attack's."""
+
+    attack: Attack = field(kw_only=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.attack, Attack):
+            raise RobustlabError(f"{type(self).__name__} wraps a robustlab Attack, got {type(self.attack).__name__}")
+
+    @property  # type: ignore[override]
+    def norms(self) -> frozenset[str]:
+        return self.attack.norms
+
+    @property  # type: ignore[override]
+    def minimum_norm(self) -> bool:
+        return self.attack.minimum_norm
+
+    @property
+    def loss_fn(self) -> Loss | None:
+        return getattr(self.attack, "loss_fn", None)
+
+    def config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"attack": self.name, "inner": self.attack.config()}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (int, float, str, bool, type(None))):
+                out[f.name] = value
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class BPDA(_Wrapper):
+    """Backward Pass Differentiable Approximation (Athalye et al., ICML 2018, §4.1).
+
+    ``BPDA(PGD())(defended, x, y, threat=...)``: every gradient the wrapped attack asks for is
+    computed with each :class:`~robustlab.models.preprocessing.InputTransformDefense` inside
+    ``defended`` in BPDA mode (forward: the real transform, value for value; backward: its
+    ``approximation``, the identity for JPEG and bit-depth reduction, the soft relaxation for
+    thermometer encoding). Forward-only queries and the final success check use the real model.
+
+    Cost: that of the wrapped attack (a BPDA backward also evaluates the approximation, which
+    is not counted as a model pass). Raises if the model contains no such defense: BPDA would
+    silently be the plain attack.
+    """
+
+    name = "bpda"
+
+    def _run(self, oracle: ModelOracle, x: Tensor, y: Tensor, *, threat: ThreatModel, targets: Tensor | None,
+             generator: torch.Generator | None) -> tuple[Tensor, dict[str, Any]]:
+        if not any(isinstance(m, InputTransformDefense) for m in oracle.model.modules()):
+            raise RobustlabError(
+                "BPDA found no robustlab.models.preprocessing.InputTransformDefense inside the model; wrap the "
+                "non-differentiable layer in one (subclass it with transform() and approximation())"
+            )
+        return self.attack._run(_BPDAOracle(oracle), x, y, threat=threat, targets=targets, generator=generator)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EOT(_Wrapper):
+    """Expectation over Transformation (Athalye, Engstrom, Ilyas & Kwok, ICML 2018; used against
+    randomised defenses in Athalye, Carlini & Wagner, ICML 2018, §4.2): the wrapped attack
+    climbs ``E_t[L(model_t(x))]``, estimated at every step by the mean loss and gradient over
+    ``draws`` fresh forward/backward passes of a random model (random preprocessing such as
+    :class:`~robustlab.models.preprocessing.RandomResizePad`, or dropout that stays on in eval
+    mode). Forward-only queries average logits over ``draws``.
+
+    The model draws its own randomness (the attack's ``generator`` cannot reach it): seed the
+    model's generator to reproduce a run. The template's final success check is a single fresh
+    draw, as deployed. On a deterministic model EOT only multiplies the cost.
+
+    Args:
+        draws: samples per gradient; 30 in Athalye et al.'s attack on Xie et al.'s randomisation
+            (``randomization/robustml_attack.py``). ``draws=1`` warns (:class:`SingleDrawEOTWarning`).
+
+    Cost: ``draws`` times the wrapped attack's model passes, forward and backward.
+    """
+
+    name = "eot"
+
+    draws: int = 30
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1:
+            raise RobustlabError(f"draws must be a positive integer, got {self.draws!r}")
+        if self.draws == 1:
+            warnings.warn(
+                "EOT with draws=1 averages nothing: each step follows the gradient of a single random draw. "
+                f"Use tens of draws (Athalye et al. use 30). See {DOCS}/diagnostics/#eot",
+                SingleDrawEOTWarning,
+                stacklevel=3,
+            )
+
+    def _run(self, oracle: ModelOracle, x: Tensor, y: Tensor, *, threat: ThreatModel, targets: Tensor | None,
+             generator: torch.Generator | None) -> tuple[Tensor, dict[str, Any]]:
+        return self.attack._run(_EOTOracle(oracle, self.draws), x, y, threat=threat, targets=targets, generator=generator)
+
+
+class _LogitEnsemble(nn.Module):
+    """Mean of the members' logits (Liu et al., ICLR 2017, fuse an ensemble for transfer)."""
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(dim=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferAttack(_Wrapper):
+    """Transfer (black-box) attack: run ``attack`` on a surrogate, judge on the target.
+
+    ``TransferAttack(PGD(), surrogates=[model_a, model_b])`` crafts on the mean of the
+    surrogates' logits (one surrogate: that model) and returns the surrogate's adversarial
+    inputs; the template then scores them on the target. A surrogate may be the same
+    architecture trained with another seed, or the defense with its non-differentiable part
+    removed (the black-box check of ``algorithms.md`` §10(c), sign 2).
+
+    Cost on the target: only the template's two forwards per sample (clean and success check).
+    Surrogate cost goes to ``extras["surrogate_forwards"]`` / ``["surrogate_backwards"]``;
+    ``extras["surrogate_success"]`` is the per-sample success on the surrogate ensemble.
+    """
+
+    name = "transfer"
+
+    surrogates: Sequence[nn.Module] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.surrogates, nn.Module):
+            object.__setattr__(self, "surrogates", (self.surrogates,))
+        surrogates = tuple(self.surrogates)
+        if not surrogates:
+            raise RobustlabError("TransferAttack needs at least one surrogate model")
+        for s in surrogates:
+            if not isinstance(s, nn.Module):
+                raise RobustlabError(f"surrogates must be nn.Modules, got {type(s).__name__}")
+        object.__setattr__(self, "surrogates", surrogates)
+
+    def config(self) -> dict[str, Any]:
+        out = super().config()
+        out["surrogates"] = [type(s).__name__ for s in self.surrogates]
+        return out
+
+    def _run(self, oracle: ModelOracle, x: Tensor, y: Tensor, *, threat: ThreatModel, targets: Tensor | None,
+             generator: torch.Generator | None) -> tuple[Tensor, dict[str, Any]]:
+        if any(s is oracle.model for s in self.surrogates):
+            raise RobustlabError("a surrogate is the target model itself: that is a white-box attack, not transfer")
+        surrogate = self.surrogates[0] if len(self.surrogates) == 1 else _LogitEnsemble(self.surrogates)
+        result = self.attack(surrogate, x, y, threat=threat, targets=targets, generator=generator)
+        return result.x_adv, {
+            "surrogate_forwards": result.forwards,
+            "surrogate_backwards": result.backwards,
+            "surrogate_success": result.success,
+            "surrogate_extras": result.extras,
+        }

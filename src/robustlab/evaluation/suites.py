@@ -1,0 +1,119 @@
+"""Attack suites: fixed, ordered attack lists for :func:`robustlab.evaluation.evaluate`.
+
+``build_suite(name, threat, num_classes)`` (or ``SUITES[name](threat, num_classes)``) returns an
+ordered ``{key: Attack}`` mapping; run it with ``cascade=True`` for the worst case at the cost of
+a cascade. Attacks are built by registry name (:func:`robustlab.attacks.build_attack`) when a
+suite is requested, so a suite whose attack is not registered fails then, with a clear error,
+and importing this module never does.
+
+* ``"standard"``: AutoAttack's standard version (Croce & Hein, ICML 2020; the ``set_version``
+  of the authors' ``autoattack.py``). L∞ and L2: APGD-CE (100 steps, 1 restart), APGD-T
+  (targeted DLR, 9 target classes, 100 steps), FAB-T (9 target classes, 100 steps), Square
+  (5000 queries, ``p_init`` 0.8). L1 (AutoAttack's L1 version, Croce & Hein, ICCV 2021): APGD-CE
+  with 5 restarts, APGD-T with 5 target classes and FAB-T; AutoAttack's list also names Square,
+  which robustlab implements for L∞ and L2 only, so the L1 suite has no score-based attack. AutoAttack
+  additionally runs its L1 APGD with a larger-eps warm start (``use_largereps``), which
+  robustlab's l1-APGD does not have: on L1 this suite can be slightly weaker than AutoAttack.
+  Target counts are capped at ``K - 1``.
+* ``"quick"``: APGD-CE and APGD-T with 20 steps and 3 target classes: a smoke test of a few
+  hundred forward/backward passes per sample, not a number to report (our choice, no paper).
+* ``"thorough"``: AutoAttack's "plus" version (APGD-CE and APGD-DLR with 5 restarts,
+  untargeted FAB with 5 restarts, Square, APGD-T and FAB-T with 9 targets) plus PGD on the
+  C&W margin loss (100 steps, 5 restarts; a loss none of the others climbs) and Square with
+  10000 queries instead of 5000 (for L1 without Square, as ``standard``). Untargeted FAB linearises all ``K - 1`` boundaries each step:
+  its memory and time grow with the number of classes.
+
+L0 has no suite: AutoAttack defines none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from robustlab.attacks.base import Attack
+from robustlab.errors import RobustlabError
+from robustlab.threat import ThreatModel
+
+__all__ = ["SUITES", "build_suite", "suite_spec"]
+
+# (key in the evaluation, registry name, hyperparameters)
+Spec = list[tuple[str, str, dict[str, Any]]]
+
+_NORMS = ("Linf", "L2", "L1")
+
+
+def _quick(norm: str, num_classes: int) -> Spec:
+    return [
+        ("apgd-ce", "apgd", {"loss": "ce", "steps": 20, "restarts": 1}),
+        ("apgd-t", "apgd-t", {"steps": 20, "restarts": 1, "n_target_classes": min(3, num_classes - 1)}),
+    ]
+
+
+def _standard(norm: str, num_classes: int) -> Spec:
+    l1 = norm == "L1"
+    spec = [
+        ("apgd-ce", "apgd", {"loss": "ce", "steps": 100, "restarts": 5 if l1 else 1}),
+        ("apgd-t", "apgd-t", {"steps": 100, "restarts": 1, "n_target_classes": min(5 if l1 else 9, num_classes - 1)}),
+        ("fab-t", "fab-t", {"steps": 100, "restarts": 1, "n_target_classes": min(9, num_classes - 1)}),
+    ]
+    return spec if l1 else [*spec, ("square", "square", {"queries": 5000, "p_init": 0.8})]
+
+
+def _thorough(norm: str, num_classes: int) -> Spec:
+    if num_classes < 3:
+        raise RobustlabError(f"the thorough suite's APGD-DLR needs at least 3 classes, the model has {num_classes}")
+    targets = min(9, num_classes - 1)
+    spec = [
+        ("apgd-ce", "apgd", {"loss": "ce", "steps": 100, "restarts": 5}),
+        ("apgd-dlr", "apgd", {"loss": "dlr", "steps": 100, "restarts": 5}),
+        ("pgd-margin", "pgd", {"loss": "margin", "steps": 100, "restarts": 5}),
+        ("fab", "fab", {"steps": 100, "restarts": 5}),
+        ("square", "square", {"queries": 10000, "p_init": 0.8}),
+        ("apgd-t", "apgd-t", {"steps": 100, "restarts": 1, "n_target_classes": targets}),
+        ("fab-t", "fab-t", {"steps": 100, "restarts": 1, "n_target_classes": targets}),
+    ]
+    return [entry for entry in spec if norm != "L1" or entry[1] != "square"]
+
+
+_SPECS: dict[str, Callable[[str, int], Spec]] = {"quick": _quick, "standard": _standard, "thorough": _thorough}
+
+
+def suite_spec(name: str, threat: ThreatModel | str, num_classes: int) -> Spec:
+    """The suite as ``[(key, registry name, hyperparameters)]``, without building anything."""
+    if name not in _SPECS:
+        raise RobustlabError(f"unknown attack suite {name!r}; choose one of {sorted(_SPECS)}")
+    norm = threat.norm if isinstance(threat, ThreatModel) else threat
+    if norm not in _NORMS:
+        raise RobustlabError(f"attack suites are defined for {list(_NORMS)} (as AutoAttack), not {norm!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise RobustlabError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    return _SPECS[name](norm, num_classes)
+
+
+def build_suite(name: str, threat: ThreatModel | str, num_classes: int) -> dict[str, Attack]:
+    """The attacks of suite ``name`` for ``threat`` (or its norm) and a ``num_classes``-way model,
+    in order, keyed by their names in the evaluation.
+
+    Raises :class:`RobustlabError` if an attack of the suite is not registered or does not
+    support the norm: a suite silently missing an attack would overstate robustness.
+    """
+    from robustlab.attacks import ATTACKS, build_attack
+
+    norm = threat.norm if isinstance(threat, ThreatModel) else threat
+    attacks: dict[str, Attack] = {}
+    for key, registered, hyperparameters in suite_spec(name, threat, num_classes):
+        if registered not in ATTACKS:
+            raise RobustlabError(f"the {name!r} suite needs the attack {registered!r}, which is not registered "
+                                 f"in this robustlab (robustlab.attacks.ATTACKS has {sorted(ATTACKS)})")
+        if norm not in ATTACKS[registered].norms:
+            raise RobustlabError(f"the {name!r} suite needs {registered!r} for {norm}, which it does not support "
+                                 f"(it supports {sorted(ATTACKS[registered].norms)})")
+        attacks[key] = build_attack(registered, **hyperparameters)
+    return attacks
+
+
+SUITES: dict[str, Callable[[ThreatModel | str, int], dict[str, Attack]]] = {
+    name: partial(build_suite, name) for name in _SPECS
+}

@@ -1,0 +1,405 @@
+"""APGD and APGD-T: the checkpoint schedule and step-size rule, strength against PGD on a trained
+digits model, the DLR loss where cross-entropy is masked, early stopping, few-class models,
+closed-form optima on a linear model, and hyperparameter checks."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from conftest import linear_two_class
+from torch import nn
+
+from robustlab.attacks import APGD, APGDT, PGD, AutoPGD, AutoPGDTargeted, build_attack
+from robustlab.attacks.apgd import _AutoPGDBase, _sparse_direction, _State, checkpoints
+from robustlab.errors import RobustlabError
+from robustlab.threat import L1, L2, Linf
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(dim=1) == y).float().mean())
+
+
+@pytest.fixture(scope="module")
+def digits_test(digits):
+    _, _, x_test, y_test = digits
+    return x_test, y_test
+
+
+class Scale(nn.Module):
+    """Multiplies the logits: the predictions are unchanged, but softmax saturates in float32,
+    so cross-entropy gradients vanish (the masking the DLR loss was designed against)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.factor
+
+
+class FirstClasses(nn.Module):
+    """The first ``k`` logits of a model: a k-class classifier."""
+
+    def __init__(self, model: nn.Module, k: int) -> None:
+        super().__init__()
+        self.model, self.k = model, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[:, : self.k]
+
+
+# --- the schedule and the step-size rule ------------------------------------------------------
+
+
+def test_checkpoint_schedule_matches_the_paper():
+    # p = 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (the next, 1.05, is past the end).
+    assert checkpoints(100) == (22, 41, 57, 70, 80, 87, 93, 99)
+    assert checkpoints(200) == (44, 82, 114, 140, 160, 174, 186, 198)
+    # ceil(p * 10): 3, 5, 6, 7, 8, 9, 10, 10 -> the repeated 10 is merged.
+    assert checkpoints(10) == (3, 5, 6, 7, 8, 9, 10)
+    assert checkpoints(1) == (1,)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 7, 20, 33, 100, 1000])
+def test_checkpoints_are_increasing_and_within_the_run(steps):
+    w = checkpoints(steps)
+    assert all(a < b for a, b in itertools.pairwise(w))
+    assert 1 <= w[0] and w[-1] <= steps
+
+
+def _state(increases, loss_max, loss_max_at_check, halved_at_check) -> _State:
+    n = len(increases)
+    x0 = torch.zeros(n, 2)
+    x_cur, x_max = torch.ones(n, 2), torch.full((n, 2), 0.5)
+    return _State(
+        idx=torch.arange(n), x_clean=x0, y=torch.zeros(n, dtype=torch.int64), loss_targets=None,
+        criterion_targets=None, x_cur=x_cur, x_prev=x_cur.clone(), grad=torch.ones(n, 2), loss=torch.zeros(n),
+        x_max=x_max, grad_max=torch.full((n, 2), -1.0), loss_max=torch.tensor(loss_max),
+        step=torch.full((n,), 0.2), increases=torch.tensor(increases), loss_max_at_check=torch.tensor(loss_max_at_check),
+        halved_at_check=torch.tensor(halved_at_check), topk=torch.zeros(n), sparsity_at_check=torch.zeros(n),
+    )
+
+
+def test_checkpoint_halves_the_step_exactly_under_the_two_conditions():
+    # Window of 10 steps, rho = 0.75: condition 1 holds below 7.5 increases.
+    # 0: 7 increases -> condition 1.  1: 8 increases and a better best loss -> keep.
+    # 2: 8 increases, best loss unchanged, step not halved last time -> condition 2.
+    # 3: as 2 but halved at the last checkpoint -> keep.
+    s = _state(increases=[7, 8, 8, 8], loss_max=[1.0, 2.0, 1.0, 1.0],
+               loss_max_at_check=[1.0, 1.0, 1.0, 1.0], halved_at_check=[False, False, False, True])
+    APGD()._checkpoint(s, window=10)
+    halved = torch.tensor([True, False, True, False])
+    torch.testing.assert_close(s.step, torch.where(halved, torch.tensor(0.1), torch.tensor(0.2)))
+    # Halved samples restart from their best point and its gradient; the others go on.
+    assert torch.equal(s.x_cur[halved], torch.full((2, 2), 0.5)) and torch.equal(s.x_cur[~halved], torch.ones(2, 2))
+    assert torch.equal(s.grad[halved], torch.full((2, 2), -1.0)) and torch.equal(s.grad[~halved], torch.ones(2, 2))
+    assert torch.equal(s.halved_at_check, halved)
+    assert torch.equal(s.increases, torch.zeros(4, dtype=torch.int64))
+    assert torch.equal(s.loss_max_at_check, s.loss_max)
+
+
+def test_the_run_checks_at_the_scheduled_iterations(monkeypatch, digits_mlp, digits_test):
+    windows: list[int] = []
+    original = _AutoPGDBase._checkpoint
+
+    def spy(self, s, *, window):
+        windows.append(window)
+        original(self, s, window=window)
+
+    monkeypatch.setattr(_AutoPGDBase, "_checkpoint", spy)
+    x, y = digits_test[0][:4], digits_test[1][:4]
+    APGD(steps=100, early_stop=False)(digits_mlp, x, y, threat=Linf(eps=0.01), generator=gen())
+    assert windows == [22, 19, 16, 13, 10, 7, 6, 6]
+
+
+def test_l1_direction_moves_the_top_coordinates_that_can_still_move():
+    grad = torch.tensor([[5.0, -4.0, 3.0, 0.5, -0.1, 0.0, 2.0, 1.0]])
+    # The first coordinate is at the upper box edge with a positive gradient: it cannot move.
+    x_adv = torch.tensor([[1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]])
+    direction = _sparse_direction(grad, x_adv, torch.tensor([0.3]), (0.0, 1.0))  # ceil(2.4) = 3
+    torch.testing.assert_close(direction, torch.tensor([[0.0, -1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]]) / 3)
+    assert float(direction.abs().sum()) == pytest.approx(1.0)
+
+
+def test_l1_checkpoint_resets_the_step_where_the_best_point_got_sparser():
+    s = _state(increases=[0, 0], loss_max=[1.0, 1.0], loss_max_at_check=[0.0, 0.0], halved_at_check=[False, False])
+    s.x_max = torch.tensor([[0.5, 0.0], [0.5, 0.5]])
+    s.sparsity_at_check = torch.tensor([2.0, 2.0])
+    s.step = torch.tensor([0.3, 0.3])
+    _AutoPGDBase._l1_checkpoint(s, initial_step=1.0, d=2)
+    torch.testing.assert_close(s.step, torch.tensor([1.0, 0.2]))  # reset to eps; shrunk by 1.5
+    torch.testing.assert_close(s.topk, torch.tensor([1 / 3, 2 / 3]))  # sparsity / d / 1.5
+    assert torch.equal(s.x_cur, torch.tensor([[0.5, 0.0], [1.0, 1.0]]))  # only the sparser one restarts
+    s.step = torch.tensor([0.11, 0.11])
+    s.sparsity_at_check = torch.tensor([1.0, 2.0])
+    _AutoPGDBase._l1_checkpoint(s, initial_step=1.0, d=2)
+    torch.testing.assert_close(s.step, torch.tensor([0.1, 0.1]))  # never below eps / 10
+
+
+# --- strength on a trained, non-robust model --------------------------------------------------
+
+# At Linf eps 0.12 the clean-trained digits MLP keeps about 22% robust accuracy against any
+# attack we have (97% clean): room for a weak attack to show.
+EPS_LINF = 0.12
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_apgd_is_at_least_as_strong_as_pgd_with_the_same_budget(loss, digits_mlp, digits_test):
+    x, y = digits_test
+    threat = Linf(eps=EPS_LINF)
+    apgd = APGD(steps=20, loss=loss)(digits_mlp, x, y, threat=threat, generator=gen())
+    pgd = PGD(steps=20, loss=loss)(digits_mlp, x, y, threat=threat, generator=gen())
+    assert threat.contains(x, apgd.x_adv).all()
+    robust = accuracy(digits_mlp, apgd.x_adv, y)
+    assert robust <= accuracy(digits_mlp, pgd.x_adv, y)
+    assert robust <= 0.30 and accuracy(digits_mlp, x, y) - robust >= 0.6
+    assert torch.equal(apgd.success, digits_mlp(apgd.x_adv).argmax(dim=1) != y)
+
+
+@pytest.mark.parametrize("threat", [L2(eps=1.0), L1(eps=4.0)], ids=["L2", "L1"])
+def test_apgd_breaks_a_non_robust_model_in_l2_and_l1(threat, digits_mlp, digits_test):
+    x, y = digits_test
+    result = APGD(steps=20)(digits_mlp, x, y, threat=threat, generator=gen())
+    assert threat.contains(x, result.x_adv).all()
+    assert accuracy(digits_mlp, result.x_adv, y) <= 0.05
+    # The same budget spent by PGD leaves more samples unbroken.
+    pgd = PGD(steps=20)(digits_mlp, x, y, threat=threat, generator=gen())
+    assert int(result.success.sum()) >= int(pgd.success.sum())
+
+
+def test_apgd_t_is_at_least_as_strong_as_apgd_ce(digits_mlp, digits_test):
+    x, y = digits_test
+    threat = Linf(eps=EPS_LINF)
+    apgd_t = APGDT(steps=20)(digits_mlp, x, y, threat=threat, generator=gen())
+    apgd_ce = APGD(steps=20)(digits_mlp, x, y, threat=threat, generator=gen())
+    assert int(apgd_t.success.sum()) >= int(apgd_ce.success.sum()) - 0.01 * len(x)
+    assert apgd_t.targets is None
+    target = apgd_t.extras["target"]
+    clean_wrong = digits_mlp(x).argmax(dim=1) != y
+    broken_by_a_run = apgd_t.success & ~clean_wrong
+    assert (target[broken_by_a_run] >= 0).all() and (target[broken_by_a_run] != y[broken_by_a_run]).all()
+    assert (target[~apgd_t.success | clean_wrong] == -1).all()
+
+
+def test_dlr_losses_break_a_model_whose_cross_entropy_is_masked(digits_mlp, digits_test):
+    # Logits scaled by 1e4: same predictions, but softmax is saturated and the CE gradient is zero.
+    x, y = digits_test
+    scaled = nn.Sequential(digits_mlp, Scale(1e4)).eval()
+    threat = Linf(eps=EPS_LINF)
+    clean = accuracy(scaled, x, y)
+    ce = accuracy(scaled, APGD(steps=20)(scaled, x, y, threat=threat, generator=gen()).x_adv, y)
+    dlr = accuracy(scaled, APGD(steps=20, loss="dlr")(scaled, x, y, threat=threat, generator=gen()).x_adv, y)
+    targeted = accuracy(scaled, APGDT(steps=20)(scaled, x, y, threat=threat, generator=gen()).x_adv, y)
+    assert ce >= clean - 0.05  # the masking works: CE barely moves
+    assert dlr <= 0.30 and targeted <= 0.30
+    assert targeted <= dlr + 0.01
+
+
+def test_targeted_apgd_reaches_the_target(digits_mlp, digits_test):
+    x, y = digits_test
+    for loss in ("ce", "dlr"):
+        result = APGD(steps=20, loss=loss)(digits_mlp, x, y, threat=Linf(eps=0.25), targets="random", generator=gen())
+        assert float(result.success.float().mean()) >= 0.85
+        predictions = digits_mlp(result.x_adv).argmax(dim=1)
+        assert torch.equal(result.success, predictions == result.targets)
+
+
+def test_restarts_never_lose_and_do_find_more(digits_mlp, digits_test):
+    x, y = digits_test
+    threat = Linf(eps=0.1)
+    single = APGD(steps=2)(digits_mlp, x, y, threat=threat, generator=gen(3))
+    several = APGD(steps=2, restarts=6)(digits_mlp, x, y, threat=threat, generator=gen(3))
+    assert (several.success | ~single.success).all()
+    assert int(several.success.sum()) > int(single.success.sum())
+    restart = several.extras["restart"]
+    assert (restart[several.success & ~single.success] > 0).all()
+
+
+# --- the kept point ---------------------------------------------------------------------------
+
+
+class BandModel(nn.Module):
+    """1-D input in [-1, 1]; class 1 on the bands 0.005 < |x| < 0.98, class 0 elsewhere. A third
+    output ``x - 100`` (never the argmax) gives a loss that grows towards x = 1, outside the band."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, 0]
+        band = (x.abs() - 0.005) * (0.98 - x.abs())
+        return torch.stack([torch.zeros_like(x), band, x - 100], dim=1)
+
+
+def _drift(logits, labels, targets=None):
+    return logits[:, 2]
+
+
+def test_an_adversarial_iterate_is_kept_over_a_higher_loss_one():
+    # From x = 0 with eps = 1 the random start lies in a band (adversarial) with probability
+    # 0.975; the loss then climbs to x = 1, which is not adversarial and has the highest loss.
+    x, y = torch.zeros(8, 1), torch.zeros(8, dtype=torch.int64)
+    attack = APGD(steps=10, loss=_drift, early_stop=False)
+    result = attack(BandModel(), x, y, threat=Linf(eps=1.0, bounds=(-1.0, 1.0)), generator=gen())
+    assert result.success.all()
+    assert (result.x_adv.abs() < 0.98).all()
+    # Without the preference for adversarial points the highest-loss point, x = 1, would be kept.
+    assert (result.loss < 0.98 - 100).all()
+
+
+# --- early stopping ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make_attack", [lambda **kw: APGD(steps=20, **kw), lambda **kw: APGDT(steps=10, n_target_classes=3, **kw)],
+                         ids=["apgd", "apgd-t"])
+def test_early_stop_keeps_the_success_set_and_costs_less(make_attack, digits_mlp, digits_test):
+    x, y = digits_test
+    threat = Linf(eps=0.1)
+    stop = make_attack(early_stop=True)(digits_mlp, x, y, threat=threat, generator=gen())
+    full = make_attack(early_stop=False)(digits_mlp, x, y, threat=threat, generator=gen())
+    assert torch.equal(stop.success, full.success)
+    assert 0.3 < float(stop.success.float().mean()) < 0.9  # a mixed set, so the check has teeth
+    # Unbroken samples follow exactly the same trajectory.
+    assert torch.equal(stop.x_adv[~stop.success], full.x_adv[~full.success])
+    assert stop.backwards < 0.8 * full.backwards and stop.forwards < full.forwards
+
+
+def test_cost_counters_match_the_documented_cost(digits_mlp, digits_test):
+    x, y = digits_test[0][:10], digits_test[1][:10]
+    n, steps = len(x), 5
+    result = APGD(steps=steps, early_stop=False, restarts=1)(digits_mlp, x, y, threat=Linf(eps=0.1), generator=gen())
+    assert (result.forwards, result.backwards) == ((steps + 1 + 2) * n, steps * n)
+    # APGD-T with an eps too small to break anything: every target runs on every correct sample.
+    tiny = Linf(eps=1e-4)
+    correct = int((digits_mlp(x).argmax(dim=1) == y).sum())
+    result = APGDT(steps=steps, n_target_classes=3, restarts=2, early_stop=False)(digits_mlp, x, y, threat=tiny, generator=gen())
+    assert not result.success[digits_mlp(x).argmax(dim=1) == y].any()
+    assert result.backwards == 3 * 2 * steps * correct
+    assert result.forwards == 3 * n + 3 * 2 * (steps + 1) * correct
+
+
+# --- few classes and the linear oracle --------------------------------------------------------
+
+
+def _points_with_minimal_linf_eps(w: torch.Tensor, c: float, eps: float, factors: torch.Tensor, seed: int):
+    """Points whose minimal L∞ flipping perturbation is ``factors * eps`` (both signs)."""
+    factors = torch.cat([factors, factors])
+    signs = torch.cat([torch.ones(len(factors) // 2), -torch.ones(len(factors) // 2)])
+    margins = signs * factors * eps * w.abs().sum()
+    z = 0.1 * torch.randn(len(margins), len(w), generator=gen(seed))
+    x = z + ((margins - z @ w - c) / (w @ w))[:, None] * w
+    return x, (margins > 0).long(), factors
+
+
+@pytest.mark.parametrize("make_attack", [lambda: APGD(steps=10), lambda: APGD(steps=10, loss="margin"), lambda: APGDT(steps=10)],
+                         ids=["apgd-ce", "apgd-margin", "apgd-t-two-classes"])
+def test_linear_two_class_model_is_broken_exactly_above_the_minimal_eps(make_attack):
+    model, w, c = linear_two_class(8, seed=2)
+    factors = torch.tensor([0.5, 0.9, 0.98, 1.02, 1.1, 2.0])
+    x, y, factors = _points_with_minimal_linf_eps(w, c, 0.5, factors, seed=3)
+    result = make_attack()(model, x, y, threat=Linf(eps=0.5, bounds=(-10.0, 10.0)), generator=gen())
+    assert result.success.tolist() == (factors < 1).tolist()
+
+
+def test_apgd_reaches_the_l2_optimum_of_a_linear_model():
+    # From a random start each projected step shrinks the angle to w; the momentum and the
+    # restarts from the best point must not undo that.
+    model, w, _ = linear_two_class(8, seed=3)
+    x = 0.1 * torch.randn(12, 8, generator=gen(4))
+    y = model(x).argmax(dim=1).detach()
+    toward = torch.where(y == 1, -1.0, 1.0)[:, None] * w / w.norm()
+    result = APGD(steps=50, loss="margin", kappa=math.inf, early_stop=False)(
+        model, x, y, threat=L2(eps=0.5, bounds=(-10.0, 10.0)), generator=gen(5))
+    torch.testing.assert_close(result.x_adv, x + 0.5 * toward, atol=1e-3, rtol=0)
+
+
+def test_apgd_t_on_a_three_class_model_uses_both_other_classes(digits_mlp, digits_test):
+    x, y = digits_test
+    model = FirstClasses(digits_mlp, 3).eval()
+    keep = (y < 3) & (model(x).argmax(dim=1) == y)
+    x, y = x[keep], y[keep]
+    threat = Linf(eps=0.2)
+    result = APGDT(steps=20)(model, x, y, threat=threat, generator=gen())  # n_target_classes=9 > K - 1
+    assert accuracy(model, result.x_adv, y) <= 0.2
+    target = result.extras["target"]
+    assert ((target >= 0) & (target < 3) & (target != y))[result.success].all()
+    capped = APGDT(steps=20, n_target_classes=2)(model, x, y, threat=threat, generator=gen())
+    assert torch.equal(result.x_adv, capped.x_adv) and result.backwards == capped.backwards
+
+
+def test_dlr_with_too_few_classes_is_rejected_with_a_clear_message(digits_mlp, digits_test):
+    x, y = digits_test[0][:8], digits_test[1][:8] % 3
+    three = FirstClasses(digits_mlp, 3).eval()
+    targets = (y + 1) % 3
+    with pytest.raises(RobustlabError, match="at least 4 classes"):
+        APGD(steps=2, loss="dlr", early_stop=False)(three, x, y, threat=Linf(eps=0.1), targets=targets)
+    two, _, _ = linear_two_class(4)
+    x2 = torch.rand(4, 4, generator=gen())
+    with pytest.raises(RobustlabError, match="at least 3 classes"):
+        APGD(steps=2, loss="dlr")(two, x2, torch.zeros(4, dtype=torch.int64), threat=Linf(eps=0.1))
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+def test_registry_and_aliases():
+    assert APGD is AutoPGD and APGDT is AutoPGDTargeted
+    assert isinstance(build_attack("apgd", steps=3), AutoPGD)
+    assert isinstance(build_attack("apgd-t", steps=3), AutoPGDTargeted)
+    assert AutoPGD().config() == {"attack": "apgd", "steps": 100, "restarts": 1, "rho": 0.75, "momentum": 0.75,
+                                  "early_stop": True, "loss": "ce", "kappa": 0.0}
+    assert AutoPGDTargeted().n_target_classes == 9
+
+
+@pytest.mark.parametrize(
+    "make,keyword",
+    [
+        (lambda: APGD(steps=0), "steps"),
+        (lambda: APGD(steps=2.5), "steps"),
+        (lambda: APGD(restarts=0), "restarts"),
+        (lambda: APGD(rho=0.0), "rho"),
+        (lambda: APGD(rho=1.5), "rho"),
+        (lambda: APGD(momentum=0.0), "momentum"),
+        (lambda: APGD(momentum=1.2), "momentum"),
+        (lambda: APGD(loss="hinge"), "unknown loss"),
+        (lambda: APGDT(n_target_classes=0), "n_target_classes"),
+        (lambda: APGDT(steps=-1), "steps"),
+    ],
+)
+def test_bad_hyperparameters_are_rejected(make, keyword):
+    with pytest.raises(RobustlabError, match=keyword):
+        make()
+
+
+def test_an_unbounded_threat_is_rejected(digits_mlp, digits_test):
+    x, y = digits_test[0][:4], digits_test[1][:4]
+    with pytest.raises(RobustlabError, match="bounded"):
+        APGD(steps=2)(digits_mlp, x, y, threat=Linf(eps=math.inf))
+
+
+def test_apgd_t_with_given_targets_is_targeted_apgd_on_dlr(digits_mlp, digits_test):
+    x, y = digits_test[0][:60], digits_test[1][:60]
+    threat = Linf(eps=0.2)
+    result = APGDT(steps=20)(digits_mlp, x, y, threat=threat, targets="least-likely", generator=gen())
+    expected = APGD(steps=20, loss="dlr")(digits_mlp, x, y, threat=threat, targets="least-likely", generator=gen())
+    assert torch.equal(result.targets, expected.targets)
+    assert torch.equal(result.success, expected.success) and result.success.float().mean() > 0.2
+
+
+@pytest.mark.parametrize("make_attack", [lambda: APGD(steps=8), lambda: APGDT(steps=4, n_target_classes=2)], ids=["apgd", "apgd-t"])
+@pytest.mark.parametrize("threat", [Linf(eps=0.05), L2(eps=0.3), L1(eps=1.0)], ids=["Linf", "L2", "L1"])
+def test_same_generator_same_result_and_other_seeds_differ(make_attack, threat, digits_mlp, digits_test):
+    x, y = digits_test[0][:40], digits_test[1][:40]
+    attack = make_attack()
+    first = attack(digits_mlp, x, y, threat=threat, generator=gen(7))
+    second = attack(digits_mlp, x, y, threat=threat, generator=gen(7))
+    other = attack(digits_mlp, x, y, threat=threat, generator=gen(8))
+    assert torch.equal(first.x_adv, second.x_adv) and torch.equal(first.success, second.success)
+    assert not torch.equal(first.x_adv, other.x_adv)
