@@ -59,6 +59,37 @@ def test_evaluate_writes_json_and_report(trained, tmp_path, capsys):
     assert "worst case" in (tmp_path / "report.md").read_text()
 
 
+def test_evaluate_diagnose_writes_findings_and_passes_a_clean_model(trained, tmp_path, capsys):
+    code = main(["evaluate", "--model", str(trained / "model"), "--attack", "pgd:steps=10", "--diagnose",
+                 "--eps", "0.1", "--limit", "100", "--quiet", "--out", str(tmp_path)])
+    assert code == 0
+    diagnosis = json.loads((tmp_path / "diagnostics.json").read_text())
+    assert diagnosis["verdict"] == "pass" and len(diagnosis["findings"]) >= 10
+    report = (tmp_path / "report.md").read_text()
+    assert "worst case" in report and "Gradient-masking diagnostics" in report
+    assert "diagnostics: pass" in capsys.readouterr().out
+
+
+def test_evaluate_diagnose_alone_exits_1_when_a_check_fails(trained, tmp_path, monkeypatch, capsys):
+    import robustlab.cli as cli
+    from robustlab.models.preprocessing import BitDepthReduction
+
+    load = cli._load_model_and_data
+
+    def quantized(args):
+        model, card, data, device = load(args)
+        return BitDepthReduction(model, bits=2), card, data, device
+
+    monkeypatch.setattr(cli, "_load_model_and_data", quantized)
+    code = main(["evaluate", "--model", str(trained / "model"), "--diagnose", "--eps", "0.1", "--limit", "100",
+                 "--quiet", "--out", str(tmp_path)])
+    assert code == 1
+    diagnosis = json.loads((tmp_path / "diagnostics.json").read_text())
+    assert {f["check"]: f["verdict"] for f in diagnosis["findings"]}["zero-gradients"] == "fail"
+    assert (tmp_path / "report.md").read_text().startswith("## Gradient-masking diagnostics: **fail**")
+    assert not (tmp_path / "evaluation.json").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--eps", "-1"], "eps must be > 0"),
     (["--eps", "0.1", "--norm", "L7"], "unknown norm"),

@@ -271,8 +271,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.mode == "fixed":
         return _evaluate_fixed(args)
-    if args.suite or args.state_file or args.cascade is not None:
-        raise RobustlabError("--suite, --state-file and --cascade apply to --mode fixed only")
+    if args.suite or args.state_file or args.cascade is not None or args.diagnose:
+        raise RobustlabError("--suite, --state-file, --cascade and --diagnose apply to --mode fixed only")
     if not args.attack:
         raise RobustlabError(f"--mode {args.mode} needs at least one --attack")
     model, card, data, device = _load_model_and_data(args)
@@ -305,7 +305,9 @@ def _evaluate_fixed(args: argparse.Namespace) -> int:
     if args.eps is None:
         raise RobustlabError("--eps is required for a fixed-budget evaluation (or use --mode minimum-norm)")
     if not args.suite and not args.attack:
-        raise RobustlabError("give an attack suite (--suite) or at least one --attack")
+        if args.diagnose:
+            return _diagnose(args)
+        raise RobustlabError("give an attack suite (--suite), at least one --attack, or --diagnose")
     sharded = distributed.launched_distributed()
     if sharded:
         args.device = str(distributed.init_process_group(_device(args.device)))
@@ -336,7 +338,27 @@ def _evaluate_fixed(args: argparse.Namespace) -> int:
     print(f"{threat}, {len(data)} samples of {data.name}/{data.split}" + (f", {args.suite} suite" if args.suite else ""))
     _print_table(_accuracy_rows(ev.metrics), ("accuracy", "value   [95% CI]"))
     print(f"wrote {out}/evaluation.json and {out}/report.md")
-    return 0
+    return _diagnose(args, model, data, threat) if args.diagnose else 0
+
+
+def _diagnose(args: argparse.Namespace, model=None, data=None, threat=None) -> int:
+    """The gradient-masking checks on the evaluated samples; exit status 1 if any check fails."""
+    from robustlab.evaluation import diagnose
+    from robustlab.evaluation.evaluate import save_json
+
+    after_evaluation = model is not None
+    if model is None:
+        model, card, data, _ = _load_model_and_data(args)
+        threat = _threat(args, tuple(card.input_bounds))
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    diagnosis = diagnose(model, data.x.to(device), data.y.to(device), threat=threat, seed=args.seed)
+    out = Path(args.out)
+    save_json(out / "diagnostics.json", diagnosis.to_dict())
+    with open(out / "report.md", "a" if after_evaluation else "w", encoding="utf-8") as report:
+        report.write(("\n" if after_evaluation else "") + diagnosis.markdown())
+    _print_table([(f.check, f"{f.verdict}: {f.message}") for f in diagnosis.findings], ("check", "finding"))
+    print(f"diagnostics: {diagnosis.verdict}; wrote {out}/diagnostics.json (see docs/diagnostics.md)")
+    return 1 if diagnosis.verdict == "fail" else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -450,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-file", help="per-sample progress, written after every batch and resumed from "
                                         "(default: OUT/state.json; one file per rank under torchrun)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if the state file exists")
+    p.add_argument("--diagnose", action="store_true",
+                   help="also run the gradient-masking diagnostics (exit status 1 if one fails); alone, only them")
     p.add_argument("--mode", choices=["fixed", "minimum-norm", "targeted"], default="fixed",
                    help="fixed: robust accuracy at --eps; minimum-norm: per-sample minimal distances and robust "
                         "accuracy at every eps; targeted: the C&W protocol (every sample against all other classes)")

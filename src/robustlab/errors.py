@@ -28,3 +28,7 @@ class ProbabilityOutputWarning(RobustlabWarning):
 class DistanceMismatchWarning(RobustlabWarning):
     """A minimum-norm attack's own ``extras["best_distance"]`` disagrees with the verified
     distance of the ``x_adv`` it returned (a bug in the attack's bookkeeping, or a logit tie)."""
+
+
+class SingleDrawEOTWarning(RobustlabWarning):
+    """EOT with one draw per step is plain PGD on a random model, a pitfall (Athalye et al. §4.2)."""

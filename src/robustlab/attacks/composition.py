@@ -23,16 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack, ModelOracle
-from robustlab.errors import DOCS, RobustlabError, RobustlabWarning
+from robustlab.errors import DOCS, RobustlabError, SingleDrawEOTWarning
 from robustlab.losses import Loss
 from robustlab.models.preprocessing import InputTransformDefense
 from robustlab.threat import ThreatModel
 
 __all__ = ["BPDA", "EOT", "TransferAttack", "SingleDrawEOTWarning", "bpda_mode"]
-
-
-class SingleDrawEOTWarning(RobustlabWarning):
-    """EOT with one draw per step is plain PGD on a random model, a pitfall (Athalye et al. §4.2)."""
 
 
 @contextlib.contextmanager
