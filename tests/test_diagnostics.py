@@ -114,7 +114,7 @@ def test_shattered_gradients_fail_five_checks(digits_mlp, data):
     for check in ("zero-gradients", "unbounded", "random-sampling", "loss-rises", "black-box"):
         assert diagnosis[check].verdict == "fail", diagnosis[check]
     assert diagnosis["zero-gradients"].numbers["zero_fraction"] == 1.0
-    assert diagnosis["black-box"].numbers["transfer_accuracy"] < diagnosis["black-box"].numbers["pgd_accuracy"]
+    assert diagnosis["black-box"].numbers["transfer_accuracy"] < diagnosis["black-box"].numbers["white_box_accuracy"]
     assert diagnosis["eps-monotone"].verdict != "pass"
     assert diagnosis.verdict == "fail"
     assert f"| [zero-gradients]({diagnosis['zero-gradients'].docs}) | fail |" in diagnosis.markdown()
@@ -124,7 +124,7 @@ def test_misleading_gradients_off_the_data_make_one_step_beat_iterative(digits_m
     diagnosis = run(nn.Sequential(MaskedOffData(), digits_mlp), data, checks=("one-step",))
     finding = diagnosis["one-step"]
     assert finding.verdict == "fail", finding
-    assert finding.numbers["fgsm_accuracy"] < finding.numbers["pgd_accuracy"] - 5
+    assert finding.numbers["fgsm_accuracy"] < finding.numbers["white_box_accuracy"] - 5
 
 
 def test_a_reversed_backward_is_caught_by_finite_differences(digits_mlp, data):
@@ -151,6 +151,13 @@ def test_saturated_cross_entropy_makes_the_losses_disagree(digits_mlp, data):
     finding = diagnosis["loss-agreement"]
     assert finding.verdict == "warn", finding
     assert finding.numbers["ce_accuracy"] > finding.numbers["margin_accuracy"] + 10
+
+
+def test_a_pgd_number_far_above_apgd_fails(digits_mlp, data):
+    diagnosis = run(nn.Sequential(digits_mlp, Scale(1e4)), data, checks=("stronger-attack",))
+    finding = diagnosis["stronger-attack"]
+    assert finding.verdict == "fail", finding
+    assert finding.numbers["pgd_accuracy"] > finding.numbers["apgd_accuracy"] + 10
 
 
 def test_a_weak_gradient_signal_needs_more_steps(digits_mlp, data):

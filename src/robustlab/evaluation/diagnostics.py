@@ -8,17 +8,22 @@ plus probes of gradient health, and returns one :class:`Finding` per check with 
 
 The five signs (thresholds from ``algorithms.md`` §10(c)):
 
-1. ``one-step``: FGSM beats PGD (accuracy lower by more than ``tolerance``).
-2. ``black-box``: a black-box attack (Square, transfer from a surrogate) beats white-box PGD.
+1. ``one-step``: FGSM beats the white-box attacks (accuracy lower by more than ``tolerance``).
+2. ``black-box``: a black-box attack (Square, transfer from a surrogate) beats them.
 3. ``unbounded``: PGD with eps covering the whole box does not reach 99% success.
-4. ``random-sampling``: random points in the eps-ball break samples that PGD could not.
+4. ``random-sampling``: random points in the eps-ball break samples they could not.
 5. ``eps-monotone``: accuracy does not fall as eps grows, or stays above 10% at a large eps.
+
+"The white-box attacks" are PGD-``steps`` and APGD (100 steps, CE and DLR losses), a sample counting
+as robust only if both fail: the signs are about gradients misleading every gradient attack,
+not about fixed-step PGD being weaker than APGD, which ``stronger-attack`` reports separately.
 
 Gradient health: ``probabilities`` (outputs are softmax), ``zero-gradients`` (zero or NaN input
 gradients), ``stochastic`` (two forward passes differ: use EOT), ``non-differentiable``
 (autograd disagrees with finite differences: use BPDA), ``loss-rises`` (PGD fails to raise
-its loss), ``loss-agreement`` (CE and margin PGD disagree by more than 2 points) and
-``more-steps`` (more PGD steps still lower the accuracy).
+its loss), ``loss-agreement`` (CE and margin PGD disagree by more than 2 points),
+``stronger-attack`` (APGD-CE/DLR leaves lower accuracy than PGD: a PGD number overstates robustness;
+more than 10 points fails) and ``more-steps`` (more PGD steps still lower the accuracy).
 
 Every check runs on the inputs given, in eval mode; accuracies are over all given samples
 (misclassified clean samples count as broken, never as robust).
@@ -36,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlab._tensors import flat
-from robustlab.attacks import ATTACKS, FGSM, PGD, Attack, build_attack
+from robustlab.attacks import APGD, ATTACKS, FGSM, PGD, Attack, build_attack
 from robustlab.errors import DOCS, RobustlabError
 from robustlab.losses import looks_like_probabilities
 from robustlab.threat import Linf, ThreatModel
@@ -46,7 +51,7 @@ __all__ = ["Finding", "Diagnosis", "diagnose", "CHECKS", "VERDICTS"]
 VERDICTS = ("pass", "warn", "fail", "skip")
 CHECKS = (
     "probabilities", "stochastic", "zero-gradients", "non-differentiable", "one-step", "black-box", "unbounded",
-    "random-sampling", "eps-monotone", "loss-rises", "loss-agreement", "more-steps",
+    "random-sampling", "eps-monotone", "loss-rises", "loss-agreement", "stronger-attack", "more-steps",
 )
 
 
@@ -131,6 +136,17 @@ class _Context:
             self.cache["correct"] = self.logits().argmax(1) == self.y
         return self.cache["correct"]
 
+    def apgd(self) -> Tensor:
+        """``bool[N]``: robust to APGD with the CE and (models with 3+ classes) the DLR loss."""
+        robust = self.robust("apgd-ce", APGD(steps=100))
+        if self.logits().shape[1] >= 3:
+            robust = robust & self.robust("apgd-dlr", APGD(steps=100, loss="dlr"))
+        return robust
+
+    def white_box(self) -> Tensor:
+        """``bool[N]``: robust to PGD-``steps`` and to APGD."""
+        return self.robust("pgd", self.pgd()) & self.apgd()
+
     def beats(self, weaker: Tensor, stronger: Tensor, points: float) -> bool:
         """Whether the attack that left ``weaker`` robust (``bool[N]``) is stronger than the one that
         left ``stronger``, by more than ``points`` of accuracy *and* beyond sampling noise: a
@@ -185,8 +201,8 @@ def diagnose(
             samples.
         checks: which of :data:`CHECKS` to run, in that order.
 
-    Cost: dominated by PGD runs (``steps`` forwards and backwards per sample, about six runs)
-    and Square's queries.
+    Cost: dominated by the gradient attacks (about six PGD runs of ``steps`` forwards and
+    backwards per sample, one of ``5 * steps``, two APGD runs of 100) and Square's 1000 queries.
     """
     if threat.norm not in ("Linf", "L2") or threat.unbounded:
         raise RobustlabError(f"diagnose needs a bounded Linf or L2 threat model, got {threat}")
@@ -297,20 +313,20 @@ def _percent(robust: Tensor) -> float:
 
 
 def _compare(check: str, weaker: str, weaker_robust: Tensor, ctx: _Context, numbers: dict, what: str) -> Finding:
-    """Fail if the supposedly weaker attack beats PGD (see :meth:`_Context.beats`)."""
-    pgd_robust = ctx.robust("pgd", ctx.pgd())
-    weaker_acc, pgd_acc = _percent(weaker_robust), _percent(pgd_robust)
-    if ctx.beats(weaker_robust, pgd_robust, ctx.tolerance):
-        return Finding(check, "fail", f"{what}: {weaker} leaves {weaker_acc:.1f}% accuracy, PGD-{ctx.steps} "
-                       f"{pgd_acc:.1f}%; the white-box gradients are misleading", numbers)
-    return Finding(check, "pass", f"PGD-{ctx.steps} ({pgd_acc:.1f}%) is at least as strong as {weaker} "
+    """Fail if the supposedly weaker attack beats the white-box attacks (see :meth:`_Context.beats`)."""
+    white_box = ctx.white_box()
+    weaker_acc, white_acc = _percent(weaker_robust), _percent(white_box)
+    numbers = {**numbers, "white_box_accuracy": white_acc}
+    if ctx.beats(weaker_robust, white_box, ctx.tolerance):
+        return Finding(check, "fail", f"{what}: {weaker} leaves {weaker_acc:.1f}% accuracy, PGD-{ctx.steps} and APGD "
+                       f"{white_acc:.1f}%; the white-box gradients are misleading", numbers)
+    return Finding(check, "pass", f"the white-box attacks ({white_acc:.1f}%) are at least as strong as {weaker} "
                    f"({weaker_acc:.1f}%)", numbers)
 
 
 def _one_step(ctx: _Context) -> Finding:
     fgsm = ctx.robust("fgsm", FGSM())
-    numbers = {"fgsm_accuracy": _percent(fgsm), "pgd_accuracy": _percent(ctx.robust("pgd", ctx.pgd()))}
-    return _compare("one-step", "FGSM", fgsm, ctx, numbers, "one-step beats iterative")
+    return _compare("one-step", "FGSM", fgsm, ctx, {"fgsm_accuracy": _percent(fgsm)}, "one-step beats iterative")
 
 
 def _black_box(ctx: _Context) -> Finding:
@@ -321,8 +337,7 @@ def _black_box(ctx: _Context) -> Finding:
         transfer = ctx.run("transfer", ctx.pgd(), model=ctx.surrogate)
         with torch.no_grad():
             candidates["transfer"] = ctx.correct & (ctx.model(transfer.x_adv).argmax(1) == ctx.y)
-    numbers: dict[str, Any] = {"pgd_accuracy": _percent(ctx.robust("pgd", ctx.pgd()))}
-    numbers.update({f"{name}_accuracy": _percent(robust) for name, robust in candidates.items()})
+    numbers: dict[str, Any] = {f"{name}_accuracy": _percent(robust) for name, robust in candidates.items()}
     if not candidates:
         return Finding("black-box", "skip", "no black-box attack available (register 'square' or give a surrogate)",
                        numbers)
@@ -348,12 +363,13 @@ def _unbounded(ctx: _Context) -> Finding:
 
 
 def _random_sampling(ctx: _Context) -> Finding:
-    """Uniform draws in ball ∩ box, and L∞ sign vertices, around the samples PGD failed on."""
-    pgd = ctx.run("pgd", ctx.pgd())
-    survivors = (ctx.correct & ~pgd.success).nonzero().flatten()
-    numbers: dict[str, Any] = {"pgd_survivors": int(survivors.numel()), "draws_per_sample": ctx.random_samples}
+    """Uniform draws in ball ∩ box (for L∞ every other draw a random vertex of the cube) around
+    the samples the white-box attacks failed on."""
+    survivors = ctx.white_box().nonzero().flatten()
+    numbers: dict[str, Any] = {"white_box_survivors": int(survivors.numel()), "draws_per_sample": ctx.random_samples}
     if survivors.numel() == 0:
-        return Finding("random-sampling", "skip", "PGD broke every sample; nothing to sample around", numbers)
+        return Finding("random-sampling", "skip", "the white-box attacks broke every sample; nothing to sample around",
+                       numbers)
     g = ctx.generator("random-sampling")
     x, y = ctx.x[survivors], ctx.y[survivors]
     found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -362,17 +378,20 @@ def _random_sampling(ctx: _Context) -> Finding:
         draws = min(chunk, ctx.random_samples - start)
         xs = x.repeat_interleave(draws, 0)
         noisy = ctx.threat.random_init(xs, g)
-        if ctx.threat.norm == "Linf" and start % 2:
+        if ctx.threat.norm == "Linf":
             signs = torch.randint(0, 2, xs.shape, generator=g, device=xs.device).to(xs.dtype) * 2 - 1
-            noisy = ctx.threat.project(xs, xs + ctx.threat.eps * signs)
+            vertices = ctx.threat.project(xs, xs + ctx.threat.eps * signs)
+            odd = (torch.arange(xs.shape[0], device=xs.device) % 2 == 1).view(-1, *[1] * (xs.dim() - 1))
+            noisy = torch.where(odd, vertices, noisy)
         with torch.no_grad():
             wrong = ctx.model(noisy).argmax(1) != y.repeat_interleave(draws)
         found |= wrong.view(x.shape[0], draws).any(1)
     numbers["found"] = int(found.sum())
     if bool(found.any()):
         return Finding("random-sampling", "fail", f"random points in the eps-ball break {int(found.sum())} of the "
-                       f"{x.shape[0]} samples PGD could not: the gradients point the wrong way", numbers)
-    return Finding("random-sampling", "pass", f"random sampling found nothing PGD missed ({x.shape[0]} samples)",
+                       f"{x.shape[0]} samples the white-box attacks could not: the gradients point the wrong way", numbers)
+    return Finding("random-sampling", "pass", f"random sampling found nothing the white-box attacks missed "
+                   f"({x.shape[0]} samples)",
                    numbers)
 
 
@@ -423,6 +442,21 @@ def _loss_agreement(ctx: _Context) -> Finding:
     return Finding("loss-agreement", "pass", f"CE ({ce:.1f}%) and margin ({margin:.1f}%) PGD agree", numbers)
 
 
+def _stronger_attack(ctx: _Context) -> Finding:
+    pgd_robust, apgd_robust = ctx.robust("pgd", ctx.pgd()), ctx.apgd()
+    pgd, apgd = _percent(pgd_robust), _percent(apgd_robust)
+    numbers = {"pgd_accuracy": pgd, "apgd_accuracy": apgd}
+    if ctx.beats(apgd_robust, pgd_robust, 10.0):
+        return Finding("stronger-attack", "fail", f"APGD (CE and DLR) leaves {apgd:.1f}% accuracy, PGD-{ctx.steps} {pgd:.1f}%: "
+                       "a PGD evaluation overstates robustness by more than 10 points; evaluate with the standard "
+                       "suite", numbers)
+    if ctx.beats(apgd_robust, pgd_robust, ctx.tolerance):
+        return Finding("stronger-attack", "warn", f"APGD (CE and DLR) leaves {apgd:.1f}% accuracy, PGD-{ctx.steps} {pgd:.1f}%: "
+                       "PGD alone overstates robustness; report the standard suite", numbers)
+    return Finding("stronger-attack", "pass", f"PGD-{ctx.steps} ({pgd:.1f}%) is as strong as APGD ({apgd:.1f}%)",
+                   numbers)
+
+
 def _more_steps(ctx: _Context) -> Finding:
     short_robust, long_robust = ctx.robust("pgd", ctx.pgd()), ctx.robust("pgd-long", ctx.pgd(steps=5 * ctx.steps))
     short, long = _percent(short_robust), _percent(long_robust)
@@ -441,5 +475,6 @@ _RUNNERS: dict[str, Callable[[_Context], Finding]] = {
     "probabilities": _probabilities, "stochastic": _stochastic, "zero-gradients": _zero_gradients,
     "non-differentiable": _non_differentiable, "one-step": _one_step, "black-box": _black_box,
     "unbounded": _unbounded, "random-sampling": _random_sampling, "eps-monotone": _eps_monotone,
-    "loss-rises": _loss_rises, "loss-agreement": _loss_agreement, "more-steps": _more_steps,
+    "loss-rises": _loss_rises, "loss-agreement": _loss_agreement, "stronger-attack": _stronger_attack,
+    "more-steps": _more_steps,
 }

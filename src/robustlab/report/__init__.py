@@ -1,4 +1,4 @@
-"""Human-readable outputs: image grids and Markdown summaries."""
+"""Human-readable outputs: image grids and Markdown summaries; the results database."""
 
 from robustlab.report.grid import save_grid
 from robustlab.report.markdown import (
@@ -10,8 +10,10 @@ from robustlab.report.markdown import (
     targeted_markdown,
     targeted_table,
 )
+from robustlab.report.store import ResultsStore, RunInfo, default_results_path
 
 __all__ = [
     "save_grid", "evaluation_markdown", "metrics_table",
     "curve_table", "distance_table", "minimum_norm_markdown", "targeted_markdown", "targeted_table",
+    "ResultsStore", "RunInfo", "default_results_path",
 ]
