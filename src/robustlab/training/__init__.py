@@ -5,9 +5,11 @@
 :mod:`robustlab.training.methods` for the plug-point contract and
 :mod:`robustlab.training.checkpoint` for the checkpoint format. Methods: natural training;
 adversarial training with FGSM, fast FGSM, free and PGD (:mod:`~robustlab.training.adversarial`)
-and TRADES (:mod:`~robustlab.training.trades`) against ``config.threat``; defensive distillation
+TRADES (:mod:`~robustlab.training.trades`), MMA / OMMA (:mod:`~robustlab.training.mma`) and
+bilateral adversarial training (:mod:`~robustlab.training.bilateral`) against ``config.threat``; defensive distillation
 (:mod:`~robustlab.training.distillation`); certified training with IBP / CROWN-IBP bounds
-(:mod:`~robustlab.training.certified`).
+(:mod:`~robustlab.training.certified`); YOPO-m-n (:mod:`~robustlab.training.yopo`); gradient
+regularizers (:mod:`~robustlab.training.regularizers`).
 """
 
 from robustlab.training.adversarial import (
@@ -17,6 +19,7 @@ from robustlab.training.adversarial import (
     FreeTraining,
     PGDTraining,
 )
+from robustlab.training.bilateral import BilateralTraining
 from robustlab.training.certified import CertifiedTrainingOptions, train_certified
 from robustlab.training.checkpoint import load_checkpoint
 from robustlab.training.config import OPTIMIZERS, SCHEDULES, TrainConfig
@@ -35,8 +38,11 @@ from robustlab.training.methods import (
     NaturalMethod,
     TrainingMethod,
 )
+from robustlab.training.mma import MMATraining, OMMATraining
 from robustlab.training.optim import build_optimizer, build_scheduler
+from robustlab.training.regularizers import REGULARIZER_METHODS
 from robustlab.training.trades import TradesTraining
+from robustlab.training.yopo import YOPOTraining
 
 __all__ = [
     "ADVERSARIAL_METHODS",
@@ -44,16 +50,21 @@ __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
     "Batch",
+    "BilateralTraining",
     "CertifiedTrainingOptions",
     "DistillationResult",
     "FGSMTraining",
     "FastFGSMTraining",
     "FreeTraining",
     "LossOutput",
+    "MMATraining",
     "Method",
     "NaturalMethod",
+    "OMMATraining",
     "PGDTraining",
     "TradesTraining",
+    "REGULARIZER_METHODS",
+    "YOPOTraining",
     "TrainConfig",
     "TrainResult",
     "TrainingMethod",
