@@ -11,9 +11,15 @@ import torch
 from torch import nn
 
 from robustlab.attacks import DDN, FGSM, PGD
-from robustlab.attacks.composition import BPDA, EOT, SingleDrawEOTWarning, TransferAttack
+from robustlab.attacks.composition import BPDA, EOT, Reparameterization, SingleDrawEOTWarning, TransferAttack
 from robustlab.errors import RobustlabError
-from robustlab.models.preprocessing import BitDepthReduction, JPEGDefense, RandomResizePad, ThermometerEncoding
+from robustlab.models.preprocessing import (
+    BitDepthReduction,
+    InputTransformDefense,
+    JPEGDefense,
+    RandomResizePad,
+    ThermometerEncoding,
+)
 from robustlab.threat import L0, L2, Linf
 from conftest import train_digits_mlp
 
@@ -300,3 +306,56 @@ def test_wrappers_take_norms_family_and_loss_from_the_wrapped_attack(digits_mlp,
 def test_bad_settings_are_rejected(build, match):
     with pytest.raises(RobustlabError, match=match):
         build()
+
+
+# --- reparameterization -------------------------------------------------------------------------
+
+
+class _PCAPurifier(InputTransformDefense):
+    """A defense defined by an inner optimization: gradient descent onto the span of the training
+    data's top principal components, then the classifier. Its gradient is zero, as for a
+    purifier whose unrolled optimization attacks cannot differentiate. ``decode``/``encode`` map
+    between that span and the image space."""
+
+    def __init__(self, classifier: nn.Module, x_train: torch.Tensor, k: int = 16):
+        super().__init__(classifier)
+        flat = x_train.flatten(1)
+        self.register_buffer("mean", flat.mean(0))
+        _, _, v = torch.linalg.svd(flat - flat.mean(0), full_matrices=False)
+        self.register_buffer("basis", v[:k].T.contiguous())  # [D, k], orthonormal columns
+        self.shape = x_train.shape[1:]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.flatten(1) - self.mean) @ self.basis
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return (z @ self.basis.T + self.mean).clamp(0, 1).view(-1, *self.shape)
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.zeros(x.shape[0], self.basis.shape[1])
+        for _ in range(50):  # the inner optimization: least squares by gradient descent
+            z = z - 0.5 * ((z @ self.basis.T + self.mean - x.flatten(1)) @ self.basis)
+        return self.decode(z)
+
+
+def test_reparameterization_breaks_a_purifier_that_masks_gradients(digits, digits_mlp):
+    x_train, _, x_test, y_test = digits
+    defended = _PCAPurifier(digits_mlp, x_train)
+    x, y = x_test[:80], y_test[:80]
+    threat = L2(eps=1.5)
+    plain = PGD(steps=20)(defended, x, y, threat=threat, generator=gen())
+    attack = Reparameterization(decoder=defended.decode, encoder=defended.encode, classifier=digits_mlp, steps=60)
+    result = attack(defended, x, y, threat=threat, generator=gen())
+    clean_correct = (defended(x).argmax(1) == y).float().mean()
+    assert clean_correct > 0.85
+    assert plain.success.float().mean() < 0.3  # zero gradients: plain PGD is stuck
+    assert result.success.float().mean() > plain.success.float().mean() + 0.4
+    assert threat.contains(x, result.x_adv).all()
+    assert result.forwards >= 60 * len(x) and result.extras["classifier_backwards"] == 60 * len(x)
+
+
+def test_reparameterization_rejects_bad_settings(digits_mlp):
+    with pytest.raises(RobustlabError, match="callable"):
+        Reparameterization(decoder=None, encoder=lambda x: x, classifier=digits_mlp)
+    with pytest.raises(RobustlabError, match="steps"):
+        Reparameterization(decoder=lambda z: z, encoder=lambda x: x, classifier=digits_mlp, steps=0)

@@ -1,5 +1,5 @@
 """Attack wrappers against obfuscated gradients (Athalye, Carlini & Wagner, ICML 2018):
-BPDA, EOT and transfer.
+BPDA, EOT, transfer, and reparameterization for defenses defined by an inner optimization.
 
 Each wrapper is itself an :class:`Attack` around any gradient attack, so the template still
 checks inputs, projects, restores the model and judges success by a fresh forward pass of the
@@ -22,13 +22,14 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.base import Attack, ModelOracle
+from robustlab.attacks.base import Attack, ModelOracle, is_adversarial
+from robustlab.attacks.gradient import _Best
 from robustlab.errors import DOCS, RobustlabError, SingleDrawEOTWarning
-from robustlab.losses import Loss
+from robustlab.losses import Loss, margin
 from robustlab.models.preprocessing import InputTransformDefense
 from robustlab.threat import ThreatModel
 
-__all__ = ["BPDA", "EOT", "TransferAttack", "SingleDrawEOTWarning", "bpda_mode"]
+__all__ = ["BPDA", "EOT", "TransferAttack", "Reparameterization", "SingleDrawEOTWarning", "bpda_mode"]
 
 
 @contextlib.contextmanager
@@ -251,3 +252,85 @@ class TransferAttack(_Wrapper):
             "surrogate_success": result.success,
             "surrogate_extras": result.extras,
         }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reparameterization(Attack):
+    """Reparameterization (Athalye et al., ICML 2018, Sec. 4.3) for defenses that purify their
+    input by an inner optimization ``g`` (Defense-GAN, PixelDefend): gradients through ``g``
+    vanish or explode, so search over a latent ``z`` with ``x = decoder(z)`` on the range of
+    ``g`` (where ``g(decoder(z)) ≈ decoder(z)``) and differentiate ``classifier(decoder(z))``,
+    the defense with ``g`` removed.
+
+    Adam on ``z`` (``steps``, learning rate ``step_size``) from ``z = encoder(x)`` maximises
+    the margin loss of ``classifier(decoder(z))`` minus ``penalty * (distance(x, decoder(z)) -
+    eps)^+`` (the hinge of the paper's released attacks, ``robustml_attack.py``). After every
+    step ``decoder(z)`` is projected onto the threat set and scored on the *real* defended
+    model (the oracle); the best point per sample (adversarial first, then highest loss) is
+    returned. Untargeted and targeted; norms L∞ and L2.
+
+    Not in the registry: it needs ``decoder``, ``encoder`` and ``classifier``.
+
+    Cost per sample: ``steps`` forwards of the defended model (one per step, through the
+    oracle), and ``steps`` forwards and backwards of ``classifier`` and ``decoder``, counted in
+    ``extras["classifier_forwards"]`` / ``["classifier_backwards"]``.
+    """
+
+    name = "reparameterization"
+    norms = frozenset({"Linf", "L2"})
+
+    decoder: Callable[[Tensor], Tensor]
+    encoder: Callable[[Tensor], Tensor]
+    classifier: nn.Module
+    steps: int = 100
+    step_size: float = 0.1
+    penalty: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("decoder", "encoder"):
+            if not callable(getattr(self, name)):
+                raise RobustlabError(f"{name} must be callable")
+        if not isinstance(self.classifier, nn.Module):
+            raise RobustlabError(f"classifier must be an nn.Module, got {type(self.classifier).__name__}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise RobustlabError(f"steps must be a positive integer, got {self.steps!r}")
+        for name in ("step_size", "penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise RobustlabError(f"{name} must be a positive number, got {value!r}")
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "decoder": repr(self.decoder), "encoder": repr(self.encoder),
+                "classifier": type(self.classifier).__name__}
+
+    def _run(self, oracle: ModelOracle, x: Tensor, y: Tensor, *, threat: ThreatModel, targets: Tensor | None,
+             generator: torch.Generator | None) -> tuple[Tensor, dict[str, Any]]:
+        if threat.unbounded:
+            raise RobustlabError("Reparameterization penalises distances beyond eps; it needs a bounded threat model")
+        with torch.no_grad():
+            z = self.encoder(x).detach()
+        z.requires_grad_(True)
+        optimizer = torch.optim.Adam([z], lr=self.step_size)
+        best = _Best.empty(x)
+        frozen = [(p, p.requires_grad) for p in self.classifier.parameters()]
+        try:
+            for p, _ in frozen:
+                p.requires_grad_(False)
+            for _ in range(self.steps):
+                with torch.enable_grad():
+                    x_hat = self.decoder(z)
+                    loss = margin(self.classifier(x_hat), y, targets, kappa=float("inf"))
+                    excess = (threat.distance(x, x_hat) - threat.eps).clamp_min(0)
+                    objective = (loss - self.penalty * excess).sum()
+                    optimizer.zero_grad(set_to_none=True)
+                    (-objective).backward()
+                optimizer.step()
+                candidate = threat.project(x, x_hat.detach())
+                logits = oracle.logits(candidate)
+                best.update(None, candidate, margin(logits, y, targets, kappa=float("inf")),
+                            is_adversarial(logits, y, targets))
+        finally:
+            for p, requires_grad in frozen:
+                p.requires_grad_(requires_grad)
+        n = x.shape[0] * self.steps
+        return best.x, {"classifier_forwards": n, "classifier_backwards": n}
