@@ -180,6 +180,7 @@ def _train_settings(args: argparse.Namespace) -> argparse.Namespace:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from robustlab.data import train_val_split
+    from robustlab.evaluation import distributed
     from robustlab.models import ModelCard, build_model, save_model
     from robustlab.training import TrainConfig, train
 
@@ -200,10 +201,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = build_model(args.model, input_shape=tuple(data.shape), num_classes=data.num_classes, normalize=normalize,
                         seed=args.seed, **model_args)
     out = Path(args.out)
-    result = train(model.to(device), train_set.x, train_set.y, config=config,
-                   val_x=None if val_set is None else val_set.x, val_y=None if val_set is None else val_set.y,
-                   checkpoint_dir=out / "checkpoints", resume=not args.no_resume, progress=not args.quiet, device=device,
-                   on_epoch_end=None if args.quiet else lambda r: print(json.dumps(r), file=sys.stderr))
+    # Under torchrun: data-parallel over the ranks; rank 0 alone writes, prints and saves.
+    sharded = distributed.launched_distributed()
+    if sharded:
+        device = distributed.init_process_group(device)
+    try:
+        main_rank = not sharded or distributed.rank_and_world()[0] == 0
+        result = train(model.to(device), train_set.x, train_set.y, config=config,
+                       val_x=None if val_set is None else val_set.x, val_y=None if val_set is None else val_set.y,
+                       checkpoint_dir=out / "checkpoints", resume=not args.no_resume, progress=not args.quiet,
+                       device=device, distributed=sharded,
+                       on_epoch_end=None if args.quiet or not main_rank else lambda r: print(json.dumps(r), file=sys.stderr))
+    finally:
+        if sharded:
+            distributed.close()
+    if not main_rank:
+        return 0
     card = ModelCard(
         architecture=args.model,
         arguments={"input_shape": list(data.shape), "num_classes": data.num_classes, **model_args},
@@ -547,7 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("train", help="train a model: natural, adversarial (fgsm, fast-fgsm, free, pgd, trades), "
-                                     "certified (ibp, crown-ibp)")
+                                     "certified (ibp, crown-ibp); data-parallel under torchrun",
+                       description="Train a model. Under `torchrun --nproc-per-node N -m robustlab train ...` the "
+                                   "ranks split every batch of --batch-size and average gradients (Gloo on CPU, "
+                                   "NCCL on CUDA); rank 0 writes the checkpoints, metrics and model.")
     common(p)
     p.add_argument("--config", help="run file (TOML; YAML with PyYAML) with these settings, keys as the long option "
                                     "names and method options in an [options] table; the command line overrides it")

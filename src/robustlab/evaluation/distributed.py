@@ -32,7 +32,7 @@ def init_process_group(device: torch.device) -> torch.device:
     """
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
-        raise RobustlabError(f"distributed evaluation needs the environment variables {missing} "
+        raise RobustlabError(f"a distributed run needs the environment variables {missing} "
                              "(start it with torchrun)")
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -45,7 +45,7 @@ def init_process_group(device: torch.device) -> torch.device:
 def rank_and_world() -> tuple[int, int]:
     """``(rank, world size)`` of the initialized default process group."""
     if not (dist.is_available() and dist.is_initialized()):
-        raise RobustlabError("distributed evaluation needs an initialized torch.distributed process group "
+        raise RobustlabError("a distributed run needs an initialized torch.distributed process group "
                              "(robustlab.evaluation.distributed.init_process_group under torchrun)")
     return dist.get_rank(), dist.get_world_size()
 

@@ -13,6 +13,8 @@ from robustlab.models.mlp import MLP
 from robustlab.models.cnn import LeNet, MadryCNN, SmallCNN
 from robustlab.models.resnet import PreActBlock, PreActResNet18, WideBasicBlock, WideResNet
 from robustlab.models.checkpoint import ModelCard, checkpoint_paths, load_model, save_model
+from robustlab.models.denoise import DenoisingBlock
+from robustlab.models.ode import ODECNN, ODENet, TisODE, logits_and_steady_state
 from robustlab.models.preprocessing import (
     BitDepthReduction,
     InputTransformDefense,
@@ -23,12 +25,15 @@ from robustlab.models.preprocessing import (
 
 __all__ = [
     "BitDepthReduction",
+    "DenoisingBlock",
     "InputTransformDefense",
     "JPEGDefense",
     "MLP",
     "MODELS",
     "LeNet",
     "MadryCNN",
+    "ODECNN",
+    "ODENet",
     "ModelCard",
     "Normalize",
     "PreActBlock",
@@ -36,12 +41,14 @@ __all__ = [
     "RandomResizePad",
     "SmallCNN",
     "ThermometerEncoding",
+    "TisODE",
     "WideBasicBlock",
     "WideResNet",
     "build_model",
     "checkpoint_paths",
     "list_models",
     "load_model",
+    "logits_and_steady_state",
     "model_arguments",
     "register_model",
     "save_model",

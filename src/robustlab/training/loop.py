@@ -20,6 +20,12 @@ from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 from robustlab.training import checkpoint as ckpt
 from robustlab.training.config import TrainConfig
+from robustlab.training.distributed import (
+    LocalGroup,
+    ProcessGroup,
+    check_batches,
+    rank_seed,
+)
 from robustlab.training.methods import Batch, Method, make_method
 from robustlab.training.optim import build_optimizer, build_scheduler
 
@@ -59,6 +65,7 @@ def train(
     device: str | torch.device = "cpu",
     on_epoch_end: Callable[[dict], None] | None = None,
     method: Method | None = None,
+    distributed: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place with the method ``config.method`` and return its history.
 
@@ -87,6 +94,16 @@ def train(
     for ``config.method`` (for methods that need more than configuration, such as the
     distillation student's teacher); by default ``METHODS[config.method](config, device=...)``.
     The model is left in eval mode.
+
+    ``distributed=True``: data-parallel training, one call per rank of an initialized process
+    group (under ``torchrun``, after :func:`robustlab.evaluation.distributed.init_process_group`;
+    ``device`` is this rank's), every rank with the same arguments. Each rank trains on its
+    shard of every batch of ``config.batch_size`` and gradients are averaged, so the run follows
+    the single-process trajectory (see :mod:`robustlab.training.distributed` for the exact
+    semantics, BatchNorm and randomness). Rank 0 alone reads and writes ``checkpoint_dir``,
+    logs, shows progress and evaluates; the history it measures is returned on every rank.
+    ``on_epoch_end`` is called on every rank (an exception on some ranks only leaves the others
+    waiting). Every batch needs at least one example per rank.
     """
     if not isinstance(config, TrainConfig):
         raise RobustlabError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -98,34 +115,42 @@ def train(
         raise RobustlabError("give both val_x and val_y, or neither")
     val = None if val_x is None else _check_pair(val_x, val_y, "val")
     model.to(device)
+    group = ProcessGroup(device) if distributed else LocalGroup()
+    check_batches(len(train_x), config.batch_size, group.world)
 
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None and group.is_main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    shuffle_seed, global_seed = _derive_seeds(config.seed)
+    shuffle_seed, global_seed, method_seed = _derive_seeds(config.seed)
     threat = config.threat_model()
     if threat is not None:
         _check_in_box(train_x, threat, "train_x")
         if val is not None:
             _check_in_box(val[0], threat, "val_x")
 
-    with _forked_global_rng(device, global_seed):
+    with _forked_global_rng(device, rank_seed(global_seed, group.rank)):
         _check_model_outputs(model, train_x, train_y, val, device)
-        run = _Run(model, config, device, num_train=len(train_x), shuffle_seed=shuffle_seed, method=method)
+        group.broadcast_module(model)
+        run = _Run(model, config, device, num_train=len(train_x), shuffle_seed=shuffle_seed, method=method,
+                   group=group, method_seed=method_seed)
         last = None if checkpoint_dir is None else checkpoint_dir / ckpt.LAST
-        if last is not None and resume and last.exists():
-            run.restore(ckpt.load_checkpoint(last), last)
-            ckpt.write_metrics(checkpoint_dir / ckpt.METRICS, run.history)
-            logger.info("resuming from %s after epoch %d", last, run.epoch)
-        elif checkpoint_dir is not None:
+        stored = _read_last(last, group) if resume else None
+        if stored is not None:
+            run.restore(stored, last)
+            if group.is_main:
+                ckpt.write_metrics(checkpoint_dir / ckpt.METRICS, run.history)
+                logger.info("resuming from %s after epoch %d", last, run.epoch)
+        elif checkpoint_dir is not None and group.is_main:
             ckpt.write_metrics(checkpoint_dir / ckpt.METRICS, [])
         try:
             while run.epoch < run.epochs:
-                record = run.train_one_epoch(train_x, train_y, val, progress)
+                record = run.train_one_epoch(train_x, train_y, val, progress and group.is_main)
                 if checkpoint_dir is not None:
                     run.write_checkpoints(checkpoint_dir)
-                    ckpt.append_metrics(checkpoint_dir / ckpt.METRICS, record)
-                logger.info("%s", _describe(record, run.epochs))
+                    if group.is_main:
+                        ckpt.append_metrics(checkpoint_dir / ckpt.METRICS, record)
+                if group.is_main:
+                    logger.info("%s", _describe(record, run.epochs))
                 if on_epoch_end is not None:
                     on_epoch_end(dict(record))
         finally:
@@ -133,17 +158,34 @@ def train(
     return TrainResult(list(run.history), run.best_epoch, run.best_val_acc, run.best_val_robust_acc)
 
 
+def _read_last(last: Path | None, group) -> dict | None:
+    """Rank 0's ``last.ckpt`` (``None`` if there is none), on every rank: the other ranks need
+    not see rank 0's disk, and a checkpoint rank 0 cannot read fails on every rank alike."""
+    stored: dict | RobustlabError | None = None
+    if group.is_main and last is not None and last.exists():
+        try:
+            stored = ckpt.load_checkpoint(last)
+        except RobustlabError as exc:
+            stored = exc
+    stored = group.broadcast(stored)
+    if isinstance(stored, RobustlabError):
+        raise stored
+    return stored
+
+
 class _Run:
     """The mutable state of one run: everything a checkpoint holds."""
 
     def __init__(self, model, config: TrainConfig, device, *, num_train: int, shuffle_seed: int,
-                 method: Method | None = None):
+                 method: Method | None = None, group=None, method_seed: int = 0):
         self.model = model
         self.config = config
         self.device = device
+        self.group = LocalGroup() if group is None else group
         self.num_train = num_train
         self.steps_per_epoch = math.ceil(num_train / config.batch_size)
         self.method: Method = make_method(config, device) if method is None else method
+        self._prepare_method_for_ranks(method_seed)
         self.replays = self.method.replays
         # A replaying method spends `replays` of the configured epochs' optimizer steps on each
         # pass; TrainConfig has checked (through the method) that they divide.
@@ -163,6 +205,28 @@ class _Run:
         self.best_val_robust_acc: float | None = None
         self.improved = False
 
+    def _prepare_method_for_ranks(self, method_seed: int) -> None:
+        """Size the method's per-example state for the training set (``reserve(num_train)``,
+        where the method has it). With several ranks also give the method the rank's own random
+        stream (its ``generator``, the convention of every method here) and check that every
+        per-example table covers the whole training set, so rows can be exchanged by index."""
+        reserve = getattr(self.method, "reserve", None)
+        if callable(reserve):
+            reserve(self.num_train)
+        if self.group.world == 1:
+            return
+        generator = getattr(self.method, "generator", None)
+        if isinstance(generator, torch.Generator):
+            generator.manual_seed(rank_seed(method_seed, self.group.rank))
+        for key, table in (getattr(self.method, "per_example", None) or {}).items():
+            if not isinstance(table, Tensor) or len(table) != self.num_train:
+                got = f"{len(table)} rows" if isinstance(table, Tensor) else type(table).__name__
+                raise RobustlabError(
+                    f"method {self.config.method!r} keeps per_example[{key!r}] with {got}; distributed "
+                    f"training needs a tensor with one row per training example ({self.num_train}) "
+                    "from the start (give the method a reserve(num_train) method)"
+                )
+
     def threat_at(self, step: int) -> ThreatModel | None:
         """The threat model of optimizer step ``step`` (0-based): eps ramped linearly over the
         warm-up, reaching ``threat.eps`` after it. The ramp starts one step in, never at 0,
@@ -181,10 +245,14 @@ class _Run:
                 f"training diverged in epoch {self.epoch} (loss {train_loss}); lower the "
                 "learning rate. The last checkpoint is from the previous epoch."
             )
-        val_loss, val_acc = (None, None) if val is None else self._evaluate(*val)
-        robust_acc = None
-        if val is not None and self.threat is not None and self.config.robust_eval_samples > 0:
-            robust_acc = self._robust_accuracy(*val)
+        val_loss, val_acc, robust_acc = None, None, None
+        # Rank 0 evaluates alone, exactly as a single process would (same batches, same PGD
+        # starts); the other ranks wait for its numbers.
+        if self.group.is_main:
+            val_loss, val_acc = (None, None) if val is None else self._evaluate(*val)
+            if val is not None and self.threat is not None and self.config.robust_eval_samples > 0:
+                robust_acc = self._robust_accuracy(*val)
+        val_loss, val_acc, robust_acc = self.group.broadcast((val_loss, val_acc, robust_acc))
         record = {
             "epoch": self.epoch,
             "train_loss": train_loss,
@@ -216,7 +284,9 @@ class _Run:
         )
         with bar:
             for first in range(0, self.num_train, self.config.batch_size):
-                index = order[first : first + self.config.batch_size]
+                batch_index = order[first : first + self.config.batch_size]
+                start, stop = self.group.shard(len(batch_index))
+                index = batch_index[start:stop]
                 x = x_all[index].to(self.device)
                 y = y_all[index].to(self.device)
                 index = index.to(self.device)
@@ -225,7 +295,7 @@ class _Run:
                         x, y, index, epoch=self.epoch, step=self.global_step,
                         threat=self.threat_at(self.global_step),
                         scale_loss=self.scaler.scale,  # the identity when the scaler is disabled
-                    ))
+                    ), global_batch=len(batch_index))
                     loss_sum += loss * len(index)
                     correct += (logits.argmax(dim=1) == y).sum()
                     seen += len(index)
@@ -236,10 +306,15 @@ class _Run:
                             refresh=False,
                         )
                         bar.update()
-        return loss_sum.item() / seen, correct.item() / seen
+        totals = self.group.sum(
+            torch.stack([loss_sum.double(), correct.double(), loss_sum.new_tensor(seen, dtype=torch.float64)])
+        )
+        loss_total, correct_total, seen_total = totals.tolist()
+        return loss_total / seen_total, correct_total / seen_total
 
-    def _step(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """One optimizer step; returns the detached loss and logits."""
+    def _step(self, batch: Batch, *, global_batch: int) -> tuple[Tensor, Tensor]:
+        """One optimizer step on this rank's part ``batch`` of a batch of ``global_batch``
+        examples; returns the detached loss and logits."""
         model, method, optimizer = self.model, self.method, self.optimizer
         autocast = (
             torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
@@ -256,10 +331,16 @@ class _Run:
                 f"{tuple(loss.shape)}; it must be a scalar"
             )
         self.scaler.scale(loss).backward()
+        self.group.average_gradients(
+            (p for p in model.parameters() if p.requires_grad), len(batch.index), global_batch
+        )
         self.scaler.step(optimizer)
         self.scaler.update()
         self.scheduler.step()
         method.after_step(model, x_train, batch)
+        per_example = getattr(method, "per_example", None)
+        if per_example:
+            self.group.share_rows(per_example, batch.index, global_batch)
         self.global_step += 1
         return loss.detach().float(), logits.detach()
 
@@ -315,6 +396,16 @@ class _Run:
         }
 
     def write_checkpoints(self, directory: Path) -> None:
+        """On rank 0; a collective, so every rank calls it."""
+        ranks = None
+        if self.group.world > 1:
+            # The ranks' own random streams, so that a resumed run continues each of them.
+            ranks = self.group.gather({"global_rng": _get_global_rng(self.device), "method": self.method.state_dict()})
+        if not self.group.is_main:
+            return
+        state = self.state()
+        if ranks is not None:
+            state["distributed"] = {"world_size": self.group.world, "ranks": ranks}
         # best first: a kill between the two writes then reruns this epoch, rewriting both.
         if self.improved:
             ckpt.save_checkpoint(
@@ -327,10 +418,18 @@ class _Run:
                     "model": self.model.state_dict(),
                 },
             )
-        ckpt.save_checkpoint(directory / ckpt.LAST, self.state())
+        ckpt.save_checkpoint(directory / ckpt.LAST, state)
 
     def restore(self, state: dict, path: Path) -> None:
         ckpt.check_resumable(state.get("config", {}), self.config, path)
+        saved_world = state.get("distributed", {}).get("world_size", 1)
+        if saved_world != self.group.world:
+            raise RobustlabError(
+                f"cannot resume from {path}: it was written by a run on {saved_world} process(es), this run "
+                f"has {self.group.world}; the shards and random streams differ, so use {saved_world}, pass "
+                "resume=False (CLI: --no-resume) to start over, or choose another checkpoint_dir"
+            )
+        own = state["distributed"]["ranks"][self.group.rank] if saved_world > 1 else state
         if state["num_train"] != self.num_train:
             raise RobustlabError(
                 f"cannot resume from {path}: it was trained on {state['num_train']} examples, "
@@ -346,9 +445,9 @@ class _Run:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.amp and state["grad_scaler"]:
             self.scaler.load_state_dict(state["grad_scaler"])
-        self.method.load_state_dict(state["method"])
+        self.method.load_state_dict(own["method"])
         self.generator.set_state(state["shuffle_generator"])
-        _set_global_rng(self.device, state["global_rng"])
+        _set_global_rng(self.device, own["global_rng"])
         self.epoch = state["epoch"]
         self.global_step = state["global_step"]
         self.history = list(state["history"])
@@ -422,12 +521,12 @@ def _check_model_outputs(model, train_x, train_y, val, device) -> None:
         )
 
 
-def _derive_seeds(seed: int) -> tuple[int, int]:
-    """Independent seeds for the shuffling generator and the forked global RNG (a method's own
-    generator takes the third of the same draw: :func:`~robustlab.training.methods.method_generator`)."""
+def _derive_seeds(seed: int) -> tuple[int, int, int]:
+    """Independent seeds for the shuffling generator, the forked global RNG and a method's own
+    generator (the one :func:`~robustlab.training.methods.method_generator` seeds)."""
     generator = torch.Generator().manual_seed(seed)
-    shuffle, global_rng, _ = torch.randint(0, 2**62, (3,), generator=generator).tolist()
-    return shuffle, global_rng
+    shuffle, global_rng, method = torch.randint(0, 2**62, (3,), generator=generator).tolist()
+    return shuffle, global_rng, method
 
 
 def _cuda_index(device: torch.device) -> int:

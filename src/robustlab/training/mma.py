@@ -31,11 +31,10 @@ Deviations from the reference code, each on purpose:
   clipped point, and the reference's unclipped one may leave the box.
 
 Per-example state: ``per_example["eps"]``, float32 ``[num_train]`` indexed by dataset index
-(0 = not seen yet, or wrong at its last visit; both start from ``min_eps``). The loop does not
-tell methods the training-set size, so the tensor is grown to cover the largest index seen;
-:meth:`MMATraining.reserve` sizes it up front (a distributed loop must call it on every rank
-before training, so that all ranks hold the same shape). Only the rows of ``batch.index`` change
-in a step. It is in ``state_dict``, so a resumed run continues with the same margins.
+(0 = not seen yet, or wrong at its last visit; both start from ``min_eps``). The loop calls
+:meth:`MMATraining.reserve` with the training-set size before training (on every rank of a
+distributed run, so all ranks hold the same shape); used outside the loop, the tensor grows to
+cover the largest index seen. Only the rows of ``batch.index`` change in a step. It is in ``state_dict``, so a resumed run continues with the same margins.
 
 Supported norms: Linf and L2 (the paper's). ``TrainConfig.threat`` supplies the norm and the
 input box; its eps is not used for training (each example has its own), only for the loop's

@@ -1,0 +1,500 @@
+"""Neural-ODE classifiers: ODENet, TisODE and their CNN baseline (Yan, Du, Tan & Feng, "On Robustness
+of Neural Ordinary Differential Equations", ICLR 2020; ``HanshuYAN/TisODE:mnist/networks.py``).
+
+All three share one layout, a ``nn.Sequential`` with named children::
+
+    stem   Conv(C_in -> c, 3x3, valid) - GN - ReLU - Conv(c -> c, 4x4, stride 2, pad 1) - GN - ReLU
+    block  ODENet: ODE block, dz/dt = f(t, z), f = ConcatConv-GN-ReLU-ConcatConv-GN-ReLU (sees t)
+           TisODE: ODE block, dz/dt = f(z),    f = Conv-GN-ReLU-Conv-GN-ReLU (no time input)
+           CNN:    one residual block, z + (Conv-GN-ReLU-Conv-GN-ReLU)(z)
+    pool, flatten, fc   global average pooling, Linear(c -> classes)
+
+with optional feature-denoising blocks (:class:`~robustlab.models.denoise.DenoisingBlock`,
+children ``denoise_stem`` / ``denoise_block``) after either stage, and optional input
+randomization (:class:`~robustlab.models.preprocessing.RandomResizePad` around the whole net):
+the seed's FDn and IRd combinations. With ``c = 64`` on MNIST the CNN and TisODE have 141,130
+parameters and ODENet 142,410 (its time channels add 1,280).
+
+Solvers (:func:`odeint`): fixed-step ``"euler"`` (the paper's, and the default) and ``"rk4"`` are
+built in and back-propagate directly through the solver steps; ``"dopri5"`` and adjoint gradients
+(``adjoint=True``) need the optional package ``torchdiffeq``. Adaptive solvers and adjoint
+gradients change the gradients an attacker sees (algorithms.md §8(d)); compare before trusting
+a robustness number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.errors import RobustlabError
+from robustlab.models._checks import positive_int
+from robustlab.models.denoise import DENOISE_VARIANTS, DenoisingBlock, group_norm
+from robustlab.models.preprocessing import RandomResizePad
+from robustlab.models.registry import register_model
+
+__all__ = [
+    "FIXED_STEP_SOLVERS",
+    "ODECNN",
+    "SOLVERS",
+    "STEADY_STATE_FROM_EPOCH",
+    "STEADY_STATE_WEIGHT",
+    "ConcatConv2d",
+    "ODEBlock",
+    "ODENet",
+    "ResidualBlock",
+    "TimeDependentDynamics",
+    "TimeInvariantDynamics",
+    "TisODE",
+    "logits_and_steady_state",
+    "odeint",
+]
+
+FIXED_STEP_SOLVERS = ("euler", "rk4")
+SOLVERS = (*FIXED_STEP_SOLVERS, "dopri5")
+STAGES = ("stem", "block")
+
+#: Weight of the steady-state term in TisODE's loss, ``CE + 0.01 * mean(penalty)``, and the epoch
+#: (0-based) from which it is added (``w_steady``, ``epoch_steady`` in ``mnist/options.py``).
+STEADY_STATE_WEIGHT = 0.01
+STEADY_STATE_FROM_EPOCH = 5
+
+Dynamics = Callable[[float, Tensor], Tensor]
+
+
+def _step_count(t0: float, t1: float, step_size: float) -> int:
+    # The tolerance keeps float noise (0.9 / 0.05 = 18.000000000000004) from adding a step.
+    return max(1, math.ceil((t1 - t0) / step_size - 1e-6))
+
+
+def _euler_step(func: Dynamics, t: float, dt: float, z: Tensor) -> Tensor:
+    return z + dt * func(t, z)
+
+
+def _rk4_step(func: Dynamics, t: float, dt: float, z: Tensor) -> Tensor:
+    k1 = func(t, z)
+    k2 = func(t + dt / 2, z + (dt / 2) * k1)
+    k3 = func(t + dt / 2, z + (dt / 2) * k2)
+    k4 = func(t + dt, z + dt * k3)
+    return z + (dt / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+_STEPS = {"euler": _euler_step, "rk4": _rk4_step}
+
+
+def odeint(func: Dynamics, z0: Tensor, t0: float, t1: float, *, solver: str = "euler", step_size: float = 0.1,
+           adjoint: bool = False, rtol: float = 1e-3, atol: float = 1e-3) -> Tensor:
+    """``z(t1)`` for ``dz/dt = func(t, z)``, ``z(t0) = z0`` (any shape), ``t0 <= t1``.
+
+    Fixed-step solvers split ``[t0, t1]`` into ``ceil((t1 - t0) / step_size)`` equal steps (exactly
+    ``step_size`` whenever it divides the interval, as in every setting of the paper), costing one
+    (Euler) or four (RK4) evaluations of ``func`` per step, and back-propagate through the steps.
+    ``"dopri5"`` (``rtol``/``atol``) and ``adjoint=True`` go through ``torchdiffeq``; the adjoint
+    needs ``func`` to be an ``nn.Module``.
+    """
+    if t1 == t0:
+        return z0
+    if solver in _STEPS and not adjoint:
+        steps = _step_count(t0, t1, step_size)
+        dt = (t1 - t0) / steps
+        step = _STEPS[solver]
+        z = z0
+        for k in range(steps):
+            z = step(func, t0 + k * dt, dt, z)
+        return z
+    torchdiffeq = _torchdiffeq(solver, adjoint)
+    integrate = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
+    times = torch.tensor([t0, t1], dtype=z0.dtype, device=z0.device)
+    options = {"step_size": step_size} if solver in FIXED_STEP_SOLVERS else None
+    return integrate(func, z0, times, rtol=rtol, atol=atol, method=solver, options=options)[-1]
+
+
+def _torchdiffeq(solver: str, adjoint: bool) -> Any:
+    try:
+        import torchdiffeq
+    except ImportError:
+        need = "adjoint=True" if adjoint else f"solver={solver!r}"
+        raise RobustlabError(
+            f"{need} needs the optional package torchdiffeq (pip install torchdiffeq); without it, use "
+            f"solver='euler' or 'rk4' with adjoint=False"
+        ) from None
+    return torchdiffeq
+
+
+class _WithAbsIntegral(nn.Module):
+    """The augmented system ``d[z, r]/dt = [f(t, z), |f(t, z)|]`` on ``[z, r]`` stacked on dim 0.
+
+    Solving it from ``r = 0`` gives ``r(t) = integral of |f(z(s))| ds`` along the true trajectory;
+    with Euler this is ``euler_abs`` of the reference's patched ``torchdiffeq``
+    (``FixedGridODESolver_ABS``). A module so the adjoint method can find the parameters."""
+
+    def __init__(self, dynamics: nn.Module) -> None:
+        super().__init__()
+        self.dynamics = dynamics
+
+    def forward(self, t: float, state: Tensor) -> Tensor:
+        derivative = self.dynamics(t, state[0])
+        return torch.stack((derivative, derivative.abs()))
+
+
+class ConcatConv2d(nn.Module):
+    """A convolution over ``[t, z]``: the time is appended as a constant first input channel."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels + 1, out_channels, kernel_size, padding=padding)
+
+    def forward(self, t: float | Tensor, z: Tensor) -> Tensor:
+        time = torch.ones_like(z[:, :1]) * t
+        return self.conv(torch.cat((time, z), dim=1))
+
+
+class TimeDependentDynamics(nn.Module):
+    """ODENet's ``f(t, z)``: ConcatConv3x3-GN-ReLU-ConcatConv3x3-GN-ReLU, ``[N, c, H, W]`` in and out."""
+
+    time_dependent = True
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = ConcatConv2d(channels, channels)
+        self.norm1 = group_norm(channels)
+        self.conv2 = ConcatConv2d(channels, channels)
+        self.norm2 = group_norm(channels)
+        self.relu = nn.ReLU()
+
+    def forward(self, t: float | Tensor, z: Tensor) -> Tensor:
+        out = self.relu(self.norm1(self.conv1(t, z)))
+        return self.relu(self.norm2(self.conv2(t, out)))
+
+
+class TimeInvariantDynamics(nn.Module):
+    """TisODE's ``f(z)``: Conv3x3-GN-ReLU-Conv3x3-GN-ReLU without bias and without a time input.
+
+    ``forward(t, z)`` takes ``t`` only to share the solvers' interface and ignores it."""
+
+    time_dependent = False
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm1 = group_norm(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm2 = group_norm(channels)
+        self.relu = nn.ReLU()
+
+    def forward(self, t: float | Tensor, z: Tensor) -> Tensor:
+        out = self.relu(self.norm1(self.conv1(z)))
+        return self.relu(self.norm2(self.conv2(out)))
+
+
+class ResidualBlock(nn.Module):
+    """The CNN baseline's block: ``z + f(z)`` with ``f`` the TisODE dynamics' layers, i.e. one
+    Euler step of size 1 (``HanshuYAN/TisODE:mnist/networks.py:ResBlock``)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm1 = group_norm(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm2 = group_norm(channels)
+        self.relu = nn.ReLU()
+
+    def forward(self, z: Tensor) -> Tensor:
+        out = self.relu(self.norm1(self.conv1(z)))
+        return z + self.relu(self.norm2(self.conv2(out)))
+
+
+class ODEBlock(nn.Module):
+    """``z -> z(t_end)`` for ``dz/dt = dynamics(t, z)``, ``z(0) = z`` (any shape ``dynamics`` takes).
+
+    Cost per forward: ``ceil(t_end / step_size)`` evaluations of ``dynamics`` with Euler, four
+    times that with RK4, adaptive with dopri5; the backward pass of direct back-propagation
+    stores every step's activations (memory linear in the step count), the adjoint method does
+    not but re-integrates backwards. See :func:`odeint` for the solvers.
+
+    While :func:`logits_and_steady_state` runs, a time-invariant block also integrates
+    ``|dynamics|`` over ``[steady_start, steady_end]`` and hands the result to the caller.
+    """
+
+    def __init__(self, dynamics: nn.Module, *, t_end: float = 1.0, step_size: float = 0.1, solver: str = "euler",
+                 adjoint: bool = False, rtol: float = 1e-3, atol: float = 1e-3,
+                 steady_start: float | None = None, steady_end: float | None = None) -> None:
+        super().__init__()
+        _check_solver(solver, adjoint)
+        for name, value in (("t_end", t_end), ("step_size", step_size), ("rtol", rtol), ("atol", atol)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise RobustlabError(f"ODE block: {name} must be a positive finite number, got {value!r}")
+        if (steady_start is None) != (steady_end is None):
+            raise RobustlabError("ODE block: give both steady_start and steady_end, or neither")
+        if steady_start is not None:
+            if getattr(dynamics, "time_dependent", True):
+                raise RobustlabError("the steady-state regularizer needs time-invariant dynamics (TisODE)")
+            if not 0 <= steady_start <= t_end <= steady_end or steady_start == steady_end:  # type: ignore[operator]
+                raise RobustlabError(
+                    f"steady-state window must satisfy 0 <= steady_start <= t_end <= steady_end with "
+                    f"steady_start < steady_end; got [{steady_start}, {steady_end}] and t_end={t_end}"
+                )
+        self.dynamics = dynamics
+        self.t_end = float(t_end)
+        self.step_size = float(step_size)
+        self.solver = solver
+        self.adjoint = adjoint
+        self.rtol = float(rtol)
+        self.atol = float(atol)
+        self.steady_start = None if steady_start is None else float(steady_start)
+        self.steady_end = None if steady_end is None else float(steady_end)
+        self._steady_sink: list[Tensor] | None = None
+
+    def integrate(self, z: Tensor, t0: float, t1: float) -> Tensor:
+        """``z(t1)`` from ``z(t0) = z`` with this block's solver."""
+        return odeint(self.dynamics, z, t0, t1, solver=self.solver, step_size=self.step_size,
+                      adjoint=self.adjoint, rtol=self.rtol, atol=self.atol)
+
+    def integrate_with_abs(self, z: Tensor, t0: float, t1: float) -> tuple[Tensor, Tensor]:
+        """``(z(t1), integral over [t0, t1] of |dynamics(z(t))| dt)``, both shaped like ``z``."""
+        state = odeint(_WithAbsIntegral(self.dynamics), torch.stack((z, torch.zeros_like(z))), t0, t1,
+                       solver=self.solver, step_size=self.step_size, adjoint=self.adjoint, rtol=self.rtol,
+                       atol=self.atol)
+        return state[0], state[1]
+
+    def steady_state(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z(t_end), penalty)``: the output and, per sample, ``mean over C, H, W`` of
+        ``integral over [steady_start, steady_end] of |f(z(t))| dt`` along the trajectory from ``z``.
+
+        The trajectory is solved on ``[0, steady_start]``, ``[steady_start, t_end]`` and
+        ``[t_end, steady_end]``, so the output is the one :meth:`forward` computes (bit for bit
+        up to rounding of the step when ``step_size`` divides each piece)."""
+        if self.steady_start is None or self.steady_end is None:
+            raise RobustlabError("this ODE block has no steady-state window (only TisODE blocks do)")
+        start = self.integrate(z, 0.0, self.steady_start)
+        out, before = self.integrate_with_abs(start, self.steady_start, self.t_end)
+        _, after = self.integrate_with_abs(out, self.t_end, self.steady_end)
+        return out, (before + after).flatten(1).mean(dim=1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        if self._steady_sink is None:
+            return self.integrate(z, 0.0, self.t_end)
+        out, penalty = self.steady_state(z)
+        self._steady_sink.append(penalty)
+        return out
+
+    def extra_repr(self) -> str:
+        text = f"t_end={self.t_end}, solver={self.solver!r}, step_size={self.step_size}, adjoint={self.adjoint}"
+        if self.steady_start is not None:
+            text += f", steady=[{self.steady_start}, {self.steady_end}]"
+        return text
+
+
+def _check_solver(solver: str, adjoint: bool) -> None:
+    if solver not in SOLVERS:
+        raise RobustlabError(f"unknown ODE solver {solver!r}; choose one of {list(SOLVERS)}")
+    if not isinstance(adjoint, bool):
+        raise RobustlabError(f"adjoint must be True or False, got {adjoint!r}")
+    if adjoint or solver not in FIXED_STEP_SOLVERS:
+        _torchdiffeq(solver, adjoint)
+
+
+def logits_and_steady_state(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(model(x), penalty)`` in one forward pass: ``penalty`` ``[N]`` is the sum, over the
+    TisODE blocks inside ``model``, of each block's per-sample steady-state integral (see
+    :meth:`ODEBlock.steady_state`).
+
+    Works through wrappers (``Normalize``, input randomization, ``DataParallel`` on one device):
+    the blocks record their term during the call and are reset afterwards, even on error. The
+    TisODE loss is ``cross_entropy + STEADY_STATE_WEIGHT * penalty.mean()`` from epoch
+    ``STEADY_STATE_FROM_EPOCH`` (Yan et al., ``main_tisode_gaus.py``). Cost: the forward pass
+    plus ``(steady_end - t_end) / step_size`` extra evaluations of the dynamics per block.
+    """
+    blocks = [m for m in model.modules() if isinstance(m, ODEBlock) and m.steady_start is not None]
+    if not blocks:
+        raise RobustlabError("the model has no TisODE block, so it has no steady-state term")
+    sink: list[Tensor] = []
+    try:
+        for block in blocks:
+            block._steady_sink = sink
+        logits = model(x)
+    finally:
+        for block in blocks:
+            block._steady_sink = None
+    if len(sink) != len(blocks):
+        raise RobustlabError(f"expected {len(blocks)} steady-state terms from the forward pass, got {len(sink)}")
+    return logits, torch.stack(sink).sum(dim=0)
+
+
+class _FeatureNet(nn.Sequential):
+    """stem -> [denoise_stem] -> block -> [denoise_block] -> pool -> flatten -> fc."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, channels: int, block: nn.Module,
+                 denoise: str | None, denoise_after: Sequence[str]) -> None:
+        layers: list[tuple[str, nn.Module]] = [
+            ("stem", nn.Sequential(
+                nn.Conv2d(input_shape[0], channels, 3), group_norm(channels), nn.ReLU(),
+                nn.Conv2d(channels, channels, 4, stride=2, padding=1), group_norm(channels), nn.ReLU(),
+            )),
+        ]
+        if denoise is not None and "stem" in denoise_after:
+            layers.append(("denoise_stem", DenoisingBlock(channels, variant=denoise)))
+        layers.append(("block", block))
+        if denoise is not None and "block" in denoise_after:
+            layers.append(("denoise_block", DenoisingBlock(channels, variant=denoise)))
+        layers += [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
+                   ("fc", nn.Linear(channels, num_classes))]
+        super().__init__(OrderedDict(layers))
+
+
+class ODECNN(_FeatureNet):
+    """The CNN baseline: the ODE nets' stem and head around one :class:`ResidualBlock`."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, *, channels: int = 64,
+                 denoise: str | None = None, denoise_after: Sequence[str] = ("stem",)) -> None:
+        super().__init__(input_shape, num_classes, channels, ResidualBlock(channels), denoise, denoise_after)
+
+
+class ODENet(_FeatureNet):
+    """ODENet: an :class:`ODEBlock` over :class:`TimeDependentDynamics`, integrated on ``[0, t_end]``."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, *, channels: int = 64,
+                 t_end: float = 1.0, step_size: float = 0.1, solver: str = "euler", adjoint: bool = False,
+                 rtol: float = 1e-3, atol: float = 1e-3, denoise: str | None = None,
+                 denoise_after: Sequence[str] = ("stem",)) -> None:
+        block = ODEBlock(TimeDependentDynamics(channels), t_end=t_end, step_size=step_size, solver=solver,
+                         adjoint=adjoint, rtol=rtol, atol=atol)
+        super().__init__(input_shape, num_classes, channels, block, denoise, denoise_after)
+
+
+class TisODE(_FeatureNet):
+    """TisODE: an :class:`ODEBlock` over :class:`TimeInvariantDynamics` with a steady-state window."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, *, channels: int = 64,
+                 t_end: float = 1.0, step_size: float = 0.05, solver: str = "euler", adjoint: bool = False,
+                 rtol: float = 1e-3, atol: float = 1e-3, steady_start: float = 0.9, steady_end: float = 1.5,
+                 denoise: str | None = None, denoise_after: Sequence[str] = ("stem",)) -> None:
+        block = ODEBlock(TimeInvariantDynamics(channels), t_end=t_end, step_size=step_size, solver=solver,
+                         adjoint=adjoint, rtol=rtol, atol=atol, steady_start=steady_start, steady_end=steady_end)
+        super().__init__(input_shape, num_classes, channels, block, denoise, denoise_after)
+
+    def forward_with_penalty(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(logits [N, classes], penalty [N])``; see :func:`logits_and_steady_state`."""
+        return logits_and_steady_state(self, x)
+
+    def steady_state_penalty(self, x: Tensor) -> Tensor:
+        """Per-sample steady-state term ``[N]``: mean over features of the integral of ``|f(z(t))|``
+        over ``[steady_start, steady_end]`` along the trajectory of ``x``'s features."""
+        return logits_and_steady_state(self, x)[1]
+
+
+# -- registry ----------------------------------------------------------------------------------------------
+def _feature_side(side: int) -> int:
+    # A 3x3 valid convolution, then a 4x4 stride-2 convolution with padding 1.
+    return (side - 4) // 2 + 1 if side > 2 else 0
+
+
+def _common_checks(name: str, input_shape: tuple[int, int, int], channels: int, denoise: str | None,
+                   denoise_after: Sequence[str], input_randomization: bool,
+                   randomization_seed: int | None) -> tuple[int, tuple[str, ...]]:
+    channels = positive_int(channels, "channels", name)
+    if min(_feature_side(input_shape[1]), _feature_side(input_shape[2])) < 1:
+        raise RobustlabError(
+            f"{name}: input of {input_shape[1]}x{input_shape[2]} pixels is too small for this architecture; "
+            f"it needs at least 4x4"
+        )
+    if denoise is not None and denoise not in DENOISE_VARIANTS:
+        raise RobustlabError(f"{name}: denoise must be None or one of {list(DENOISE_VARIANTS)}, got {denoise!r}")
+    if isinstance(denoise_after, str) or not isinstance(denoise_after, Sequence) or not denoise_after:
+        raise RobustlabError(f"{name}: denoise_after must be a non-empty list of stages from {list(STAGES)}")
+    stages = tuple(denoise_after)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or len(set(stages)) != len(stages):
+        raise RobustlabError(f"{name}: denoise_after must name distinct stages from {list(STAGES)}, got {stages}")
+    if not isinstance(input_randomization, bool):
+        raise RobustlabError(f"{name}: input_randomization must be True or False, got {input_randomization!r}")
+    if randomization_seed is not None and (isinstance(randomization_seed, bool)
+                                           or not isinstance(randomization_seed, int)):
+        raise RobustlabError(f"{name}: randomization_seed must be an int or None, got {randomization_seed!r}")
+    return channels, stages
+
+
+def _randomized(net: nn.Module, input_randomization: bool, randomization_seed: int | None) -> nn.Module:
+    if not input_randomization:
+        return net
+    generator = None
+    if randomization_seed is not None:
+        generator = torch.Generator(device="cpu").manual_seed(randomization_seed)
+    return RandomResizePad(net, generator=generator)
+
+
+_OPTIONS_DOC = """
+    ``channels`` (64, the paper's): feature channels. ``denoise``: ``None`` or a variant of
+    :data:`~robustlab.models.denoise.DENOISE_VARIANTS` (FDn; Xie et al., CVPR 2019), inserted
+    after each stage named in ``denoise_after`` (``"stem"`` and/or ``"block"``; default after the
+    stem, so the denoised features enter the block: the seed does not say where it inserts FDn).
+    ``input_randomization``: wrap the net in
+    :class:`~robustlab.models.preprocessing.RandomResizePad` (IRd; Xie et al., ICLR 2018), drawing
+    from a CPU generator seeded with ``randomization_seed`` (``None``: torch's global RNG); it is
+    stochastic, so attack it with EOT. With ``normalize`` the randomization sees normalized inputs.
+"""
+
+
+@register_model("ode-cnn")
+def ode_cnn(*, input_shape: tuple[int, int, int], num_classes: int, channels: int = 64,
+            denoise: str | None = None, denoise_after: Sequence[str] = ("stem",),
+            input_randomization: bool = False, randomization_seed: int | None = None) -> nn.Module:
+    channels, stages = _common_checks("ode-cnn", input_shape, channels, denoise, denoise_after,
+                                      input_randomization, randomization_seed)
+    net = ODECNN(input_shape, num_classes, channels=channels, denoise=denoise, denoise_after=stages)
+    return _randomized(net, input_randomization, randomization_seed)
+
+
+ode_cnn.__doc__ = """The CNN baseline of Yan et al. (ICLR 2020, §5; ``mnist/networks.py:CNN_MNIST``): ODENet with
+    one residual block in place of the ODE block (141,130 parameters on MNIST with 64 channels).
+""" + _OPTIONS_DOC
+
+
+@register_model("odenet")
+def odenet(*, input_shape: tuple[int, int, int], num_classes: int, channels: int = 64, t_end: float = 1.0,
+           step_size: float = 0.1, solver: str = "euler", adjoint: bool = False, rtol: float = 1e-3,
+           atol: float = 1e-3, denoise: str | None = None, denoise_after: Sequence[str] = ("stem",),
+           input_randomization: bool = False, randomization_seed: int | None = None) -> nn.Module:
+    channels, stages = _common_checks("odenet", input_shape, channels, denoise, denoise_after,
+                                      input_randomization, randomization_seed)
+    net = ODENet(input_shape, num_classes, channels=channels, t_end=t_end, step_size=step_size, solver=solver,
+                 adjoint=adjoint, rtol=rtol, atol=atol, denoise=denoise, denoise_after=stages)
+    return _randomized(net, input_randomization, randomization_seed)
+
+
+odenet.__doc__ = """ODENet of Yan et al. (ICLR 2020; ``mnist/networks.py:ODENet_MNIST``): dynamics with a time
+    channel, integrated on ``[0, t_end]`` with ``t_end = 1`` and fixed-step Euler of ``step_size
+    0.1`` (``mnist/options.py`` defaults; ``run_ode_gaus.sh``). ``solver``: ``"euler"``, ``"rk4"``
+    or ``"dopri5"`` (torchdiffeq, with ``rtol``/``atol``, default 1e-3 as in ``options.py``);
+    ``adjoint``: adjoint gradients through torchdiffeq (default: direct back-propagation).
+    142,410 parameters on MNIST with 64 channels.
+""" + _OPTIONS_DOC
+
+
+@register_model("tisode")
+def tisode(*, input_shape: tuple[int, int, int], num_classes: int, channels: int = 64, t_end: float = 1.0,
+           step_size: float = 0.05, solver: str = "euler", adjoint: bool = False, rtol: float = 1e-3,
+           atol: float = 1e-3, steady_start: float = 0.9, steady_end: float = 1.5, denoise: str | None = None,
+           denoise_after: Sequence[str] = ("stem",), input_randomization: bool = False,
+           randomization_seed: int | None = None) -> nn.Module:
+    channels, stages = _common_checks("tisode", input_shape, channels, denoise, denoise_after,
+                                      input_randomization, randomization_seed)
+    net = TisODE(input_shape, num_classes, channels=channels, t_end=t_end, step_size=step_size, solver=solver,
+                 adjoint=adjoint, rtol=rtol, atol=atol, steady_start=steady_start, steady_end=steady_end,
+                 denoise=denoise, denoise_after=stages)
+    return _randomized(net, input_randomization, randomization_seed)
+
+
+tisode.__doc__ = """TisODE of Yan et al. (ICLR 2020, §4; ``mnist/networks.py:ODENet_tisode``): time-invariant
+    dynamics (no time channel, bias-free convolutions), prediction from ``z(t_end = 1)`` with Euler
+    of ``step_size 0.05`` (``run_tisode_gaus.sh``). The steady-state window ``[steady_start,
+    steady_end] = [0.9, 1.5]`` is the released checkpoint's ``TimePeriod 0_0.9_1.0_1.5``
+    (algorithms.md §8(a)); it does not affect predictions. Train with
+    :func:`logits_and_steady_state`. 141,130 parameters on MNIST with 64 channels. Solver options
+    as for ``odenet``.
+""" + _OPTIONS_DOC
