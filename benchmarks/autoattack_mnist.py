@@ -12,13 +12,17 @@ and torchattacks' images are checked against the threat set and classified here.
 
     ROBUSTLAB_DATA=/work/shared/data python benchmarks/autoattack_mnist.py --images 500
 
-Targets (issue 4): robust accuracy no higher than torchattacks', wall time <= 0.5x.
+Targets (issue 4): robust accuracy no higher than torchattacks', wall time <= 0.5x. Two
+torchattacks rows: its ``AutoAttack`` as shipped (whose APGD, APGD-T and FAB run torchattacks'
+default 10 iterations, a tenth of the standard protocol's), and the same four attacks built with
+the protocol's 100 iterations (equal work).
 The reference AutoAttack (fra31/auto-attack) is not on PyPI, so it cannot be installed here.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -47,12 +51,27 @@ def robustlab_run(model: nn.Module, x: Tensor, y: Tensor, eps: float, batch_size
     return torch.tensor([s["broken_by"] is None for s in evaluation.samples])
 
 
-def torchattacks_run(model: nn.Module, x: Tensor, y: Tensor, eps: float, batch_size: int, seed: int) -> Tensor:
+def torchattacks_run(model: nn.Module, x: Tensor, y: Tensor, eps: float, batch_size: int, seed: int,
+                     steps: int | None = None) -> Tensor:
     """``bool[N]`` robust per sample, judged by a fresh forward pass on its adversarial images
-    (which must lie in the threat set)."""
+    (which must lie in the threat set).
+
+    ``steps=None``: ``torchattacks.AutoAttack(version="standard")`` as shipped, whose APGD,
+    APGD-T and FAB run torchattacks' default of 10 iterations. ``steps=100``: the same four
+    attacks built with AutoAttack's 100 iterations (the standard protocol), chained the same way.
+    """
     import torchattacks
 
-    attack = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=10, seed=seed)
+    if steps is None:
+        attack = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=10, seed=seed)
+    else:
+        attack = torchattacks.MultiAttack([
+            torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce", seed=seed),
+            torchattacks.APGDT(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, n_classes=10, seed=seed),
+            torchattacks.FAB(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, multi_targeted=True,
+                             n_classes=10, seed=seed),
+            torchattacks.Square(model, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, seed=seed),
+        ])
     adv = torch.cat([attack(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     check = common.check_threat_set(x, adv, eps)
     if check.linf_violations or check.box_violations or check.nonfinite:
@@ -60,7 +79,8 @@ def torchattacks_run(model: nn.Module, x: Tensor, y: Tensor, eps: float, batch_s
     return common.predict(model, adv) == y
 
 
-RUNNERS = {"robustlab": robustlab_run, "torchattacks": torchattacks_run}
+RUNNERS = {"robustlab": robustlab_run, "torchattacks": torchattacks_run,
+           "torchattacks-100-steps": functools.partial(torchattacks_run, steps=100)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -90,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {}
     for name, run in RUNNERS.items():
-        ok, why = (True, "") if name == "robustlab" else common.peer_available(name)
+        ok, why = (True, "") if name == "robustlab" else common.peer_available("torchattacks")
         if not ok:
             results[name] = {"skipped": why}
             continue
@@ -104,14 +124,16 @@ def main(argv: list[str] | None = None) -> int:
                          "other_processes_cores": None if other is None else round(other, 2)}
         common.log(f"[{name}] {seconds:.1f} s, robust accuracy {100 * robust:.1f}%")
 
-    ours, peer = results["robustlab"], results.get("torchattacks", {})
+    ours = results["robustlab"]
     targets = {}
-    if "seconds" in peer:
+    for name, peer in results.items():
+        if name == "robustlab" or "seconds" not in peer:
+            continue
         ratio = ours["seconds"] / peer["seconds"]
-        targets = {"time_ratio_robustlab_over_torchattacks": round(ratio, 3), "time_target": TARGET_TIME_RATIO,
-                   "time_target_met": ratio <= TARGET_TIME_RATIO,
-                   "robust_accuracy_diff_points": round(100 * (ours["robust_accuracy"] - peer["robust_accuracy"]), 2),
-                   "accuracy_target_met": ours["robust_accuracy"] <= peer["robust_accuracy"]}
+        targets[name] = {"time_ratio_robustlab_over_peer": round(ratio, 3), "time_target": TARGET_TIME_RATIO,
+                         "time_target_met": ratio <= TARGET_TIME_RATIO,
+                         "robust_accuracy_diff_points": round(100 * (ours["robust_accuracy"] - peer["robust_accuracy"]), 2),
+                         "accuracy_target_met": ours["robust_accuracy"] <= peer["robust_accuracy"]}
     report = {
         "benchmark": "autoattack_mnist",
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),

@@ -196,8 +196,8 @@ def correctly_classified(model, x, y, n: int) -> Tensor:
 
 def run_bracket(name, model, x, y, index, args) -> dict:
     xs, ys = x[index], y[index]
-    attacks = {"fmn": build_attack("fmn", steps=args.fmn_steps), "cw-linf": build_attack("cw-linf"),
-               "deepfool": build_attack("deepfool")}
+    attacks = {"fmn": build_attack("fmn", steps=args.fmn_steps), "fab": build_attack("fab", restarts=args.fab_restarts),
+               "cw-linf": build_attack("cw-linf"), "deepfool": build_attack("deepfool")}
     start = time.perf_counter()
     result = bracket(model, xs, ys, norm="Linf", attacks=attacks, time_limit=args.time_limit,
                      generator=torch.Generator().manual_seed(args.seed))
@@ -299,20 +299,21 @@ def markdown(report: dict) -> str:
         s = b["summary"]
         lines += ["", f"### Exact minimal Linf on {name}: {s['samples']} correctly classified test images, "
                   f"MILP limit {s['time_limit_s']} s per sample", "",
-                  "| test index | exact | CROWN cert. / exact | FMN / exact | C&W-Linf / exact | DeepFool / exact | "
-                  "PGD-bisection / exact | best attack | MILP status | MILP s | unstable ReLUs | consistent |",
-                  "|" + "---|" * 12]
+                  "| test index | exact | CROWN cert. / exact | FMN / exact | FAB / exact | C&W-Linf / exact | "
+                  "DeepFool / exact | PGD-bisection / exact | best attack | MILP status | MILP s | unstable ReLUs | "
+                  "consistent |",
+                  "|" + "---|" * 13]
         for r in b["rows"]:
             lines.append(
                 f"| {r['test_index']} | {fmt(r['exact'])} | {fmt(r['ratio_lower'], 3)} | {fmt(r['ratio_fmn'], 3)} | "
-                f"{fmt(r['ratio_cw-linf'], 3)} | {fmt(r['ratio_deepfool'], 3)} | {fmt(r['ratio_pgd-bisection'], 3)} | "
+                f"{fmt(r['ratio_fab'], 3)} | {fmt(r['ratio_cw-linf'], 3)} | {fmt(r['ratio_deepfool'], 3)} | {fmt(r['ratio_pgd-bisection'], 3)} | "
                 f"{r['best_attack']} | {r['milp_status']}"
                 + ("" if r["milp_status"] == "optimal" else f" [{fmt(r['milp_lower'])}, {fmt(r['milp_upper'])}]")
                 + f" | {fmt(r['milp_seconds'], 1)} | {r['unstable']} | {fmt(r['consistent'])} |")
         lines += ["", "| statistic | value |", "|---|---|"]
         keys = ["fraction_solved", "median_milp_seconds", "median_milp_seconds_solved", "max_milp_seconds_solved",
                 "median_unstable", "median_upper_over_exact", "max_upper_over_exact", "median_fmn_over_exact",
-                "median_cw-linf_over_exact", "median_deepfool_over_exact", "median_pgd-bisection_over_exact",
+                "median_fab_over_exact", "median_cw-linf_over_exact", "median_deepfool_over_exact", "median_pgd-bisection_over_exact",
                 "median_lower_over_exact", "all_consistent", "target_attack_within_5pct", "target_crown_at_least_half"]
         lines += [f"| {k} | {fmt(s.get(k), 3)} |" for k in keys]
     for name, w in report["out_of_reach"].items():
@@ -339,6 +340,7 @@ def parse_args(argv=None):
     p.add_argument("--wide-samples", type=int, default=2, help="MILP samples of mlp100-natural")
     p.add_argument("--wide-time-limit", type=float, default=20.0, help="MILP seconds per sample of mlp100-natural")
     p.add_argument("--fmn-steps", type=int, default=1000, help="FMN-Linf iterations")
+    p.add_argument("--fab-restarts", type=int, default=5, help="FAB-Linf restarts (100 steps each)")
     p.add_argument("--pgd-steps", type=int, default=100, help="PGD iterations per bisection step")
     p.add_argument("--pgd-restarts", type=int, default=1)
     p.add_argument("--pgd-bisection-steps", type=int, default=12)

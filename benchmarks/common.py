@@ -136,6 +136,7 @@ class Check:
 
 def check_threat_set(x: Tensor, x_adv: Tensor, eps: float, bounds=(0.0, 1.0), tol: float = 1e-5) -> Check:
     lo, hi = bounds
+    x_adv = x_adv.detach()
     flat_delta = (x_adv - x).reshape(len(x), -1).abs()
     linf = flat_delta.amax(dim=1) if len(x) else x.new_zeros(0)
     flat = x_adv.reshape(len(x), -1)
