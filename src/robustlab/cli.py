@@ -443,6 +443,14 @@ def _threat_text(threat: dict[str, Any]) -> str:
     return f"{threat['norm']} eps={'inf' if threat['eps'] is None else format(threat['eps'], 'g')}"
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from robustlab.report.html import write_report
+
+    for out in args.out:
+        print(f"wrote {write_report(args.runs, out, title=args.title)}")
+    return 0
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     from robustlab.report.store import ResultsStore
 
@@ -676,6 +684,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dataset", required=True)
     q.add_argument("--norm", default="Linf")
     q.add_argument("--eps", type=float, required=True)
+
+    p = sub.add_parser("report", help="one self-contained HTML page (or Markdown) from run folders",
+                       description="Build a report from the outputs of evaluate, attack, certify and train: "
+                                   "each RUN is a folder holding them (or one such file). Sections appear for "
+                                   "whatever the runs hold.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder or output file")
+    p.add_argument("--out", action="append", required=True,
+                   help="report file: .html or .md (the suffix picks the format); repeat for both")
+    p.add_argument("--title", default="robustlab report")
+    p.set_defaults(func=cmd_report)
 
     from robustlab.certify.cli import add_certify_parser
 

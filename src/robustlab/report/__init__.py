@@ -1,6 +1,7 @@
-"""Human-readable outputs: image grids and Markdown summaries; the results database."""
+"""Human-readable outputs: image grids, Markdown summaries, the HTML report; the results database."""
 
 from robustlab.report.grid import save_grid
+from robustlab.report.html import ReportInputs, html_report, load_report_inputs, markdown_report, write_report
 from robustlab.report.markdown import (
     curve_table,
     distance_table,
@@ -16,4 +17,5 @@ __all__ = [
     "save_grid", "evaluation_markdown", "metrics_table",
     "curve_table", "distance_table", "minimum_norm_markdown", "targeted_markdown", "targeted_table",
     "ResultsStore", "RunInfo", "default_results_path",
+    "ReportInputs", "html_report", "load_report_inputs", "markdown_report", "write_report",
 ]
