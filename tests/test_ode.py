@@ -375,26 +375,3 @@ def test_random_gaussian_noise_augments_about_half_the_samples_reproducibly():
     assert bool(((out >= 0) & (out <= 1)).all())
     with pytest.raises(RobustlabError):
         random_gaussian_noise(x, sigmas=())
-
-
-# -- reproduction ------------------------------------------------------------------------------------------------
-def test_tisode_table1_smoke(tmp_path):
-    from robustlab.reproduce import REPRODUCTIONS, ReproOptions, run_reproduction
-
-    assert "CPU" in REPRODUCTIONS["tisode-table1"].budget
-    tiny = {"dataset": "digits", "train_samples": 60, "epochs": 2, "batch_size": 30, "lr": 1e-2, "channels": 4,
-            "steady_from_epoch": 1, "pgd_steps": 1, "fgsm_eps": (0.3,), "pgd": ((0.3, 0.1),),
-            "models": ("CNN", "TisODE")}
-    result = run_reproduction("tisode-table1", ReproOptions(images=20, out=tmp_path, overrides=tiny))
-    record = result.record
-    assert set(record["results"]) == {"CNN", "TisODE"} and record["overrides"]["dataset"] == "digits"
-    for columns in record["results"].values():
-        assert list(columns) == ["clean", "gaussian-100", "fgsm-0.3", "pgd-0.3"]
-        for column in ("gaussian-100", "fgsm-0.3", "pgd-0.3"):  # broken clean images stay broken
-            assert 0 <= columns[column]["mean"] <= columns["clean"]["mean"] <= 100
-    assert record["training"]["TisODE"][0]["final"]["steady_state"] > 0
-    assert record["training"]["CNN"][0]["final"]["steady_state"] == 0
-    assert "| TisODE |" in result.markdown and "75.7 ± 1.4" in result.markdown
-    assert (tmp_path / "tisode-table1.json").exists()
-    with pytest.raises(RobustlabError, match="overrides"):
-        run_reproduction("tisode-table1", ReproOptions(out=tmp_path, overrides={"bogus": 1}))

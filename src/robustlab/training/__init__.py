@@ -9,7 +9,8 @@ TRADES (:mod:`~robustlab.training.trades`), MMA / OMMA (:mod:`~robustlab.trainin
 bilateral adversarial training (:mod:`~robustlab.training.bilateral`) against ``config.threat``; defensive distillation
 (:mod:`~robustlab.training.distillation`); certified training with IBP / CROWN-IBP bounds
 (:mod:`~robustlab.training.certified`); YOPO-m-n (:mod:`~robustlab.training.yopo`); gradient
-regularizers (:mod:`~robustlab.training.regularizers`).
+regularizers (:mod:`~robustlab.training.regularizers`); Gaussian-noise augmentation and TisODE's
+steady-state term (:mod:`~robustlab.training.noise`).
 """
 
 from robustlab.training.adversarial import (
@@ -39,6 +40,7 @@ from robustlab.training.methods import (
     TrainingMethod,
 )
 from robustlab.training.mma import MMATraining, OMMATraining
+from robustlab.training.noise import GaussianNoiseTraining, SteadyStateTraining
 from robustlab.training.optim import build_optimizer, build_scheduler
 from robustlab.training.regularizers import REGULARIZER_METHODS
 from robustlab.training.trades import TradesTraining
@@ -57,12 +59,14 @@ __all__ = [
     "FGSMTraining",
     "FastFGSMTraining",
     "FreeTraining",
+    "GaussianNoiseTraining",
     "LossOutput",
     "MMATraining",
     "Method",
     "NaturalMethod",
     "OMMATraining",
     "PGDTraining",
+    "SteadyStateTraining",
     "TradesTraining",
     "TrainConfig",
     "TrainResult",

@@ -1,0 +1,281 @@
+"""Tests for training ODE models through the shared loop (Gaussian-noise augmentation and TisODE's
+steady-state term), the ODE gradient-masking checks, and the TisODE reproductions."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from robustlab.errors import RobustlabError
+from robustlab.models import build_model
+from robustlab.models.ode import ODEBlock, logits_and_steady_state, ode_gradient_check
+from robustlab.training import METHODS, TrainConfig, train
+from robustlab.training.methods import Batch, make_method
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+DIGITS = (1, 8, 8)
+HAS_TORCHDIFFEQ = importlib.util.find_spec("torchdiffeq") is not None
+
+
+def _batch(x, y, epoch: int = 1) -> Batch:
+    return Batch(x, y, torch.arange(len(y)), epoch=epoch)
+
+
+def _tisode(seed: int = 0, **kwargs):
+    return build_model("tisode", input_shape=DIGITS, num_classes=10, channels=4, seed=seed, **kwargs)
+
+
+# -- the training methods ----------------------------------------------------------------------------------------
+def test_gaussian_noise_method_augments_about_half_on_the_255_scale_and_reproducibly():
+    x = torch.full((400, 1, 8, 8), 0.5)
+    y = torch.zeros(400, dtype=torch.int64)
+    config = TrainConfig(method="gaussian-noise", seed=3)
+    method = make_method(config)
+    out = method.make_inputs(None, _batch(x, y))
+    changed = (out != x).flatten(1).any(dim=1)
+    assert 0.4 < float(changed.float().mean()) < 0.6
+    assert bool(((out >= 0) & (out <= 1)).all())
+    # Per noisy image the std is sigma / 255 for sigma in {50, 75, 100} (clamping at 0.5 +- 2.5 std is rare).
+    stds = (out[changed] - 0.5).flatten(1).std(dim=1) * 255
+    assert float(stds.min()) > 35 and float(stds.max()) < 120
+    assert {round(float(s) / 25) * 25 for s in stds} == {50, 75, 100}
+
+    again = make_method(config).make_inputs(None, _batch(x, y))
+    assert torch.equal(out, again)
+    other = make_method(TrainConfig(method="gaussian-noise", seed=4)).make_inputs(None, _batch(x, y))
+    assert not torch.equal(out, other)
+
+
+def test_gaussian_noise_method_state_round_trips_and_respects_the_threat_box():
+    method = make_method(TrainConfig(method="gaussian-noise", method_options={"probability": 1.0}))
+    x, y = torch.full((8, 1, 8, 8), 0.5), torch.zeros(8, dtype=torch.int64)
+    state = method.state_dict()
+    first = method.make_inputs(None, _batch(x, y))
+    method.load_state_dict(state)
+    assert torch.equal(method.make_inputs(None, _batch(x, y)), first)
+    assert bool((first != x).flatten(1).any(dim=1).all())
+
+    boxed = make_method(TrainConfig(method="gaussian-noise", method_options={"probability": 1.0},
+                                    threat={"norm": "Linf", "eps": 0.1, "bounds": (0.4, 0.6)}))
+    out = boxed.make_inputs(None, _batch(x, y))
+    assert float(out.min()) == pytest.approx(0.4) and float(out.max()) == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("method, options, match", [
+    ("gaussian-noise", {"sigmas": []}, "sigmas"),
+    ("gaussian-noise", {"sigmas": [50, -1]}, "sigmas"),
+    ("gaussian-noise", {"sigmas": "50"}, "sigmas"),
+    ("gaussian-noise", {"probability": 1.5}, "probability"),
+    ("gaussian-noise", {"steady_weight": 0.1}, "unknown option"),
+    ("tisode", {"steady_weight": -0.1}, "steady_weight"),
+    ("tisode", {"steady_from_epoch": 1.5}, "steady_from_epoch"),
+    ("tisode", {"steady_from_epoch": -1}, "steady_from_epoch"),
+])
+def test_bad_options_fail_when_the_config_is_made(method, options, match):
+    with pytest.raises(RobustlabError, match=match):
+        TrainConfig(method=method, method_options=options)
+
+
+def test_steady_state_term_switches_on_at_the_0_based_epoch(digits):
+    x, y = digits[0][:16], digits[1][:16]
+    model = _tisode().eval()
+    method = make_method(TrainConfig(method="tisode", method_options={"steady_from_epoch": 2, "steady_weight": 0.5}))
+    with torch.no_grad():
+        logits, penalty = logits_and_steady_state(model, x)
+        off = method.loss(model, x, _batch(x, y, epoch=2))
+        on = method.loss(model, x, _batch(x, y, epoch=3))
+    ce = F.cross_entropy(logits, y)
+    assert float(penalty.mean()) > 0
+    assert float(off.loss) == pytest.approx(float(ce), rel=1e-6)
+    assert float(on.loss) == pytest.approx(float(ce + 0.5 * penalty.mean()), rel=1e-6)
+    assert torch.allclose(on.logits, logits)
+
+
+def test_tisode_method_needs_a_tisode_model(digits):
+    x, y = digits[0][:4], digits[1][:4]
+    method = make_method(TrainConfig(method="tisode"))
+    model = build_model("odenet", input_shape=DIGITS, num_classes=10, channels=4, seed=0)
+    with pytest.raises(RobustlabError, match="TisODE block"):
+        method.loss(model, x, _batch(x, y, epoch=1))
+
+
+def test_methods_are_registered():
+    assert METHODS["gaussian-noise"].name == "gaussian-noise" and METHODS["tisode"].name == "tisode"
+
+
+def _trained_penalty(digits, weight: float) -> tuple[float, list[dict]]:
+    x, y = digits[0][:128], digits[1][:128]
+    model = _tisode(seed=1)
+    config = TrainConfig(epochs=3, batch_size=32, optimizer="adam", lr=1e-2, weight_decay=0.0, schedule="constant",
+                         method="tisode", method_options={"steady_weight": weight, "steady_from_epoch": 0},
+                         robust_eval_samples=0, seed=0)
+    history = train(model, x, y, config=config).history
+    with torch.no_grad():
+        return float(logits_and_steady_state(model.eval(), x)[1].mean()), history
+
+
+def test_the_shared_loop_trains_tisode_and_the_steady_term_shrinks_the_dynamics(digits):
+    free, history = _trained_penalty(digits, 0.0)
+    regularized, _ = _trained_penalty(digits, 20.0)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    # Same seed, data and steps: without the term's effect the two runs would be identical.
+    assert regularized < 0.75 * free, (free, regularized)
+
+
+# -- gradient checks ---------------------------------------------------------------------------------------------
+def test_gradient_check_compares_solvers_and_restores_the_model(digits):
+    x, y = digits[0][:8], digits[1][:8]
+    coarse = build_model("odenet", input_shape=DIGITS, num_classes=10, channels=4, seed=0, step_size=0.5)
+    coarse.train()
+    check = ode_gradient_check(coarse, x, y, variants=("euler", "rk4"))
+    block = next(m for m in coarse.modules() if isinstance(m, ODEBlock))
+    assert block.solver == "euler" and not block.adjoint and coarse.training
+    assert check["reference"] == {"solvers": ["euler"], "adjoint": [False]}
+    assert check["skipped"] == {"euler": "the model's own configuration"}
+    rk4 = check["variants"]["rk4"]
+    # Two Euler steps vs two RK4 steps: the same ODE, visibly different numerics.
+    assert rk4["relative_max"] > 1e-4 and rk4["logit_change_max"] > 1e-5
+    assert 0.5 < rk4["cosine_mean"] <= 1.0 + 1e-9
+
+    fine = build_model("odenet", input_shape=DIGITS, num_classes=10, channels=4, seed=0, step_size=0.01)
+    close = ode_gradient_check(fine, x, y, variants=("rk4",))["variants"]["rk4"]
+    assert close["cosine_min"] > 0.999 and close["relative_max"] < 0.05 and close["same_prediction"] == 1.0
+    assert close["relative_max"] < rk4["relative_max"]
+
+
+def test_gradient_check_rewinds_the_random_draw_of_input_randomization(digits):
+    x, y = digits[0][:8], digits[1][:8]
+    model = _tisode(input_randomization=True, randomization_seed=5, step_size=0.01)
+    state = model.generator.get_state()
+    check = ode_gradient_check(model, x, y, variants=("euler", "rk4"))
+    assert torch.equal(model.generator.get_state(), state)
+    # Same draw for both passes, so only the solver differs, and at step 0.01 hardly at all; two
+    # different random resizes and paddings would give unrelated input gradients.
+    assert check["variants"]["rk4"]["cosine_min"] > 0.999
+
+
+def test_gradient_check_reports_missing_torchdiffeq_or_compares_the_adjoint(digits):
+    x, y = digits[0][:4], digits[1][:4]
+    check = ode_gradient_check(_tisode(step_size=0.01), x, y, variants=("adjoint", "dopri5"))
+    if HAS_TORCHDIFFEQ:
+        # The adjoint re-integrates backwards with its own discretization error, so it matches
+        # direct back-propagation only at a fine step (at the paper's 0.05-0.1 the cosine can
+        # drop to 0.6-0.9 on a small net).
+        adjoint = check["variants"]["adjoint"]
+        assert adjoint["cosine_min"] > 0.98 and adjoint["relative_max"] < 0.25
+        assert 0 < check["variants"]["dopri5"]["same_prediction"] <= 1
+    else:
+        assert set(check["skipped"]) == {"adjoint", "dopri5"} and "torchdiffeq" in check["skipped"]["adjoint"]
+        assert check["variants"] == {}
+
+
+def test_gradient_check_rejects_models_without_ode_blocks_and_bad_variants(digits):
+    x, y = digits[0][:2], digits[1][:2]
+    with pytest.raises(RobustlabError, match="ODE block"):
+        ode_gradient_check(build_model("ode-cnn", input_shape=DIGITS, num_classes=10, channels=4), x, y)
+    with pytest.raises(RobustlabError, match="variants"):
+        ode_gradient_check(_tisode(), x, y, variants=("heun",))
+
+
+@pytest.mark.skipif(not HAS_TORCHDIFFEQ, reason="torchdiffeq is optional")
+def test_adjoint_model_matches_direct_backprop_gradients(digits):
+    x, y = digits[0][:4], digits[1][:4]
+    model = build_model("odenet", input_shape=DIGITS, num_classes=10, channels=4, seed=0, adjoint=True,
+                        step_size=0.01)
+    check = ode_gradient_check(model, x, y, variants=("adjoint", "euler"))
+    assert check["skipped"] == {"adjoint": "the model's own configuration"}
+    assert check["reference"]["adjoint"] == [True]
+    assert check["variants"]["euler"]["cosine_min"] > 0.98
+
+
+@pytest.mark.slow
+def test_diagnostics_pass_on_a_trained_tisode(digits):
+    from robustlab.evaluation import diagnose
+    from robustlab.threat import Linf
+
+    x, y = digits[0][:512], digits[1][:512]
+    model = build_model("tisode", input_shape=DIGITS, num_classes=10, channels=16, seed=0)
+    # Without augmentation: noisy 8x8 digits take this small net far longer to learn.
+    config = TrainConfig(epochs=6, batch_size=64, optimizer="adam", lr=3e-2, weight_decay=0.0, schedule="constant",
+                         method="tisode", method_options={"steady_from_epoch": 0, "probability": 0.0},
+                         robust_eval_samples=0)
+    train(model, x, y, config=config)
+    x_test, y_test = digits[2][:40], digits[3][:40]
+    with torch.no_grad():
+        assert float((model(x_test).argmax(1) == y_test).float().mean()) > 0.7
+    checks = ("probabilities", "stochastic", "zero-gradients", "non-differentiable", "one-step", "loss-rises")
+    diagnosis = diagnose(model, x_test, y_test, threat=Linf(eps=0.2), steps=20, checks=checks)
+    assert [f.check for f in diagnosis.findings] == list(checks)
+    # A plain Euler TisODE has honest gradients: no check may fire.
+    assert diagnosis.verdict == "pass", diagnosis.markdown()
+
+
+# -- reproductions -----------------------------------------------------------------------------------------------
+TINY = {"dataset": "digits", "train_samples": 96, "epochs": 1, "batch_size": 48, "lr": 1e-2, "channels": 4,
+        "seeds": 2, "steady_from_epoch": 0, "pgd_steps": 2, "eot_draws": 2, "suite": "quick", "suite_images": 6,
+        "fgsm_eps": (0.3,), "pgd": ((0.3, 0.1),), "suite_eps": (0.3,)}
+
+
+def test_tisode_tables_are_registered_and_table3_keeps_the_paper_numbers():
+    from robustlab.reproduce import REPRODUCTIONS
+    from robustlab.reproduce.tisode import TABLES
+
+    assert {f"tisode-table{i}" for i in range(1, 5)} <= set(REPRODUCTIONS)
+    assert all("CPU" in REPRODUCTIONS[name].budget for name in TABLES)
+    assert TABLES["tisode-table3"].paper["fgsm-0.3"]["TisODE"] == "75.7 ± 1.4"
+    assert TABLES["tisode-table4"].models == ("CNN", "CNN-FDn", "TisODE-FDn", "CNN-IRd", "TisODE-IRd")
+    assert not TABLES["tisode-table1"].noise_training and TABLES["tisode-table2"].noise_training
+
+
+def test_training_configs_use_the_shared_methods():
+    from robustlab.reproduce.tisode import CPU_SCALE, TABLES, train_config
+
+    assert train_config("CNN", TABLES["tisode-table1"], CPU_SCALE, 0).method == "natural"
+    assert train_config("ODENet", TABLES["tisode-table2"], CPU_SCALE, 0).method == "gaussian-noise"
+    tisode = train_config("TisODE-IRd", TABLES["tisode-table4"], CPU_SCALE, 0)
+    assert tisode.method == "tisode" and tisode.method_options["steady_weight"] == 0.01
+    assert tisode.optimizer == "adam" and tisode.milestones == (0.3, 0.6, 0.9) and tisode.gamma == 0.2
+
+
+@pytest.mark.slow
+def test_tisode_table4_smoke_with_eot_suite_and_cache(tmp_path):
+    from robustlab.reproduce import ReproOptions, run_reproduction
+
+    tiny = {**TINY, "models": ("CNN", "TisODE-IRd")}
+    options = ReproOptions(images=12, out=tmp_path, cache_dir=tmp_path / "cache", overrides=tiny)
+    record = run_reproduction("tisode-table4", options).record
+    cnn, irn = record["results"]["CNN"], record["results"]["TisODE-IRd"]
+    assert "eot-pgd-0.3" in irn and "eot-pgd-0.3" not in cnn
+    assert {"clean", "gaussian-100", "fgsm-0.3", "pgd-0.3", "quick-0.3"} <= set(cnn)
+    assert all(len(column["runs"]) == 2 for column in cnn.values())
+    for columns in record["results"].values():
+        assert all(0 <= c["mean"] <= 100 for c in columns.values())
+        # The worst case over a cascade can only be at most the clean accuracy.
+        assert columns["quick-0.3"]["mean"] <= columns["clean"]["mean"]
+    assert record["training"]["TisODE-IRd"][0]["steady_state"] > 0
+    assert record["training"]["CNN"][0]["steady_state"] is None
+    assert record["survives"]["quick-0.3"]["compared_with"] == "pgd-0.3"
+    assert (tmp_path / "tisode-table4.json").exists()
+
+    again = run_reproduction("tisode-table4", options)
+    assert all(r["cached"] for runs in again.record["training"].values() for r in runs)
+    assert again.record["results"] == record["results"]
+    assert "| TisODE-IRd |" in again.markdown and "86.8 ± 2.3" in again.markdown
+
+
+def test_tisode_table1_smoke_trains_naturally(tmp_path):
+    from robustlab.reproduce import ReproOptions, run_reproduction
+
+    tiny = {**TINY, "seeds": 1, "suite": None, "sigmas": (100.0,)}
+    result = run_reproduction("tisode-table1", ReproOptions(images=12, out=tmp_path, cache_dir=tmp_path,
+                                                            overrides=tiny))
+    record = result.record
+    assert set(record["results"]) == {"CNN", "ODENet"} and record["survives"] == {}
+    assert record["training"]["ODENet"][0]["final"]["train_loss"] > 0
+    assert "56.4 ± 5.6" in result.markdown
+    with pytest.raises(RobustlabError, match="overrides"):
+        run_reproduction("tisode-table1", ReproOptions(out=tmp_path, overrides={"bogus": 1}))
