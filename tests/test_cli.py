@@ -135,7 +135,7 @@ def test_demo_runs_end_to_end(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "worst case" in proc.stdout
-    for name in ("model.safetensors", "model.json", "evaluation.json", "report.md", "grid.png", "curve.json"):
+    for name in ("model.safetensors", "model.json", "evaluation.json", "report.md", "report.html", "grid.png", "curve.json"):
         assert (tmp_path / name).exists(), name
     ev = json.loads((tmp_path / "evaluation.json").read_text())
     assert ev["metrics"]["clean_accuracy"]["value"] > 0.9
@@ -143,6 +143,8 @@ def test_demo_runs_end_to_end(tmp_path):
     curve = json.loads((tmp_path / "curve.json").read_text())["robust_accuracy"]
     values = [curve[k] for k in sorted(curve, key=float)]
     assert values == sorted(values, reverse=True)  # robust accuracy falls as eps grows
+    page = (tmp_path / "report.html").read_text()
+    assert "<svg" in page and "robust accuracy" in page.lower()
 
 
 def test_model_arguments_may_hold_lists():

@@ -384,7 +384,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ev = summary["evaluation"]
     print(f"\nrobustlab demo: {summary['model']} on scikit-learn digits (8x8), {ev.metrics['samples']} test images, {ev.threat}")
     _print_table(_accuracy_rows(ev.metrics), ("accuracy", "value   [95% CI]"))
-    print(f"\nreport folder: {args.out}/ (model, evaluation.json, report.md, grid.png); {time.perf_counter() - start:.1f} s")
+    print(f"\nreport folder: {args.out}/ (model, evaluation.json, report.md, report.html, grid.png); {time.perf_counter() - start:.1f} s")
     return 0
 
 

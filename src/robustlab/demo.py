@@ -1,6 +1,6 @@
 """``robustlab demo``: the whole pipeline on scikit-learn's bundled digits, in well under two
 minutes on two CPU cores and with no download: train a small MLP, attack it with FGSM and
-PGD, and write a report folder."""
+PGD, and write a report folder (Markdown and a self-contained HTML page)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from robustlab.attacks import FGSM, PGD, GaussianNoise
 from robustlab.data import load_dataset, train_val_split
 from robustlab.evaluation import evaluate
 from robustlab.models import ModelCard, build_model, save_model
-from robustlab.report import evaluation_markdown, save_grid
+from robustlab.report import evaluation_markdown, save_grid, write_report
 from robustlab.threat import Linf
 from robustlab.training import TrainConfig, train
 
@@ -58,4 +58,5 @@ def run_demo(out: Path, *, seed: int = 0, progress: bool = True) -> dict[str, An
     lines += [f"| {eps:g} | {100 * acc:.1f}% |" for eps, acc in curve.items()]
     lines += ["", "![clean / adversarial / perturbation](grid.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
+    write_report([out], out / "report.html", title="robustlab demo: MLP on scikit-learn digits")
     return {"model": "MLP 64-256-256-10", "evaluation": ev, "curve": curve}
