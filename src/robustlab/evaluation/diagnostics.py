@@ -113,6 +113,8 @@ class _Context:
     tolerance: float
     random_samples: int
     surrogate: nn.Module | None
+    correct: Tensor  # bool[N], from one clean forward pass
+    num_classes: int
     cache: dict[str, Any] = field(default_factory=dict)
 
     def generator(self, key: str) -> torch.Generator:
@@ -130,16 +132,11 @@ class _Context:
         """``bool[N]``: correctly classified and not broken by ``attack``."""
         return self.correct & ~self.run(key, attack, threat).success
 
-    @property
-    def correct(self) -> Tensor:
-        if "correct" not in self.cache:
-            self.cache["correct"] = self.logits().argmax(1) == self.y
-        return self.cache["correct"]
 
     def apgd(self) -> Tensor:
         """``bool[N]``: robust to APGD with the CE and (models with 3+ classes) the DLR loss."""
         robust = self.robust("apgd-ce", APGD(steps=100))
-        if self.logits().shape[1] >= 3:
+        if self.num_classes >= 3:
             robust = robust & self.robust("apgd-dlr", APGD(steps=100, loss="dlr"))
         return robust
 
@@ -213,10 +210,13 @@ def diagnose(
         raise RobustlabError(f"unknown checks {unknown}; choose from {list(CHECKS)}")
     if x.shape[0] == 0:
         raise RobustlabError("diagnose needs at least one sample")
-    ctx = _Context(model, x.detach(), y, threat, steps, seed, tolerance, random_samples, surrogate)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
+        with torch.no_grad():
+            clean = model(x)
+        ctx = _Context(model, x.detach(), y, threat, steps, seed, tolerance, random_samples, surrogate,
+                       clean.argmax(1) == y, clean.shape[1])
         return Diagnosis([_RUNNERS[name](ctx) for name in CHECKS if name in checks], threat)
     finally:
         for m, mode in modes:

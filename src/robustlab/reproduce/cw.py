@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,14 +104,7 @@ OVERRIDABLE = tuple(Scale.__dataclass_fields__)
 
 
 def _scale(options: ReproOptions) -> Scale:
-    scale = FULL_SCALE if options.full else CPU_SCALE
-    unknown = sorted(set(options.overrides) - set(OVERRIDABLE))
-    if unknown:
-        raise RobustlabError(f"unknown C&W reproduction overrides {unknown}; allowed: {list(OVERRIDABLE)}")
-    scale = replace(scale, **options.overrides)
-    if options.images is not None:
-        scale = replace(scale, images=options.images, table3_images=options.images)
-    return scale
+    return options.scale(CPU_SCALE, FULL_SCALE, OVERRIDABLE, "C&W", image_fields=("images", "table3_images"))
 
 
 # -- models ----------------------------------------------------------------------------------------------

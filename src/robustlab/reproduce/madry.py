@@ -33,14 +33,13 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from robustlab.errors import RobustlabError
 from robustlab.reproduce.registry import ReproOptions, register
 from robustlab.threat import Linf
 
@@ -136,14 +135,7 @@ PAPER_CIFAR_A_NAT = {"FGSM": 0.856, "PGD-7": 0.860}
 
 
 def _scale(options: ReproOptions) -> Scale:
-    scale = FULL_SCALE if options.full else CPU_SCALE
-    unknown = sorted(set(options.overrides) - set(OVERRIDABLE))
-    if unknown:
-        raise RobustlabError(f"unknown Madry reproduction overrides {unknown}; allowed: {list(OVERRIDABLE)}")
-    scale = replace(scale, **options.overrides)
-    if options.images is not None:
-        scale = replace(scale, images=options.images)
-    return scale
+    return options.scale(CPU_SCALE, FULL_SCALE, OVERRIDABLE, "Madry")
 
 
 # -- models ----------------------------------------------------------------------------------------------

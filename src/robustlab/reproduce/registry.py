@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,6 +33,20 @@ class ReproOptions:
     progress: bool = False
     cache_dir: Path | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+
+
+    def scale(self, cpu: Any, full: Any, allowed: Sequence[str], reproduction: str,
+              image_fields: Sequence[str] = ("images",)) -> Any:
+        """This run's settings dataclass: ``full`` or ``cpu``, with the test-only ``overrides``
+        (names in ``allowed`` only) applied, and ``images`` (when given) written to
+        ``image_fields``."""
+        unknown = sorted(set(self.overrides) - set(allowed))
+        if unknown:
+            raise RobustlabError(f"unknown {reproduction} reproduction overrides {unknown}; allowed: {list(allowed)}")
+        scale = replace(full if self.full else cpu, **self.overrides)
+        if self.images is not None:
+            scale = replace(scale, **{name: self.images for name in image_fields})
+        return scale
 
 
 @dataclass

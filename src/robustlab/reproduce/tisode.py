@@ -200,13 +200,7 @@ OVERRIDABLE = tuple(Scale.__dataclass_fields__)
 
 
 def _scale(table: Table, options: ReproOptions) -> Scale:
-    scale = FULL_SCALE if options.full else CPU_SCALE
-    unknown = sorted(set(options.overrides) - set(OVERRIDABLE))
-    if unknown:
-        raise RobustlabError(f"unknown TisODE reproduction overrides {unknown}; allowed: {list(OVERRIDABLE)}")
-    scale = replace(scale, **options.overrides)
-    if options.images is not None:
-        scale = replace(scale, images=options.images)
+    scale = options.scale(CPU_SCALE, FULL_SCALE, OVERRIDABLE, "TisODE")
     scale = replace(scale, models=tuple(scale.models or table.models), sigmas=tuple(scale.sigmas or table.sigmas),
                     fgsm_eps=tuple(table.fgsm_eps if scale.fgsm_eps is None else scale.fgsm_eps),
                     pgd=tuple(tuple(p) for p in (table.pgd if scale.pgd is None else scale.pgd)),
