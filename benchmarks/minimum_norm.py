@@ -10,6 +10,11 @@ same budget for every library as far as its API allows:
 - ``deepfool``: DeepFool L2: robustlab ``DeepFool`` vs Foolbox ``L2DeepFoolAttack`` vs torchattacks ``DeepFool``
 - ``jsma``: JSMA, targeted at random classes fixed by the seed: robustlab ``JSMA`` vs ART
   ``SaliencyMapMethod`` vs torchattacks ``JSMA``
+- ``ensemble``: robustlab only: ``MinimumNormEnsemble((DDN(steps=S/2), FMN(steps=S/2)))``, the
+  per-sample best of both at the gradient budget of one ``S``-step attack
+
+``--model PATH`` attacks a saved robustlab model (``PATH.safetensors`` + ``PATH.json``, e.g. the
+PGD-trained LeNet of ``robustlab reproduce madry-mnist``) instead of the cached natural LeNet.
 
 Every library's output is judged by the same code: a fresh eval-mode forward pass decides
 success (untargeted: prediction != label; JSMA: prediction == target), distances are recomputed
@@ -48,15 +53,17 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
-from robustlab.attacks import CWL2, DDN, FMN, JSMA, DeepFool
+from robustlab.attacks import CWL2, DDN, FMN, JSMA, DeepFool, MinimumNormEnsemble
 from robustlab.data import load_dataset
+from robustlab.models import load_model
 from robustlab.threat import L0, L2
 
-GROUPS = ("cw", "fmn", "ddn", "deepfool", "jsma")
+GROUPS = ("cw", "fmn", "ddn", "deepfool", "jsma", "ensemble")
 GROUP_TITLES = {
     "cw": "C&W L2", "fmn": "FMN L2", "ddn": "DDN L2", "deepfool": "DeepFool L2", "jsma": "JSMA (targeted, L0)",
+    "ensemble": "Best of DDN + FMN L2",
 }
-L2_GROUPS = ("cw", "fmn", "ddn", "deepfool")
+L2_GROUPS = ("cw", "fmn", "ddn", "deepfool", "ensemble")
 TARGET_MEDIAN_RATIO = 0.98
 TARGET_JSMA_SPEEDUP = 5.0
 
@@ -133,6 +140,12 @@ def robustlab_rows(model: nn.Module, b: Budget) -> list[Row]:
     rows.append(Row("ddn", "robustlab", "robustlab", version,
                     f"DDN(steps={b.steps}) (init_norm 1, gamma 0.05, step 1 -> 0.01 cosine); threat L2(eps=inf)",
                     untargeted(ddn, L2(eps=math.inf)), True))
+    half = max(1, b.steps // 2)
+    ensemble = MinimumNormEnsemble((DDN(steps=half), FMN(steps=half)))
+    rows.append(Row("ensemble", "robustlab", "robustlab", version,
+                    f"MinimumNormEnsemble((DDN(steps={half}), FMN(steps={half}))): per sample the smaller success; "
+                    "threat L2(eps=inf)", untargeted(ensemble, L2(eps=math.inf)), True,
+                    [f"the gradient budget of one {2 * half}-step attack"]))
     df = DeepFool(steps=b.deepfool_steps, overshoot=b.overshoot, candidates=10)
     rows.append(Row("deepfool", "robustlab", "robustlab", version,
                     f"DeepFool(steps={b.deepfool_steps}, overshoot={b.overshoot}, candidates=10); threat L2(eps=inf)",
@@ -153,7 +166,7 @@ def robustlab_rows(model: nn.Module, b: Budget) -> list[Row]:
                     f"JSMA(variant='z', theta={b.jsma_theta}, max_distortion={max_distortion:.6f} "
                     f"= {2 * b.jsma_pairs}/784, i.e. floor(...*784/2) = {b.jsma_pairs} pairs); threat L0(eps=inf); "
                     "targets given", make_jsma, True,
-                    ["pairwise saliency on logits, all images in one batch ([M, 784, 784] pair search)"]))
+                    ["pairwise saliency on logits, all images in one batch; exact pair search pruned by a bound"]))
     return rows
 
 
@@ -387,6 +400,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None, help="MNIST location (default: robustlab's search, e.g. $ROBUSTLAB_DATA)")
     p.add_argument("--workdir", type=Path, default=common.DEFAULT_WORKDIR, help="where the trained model is cached")
     p.add_argument("--arch", default="lenet", choices=sorted(common.TRAIN_CONFIGS), help="model architecture")
+    p.add_argument("--model", type=Path, default=None,
+                   help="a saved robustlab model (PATH.safetensors + PATH.json) instead of the cached natural --arch")
     p.add_argument("--freeze-params", action="store_true",
                    help="give every library a model whose parameters have requires_grad=False")
     p.add_argument("--wait-idle", type=float, default=60.0,
@@ -429,7 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     load_before = common.load_average()
     started = time.perf_counter()
 
-    model, card, _trained_now = common.get_model(args.arch, args.workdir, args.data_dir)
+    if args.model is None:
+        model, card, _trained_now = common.get_model(args.arch, args.workdir, args.data_dir)
+    else:
+        model, card = load_model(args.model)
+        model.eval()
     if args.freeze_params:
         model.requires_grad_(False)
     digest = common.state_digest(model)
@@ -542,7 +561,8 @@ def build_report(args, threads, rows, skipped, card, data_info, x, y, targets, m
             "wait_idle_seconds": args.wait_idle, "busy_threshold_cores": args.busy_threshold,
             "retries_of_disturbed_runs": args.retries,
         },
-        "model": {"architecture": card.architecture, "parameters": sum(p.numel() for p in model.parameters()),
+        "model": {"path": None if args.model is None else str(args.model),
+                  "architecture": card.architecture, "parameters": sum(p.numel() for p in model.parameters()),
                   "training": {k: card.training.get(k) for k in ("method", "config")},
                   "clean_test_accuracy": card.metrics.get("clean_test_accuracy")},
         "results": results,
@@ -612,7 +632,8 @@ def markdown(report: dict[str, Any]) -> str:
     prov = report["provenance"]
     lines = [
         f"Minimum-norm attacks, {s['images']} correctly classified MNIST test images, model "
-        f"{report['model']['architecture']}, {prov['torch_threads']} torch threads, median of {s['repeats']} runs. "
+        f"{report['model']['architecture']} ({report['model']['training'].get('method') or 'natural'} training), "
+        f"{prov['torch_threads']} torch threads, median of {s['repeats']} runs. "
         f"C&W: {b['cw_binary_search_steps']} binary-search steps x {b['cw_steps']} iterations, lr {b['cw_lr']}, "
         f"initial c {b['cw_initial_const']}; FMN/DDN: {b['steps']} steps; DeepFool: {b['deepfool_steps']} steps, "
         f"overshoot {b['overshoot']}; JSMA: theta {b['jsma_theta']}, at most {b['jsma_pairs']} pairs "

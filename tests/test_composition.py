@@ -359,3 +359,40 @@ def test_reparameterization_rejects_bad_settings(digits_mlp):
         Reparameterization(decoder=None, encoder=lambda x: x, classifier=digits_mlp)
     with pytest.raises(RobustlabError, match="steps"):
         Reparameterization(decoder=lambda z: z, encoder=lambda x: x, classifier=digits_mlp, steps=0)
+
+
+# --- minimum-norm ensemble ---------------------------------------------------------------------
+
+
+def test_minimum_norm_ensemble_keeps_the_smallest_success_per_sample(digits_mlp, sample):
+    from robustlab.attacks import FMN, MinimumNormEnsemble
+
+    x, y = sample
+    threat = L2(eps=float("inf"))
+    ddn, fmn = DDN(steps=8), FMN(steps=8)
+    together = MinimumNormEnsemble((ddn, fmn))(digits_mlp, x, y, threat=threat, generator=gen(3))
+    g = gen(3)  # the ensemble hands one generator to its attacks in turn
+    alone = [attack(digits_mlp, x, y, threat=threat, generator=g) for attack in (ddn, fmn)]
+    distances = torch.stack([torch.where(r.success, r.distance, torch.inf) for r in alone])
+    smallest, winner = distances.min(dim=0)
+    assert torch.equal(together.success, torch.isfinite(smallest))
+    torch.testing.assert_close(together.distance[together.success], smallest[together.success])
+    torch.testing.assert_close(together.extras["best_distance"], smallest)
+    # Each attack wins somewhere at 8 steps: the ensemble is strictly better than either alone.
+    assert set(together.extras["best_attack"][together.success].tolist()) == {0, 1}
+    for row in distances:
+        assert (together.extras["best_distance"] < row).any()
+    assert together.backwards == sum(r.backwards for r in alone)
+
+
+@pytest.mark.parametrize(
+    "attacks,match",
+    [((), "non-empty"), ((PGD(),), "minimum-norm"), ((DDN(),), None)],
+)
+def test_minimum_norm_ensemble_rejects_bad_members(attacks, match):
+    from robustlab.attacks import JSMA, MinimumNormEnsemble
+
+    if match is None:  # DDN is L2 only and JSMA L0 only: no shared norm
+        attacks, match = attacks + (JSMA(),), "no norm"
+    with pytest.raises(RobustlabError, match=match):
+        MinimumNormEnsemble(attacks)

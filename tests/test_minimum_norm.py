@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks import DDN, FMN, JSMA, DeepFool, build_attack
+from robustlab.attacks.jsma import _pick_pairs
 from robustlab.errors import RobustlabError
 from robustlab.threat import L0, L1, L2, NORMS, Linf
 from conftest import linear_two_class
@@ -205,6 +206,46 @@ def test_jsma_is_batched_over_images(digits_mlp, digits_batch):
     assert together.backwards <= 2 * 12 * int(0.3 * 64 / 2)
 
 
+def _exhaustive_pairs(alpha, beta, searchable, increase):
+    sign = 1.0 if increase else -1.0
+    a = torch.where(searchable, sign * alpha, -math.inf)
+    b = sign * beta
+    score = (a[:, :, None] + a[:, None, :]).clamp(min=0) * (b[:, :, None] + b[:, None, :]).neg().clamp(min=0)
+    score.diagonal(dim1=1, dim2=2).fill_(0)
+    top, best = score.flatten(1).max(dim=1)
+    return best // alpha.shape[1], best % alpha.shape[1], top > 0
+
+
+@pytest.mark.parametrize("kind", ["continuous", "ties", "softmax", "sparse-search-set"])
+@pytest.mark.parametrize("increase", [True, False])
+def test_pruned_pair_search_matches_the_exhaustive_search(kind, increase):
+    g = gen(int(increase))
+    m, features = 16, 150
+    alpha = torch.randn(m, features, generator=g) * torch.rand(m, features, generator=g) ** 4
+    beta = -0.5 * alpha + 0.3 * torch.randn(m, features, generator=g) * torch.rand(m, features, generator=g) ** 4
+    if kind == "ties":
+        alpha, beta = alpha.round(decimals=1), beta.round(decimals=1)
+    if kind == "softmax":  # beta = -alpha: every pair with alpha_pq > 0 qualifies
+        beta = -alpha
+    searchable = torch.rand(m, features, generator=g) < (0.05 if kind == "sparse-search-set" else 0.9)
+    p, q, found = _pick_pairs(alpha, beta, searchable, increase)
+    p_ref, q_ref, found_ref = _exhaustive_pairs(alpha, beta, searchable, increase)
+    assert found_ref.any()
+    assert torch.equal(found, found_ref)
+    assert torch.equal(p[found], p_ref[found]) and torch.equal(q[found], q_ref[found])
+
+
+def test_jsma_leaves_features_without_room_out_of_the_search(digits_mlp, digits_batch):
+    x, y = digits_batch
+    t = (y + 3) % 10
+    threat = L0(eps=math.inf)
+    half_full = (x >= 0.5) & (x < 1)
+    strict = JSMA(max_distortion=0.3, search_margin=0.5)(digits_mlp, x, y, threat=threat, targets=t)
+    assert not (strict.x_adv != x)[half_full].any()
+    loose = JSMA(max_distortion=0.3, search_margin=0.0)(digits_mlp, x, y, threat=threat, targets=t)
+    assert (loose.x_adv != x)[half_full].any()
+
+
 # --- bad input ---------------------------------------------------------------------------------
 
 
@@ -224,6 +265,7 @@ def test_jsma_is_batched_over_images(digits_mlp, digits_batch):
         ("jsma", {"variant": "softmax"}, "variant"),
         ("jsma", {"theta": 0.0}, "theta"),
         ("jsma", {"max_distortion": 0.0}, "max_distortion"),
+        ("jsma", {"search_margin": 1.0}, "search_margin"),
     ],
 )
 def test_bad_hyperparameters_are_rejected(name, options, keyword):

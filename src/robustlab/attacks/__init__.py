@@ -14,7 +14,15 @@ from robustlab.attacks.gradient import (
     ProjectedGradientDescent,
 )
 from robustlab.attacks.apgd import APGD, APGDT, AutoPGD, AutoPGDTargeted
-from robustlab.attacks.composition import BPDA, EOT, Reparameterization, SingleDrawEOTWarning, TransferAttack, bpda_mode
+from robustlab.attacks.composition import (
+    BPDA,
+    EOT,
+    MinimumNormEnsemble,
+    Reparameterization,
+    SingleDrawEOTWarning,
+    TransferAttack,
+    bpda_mode,
+)
 from robustlab.attacks.carlini_wagner import CWL0, CWL2, CWLinf, CarliniWagnerL0, CarliniWagnerL2, CarliniWagnerLinf
 from robustlab.attacks.ddn import DDN, DecoupledDirectionNorm
 from robustlab.attacks.decision import HSJA, Boundary, BoundaryAttack, HopSkipJump, HopSkipJumpAttack
@@ -50,7 +58,7 @@ __all__ = [
     "DeepFool", "FMN", "FastMinimumNorm", "DDN", "DecoupledDirectionNorm", "JSMA", "JacobianSaliencyMap",
     "FAB", "FastAdaptiveBoundary", "FABT", "FABTargeted",
     "Square", "SquareAttack", "Boundary", "BoundaryAttack", "HopSkipJump", "HopSkipJumpAttack", "HSJA",
-    "BPDA", "EOT", "TransferAttack", "Reparameterization", "SingleDrawEOTWarning", "bpda_mode",
+    "BPDA", "EOT", "MinimumNormEnsemble", "TransferAttack", "Reparameterization", "SingleDrawEOTWarning", "bpda_mode",
     "CarliniWagnerL2", "CWL2", "CarliniWagnerL0", "CWL0", "CarliniWagnerLinf", "CWLinf",
     "AutoPGD", "APGD", "AutoPGDTargeted", "APGDT",
 ]

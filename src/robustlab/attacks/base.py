@@ -23,7 +23,7 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -103,14 +103,24 @@ class ModelOracle:
         sample. Samples are independent in eval mode, so the gradient of the summed loss is
         each sample's own gradient.
         """
+        (loss,), (grad,), logits = self.losses_and_grads(x, (loss_fn,))
+        return loss, grad, logits
+
+    def losses_and_grads(
+        self, x: Tensor, loss_fns: Sequence[Callable[[Tensor], Tensor]]
+    ) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """Several losses and their input gradients from one forward pass: ``([loss [N]],
+        [grad], logits [N, K])``, one entry per ``loss_fns`` item. Costs one forward and
+        ``len(loss_fns)`` backwards per sample."""
         self.forwards += x.shape[0]
-        self.backwards += x.shape[0]
+        self.backwards += x.shape[0] * len(loss_fns)
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             logits = self.model(x)
-            loss = loss_fn(logits)
-            (grad,) = torch.autograd.grad(loss.sum(), x)
-        return loss.detach(), grad.detach(), logits.detach()
+            losses = [fn(logits) for fn in loss_fns]
+            grads = [torch.autograd.grad(loss.sum(), x, retain_graph=i < len(losses) - 1)[0]
+                     for i, loss in enumerate(losses)]
+        return [loss.detach() for loss in losses], [g.detach() for g in grads], logits.detach()
 
 
 def resolve_targets(
