@@ -1,12 +1,14 @@
 """The ``robustlab`` command line: train, attack, evaluate, datasets, demo.
 
 Attacks are named with their hyperparameters as ``NAME[:key=value,key=value]``, for example
-``--attack pgd:steps=40,step_size=0.01,restarts=5``.
+``--attack pgd:steps=40,step_size=0.01,restarts=5``; input-transformation defenses likewise, for
+example ``--defense jpeg:quality=75`` (see ``robustlab.models.preprocessing.DEFENSES``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -63,6 +65,58 @@ def parse_attack(spec: str):
 
     name, _, params = spec.partition(":")
     return build_attack(name.strip(), **_key_values(params, f"attack {name}"))
+
+
+def parse_defense(spec: str) -> dict[str, Any]:
+    """``"bit-depth:bits=3"`` -> ``{"defense": "bit-depth", "bits": 3}``, the full config
+    (unset settings at their defaults), as a model card records it. Checked by building it."""
+    from torch import nn
+
+    from robustlab.models.preprocessing import build_defense
+
+    name, _, params = spec.partition(":")
+    return build_defense(name.strip(), nn.Identity(), **_key_values(params, f"defense {name}")).config()
+
+
+def _defended(model: torch.nn.Module, defenses: list[dict[str, Any]], seed: int) -> torch.nn.Module:
+    """``model`` (perhaps already defended) inside ``defenses`` as well, innermost first, with one
+    generator seeded from ``seed`` for every stochastic defense in the chain."""
+    from robustlab.models.preprocessing import apply_defenses, split_defenses
+
+    inner, recorded = split_defenses(model)
+    return apply_defenses(inner, recorded + defenses, generator=torch.Generator().manual_seed(seed))
+
+
+def _check_attack_wrappers(args: argparse.Namespace, model: torch.nn.Module) -> None:
+    """--bpda needs a non-differentiable defense and --eot a stochastic one: on any other model
+    BPDA is the plain attack and EOT the plain attack at ``N`` times the cost."""
+    from robustlab.models.preprocessing import InputTransformDefense
+
+    defenses = [m for m in model.modules() if isinstance(m, InputTransformDefense)]
+    if args.bpda and all(d.differentiable for d in defenses):
+        raise RobustlabError("--bpda needs a non-differentiable defense (jpeg, bit-depth or thermometer), in the model "
+                             "card or given with --defense; this model has none, so BPDA would be the plain attack")
+    if args.eot is not None:
+        if args.eot < 2:
+            raise RobustlabError(f"--eot takes the number of draws per gradient, at least 2 (30 in Athalye et al.), "
+                                 f"got {args.eot}")
+        if not any(d.stochastic for d in defenses):
+            raise RobustlabError("--eot needs a stochastic defense (resize-pad), in the model card or given with "
+                                 "--defense; this model is deterministic, so EOT would only multiply the cost")
+
+
+def _around(attacks: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Each attack inside BPDA (--bpda) and then EOT (--eot N), keyed ``eot+bpda+<key>``."""
+    from robustlab.attacks import BPDA, EOT
+
+    out = {}
+    for key, attack in attacks.items():
+        if args.bpda:
+            attack, key = BPDA(attack), f"bpda+{key}"
+        if args.eot is not None:
+            attack, key = EOT(attack, draws=args.eot), f"eot+{key}"
+        out[key] = attack
+    return out
 
 
 def _threat(args: argparse.Namespace, bounds: tuple[float, float]):
@@ -130,7 +184,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "mean": None, "std": None, "epochs": 10, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
     "weight_decay": 5e-4, "schedule": "cosine", "limit": None, "val_fraction": 0.1, "out": None, "no_resume": False,
     "download": False, "method": "natural", "options": {}, "norm": "Linf", "eps": None, "eps_warmup_epochs": 0,
-    "bn_mode": "eval", "robust_eval_samples": 500, "robust_eval_steps": 10, "mixed_precision": False,
+    "bn_mode": "eval", "robust_eval_samples": 500, "robust_eval_steps": 10, "mixed_precision": False, "defense": [],
 }
 
 
@@ -193,13 +247,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                          eps_warmup_epochs=args.eps_warmup_epochs, bn_mode=args.bn_mode,
                          robust_eval_samples=args.robust_eval_samples, robust_eval_steps=args.robust_eval_steps,
                          mixed_precision=args.mixed_precision)
+    defenses = _train_defenses(args)
     device = _device(args.device)
     data = _load_data(args, args.dataset, "train", args.limit)
     train_set, val_set = train_val_split(data, args.val_fraction, seed=args.seed) if args.val_fraction > 0 else (data, None)
     model_args = _key_values(args.model_arg, "model arguments")
     normalize = (args.mean, args.std) if args.mean is not None else None
-    model = build_model(args.model, input_shape=tuple(data.shape), num_classes=data.num_classes, normalize=normalize,
+    input_shape = _shape_behind(defenses, tuple(data.shape))
+    model = build_model(args.model, input_shape=input_shape, num_classes=data.num_classes, normalize=normalize,
                         seed=args.seed, **model_args)
+    model = _defended(model, defenses, args.seed)
     out = Path(args.out)
     # Under torchrun: data-parallel over the ranks; rank 0 alone writes, prints and saves.
     sharded = distributed.launched_distributed()
@@ -219,9 +276,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     card = ModelCard(
         architecture=args.model,
-        arguments={"input_shape": list(data.shape), "num_classes": data.num_classes, **model_args},
+        arguments={"input_shape": list(input_shape), "num_classes": data.num_classes, **model_args},
         dataset=args.dataset,
         normalization=None if normalize is None else {"mean": list(args.mean), "std": list(args.std)},
+        defenses=defenses,
         training={"method": config.method, "config": config.to_dict(), "samples": len(train_set)},
         metrics={"best_val_acc": result.best_val_acc, "best_val_robust_acc": result.best_val_robust_acc,
                  "final": result.history[-1] if result.history else None},
@@ -232,10 +290,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_defenses(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """--defense's configs for training; refused for adversarial or certified training through
+    a non-differentiable defense, whose inner attack would see only zero input gradients."""
+    from robustlab.models.preprocessing import DEFENSES
+
+    specs = args.defense
+    if isinstance(specs, str) or not isinstance(specs, list):
+        raise RobustlabError(f"defense must be a list of specs such as ['thermometer:levels=16'], got {specs!r}")
+    defenses = [parse_defense(spec) for spec in specs]
+    masked = [d["defense"] for d in defenses if not DEFENSES[d["defense"]].differentiable]
+    if masked and args.method != "natural":
+        raise RobustlabError(f"--method {args.method} through the non-differentiable defense(s) {masked} would train "
+                             "against attacks that see zero input gradients; train naturally (--method natural) "
+                             "behind them, or train the network without them and add them at evaluation")
+    return defenses
+
+
+def _shape_behind(defenses: list[dict[str, Any]], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The input shape of the network behind ``defenses`` (thermometer encoding multiplies the
+    channels by its levels; resize-pad enlarges the image), found by passing a blank image."""
+    from torch import nn
+
+    from robustlab.models.preprocessing import apply_defenses
+
+    if not defenses:
+        return shape
+    probe = apply_defenses(nn.Identity(), defenses, generator=torch.Generator())
+    with torch.no_grad():
+        return tuple(probe(torch.zeros(1, *shape)).shape[1:])
+
+
 def _load_model_and_data(args: argparse.Namespace):
+    """The model inside the card's defenses and then --defense's (the card returned lists them
+    all, so that evaluations record what was evaluated), the data, and the device."""
     from robustlab.models import load_model
 
-    model, card = load_model(args.model)
+    defenses = [parse_defense(spec) for spec in args.defense or []]
+    model, card = load_model(args.model, seed=args.seed)
+    if defenses:
+        model = _defended(model, defenses, args.seed)
+        card = dataclasses.replace(card, defenses=card.defenses + defenses)
+    _check_attack_wrappers(args, model)
     device = _device(args.device)
     dataset = args.dataset or card.dataset
     if not dataset:
@@ -250,7 +346,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from robustlab.report import save_grid
 
     model, card, data, device = _load_model_and_data(args)
-    attack = parse_attack(args.attack)
+    (attack,) = _around({"attack": parse_attack(args.attack)}, args).values()
     threat = _threat(args, tuple(card.input_bounds))
     generator = torch.Generator(device=device).manual_seed(args.seed)
     outputs: dict[str, list[torch.Tensor]] = {k: [] for k in ("x_adv", "success", "distance", "predictions")}
@@ -268,7 +364,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     save_file({**merged, "x": data.x, "y": data.y, "indices": data.indices,
                "success": merged["success"].to(torch.uint8)}, str(out / "adversarial.safetensors"))
     save_grid(out / "grid.png", data.x, merged["x_adv"], bounds=tuple(card.input_bounds))
-    summary = {"attack": attack.config(), "threat": str(threat), "samples": len(data),
+    summary = {"attack": attack.config(), "defenses": card.defenses, "threat": str(threat), "samples": len(data),
                "success_rate": float(merged["success"].float().mean()) if len(data) else math.nan,
                "median_distance": float(merged["distance"].median()) if len(data) else math.nan,
                "wall_time_s": round(time.perf_counter() - start, 3)}
@@ -289,7 +385,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.attack:
         raise RobustlabError(f"--mode {args.mode} needs at least one --attack")
     model, card, data, device = _load_model_and_data(args)
-    attacks = [parse_attack(spec) for spec in args.attack]
+    attacks = _around(_named([parse_attack(spec) for spec in args.attack]), args)
     bounds = tuple(card.input_bounds)
     x, y = data.x.to(device), data.y.to(device)
     common = dict(batch_size=args.batch_size, seed=args.seed, indices=data.indices, model_card=card.to_dict(),
@@ -301,7 +397,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         if len(attacks) != 1:
             raise RobustlabError("--mode targeted runs the C&W protocol with exactly one --attack")
-        ev = evaluate_targeted(model, x, y, attack=attacks[0], norm=args.norm, bounds=bounds, **common)
+        ev = evaluate_targeted(model, x, y, attack=next(iter(attacks.values())), norm=args.norm, bounds=bounds, **common)
         text = targeted_markdown(ev)
     ev.save(out / f"{args.mode}.json")
     (out / "report.md").write_text(text)
@@ -320,6 +416,8 @@ def _evaluate_fixed(args: argparse.Namespace) -> int:
         raise RobustlabError("--eps is required for a fixed-budget evaluation (or use --mode minimum-norm)")
     if not args.suite and not args.attack:
         if args.diagnose:
+            if args.bpda or args.eot is not None:
+                raise RobustlabError("--bpda and --eot wrap attacks; the diagnostics alone examine the model as it is")
             return _diagnose(args)
         raise RobustlabError("give an attack suite (--suite), at least one --attack, or --diagnose")
     sharded = distributed.launched_distributed()
@@ -329,13 +427,7 @@ def _evaluate_fixed(args: argparse.Namespace) -> int:
         model, card, data, device = _load_model_and_data(args)
         threat = _threat(args, tuple(card.input_bounds))
         attacks = build_suite(args.suite, threat, data.num_classes) if args.suite else {}
-        for spec in args.attack or []:
-            attack, i = parse_attack(spec), 1
-            key = attack.name
-            while key in attacks:
-                i += 1
-                key = f"{attack.name}-{i}"
-            attacks[key] = attack
+        attacks = _around(_named([parse_attack(spec) for spec in args.attack or []], attacks), args)
         out = Path(args.out)
         ev = evaluate(model, data.x.to(device), data.y.to(device), threat=threat, attacks=attacks,
                       cascade=bool(args.suite) if args.cascade is None else args.cascade, batch_size=args.batch_size,
@@ -354,6 +446,18 @@ def _evaluate_fixed(args: argparse.Namespace) -> int:
     print(f"wrote {out}/evaluation.json and {out}/report.md")
     _store_run(args, ev, data)
     return _diagnose(args, model, data, threat) if args.diagnose else 0
+
+
+def _named(attacks: list[Any], named: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``named`` (e.g. a suite) followed by ``attacks`` under their names, ``pgd-2`` for a second ``pgd``."""
+    out = dict(named or {})
+    for attack in attacks:
+        key, i = attack.name, 1
+        while key in out:
+            i += 1
+            key = f"{attack.name}-{i}"
+        out[key] = attack
+    return out
 
 
 def _diagnose(args: argparse.Namespace, model=None, data=None, threat=None) -> int:
@@ -549,6 +653,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
+    def defense_option(p: argparse.ArgumentParser, where: str) -> None:
+        p.add_argument("--defense", action="append", metavar="NAME[:key=value,...]",
+                       help="wrap the model in an input-transformation defense: jpeg[:quality=75], bit-depth[:bits=4], "
+                            "thermometer[:levels=16] or resize-pad[:min_size=H,out_size=H*331/299] (random, drawn "
+                            "from --seed); repeat for several, the first innermost (closest to the network). " + where)
+
     def attack_common(p: argparse.ArgumentParser, *, eps_required: bool) -> None:
         common(p)
         p.add_argument("--model", required=True, help="model path (model.safetensors with model.json beside it)")
@@ -559,6 +669,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--eps", required=eps_required, help="radius of the threat model ('inf' for unbounded)")
         p.add_argument("--batch-size", type=int, default=256)
         p.add_argument("--download", action="store_true", help="download the dataset if not found")
+        defense_option(p, "They go outside any the model card records, and the evaluation's card lists them all.")
+        p.add_argument("--bpda", action="store_true",
+                       help="run every attack through BPDA: forward through the real non-differentiable defense, "
+                            "backward through its approximation (identity for jpeg and bit-depth, the soft code for "
+                            "thermometer); needs such a defense")
+        p.add_argument("--eot", type=int, metavar="N",
+                       help="run every attack through EOT: average loss and gradient over N fresh draws of the "
+                            "stochastic defense per step (Athalye et al. use 30); needs resize-pad. With --bpda: "
+                            "EOT over BPDA. --diagnose examines the model as it is, without either")
 
     p = sub.add_parser("datasets", help="list, locate or fetch datasets")
     p.add_argument("action", choices=["list", "locate", "fetch"])
@@ -580,6 +699,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-arg", help="architecture arguments, key=value,key=value")
     p.add_argument("--mean", type=float, nargs="+", help="per-channel mean for a Normalize layer inside the model")
     p.add_argument("--std", type=float, nargs="+")
+    defense_option(p, "The network is trained behind them (thermometer: on the encoded inputs) and the model "
+                      "card records them, so that loading the model rebuilds them. Only --method natural behind "
+                      "jpeg, bit-depth or thermometer.")
     p.add_argument("--epochs", type=int, help="default 10 (free training: epochs' worth of steps, a multiple of replays)")
     p.add_argument("--batch-size", type=int, help="default 128")
     p.add_argument("--optimizer", choices=["sgd", "adam"], help="default sgd")

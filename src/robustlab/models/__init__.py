@@ -16,14 +16,20 @@ from robustlab.models.checkpoint import ModelCard, checkpoint_paths, load_model,
 from robustlab.models.denoise import DenoisingBlock
 from robustlab.models.ode import ODECNN, ODENet, TisODE, logits_and_steady_state
 from robustlab.models.preprocessing import (
+    DEFENSES,
     BitDepthReduction,
     InputTransformDefense,
     JPEGDefense,
     RandomResizePad,
     ThermometerEncoding,
+    apply_defenses,
+    build_defense,
+    list_defenses,
+    split_defenses,
 )
 
 __all__ = [
+    "DEFENSES",
     "BitDepthReduction",
     "DenoisingBlock",
     "InputTransformDefense",
@@ -44,10 +50,14 @@ __all__ = [
     "TisODE",
     "WideBasicBlock",
     "WideResNet",
+    "apply_defenses",
+    "build_defense",
     "build_model",
     "checkpoint_paths",
+    "list_defenses",
     "list_models",
     "load_model",
+    "split_defenses",
     "logits_and_steady_state",
     "model_arguments",
     "register_model",

@@ -5,6 +5,10 @@ state dict, buffers included) and ``runs/mnist-pgd.json`` (the card). ``load_mod
 architecture from the card through the registry and loads the weights with strict key, shape
 and normalization checks. Nothing is ever unpickled, so loading an untrusted checkpoint cannot
 run code.
+
+A model wrapped in input-transformation defenses (:mod:`robustlab.models.preprocessing`, e.g.
+``ThermometerEncoding(net, levels=16)``) is saved as the inner network's weights plus the
+card's ``defenses`` list, and ``load_model`` wraps the rebuilt network in the same defenses.
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ from torch import nn
 import robustlab
 from robustlab.errors import RobustlabError
 from robustlab.models.normalize import Normalize
+from robustlab.models.preprocessing import apply_defenses, split_defenses
 from robustlab.models.registry import build_model
 
 WEIGHTS_SUFFIX = ".safetensors"
 CARD_SUFFIX = ".json"
 _MAX_LISTED = 10
+# Card fields that cards written before they existed lack.
+_OPTIONAL_FIELDS = ("defenses",)
 
 
 def _now() -> str:
@@ -64,6 +71,10 @@ class ModelCard:
 
     ``arguments`` holds ``input_shape``, ``num_classes`` and the architecture's extra arguments
     (everything ``build_model`` takes except ``normalize``, which is ``normalization``).
+    ``defenses`` lists the input-transformation defenses around the architecture, innermost
+    first, as :meth:`InputTransformDefense.config` gives them (``{"defense": "thermometer",
+    "levels": 16}``); ``input_shape`` is then what the architecture receives after them
+    (``[C * levels, H, W]`` behind thermometer encoding), not the shape of the data.
     ``training`` records the method and its configuration (threat model, epochs, ...),
     ``metrics`` the measured results. All values must be JSON-able; tuples are stored as lists,
     tensors and NumPy values as numbers.
@@ -74,6 +85,7 @@ class ModelCard:
     dataset: str | None = None
     input_bounds: tuple[float, float] = (0.0, 1.0)
     normalization: dict[str, list[float]] | None = None
+    defenses: list[dict[str, Any]] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     library_version: str = robustlab.__version__
@@ -93,6 +105,7 @@ class ModelCard:
             raise RobustlabError(f"model card: dataset must be a string or None, got {self.dataset!r}")
         self.input_bounds = self._check_bounds(self.input_bounds)
         self.normalization = self._check_normalization(self.normalization)
+        self.defenses = self._check_defenses(self.defenses)
         self.training = self._check_dict(self.training, "training")
         self.metrics = self._check_dict(self.metrics, "metrics")
         self.extra = self._check_dict(self.extra, "extra")
@@ -129,9 +142,26 @@ class ModelCard:
         Normalize(value["mean"], value["std"])  # validates lengths, finiteness and std > 0
         return {stat: [float(v) for v in _jsonable(value[stat], "normalization")] for stat in ("mean", "std")}
 
+    @staticmethod
+    def _check_defenses(value: Any) -> list[dict[str, Any]]:
+        if not isinstance(value, (list, tuple)):
+            raise RobustlabError(f"model card: defenses must be a list, got {type(value).__name__}")
+        for entry in value:
+            if not isinstance(entry, dict) or not isinstance(entry.get("defense"), str):
+                raise RobustlabError(
+                    f"model card: each defense must be {{'defense': name, setting: value, ...}}, got {entry!r}"
+                )
+            ModelCard._check_dict(entry, "defenses")
+        return _jsonable(list(value), "defenses")
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["input_bounds"] = list(self.input_bounds)
+        # Without defenses the card is exactly what it was before the field existed (same
+        # hash in the results store); with them, an older robustlab refuses the card ("unknown
+        # field") instead of silently loading the model undefended.
+        if not self.defenses:
+            del data["defenses"]
         return data
 
     def to_json(self, *, indent: int | None = 2) -> str:
@@ -144,7 +174,7 @@ class ModelCard:
             raise RobustlabError(f"model card must be a JSON object, got {type(data).__name__}")
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(names))
-        missing = [name for name in names if name not in data]
+        missing = [name for name in names if name not in data and name not in _OPTIONAL_FIELDS]
         if unknown or missing:
             problems = []
             if missing:
@@ -177,15 +207,24 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], card: ModelCard) 
     """Write ``<path>.safetensors`` (state dict incl. buffers) and ``<path>.json`` (``card``).
 
     The card is checked against the model first (the architecture it names, built on the meta
-    device, must have the same keys, shapes and normalization), so nothing is written for a
-    card that could not load these weights. Each file is written to a temporary file in the
+    device, must have the same keys, shapes and normalization, and ``card.defenses`` must
+    describe the defenses wrapped around it, see :func:`robustlab.models.preprocessing.split_defenses`),
+    so nothing is written for a card that could not rebuild this model. Only the inner
+    network's weights are written. Each file is written to a temporary file in the
     same folder and moved into place with ``os.replace``, so a crash never leaves a truncated
     file. Shared or non-contiguous tensors are saved as contiguous copies. Returns the weights
     path.
     """
     if not isinstance(card, ModelCard):
         raise RobustlabError(f"card must be a ModelCard, got {type(card).__name__}")
+    model, defenses = split_defenses(_unwrap(model))
     model = _unwrap(model)
+    defenses = _jsonable(defenses, "defenses")
+    if defenses != card.defenses:
+        raise RobustlabError(
+            f"the model's defenses {defenses} differ from the card's {card.defenses} (innermost first); record them "
+            "with dataclasses.replace(card, defenses=robustlab.models.preprocessing.split_defenses(model)[1])"
+        )
     state = model.state_dict()
     not_tensors = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
     if not_tensors:
@@ -215,9 +254,12 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], card: ModelCard) 
 
 
 def load_model(
-    path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu", seed: int | None = None
 ) -> tuple[nn.Module, ModelCard]:
     """Rebuild the model described by ``<path>.json`` and load ``<path>.safetensors`` into it.
+
+    The card's ``defenses`` are wrapped around the result; stochastic ones (random
+    resize-and-pad) draw from one CPU generator seeded with ``seed`` (None: torch's global RNG).
 
     Keys and shapes must match exactly (a mismatch raises a ``RobustlabError`` naming the keys);
     the Normalize statistics in the weights must equal the card's ``normalization``. If the
@@ -247,6 +289,11 @@ def load_model(
             model.to(dtype=dtype)
     model.load_state_dict(tensors, strict=True)
     _check_normalization(model, tensors, card)
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    try:
+        model = apply_defenses(model, card.defenses, generator=generator)
+    except RobustlabError as error:
+        raise RobustlabError(f"{card_path}: {error}") from None
     model.to(map_location)
     model.eval()
     return model, card

@@ -16,12 +16,20 @@ gradient attacks see no signal (the "shattered gradients" of Athalye et al., ICM
 exposes :meth:`InputTransformDefense.approximation`, the differentiable stand-in that BPDA
 (``robustlab.attacks.composition.BPDA``) back-propagates through while the forward pass stays
 the real layer. :class:`RandomResizePad` is differentiable but random; attack it with EOT.
+
+Defenses are registered by name in :data:`DEFENSES` (``"jpeg"``, ``"bit-depth"``,
+``"thermometer"``, ``"resize-pad"``), so that a model card can record them and the command
+line can name them: ``build_defense("bit-depth", model, bits=3)``; :meth:`config` gives
+``{"defense": "bit-depth", "bits": 3}``, and :func:`apply_defenses` / :func:`split_defenses`
+turn a list of such configs (innermost first) into nested wrappers and back.
 """
 
 from __future__ import annotations
 
+import inspect
 import io
-from typing import Callable, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -30,12 +38,18 @@ from torch.nn import functional as F
 from robustlab.errors import RobustlabError
 
 __all__ = [
+    "DEFENSES",
     "InputTransformDefense",
     "JPEGDefense",
     "BitDepthReduction",
     "ThermometerEncoding",
     "RandomResizePad",
+    "apply_defenses",
+    "build_defense",
+    "defense_arguments",
+    "list_defenses",
     "resize_and_pad",
+    "split_defenses",
     "thermometer_encode",
     "soft_thermometer_encode",
 ]
@@ -74,9 +88,14 @@ class InputTransformDefense(nn.Module):
     While ``self.bpda`` is True (``robustlab.attacks.composition.bpda_mode`` sets it for the
     duration of a gradient computation), the forward value is still exactly ``transform(x)``
     but the gradient is that of ``approximation(x)``.
+
+    A registered subclass sets ``name`` (its key in :data:`DEFENSES`), ``stochastic = True``
+    if every forward draws afresh (what EOT is for), and :meth:`arguments`, its settings.
     """
 
+    name: ClassVar[str] = ""
     differentiable: ClassVar[bool] = False
+    stochastic: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, *, approximation: Callable[[Tensor], Tensor] | None = None):
         super().__init__()
@@ -116,6 +135,19 @@ class InputTransformDefense(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(self.preprocess(x))
 
+    def arguments(self) -> dict[str, Any]:
+        """The constructor's settings that define the deployed transform (JSON-able), i.e.
+        everything but ``model``, ``approximation`` and a ``generator``."""
+        return {}
+
+    def config(self) -> dict[str, Any]:
+        """``{"defense": name, **arguments}``: what a model card records, and what
+        :func:`build_defense` takes back."""
+        if not self.name or DEFENSES.get(self.name) is not type(self):
+            raise RobustlabError(f"{type(self).__name__} is not a registered defense (robustlab.models.preprocessing"
+                                 f".DEFENSES has {list_defenses()}), so it has no name a model card could record")
+        return {"defense": self.name, **self.arguments()}
+
 
 class BitDepthReduction(InputTransformDefense):
     """Round each value to ``2**bits`` evenly spaced levels in ``[0, 1]`` (Xu et al., NDSS 2018,
@@ -124,11 +156,16 @@ class BitDepthReduction(InputTransformDefense):
     Gradient: zero (piecewise constant); BPDA uses the identity (Athalye et al., ICML 2018, on input transformations).
     """
 
+    name = "bit-depth"
+
     def __init__(self, model: nn.Module, *, bits: int = 4, approximation: Callable[[Tensor], Tensor] | None = None):
         super().__init__(model, approximation=approximation)
         if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
             raise RobustlabError(f"bits must be an integer >= 1, got {bits!r}")
         self.bits = bits
+
+    def arguments(self) -> dict[str, Any]:
+        return {"bits": self.bits}
 
     def transform(self, x: Tensor) -> Tensor:
         levels = 2**self.bits - 1
@@ -149,11 +186,16 @@ class JPEGDefense(InputTransformDefense):
     (Athalye et al., ICML 2018, on input transformations).
     """
 
+    name = "jpeg"
+
     def __init__(self, model: nn.Module, *, quality: int = 75, approximation: Callable[[Tensor], Tensor] | None = None):
         super().__init__(model, approximation=approximation)
         if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
             raise RobustlabError(f"quality must be an integer in [1, 100], got {quality!r}")
         self.quality = quality
+
+    def arguments(self) -> dict[str, Any]:
+        return {"quality": self.quality}
 
     def transform(self, x: Tensor) -> Tensor:
         from PIL import Image  # optional dependency, only needed by this defense
@@ -212,11 +254,16 @@ class ThermometerEncoding(InputTransformDefense):
     :func:`soft_thermometer_encode` (Athalye et al., ICML 2018, on thermometer encoding) unless another approximation is given.
     """
 
+    name = "thermometer"
+
     def __init__(self, model: nn.Module, *, levels: int = 16, approximation: Callable[[Tensor], Tensor] | None = None):
         super().__init__(model, approximation=approximation)
         if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
             raise RobustlabError(f"levels must be an integer >= 2, got {levels!r}")
         self.levels = levels
+
+    def arguments(self) -> dict[str, Any]:
+        return {"levels": self.levels}
 
     def transform(self, x: Tensor) -> Tensor:
         return thermometer_encode(x, self.levels)
@@ -274,7 +321,9 @@ class RandomResizePad(InputTransformDefense):
     (``robustlab.attacks.composition.EOT``), which averages gradients over fresh draws.
     """
 
+    name = "resize-pad"
     differentiable = True
+    stochastic = True
 
     def __init__(self, model: nn.Module, *, min_size: int | None = None, out_size: int | None = None,
                  generator: torch.Generator | None = None):
@@ -314,5 +363,93 @@ class RandomResizePad(InputTransformDefense):
     def approximation(self, x: Tensor) -> Tensor:
         return self.transform(x)
 
+    def arguments(self) -> dict[str, Any]:
+        return {"min_size": self.min_size, "out_size": self.out_size}
+
     def extra_repr(self) -> str:
         return f"min_size={self.min_size}, out_size={self.out_size}"
+
+
+DEFENSES: dict[str, type[InputTransformDefense]] = {
+    cls.name: cls for cls in (JPEGDefense, BitDepthReduction, ThermometerEncoding, RandomResizePad)
+}
+
+# Constructor arguments that are not part of the deployed transform, so neither a model card
+# nor a command-line spec sets them.
+_NOT_SETTINGS = ("model", "approximation", "generator")
+
+
+def list_defenses() -> list[str]:
+    """Names of the registered defenses, sorted."""
+    return sorted(DEFENSES)
+
+
+def defense_arguments(name: str) -> dict[str, Any]:
+    """The settings defense ``name`` accepts, with their defaults."""
+    return {
+        p.name: p.default
+        for p in inspect.signature(_lookup_defense(name)).parameters.values()
+        if p.name not in _NOT_SETTINGS and p.kind is p.KEYWORD_ONLY
+    }
+
+
+def build_defense(name: str, model: nn.Module, *, generator: torch.Generator | None = None,
+                  **arguments: Any) -> InputTransformDefense:
+    """The registered defense ``name`` around ``model`` with ``arguments`` (its settings, see
+    :func:`defense_arguments`); ``generator`` seeds a stochastic defense and is refused by a
+    deterministic one. Unknown names and settings raise :class:`RobustlabError`."""
+    cls = _lookup_defense(name)
+    accepted = defense_arguments(name)
+    unknown = sorted(set(arguments) - set(accepted))
+    if unknown:
+        raise RobustlabError(f"unknown setting(s) {unknown} for defense {name!r}; it accepts: "
+                             f"{', '.join(accepted) or 'none'}")
+    if generator is not None:
+        if not cls.stochastic:
+            raise RobustlabError(f"defense {name!r} is deterministic; it takes no generator")
+        arguments = {**arguments, "generator": generator}
+    return cls(model, **arguments)
+
+
+def apply_defenses(model: nn.Module, configs: Sequence[Mapping[str, Any]], *,
+                   generator: torch.Generator | None = None) -> nn.Module:
+    """Wrap ``model`` in the defenses ``configs`` describes, innermost first: with
+    ``[{"defense": "thermometer", "levels": 16}, {"defense": "jpeg"}]`` an input is compressed,
+    then encoded, then classified. Every stochastic defense draws from ``generator`` (one
+    stream shared by all; None: torch's global RNG)."""
+    for config in configs:
+        if not isinstance(config, Mapping) or not isinstance(config.get("defense"), str):
+            raise RobustlabError(f"a defense is described by {{'defense': name, setting: value, ...}}, got {config!r}")
+        settings = {key: value for key, value in config.items() if key != "defense"}
+        cls = _lookup_defense(config["defense"])
+        model = build_defense(cls.name, model, generator=generator if cls.stochastic else None, **settings)
+    return model
+
+
+def split_defenses(model: nn.Module) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """``(inner model, configs innermost first)``, the inverse of :func:`apply_defenses`.
+
+    Raises if a defense cannot be described faithfully: an unregistered subclass, a custom BPDA
+    ``approximation`` (a callable, perhaps a trained network, that a card cannot hold), or a
+    defense inside the model rather than around it."""
+    configs: list[dict[str, Any]] = []
+    while isinstance(model, InputTransformDefense):
+        if model.approximation_fn is not None:
+            raise RobustlabError(
+                f"{type(model).__name__} has a custom BPDA approximation, which a model card cannot record; "
+                "save the defense without it and pass the approximation again after loading"
+            )
+        configs.append(model.config())
+        model = model.model
+    nested = [name for name, module in model.named_modules() if isinstance(module, InputTransformDefense)]
+    if nested:
+        raise RobustlabError(f"defense(s) inside the model at {nested}; only defenses wrapping the whole model "
+                             "(outside any other layer) can be recorded")
+    return model, configs[::-1]
+
+
+def _lookup_defense(name: str) -> type[InputTransformDefense]:
+    try:
+        return DEFENSES[name]
+    except (KeyError, TypeError):
+        raise RobustlabError(f"unknown defense {name!r}; available defenses: {', '.join(list_defenses())}") from None
