@@ -4,6 +4,7 @@ against attacks and bound propagation, the bracket, bad input."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections import OrderedDict
 
@@ -14,7 +15,7 @@ from torch import nn
 from robustlab.attacks import build_attack
 from robustlab.certify import CROWN, CROWNIBP, IBP, AlphaCROWN, certified_radius
 from robustlab.certify.bracket import bracket
-from robustlab.certify.cli import add_certify_parser
+from robustlab.certify.cli import add_certify_parser, read_bracket, write_json
 from robustlab.certify.milp import MILPVerifier
 from robustlab.errors import RobustlabError
 from robustlab.models import MLP, Normalize, PreActBlock
@@ -289,3 +290,24 @@ def test_cli_parser_builds():
     add_certify_parser(sub)
     args = parser.parse_args(["certify", "--model", "m.safetensors", "--eps", "0.01,0.02", "--bracket", "5"])
     assert args.bracket == 5 and callable(args.func)
+
+
+def test_certify_json_is_strict_and_reads_back_infinite_distances(digits, tiny_mlp, tmp_path):
+    _, _, x, y = digits
+    # Gaussian noise of sigma 1/255 never flips this model: the attack upper bound is infinite.
+    table = bracket(tiny_mlp, x[20:21], y[20:21], attacks={"noise": build_attack("gaussian-noise", sigma=1.0)},
+                    time_limit=0.5, bisection_steps=4)
+    assert table.rows[0]["upper"] == math.inf and table.rows[0]["dist_noise"] == math.inf
+    write_json(tmp_path / "bracket.json", {"rows": table.rows, "summary": table.summary,
+                                           "nan": math.nan, "nested": [(-math.inf, 1.5)]})
+
+    def reject(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    strict = json.loads((tmp_path / "bracket.json").read_text(), parse_constant=reject)
+    assert strict["rows"][0]["upper"] is None and strict["nan"] is None and strict["nested"] == [[None, 1.5]]
+    document = read_bracket(tmp_path / "bracket.json")
+    row = document["rows"][0]
+    assert row["upper"] == math.inf and row["dist_noise"] == math.inf
+    assert row["lower"] == table.rows[0]["lower"] and row["milp_status"] == table.rows[0]["milp_status"]
+    assert row["exact"] == table.rows[0]["exact"]  # None (unsolved) stays None, a solved value stays a number

@@ -157,7 +157,9 @@ def test_certify_command_end_to_end(trained, tmp_path, capsys):
     code = main(["certify", "--model", str(trained / "model"), "--eps", "0.005,0.02", "--methods", "ibp,crown",
                  "--limit", "40", "--bracket", "2", "--time-limit", "20", "--quiet", "--out", str(tmp_path)])
     assert code == 0
-    result = json.loads((tmp_path / "certify.json").read_text())
+    strict = {"parse_constant": lambda c: pytest.fail(f"{c} is not valid JSON")}
+    result = json.loads((tmp_path / "certify.json").read_text(), **strict)
+    json.loads((tmp_path / "bracket.json").read_text(), **strict)
     acc = result["certified_accuracy"]
     assert acc["crown"]["0.005"] >= acc["ibp"]["0.005"] >= acc["ibp"]["0.02"]
     assert (tmp_path / "bracket.md").exists() and result["bracket"]["all_consistent"]

@@ -227,3 +227,13 @@ def test_adversarial_training_behind_a_masking_defense_is_refused(tmp_path, caps
                         "--method", "pgd", "--eps", "0.1", "--quiet", "--out", str(tmp_path))
     assert code == 2 and "zero input gradients" in err
     assert not (tmp_path / "model.json").exists()
+
+
+def test_certify_refuses_a_defended_model(tmp_path, capsys):
+    defended = BitDepthReduction(_mlp((1, 8, 8)), bits=3)
+    save_model(defended, tmp_path / "m", _card((1, 8, 8), [{"defense": "bit-depth", "bits": 3}]))
+    code, _, err = _run(capsys, "certify", "--model", str(tmp_path / "m"), "--eps", "0.01", "--limit", "4",
+                        "--quiet", "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert "bit-depth" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "certify.json").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -123,3 +124,21 @@ def test_empty_dataset(digits_model):
     model, test = digits_model
     ev = evaluate(model, test.x[:0], test.y[:0], threat=Linf(eps=0.1), attacks=[FGSM()])
     assert ev.samples == [] and ev.metrics["samples"] == 0
+
+
+def test_markdown_escapes_names_from_users_and_model_cards(digits_model):
+    model, test = digits_model
+    hostile = "evil|name <script>alert(1)</script> *bold* _it_ `code` [link](x)\nsecond line"
+    ev = evaluate(model, test.x[:20], test.y[:20], threat=Linf(eps=0.05), attacks={hostile: FGSM()},
+                  model_card={"architecture": "mlp|<b>x</b>", "dataset": "digits\n# heading", "training": "*natural*"})
+    text = evaluation_markdown(ev, title="run | <i>one</i>\nand two")
+    lines = text.splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    assert len(table) == 5  # header, rule, clean, the attack, worst case
+    assert all(len(re.findall(r"(?<!\\)\|", line)) == 3 for line in table)  # two cells each, no extra pipe
+    assert "<" not in text and "\n# heading" not in text and "second line" in text
+    escaped = ("evil\\|name &lt;script&gt;alert(1)&lt;/script&gt; \\*bold\\* \\_it\\_ \\`code\\` "
+               "\\[link\\](x) second line")
+    assert f"- **{escaped}** (fgsm): " in text and f"| robust: {escaped} | " in text
+    assert lines[0] == "# run \\| &lt;i&gt;one&lt;/i&gt; and two"
+    assert "- dataset: digits # heading" in lines and "- training: \\*natural\\*" in lines

@@ -232,13 +232,35 @@ def test_tisode_tables_are_registered_and_table3_keeps_the_paper_numbers():
 
 
 def test_training_configs_use_the_shared_methods():
-    from robustlab.reproduce.tisode import CPU_SCALE, TABLES, train_config
+    from robustlab.reproduce.tisode import CPU_SCALE, FULL_SCALE, TABLES, train_config
 
     assert train_config("CNN", TABLES["tisode-table1"], CPU_SCALE, 0).method == "natural"
     assert train_config("ODENet", TABLES["tisode-table2"], CPU_SCALE, 0).method == "gaussian-noise"
     tisode = train_config("TisODE-IRd", TABLES["tisode-table4"], CPU_SCALE, 0)
     assert tisode.method == "tisode" and tisode.method_options["steady_weight"] == 0.01
-    assert tisode.optimizer == "adam" and tisode.milestones == (0.3, 0.6, 0.9) and tisode.gamma == 0.2
+    assert tisode.optimizer == "adam" and tisode.gamma == 0.2
+    # The paper's schedule at full scale; the CPU scale's faster one (see the module docstring).
+    full = train_config("TisODE", TABLES["tisode-table3"], FULL_SCALE, 0)
+    assert (full.lr, full.milestones, full.epochs) == (1e-3, (0.3, 0.6, 0.9), 100)
+    assert (tisode.lr, tisode.milestones) == (1e-2, (0.8,))
+
+
+def test_survival_verdict_treats_a_tie_as_no_advantage():
+    from robustlab.reproduce.tisode import CPU_SCALE, _survives
+
+    def column(mean):
+        return {"mean": mean, "std": 0.0, "runs": [mean]}
+
+    scale = CPU_SCALE.__class__(suite="standard", suite_eps=(0.2,))
+    tied = {"CNN": {"pgd-0.2": column(5.0), "standard-0.2": column(0.0)},
+            "TisODE": {"pgd-0.2": column(30.0), "standard-0.2": column(0.0)}}
+    verdict = _survives(tied, scale)["standard-0.2"]
+    assert verdict["all_tied"] and not verdict["same_best"] and verdict["best_plain"] == ["TisODE"]
+    kept = {**tied, "TisODE": {"pgd-0.2": column(30.0), "standard-0.2": column(10.0)}}
+    verdict = _survives(kept, scale)["standard-0.2"]
+    assert verdict["same_best"] and verdict["best_suite"] == ["TisODE"] and not verdict["all_tied"]
+    flipped = {**tied, "CNN": {"pgd-0.2": column(5.0), "standard-0.2": column(2.5)}}
+    assert not _survives(flipped, scale)["standard-0.2"]["same_best"]
 
 
 @pytest.mark.slow

@@ -7,7 +7,10 @@ Hook into ``robustlab.cli.build_parser`` with::
     add_certify_parser(sub)
 
 Writes ``certify.json`` (and ``bracket.md`` / ``bracket.json``) into ``--out`` and prints a
-summary.
+summary. The JSON is strict (RFC 8259): a non-finite number is written as ``null``. In
+``bracket.json`` an infinite ``upper``, ``dist_<attack>`` or ``milp_upper`` means that no
+adversarial example was found; :func:`read_bracket` reads the file back with those nulls
+restored to ``inf``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 from robustlab.errors import RobustlabError
 
-__all__ = ["add_certify_parser", "certify_command"]
+__all__ = ["add_certify_parser", "certify_command", "read_bracket", "write_json"]
 
 METHODS = ("ibp", "crown", "crown-ibp", "alpha-crown")
 
@@ -46,6 +49,12 @@ def certify_command(args: argparse.Namespace) -> int:
     from robustlab.threat import threat_model
 
     model, card = load_model(args.model)
+    if card.defenses:
+        raise RobustlabError(
+            f"the model card records preprocessing defenses ({', '.join(d['defense'] for d in card.defenses)}); bound "
+            "propagation through JPEG, bit-depth reduction, thermometer encoding or random resizing certifies "
+            "nothing meaningful. Certify the network without them"
+        )
     model.eval()
     dataset = args.dataset or card.dataset
     if not dataset:
@@ -71,19 +80,50 @@ def certify_command(args: argparse.Namespace) -> int:
         table = bracket(model, data.x[:n], data.y[:n], norm=args.norm, time_limit=args.time_limit,
                         lp_tighten=args.lp_tighten, bounds=bounds)
         (out / "bracket.md").write_text(table.markdown())
-        (out / "bracket.json").write_text(json.dumps({"rows": table.rows, "summary": table.summary},
-                                                     indent=1, default=_json_default))
+        write_json(out / "bracket.json", {"rows": table.rows, "summary": table.summary})
         results["bracket"] = table.summary
         print(table.markdown())
-    (out / "certify.json").write_text(json.dumps(results, indent=1, default=_json_default))
-    print(json.dumps(results, indent=1, default=_json_default))
+    print(write_json(out / "certify.json", results))
     return 0
 
 
-def _json_default(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return repr(value)
+def _finite_or_null(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
+def write_json(path: str | Path, value) -> str:
+    """Write ``value`` to ``path`` as strict JSON (non-finite floats become ``null``; objects
+    JSON cannot hold are written as their ``repr``) and return the text."""
+    text = json.dumps(_finite_or_null(value), indent=1, allow_nan=False, default=repr)
+    Path(path).write_text(text + "\n", encoding="utf-8")
+    return text
+
+
+# Distances that are infinite exactly when no adversarial example was found; every other null
+# in a bracket row (``exact`` of an unsolved MILP, ``best_attack`` without attacks) means "none".
+_INFINITE_WHEN_NULL = ("upper", "milp_upper")
+
+
+def read_bracket(path: str | Path) -> dict:
+    """``{"rows": [...], "summary": {...}}`` from a ``bracket.json``, with the distances written
+    as ``null`` because they were infinite (``upper``, ``milp_upper``, ``dist_<attack>``) read
+    back as ``inf``."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        rows = document["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RobustlabError(f"cannot read {path} as a bracket.json: {type(exc).__name__} {exc}") from None
+    for row in rows:
+        for key, value in row.items():
+            if value is None and (key in _INFINITE_WHEN_NULL or key.startswith("dist_")):
+                row[key] = math.inf
+    return document
 
 
 def add_certify_parser(sub) -> argparse.ArgumentParser:

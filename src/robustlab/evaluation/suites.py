@@ -9,7 +9,7 @@ and importing this module never does.
 * ``"standard"``: AutoAttack's standard version (Croce & Hein, ICML 2020; the ``set_version``
   of the authors' ``autoattack.py``). L∞ and L2: APGD-CE (100 steps, 1 restart), APGD-T
   (targeted DLR, 9 target classes, 100 steps), FAB-T (9 target classes, 100 steps), Square
-  (5000 queries, ``p_init`` 0.8). L1 (AutoAttack's L1 version, Croce & Hein, ICCV 2021): APGD-CE
+  (5000 queries, ``p_init`` 0.8). L1 (AutoAttack's L1 version, Croce & Hein, ICML 2021): APGD-CE
   with 5 restarts, APGD-T with 5 target classes and FAB-T; AutoAttack's list also names Square,
   which robustlab implements for L∞ and L2 only, so the L1 suite has no score-based attack. AutoAttack
   additionally runs its L1 APGD with a larger-eps warm start (``use_largereps``), which

@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from robustlab.evaluation.evaluate import Evaluation
 from robustlab.evaluation.minimum_norm import BEST, MinimumNormEvaluation
 from robustlab.evaluation.targeted import CASES, TargetedEvaluation
+
+
+# Characters that open or close inline Markdown (emphasis, code, links, table cells, strikethrough).
+_MARKUP = re.compile(r"([\\`*_\[\]|~])")
+
+
+def escape_markdown(value: Any) -> str:
+    """``value`` as literal text inside a Markdown line or table cell.
+
+    Names come from users and model cards: ``|`` would split a table cell, ``*``, ``_`` and
+    backticks start emphasis or code, ``<`` starts raw HTML (renderers pass it through) and a
+    newline ends the table row. Markup characters are backslash-escaped, ``&``/``<``/``>``
+    become HTML entities and line breaks become spaces.
+    """
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKUP.sub(r"\\\1", " ".join(text.splitlines()))
 
 
 def _pct(acc: dict[str, float]) -> str:
@@ -18,7 +35,7 @@ def _pct(acc: dict[str, float]) -> str:
 def metrics_table(metrics: dict[str, Any]) -> str:
     """A Markdown table: clean, per-attack and worst-case accuracy with 95% Wilson intervals."""
     rows = [("clean", metrics["clean_accuracy"])]
-    rows += [(f"robust: {name}", acc) for name, acc in metrics["robust_accuracy_per_attack"].items()]
+    rows += [(f"robust: {escape_markdown(name)}", acc) for name, acc in metrics["robust_accuracy_per_attack"].items()]
     rows.append(("robust: worst case", metrics["robust_accuracy"]))
     lines = ["| accuracy | value [95% CI] |", "|---|---|"]
     lines += [f"| {name} | {_pct(acc)} |" for name, acc in rows]
@@ -28,17 +45,25 @@ def metrics_table(metrics: dict[str, Any]) -> str:
 def evaluation_markdown(evaluation: Evaluation, *, title: str = "robustlab evaluation") -> str:
     """A short Markdown report: threat model, attacks, metrics and provenance."""
     m = evaluation.metrics
-    lines = [f"# {title}", "", f"Threat model: **{evaluation.threat}**, {m['samples']} samples.", ""]
+    lines = [f"# {escape_markdown(title)}", "",
+             f"Threat model: **{escape_markdown(evaluation.threat)}**, {m['samples']} samples.", ""]
     lines += [metrics_table(m), "", "## Attacks", ""]
     for name, config in evaluation.attacks.items():
-        params = ", ".join(f"{k}={v}" for k, v in config.items() if k != "attack")
-        lines.append(f"- **{name}** ({config.get('attack')}): {params}; broke {m['broken_by'].get(name, 0)} samples first")
+        lines.append(f"- **{escape_markdown(name)}** ({escape_markdown(config.get('attack'))}): {_params(config)}; "
+                     f"broke {m['broken_by'].get(name, 0)} samples first")
     if evaluation.model_card:
         card = evaluation.model_card
-        lines += ["", "## Model", "", f"- architecture: {card.get('architecture')}", f"- dataset: {card.get('dataset')}",
-                  f"- training: {card.get('training')}"]
-    lines += ["", "## Provenance", ""] + [f"- {k}: {v}" for k, v in evaluation.provenance.items()]
-    return "\n".join(lines) + "\n"
+        lines += ["", "## Model", ""] + [f"- {key}: {escape_markdown(card.get(key))}"
+                                         for key in ("architecture", "dataset", "training")]
+    return "\n".join(lines + _provenance(evaluation.provenance)) + "\n"
+
+
+def _params(config: dict[str, Any]) -> str:
+    return escape_markdown(", ".join(f"{k}={v}" for k, v in config.items() if k != "attack"))
+
+
+def _provenance(provenance: dict[str, Any]) -> list[str]:
+    return ["", "## Provenance", ""] + [f"- {escape_markdown(k)}: {escape_markdown(v)}" for k, v in provenance.items()]
 
 
 def _num(value: float) -> str:
@@ -55,7 +80,7 @@ def curve_table(evaluation: MinimumNormEvaluation, eps_grid: Sequence[float] | N
     """A Markdown table of robust accuracy (rows: eps; columns: each attack and the best of them)."""
     curve = evaluation.curve(eps_grid)
     columns = evaluation.columns
-    names = [f"best of {len(evaluation.attacks)}" if c == BEST else c for c in columns]
+    names = [f"best of {len(evaluation.attacks)}" if c == BEST else escape_markdown(c) for c in columns]
     lines = ["| eps | " + " | ".join(names) + " |", "|---|" + "---|" * len(columns)]
     for i, eps in enumerate(curve["eps"]):
         cells = [_rate(curve["robust_accuracy"][c][i]) for c in columns]
@@ -68,7 +93,7 @@ def distance_table(evaluation: MinimumNormEvaluation) -> str:
     lines = ["| attack | success rate | median | median (successful) | mean (successful) |", "|---|---|---|---|---|"]
     for column in evaluation.columns:
         st = evaluation.distance_statistics(column)
-        name = f"best of {len(evaluation.attacks)}" if column == BEST else column
+        name = f"best of {len(evaluation.attacks)}" if column == BEST else escape_markdown(column)
         lines.append(f"| {name} | {_rate(st['success_rate'])} | {_num(st['median'])} | "
                      f"{_num(st['median_successful'])} | {_num(st['mean_successful'])} |")
     return "\n".join(lines)
@@ -79,17 +104,17 @@ def minimum_norm_markdown(evaluation: MinimumNormEvaluation, *, eps_grid: Sequen
     """Markdown report: the robust-accuracy curve over ``eps_grid`` (default: the evaluation's
     :meth:`~MinimumNormEvaluation.default_eps_grid`), distance statistics, attacks, provenance."""
     m = evaluation.metrics
-    lines = [f"# {title}", "", (f"Norm **{evaluation.norm}**, unbounded (box {evaluation.threat.bounds}), "
-                                f"{m['samples']} samples, clean accuracy {_pct(m['clean_accuracy'])}."), "",
+    lines = [f"# {escape_markdown(title)}", "",
+             (f"Norm **{evaluation.norm}**, unbounded (box {evaluation.threat.bounds}), "
+              f"{m['samples']} samples, clean accuracy {_pct(m['clean_accuracy'])}."), "",
              "## Robust accuracy against eps", "", curve_table(evaluation, eps_grid), "",
              "## Minimal distances (clean-correct samples)", "", distance_table(evaluation), "", "## Attacks", ""]
     for name, config in evaluation.attacks.items():
-        params = ", ".join(f"{k}={v}" for k, v in config.items() if k != "attack")
         cost = evaluation.cost.get(name, {})
-        lines.append(f"- **{name}** ({config.get('attack')}): {params}; smallest distance on "
-                     f"{m['best_attack'].get(name, 0)} samples; {cost.get('backwards', '?')} backward passes")
-    lines += ["", "## Provenance", ""] + [f"- {k}: {v}" for k, v in evaluation.provenance.items()]
-    return "\n".join(lines) + "\n"
+        lines.append(f"- **{escape_markdown(name)}** ({escape_markdown(config.get('attack'))}): {_params(config)}; "
+                     f"smallest distance on {m['best_attack'].get(name, 0)} samples; "
+                     f"{cost.get('backwards', '?')} backward passes")
+    return "\n".join(lines + _provenance(evaluation.provenance)) + "\n"
 
 
 def targeted_table(evaluation: TargetedEvaluation) -> str:
@@ -106,14 +131,12 @@ def targeted_markdown(evaluation: TargetedEvaluation, *, title: str = "robustlab
     """Markdown report of the targeted protocol: best/average/worst case table, attack, provenance."""
     m = evaluation.metrics
     config = evaluation.attack
-    params = ", ".join(f"{k}={v}" for k, v in config.items() if k != "attack")
-    lines = [f"# {title}", "",
+    lines = [f"# {escape_markdown(title)}", "",
              (f"Norm **{evaluation.norm}**, unbounded; {m['samples']} samples, clean accuracy "
               f"{_pct(m['clean_accuracy'])}; each clean-correct sample attacked towards all "
               f"{evaluation.num_classes - 1} other classes ({m['runs']} runs)."), "",
              targeted_table(evaluation), "",
              ("Best case: the easiest target; average case: a random target; worst case: the hardest "
               "target (failed if any target failed). Distances are over the successful samples."), "",
-             f"Attack: **{config.get('attack')}** ({params}).", "", "## Provenance", ""]
-    lines += [f"- {k}: {v}" for k, v in evaluation.provenance.items()]
-    return "\n".join(lines) + "\n"
+             f"Attack: **{escape_markdown(config.get('attack'))}** ({_params(config)})."]
+    return "\n".join(lines + _provenance(evaluation.provenance)) + "\n"
