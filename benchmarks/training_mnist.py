@@ -54,7 +54,7 @@ import common
 
 from robustlab.attacks import PGD
 from robustlab.data import load_dataset
-from robustlab.models import build_model
+from robustlab.models import ModelCard, build_model, save_model
 from robustlab.threat import Linf
 from robustlab.training import METHODS, TrainConfig, train
 from robustlab.training.methods import method_generator
@@ -320,6 +320,11 @@ def race_one(method: str, args, train_xy, val_xy, test_xy, suite_xy) -> dict[str
     except _TimeUp:
         stopped = True
     model.eval()
+    if args.save_models:
+        card = ModelCard(architecture=args.arch, arguments={"input_shape": [1, 28, 28], "num_classes": 10},
+                         dataset="mnist", training={"method": method, "config": config.to_dict(), "curve": curve},
+                         extra={"made_by": "benchmarks/training_mnist.py --parts robustness"})
+        save_model(model, Path(args.save_models) / f"mnist-{args.arch}-{method}", card)
     clean, robust = _pgd40_accuracy(model, *test_xy, seed=args.seed + 1)
     suite = None
     if args.suite != "none":
@@ -424,6 +429,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--test-images", type=int, default=1000)
     p.add_argument("--suite", default="standard", help="attack suite for the final evaluation, or 'none'")
     p.add_argument("--suite-images", type=int, default=100)
+    p.add_argument("--save-models", help="folder to save each method's trained model in (robustness part)")
     p.add_argument("--out", default=str(common.BENCH_DIR / "results" / "training_mnist"),
                    help="writes OUT.json and OUT.md")
     args = p.parse_args(argv)

@@ -263,7 +263,6 @@ def test_survival_verdict_treats_a_tie_as_no_advantage():
     assert not _survives(flipped, scale)["standard-0.2"]["same_best"]
 
 
-@pytest.mark.slow
 def test_tisode_table4_smoke_with_eot_suite_and_cache(tmp_path):
     from robustlab.reproduce import ReproOptions, run_reproduction
 

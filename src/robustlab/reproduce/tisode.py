@@ -263,6 +263,7 @@ def get_model(label: str, table: Table, scale: Scale, options: ReproOptions, tra
     or read back from the cache when the same architecture, data and configuration were
     trained before (by any of the tables)."""
     from robustlab.models import ModelCard, build_model, load_model, save_model
+    from robustlab.models.preprocessing import split_defenses
     from robustlab.training import train
 
     architecture = MODELS[label][0]
@@ -274,7 +275,7 @@ def get_model(label: str, table: Table, scale: Scale, options: ReproOptions, tra
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     path = _cache_root(options) / f"tisode-{label.lower()}-{digest}"
     if path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists():
-        model, card = load_model(path, map_location=options.device)
+        model, card = load_model(path, map_location=options.device, seed=seed)
         logger.info("loaded cached %s (seed %d) from %s", label, seed, path)
         return model.eval(), {"seed": seed, "cache": str(path), "cached": True, **card.metrics}
     model = build_model(architecture, seed=seed, **{**arguments, "input_shape": shape})
@@ -282,9 +283,12 @@ def get_model(label: str, table: Table, scale: Scale, options: ReproOptions, tra
     history = train(model, train_data.x, train_data.y, config=config, progress=options.progress,
                     device=options.device).history
     metrics = {"seconds": round(time.perf_counter() - start, 1), "final": history[-1]}
-    card = ModelCard(architecture=architecture, arguments=arguments, dataset=scale.dataset,
+    # A card describes the inner network and lists input randomization among its defenses, which
+    # load_model wraps back around it (seeded from the run's seed).
+    inner_arguments = {k: v for k, v in arguments.items() if k not in ("input_randomization", "randomization_seed")}
+    card = ModelCard(architecture=architecture, arguments=inner_arguments, dataset=scale.dataset,
                      training={"method": config.method, "config": config.to_dict(), "samples": len(train_data.y)},
-                     metrics=metrics)
+                     metrics=metrics, defenses=split_defenses(model)[1])
     save_model(copy.deepcopy(model).cpu(), path, card)
     return model.eval(), {"seed": seed, "cache": str(path), "cached": False, **metrics}
 
