@@ -9,10 +9,10 @@ same width (``--channels``; the paper's is 64) and is timed as the median of ``-
 ``backward``  ``loss.backward()`` of the cross-entropy of a forward with gradients, alone
               (forward with gradients timed separately as ``forward_grad``)
 ``memory``    peak memory of one forward with gradients plus backward, each configuration in a
-              fresh process after one warm-up step: on CPU the growth of the kernel's peak-RSS mark (VmHWM, reset after
-              setup) over the resident size before the step; on CUDA ``max_memory_allocated``
-              growth. Direct back-propagation stores every solver step's activations; the
-              adjoint does not.
+              fresh process: on CPU the growth of the kernel's peak-RSS mark (VmHWM, reset after setup) over
+              the resident size before the step (no warm-up step, whose freed memory would be reused); on
+              CUDA ``max_memory_allocated`` after one warm-up step. Direct back-propagation stores every
+              solver step's activations; the adjoint does not.
 
 Configurations: ``cnn`` (``ode-cnn``), ``odenet`` (Euler 0.1, 10 steps), ``tisode`` (Euler 0.05,
 20 steps) and ``tisode+steady`` (the training forward with the steady-state term over [0.9, 1.5],
@@ -139,11 +139,11 @@ def memory_child(name: str, args) -> None:
     """In a fresh process: the peak-memory growth of one forward with gradients plus backward."""
     model, x, y, steady = _setup(name, args)
     model.eval()
-    # One untimed step first, so lazy initialization (imports, allocator pools, kernels) is not
-    # counted as the step's memory.
-    _loss(model, x, y, steady).backward()
-    model.zero_grad(set_to_none=True)
     if args.device.startswith("cuda"):
+        # One untimed step first, so lazy initialization (allocator pools, kernels) is not
+        # counted as the step's memory; CUDA's counters see what is live, not what was cached.
+        _loss(model, x, y, steady).backward()
+        model.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
@@ -151,6 +151,9 @@ def memory_child(name: str, args) -> None:
         torch.cuda.synchronize()
         print(json.dumps({"peak_growth_mib": (torch.cuda.max_memory_allocated() - before) / 2**20, "kind": "cuda"}))
         return
+    # On CPU no warm-up: memory freed by a warm-up step stays in the process (the allocator keeps
+    # it), so the measured step would reuse it and the growth would depend on the warm-up's size.
+    # The growth below includes lazy initialization, about the same for every model.
     try:
         Path("/proc/self/clear_refs").write_text("5")
         reset = True
