@@ -57,8 +57,9 @@ def _pair_scores(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _best_of(a: Tensor, b: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Best pair of each row of ``[M, K]`` gradients, rows in chunks; ``index`` (``[M, K]``, strictly
-    increasing per row) maps positions to feature numbers. Returns ``(p, q, top score)``."""
+    """Best pair of each row of ``[M, K]`` gradients, rows in chunks; ``index`` (``[M, K]``) maps
+    positions to feature numbers, increasing over the positions that can win (so ties resolve as
+    in the full search). Returns ``(p, q, top score)``."""
     m, k = a.shape
     p = torch.zeros(m, dtype=torch.int64, device=a.device)
     q, top = torch.zeros_like(p), torch.zeros(m, dtype=a.dtype, device=a.device)
