@@ -207,8 +207,9 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], card: ModelCard) 
     """Write ``<path>.safetensors`` (state dict incl. buffers) and ``<path>.json`` (``card``).
 
     The card is checked against the model first (the architecture it names, built on the meta
-    device, must have the same keys, shapes and normalization, and ``card.defenses`` must
-    describe the defenses wrapped around it, see :func:`robustlab.models.preprocessing.split_defenses`),
+    device, must have the same keys, shapes and normalization, and the defenses wrapped
+    around it must be those the card's arguments build, such as input randomization, followed by
+    ``card.defenses``, see :func:`robustlab.models.preprocessing.split_defenses`),
     so nothing is written for a card that could not rebuild this model. Only the inner
     network's weights are written. Each file is written to a temporary file in the
     same folder and moved into place with ``os.replace``, so a crash never leaves a truncated
@@ -220,10 +221,14 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], card: ModelCard) 
     model, defenses = split_defenses(_unwrap(model))
     model = _unwrap(model)
     defenses = _jsonable(defenses, "defenses")
-    if defenses != card.defenses:
+    with torch.device("meta"):
+        reference, built = split_defenses(_build(card))
+    expected = _jsonable(built, "defenses") + list(card.defenses)
+    if defenses != expected:
         raise RobustlabError(
-            f"the model's defenses {defenses} differ from the card's {card.defenses} (innermost first); record them "
-            "with dataclasses.replace(card, defenses=robustlab.models.preprocessing.split_defenses(model)[1])"
+            f"the model's defenses {defenses} (innermost first) differ from the card's {expected}: its architecture "
+            f"arguments build {built} and card.defenses must list the ones wrapped around those "
+            "(robustlab.models.preprocessing.split_defenses(model)[1] lists them all)"
         )
     state = model.state_dict()
     not_tensors = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
@@ -240,8 +245,6 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], card: ModelCard) 
             if has_normalize
             else "the card declares a normalization but the model has no Normalize layer"
         )
-    with torch.device("meta"):
-        reference = _build(card)
     _check_state(tensors, reference.state_dict(), source="the model", target=f"the card's {card.architecture!r}")
     _check_normalization(reference, tensors, card)
 
@@ -274,7 +277,8 @@ def load_model(
         card = ModelCard.from_json(card_path.read_text(encoding="utf-8"))
     except RobustlabError as error:
         raise RobustlabError(f"{card_path}: {error}") from None
-    model = _build(card)
+    built = _build(card)
+    model = split_defenses(built)[0]  # the architecture's own defenses (e.g. input randomization) stay on
     try:
         tensors = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
@@ -291,7 +295,7 @@ def load_model(
     _check_normalization(model, tensors, card)
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     try:
-        model = apply_defenses(model, card.defenses, generator=generator)
+        model = apply_defenses(built, card.defenses, generator=generator)
     except RobustlabError as error:
         raise RobustlabError(f"{card_path}: {error}") from None
     model.to(map_location)
