@@ -54,7 +54,7 @@ import common
 
 from robustlab.attacks import PGD
 from robustlab.data import load_dataset
-from robustlab.models import ModelCard, build_model, save_model
+from robustlab.models import ModelCard, build_model, load_model, save_model
 from robustlab.threat import Linf
 from robustlab.training import METHODS, TrainConfig, train
 from robustlab.training.methods import method_generator
@@ -298,6 +298,8 @@ def _race_config(method: str, args) -> TrainConfig:
 
 def race_one(method: str, args, train_xy, val_xy, test_xy, suite_xy) -> dict[str, Any]:
     config = _race_config(method, args)
+    if args.evaluate_saved:
+        return _race_result(method, config, *_saved_race_model(method, config, args), args, test_xy, suite_xy)
     model = build_model(args.arch, input_shape=(1, 28, 28), num_classes=10, seed=args.seed)
     curve: list[dict[str, Any]] = []
     clock = {"train": 0.0, "mark": time.perf_counter()}
@@ -325,6 +327,23 @@ def race_one(method: str, args, train_xy, val_xy, test_xy, suite_xy) -> dict[str
                          dataset="mnist", training={"method": method, "config": config.to_dict(), "curve": curve},
                          extra={"made_by": "benchmarks/training_mnist.py --parts robustness"})
         save_model(model, Path(args.save_models) / f"mnist-{args.arch}-{method}", card)
+    return _race_result(method, config, model, curve, stopped, args, test_xy, suite_xy)
+
+
+def _saved_race_model(method: str, config: TrainConfig, args) -> tuple[nn.Module, list[dict[str, Any]], bool]:
+    """``(model, curve, stopped)`` of a race run saved with ``--save-models``, whose card must
+    record the same training configuration (so that its final evaluation can be redone)."""
+    model, card = load_model(Path(args.evaluate_saved) / f"mnist-{args.arch}-{method}")
+    if card.training.get("config") != json.loads(json.dumps(config.to_dict())):
+        raise SystemExit(f"the saved {method} model was trained with {card.training.get('config')}, "
+                         f"not with this run's settings {config.to_dict()}")
+    curve = card.training["curve"]
+    return model, curve, bool(curve) and curve[-1]["train_seconds"] >= args.time_limit
+
+
+def _race_result(method: str, config: TrainConfig, model: nn.Module, curve: list[dict[str, Any]], stopped: bool,
+                 args, test_xy, suite_xy) -> dict[str, Any]:
+    model.eval()
     clean, robust = _pgd40_accuracy(model, *test_xy, seed=args.seed + 1)
     suite = None
     if args.suite != "none":
@@ -336,7 +355,8 @@ def race_one(method: str, args, train_xy, val_xy, test_xy, suite_xy) -> dict[str
         metrics = evaluation.metrics
         suite = {"name": args.suite, "images": metrics["samples"], "clean": metrics["clean_accuracy"]["value"],
                  "robust": metrics["robust_accuracy"]["value"], "broken_by": metrics["broken_by"]}
-    return {"method": method, "config": config.to_dict(), "curve": curve, "train_seconds": round(clock["train"], 1),
+    train_seconds = curve[-1]["train_seconds"] if curve else 0.0
+    return {"method": method, "config": config.to_dict(), "curve": curve, "train_seconds": train_seconds,
             "epochs_run": len(curve), "stopped_by_time_limit": stopped, "test_clean": clean, "test_pgd40": robust,
             "suite": suite}
 
@@ -430,6 +450,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--suite", default="standard", help="attack suite for the final evaluation, or 'none'")
     p.add_argument("--suite-images", type=int, default=100)
     p.add_argument("--save-models", help="folder to save each method's trained model in (robustness part)")
+    p.add_argument("--evaluate-saved", help="robustness part: skip training, redo the final evaluation of the "
+                                            "models (and report the curves) saved by --save-models in this folder")
     p.add_argument("--out", default=str(common.BENCH_DIR / "results" / "training_mnist"),
                    help="writes OUT.json and OUT.md")
     args = p.parse_args(argv)
