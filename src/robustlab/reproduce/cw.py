@@ -31,7 +31,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -108,14 +107,6 @@ def _scale(options: ReproOptions) -> Scale:
 
 
 # -- models ----------------------------------------------------------------------------------------------
-def _cache_root(options: ReproOptions) -> Path:
-    if options.cache_dir is not None:
-        return Path(options.cache_dir)
-    from robustlab.data.cache import cache_dir
-
-    return cache_dir() / "reproduce"
-
-
 def _train_config(scale: Scale, seed: int):
     from robustlab.training import TrainConfig
 
@@ -144,7 +135,7 @@ def _get_model(kind: str, scale: Scale, options: ReproOptions) -> tuple[nn.Modul
     from robustlab.models import ModelCard, build_model, load_model, save_model
     from robustlab.training import distill, train
 
-    path = _cache_root(options) / _model_key(kind, scale, options.seed)
+    path = options.model_cache() / _model_key(kind, scale, options.seed)
     if path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists():
         model, card = load_model(path, map_location=options.device)
         logger.info("loaded cached %s model %s", kind, path)

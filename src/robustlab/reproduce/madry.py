@@ -34,7 +34,6 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -144,14 +143,6 @@ KINDS = {"natural": ("natural", 2), "A": ("pgd", 0), "A'": ("pgd", 1)}
 FILE_STEMS = {"natural": "natural", "A": "a", "A'": "a-copy"}
 
 
-def _cache_root(options: ReproOptions) -> Path:
-    if options.cache_dir is not None:
-        return Path(options.cache_dir)
-    from robustlab.data.cache import cache_dir
-
-    return cache_dir() / "reproduce"
-
-
 def _train_config(kind: str, scale: Scale, seed: int):
     from robustlab.training import TrainConfig
 
@@ -176,7 +167,7 @@ def _get_model(kind: str, scale: Scale, options: ReproOptions) -> tuple[nn.Modul
     key_fields = {"dataset": scale.dataset, "model": scale.model, "model_args": scale.model_args,
                   "train_samples": scale.train_samples, "config": config.to_dict()}
     digest = hashlib.sha1(json.dumps(key_fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    path = _cache_root(options) / f"madry-{FILE_STEMS[kind]}-{digest}"
+    path = options.model_cache() / f"madry-{FILE_STEMS[kind]}-{digest}"
     if path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists():
         model, card = load_model(path, map_location=options.device)
         logger.info("loaded cached model %s from %s", kind, path)

@@ -35,6 +35,14 @@ class ReproOptions:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
+    def model_cache(self) -> Path:
+        """Where trained models are cached: ``cache_dir`` or ``<user cache>/reproduce``."""
+        if self.cache_dir is not None:
+            return Path(self.cache_dir)
+        from robustlab.data.cache import cache_dir
+
+        return cache_dir() / "reproduce"
+
     def scale(self, cpu: Any, full: Any, allowed: Sequence[str], reproduction: str,
               image_fields: Sequence[str] = ("images",)) -> Any:
         """This run's settings dataclass: ``full`` or ``cpu``, with the test-only ``overrides``

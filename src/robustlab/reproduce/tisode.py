@@ -54,7 +54,6 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -250,14 +249,6 @@ def _arguments(label: str, scale: Scale, shape: tuple[int, ...], seed: int) -> d
     return arguments
 
 
-def _cache_root(options: ReproOptions) -> Path:
-    if options.cache_dir is not None:
-        return Path(options.cache_dir)
-    from robustlab.data.cache import cache_dir
-
-    return cache_dir() / "reproduce"
-
-
 def get_model(label: str, table: Table, scale: Scale, options: ReproOptions, train_data, seed: int):
     """``(model, record)``: model ``label`` trained with :func:`train_config` on ``train_data``,
     or read back from the cache when the same architecture, data and configuration were
@@ -273,7 +264,7 @@ def get_model(label: str, table: Table, scale: Scale, options: ReproOptions, tra
     key = {"architecture": architecture, "arguments": arguments, "dataset": scale.dataset,
            "train_samples": len(train_data.y), "data_seed": options.seed, "config": config.to_dict()}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    path = _cache_root(options) / f"tisode-{label.lower()}-{digest}"
+    path = options.model_cache() / f"tisode-{label.lower()}-{digest}"
     if path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists():
         model, card = load_model(path, map_location=options.device, seed=seed)
         logger.info("loaded cached %s (seed %d) from %s", label, seed, path)

@@ -1,0 +1,65 @@
+"""`robustlab reproduce training-mnist`: every training method through the table at a minuscule size."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from robustlab.errors import RobustlabError
+from robustlab.reproduce import REPRODUCTIONS, ReproOptions, run_reproduction
+from robustlab.reproduce.training_methods import METHODS
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+#: Test-only size: scikit-learn digits (no download), a small MLP, one short epoch per method.
+TINY = {"dataset": "digits", "model": "mlp", "model_args": {"hidden": [32]}, "train_samples": 256, "epochs": 2,
+        "eps_warmup_epochs": 0.0, "lr": 3e-3, "images": 24, "attack_steps": 3, "step_size": 0.1,
+        "eps_grid": (0.1, 0.3), "suite_images": 6, "chunk": 24}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("training")
+    result = run_reproduction("training-mnist", ReproOptions(out=out, cache_dir=out / "models", overrides=TINY))
+    return result, out
+
+
+def test_registered_with_a_cpu_budget():
+    description, budget, function = REPRODUCTIONS["training-mnist"]
+    assert "YOPO" in description and "CPU" in budget and callable(function)
+
+
+def test_every_method_has_a_row_with_its_metrics_and_the_papers_mnist_numbers(tiny_run):
+    result, out = tiny_run
+    record = json.loads((out / "training-mnist.json").read_text())
+    assert [r["label"] for r in record["rows"]] == list(METHODS)
+    for row in record["rows"]:
+        ours = row["ours"]
+        assert 0.0 <= ours["pgd40"] <= ours["clean"] and 0.0 <= ours["cw"] <= ours["clean"]
+        grid = list(ours["grid"].values())
+        assert len(grid) == 2 and all(0.0 <= g <= ours["clean"] for g in grid)
+        assert ours["avg_rob_acc"] == pytest.approx(sum(grid) / 2)
+        assert ours["avg_acc"] == pytest.approx((ours["clean"] + sum(grid)) / 3)
+        assert ours["suite"]["images"] == 6 and 0.0 <= ours["suite"]["robust"] <= 1.0
+        assert row["model"]["train_seconds"] >= 0 and not row["model"]["cached"]
+    by = {r["label"]: r for r in record["rows"]}
+    assert by["PGD-40"]["paper"] == {"clean": 0.9949, "pgd40": 0.9656, "cw": 0.9352}
+    assert by["TRADES"]["paper"] is None and by["natural"]["method"] == "natural"
+    markdown = (out / "training-mnist.md").read_text()
+    assert markdown == result.markdown and "(96.6%)" in markdown and "Test-only overrides" in markdown
+
+
+def test_second_run_reads_every_model_from_the_cache(tiny_run, tmp_path):
+    _, out = tiny_run
+    options = ReproOptions(out=tmp_path, cache_dir=out / "models", overrides={**TINY, "methods": ("PGD-5", "MMA")})
+    record = run_reproduction("training-mnist", options).record
+    assert [r["label"] for r in record["rows"]] == ["PGD-5", "MMA"]
+    assert all(r["model"]["cached"] for r in record["rows"])
+
+
+def test_unknown_rows_and_overrides_are_refused(tmp_path):
+    with pytest.raises(RobustlabError, match="unknown training-mnist rows"):
+        run_reproduction("training-mnist", ReproOptions(out=tmp_path, overrides={**TINY, "methods": ("PGD-7",)}))
+    with pytest.raises(RobustlabError, match="overrides"):
+        run_reproduction("training-mnist", ReproOptions(out=tmp_path, overrides={"epoch": 1}))
