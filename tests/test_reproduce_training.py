@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 #: Test-only size: scikit-learn digits (no download), a small MLP, one short epoch per method.
 TINY = {"dataset": "digits", "model": "mlp", "model_args": {"hidden": [32]}, "train_samples": 256, "epochs": 2,
-        "eps_warmup_epochs": 0.0, "lr": 3e-3, "images": 24, "attack_steps": 3, "step_size": 0.1,
+        "eps_warmup_epochs": 1.0, "lr": 3e-3, "images": 24, "attack_steps": 3, "step_size": 0.1,
         "eps_grid": (0.1, 0.3), "suite_images": 6, "chunk": 24}
 
 

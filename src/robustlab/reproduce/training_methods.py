@@ -85,7 +85,8 @@ PAPER_CIFAR = {
 @dataclass(frozen=True)
 class Scale:
     """Every size knob. Training: ``epochs`` over ``train_samples`` images for every method (eps
-    ramped over ``eps_warmup_epochs``), ``optimizer`` / ``lr`` / ``batch_size``. Evaluation:
+    ramped over ``eps_warmup_epochs``, except for MMA, which picks each example's eps itself),
+    ``optimizer`` / ``lr`` / ``batch_size``. Evaluation:
     ``images`` test images, ``attack_steps`` steps of ``step_size`` for PGD-40 and CW, the grid
     ``eps_grid`` for AvgRobAcc, the ``standard`` suite on the first ``suite_images`` (0: skip),
     attacks on ``chunk`` images at a time. ``methods``: the rows to run (tests run a subset)."""
@@ -134,10 +135,12 @@ def _train_config(label: str, scale: Scale, seed: int):
 
     row = METHODS[label]
     adversarial = row.method != "natural"
+    # MMA picks each example's eps itself (up to d_max), so it takes no eps warm-up.
+    warmup = scale.eps_warmup_epochs if adversarial and row.method != "mma" else 0.0
     return TrainConfig(epochs=scale.epochs, batch_size=scale.batch_size, optimizer=scale.optimizer, lr=scale.lr,
                        weight_decay=0.0, schedule="constant", seed=seed, method=row.method,
                        method_options=dict(row.options), threat={"norm": "Linf", "eps": scale.eps} if adversarial else None,
-                       eps_warmup_epochs=scale.eps_warmup_epochs if adversarial else 0.0, robust_eval_samples=0)
+                       eps_warmup_epochs=warmup, robust_eval_samples=0)
 
 
 def _get_model(label: str, scale: Scale, options: ReproOptions, train_data) -> tuple[nn.Module, dict[str, Any]]:
@@ -264,7 +267,7 @@ def _settings_line(scale: Scale, options: ReproOptions, n_images: int) -> str:
     samples = "all training" if scale.train_samples is None else f"{scale.train_samples}"
     return (f"- Scale: {where}. {scale.dataset} {scale.model}, every method {scale.epochs} epoch(s) on {samples} "
             f"images, {scale.optimizer} lr {scale.lr}, batch {scale.batch_size}, eps warm-up "
-            f"{scale.eps_warmup_epochs:g} epoch(s), same initial weights; {n_images} test images; PGD-40 and CW: "
+            f"{scale.eps_warmup_epochs:g} epoch(s) (not for MMA), same initial weights; {n_images} test images; PGD-40 and CW: "
             f"{scale.attack_steps} steps of {scale.step_size} from a random start; training time includes the "
             f"inner maximization (one process, the machine's threads)."
             + (f"\n- Test-only overrides: {options.overrides}" if options.overrides else ""))
