@@ -1,6 +1,6 @@
 """Adversarial training on MNIST (issue 5): the loop's overhead, peak memory, time to robustness.
 
-Three sub-benchmarks, chosen with ``--parts`` (default: all three):
+Four sub-benchmarks, chosen with ``--parts`` (default: the first three):
 
 ``overhead``  robustlab's ``train()`` against a minimal hand-written PyTorch loop doing the same
               work: same initial weights, same data order (the permutation robustlab draws from
@@ -18,6 +18,8 @@ Three sub-benchmarks, chosen with ``--parts`` (default: all three):
               attacks, ``evaluate(cascade=True)``) on a smaller one. Targets: the best method
               >= 90% under PGD-40 in <= 20 minutes on 2 cores; YOPO-5-10 reaches PGD-40 training's
               final PGD-40 accuracy in <= 0.25x the time PGD-40 training took to get there.
+``cost``      seconds per epoch of each method's training as configured in the race, timed on a
+              few batches, and its ratio to PGD-40 training's (the per-epoch side of YOPO's claim).
 
 Usage (full runs, about 1.5 hours on an idle 2-core machine; see benchmarks/README.md):
 
@@ -71,10 +73,14 @@ TARGET_YOPO_TIME_RATIO = 0.25
 #: configuration through the method's preset, where it has one). Every method gets the same
 #: optimizer (``--optimizer``/``--lr``) and schedule; Adam is invariant to the gradient's scale, so
 #: YOPO's division of the learning rate by m (which compensates its summed gradient under SGD) is
-#: applied only with SGD.
+#: applied only with SGD. A name that is not a training method names a variant of the method given
+#: by ``"method"``.
 METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "natural": {},
     "pgd": {"method_options": {"preset": "mnist"}},  # Madry et al.: 40 steps of 0.01
+    # PGD training with a quarter of the steps, four times as long (the same path length, 0.4):
+    # four times the epochs in the same time.
+    "pgd-10": {"method": "pgd", "method_options": {"steps": 10, "step_size": 0.04}},
     "trades": {"method_options": {"preset": "mnist"}},  # Zhang et al.: 40 steps of 0.01, beta 6
     "fast-fgsm": {"method_options": {}, "bn_mode": "train"},  # Wong et al.: alpha = 1.25 eps
     "free": {"method_options": {"replays": 8}},  # Shafahi et al.: m = 8
@@ -282,16 +288,17 @@ def _pgd40_accuracy(model: nn.Module, x: Tensor, y: Tensor, seed: int) -> tuple[
 def _race_config(method: str, args) -> TrainConfig:
     settings = METHOD_SETTINGS[method]
     options = dict(settings.get("method_options", {}))
-    epochs = args.epochs
+    base = settings.get("method", method)
+    epochs = args.method_epochs.get(method, args.epochs)
     lr = args.lr
-    if method == "free":
+    if base == "free":
         epochs *= options["replays"]  # free training's epochs count optimizer steps; args.epochs = passes
-    if method == "yopo" and args.optimizer == "sgd":
+    if base == "yopo" and args.optimizer == "sgd":
         lr /= 5
-    adversarial = method != "natural"
+    adversarial = base != "natural"
     return TrainConfig(epochs=epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=lr,
                        weight_decay=0.0 if args.optimizer == "adam" else 5e-4, schedule=args.schedule,
-                       seed=args.seed, method=method, method_options=options, bn_mode=settings.get("bn_mode", "eval"),
+                       seed=args.seed, method=base, method_options=options, bn_mode=settings.get("bn_mode", "eval"),
                        threat={"norm": "Linf", "eps": EPS} if adversarial else None,
                        eps_warmup_epochs=min(args.eps_warmup, epochs) if adversarial else 0.0, robust_eval_samples=0)
 
@@ -367,10 +374,10 @@ def _time_to(curve: list[dict[str, Any]], level: float) -> float | None:
 
 
 def run_robustness(args) -> dict[str, Any]:
-    unknown = [m for m in args.methods if m not in METHOD_SETTINGS or m not in METHODS]
+    known = sorted(m for m, settings in METHOD_SETTINGS.items() if settings.get("method", m) in METHODS)
+    unknown = [m for m in args.methods if m not in known]
     if unknown:
-        raise SystemExit(f"unknown or unregistered methods {unknown}; available: "
-                         f"{sorted(set(METHOD_SETTINGS) & set(METHODS))}")
+        raise SystemExit(f"unknown or unregistered methods {unknown}; available: {known}")
     train_xy = _mnist("train", args.train_images, args.data_dir, args.seed)
     test_x, test_y = _mnist("test", args.test_images + args.val_images, args.data_dir, args.seed)
     # Validation images (for the per-epoch curve) and test images are disjoint parts of one subset.
@@ -391,13 +398,23 @@ def run_robustness(args) -> dict[str, Any]:
         summary["yopo_vs_pgd"] = {"level": level, "pgd_seconds": pgd_time, "yopo_seconds": yopo_time,
                                   "ratio": ratio, "target_met": ratio is not None and ratio <= TARGET_YOPO_TIME_RATIO}
     return {"train_images": len(train_xy[1]), "val_images": args.val_images, "test_images": len(test_xy[1]),
-            "suite_images": len(suite_xy[1]), "epochs": args.epochs, "time_limit": args.time_limit,
+            "suite_images": len(suite_xy[1]), "epochs": {m: args.method_epochs.get(m, args.epochs) for m in args.methods},
+            "time_limit": args.time_limit,
             "runs": runs, "summary": summary}
+
+
+def _epochs_text(epochs: int | dict[str, int]) -> str:
+    """"at most N epoch(s)" text of a result's ``epochs`` (one number, or one per method)."""
+    if isinstance(epochs, int):  # results written before --method-epochs
+        return f"{epochs} epoch(s)"
+    if len(set(epochs.values())) == 1:
+        return f"{next(iter(epochs.values()))} epoch(s)"
+    return " / ".join(f"{m} {n}" for m, n in epochs.items()) + " epochs"
 
 
 def robustness_markdown(result: dict[str, Any]) -> str:
     lines = [(f"### Time to robustness (MNIST eps {EPS}, {result['train_images']} training images, at most "
-              f"{result['epochs']} epoch(s) or {result['time_limit']:.0f} s of training per method)\n"),
+              f"{_epochs_text(result['epochs'])} or {result['time_limit']:.0f} s of training per method)\n"),
              "| Method | train time (s) | epochs | clean | PGD-40 | suite robust (images) | stopped by limit |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in result["runs"]:
@@ -419,12 +436,45 @@ def robustness_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- (d) cost per epoch ---------------------------------------------------------------------------------
+def run_cost(args) -> dict[str, Any]:
+    """Seconds per 60,000-image epoch of each race method's training (configured as in the race),
+    timed on ``--cost-images`` images after a one-batch warm-up, and each method's ratio to PGD-40
+    training: the per-epoch side of the YOPO claim, measured without a 20-minute race."""
+    x, y = _mnist("train", args.cost_images, args.data_dir, args.seed)
+    results = {}
+    for method in args.methods:
+        race = _race_config(method, args)
+        passes = race.epochs // args.method_epochs.get(method, args.epochs)  # free training: replays per pass
+        config = replace(race, epochs=passes, eps_warmup_epochs=0.0, schedule="constant")
+        model = build_model(args.arch, input_shape=(1, 28, 28), num_classes=10, seed=args.seed)
+        train(copy.deepcopy(model), x[:args.batch_size], y[:args.batch_size], config=config)
+        seconds, load, _ = common.quiet_timing(functools.partial(train, model, x, y, config=config),
+                                               wait=args.wait_idle, retries=args.retries)
+        results[method] = {"seconds_per_epoch": seconds * 60000 / len(y), "other_load": load}
+        common.log(f"[cost] {method}: {results[method]['seconds_per_epoch']:.0f} s per 60,000 images (other load {load})")
+    if "pgd" in results:
+        for r in results.values():
+            r["ratio_to_pgd"] = r["seconds_per_epoch"] / results["pgd"]["seconds_per_epoch"]
+    return {"images": len(y), "methods": results}
+
+
+def cost_markdown(result: dict[str, Any]) -> str:
+    lines = [f"### Cost per epoch (timed on {result['images']} images, scaled to 60,000)\n",
+             "| Method | s / epoch | / PGD-40 training |", "|---|---:|---:|"]
+    for method, r in result["methods"].items():
+        ratio = f"{r['ratio_to_pgd']:.2f}" if "ratio_to_pgd" in r else "—"
+        lines.append(f"| {method} | {r['seconds_per_epoch']:.0f} | {ratio} |")
+    return "\n".join(lines)
+
+
 # -- main -------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", default="overhead,memory,robustness", help="comma-separated: overhead,memory,robustness")
+    p.add_argument("--parts", default="overhead,memory,robustness",
+                   help="comma-separated: overhead,memory,robustness,cost")
     p.add_argument("--data-dir")
-    p.add_argument("--arch", default="lenet", help="architecture for every part (lenet or madry-cnn)")
+    p.add_argument("--arch", default="lenet", help="architecture for every part (a registered model: lenet, kw-small, madry-cnn, ...)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=128)
@@ -435,11 +485,15 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--wait-idle", type=float, default=60.0, help="seconds to wait for an idle machine before a run")
     p.add_argument("--retries", type=int, default=2, help="reruns of a timing disturbed by other processes")
     p.add_argument("--memory-batches", type=int, default=20)
+    p.add_argument("--cost-images", type=int, default=2560, help="images timed per method in the cost part")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     p.add_argument("--memory-child-data", help=argparse.SUPPRESS)
     p.add_argument("--methods", default="pgd,trades,fast-fgsm,free,mma,yopo")
     p.add_argument("--train-images", type=int, default=60000)
     p.add_argument("--epochs", type=int, default=10, help="passes over the data per method")
+    p.add_argument("--method-epochs", default="",
+                   help="per-method passes overriding --epochs, e.g. pgd=5,yopo=12 (so that each method's "
+                        "schedule ends within the time limit)")
     p.add_argument("--time-limit", type=float, default=TARGET_SECONDS, help="training seconds per method")
     p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
     p.add_argument("--lr", type=float, default=1e-3)
@@ -457,7 +511,13 @@ def parse_args(argv: list[str] | None = None):
     args = p.parse_args(argv)
     args.parts = [s for s in args.parts.split(",") if s]
     args.methods = [s for s in args.methods.split(",") if s]
-    bad = sorted(set(args.parts) - {"overhead", "memory", "robustness"})
+    try:
+        args.method_epochs = {m: int(n) for m, n in (e.split("=") for e in args.method_epochs.split(",") if e)}
+    except ValueError:
+        p.error(f"--method-epochs must look like pgd=5,yopo=12, got {args.method_epochs!r}")
+    if sorted(set(args.method_epochs) - set(args.methods)):
+        p.error(f"--method-epochs names methods not in --methods: {sorted(set(args.method_epochs) - set(args.methods))}")
+    bad = sorted(set(args.parts) - {"overhead", "memory", "robustness", "cost"})
     if bad:
         p.error(f"unknown parts {bad}")
     return args
@@ -474,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
                               "arguments": {k: v for k, v in vars(args).items() if not k.startswith("memory_child")}}
     sections = []
     runners = {"overhead": (run_overhead, overhead_markdown), "memory": (run_memory, memory_markdown),
-               "robustness": (run_robustness, robustness_markdown)}
+               "robustness": (run_robustness, robustness_markdown), "cost": (run_cost, cost_markdown)}
     with common.OtherLoad() as meter:
         for part in args.parts:
             run, markdown = runners[part]

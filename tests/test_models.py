@@ -32,6 +32,7 @@ SUPPORTED = {
     "madry-cnn": [DIGITS, MNIST, CIFAR],
     "small-cnn": [MNIST, CIFAR],
     "lenet": [MNIST, CIFAR],
+    "kw-small": [DIGITS, MNIST, CIFAR],
     "preact-resnet18": [DIGITS, MNIST, CIFAR],
     "wide-resnet": [DIGITS, MNIST, CIFAR],
 }
@@ -104,6 +105,9 @@ def test_small_cnn_parameter_count_on_mnist():
 
 def test_other_known_parameter_counts():
     assert _num_params(build_model("lenet", input_shape=MNIST, num_classes=10)) == 61_706
+    # conv 1*16*16+16 + conv 16*32*16+32 + fc (32*7*7)*100+100 + fc 100*10+10 (28 -> 14 -> 7)
+    assert _num_params(build_model("kw-small", input_shape=MNIST, num_classes=10)) == 166_406
+    assert build_model("kw-small", input_shape=CIFAR, num_classes=10).fc1.in_features == 32 * 8 * 8
     assert _num_params(build_model("mlp", input_shape=MNIST, num_classes=10, hidden=(100, 100))) == (
         784 * 100 + 100 + 100 * 100 + 100 + 100 * 10 + 10
     )

@@ -41,7 +41,8 @@ def test_every_method_has_a_row_with_its_metrics_and_the_papers_mnist_numbers(ti
         assert len(grid) == 2 and all(0.0 <= g <= ours["clean"] for g in grid)
         assert ours["avg_rob_acc"] == pytest.approx(sum(grid) / 2)
         assert ours["avg_acc"] == pytest.approx((ours["clean"] + sum(grid)) / 3)
-        assert ours["suite"]["images"] == 6 and 0.0 <= ours["suite"]["robust"] <= 1.0
+        suite = ours["suite"]
+        assert suite["images"] == 6 and 0.0 <= suite["robust"] <= 1.0 and 0.0 <= suite["pgd40_same_images"] <= 1.0
         assert row["model"]["train_seconds"] >= 0 and not row["model"]["cached"]
     by = {r["label"]: r for r in record["rows"]}
     assert by["PGD-40"]["paper"] == {"clean": 0.9949, "pgd40": 0.9656, "cw": 0.9352}

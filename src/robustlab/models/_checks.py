@@ -7,8 +7,9 @@ from typing import Any
 
 from robustlab.errors import RobustlabError
 
-# A stage of a plain conv net, for shape arithmetic: ("conv", kernel, padding) or ("pool", 2, 0).
-Stage = tuple[str, int, int]
+# A stage of a plain conv net, for shape arithmetic: ("conv", kernel, padding), optionally with a
+# stride as a fourth value ("conv", kernel, padding, stride), or ("pool", 2, 0).
+Stage = tuple[int | str, ...]
 
 
 def positive_int(value: Any, name: str, model: str) -> int:
@@ -33,9 +34,9 @@ def probability(value: Any, name: str, model: str) -> float:
 
 
 def _side_after(size: int, stages: Sequence[Stage]) -> int:
-    for kind, kernel, padding in stages:
+    for kind, kernel, padding, *stride in stages:
         if kind == "conv":
-            size = size + 2 * padding - kernel + 1
+            size = (size + 2 * padding - kernel) // (stride[0] if stride else 1) + 1
         else:
             size = size // kernel
         if size < 1:
@@ -44,7 +45,7 @@ def _side_after(size: int, stages: Sequence[Stage]) -> int:
 
 
 def feature_size(model: str, input_shape: tuple[int, int, int], stages: Sequence[Stage]) -> tuple[int, int]:
-    """Spatial size ``(H', W')`` after ``stages`` (stride-1 convs and non-overlapping pools).
+    """Spatial size ``(H', W')`` after ``stages`` (convs and non-overlapping pools).
 
     Raises a ``RobustlabError`` naming the smallest square input that works if the feature map
     vanishes.
