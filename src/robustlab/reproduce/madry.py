@@ -271,7 +271,8 @@ def _mean(flags: Tensor) -> float:
     return float(flags.float().mean()) if len(flags) else float("nan")
 
 
-def _clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, chunk: int) -> float:
+def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, chunk: int) -> float:
+    """Clean accuracy of ``model`` on ``(x, y)``, ``chunk`` images per forward pass."""
     with torch.no_grad():
         return _mean(torch.cat([model(x[i:i + chunk]).argmax(dim=1) == y[i:i + chunk]
                                 for i in range(0, len(y), chunk)]))
@@ -289,7 +290,7 @@ def table1(options: ReproOptions) -> tuple[dict, str]:
         models[kind], info[kind] = _get_model(kind, scale, options)
     test = _load_split(scale, options, "test", scale.images)
     x, y = test.x.to(options.device), test.y.to(options.device)
-    clean = {kind: _clean_accuracy(model, x, y, scale.chunk) for kind, model in models.items()}
+    clean = {kind: clean_accuracy(model, x, y, scale.chunk) for kind, model in models.items()}
     rows = _evaluate_rows(models, x, y, scale, options)
     notes = _notes(scale, options, rows, clean)
     md = (f"## Madry et al. Table 1 (MNIST, L∞ eps = {scale.eps:g}): ours vs {PAPER}\n\n"

@@ -36,11 +36,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-import torch
 from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
-from robustlab.reproduce.madry import robust_correct
+from robustlab.reproduce.madry import clean_accuracy, robust_correct
 from robustlab.reproduce.registry import ReproOptions, register
 from robustlab.threat import Linf
 
@@ -220,9 +219,7 @@ def training_table(options: ReproOptions) -> tuple[dict, str]:
     for position, label in enumerate(scale.methods):
         model, info = _get_model(label, scale, options, train_data)
         start = time.perf_counter()
-        with torch.no_grad():
-            clean = float(torch.cat([model(x[i:i + scale.chunk]).argmax(1) == y[i:i + scale.chunk]
-                                     for i in range(0, len(y), scale.chunk)]).float().mean())
+        clean = clean_accuracy(model, x, y, scale.chunk)
         ours = {"clean": clean, **_evaluate(model, x, y, scale, options.seed * 1000 + 10 * position)}
         grid = list(ours["grid"].values())
         ours["avg_rob_acc"] = sum(grid) / len(grid)
