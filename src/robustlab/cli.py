@@ -325,9 +325,10 @@ def _load_model_and_data(args: argparse.Namespace):
     """The model inside the card's defenses and then --defense's (the card returned lists them
     all, so that evaluations record what was evaluated), the data, and the device."""
     from robustlab.models import load_model
+    from robustlab.zoo import resolve
 
     defenses = [parse_defense(spec) for spec in args.defense or []]
-    model, card = load_model(args.model, seed=args.seed)
+    model, card = load_model(resolve(args.model), seed=args.seed)
     if defenses:
         model = _defended(model, defenses, args.seed)
         card = dataclasses.replace(card, defenses=card.defenses + defenses)
@@ -516,9 +517,10 @@ def _store_run(args: argparse.Namespace, ev: Any, data: Any) -> None:
 
     from robustlab.models import checkpoint_paths
     from robustlab.report.store import ResultsStore
+    from robustlab.zoo import resolve
 
     digest = hashlib.sha256()
-    with open(checkpoint_paths(args.model)[0], "rb") as weights:
+    with open(checkpoint_paths(resolve(args.model))[0], "rb") as weights:
         for block in iter(lambda: weights.read(1 << 20), b""):
             digest.update(block)
     with ResultsStore(args.db) as store:
@@ -661,7 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def attack_common(p: argparse.ArgumentParser, *, eps_required: bool) -> None:
         common(p)
-        p.add_argument("--model", required=True, help="model path (model.safetensors with model.json beside it)")
+        p.add_argument("--model", required=True,
+                       help="model path (model.safetensors with model.json beside it) or zoo:NAME (robustlab zoo list)")
         p.add_argument("--dataset", help="default: the dataset named in the model card")
         p.add_argument("--split", default="test")
         p.add_argument("--limit", type=int, default=1000, help="stratified subset of this many samples")
@@ -818,8 +821,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     from robustlab.certify.cli import add_certify_parser
+    from robustlab.zoo.cli import add_zoo_parser
 
     add_certify_parser(sub)
+    add_zoo_parser(sub)
     return parser
 
 

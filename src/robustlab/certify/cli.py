@@ -47,8 +47,9 @@ def certify_command(args: argparse.Namespace) -> int:
     from robustlab.data import load_dataset
     from robustlab.models import load_model
     from robustlab.threat import threat_model
+    from robustlab.zoo import resolve
 
-    model, card = load_model(args.model)
+    model, card = load_model(resolve(args.model))
     if card.defenses:
         raise RobustlabError(
             f"the model card records preprocessing defenses ({', '.join(d['defense'] for d in card.defenses)}); bound "
@@ -129,7 +130,8 @@ def read_bracket(path: str | Path) -> dict:
 def add_certify_parser(sub) -> argparse.ArgumentParser:
     """Add the ``certify`` sub-command to ``sub`` (the result of ``add_subparsers``)."""
     p = sub.add_parser("certify", help="certified accuracy by bound propagation; exact MILP bracket on a few samples")
-    p.add_argument("--model", required=True, help="model path (model.safetensors with model.json beside it)")
+    p.add_argument("--model", required=True,
+                   help="model path (model.safetensors with model.json beside it) or zoo:NAME (robustlab zoo list)")
     p.add_argument("--dataset", help="default: the dataset named in the model card")
     p.add_argument("--data-dir")
     p.add_argument("--split", default="test")

@@ -1,0 +1,189 @@
+"""Publishing a trained zoo model: evaluate it and write its weights and card into the zoo.
+
+``robustlab zoo train NAME`` trains the recipe with ``robustlab train`` in a working folder
+(``zoo-runs/NAME``: atomic, resumable checkpoints) and then calls :func:`publish`, which
+evaluates the trained model and writes ``models/NAME.safetensors`` and ``models/NAME.json``.
+Every evaluation is resumable too: the ``standard`` suite keeps its per-sample state in the
+working folder, so a killed build restarts where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.data import load_dataset
+from robustlab.errors import RobustlabError
+from robustlab.evaluation import build_suite, evaluate
+from robustlab.evaluation.provenance import provenance
+from robustlab.evaluation.suites import SUITES
+from robustlab.models.checkpoint import ModelCard, checkpoint_paths, load_model, save_model
+from robustlab.models.checkpoint import _write_atomic as write_atomic
+from robustlab.threat import threat_model
+from robustlab.training import checkpoint as training_checkpoint
+from robustlab.zoo import MODELS_DIR, entry, recipe, sha256_of
+
+logger = logging.getLogger(__name__)
+
+# The card's exact check: clean accuracy on the first this many test images, which the zoo's test
+# recomputes for every model (cheap, and exact up to float differences between machines).
+CHECK_IMAGES = 200
+# Suites recorded on the cards: `standard` always; `fast` once robustlab has it.
+CARD_SUITES = ("standard", "fast")
+
+
+def training_seconds(run_dir: Path) -> tuple[float, int]:
+    """Total seconds and number of epochs of the training run in ``run_dir`` (summed over the
+    epochs in its ``metrics.jsonl``, so a resumed run counts every segment once)."""
+    path = Path(run_dir) / "checkpoints" / training_checkpoint.METRICS
+    if not path.is_file():
+        raise RobustlabError(f"no training metrics at {path}: train the model first")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return round(sum(r["seconds"] for r in records), 1), len(records)
+
+
+def machine() -> dict[str, Any]:
+    """The machine the model was built on: CPU model, core count, torch threads, versions."""
+    info = provenance(device="cpu")
+    info.pop("seed", None)
+    info.pop("date", None)
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info["cpu_model"] = cpu
+    return info
+
+
+def tensors_digest(model: nn.Module) -> str:
+    """sha256 over the model's state dict (names, dtypes, shapes and values, in key order)."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def correct_predictions(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> Tensor:
+    """``bool[N]``: the model's prediction equals the label."""
+    model.eval()
+    return torch.cat([model(x[i:i + batch_size]).argmax(dim=1) == y[i:i + batch_size]
+                      for i in range(0, len(x), batch_size)])
+
+
+def _suite_metrics(model, x, y, threat, num_classes, suite, state_file, batch_size, seed, progress) -> dict:
+    start = time.perf_counter()
+    ev = evaluate(model, x, y, threat=threat, attacks=build_suite(suite, threat, num_classes), cascade=True,
+                  batch_size=batch_size, seed=seed, state_file=state_file, resume=True, progress=progress)
+    robust = ev.metrics["robust_accuracy"]
+    return {"robust_accuracy": robust["value"], "ci_low": robust["ci_low"], "ci_high": robust["ci_high"],
+            "clean_accuracy": ev.metrics["clean_accuracy"]["value"], "images": len(x), "first_images": True, "broken_by": ev.metrics.get("broken_by"),
+            "seconds_last_run": round(time.perf_counter() - start, 1), "seed": seed, "batch_size": batch_size}
+
+
+def _certified(model, x, y, threat, methods, batch_size) -> dict:
+    from robustlab.certify import CROWN, IBP
+
+    certifiers = {"ibp": lambda: IBP(batch_size=batch_size), "crown": lambda: CROWN(batch_size=batch_size)}
+    out = {}
+    for method in methods:
+        if method not in certifiers:
+            raise RobustlabError(f"zoo cards record certified accuracy with {sorted(certifiers)}, not {method!r}")
+        result = certifiers[method]()(model, x, y, threat=threat)
+        out[method] = {"certified_accuracy": result.certified_accuracy, "images": len(x), "first_images": True,
+                       "seconds": round(result.seconds, 1)}
+    return out
+
+
+def publish(name: str, run_dir: str | Path, *, out_dir: str | Path = MODELS_DIR, data_dir: str | None = None,
+            images: int | None = None, batch_size: int = 250, seed: int = 0, progress: bool = False) -> ModelCard:
+    """Evaluate the model trained from ``name``'s recipe in ``run_dir`` and write its weights and
+    card as ``out_dir/NAME.safetensors`` / ``.json``. Returns the card.
+
+    Measured: clean accuracy on the whole test split and on its first ``CHECK_IMAGES`` images;
+    robust accuracy under the ``standard`` suite (and ``fast`` where robustlab has it) on the
+    first ``images`` test images (default: the catalog's) at the catalog's threat model, as a
+    resumable cascade (state in ``run_dir``); certified accuracy with the catalog's methods on
+    the same images. The card's ``extra["zoo"]`` holds the sha256 of the weights.
+    """
+    run_dir = Path(run_dir)
+    info = entry(name)
+    images = info.images if images is None else images
+    model, run_card = load_model(run_dir / "model")
+    config, wanted = run_card.training.get("config", {}), recipe(name)
+    if (config.get("method"), config.get("seed")) != (wanted.get("method", "natural"), wanted.get("seed", 0)):
+        raise RobustlabError(f"{run_dir}/model was not trained with the recipe of {name!r} (method or seed differ)")
+    test = load_dataset(run_card.dataset, split="test", data_dir=data_dir)
+    x, y = test.x, test.y
+    if images > len(x):
+        raise RobustlabError(f"{images} images requested, the test split has {len(x)}")
+    threat = threat_model(info.norm, info.eps, tuple(run_card.input_bounds))
+    correct = correct_predictions(model, x, y)
+    metrics: dict[str, Any] = {
+        "clean_accuracy": float(correct.float().mean()), "clean_images": len(x),
+        "check": {"images": CHECK_IMAGES, "clean_accuracy": float(correct[:CHECK_IMAGES].float().mean())},
+        "threat": {"norm": threat.norm, "eps": threat.eps},
+        "validation": {k: run_card.metrics.get(k) for k in ("best_val_acc", "best_val_robust_acc")},
+    }
+    # The evaluation states are named after the weights, so a retrained model never resumes
+    # another model's evaluation.
+    weights_id = tensors_digest(model)[:12]
+    for suite in CARD_SUITES:
+        if suite in SUITES:
+            logger.info("%s: %s suite on the first %d test images", name, suite, images)
+            metrics[suite] = _suite_metrics(model, x[:images], y[:images], threat, test.num_classes, suite,
+                                            run_dir / f"{suite}-{images}-{weights_id}-state.json", batch_size, seed, progress)
+    if info.certify:
+        metrics["certified"] = _certified(model, x[:images], y[:images], threat, info.certify, batch_size)
+    seconds, epochs = training_seconds(run_dir)
+    training = dict(run_card.training)
+    training.update({"recipe": recipe(name), "recipe_file": f"robustlab/zoo/recipes/{name}.toml",
+                     "seed": training.get("config", {}).get("seed"), "seconds": seconds, "epochs_run": epochs,
+                     "machine": machine()})
+    zoo = {"name": name, "description": info.description, "labels": list(info.labels), "sha256": None}
+    card = ModelCard(architecture=run_card.architecture, arguments=run_card.arguments, dataset=run_card.dataset,
+                     input_bounds=run_card.input_bounds, normalization=run_card.normalization,
+                     defenses=run_card.defenses, training=training, metrics=metrics, extra={"zoo": zoo})
+    weights = save_model(model, Path(out_dir) / name, card)
+    # The card is rewritten with the hash of the weights just written (not by a second save_model:
+    # safetensors' header is not byte-for-byte reproducible, its metadata is an unordered map).
+    zoo["sha256"] = sha256_of(weights)
+    card.extra = {"zoo": zoo}
+    card_path = checkpoint_paths(weights)[1]
+    write_atomic(card_path, lambda temporary: temporary.write_text(card.to_json() + "\n", encoding="utf-8"))
+    return card
+
+
+def card_row(card: ModelCard) -> dict[str, Any]:
+    """One row of the zoo's table: name, method, clean, standard, fast, certified."""
+    zoo = card.extra.get("zoo", {})
+    metrics = card.metrics
+    certified = metrics.get("certified") or {}
+    best_certified = max((c["certified_accuracy"] for c in certified.values()), default=None)
+    return {
+        "name": zoo.get("name"),
+        "architecture": card.architecture,
+        "method": card.training.get("method"),
+        "eps": metrics.get("threat", {}).get("eps"),
+        "clean": metrics.get("clean_accuracy"),
+        "standard": (metrics.get("standard") or {}).get("robust_accuracy"),
+        "standard_images": (metrics.get("standard") or {}).get("images"),
+        "fast": (metrics.get("fast") or {}).get("robust_accuracy"),
+        "certified": best_certified,
+        "training_seconds": card.training.get("seconds"),
+        "labels": zoo.get("labels", []),
+    }

@@ -1,0 +1,43 @@
+"""What each zoo model is for: its description, the threat model it is evaluated at, labels
+(such as a deliberately broken model) and whether certified accuracy means something for it.
+
+The training configuration itself is not here: it is the recipe, ``recipes/<name>.toml``, a
+``robustlab train --config`` run file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Labels with a meaning the zoo's users should not miss.
+LABELS = {
+    "catastrophic-overfitting": "broken on purpose: robust to FGSM, not to PGD (a test case for evaluations)",
+    "test": "a tiny model for the end-to-end test of the zoo's build, not a useful classifier",
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """``eps`` / ``norm``: the threat model of the card's robust and certified accuracies.
+    ``images``: the number of test images (the first ones of the test split) the `standard`
+    suite runs on. ``certify``: certification methods (``robustlab certify``'s names) whose
+    certified accuracy the card records; empty where it would be ~0 by construction."""
+
+    description: str
+    eps: float
+    norm: str = "Linf"
+    images: int = 1000
+    labels: tuple[str, ...] = ()
+    certify: tuple[str, ...] = ()
+
+
+CATALOG: dict[str, Entry] = {
+    "mnist-natural": Entry("kw-small, natural training (the baseline: not robust)", eps=0.3),
+    "mnist-pgd": Entry("kw-small, PGD adversarial training (Madry et al.), 10 steps of 0.04", eps=0.3),
+    "mnist-fast-fgsm-overfit": Entry(
+        "kw-small, fast FGSM training with step 2 eps: catastrophic overfitting", eps=0.3,
+        labels=("catastrophic-overfitting",)),
+    "mnist-trades": Entry("kw-small, TRADES (beta 6), 10 steps of 0.04", eps=0.3),
+    "mnist-tiny": Entry("a 2-layer MLP trained for a few hundred steps on 3000 images (for the zoo's own test)",
+                        eps=0.05, images=50, labels=("test",), certify=("ibp", "crown")),
+}

@@ -1,0 +1,115 @@
+"""``robustlab zoo``: list the zoo, show a card, train and publish a model from its recipe.
+
+``robustlab zoo train NAME [NAME ...]`` runs, for each name in turn, ``robustlab train --config
+recipes/NAME.toml --out WORKDIR/NAME`` (resumable: a killed run continues from its last epoch)
+and then evaluates the model and writes its weights and card into the package
+(:func:`robustlab.zoo.build.publish`; the evaluations resume too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from robustlab.errors import RobustlabError
+
+__all__ = ["add_zoo_parser", "zoo_command"]
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _list(args: argparse.Namespace) -> int:
+    from robustlab import zoo
+    from robustlab.models import checkpoint_paths
+    from robustlab.zoo.build import card_row
+
+    header = ("model", "architecture", "method", "eps", "clean", "standard", "fast", "certified", "train (s)",
+              "MB", "notes")
+    rows, total = [], 0
+    trained = set(zoo.names())
+    for name in zoo.recipes():
+        info = zoo.entry(name)
+        notes = ", ".join(info.labels)
+        if name not in trained:
+            rows.append((name, zoo.recipe(name).get("model", "?"), zoo.recipe(name).get("method", "natural"),
+                         f"{info.eps:g}", "-", "-", "-", "-", "-", "-", ", ".join(filter(None, ["not trained", notes]))))
+            continue
+        row = card_row(zoo.card(name))
+        size = checkpoint_paths(zoo.checkpoint(name))[0].stat().st_size
+        total += size
+        standard = _percent(row["standard"])
+        if row["standard"] is not None and row["standard_images"]:
+            standard += f" ({row['standard_images']})"
+        rows.append((name, row["architecture"], row["method"], f"{row['eps']:g}", _percent(row["clean"]), standard,
+                     _percent(row["fast"]), _percent(row["certified"]), f"{row['training_seconds']:.0f}",
+                     f"{size / 1e6:.2f}", notes))
+    cells = [list(header), *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for i, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print(f"\n{len(trained)} of {len(rows)} models trained; weights {total / 1e6:.2f} MB in all. standard: robust "
+          "accuracy under AutoAttack's standard suite on the first (N) test images at eps.")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from robustlab import zoo
+
+    print(zoo.card(args.names[0]).to_json())
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from robustlab import zoo
+    from robustlab.cli import build_parser, cmd_train
+    from robustlab.zoo.build import publish
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    for name in args.names:
+        zoo.entry(name)  # unknown names fail before anything runs
+    for name in args.names:
+        run_dir = Path(args.workdir) / name
+        argv = ["train", "--config", str(zoo.recipe_path(name)), "--out", str(run_dir), "--quiet"]
+        if args.data_dir:
+            argv += ["--data-dir", args.data_dir]
+        start = time.perf_counter()
+        cmd_train(build_parser().parse_args(argv))
+        print(f"{name}: trained in {run_dir} ({time.perf_counter() - start:.0f} s in this run)", flush=True)
+        start = time.perf_counter()
+        card = publish(name, run_dir, out_dir=args.out or zoo.MODELS_DIR, data_dir=args.data_dir,
+                       images=args.images, progress=not args.quiet)
+        print(f"{name}: evaluated in {time.perf_counter() - start:.0f} s; "
+              + json.dumps({k: card.metrics.get(k) for k in ("clean_accuracy", "standard", "fast", "certified")
+                            if k in card.metrics}), flush=True)
+    return 0
+
+
+def zoo_command(args: argparse.Namespace) -> int:
+    if args.action in ("show", "train") and not args.names:
+        raise RobustlabError(f"zoo {args.action} needs at least one model name (robustlab zoo list shows them)")
+    return {"list": _list, "show": _show, "train": _train}[args.action](args)
+
+
+def add_zoo_parser(sub) -> None:
+    p = sub.add_parser("zoo", help="the model zoo: list it, show a card, train a model from its recipe",
+                       description="Models trained by robustlab itself (robustlab.zoo). Use one anywhere a "
+                                   "command takes --model with --model zoo:NAME.")
+    p.add_argument("action", choices=["list", "show", "train"])
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--workdir", default="zoo-runs",
+                   help="train: working folder for the runs' checkpoints and evaluation states (default zoo-runs)")
+    p.add_argument("--out", help="train: where to write weights and card (default: the package's zoo)")
+    p.add_argument("--images", type=int, help="train: test images for the suites (default: the catalog's, 1000)")
+    p.add_argument("--threads", type=int, help="train: torch threads (default: torch's)")
+    p.add_argument("--data-dir", help="directory holding the datasets (else $ROBUSTLAB_DATA, ...)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=zoo_command)

@@ -1,0 +1,156 @@
+"""The model zoo: recipes, cards against their weights, loading, the CLI, and one rebuild.
+
+Nothing here trains anything long: every shipped model is checked against its card (sha256 of
+the weights, the recipe in the repository, clean accuracy on the first 200 test images), and the
+tiny recipe ``mnist-tiny`` (235 optimizer steps on 3000 images) is rebuilt end to end and its
+numbers compared with its card's.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from robustlab import zoo
+from robustlab.cli import _read_run_file, main
+from robustlab.data import locate
+from robustlab.errors import RobustlabError
+from robustlab.evaluation.suites import SUITES
+from robustlab.models import checkpoint_paths
+from robustlab.training import TrainConfig
+from robustlab.zoo.build import CHECK_IMAGES, correct_predictions
+
+from conftest import torch_threads
+
+needs_mnist = pytest.mark.skipif(locate("mnist") is None, reason="needs MNIST (ROBUSTLAB_DATA)")
+
+# One image of the 200 (0.5%): the card's check is exact on the machine that wrote it; another
+# CPU or BLAS may flip an image that sits on a decision boundary.
+CHECK_TOLERANCE = 1 / CHECK_IMAGES + 1e-9
+# Rebuilding mnist-tiny: clean accuracy on the 10,000 test images within 1 point, robust and
+# certified accuracy on its 50 images within 3 images (6 points). On the same machine and thread
+# count the rebuild is bitwise identical; elsewhere float differences in training may move a few.
+REBUILD_CLEAN_TOLERANCE = 0.01
+REBUILD_ROBUST_TOLERANCE = 3 / 50 + 1e-9
+# The zoo ships inside the package: all weights together at most 25 MB (issue 18).
+ZOO_MAX_BYTES = 25_000_000
+
+
+def test_every_recipe_has_a_catalog_entry_and_is_a_valid_train_run_file():
+    assert zoo.recipes() == sorted(zoo.CATALOG)
+    for name in zoo.recipes():
+        settings = _read_run_file(str(zoo.recipe_path(name)))  # the exact `robustlab train --config` file
+        assert settings == zoo.recipe(name)
+        assert {"dataset", "model", "seed"} <= set(settings), name
+        TrainConfig(**{key: settings[key] for key in ("epochs", "batch_size", "optimizer", "lr", "weight_decay",
+                                                      "schedule", "seed") if key in settings},
+                    method=settings.get("method", "natural"), method_options=settings.get("options", {}),
+                    threat=None if "eps" not in settings else {"norm": "Linf", "eps": settings["eps"]},
+                    eps_warmup_epochs=settings.get("eps_warmup_epochs", 0))
+        assert set(zoo.entry(name).labels) <= set(zoo.LABELS)
+
+
+def test_trained_models_are_listed_and_the_zoo_fits_its_size_budget():
+    assert set(zoo.names()) <= set(zoo.recipes())
+    assert "mnist-tiny" in zoo.names()
+    total = sum(checkpoint_paths(zoo.checkpoint(name))[0].stat().st_size for name in zoo.names())
+    assert total <= ZOO_MAX_BYTES
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_card_matches_weights_and_recipe(name):
+    card = zoo.card(name)
+    info = zoo.entry(name)
+    assert card.extra["zoo"]["name"] == name
+    assert card.extra["zoo"]["sha256"] == zoo.sha256_of(checkpoint_paths(zoo.checkpoint(name))[0])
+    assert card.training["recipe"] == zoo.recipe(name), "the recipe changed since the model was trained"
+    assert card.training["seed"] == zoo.recipe(name).get("seed", 0)
+    assert card.training["seconds"] > 0 and card.training["machine"]["cpu_count"] >= 1
+    assert card.metrics["threat"] == {"norm": info.norm, "eps": info.eps}
+    standard = card.metrics["standard"]
+    assert standard["images"] == info.images and standard["first_images"]
+    assert 0 <= standard["robust_accuracy"] <= standard["clean_accuracy"] <= 1
+    assert ("fast" in card.metrics) == ("fast" in SUITES)  # recorded once robustlab has the suite
+    assert ("certified" in card.metrics) == bool(info.certify)
+
+
+@needs_mnist
+@pytest.mark.parametrize("name", zoo.names())
+def test_card_clean_accuracy_on_200_test_images(name):
+    from robustlab.data import load_dataset
+
+    card = zoo.card(name)
+    test = load_dataset(card.dataset, split="test")
+    model = zoo.load(name)
+    assert not model.training
+    with torch_threads(1):
+        accuracy = float(correct_predictions(model, test.x[:CHECK_IMAGES], test.y[:CHECK_IMAGES]).float().mean())
+    assert card.metrics["check"]["images"] == CHECK_IMAGES
+    assert abs(accuracy - card.metrics["check"]["clean_accuracy"]) <= CHECK_TOLERANCE
+
+
+def test_load_refuses_weights_that_do_not_match_the_card(tmp_path, monkeypatch):
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(zoo.MODELS_DIR / f"mnist-tiny{suffix}", tmp_path / f"mnist-tiny{suffix}")
+    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)
+    model = zoo.load("mnist-tiny")
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    weights = tmp_path / "mnist-tiny.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of the last weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(RobustlabError, match="do not belong together"):
+        zoo.load("mnist-tiny")
+
+
+def test_unknown_and_untrained_names_are_clear_errors(tmp_path, monkeypatch):
+    with pytest.raises(RobustlabError, match="no zoo model 'mnist-nope'.*mnist-tiny"):
+        zoo.card("mnist-nope")
+    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)  # an empty zoo: every recipe untrained
+    with pytest.raises(RobustlabError, match="not trained yet.*robustlab zoo train mnist-tiny"):
+        zoo.load("mnist-tiny")
+    assert zoo.resolve("runs/model") == "runs/model"
+
+
+def test_zoo_list_prints_every_recipe(capsys):
+    assert main(["zoo", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in zoo.recipes():
+        assert name in out
+    assert "standard" in out and "MB in all" in out
+
+
+@needs_mnist
+def test_cli_takes_zoo_models(tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", "zoo:mnist-tiny", "--eps", "0.05", "--attack", "fgsm", "--limit", "20",
+                 "--quiet", "--out", str(out)]) == 0
+    assert (out / "evaluation.json").is_file()
+    assert main(["evaluate", "--model", "zoo:mnist-nope", "--eps", "0.05", "--attack", "fgsm",
+                 "--out", str(out)]) == 2
+    assert "no zoo model 'mnist-nope'" in capsys.readouterr().err
+
+
+@needs_mnist
+def test_tiny_recipe_rebuilds_to_its_card(tmp_path):
+    shipped = zoo.card("mnist-tiny")
+    assert main(["zoo", "train", "mnist-tiny", "--workdir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+                 "--threads", "1", "--quiet"]) == 0
+    rebuilt = (tmp_path / "out" / "mnist-tiny.json").read_text()
+    from robustlab.models import ModelCard
+
+    rebuilt = ModelCard.from_json(rebuilt)
+    assert rebuilt.training["recipe"] == shipped.training["recipe"]
+    assert rebuilt.training["config"] == shipped.training["config"]
+    assert abs(rebuilt.metrics["clean_accuracy"] - shipped.metrics["clean_accuracy"]) <= REBUILD_CLEAN_TOLERANCE
+    assert abs(rebuilt.metrics["standard"]["robust_accuracy"]
+               - shipped.metrics["standard"]["robust_accuracy"]) <= REBUILD_ROBUST_TOLERANCE
+    for method, result in shipped.metrics["certified"].items():
+        assert abs(rebuilt.metrics["certified"][method]["certified_accuracy"]
+                   - result["certified_accuracy"]) <= REBUILD_ROBUST_TOLERANCE
+    # Teeth: the tiny model is far from trivial and far from robust at its eps.
+    assert shipped.metrics["clean_accuracy"] > 0.8
+    assert shipped.metrics["standard"]["robust_accuracy"] < shipped.metrics["clean_accuracy"] - 0.1
