@@ -154,3 +154,16 @@ def test_tiny_recipe_rebuilds_to_its_card(tmp_path):
     # Teeth: the tiny model is far from trivial and far from robust at its eps.
     assert shipped.metrics["clean_accuracy"] > 0.8
     assert shipped.metrics["standard"]["robust_accuracy"] < shipped.metrics["clean_accuracy"] - 0.1
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/zoo.md", "docs/results.md"])
+def test_documents_carry_the_current_zoo_table(document):
+    from pathlib import Path
+
+    from robustlab.zoo.cli import markdown_table
+
+    text = (Path(__file__).resolve().parents[1] / document).read_text(encoding="utf-8")
+    start, end = "<!-- zoo-table -->\n", "<!-- /zoo-table -->"
+    assert start in text and end in text, f"{document} has no zoo table"
+    shown = text[text.index(start) + len(start):text.index(end)]
+    assert shown == markdown_table(), f"{document}'s zoo table is stale: paste `robustlab zoo list --markdown`"

@@ -15,14 +15,15 @@ from pathlib import Path
 
 from robustlab.errors import RobustlabError
 
-__all__ = ["add_zoo_parser", "zoo_command"]
+__all__ = ["add_zoo_parser", "markdown_table", "table", "zoo_command"]
 
 
 def _percent(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def _list(args: argparse.Namespace) -> int:
+def table() -> tuple[tuple[str, ...], list[tuple[str, ...]], int]:
+    """The zoo's table: header, one row per recipe (trained or not) and the weights' total bytes."""
     from robustlab import zoo
     from robustlab.models import checkpoint_paths
     from robustlab.zoo.build import card_row
@@ -47,13 +48,30 @@ def _list(args: argparse.Namespace) -> int:
         rows.append((name, row["architecture"], row["method"], f"{row['eps']:g}", _percent(row["clean"]), standard,
                      _percent(row["fast"]), _percent(row["certified"]), f"{row['training_seconds']:.0f}",
                      f"{size / 1e6:.2f}", notes))
+    return header, rows, total
+
+
+def markdown_table() -> str:
+    """The zoo's table in Markdown (the docs and the README carry it; a test keeps them current)."""
+    header, rows, _ = table()
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _list(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(markdown_table(), end="")
+        return 0
+    header, rows, total = table()
     cells = [list(header), *[[str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for i, row in enumerate(cells):
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
-    print(f"\n{len(trained)} of {len(rows)} models trained; weights {total / 1e6:.2f} MB in all. standard: robust "
+    trained = sum(1 for row in rows if row[4] != "-")
+    print(f"\n{trained} of {len(rows)} models trained; weights {total / 1e6:.2f} MB in all. standard: robust "
           "accuracy under AutoAttack's standard suite on the first (N) test images at eps.")
     return 0
 
@@ -111,5 +129,6 @@ def add_zoo_parser(sub) -> None:
     p.add_argument("--images", type=int, help="train: test images for the suites (default: the catalog's, 1000)")
     p.add_argument("--threads", type=int, help="train: torch threads (default: torch's)")
     p.add_argument("--data-dir", help="directory holding the datasets (else $ROBUSTLAB_DATA, ...)")
+    p.add_argument("--markdown", action="store_true", help="list: the table in Markdown")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=zoo_command)
