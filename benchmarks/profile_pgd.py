@@ -100,8 +100,8 @@ def robustlab_components(model, x, y, repeats: int) -> dict[str, Any]:
     attack, threat = PGD(steps=STEPS, step_size=STEP, random_start=True), Linf(eps=EPS)
     # What each wrapped function is, in robustlab's own terms.
     timers.wrap(rl_base.Attack, "__call__", "template: Attack.__call__ (rest)")
-    timers.wrap(rl_base, "_check_inputs", "template: _check_inputs")
-    timers.wrap(rl_base.Attack, "_check_logits", "template: _check_logits")
+    timers.wrap(rl_base, "check_inputs", "template: check_inputs")
+    timers.wrap(rl_base, "check_logits", "template: check_logits")
     timers.wrap(rl_base._FrozenEval, "__enter__", "template: _FrozenEval enter/exit")
     timers.wrap(rl_base._FrozenEval, "__exit__", "template: _FrozenEval enter/exit")
     timers.wrap(Linf, "contains", "template: threat.contains")

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from robustlab.attacks import ATTACKS, FGSM, PGD
 from robustlab.errors import RobustlabError
 from robustlab.evaluation import CLEAN, SUITES, build_suite, evaluate
-from robustlab.evaluation.cascade import block_seed, fingerprint, run_cascade
+from robustlab.evaluation.runner import block_seed
 from robustlab.evaluation.distributed import close, init_process_group, shard_range
 from robustlab.evaluation.suites import suite_spec
 from robustlab.threat import Linf
@@ -163,23 +163,6 @@ def test_shard_ranges_cover_whole_blocks_once(n, batch_size, world):
     assert all((start % batch_size == 0 or start == n) and start <= stop for start, stop in ranges)
     blocks = [-(-(stop - start) // batch_size) for start, stop in ranges]
     assert max(blocks) - min(blocks) <= 1
-
-
-def test_shards_merge_to_the_single_process_table(digits_mlp, data):
-    x, y = data
-    named = attacks()
-    fp = fingerprint(digits_mlp, x, y, torch.arange(len(x)), threat=THREAT, attacks=named, seed=3, batch_size=16,
-                     cascade=True)
-    run = dict(threat=THREAT, attacks=named, fingerprint=fp, batch_size=16, seed=3, cascade=True)
-    whole = run_cascade(digits_mlp, x, y, **run)
-    parts = [run_cascade(digits_mlp, x, y, start=start, stop=stop, **run)
-             for start, stop in (shard_range(len(x), 16, r, 3) for r in range(3))]
-    assert [p for part in parts for p in part.broken_by] == whole.broken_by
-    assert [d for part in parts for d in part.distance] == whole.distance
-    for name in named:
-        assert [s for part in parts for s in part.success[name]] == whole.success[name]
-    with pytest.raises(RobustlabError, match="multiple of batch_size"):
-        run_cascade(digits_mlp, x, y, start=8, **run)
 
 
 def _free_port() -> int:

@@ -376,36 +376,51 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from robustlab.evaluation import evaluate_minimum_norm, evaluate_targeted
+    from robustlab.evaluation import distributed, evaluate_minimum_norm, evaluate_targeted
     from robustlab.report import minimum_norm_markdown, targeted_markdown
 
     if args.mode == "fixed":
         return _evaluate_fixed(args)
-    if args.suite or args.state_file or args.cascade is not None or args.diagnose:
-        raise RobustlabError("--suite, --state-file, --cascade and --diagnose apply to --mode fixed only")
+    if args.suite or args.cascade is not None or args.diagnose:
+        raise RobustlabError("--suite, --cascade and --diagnose apply to --mode fixed only")
     if not args.attack:
         raise RobustlabError(f"--mode {args.mode} needs at least one --attack")
-    model, card, data, device = _load_model_and_data(args)
-    attacks = _around(_named([parse_attack(spec) for spec in args.attack]), args)
-    bounds = tuple(card.input_bounds)
-    x, y = data.x.to(device), data.y.to(device)
-    common = dict(batch_size=args.batch_size, seed=args.seed, indices=data.indices, model_card=card.to_dict(),
-                  progress=not args.quiet)
-    out = Path(args.out)
-    if args.mode == "minimum-norm":
-        ev = evaluate_minimum_norm(model, x, y, attacks=attacks, norm=args.norm, bounds=bounds, **common)
-        text = minimum_norm_markdown(ev)
-    else:
-        if len(attacks) != 1:
-            raise RobustlabError("--mode targeted runs the C&W protocol with exactly one --attack")
-        ev = evaluate_targeted(model, x, y, attack=next(iter(attacks.values())), norm=args.norm, bounds=bounds, **common)
-        text = targeted_markdown(ev)
+    sharded = distributed.launched_distributed()
+    if sharded:
+        args.device = str(distributed.init_process_group(_device(args.device)))
+    try:
+        model, card, data, device = _load_model_and_data(args)
+        attacks = _around(_named([parse_attack(spec) for spec in args.attack]), args)
+        bounds = tuple(card.input_bounds)
+        x, y = data.x.to(device), data.y.to(device)
+        out = Path(args.out)
+        common = dict(batch_size=args.batch_size, seed=args.seed, indices=data.indices, num_classes=data.num_classes,
+                      model_card=card.to_dict(), progress=not args.quiet, **_run_state(args, out, sharded))
+        if args.mode == "minimum-norm":
+            ev = evaluate_minimum_norm(model, x, y, attacks=attacks, norm=args.norm, bounds=bounds, **common)
+        else:
+            if len(attacks) != 1:
+                raise RobustlabError("--mode targeted runs the C&W protocol with exactly one --attack")
+            ev = evaluate_targeted(model, x, y, attack=next(iter(attacks.values())), norm=args.norm, bounds=bounds,
+                                   **common)
+        if sharded and distributed.rank_and_world()[0] != 0:
+            return 0
+    finally:
+        if sharded:
+            distributed.close()
+    text = minimum_norm_markdown(ev) if args.mode == "minimum-norm" else targeted_markdown(ev)
     ev.save(out / f"{args.mode}.json")
     (out / "report.md").write_text(text)
     print(text)
     print(f"wrote {out}/{args.mode}.json and {out}/report.md")
     _store_run(args, ev, data)
     return 0
+
+
+def _run_state(args: argparse.Namespace, out: Path, sharded: bool) -> dict[str, Any]:
+    """The evaluation runner's state file, resume and sharding settings (the same in every mode)."""
+    return {"state_file": Path(args.state_file) if args.state_file else out / "state.json",
+            "resume": not args.no_resume, "distributed": sharded}
 
 
 def _evaluate_fixed(args: argparse.Namespace) -> int:
@@ -432,9 +447,8 @@ def _evaluate_fixed(args: argparse.Namespace) -> int:
         out = Path(args.out)
         ev = evaluate(model, data.x.to(device), data.y.to(device), threat=threat, attacks=attacks,
                       cascade=bool(args.suite) if args.cascade is None else args.cascade, batch_size=args.batch_size,
-                      seed=args.seed, indices=data.indices, model_card=card.to_dict(), progress=not args.quiet,
-                      state_file=Path(args.state_file) if args.state_file else out / "state.json",
-                      resume=not args.no_resume, distributed=sharded)
+                      seed=args.seed, indices=data.indices, num_classes=data.num_classes, model_card=card.to_dict(),
+                      progress=not args.quiet, **_run_state(args, out, sharded))
         if sharded and distributed.rank_and_world()[0] != 0:
             return 0
     finally:

@@ -32,7 +32,8 @@ from robustlab.errors import DOCS, ProbabilityOutputWarning, RobustlabError
 from robustlab.losses import looks_like_probabilities
 from robustlab.threat import ThreatModel
 
-__all__ = ["Attack", "AttackResult", "ModelOracle", "is_adversarial", "resolve_targets", "TARGET_MODES"]
+__all__ = ["Attack", "AttackResult", "ModelOracle", "check_inputs", "check_logits", "is_adversarial", "resolve_targets",
+           "TARGET_MODES"]
 
 TARGET_MODES = ("least-likely", "most-confusing", "random")
 
@@ -162,7 +163,17 @@ def resolve_targets(
     return targets
 
 
-def _check_inputs(x: Tensor, y: Tensor, threat: ThreatModel) -> tuple[Tensor, Tensor]:
+def check_inputs(x: Tensor, y: Tensor, threat: ThreatModel) -> tuple[Tensor, Tensor]:
+    """Check a batch before any model sees it; return ``(x clamped to the box, y as int64)``.
+
+    ``x`` must be a floating-point ``[N, ...]`` tensor of finite values inside ``threat.bounds``
+    (up to float noise, which is clamped), ``y`` a ``[N]`` tensor of non-negative integer class
+    indices. Shared by the attack template and the evaluations (:mod:`robustlab.evaluation`).
+    Raises :class:`RobustlabError` naming the problem. Cost: one pass over ``x``.
+    """
+    if isinstance(threat, str):
+        raise RobustlabError(f"threat must be a robustlab.threat.ThreatModel with a budget, e.g. Linf(eps=0.3) or "
+                             f"robustlab.threat.threat_model({threat!r}, eps), not the string {threat!r}")
     if not isinstance(threat, ThreatModel):
         raise RobustlabError(f"threat must be a robustlab.threat.ThreatModel, got {type(threat).__name__}")
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
@@ -172,9 +183,12 @@ def _check_inputs(x: Tensor, y: Tensor, threat: ThreatModel) -> tuple[Tensor, Te
     if x.dim() < 2:
         raise RobustlabError(f"x must be a batch [N, ...] with at least 2 dimensions, got shape {tuple(x.shape)}")
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise RobustlabError(f"y must have shape [{x.shape[0]}] (one label per input), got {tuple(y.shape)}")
-    if y.is_floating_point() or y.dtype == torch.bool:
-        raise RobustlabError(f"y must hold integer class indices, got dtype {y.dtype}")
+        raise RobustlabError(f"y must have shape [{x.shape[0]}] (one label per input: as many labels as x has samples, the same N), "
+                             f"got {tuple(y.shape)}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise RobustlabError(f"y must hold integer class indices (labels), got dtype {y.dtype}")
+    if y.numel() and int(y.min()) < 0:
+        raise RobustlabError(f"labels must lie in [0, number of classes); got a negative label {int(y.min())}")
     if not torch.isfinite(x).all():
         raise RobustlabError("x contains NaN or inf")
     lo, hi = threat.bounds
@@ -187,6 +201,37 @@ def _check_inputs(x: Tensor, y: Tensor, threat: ThreatModel) -> tuple[Tensor, Te
                 "(robustlab.models.Normalize)"
             )
     return x.clamp(lo, hi), y.to(torch.int64)
+
+
+def check_logits(logits: Tensor, y: Tensor, num_classes: int | None = None, *, stacklevel: int = 3) -> None:
+    """Check a model's clean outputs ``[N, K]`` for the labels ``y [N]``.
+
+    Raises :class:`RobustlabError` unless the outputs are 2-D, ``K == num_classes`` (when given),
+    every label lies in ``[0, K)`` and no output is NaN (the argmax of a NaN row is class 0, so
+    such samples would count as correct or broken at random). Warns
+    (:class:`ProbabilityOutputWarning`) when the rows look like probabilities.
+    """
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise RobustlabError(f"the model must return logits of shape [N, K], got {shape}")
+    k = logits.shape[1]
+    if num_classes is not None and k != num_classes:
+        raise RobustlabError(f"the model has {k} outputs but num_classes is {num_classes}: the labels, the attacks "
+                             "(e.g. a suite's target classes) and the model must agree on the number of classes")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
+        raise RobustlabError(f"labels must lie in [0, {k}) for a model with {k} outputs; got [{int(y.min())}, {int(y.max())}]")
+    nan_rows = torch.isnan(logits).any(dim=1)
+    if bool(nan_rows.any()):
+        raise RobustlabError(f"the model returned NaN logits for {int(nan_rows.sum())} of {logits.shape[0]} inputs "
+                             f"(first at position {int(nan_rows.nonzero()[0, 0])}); a NaN row has no predicted class")
+    if looks_like_probabilities(logits):
+        warnings.warn(
+            "the model's outputs look like probabilities (non-negative rows summing to 1); attacks and "
+            "losses expect logits: remove the final softmax. Margin-based losses saturate on "
+            f"probabilities and make the model look robust. See {DOCS}/diagnostics/#probabilities",
+            ProbabilityOutputWarning,
+            stacklevel=stacklevel,
+        )
 
 
 class _FrozenEval:
@@ -243,14 +288,14 @@ class Attack:
         targets: Tensor | str | None = None,
         generator: torch.Generator | None = None,
     ) -> AttackResult:
-        x, y = _check_inputs(x, y, threat)
+        x, y = check_inputs(x, y, threat)
         if threat.norm not in self.norms:
             raise RobustlabError(f"{type(self).__name__} supports the norms {sorted(self.norms)}, not {threat.norm}")
         x = x.detach()
         oracle = ModelOracle(model)
         with _FrozenEval(model):
             clean_logits = oracle.logits(x)
-            self._check_logits(clean_logits, y)
+            check_logits(clean_logits, y)
             target_classes = resolve_targets(targets, clean_logits, y, generator)
             if x.shape[0] == 0:
                 x_adv: Tensor = x.clone()
@@ -276,22 +321,6 @@ class Attack:
             backwards=oracle.backwards,
             extras=extras,
         )
-
-    @staticmethod
-    def _check_logits(logits: Tensor, y: Tensor) -> None:
-        if logits.dim() != 2:
-            raise RobustlabError(f"the model must return logits of shape [N, K], got {tuple(logits.shape)}")
-        k = logits.shape[1]
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
-            raise RobustlabError(f"labels must lie in [0, {k}) for a model with {k} outputs; got [{int(y.min())}, {int(y.max())}]")
-        if looks_like_probabilities(logits):
-            warnings.warn(
-                "the model's outputs look like probabilities (non-negative rows summing to 1); attacks and "
-                "losses expect logits: remove the final softmax. Margin-based losses saturate on "
-                f"probabilities and make the model look robust. See {DOCS}/diagnostics/#probabilities",
-                ProbabilityOutputWarning,
-                stacklevel=3,
-            )
 
     def _final_loss(self, logits: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
         loss_fn = getattr(self, "loss_fn", None)

@@ -1,7 +1,7 @@
 """Sharded evaluation over a ``torch.distributed`` process group (e.g. under ``torchrun``).
 
 Every rank loads the same model and data; each evaluates a contiguous run of whole blocks of
-``batch_size`` samples (see :mod:`robustlab.evaluation.cascade`), and the per-sample tables are
+``batch_size`` samples (see :mod:`robustlab.evaluation.runner`), and the per-sample tables are
 gathered so that the merged table equals a single-process run with the same seed.
 """
 

@@ -12,18 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack
 from robustlab.errors import RobustlabError
-from robustlab.evaluation.cascade import CLEAN, CascadeState, fingerprint, run_cascade
-from robustlab.evaluation.distributed import all_gather, rank_and_world, shard_range
+from robustlab.evaluation.io import save_json, threat_dict
 from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.provenance import provenance
+from robustlab.evaluation.runner import Run, Step, run_blocks
 from robustlab.threat import ThreatModel, threat_model
 
 __all__ = ["CLEAN", "Evaluation", "evaluate"]
+
+CLEAN = "clean"  # broken_by value of samples the model already misclassifies
 
 
 @dataclass
@@ -34,7 +35,9 @@ class Evaluation:
     ``clean_prediction``, ``broken_by`` (``"clean"`` if misclassified without attack, the name of
     the first attack in order that broke it, or ``None`` if robust), ``distance`` (of the
     breaking example; 0 for ``"clean"``), and per attack ``{"success", "distance"}`` (``None``
-    where the attack did not run on that sample).
+    where the attack did not run on that sample), and ``forwards``/``backwards``: the model
+    passes spent on the sample (see :mod:`robustlab.evaluation.runner`). ``passes`` holds the
+    totals: ``{"forwards", "backwards", "clean": {...}, "steps": {attack: {...}}}``.
     """
 
     threat: ThreatModel
@@ -42,6 +45,7 @@ class Evaluation:
     samples: list[dict[str, Any]]
     provenance: dict[str, Any] = field(default_factory=dict)
     model_card: dict[str, Any] | None = None
+    passes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -70,6 +74,7 @@ class Evaluation:
             "metrics": self.metrics,
             "provenance": self.provenance,
             "model_card": self.model_card,
+            "passes": self.passes,
             "samples": self.samples,
         }
 
@@ -83,31 +88,8 @@ class Evaluation:
         t = data["threat"]
         eps = t["eps"] if t["eps"] is not None else math.inf
         return cls(threat=threat_model(t["norm"], eps, tuple(t["bounds"])), attacks=data["attacks"],
-                   samples=data["samples"], provenance=data.get("provenance", {}), model_card=data.get("model_card"))
-
-
-def threat_dict(threat: ThreatModel) -> dict[str, Any]:
-    return {"norm": threat.norm, "eps": threat.eps, "bounds": list(threat.bounds)}
-
-
-def save_json(path: str | Path, data: dict[str, Any]) -> Path:
-    """Write JSON atomically (a killed write leaves the old file); ``inf`` becomes ``null``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=1, allow_nan=True))
-    tmp.replace(path)
-    return path
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and math.isinf(value):
-        return None if value > 0 else value
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
+                   samples=data["samples"], provenance=data.get("provenance", {}), model_card=data.get("model_card"),
+                   passes=data.get("passes", {}))
 
 
 def _named(attacks: Sequence[Attack] | Mapping[str, Attack]) -> dict[str, Attack]:
@@ -141,6 +123,7 @@ def evaluate(
     seed: int = 0,
     cascade: bool = False,
     indices: Tensor | None = None,
+    num_classes: int | None = None,
     model_card: dict[str, Any] | None = None,
     progress: bool = False,
     state_file: str | Path | None = None,
@@ -149,17 +132,26 @@ def evaluate(
 ) -> Evaluation:
     """Attack every correctly classified sample with each attack and tabulate the results.
 
+    Runs on the block runner shared by the three evaluation modes (:mod:`robustlab.evaluation.runner`:
+    input checks, blocks, seeds, state file, sharding, cost).
+
     Args:
-        x, y: ``[N, ...]`` inputs inside ``threat.bounds`` and ``[N]`` labels, on the model's device.
+        x, y: ``[N, ...]`` inputs inside ``threat.bounds`` and ``[N]`` integer labels, on the
+            model's device. Checked before the clean pass, the model's logits after it (shape,
+            label range, NaN); bad input raises :class:`RobustlabError` and writes nothing.
+        threat: a :class:`~robustlab.threat.ThreatModel` with its budget, e.g. ``Linf(eps=0.3)``
+            (a norm name alone such as ``"Linf"`` has no budget and is refused).
         attacks: attacks in order (a mapping gives them names; a sequence is named by each
             attack's ``name``). The first attack in order that breaks a sample is credited.
         cascade: run each attack only on samples no earlier attack broke (faster; per-attack
             robust accuracies are then omitted, only the worst case is exact).
-        indices: ``[N]`` indices of the samples in their original split (default ``arange``).
+        indices: ``[N]`` integer indices of the samples in their original split (default ``arange``).
+        num_classes: the number of classes the labels and attacks were set up for (e.g. the
+            suite's); the model must have that many outputs. Default: whatever the model has.
         seed: each attack gets one generator per block of ``batch_size`` samples, seeded from
-            ``seed``, the attack's name and the block's position (see
-            :mod:`robustlab.evaluation.cascade`): results do not depend on which other attacks ran
-            (without cascade), on resuming, or on sharding; they do depend on ``batch_size``.
+            ``seed``, the attack's name and the block's first position
+            (:func:`~robustlab.evaluation.runner.block_seed`): results do not depend on which other
+            attacks ran (without cascade), on resuming, or on sharding; they do depend on ``batch_size``.
         state_file: write the per-sample state there after every block and attack, and resume
             from it if it exists (and ``resume``). A state file of another model, data, threat
             model, attack list, seed, batch size or cascade setting is refused. Under
@@ -168,58 +160,37 @@ def evaluate(
             process group (:mod:`robustlab.evaluation.distributed`); every rank returns the
             merged evaluation, identical to a single-process run.
 
-    Cost: one clean forward per sample plus each attack's own cost on the samples it runs on;
-    one hash of the data and weights (the fingerprint that recognises a state file); with
-    ``state_file``, one JSON write of the table per block and step.
+    Cost: one clean forward per sample plus each attack's own cost on the samples it runs on,
+    recorded per sample and in total (``passes``); with ``state_file`` or ``distributed`` one
+    hash of the data and weights, and with ``state_file`` one JSON write of the table per step.
     """
     named = _named(attacks)
-    if batch_size < 1:
-        raise RobustlabError(f"batch_size must be positive, got {batch_size}")
-    if x.shape[0] != y.shape[0]:
-        raise RobustlabError(f"x has {x.shape[0]} samples but y has {y.shape[0]} labels")
-    n = x.shape[0]
-    indices = torch.arange(n) if indices is None else indices
-    rank, world = rank_and_world() if distributed else (0, 1)
-    start, stop = shard_range(n, batch_size, rank, world)
-    fp = fingerprint(model, x, y, indices, threat=threat, attacks=named, seed=seed, batch_size=batch_size,
-                     cascade=cascade)
-    if world > 1:
-        if len({(f["data"], f["model"]) for f in all_gather(fp)}) > 1:
-            raise RobustlabError("the ranks of the process group hold different data or model weights; "
-                                 "every rank must load the same ones")
-        if state_file is not None:
-            state_file = Path(state_file)
-            state_file = state_file.with_name(f"{state_file.stem}.rank{rank}-of-{world}{state_file.suffix}")
-    state = run_cascade(model, x, y, threat=threat, attacks=named, fingerprint=fp, batch_size=batch_size, seed=seed,
-                        cascade=cascade, start=start, stop=stop, state_file=state_file, resume=resume,
-                        progress=progress and rank == 0)
-    samples = _samples(state, y[start:stop].tolist(), indices[start:stop].tolist())
-    wall_time = state.wall_time
-    if world > 1:
-        parts = all_gather((samples, wall_time))
-        samples = [s for part, _ in parts for s in part]
-        wall_time = max(t for _, t in parts)
-    record = provenance(seed=seed, device=x.device, wall_time=wall_time)
-    record["processes"] = world
+    run = run_blocks(model, x, y, threat=threat, attacks=named, steps=lambda k: [Step(n, a) for n, a in named.items()],
+                     mode="fixed", indices=indices, num_classes=num_classes, batch_size=batch_size, seed=seed,
+                     cascade=cascade, state_file=state_file, resume=resume, distributed=distributed, progress=progress)
+    record = provenance(seed=seed, device=x.device, wall_time=run.table.wall_time)
+    record["processes"] = run.processes
     return Evaluation(
         threat=threat,
         attacks={name: attack.config() for name, attack in named.items()},
-        samples=samples,
+        samples=_samples(run, list(named)),
         provenance=record,
         model_card=model_card,
+        passes=run.table.passes,
     )
 
 
-def _samples(state: CascadeState, labels: list[int], indices: list[int]) -> list[dict[str, Any]]:
-    return [
-        {
-            "index": indices[i],
-            "label": labels[i],
-            "clean_prediction": state.clean_prediction[i],
-            "broken_by": state.broken_by[i],
-            "distance": state.distance[i],
-            "attacks": {name: {"success": state.success[name][i], "distance": state.attack_distance[name][i]}
-                        for name in state.attacks},
-        }
-        for i in range(len(labels))
-    ]
+def _samples(run: Run, names: list[str]) -> list[dict[str, Any]]:
+    table, samples = run.table, []
+    for i, (label, index) in enumerate(zip(run.labels, run.indices)):
+        attacks = {name: {"success": table.results[name]["success"][i], "distance": table.results[name]["distance"][i]}
+                   for name in names}
+        if not run.correct(i):
+            broken_by, distance = CLEAN, 0.0
+        else:
+            broken_by = next((name for name in names if attacks[name]["success"]), None)
+            distance = math.inf if broken_by is None else attacks[broken_by]["distance"]
+        samples.append({"index": index, "label": label, "clean_prediction": table.clean_prediction[i],
+                        "broken_by": broken_by, "distance": distance, "attacks": attacks,
+                        "forwards": table.forwards[i], "backwards": table.backwards[i]})
+    return samples

@@ -18,30 +18,26 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from robustlab.attacks.base import Attack, AttackResult
+from robustlab.attacks.base import Attack
 from robustlab.errors import DOCS, DistanceMismatchWarning, RobustlabError
-from robustlab.evaluation.evaluate import CLEAN, Evaluation, _named, save_json, threat_dict
+from robustlab.evaluation.evaluate import CLEAN, Evaluation, _named
+from robustlab.evaluation.io import save_json, threat_dict
 from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.provenance import provenance
+from robustlab.evaluation.runner import Run, Step, run_blocks
 from robustlab.threat import ThreatModel, threat_model
 
 __all__ = ["BEST", "DistanceMismatchWarning", "MinimumNormEvaluation", "evaluate_minimum_norm", "distance_statistics"]
 
 BEST = "best"  # the column that takes, per sample, the smallest distance over all attacks
-
-# Relative tolerance when comparing an attack's reported best distance with the verified one.
-_MISMATCH_RTOL = 1e-4
 
 
 # -- shared helpers (also used by the targeted protocol) -------------------------------------
@@ -66,77 +62,6 @@ def unbounded_threat(norm: str, bounds: tuple[float, float]) -> ThreatModel:
     if isinstance(norm, ThreatModel):
         raise RobustlabError("give the norm as a name ('L2', 'Linf', 'L1', 'L0'); minimum-norm evaluation is unbounded")
     return threat_model(norm, math.inf, tuple(bounds))
-
-
-def check_batch(x: Tensor, y: Tensor, batch_size: int, indices: Tensor | None) -> Tensor:
-    """Validate the shared arguments; return the ``[N]`` original indices."""
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-        raise RobustlabError("x and y must be torch tensors")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise RobustlabError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if x.dim() < 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
-        raise RobustlabError(f"x must be [N, ...] and y [N] with the same N; got {tuple(x.shape)} and {tuple(y.shape)}")
-    n = x.shape[0]
-    indices = torch.arange(n) if indices is None else torch.as_tensor(indices)
-    if indices.shape != (n,):
-        raise RobustlabError(f"indices must have shape [{n}], got {tuple(indices.shape)}")
-    return indices
-
-
-def clean_logits(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    """``[N, K]`` logits in eval mode, without gradient (the model's mode is restored)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            if x.shape[0] == 0:
-                return model(x[:1].new_zeros((1, *x.shape[1:])))[:0]
-            logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-    finally:
-        model.train(was_training)
-    if logits.dim() != 2:
-        raise RobustlabError(f"the model must return logits of shape [N, K], got {tuple(logits.shape)}")
-    return logits
-
-
-def verified_distances(result: AttackResult) -> tuple[list[float], list[float | None]]:
-    """``(verified, reported)`` per sample: ``result.distance`` where the fresh forward pass says
-    success, else ``inf``; and the attack's ``extras["best_distance"]`` (``None`` if absent)."""
-    inf = torch.full_like(result.distance, math.inf)
-    verified = torch.where(result.success, result.distance, inf).tolist()
-    reported = result.extras.get("best_distance")
-    if reported is None:
-        return verified, [None] * len(verified)
-    return verified, torch.as_tensor(reported, dtype=result.distance.dtype).reshape(-1).tolist()
-
-
-def disagrees(verified: float, reported: float | None) -> bool:
-    """Whether an attack's reported best distance contradicts the verified one."""
-    if reported is None:
-        return False
-    if math.isinf(verified) or math.isinf(reported):
-        return math.isinf(verified) != math.isinf(reported)
-    return abs(verified - reported) > _MISMATCH_RTOL * max(1.0, verified)
-
-
-def cross_check(model: nn.Module, result: AttackResult, verified: list[float], reported: list[float | None]) -> list[bool]:
-    """Per sample, whether the attack's reported best distance contradicts the verified one.
-
-    A success that flips between the attack's bookkeeping and the template's fresh forward pass
-    is forgiven where ``x_adv`` sits on a tie of the two top logits (within ``1e-4`` relative):
-    there float rounding, e.g. from a different batch composition, decides, not a bug. Costs one
-    forward for each flipped sample only.
-    """
-    flags = [disagrees(d, r) for d, r in zip(verified, reported)]
-    flipped = [i for i, (d, r) in enumerate(zip(verified, reported))
-               if flags[i] and r is not None and math.isinf(d) != math.isinf(r)]
-    if flipped:
-        top = clean_logits(model, result.x_adv[torch.tensor(flipped, device=result.x_adv.device)], len(flipped))
-        top = top.topk(2, dim=1).values
-        tie = ((top[:, 0] - top[:, 1]) <= _MISMATCH_RTOL * top[:, 0].abs().clamp_min(1.0)).tolist()
-        for i, is_tie in zip(flipped, tie):
-            flags[i] = not is_tie
-    return flags
 
 
 def warn_mismatch(name: str, count: int, total: int, stacklevel: int = 3) -> None:
@@ -196,8 +121,14 @@ class MinimumNormEvaluation:
     it, first in order on ties; ``"clean"`` if misclassified clean; ``None`` if none succeeded),
     and per attack ``{"distance", "reported", "mismatch"}``: the verified distance (0 for clean
     misclassifications, which are not attacked), the attack's own ``extras["best_distance"]``
-    and whether it contradicts the verified one beyond a logit tie (:func:`cross_check`; both
-    keys absent where not attacked or not given). In JSON, ``inf`` is written as ``null``.
+    and whether it contradicts the verified one beyond a logit tie
+    (:func:`robustlab.evaluation.runner.cross_check`; both keys absent where not attacked or not
+    given), and ``forwards``/``backwards``: the model passes spent on the sample. In JSON, ``inf``
+    is written as ``null``.
+
+    ``passes`` holds the total model passes (``{"forwards", "backwards", "clean": {...},
+    "steps": {attack: {...}}}``, see :mod:`robustlab.evaluation.runner`); ``cost`` the attacks'
+    share per attack (``{attack: {"forwards", "backwards", "samples"}}``, as before ``passes``).
 
     Broken at budget ``eps`` means ``distance <= eps`` (and finite: a sample no attack broke stays
     robust even at ``eps = inf``, where only a failed search is known); robust accuracy at ``eps`` is the
@@ -210,6 +141,7 @@ class MinimumNormEvaluation:
     cost: dict[str, dict[str, int]] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     model_card: dict[str, Any] | None = None
+    passes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def norm(self) -> str:
@@ -298,13 +230,13 @@ class MinimumNormEvaluation:
             samples.append({"index": s["index"], "label": s["label"], "clean_prediction": s["clean_prediction"],
                             "broken_by": CLEAN if clean else broken,
                             "distance": 0.0 if clean else (per_attack[broken]["distance"] if broken else math.inf),
-                            "attacks": per_attack})
+                            "attacks": per_attack, "forwards": s.get("forwards"), "backwards": s.get("backwards")})
         return Evaluation(threat=self.threat.with_eps(eps), attacks=self.attacks, samples=samples,
-                          provenance=self.provenance, model_card=self.model_card)
+                          provenance=self.provenance, model_card=self.model_card, passes=self.passes)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "minimum-norm", "threat": threat_dict(self.threat), "attacks": self.attacks,
-                "metrics": self.metrics, "cost": self.cost, "provenance": self.provenance,
+                "metrics": self.metrics, "cost": self.cost, "passes": self.passes, "provenance": self.provenance,
                 "model_card": self.model_card, "samples": self.samples}
 
     def save(self, path: str | Path) -> Path:
@@ -326,7 +258,7 @@ class MinimumNormEvaluation:
                     a["reported"] = inf_from_json(a["reported"])
         return cls(threat=threat_model(t["norm"], inf_from_json(t["eps"]), tuple(t["bounds"])), attacks=data["attacks"],
                    samples=samples, cost=data.get("cost", {}), provenance=data.get("provenance", {}),
-                   model_card=data.get("model_card"))
+                   model_card=data.get("model_card"), passes=data.get("passes", {}))
 
 
 def _broken(distance: float, eps: float) -> bool:
@@ -371,26 +303,37 @@ def evaluate_minimum_norm(
     batch_size: int = 256,
     seed: int = 0,
     indices: Tensor | None = None,
+    num_classes: int | None = None,
     model_card: dict[str, Any] | None = None,
     progress: bool = False,
+    state_file: str | Path | None = None,
+    resume: bool = True,
+    distributed: bool = False,
 ) -> MinimumNormEvaluation:
     """Run minimum-norm attacks unbounded and record each sample's minimal verified distance.
 
+    Runs on the block runner shared by the three evaluation modes (:mod:`robustlab.evaluation.runner`):
+    input and logit checks, blocks, seeds, state file, resume, sharding and cost as in
+    :func:`~robustlab.evaluation.evaluate`.
+
     Args:
-        x, y: ``[N, ...]`` inputs inside ``bounds`` and ``[N]`` labels, on the model's device.
+        x, y: ``[N, ...]`` inputs inside ``bounds`` and ``[N]`` integer labels, on the model's device.
         attacks: minimum-norm attacks (``attack.minimum_norm``) supporting ``norm``; a mapping
             names them, a sequence is named by each attack's ``name``. Each runs on every
             clean-correct sample (not as a cascade: every attack's own curve is exact).
         norm: ``"L2"``, ``"Linf"``, ``"L1"`` or ``"L0"``; the attacks run under
             ``threat_model(norm, math.inf, bounds)``.
-        seed: each attack gets its own generator seeded with ``seed * 1000 + position`` (as in
-            :func:`evaluate`), consumed batch by batch.
-        indices: ``[N]`` indices in the original split (default ``arange``).
+        seed: each attack gets one generator per block of ``batch_size`` samples, seeded from
+            ``seed``, the attack's name and the block's first position, as in :func:`evaluate`.
+        indices: ``[N]`` integer indices in the original split (default ``arange``).
+        num_classes: if given, the model must have that many outputs.
+        state_file, resume, distributed: as in :func:`~robustlab.evaluation.evaluate`.
 
     Returns a :class:`MinimumNormEvaluation` whose ``curve`` gives robust accuracy at every eps.
 
     Cost: one clean forward per sample plus each attack's own cost on the clean-correct samples
-    (e.g. DDN/FMN: ``steps`` forwards and backwards each); recorded in ``cost``.
+    (e.g. DDN/FMN: ``steps`` forwards and backwards each), and a forward per sample whose
+    success the attack's bookkeeping contradicts; recorded per sample and in ``passes``.
     """
     named = _named(attacks)
     if BEST in named:
@@ -398,56 +341,49 @@ def evaluate_minimum_norm(
     threat = unbounded_threat(norm, bounds)
     for key, attack in named.items():
         check_minimum_norm(attack, key, threat)
-    indices = check_batch(x, y, batch_size, indices)
-    n = x.shape[0]
-    start = time.perf_counter()
-    device = x.device
-
-    clean_pred = clean_logits(model, x, batch_size).argmax(dim=1)
-    correct = (clean_pred == y).tolist()
-    alive = [i for i in range(n) if correct[i]]
-    per_attack: dict[str, list[dict[str, Any]]] = {
-        name: [{"distance": math.inf if correct[i] else 0.0} for i in range(n)] for name in named}
-    cost = {name: {"forwards": 0, "backwards": 0, "samples": len(alive)} for name in named}
-
-    bar = tqdm(total=len(named) * len(alive), desc="minimum-norm", unit="sample", disable=not progress, leave=False)
-    for position, (name, attack) in enumerate(named.items()):
-        generator = torch.Generator(device=device).manual_seed(seed * 1000 + position)
-        bar.set_postfix(attack=name)
-        mismatched = 0
-        for b in range(0, len(alive), batch_size):
-            chunk = alive[b:b + batch_size]
-            idx = torch.tensor(chunk, device=device)
-            result = attack(model, x[idx], y[idx], threat=threat, generator=generator)
-            cost[name]["forwards"] += result.forwards
-            cost[name]["backwards"] += result.backwards
-            verified, reported = verified_distances(result)
-            flags = cross_check(model, result, verified, reported)
-            for i, d, r, bad in zip(chunk, verified, reported, flags):
-                per_attack[name][i] = {"distance": d} if r is None else {"distance": d, "reported": r, "mismatch": bad}
-                mismatched += bad
-            bar.update(len(chunk))
-        if mismatched:
-            warn_mismatch(name, mismatched, len(alive))
-    bar.close()
-
+    run = run_blocks(model, x, y, threat=threat, attacks=named, steps=lambda k: [Step(n, a) for n, a in named.items()],
+                     mode="minimum-norm", indices=indices, num_classes=num_classes, batch_size=batch_size, seed=seed,
+                     verify=True, state_file=state_file, resume=resume, distributed=distributed, progress=progress)
+    table = run.table
     samples = []
-    for i in range(n):
-        row = {name: per_attack[name][i] for name in named}
-        if not correct[i]:
+    for i, (label, index) in enumerate(zip(run.labels, run.indices)):
+        row = {name: _verified(run, name, i) for name in named}
+        if not run.correct(i):
             best_attack, distance = CLEAN, 0.0
         else:
             best_attack, distance = None, math.inf
             for name, a in row.items():
                 if a["distance"] < distance:
                     best_attack, distance = name, a["distance"]
-        samples.append({"index": int(indices[i]), "label": int(y[i]), "clean_prediction": int(clean_pred[i]),
-                        "distance": distance, "best_attack": best_attack, "attacks": row})
+        samples.append({"index": index, "label": label, "clean_prediction": table.clean_prediction[i],
+                        "distance": distance, "best_attack": best_attack, "attacks": row,
+                        "forwards": table.forwards[i], "backwards": table.backwards[i]})
+    for name in named:
+        mismatched = sum(1 for s in samples if s["attacks"][name].get("mismatch"))
+        if mismatched:
+            warn_mismatch(name, mismatched, table.step_cost[name]["samples"])
+    record = provenance(seed=seed, device=x.device, wall_time=table.wall_time)
+    record["processes"] = run.processes
     return MinimumNormEvaluation(
         threat=threat,
         attacks={name: attack.config() for name, attack in named.items()},
         samples=samples,
-        cost=cost,
-        provenance=provenance(seed=seed, device=device, wall_time=time.perf_counter() - start),
+        cost={name: {k: c[k] for k in ("forwards", "backwards", "samples")} for name, c in table.step_cost.items()},
+        provenance=record,
         model_card=model_card,
+        passes=table.passes,
     )
+
+
+def verified(run: Run, key: str, i: int) -> tuple[float, float | None, bool | None]:
+    """``(verified distance, reported, mismatch)`` of step ``key`` on clean-correct sample ``i``:
+    the distance of the returned ``x_adv`` where the fresh forward pass says success, else ``inf``."""
+    r = run.table.results[key]
+    return (r["distance"][i] if r["success"][i] else math.inf), r["reported"][i], r["mismatch"][i]
+
+
+def _verified(run: Run, name: str, i: int) -> dict[str, Any]:
+    if not run.correct(i):
+        return {"distance": 0.0}
+    d, reported, mismatch = verified(run, name, i)
+    return {"distance": d} if reported is None else {"distance": d, "reported": reported, "mismatch": mismatch}

@@ -5,7 +5,7 @@ Per sample, from the ``K - 1`` verified minimal distances:
 
 - **best case**: the smallest distance over targets (the easiest target);
 - **average case**: the distance to one target drawn uniformly from the ``K - 1`` (paper:
-  "the average case: a random target"), from a generator seeded with ``seed``;
+  "the average case: a random target"), from a generator seeded from ``seed``;
 - **worst case**: the largest distance over targets (the hardest), ``inf`` if some target failed.
 
 For each case the paper's tables give the success rate and the mean distance over the
@@ -16,31 +16,27 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from robustlab.attacks.base import Attack
 from robustlab.errors import RobustlabError
-from robustlab.evaluation.evaluate import save_json, threat_dict
+from robustlab.evaluation.io import save_json, threat_dict
 from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.minimum_norm import (
     _median,
-    check_batch,
     check_minimum_norm,
-    clean_logits,
-    cross_check,
     inf_from_json,
     unbounded_threat,
-    verified_distances,
+    verified,
     warn_mismatch,
 )
 from robustlab.evaluation.provenance import provenance
+from robustlab.evaluation.runner import Step, block_seed, run_blocks
 from robustlab.threat import ThreatModel, threat_model
 
 __all__ = ["CASES", "TargetedEvaluation", "evaluate_targeted"]
@@ -56,17 +52,24 @@ class TargetedEvaluation:
     ``attacked`` (clean-correct; misclassified samples are not attacked and are left out of
     every statistic), ``targets`` (``{str(class): verified distance}`` for the ``K - 1`` other
     classes, ``inf`` = failed; empty when not attacked), ``random_target`` (the average-case
-    target, drawn for every sample), and ``best``/``average``/``worst`` distances with
-    ``best_target``/``worst_target``. In JSON, ``inf`` is written as ``null``.
+    target, drawn for every sample), ``best``/``average``/``worst`` distances with
+    ``best_target``/``worst_target``, and ``forwards``/``backwards``: the model passes spent on
+    the sample. In JSON, ``inf`` is written as ``null``.
+
+    ``passes`` holds the total model passes (``{"forwards", "backwards", "clean": {...},
+    "steps": {"ATTACK/target+j": {...}}}``, see :mod:`robustlab.evaluation.runner`); ``cost``
+    the attack runs and their passes (``{"runs", "forwards", "backwards"}``, as before ``passes``).
+    ``num_classes`` is ``None`` only for an evaluation of no samples.
     """
 
     threat: ThreatModel
     attack: dict[str, Any]
-    num_classes: int
+    num_classes: int | None
     samples: list[dict[str, Any]]
     cost: dict[str, int] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     model_card: dict[str, Any] | None = None
+    passes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def norm(self) -> str:
@@ -103,7 +106,7 @@ class TargetedEvaluation:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "targeted", "threat": threat_dict(self.threat), "attack": self.attack,
-                "num_classes": self.num_classes, "metrics": self.metrics, "cost": self.cost,
+                "num_classes": self.num_classes, "metrics": self.metrics, "cost": self.cost, "passes": self.passes,
                 "provenance": self.provenance, "model_card": self.model_card, "samples": self.samples}
 
     def save(self, path: str | Path) -> Path:
@@ -124,7 +127,7 @@ class TargetedEvaluation:
         t = data["threat"]
         return cls(threat=threat_model(t["norm"], inf_from_json(t["eps"]), tuple(t["bounds"])), attack=data["attack"],
                    num_classes=data["num_classes"], samples=samples, cost=data.get("cost", {}),
-                   provenance=data.get("provenance", {}), model_card=data.get("model_card"))
+                   provenance=data.get("provenance", {}), model_card=data.get("model_card"), passes=data.get("passes", {}))
 
 
 def evaluate_targeted(
@@ -138,92 +141,94 @@ def evaluate_targeted(
     batch_size: int = 256,
     seed: int = 0,
     indices: Tensor | None = None,
+    num_classes: int | None = None,
     model_card: dict[str, Any] | None = None,
     progress: bool = False,
+    state_file: str | Path | None = None,
+    resume: bool = True,
+    distributed: bool = False,
 ) -> TargetedEvaluation:
     """The C&W targeted protocol: every clean-correct sample against all ``K - 1`` other classes.
 
+    Runs on the block runner shared by the three evaluation modes (:mod:`robustlab.evaluation.runner`):
+    input and logit checks, blocks, seeds, state file, resume, sharding and cost as in
+    :func:`~robustlab.evaluation.evaluate`.
+
     Args:
-        x, y: ``[N, ...]`` inputs inside ``bounds`` and ``[N]`` labels, on the model's device.
+        x, y: ``[N, ...]`` inputs inside ``bounds`` and ``[N]`` integer labels, on the model's device.
         attack: a minimum-norm attack supporting ``norm`` (e.g. ``CarliniWagnerL2``, ``DDN``,
             ``FMN``, ``DeepFool``, ``JSMA``), run under ``threat_model(norm, math.inf, bounds)``
             with explicit target tensors.
-        batch_size: rows per attack call; each sample is repeated ``K - 1`` times (one row per
-            target), so a call covers about ``batch_size / (K - 1)`` samples.
-        seed: the attack's generator is seeded with ``seed * 1000``; the average-case targets
-            are drawn for all ``N`` samples (attacked or not, so the draw for a sample does not
-            depend on the others) from a CPU generator seeded with ``seed * 1000 + 1``.
+        batch_size: samples per block. Each block is attacked in ``K - 1`` steps, step ``j``
+            towards the classes ``(y + j) % K``: at most ``batch_size`` rows per attack call.
+        seed: the call of step ``j`` on a block draws from a generator seeded from ``seed``, the
+            step's name (``"ATTACK/target+j"``) and the block's first position, as in
+            :func:`evaluate`; the average-case targets are drawn for all ``N`` samples (attacked or
+            not, so the draw for a sample does not depend on the others, nor on ``batch_size``)
+            from a CPU generator seeded with ``block_seed(seed, "random-target", 0)``.
+        num_classes: if given, the model must have that many outputs (``K``).
+        state_file, resume, distributed: as in :func:`~robustlab.evaluation.evaluate`.
 
     Samples misclassified clean are not attacked and are excluded from every case statistic.
 
     Cost: one clean forward per sample plus ``K - 1`` attack runs per clean-correct sample
-    (``cost["runs"]``; the attack's forwards and backwards are summed in ``cost``).
+    (``cost["runs"]``; the attack's forwards and backwards are summed in ``cost``), and a
+    forward per run whose success the attack's bookkeeping contradicts; recorded per sample and
+    in ``passes``.
     """
     threat = unbounded_threat(norm, bounds)
-    check_minimum_norm(attack, attack.name if isinstance(attack, Attack) and attack.name else "attack", threat)
-    indices = check_batch(x, y, batch_size, indices)
-    n = x.shape[0]
-    start = time.perf_counter()
-    device = x.device
+    name = attack.name if isinstance(attack, Attack) and attack.name else "attack"
+    check_minimum_norm(attack, name, threat)
 
-    clean_pred = clean_logits(model, x, batch_size)
-    k = clean_pred.shape[1]
-    clean_pred = clean_pred.argmax(dim=1)
-    if k < 2:
-        raise RobustlabError(f"the targeted protocol needs a model with at least 2 classes, got {k}")
-    if n and (int(y.min()) < 0 or int(y.max()) >= k):
-        raise RobustlabError(f"labels must lie in [0, {k}) for a model with {k} outputs")
-    target_gen = torch.Generator().manual_seed(seed * 1000 + 1)
-    random_targets = ((y.cpu() + torch.randint(1, k, (n,), generator=target_gen)) % k).tolist()
+    def steps(k: int | None) -> list[Step]:
+        if k is None:
+            return []
+        if k < 2:
+            raise RobustlabError(f"the targeted protocol needs a model with at least 2 classes, got {k}")
+        return [Step(f"{name}/target+{j}", attack, target_offset=j) for j in range(1, k)]
 
-    correct = torch.nonzero(clean_pred == y).flatten()
-    # Row r attacks sample correct[r // (k - 1)] towards (y + 1 + r % (k - 1)) % k.
-    rows = correct.repeat_interleave(k - 1)
-    offsets = torch.arange(1, k, device=device).repeat(correct.numel())
-    row_targets = (y[rows] + offsets) % k
-    distances = torch.full((rows.numel(),), math.inf, dtype=torch.float64)
-    generator = torch.Generator(device=device).manual_seed(seed * 1000)
-    cost = {"runs": int(rows.numel()), "forwards": 0, "backwards": 0}
-    mismatches = torch.zeros(rows.numel(), dtype=torch.int64)
-
-    bar = tqdm(total=int(rows.numel()), desc="targeted", unit="run", disable=not progress, leave=False)
-    for b in range(0, rows.numel(), batch_size):
-        idx, targets = rows[b:b + batch_size], row_targets[b:b + batch_size]
-        result = attack(model, x[idx], y[idx], threat=threat, targets=targets, generator=generator)
-        cost["forwards"] += result.forwards
-        cost["backwards"] += result.backwards
-        verified, reported = verified_distances(result)
-        distances[b:b + len(verified)] = torch.tensor(verified, dtype=torch.float64)
-        mismatches[b:b + len(verified)] = torch.tensor(cross_check(model, result, verified, reported), dtype=torch.int64)
-        bar.update(len(verified))
-    bar.close()
-    if int(mismatches.sum()):
-        warn_mismatch(attack.name or type(attack).__name__, int(mismatches.sum()), int(rows.numel()))
-
-    per_sample = distances.reshape(correct.numel(), k - 1).tolist()
-    per_mismatch = mismatches.reshape(correct.numel(), k - 1).sum(dim=1).tolist()
-    position = {i: p for p, i in enumerate(correct.tolist())}
+    run = run_blocks(model, x, y, threat=threat, attacks={name: attack}, steps=steps, mode="targeted",
+                     indices=indices, num_classes=num_classes, batch_size=batch_size, seed=seed, verify=True,
+                     state_file=state_file, resume=resume, distributed=distributed, progress=progress)
+    table, k = run.table, run.table.num_classes
+    n = len(run.labels)
+    random_targets = [None] * n
+    if k is not None:
+        draw = torch.randint(1, k, (n,), generator=torch.Generator().manual_seed(block_seed(seed, "random-target", 0)))
+        random_targets = ((torch.tensor(run.labels, dtype=torch.int64) + draw) % k).tolist()
     samples = []
-    for i in range(n):
-        row: dict[str, Any] = {"index": int(indices[i]), "label": int(y[i]), "clean_prediction": int(clean_pred[i]),
-                               "random_target": random_targets[i], "attacked": i in position}
-        if i in position:
-            label = int(y[i])
-            dist = {str((label + j) % k): per_sample[position[i]][j - 1] for j in range(1, k)}
+    mismatches = 0
+    for i, (label, index) in enumerate(zip(run.labels, run.indices)):
+        row: dict[str, Any] = {"index": index, "label": label, "clean_prediction": table.clean_prediction[i],
+                               "random_target": random_targets[i], "attacked": run.correct(i)}
+        if run.correct(i):
+            assert k is not None
+            found = {str((label + j) % k): verified(run, f"{name}/target+{j}", i) for j in range(1, k)}
+            dist = {t: d for t, (d, _, _) in found.items()}
             best_target = min(dist, key=lambda t: dist[t])
             worst_target = max(dist, key=lambda t: dist[t])
+            flagged = sum(1 for _, _, bad in found.values() if bad)
+            mismatches += flagged
             row.update(targets=dist, best=dist[best_target], best_target=int(best_target),
                        average=dist[str(random_targets[i])], worst=dist[worst_target],
-                       worst_target=int(worst_target), mismatches=per_mismatch[position[i]])
+                       worst_target=int(worst_target), mismatches=flagged)
         else:
             row.update(targets={}, best=None, best_target=None, average=None, worst=None, worst_target=None)
+        row.update(forwards=table.forwards[i], backwards=table.backwards[i])
         samples.append(row)
+    runs = sum(c["samples"] for c in table.step_cost.values())
+    if mismatches:
+        warn_mismatch(attack.name or type(attack).__name__, mismatches, runs)
+    record = provenance(seed=seed, device=x.device, wall_time=table.wall_time)
+    record["processes"] = run.processes
     return TargetedEvaluation(
         threat=threat,
         attack=attack.config(),
         num_classes=k,
         samples=samples,
-        cost=cost,
-        provenance=provenance(seed=seed, device=device, wall_time=time.perf_counter() - start),
+        cost={"runs": runs, "forwards": sum(c["forwards"] for c in table.step_cost.values()),
+              "backwards": sum(c["backwards"] for c in table.step_cost.values())},
+        provenance=record,
         model_card=model_card,
+        passes=table.passes,
     )
