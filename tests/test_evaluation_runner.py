@@ -8,12 +8,13 @@ import copy
 import json
 import math
 import threading
+from dataclasses import dataclass
 
 import pytest
 import torch
 from torch import nn
 
-from robustlab.attacks import DDN, FGSM, FMN, PGD
+from robustlab.attacks import DDN, FGSM, FMN, PGD, Attack
 from robustlab.errors import RobustlabError
 from robustlab.evaluation import CLEAN, evaluate, evaluate_minimum_norm, evaluate_targeted
 from robustlab.evaluation import runner as runner_module
@@ -263,17 +264,44 @@ def test_cost_counters_add_up_to_what_the_model_saw(mode, digits_mlp, data, refe
     assert any(s["clean_prediction"] != s["label"] for s in ev.samples)
 
 
-def test_per_sample_passes_are_exact_for_an_attack_that_treats_samples_alike(digits_mlp, data):
-    """FGSM then PGD-3, no cascade: every attacked sample costs 1 backward for FGSM, 3 for PGD."""
+@dataclass(frozen=True, kw_only=True)
+class SignSteps(Attack):
+    """``steps`` gradient-sign steps on every sample of the call alike (a uniform cost), then, with
+    ``extra``, one more forward of the call's first row only (an uneven one)."""
+
+    name = "sign-steps"
+    norms = frozenset({"Linf"})
+    steps: int = 1
+    extra: bool = False
+
+    def _run(self, oracle, x, y, *, threat, targets, generator):
+        x_adv = x.clone()
+        for _ in range(self.steps):
+            _, grad, _ = oracle.loss_and_grad(x_adv, lambda logits: nn.functional.cross_entropy(logits, y, reduction="none"))
+            x_adv = threat.project(x, x_adv + threat.eps * grad.sign())
+        if self.extra:
+            oracle.logits(x_adv[:1])
+        return x_adv, {}
+
+
+def test_per_sample_passes_are_exact_where_a_call_treats_its_samples_alike(digits_mlp, data):
     x, y = data
-    ev = run_mode("fixed", digits_mlp, x, y)
+    attacks = {"one": SignSteps(steps=1), "three": SignSteps(steps=3)}
+    ev = evaluate(digits_mlp, x, y, threat=Linf(eps=0.1), attacks=attacks, batch_size=16)
     for s in ev.samples:
-        if s["broken_by"] != CLEAN:
-            assert s["backwards"] == 1 + 3
-    assert ev.passes["steps"]["pgd"]["backwards"] == 3 * ev.passes["steps"]["pgd"]["samples"]
-    cascade = run_mode("fixed", digits_mlp, x, y, cascade=True)  # PGD skips what FGSM broke
-    assert {s["backwards"] for s in cascade.samples if s["broken_by"] == "fgsm"} == {1}
+        if s["broken_by"] != CLEAN:  # clean forward; per call two template forwards plus one per step
+            assert (s["forwards"], s["backwards"]) == (1 + (2 + 1) + (2 + 3), 1 + 3)
+    assert ev.passes["steps"]["three"]["backwards"] == 3 * ev.passes["steps"]["three"]["samples"]
+    assert ev.passes["steps"]["three"]["calls"] == 3 and ev.passes["clean"]["calls"] == 3
+    cascade = evaluate(digits_mlp, x, y, threat=Linf(eps=0.1), attacks=attacks, batch_size=16, cascade=True)
+    assert {s["backwards"] for s in cascade.samples if s["broken_by"] == "one"} == {1}  # "three" skipped them
     assert cascade.passes["backwards"] < ev.passes["backwards"]
+    # An uneven call is shared out in whole passes that still add up.
+    model = Counting(copy.deepcopy(digits_mlp))
+    uneven = evaluate(model, x, y, threat=Linf(eps=0.1), attacks={"odd": SignSteps(steps=2, extra=True)}, batch_size=16)
+    assert sum(s["forwards"] for s in uneven.samples) == uneven.passes["forwards"] == model.forwards
+    attacked = [s["forwards"] for s in uneven.samples if s["broken_by"] != CLEAN]
+    assert set(attacked) <= {1 + 4, 1 + 5} and attacked.count(1 + 5) == 3  # one extra forward per call
 
 
 def test_costs_are_saved_and_loaded(references, tmp_path):
