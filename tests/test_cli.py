@@ -171,6 +171,7 @@ def test_evaluate_minimum_norm_and_targeted_modes(trained, tmp_path, capsys):
     assert code == 0
     data = json.loads((tmp_path / "minimum-norm.json").read_text())
     assert len(data["samples"]) == 30
+    assert json.loads((tmp_path / "state-minimum-norm.json").read_text())["fingerprint"]["settings"]["mode"] == "minimum-norm"
     assert "robust accuracy" in (tmp_path / "report.md").read_text().lower()
     code = main(["evaluate", "--model", str(trained / "model"), "--mode", "targeted", "--norm", "L2",
                  "--attack", "ddn:steps=10", "--limit", "10", "--quiet", "--out", str(tmp_path)])

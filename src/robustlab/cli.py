@@ -419,7 +419,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _run_state(args: argparse.Namespace, out: Path, sharded: bool) -> dict[str, Any]:
     """The evaluation runner's state file, resume and sharding settings (the same in every mode)."""
-    return {"state_file": Path(args.state_file) if args.state_file else out / "state.json",
+    default = out / ("state.json" if args.mode == "fixed" else f"state-{args.mode}.json")  # modes may share --out
+    return {"state_file": Path(args.state_file) if args.state_file else default,
             "resume": not args.no_resume, "distributed": sharded}
 
 
@@ -760,7 +761,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=None,
                    help="run each attack only on samples still unbroken (default: on with --suite, else off)")
     p.add_argument("--state-file", help="per-sample progress, written after every batch and resumed from "
-                                        "(default: OUT/state.json; one file per rank under torchrun)")
+                                        "(default: OUT/state.json, OUT/state-MODE.json for the other modes; "
+                                        "one file per rank under torchrun)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if the state file exists")
     p.add_argument("--diagnose", action="store_true",
                    help="also run the gradient-masking diagnostics (exit status 1 if one fails); alone, only them")
