@@ -12,8 +12,11 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +28,120 @@ log = logging.getLogger("robustlab")
 
 
 # -- argument helpers ----------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors raise instead of exiting, so that :func:`main`
+    reports them as one line with exit status 2 (sub-command parsers inherit the class)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise RobustlabError(f"{message} (see {self.prog} --help)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (sizes, counts, limits)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text!r}")
+    return value
+
+
+def eps_value(text: str) -> float:
+    """argparse type: a radius, a number or ``inf`` (``unbounded``); its sign is checked by the
+    threat model, which says what is wrong with it."""
+    if text.strip() in ("inf", "unbounded"):
+        return math.inf
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'inf', got {text!r}") from None
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError("eps must be a number, got nan")
+    return value
+
+
+def eps_list(text: str) -> list[float]:
+    """argparse type: comma-separated finite radii > 0, e.g. ``0.01,0.03``."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated radii such as 0.01,0.03, got {text!r}")
+    values = []
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} in {text!r} is not a number") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"each radius must be a finite number > 0, got {item!r}")
+        values.append(value)
+    return values
+
+
+def check_out_folder(path: str | Path, option: str = "--out") -> Path:
+    """Refuse an output folder that cannot be written, before any work is done: an existing
+    file, a path below a file, or a folder (or its nearest existing parent) without write
+    permission. Creates nothing."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise RobustlabError(f"{option} {out} is a file, not a folder")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RobustlabError(f"{option} {out} lies below {existing}, which is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RobustlabError(f"{option} {out}: cannot write into {existing} (permission denied)")
+    return out
+
+
+def check_out_file(path: str | Path, option: str = "--out") -> Path:
+    """Refuse an output file whose folder is missing or not writable, or that is a folder."""
+    out = Path(path)
+    if out.is_dir():
+        raise RobustlabError(f"{option} {out} is a folder; give a file name")
+    folder = out.parent
+    if not folder.is_dir():
+        raise RobustlabError(f"{option} {out}: the folder {folder} does not exist" if not folder.exists()
+                             else f"{option} {out}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise RobustlabError(f"{option} {out}: cannot write there (permission denied)")
+    return out
+
+
 def _value(text: str) -> Any:
     """Parse a command-line value: JSON (numbers, true/false, null, lists), else a string."""
     try:
@@ -122,13 +239,48 @@ def _around(attacks: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
 def _threat(args: argparse.Namespace, bounds: tuple[float, float]):
     from robustlab.threat import threat_model
 
-    return threat_model(args.norm, math.inf if args.eps in ("inf", "unbounded") else float(args.eps), bounds)
+    eps = args.eps if isinstance(args.eps, float) else eps_value(str(args.eps))
+    return threat_model(args.norm, eps, bounds)
 
 
-def _device(name: str) -> torch.device:
+def _device(name: Any) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``, refused clearly if this machine or
+    this PyTorch build cannot run it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise RobustlabError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+            raise RobustlabError(f"device {name!r}: {build} (torch {torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RobustlabError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise RobustlabError(f"device {name!r}: MPS is not available on this machine; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise RobustlabError(f"device {name!r} is not supported; use cpu, cuda, cuda:N, mps or auto")
+    return device
+
+
+def check_data_fits(card: Any, data: Any) -> None:
+    """Refuse a dataset whose images do not have the shape the model's card was built for, or
+    with more classes than the model has outputs (cards that do not record them pass)."""
+    arguments = getattr(card, "arguments", {}) or {}
+    expected = arguments.get("input_shape")
+    if expected is not None:
+        shape = _shape_behind(list(card.defenses), tuple(data.shape))
+        if list(shape) != list(expected):
+            behind = f" ({list(shape)} behind the model's defenses)" if card.defenses else ""
+            raise RobustlabError(
+                f"dataset {data.name} has images of shape {list(data.shape)}{behind}, but the model ({card.architecture}) takes {list(expected)}; pass the --dataset it was trained on"
+                + (f" ({card.dataset})" if card.dataset else ""))
+    classes = arguments.get("num_classes")
+    if isinstance(classes, int) and data.num_classes > classes:
+        raise RobustlabError(f"dataset {data.name} has {data.num_classes} classes but the model ({card.architecture}) "
+                             f"has {classes} outputs; pass the --dataset it was trained on")
 
 
 def _load_data(args: argparse.Namespace, name: str, split: str, limit: int | None):
@@ -249,6 +401,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                          mixed_precision=args.mixed_precision)
     defenses = _train_defenses(args)
     device = _device(args.device)
+    check_out_folder(args.out)
+    if isinstance(args.val_fraction, bool) or not isinstance(args.val_fraction, (int, float)) \
+            or not 0 <= args.val_fraction < 1:
+        raise RobustlabError(f"val_fraction must lie in [0, 1), got {args.val_fraction!r}")
+    if args.limit is not None and (isinstance(args.limit, bool) or not isinstance(args.limit, int) or args.limit < 1):
+        raise RobustlabError(f"limit must be a positive integer, got {args.limit!r}")
     data = _load_data(args, args.dataset, "train", args.limit)
     train_set, val_set = train_val_split(data, args.val_fraction, seed=args.seed) if args.val_fraction > 0 else (data, None)
     model_args = _key_values(args.model_arg, "model arguments")
@@ -327,17 +485,18 @@ def _load_model_and_data(args: argparse.Namespace):
     from robustlab.models import load_model
     from robustlab.zoo import resolve
 
+    device = _device(args.device)
     defenses = [parse_defense(spec) for spec in args.defense or []]
     model, card = load_model(resolve(args.model), seed=args.seed)
     if defenses:
         model = _defended(model, defenses, args.seed)
         card = dataclasses.replace(card, defenses=card.defenses + defenses)
     _check_attack_wrappers(args, model)
-    device = _device(args.device)
     dataset = args.dataset or card.dataset
     if not dataset:
         raise RobustlabError("the model card names no dataset; pass --dataset")
     data = _load_data(args, dataset, args.split, args.limit)
+    check_data_fits(card, data)
     return model.to(device), card, data, device
 
 
@@ -346,6 +505,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     from robustlab.report import save_grid
 
+    out = check_out_folder(args.out)
+    _threat(args, (0.0, 1.0))  # a bad --norm or --eps fails before the model and data are loaded
     model, card, data, device = _load_model_and_data(args)
     (attack,) = _around({"attack": parse_attack(args.attack)}, args).values()
     threat = _threat(args, tuple(card.input_bounds))
@@ -360,7 +521,6 @@ def cmd_attack(args: argparse.Namespace) -> int:
         for key in outputs:
             outputs[key].append(getattr(result, key).cpu())
     merged = {k: torch.cat(v) for k, v in outputs.items()}
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_file({**merged, "x": data.x, "y": data.y, "indices": data.indices,
                "success": merged["success"].to(torch.uint8)}, str(out / "adversarial.safetensors"))
@@ -379,6 +539,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from robustlab.evaluation import distributed, evaluate_minimum_norm, evaluate_targeted
     from robustlab.report import minimum_norm_markdown, targeted_markdown
 
+    check_out_folder(args.out)
+    if args.state_file:
+        check_out_file(args.state_file, "--state-file")
     if args.mode == "fixed":
         return _evaluate_fixed(args)
     if args.suite or args.cascade is not None or args.diagnose:
@@ -431,6 +594,7 @@ def _evaluate_fixed(args: argparse.Namespace) -> int:
 
     if args.eps is None:
         raise RobustlabError("--eps is required for a fixed-budget evaluation (or use --mode minimum-norm)")
+    _threat(args, (0.0, 1.0))  # a bad --norm or --eps fails before the model and data are loaded
     if not args.suite and not args.attack:
         if args.diagnose:
             if args.bpda or args.eot is not None:
@@ -499,6 +663,7 @@ def _diagnose(args: argparse.Namespace, model=None, data=None, threat=None) -> i
 def cmd_demo(args: argparse.Namespace) -> int:
     from robustlab.demo import run_demo
 
+    check_out_folder(args.out)
     start = time.perf_counter()
     summary = run_demo(Path(args.out), seed=args.seed, progress=not args.quiet)
     ev = summary["evaluation"]
@@ -515,6 +680,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         for name, (description, budget, _) in REPRODUCTIONS.items():
             print(f"{name:<12} {description}\n{'':<12} budget: {budget}")
         return 0
+    check_out_folder(args.out)
     options = ReproOptions(images=args.images, data_dir=args.data_dir, out=Path(args.out), full=args.full, seed=args.seed,
                            device=str(_device(args.device)), progress=not args.quiet,
                            cache_dir=Path(args.cache_dir) if args.cache_dir else None)
@@ -568,6 +734,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from robustlab.report.html import write_report
 
     for out in args.out:
+        if Path(out).is_dir():
+            raise RobustlabError(f"--out {out} is a folder; give a report file name ending in .html or .md")
+        check_out_folder(Path(out).parent)
+    for out in args.out:
         print(f"wrote {write_report(args.runs, out, title=args.title)}")
     return 0
 
@@ -575,6 +745,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     from robustlab.report.store import ResultsStore
 
+    if args.action == "export" and args.out:
+        check_out_file(args.out)
     with ResultsStore(args.db, create=args.action == "import") as store:
         if args.action == "import":
             for file in args.files:
@@ -660,14 +832,14 @@ def _compare_runs(comparison: dict[str, Any]) -> None:
 
 # -- parser --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="robustlab", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="robustlab", description=__doc__.splitlines()[0])
     parser.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data-dir", help="directory holding the datasets (else $ROBUSTLAB_DATA, the cache, system dirs)")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps or auto")
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
     def defense_option(p: argparse.ArgumentParser, where: str) -> None:
@@ -682,17 +854,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model path (model.safetensors with model.json beside it) or zoo:NAME (robustlab zoo list)")
         p.add_argument("--dataset", help="default: the dataset named in the model card")
         p.add_argument("--split", default="test")
-        p.add_argument("--limit", type=int, default=1000, help="stratified subset of this many samples")
+        p.add_argument("--limit", type=positive_int, default=1000, help="stratified subset of this many samples")
         p.add_argument("--norm", default="Linf", help="Linf, L2, L1 or L0")
-        p.add_argument("--eps", required=eps_required, help="radius of the threat model ('inf' for unbounded)")
-        p.add_argument("--batch-size", type=int, default=256)
+        p.add_argument("--eps", type=eps_value, required=eps_required,
+                       help="radius of the threat model ('inf' for unbounded)")
+        p.add_argument("--batch-size", type=positive_int, default=256)
         p.add_argument("--download", action="store_true", help="download the dataset if not found")
         defense_option(p, "They go outside any the model card records, and the evaluation's card lists them all.")
         p.add_argument("--bpda", action="store_true",
                        help="run every attack through BPDA: forward through the real non-differentiable defense, "
                             "backward through its approximation (identity for jpeg and bit-depth, the soft code for "
                             "thermometer); needs such a defense")
-        p.add_argument("--eot", type=int, metavar="N",
+        p.add_argument("--eot", type=positive_int, metavar="N",
                        help="run every attack through EOT: average loss and gradient over N fresh draws of the "
                             "stochastic defense per step (Athalye et al. use 30); needs resize-pad. With --bpda: "
                             "EOT over BPDA. --diagnose examines the model as it is, without either")
@@ -720,10 +893,10 @@ def build_parser() -> argparse.ArgumentParser:
     defense_option(p, "The network is trained behind them (thermometer: on the encoded inputs) and the model "
                       "card records them, so that loading the model rebuilds them. Only --method natural behind "
                       "jpeg, bit-depth or thermometer.")
-    p.add_argument("--epochs", type=int, help="default 10 (free training: epochs' worth of steps, a multiple of replays)")
-    p.add_argument("--batch-size", type=int, help="default 128")
+    p.add_argument("--epochs", type=positive_int, help="default 10 (free training: epochs' worth of steps, a multiple of replays)")
+    p.add_argument("--batch-size", type=positive_int, help="default 128")
     p.add_argument("--optimizer", choices=["sgd", "adam"], help="default sgd")
-    p.add_argument("--lr", type=float, help="default 0.1")
+    p.add_argument("--lr", type=positive_float, help="default 0.1")
     p.add_argument("--momentum", type=float, help="default 0.9")
     p.add_argument("--weight-decay", type=float, help="default 5e-4")
     p.add_argument("--schedule", choices=["constant", "step", "cosine", "onecycle"], help="default cosine")
@@ -731,14 +904,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="a method option, e.g. steps=40 or beta=6; repeat for several")
     p.add_argument("--norm", help="threat model norm for adversarial training and robust validation, default Linf")
-    p.add_argument("--eps", type=float, help="threat model radius; needed by adversarial methods")
+    p.add_argument("--eps", type=positive_float, help="threat model radius; needed by adversarial methods")
     p.add_argument("--eps-warmup-epochs", type=float, help="ramp eps linearly over this many epochs, default 0")
     p.add_argument("--bn-mode", choices=["eval", "train"], help="model mode in the inner maximization, default eval")
-    p.add_argument("--robust-eval-samples", type=int, help="validation samples for PGD robust accuracy, default 500")
-    p.add_argument("--robust-eval-steps", type=int, help="PGD steps of the robust validation, default 10")
+    p.add_argument("--robust-eval-samples", type=nonnegative_int, help="validation samples for PGD robust accuracy, default 500")
+    p.add_argument("--robust-eval-steps", type=positive_int, help="PGD steps of the robust validation, default 10")
     p.add_argument("--mixed-precision", action="store_true", default=None, help="float16 autocast on CUDA")
-    p.add_argument("--limit", type=int, help="train on a stratified subset of this many samples")
-    p.add_argument("--val-fraction", type=float, help="default 0.1")
+    p.add_argument("--limit", type=positive_int, help="train on a stratified subset of this many samples")
+    p.add_argument("--val-fraction", type=fraction, help="default 0.1 (0: no validation)")
     p.add_argument("--out", help="run folder: checkpoints/, metrics.jsonl and the final model; required")
     p.add_argument("--no-resume", action="store_true", default=None,
                    help="start afresh even if the run folder has a checkpoint")
@@ -779,7 +952,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="reproduce a published table at CPU scale (--list shows them)")
     p.add_argument("name", nargs="?", help="e.g. cw-table4; omit with --list")
     p.add_argument("--list", action="store_true", help="list the reproductions and their budgets")
-    p.add_argument("--images", type=int, help="number of test images (default: the reproduction's CPU default)")
+    p.add_argument("--images", type=positive_int, help="number of test images (default: the reproduction's CPU default)")
     p.add_argument("--data-dir", help="directory holding the datasets (else $ROBUSTLAB_DATA, the cache, system dirs)")
     p.add_argument("--out", default="reproduce", help="folder for NAME.json and NAME.md")
     p.add_argument("--full", action="store_true", help="the paper's settings (needs a GPU and hours)")
@@ -809,7 +982,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--norm")
     q.add_argument("--kind", choices=["fixed", "minimum-norm", "targeted"])
     q.add_argument("--model", help="a prefix of the model card hash")
-    q.add_argument("--limit", type=int)
+    q.add_argument("--limit", type=positive_int)
     results_parser("show", "one run: model, threat, attacks, metrics, provenance").add_argument("ids", type=int, nargs=1, metavar="ID")
     results_parser("compare", "two runs side by side").add_argument("ids", type=int, nargs=2, metavar="ID")
     q = results_parser("export", "one run as JSON or per-sample CSV")
@@ -824,7 +997,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = results_parser("leaderboard", "robust accuracy per model for a dataset and threat model, best first")
     q.add_argument("--dataset", required=True)
     q.add_argument("--norm", default="Linf")
-    q.add_argument("--eps", type=float, required=True)
+    q.add_argument("--eps", type=eps_value, required=True)
 
     p = sub.add_parser("report", help="one self-contained HTML page (or Markdown) from run folders",
                        description="Build a report from the outputs of evaluate, attack, certify and train: "
@@ -845,14 +1018,59 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line; returns the exit status.
+
+    0: done. 1: a diagnostic check failed (``evaluate --diagnose``), or an unexpected error,
+    reported as one line naming a log file with the traceback to send with a bug report.
+    2: a user error (bad option, file, dataset, model or device), one line on stderr, no
+    traceback, checked before any output is written. 130: interrupted.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except RobustlabError as exc:
+        print(f"robustlab: error: {exc}", file=sys.stderr)
+        return 2
     level = logging.DEBUG if args.verbose else logging.WARNING if getattr(args, "quiet", False) else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    command = f"robustlab {args.command}" + (f" {args.action}" if getattr(args, "action", None) and args.command == "results" else "")
     try:
+        if getattr(args, "device", None) is not None:
+            _device(args.device)
         return args.func(args)
     except RobustlabError as exc:
-        print(f"robustlab {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"robustlab {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, torch.OutOfMemoryError):
+        print(f"{command}: error: out of memory; use a smaller --batch-size (or --limit)", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug (or an input robustlab fails to check): one line and a log
+        log_file = _crash_log(argv, exc)
+        summary = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"{command}: internal error ({type(exc).__name__}: {summary[:200]}); this is a bug in robustlab: "
+              f"please report it with the command line and the traceback in {log_file}", file=sys.stderr)
+        return 1
+
+
+def _crash_log(argv: Sequence[str] | None, exc: BaseException) -> str:
+    """Write the traceback, command line and versions to a new file in the temporary folder."""
+    import platform
+
+    import robustlab
+
+    text = (f"robustlab {robustlab.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
+            f"{platform.platform()}\ncommand: {' '.join(sys.argv[:1] + list(sys.argv[1:] if argv is None else argv))}\n\n"
+            + "".join(traceback.format_exception(exc)))
+    try:
+        descriptor, path = tempfile.mkstemp(prefix="robustlab-error-", suffix=".log", text=True)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+        return path
+    except OSError:
+        return "(no log: the temporary folder is not writable)"

@@ -44,11 +44,19 @@ def _certifier(name: str, batch_size: int):
 
 def certify_command(args: argparse.Namespace) -> int:
     from robustlab.certify.bracket import bracket
+    from robustlab.cli import check_data_fits, check_out_folder, eps_list
     from robustlab.data import load_dataset
     from robustlab.models import load_model
     from robustlab.threat import threat_model
     from robustlab.zoo import resolve
 
+    check_out_folder(args.out)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise RobustlabError(f"unknown certification method(s) {unknown or args.methods!r}; choose from {', '.join(METHODS)}")
+    eps_values = args.eps if isinstance(args.eps, list) else eps_list(str(args.eps))
+    threat_model(args.norm, eps_values[0], (0.0, 1.0))  # an unknown norm fails before any work
     model, card = load_model(resolve(args.model))
     if card.defenses:
         raise RobustlabError(
@@ -62,9 +70,8 @@ def certify_command(args: argparse.Namespace) -> int:
         raise RobustlabError("the model card names no dataset; pass --dataset")
     data = load_dataset(dataset, split=args.split, data_dir=args.data_dir, limit=args.limit, seed=args.seed,
                         download=args.download)
+    check_data_fits(card, data)
     bounds = tuple(card.input_bounds)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    eps_values = [float(e) for e in args.eps.split(",") if e.strip()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"model": str(args.model), "dataset": dataset, "samples": len(data), "norm": args.norm,
@@ -129,22 +136,24 @@ def read_bracket(path: str | Path) -> dict:
 
 def add_certify_parser(sub) -> argparse.ArgumentParser:
     """Add the ``certify`` sub-command to ``sub`` (the result of ``add_subparsers``)."""
+    from robustlab.cli import eps_list, nonnegative_int, positive_float, positive_int
+
     p = sub.add_parser("certify", help="certified accuracy by bound propagation; exact MILP bracket on a few samples")
     p.add_argument("--model", required=True,
                    help="model path (model.safetensors with model.json beside it) or zoo:NAME (robustlab zoo list)")
     p.add_argument("--dataset", help="default: the dataset named in the model card")
     p.add_argument("--data-dir")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=1000, help="stratified subset of this many samples")
+    p.add_argument("--limit", type=positive_int, default=1000, help="stratified subset of this many samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--download", action="store_true")
     p.add_argument("--norm", default="Linf", help="Linf, L2 or L1 (the bracket: Linf or L1)")
-    p.add_argument("--eps", required=True, help="comma-separated radii, e.g. 0.01,0.03")
+    p.add_argument("--eps", type=eps_list, required=True, help="comma-separated radii, e.g. 0.01,0.03")
     p.add_argument("--methods", default="ibp,crown", help=f"comma-separated, from {', '.join(METHODS)}")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--bracket", type=int, default=0, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--bracket", type=nonnegative_int, default=0, metavar="N",
                    help="also compute certified <= exact (MILP) <= attack on the first N samples")
-    p.add_argument("--time-limit", type=float, default=60.0, help="MILP seconds per sample")
+    p.add_argument("--time-limit", type=positive_float, default=60.0, help="MILP seconds per sample")
     p.add_argument("--lp-tighten", action="store_true", help="tighten MILP bounds by an LP per unstable neuron")
     p.add_argument("--out", default="certify-report")
     p.add_argument("--quiet", "-q", action="store_true")
