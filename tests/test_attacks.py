@@ -4,6 +4,7 @@ model where the optimal attack has a closed form, behavioral tests on a trained 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import warnings
@@ -14,6 +15,9 @@ import torch
 from torch import nn
 
 from robustlab.attacks import ATTACKS, BIM, FGSM, PGD, Attack, GaussianNoise, build_attack
+from robustlab.attacks.composition import BPDA, EOT, bpda_mode
+from robustlab.attacks.fmn import FMN
+from robustlab.models.preprocessing import InputTransformDefense
 from robustlab.errors import ProbabilityOutputWarning, RobustlabError
 from robustlab.losses import cross_entropy, dlr, get_loss, margin
 from robustlab.threat import L1, L2, NORMS, Linf, ThreatModel
@@ -279,6 +283,57 @@ def test_cost_counters(name, norm, tiny_model, batch):
     else:
         # Attacks with early stopping skip samples the model already misclassifies.
         assert result.backwards > 0
+
+
+class _IdentityDefense(InputTransformDefense):
+    """A non-differentiable layer whose transform and BPDA approximation are both the identity:
+    BPDA through it must give the plain attack's result bit for bit."""
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _nested(name: str) -> Attack:
+    """The decision-based attacks with a gradient ``init_attack`` nested inside, so that the
+    wrappers' oracle must reach it (issue 16: EOT used to fail setting its counters)."""
+    if name in ("boundary", "hopskipjump"):
+        return build_attack(name, **OVERRIDES[name], init_attack=FMN(steps=3))
+    return build(name)
+
+
+WRAPPED = [
+    pytest.param("eot", lambda a: EOT(a, draws=2), id="eot"),
+    pytest.param("bpda", lambda a: BPDA(a), id="bpda"),
+    pytest.param("eot+bpda", lambda a: EOT(BPDA(a), draws=2), id="eot+bpda"),
+]
+
+
+@pytest.mark.parametrize("kind, wrap", WRAPPED)
+@pytest.mark.parametrize("name,norm", CASES)
+def test_every_attack_under_eot_and_bpda_is_the_plain_attack_on_a_deterministic_identity_defense(
+        name, norm, kind, wrap, tiny_model, batch):
+    """On a deterministic model EOT's mean of ``draws`` identical passes is the pass itself, and
+    BPDA through an identity layer is the plain gradient: every registered attack (the
+    decision-based ones with a nested init_attack) must return the plain attack's points bit for
+    bit, at exactly ``draws`` times the attack's own model passes (the template's clean and
+    final forwards are not repeated)."""
+    x, y = batch
+    defended = _IdentityDefense(tiny_model)
+    threat = threat_for(norm)
+    model = defended if "bpda" in kind else tiny_model
+    # The plain attack; on the defended model with the identity's gradient, as BPDA takes it.
+    with bpda_mode(defended) if "bpda" in kind else contextlib.nullcontext():
+        plain = _nested(name)(model, x, y, threat=threat, generator=gen())
+    state = ModelState.of(tiny_model)
+    wrapped = wrap(_nested(name))(model, x, y, threat=threat, generator=gen())
+    state.assert_unchanged(tiny_model)
+    assert threat.contains(x, wrapped.x_adv).all()
+    assert torch.equal(wrapped.x_adv, plain.x_adv)
+    assert torch.equal(wrapped.success, fresh_predictions(model, wrapped.x_adv) != y)
+    draws = 2 if "eot" in kind else 1
+    n = len(x)
+    assert wrapped.forwards == draws * (plain.forwards - 2 * n) + 2 * n
+    assert wrapped.backwards == draws * plain.backwards
 
 
 # Documented costs per sample (forwards, backwards), template's two forwards included.

@@ -167,3 +167,152 @@ def test_cli_unexpected_exception_is_one_line_naming_a_log(digits_model, tmp_pat
     assert str(log) in err
     text = log.read_text()
     assert "Traceback" in text and "ZeroDivisionError: boom" in text and "evaluate" in text
+
+
+# -- Models as people write them (item 4), every registered attack -------------------------
+from robustlab.attacks import ATTACKS, build_attack  # noqa: E402
+from robustlab.models import Logits  # noqa: E402
+from robustlab.threat import NORMS  # noqa: E402
+from test_attacks import EPS, OVERRIDES  # noqa: E402
+
+ATTACK_CASES = [pytest.param(name, norm, id=f"{name}-{norm}") for name, cls in sorted(ATTACKS.items())
+                for norm in sorted(cls.norms)]
+ATTACK_NAMES = sorted(ATTACKS)
+
+
+def _attack(name: str):
+    return build_attack(name, **OVERRIDES.get(name, {}))
+
+
+def _first_norm(name: str) -> str:
+    return sorted(ATTACKS[name].norms)[0]
+
+
+class _TupleModel(torch.nn.Module):
+    """Returns ``(features, logits)`` or ``{"features": ..., "logits": ...}``, as people write them."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU())
+            self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        features = self.body(x)
+        logits = self.head(features)
+        return {"tuple": (features, logits), "list": [features, logits],
+                "dict": {"features": features, "logits": logits}}[self.kind]
+
+
+def _tiny(dtype=torch.float32) -> torch.nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(),
+                                   torch.nn.Linear(8, 4)).to(dtype).eval()
+
+
+def _batch(dtype=torch.float32):
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(5, 1, 4, 4, generator=g).to(dtype), torch.randint(0, 4, (5,), generator=g)
+
+
+@pytest.mark.parametrize("kind, fix", [("tuple", "Logits(model, INDEX)"), ("list", "Logits(model, INDEX)"),
+                                       ("dict", "Logits(model, 'logits')")])
+@pytest.mark.parametrize("name", ATTACK_NAMES)
+def test_a_model_returning_a_tuple_or_dict_gets_an_error_naming_the_adapter(name, kind, fix):
+    x, y = _batch()
+    with pytest.raises(RobustlabError, match="not a logits tensor") as error:
+        _attack(name)(_TupleModel(kind), x, y, threat=NORMS[_first_norm(name)](eps=EPS[_first_norm(name)]))
+    assert fix in str(error.value)
+
+
+@pytest.mark.parametrize("kind, key", [("tuple", 1), ("list", -1), ("dict", "logits")])
+def test_the_logits_adapter_gives_the_attack_the_logits(kind, key):
+    from robustlab.attacks import PGD
+    from robustlab.threat import Linf
+
+    x, y = _batch()
+    model = _TupleModel(kind)
+    adapted = Logits(model, key)
+    torch.testing.assert_close(adapted(x), model.head(model.body(x)))
+    assert list(adapted.parameters()) == list(model.parameters())
+    threat = Linf(eps=0.3)
+    result = PGD(steps=5)(adapted, x, y, threat=threat, generator=torch.Generator().manual_seed(0))
+    reference = PGD(steps=5)(torch.nn.Sequential(model.body, model.head), x, y, threat=threat,
+                             generator=torch.Generator().manual_seed(0))
+    assert torch.equal(result.x_adv, reference.x_adv)
+
+
+@pytest.mark.parametrize("kind, key, words", [("tuple", 2, "no item 2"), ("dict", "logit", "no item 'logit'"),
+                                              ("dict", 0, "no item 0")])
+def test_the_logits_adapter_names_a_missing_key(kind, key, words):
+    with pytest.raises(RobustlabError, match=words):
+        Logits(_TupleModel(kind), key)(_batch()[0])
+    with pytest.raises(RobustlabError, match="key must be"):
+        Logits(_TupleModel(kind), 1.5)
+
+
+@pytest.mark.parametrize("name", ATTACK_NAMES)
+def test_inference_mode_is_a_clear_error(name):
+    x, y = _batch()
+    norm = _first_norm(name)
+    with torch.inference_mode(), pytest.raises(RobustlabError, match="inference_mode"):
+        _attack(name)(_tiny(), x, y, threat=NORMS[norm](eps=EPS[norm]))
+
+
+def test_inputs_made_under_inference_mode_are_valid_outside_it():
+    from robustlab.attacks import PGD
+    from robustlab.threat import Linf
+
+    x, y = _batch()
+    with torch.inference_mode():
+        x_inf, y_inf = x.clone(), y.clone()
+    result = PGD(steps=3)(_tiny(), x_inf, y_inf, threat=Linf(eps=0.1), generator=torch.Generator().manual_seed(0))
+    reference = PGD(steps=3)(_tiny(), x, y, threat=Linf(eps=0.1), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(result.x_adv, reference.x_adv)
+
+
+@pytest.mark.parametrize("x_dtype, model_dtype", [(torch.float64, torch.float32), (torch.float32, torch.float16),
+                                                  (torch.float16, torch.float32), (torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize("name", ATTACK_NAMES)
+def test_x_of_another_dtype_than_the_model_is_refused_naming_both(name, x_dtype, model_dtype):
+    x, y = _batch(x_dtype)
+    norm = _first_norm(name)
+    with pytest.raises(RobustlabError, match="dtype") as error:
+        _attack(name)(_tiny(model_dtype), x, y, threat=NORMS[norm](eps=EPS[norm]))
+    assert str(x_dtype) in str(error.value) and str(model_dtype) in str(error.value)
+
+
+@pytest.mark.parametrize("name,norm", ATTACK_CASES)
+def test_every_attack_runs_on_a_float16_model_inside_the_threat_set(name, norm):
+    """Valid input: the result is float16, lies in the threat set exactly (checked in float64),
+    and success is a fresh float16 forward pass."""
+    x, y = _batch(torch.float16)
+    model = _tiny(torch.float16)
+    threat = NORMS[norm](eps=EPS[norm])
+    result = _attack(name)(model, x, y, threat=threat, generator=torch.Generator().manual_seed(0))
+    assert result.x_adv.dtype == torch.float16
+    assert threat.contains(x.double(), result.x_adv.double(), tol=1e-6).all()
+    with torch.no_grad():
+        assert torch.equal(result.success, model(result.x_adv).argmax(1) != y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("norm, eps", [("Linf", 0.1), ("L2", 1.5)])
+def test_pgd_breaks_a_float16_digits_model_inside_the_threat_set(digits_mlp, digits, dtype, norm, eps):
+    import copy
+
+    from robustlab.attacks import PGD
+
+    _, _, x_test, y_test = digits
+    model = copy.deepcopy(digits_mlp).to(dtype)
+    x, y = x_test[:100].to(dtype), y_test[:100]
+    threat = NORMS[norm](eps=eps)
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).float().mean()
+    result = PGD(steps=20)(model, x, y, threat=threat, generator=torch.Generator().manual_seed(0))
+    assert clean > 0.85
+    assert threat.contains(x.double(), result.x_adv.double(), tol=1e-6).all()
+    assert result.success.float().mean() > 0.5 * clean  # broken well beyond the clean error

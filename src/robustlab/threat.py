@@ -70,7 +70,11 @@ class ThreatModel:
 
     def contains(self, x: Tensor, x_adv: Tensor, *, tol: float = 1e-5) -> Tensor:
         """``bool[N]``: whether each ``x_adv`` lies in the threat set around ``x`` (with a small
-        tolerance for float rounding)."""
+        tolerance for float rounding). float16 and bfloat16 points are compared in float32, so a
+        point rounded outward, past ``eps``, is outside (attacks round inward, see
+        ``robustlab.attacks.base.project_rounding_inward``)."""
+        if x_adv.dtype in (torch.float16, torch.bfloat16) or x.dtype in (torch.float16, torch.bfloat16):
+            x, x_adv = x.float(), x_adv.float()
         lo, hi = self.bounds
         in_box = flat((x_adv >= lo - tol) & (x_adv <= hi + tol)).all(dim=1)
         return in_box & (self.distance(x, x_adv) <= self.eps * (1 + tol) + tol)

@@ -30,10 +30,11 @@ from torch import Tensor, nn
 
 from robustlab.errors import DOCS, ProbabilityOutputWarning, RobustlabError
 from robustlab.losses import looks_like_probabilities
+from robustlab.models.adapters import output_error
 from robustlab.threat import ThreatModel
 
-__all__ = ["Attack", "AttackResult", "ModelOracle", "check_inputs", "check_logits", "is_adversarial", "resolve_targets",
-           "TARGET_MODES"]
+__all__ = ["Attack", "AttackResult", "ModelOracle", "check_call", "check_inputs", "check_logits", "is_adversarial",
+           "project_rounding_inward", "resolve_targets", "TARGET_MODES"]
 
 TARGET_MODES = ("least-likely", "most-confusing", "random")
 
@@ -163,6 +164,48 @@ def resolve_targets(
     return targets
 
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def check_call(model: nn.Module, x: Tensor) -> Tensor:
+    """Checks shared by every entry point that runs ``model`` on ``x``: not under
+    ``torch.inference_mode()`` (attacks and training need gradients), and ``x`` of the dtype of
+    the model's floating parameters (robustlab never casts silently: rounding ``x`` to a lower
+    precision would move the clean point). Returns ``x``, as a normal tensor if it was an
+    inference tensor (one made under ``inference_mode``)."""
+    if torch.is_inference_mode_enabled():
+        raise RobustlabError("called under torch.inference_mode(), where no gradient can be computed; call it "
+                             "outside (torch.no_grad() around it is fine: robustlab enables gradients where it needs them)")
+    if isinstance(x, Tensor) and x.is_inference():
+        x = x.clone()
+    if isinstance(model, nn.Module) and isinstance(x, Tensor) and x.is_floating_point():
+        dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+        if len(dtypes) == 1 and x.dtype not in dtypes:
+            (dtype,) = dtypes
+            raise RobustlabError(
+                f"x has dtype {x.dtype} but the model's parameters are {dtype}; cast one to the other "
+                f"(x.to({dtype}) or model.to({x.dtype})): robustlab does not cast silently, since rounding x moves "
+                "the clean point the threat set is centred on")
+    return x
+
+
+def project_rounding_inward(threat: ThreatModel, x: Tensor, x_adv: Tensor) -> Tensor:
+    """``threat.project(x, x_adv)``, exact also in float16 and bfloat16.
+
+    Low-precision inputs are projected in float32 and rounded back coordinate by coordinate
+    towards ``x`` (never away from it), so every ``|x_adv_i - x_i|`` is at most that of the float32
+    projection: the result lies in the threat set exactly, with float32's tolerance, instead of
+    overshooting ``eps`` by a rounding step (0.1 is 0.10010 in float16).
+    """
+    if x.dtype not in _LOW_PRECISION:
+        return threat.project(x, x_adv)
+    x32 = x.float()
+    projected = threat.project(x32, x_adv.float())
+    rounded = projected.to(x.dtype)
+    outward = (rounded.float() - x32).abs() > (projected - x32).abs()
+    return torch.where(outward, torch.nextafter(rounded, x), rounded)
+
+
 def check_inputs(x: Tensor, y: Tensor, threat: ThreatModel) -> tuple[Tensor, Tensor]:
     """Check a batch before any model sees it; return ``(x clamped to the box, y as int64)``.
 
@@ -211,7 +254,9 @@ def check_logits(logits: Tensor, y: Tensor, num_classes: int | None = None, *, s
     such samples would count as correct or broken at random). Warns
     (:class:`ProbabilityOutputWarning`) when the rows look like probabilities.
     """
-    if not isinstance(logits, Tensor) or logits.dim() != 2:
+    if not isinstance(logits, Tensor):
+        raise output_error(logits)
+    if logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise RobustlabError(f"the model must return logits of shape [N, K], got {shape}")
     k = logits.shape[1]
@@ -288,7 +333,9 @@ class Attack:
         targets: Tensor | str | None = None,
         generator: torch.Generator | None = None,
     ) -> AttackResult:
-        x, y = check_inputs(x, y, threat)
+        x, y = check_inputs(check_call(model, x), y, threat)
+        if isinstance(y, Tensor) and y.is_inference():
+            y = y.clone()
         if threat.norm not in self.norms:
             raise RobustlabError(f"{type(self).__name__} supports the norms {sorted(self.norms)}, not {threat.norm}")
         x = x.detach()
@@ -302,7 +349,7 @@ class Attack:
                 extras: dict[str, Any] = {}
             else:
                 x_adv, extras = self._run(oracle, x, y, threat=threat, targets=target_classes, generator=generator)
-            x_adv = threat.project(x, x_adv.detach())
+            x_adv = project_rounding_inward(threat, x, x_adv.detach())
             inside = threat.contains(x, x_adv)
             if not bool(inside.all()):
                 raise RuntimeError(
@@ -313,7 +360,8 @@ class Attack:
         return AttackResult(
             x_adv=x_adv,
             success=is_adversarial(adv_logits, y, target_classes),
-            distance=threat.distance(x, x_adv),
+            distance=threat.distance(x, x_adv) if x.dtype not in _LOW_PRECISION
+            else threat.distance(x.float(), x_adv.float()),
             loss=self._final_loss(adv_logits, y, target_classes),
             predictions=adv_logits.argmax(dim=1),
             targets=target_classes,

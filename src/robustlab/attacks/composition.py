@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.base import Attack, ModelOracle, is_adversarial
+from robustlab.attacks.base import Attack, ModelOracle, is_adversarial, project_rounding_inward
 from robustlab.attacks.gradient import _Best
 from robustlab.errors import DOCS, RobustlabError, SingleDrawEOTWarning
 from robustlab.losses import Loss, margin
@@ -248,7 +248,7 @@ class MinimumNormEnsemble(Attack):
         best_attack = torch.full((x.shape[0],), -1, dtype=torch.int64, device=x.device)
         for index, attack in enumerate(self.attacks):
             x_adv, _ = attack._run(oracle, x, y, threat=threat, targets=targets, generator=generator)
-            x_adv = threat.project(x, x_adv.detach())
+            x_adv = project_rounding_inward(threat, x, x_adv.detach())
             success = is_adversarial(oracle.logits(x_adv), y, targets)
             distance = torch.where(success, threat.distance(x, x_adv), float("inf"))
             better = distance < best_distance

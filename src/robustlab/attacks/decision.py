@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from robustlab._tensors import flat, per_sample
-from robustlab.attacks.base import Attack, ModelOracle, is_adversarial
+from robustlab.attacks.base import Attack, ModelOracle, is_adversarial, project_rounding_inward
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 
@@ -135,19 +135,23 @@ class _DecisionBased(Attack):
 
     def _from_init_attack(self, decide: _Decisions, x: Tensor, threat: ThreatModel,
                           generator: torch.Generator | None, start: Tensor, found: Tensor) -> None:
-        """Run ``init_attack`` (unbounded) on the samples without a start; its cost goes into the
-        oracle's counters, its successes (checked by one more decision each) become starts."""
+        """Run ``init_attack`` (unbounded) on the samples without a start, through this attack's
+        own oracle: a wrapper's oracle (EOT's averaging, BPDA's backward) applies to it too, and
+        its passes land on the same counters. Its successes (checked by one more decision
+        each) become starts."""
         todo = (~found).nonzero().squeeze(1)
         if todo.numel() == 0:
             return
-        oracle = decide.oracle
+        if threat.norm not in self.init_attack.norms:
+            raise RobustlabError(f"init_attack {type(self.init_attack).__name__} supports the norms "
+                                 f"{sorted(self.init_attack.norms)}, not {threat.norm}")
         targets = None if decide.targets is None else decide.targets[todo]
-        result = self.init_attack(oracle.model, x[todo], decide.y[todo], threat=threat.with_eps(math.inf),
-                                  targets=targets, generator=generator)
-        oracle.forwards += result.forwards
-        oracle.backwards += result.backwards
-        hit = decide(todo, result.x_adv)
-        start[todo[hit]] = result.x_adv[hit]
+        unbounded = threat.with_eps(math.inf)
+        x_init, _ = self.init_attack._run(decide.oracle, x[todo], decide.y[todo], threat=unbounded, targets=targets,
+                                          generator=generator)
+        x_init = project_rounding_inward(unbounded, x[todo], x_init.detach())
+        hit = decide(todo, x_init)
+        start[todo[hit]] = x_init[hit]
         found[todo[hit]] = True
 
 

@@ -12,6 +12,7 @@ from robustlab.models.registry import MODELS, build_model, list_models, model_ar
 from robustlab.models.mlp import MLP
 from robustlab.models.cnn import LeNet, MadryCNN, SmallCNN
 from robustlab.models.resnet import PreActBlock, PreActResNet18, WideBasicBlock, WideResNet
+from robustlab.models.adapters import Logits
 from robustlab.models.checkpoint import ModelCard, checkpoint_paths, load_model, save_model
 from robustlab.models.denoise import DenoisingBlock
 from robustlab.models.ode import ODECNN, ODENet, TisODE, logits_and_steady_state
@@ -37,6 +38,7 @@ __all__ = [
     "MLP",
     "MODELS",
     "LeNet",
+    "Logits",
     "MadryCNN",
     "ODECNN",
     "ODENet",
