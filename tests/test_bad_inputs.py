@@ -316,3 +316,325 @@ def test_pgd_breaks_a_float16_digits_model_inside_the_threat_set(digits_mlp, dig
     assert clean > 0.85
     assert threat.contains(x.double(), result.x_adv.double(), tol=1e-6).all()
     assert result.success.float().mean() > 0.5 * clean  # broken well beyond the clean error
+
+
+# -- Training refuses to resume on other data (item 6) ---------------------------------------
+from robustlab.training import TrainConfig, train  # noqa: E402
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_first_epoch(record):
+    raise _Stop
+
+
+@pytest.fixture(scope="module")
+def digits_train(digits):
+    x, y, vx, vy = digits
+    return x[:200], y[:200], vx[:50], vy[:50]
+
+
+def _interrupted_run(folder: Path, data, dataset="digits/train") -> dict[str, bytes]:
+    x, y, vx, vy = data
+    with pytest.raises(_Stop):
+        train(_tiny_digits(), x, y, val_x=vx, val_y=vy, config=TrainConfig(epochs=2, batch_size=50, lr=0.05),
+              checkpoint_dir=folder, on_epoch_end=_stop_after_first_epoch, dataset=dataset)
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def _tiny_digits() -> torch.nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+
+
+def _permuted(t: torch.Tensor) -> torch.Tensor:
+    return t[torch.randperm(len(t), generator=torch.Generator().manual_seed(3))]
+
+
+OTHER_DATA = [
+    ("permuted labels", lambda x, y, vx, vy, name: (x, _permuted(y), vx, vy, name), "training labels"),
+    ("other dataset name", lambda x, y, vx, vy, name: (x, y, vx, vy, "fashion-mnist/train"), "dataset"),
+    ("other images", lambda x, y, vx, vy, name: (1 - x, y, vx, vy, name), "training inputs"),
+    ("same size, other subset", lambda x, y, vx, vy, name: (torch.cat([x[1:], vx[:1]]), torch.cat([y[1:], vy[:1]]),
+                                                            vx, vy, name), "training"),
+    ("other validation labels", lambda x, y, vx, vy, name: (x, y, vx, _permuted(vy), name), "validation labels"),
+    ("fewer examples", lambda x, y, vx, vy, name: (x[:150], y[:150], vx, vy, name), "training examples"),
+]
+
+
+@pytest.mark.parametrize("change, words", [(c, w) for _, c, w in OTHER_DATA], ids=[n for n, _, _ in OTHER_DATA])
+def test_training_refuses_to_resume_on_other_data(digits_train, tmp_path, change, words):
+    before = _interrupted_run(tmp_path, digits_train)
+    x, y, vx, vy, name = change(*digits_train, "digits/train")
+    with pytest.raises(RobustlabError, match="other data") as error:
+        train(_tiny_digits(), x, y, val_x=vx, val_y=vy, config=TrainConfig(epochs=2, batch_size=50, lr=0.05),
+              checkpoint_dir=tmp_path, dataset=name)
+    assert words in str(error.value) and "resume=False" in str(error.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written
+
+
+def test_training_resumes_on_the_same_data_to_the_uninterrupted_weights(digits_train, tmp_path):
+    x, y, vx, vy = digits_train
+    config = TrainConfig(epochs=2, batch_size=50, lr=0.05)
+    _interrupted_run(tmp_path / "a", digits_train)
+    resumed, whole = _tiny_digits(), _tiny_digits()
+    train(resumed, x, y, val_x=vx, val_y=vy, config=config, checkpoint_dir=tmp_path / "a", dataset="digits/train")
+    train(whole, x, y, val_x=vx, val_y=vy, config=config, checkpoint_dir=tmp_path / "b", dataset="digits/train")
+    for a, b in zip(resumed.state_dict().values(), whole.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_cli_train_refuses_to_resume_into_the_same_out_on_other_data(tmp_path, capsys):
+    argv = ["train", "--dataset", "digits", "--model", "mlp", "--model-arg", "hidden=[8]", "--epochs", "1",
+            "--batch-size", "64", "--limit", "300", "--quiet", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    checkpoint = (tmp_path / "checkpoints" / "last.ckpt").read_bytes()
+    capsys.readouterr()
+    code, err = _cli(argv[:-2] + ["--val-fraction", "0.2", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "other data" in err and "--no-resume" in err
+    assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == checkpoint
+
+
+# -- Checkpoints and cards (item 7) ----------------------------------------------------------
+from robustlab.models import load_model  # noqa: E402
+from robustlab.models.checkpoint import checkpoint_paths  # noqa: E402
+
+
+def _saved(folder: Path) -> Path:
+    model = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=[16], seed=0)
+    card = ModelCard(architecture="mlp", arguments={"input_shape": [1, 8, 8], "num_classes": 10, "hidden": [16]},
+                     dataset="digits")
+    save_model(model, folder / "model", card)
+    return folder / "model"
+
+
+def _edit_card(path: Path, **changes) -> None:
+    card_path = checkpoint_paths(path)[1]
+    card = json.loads(card_path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            card.pop(key, None)
+        elif key == "arguments":
+            card["arguments"].update(value)
+        else:
+            card[key] = value
+    card_path.write_text(json.dumps(card))
+
+
+@pytest.mark.parametrize("arguments", [{"hidden": [10**6, 10**6]}, {"hidden": [2**16] * 3}, {"input_shape": [3, 10**5, 10**4]}],
+                         ids=["two-huge-layers", "three-wide-layers", "huge-input"])
+def test_load_model_refuses_a_card_describing_a_huge_architecture_before_allocating(tmp_path, monkeypatch, arguments):
+    import robustlab.models.checkpoint as checkpoint
+
+    path = _saved(tmp_path)
+    _edit_card(path, arguments=arguments)
+    real_build = checkpoint._build
+
+    def build_only_on_meta(card):
+        assert torch.empty(0).device.type == "meta", "the architecture was built outside the meta device"
+        return real_build(card)
+
+    monkeypatch.setattr(checkpoint, "_build", build_only_on_meta)
+    with pytest.raises(RobustlabError, match="max_parameters") as error:
+        load_model(path)
+    assert "GiB" in str(error.value) and "mlp" in str(error.value)
+
+
+def test_load_model_limit_is_adjustable(tmp_path):
+    path = _saved(tmp_path)
+    with pytest.raises(RobustlabError, match="max_parameters=100"):
+        load_model(path, max_parameters=100)
+    model, _ = load_model(path, max_parameters=None)
+    assert sum(p.numel() for p in model.parameters()) == 64 * 16 + 16 + 16 * 10 + 10
+
+
+@pytest.mark.parametrize("position", [0.5, 0.9, -1], ids=["middle", "late", "last-byte"])
+def test_a_flipped_bit_in_the_weights_is_refused(tmp_path, position):
+    path = _saved(tmp_path)
+    weights = checkpoint_paths(path)[0]
+    data = bytearray(weights.read_bytes())
+    at = int(len(data) * position) if position > 0 else len(data) - 1
+    data[at] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(RobustlabError, match="sha256") as error:
+        load_model(path)
+    assert "does not match its card" in str(error.value)
+
+
+def test_the_card_records_the_weights_sha256_and_old_cards_still_load(tmp_path):
+    import hashlib
+
+    path = _saved(tmp_path)
+    weights, card_path = checkpoint_paths(path)
+    recorded = json.loads(card_path.read_text())["weights_sha256"]
+    assert recorded == hashlib.sha256(weights.read_bytes()).hexdigest()
+    reference, _ = load_model(path)
+    _edit_card(path, weights_sha256=None)  # a card written before the field existed
+    model, card = load_model(path)
+    assert card.weights_sha256 is None
+    for a, b in zip(model.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int32, torch.int64, torch.uint8, torch.bool])
+def test_integer_weights_are_refused(tmp_path, dtype):
+    from safetensors.torch import load_file, save_file
+
+    path = _saved(tmp_path)
+    weights = checkpoint_paths(path)[0]
+    tensors = {k: v.to(dtype) for k, v in load_file(str(weights)).items()}
+    save_file(tensors, str(weights))
+    _edit_card(path, weights_sha256=None)
+    with pytest.raises(RobustlabError, match="not floating point") as error:
+        load_model(path)
+    assert str(dtype) in str(error.value)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_saved_files_get_the_umask_permissions(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        path = _saved(tmp_path)
+    finally:
+        os.umask(previous)
+    for file in checkpoint_paths(path):
+        assert file.stat().st_mode & 0o777 == 0o666 & ~umask, file
+
+
+def test_training_checkpoints_get_the_umask_permissions(digits_train, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        _interrupted_run(tmp_path, digits_train)
+    finally:
+        os.umask(previous)
+    for file in tmp_path.iterdir():
+        assert file.stat().st_mode & 0o777 == 0o644, file
+
+
+# -- Results database (item 8) -----------------------------------------------------------------
+from robustlab.report.store import ResultsStore  # noqa: E402
+from test_results_store import make_card, make_evaluation, make_minimum_norm  # noqa: E402
+
+
+def _fixed_doc() -> dict:
+    return json.loads(json.dumps(make_evaluation(make_card()).to_dict(), allow_nan=True).replace("Infinity", "null"))
+
+
+def _set(doc: dict, path: str, value) -> dict:
+    *parents, last = path.split(".")
+    target = doc
+    for key in parents:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    if value is _DELETE:
+        del target[last]
+    elif isinstance(target, list):
+        target[int(last)] = value
+    else:
+        target[last] = value
+    return doc
+
+
+_DELETE = object()
+BAD_DOCUMENTS = [
+    ("metrics.robust_accuracy", _DELETE, "robust_accuracy"),
+    ("metrics", {}, "clean_accuracy"),
+    ("metrics.clean_accuracy", 0.9, "clean_accuracy"),
+    ("metrics.clean_accuracy.count", "3", "count"),
+    ("metrics.robust_accuracy.count", 25, "count"),
+    ("metrics.robust_accuracy.total", 19, "total"),
+    ("metrics.robust_accuracy_per_attack", [], "robust_accuracy_per_attack"),
+    ("metrics.robust_accuracy_per_attack.pgd", {"value": 0.5}, "robust_accuracy_per_attack.pgd"),
+    ("metrics.clean_accuracy.value", "high", "value"),
+    ("threat", _DELETE, "threat"),
+    ("threat.norm", "L7", "norm"),
+    ("threat.eps", -0.3, "eps"),
+    ("threat.eps", "0.3", "eps"),
+    ("threat.bounds", [1, 0], "bounds"),
+    ("threat.bounds", None, "bounds"),
+    ("attacks", ["fgsm", "pgd"], "attacks"),
+    ("attacks.pgd", "pgd", "configuration"),
+    ("provenance", "yesterday", "provenance"),
+    ("samples", {}, "samples"),
+    ("samples.0", "a sample", "sample"),
+    ("samples.0.label", None, "label"),
+    ("samples.1.clean_prediction", 1.5, "clean_prediction"),
+    ("samples.2.distance", "far", "distance"),
+    ("samples.3.broken_by", 3, "broken_by"),
+    ("samples.4.broken_by", _DELETE, "broken_by"),
+    ("samples.5.index", -1, "index"),
+    ("model_card", "mlp", "model card"),
+    ("model_card.training", "pgd", "training"),
+]
+
+
+@pytest.mark.parametrize("path, value, words", BAD_DOCUMENTS, ids=[f"{p}={v!r}"[:40] for p, v, _ in BAD_DOCUMENTS])
+def test_a_bad_document_is_refused_and_leaves_the_database_working(tmp_path, path, value, words):
+    db = tmp_path / "results.sqlite"
+    with ResultsStore(db) as store:
+        good = store.add(make_evaluation(make_card()))
+        before = store.runs()
+        with pytest.raises(RobustlabError, match="evaluation|model card") as error:
+            store.add(_set(_fixed_doc(), path, value))
+        assert words in str(error.value)
+        assert store.runs() == before
+        assert store.leaderboard(dataset="mnist", norm="Linf", eps=0.3)[0]["run_id"] == good
+        store.get(good)
+        store.compare(good, good)
+        store.export(good, "csv")
+
+
+@pytest.mark.parametrize("document, words", [([], "list of 0 items"), ([{"threat": {}}], "list of 1 items"),
+                                             ("evaluation.json", "str"), (42, "int")])
+def test_importing_something_other_than_one_evaluation_is_refused(tmp_path, document, words):
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        with pytest.raises(RobustlabError, match="not an evaluation") as error:
+            store.add(document)
+        assert words in str(error.value) and store.runs() == []
+
+
+def test_every_kind_of_valid_evaluation_is_still_stored(tmp_path):
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        store.add(make_evaluation(make_card()))
+        store.add(make_minimum_norm(make_card(), [0.1, 0.2, math.inf]))
+        store.add(_fixed_doc())
+        assert len(store.runs()) == 3
+
+
+def test_results_delete_removes_the_run_its_samples_and_an_orphan_card(tmp_path, capsys):
+    db = tmp_path / "r.sqlite"
+    with ResultsStore(db) as store:
+        a = store.add(make_evaluation(make_card("mlp")))
+        b = store.add(make_evaluation(make_card("lenet")))
+        c = store.add(make_evaluation(make_card("lenet"), eps=0.1))
+    code, err = _cli(["results", "delete", str(b), "--db", str(db)], capsys)
+    assert code == 0, err
+    with ResultsStore(db) as store:
+        assert [r.id for r in store.runs()] == [c, a]
+        assert store._conn.execute("SELECT count(*) FROM samples WHERE run_id = ?", (b,)).fetchone()[0] == 0
+        assert store._conn.execute("SELECT count(*) FROM models").fetchone()[0] == 2  # lenet still used by c
+        store.delete(c)
+        assert store._conn.execute("SELECT count(*) FROM models").fetchone()[0] == 1
+        with pytest.raises(RobustlabError, match=f"no run {c}"):
+            store.delete(c)
+    code, err = _cli(["results", "delete", str(a), "999", "--db", str(db)], capsys)
+    assert code == 2 and "no run 999" in err
+    with ResultsStore(db) as store:
+        assert [r.id for r in store.runs()] == [a]  # nothing deleted when one id is unknown
+
+
+@pytest.mark.parametrize("content, words", [("[]", "list of 0 items"), ('[{"a": 1}, {"b": 2}]', "list of 2 items"),
+                                            ("{not json", "cannot read"), ('{"metrics": {}}', "lacks")])
+def test_cli_results_import_of_a_bad_file_is_one_line_and_stores_nothing(tmp_path, capsys, content, words):
+    file = tmp_path / "in.json"
+    file.write_text(content)
+    db = tmp_path / "r.sqlite"
+    code, err = _cli(["results", "import", str(file), "--db", str(db)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and words in err
+    with ResultsStore(db) as store:
+        assert store.runs() == []
+
+
+import math  # noqa: E402

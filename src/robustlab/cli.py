@@ -425,7 +425,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(model.to(device), train_set.x, train_set.y, config=config,
                        val_x=None if val_set is None else val_set.x, val_y=None if val_set is None else val_set.y,
                        checkpoint_dir=out / "checkpoints", resume=not args.no_resume, progress=not args.quiet,
-                       device=device, distributed=sharded,
+                       device=device, distributed=sharded, dataset=f"{args.dataset}/train",
                        on_epoch_end=None if args.quiet or not main_rank else lambda r: print(json.dumps(r), file=sys.stderr))
     finally:
         if sharded:
@@ -765,6 +765,12 @@ def cmd_results(args: argparse.Namespace) -> int:
                              _percent(r.clean_accuracy), _percent(r.robust_accuracy), r.label or "") for r in runs])
         elif args.action == "show":
             _show_run(store.get(args.ids[0]))
+        elif args.action == "delete":
+            for run_id in args.ids:
+                store.get(run_id)  # every id must exist before any is deleted
+            for run_id in args.ids:
+                store.delete(run_id)
+                print(f"deleted run {run_id} from {store.path}")
         elif args.action == "compare":
             _compare_runs(store.compare(*args.ids))
         elif args.action == "export":
@@ -968,7 +974,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("results", help="the results database: list, show, compare, export, import runs; leaderboard")
+    p = sub.add_parser("results", help="the results database: list, show, compare, export, import, delete runs; leaderboard")
     results = p.add_subparsers(dest="action", required=True)
 
     def results_parser(name: str, help: str) -> argparse.ArgumentParser:
@@ -985,6 +991,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=positive_int)
     results_parser("show", "one run: model, threat, attacks, metrics, provenance").add_argument("ids", type=int, nargs=1, metavar="ID")
     results_parser("compare", "two runs side by side").add_argument("ids", type=int, nargs=2, metavar="ID")
+    results_parser("delete", "remove runs (and their samples) from the database").add_argument(
+        "ids", type=int, nargs="+", metavar="ID")
     q = results_parser("export", "one run as JSON or per-sample CSV")
     q.add_argument("ids", type=int, nargs=1, metavar="ID")
     q.add_argument("--format", choices=["json", "csv"], default="json")

@@ -39,7 +39,11 @@ WEIGHTS_SUFFIX = ".safetensors"
 CARD_SUFFIX = ".json"
 _MAX_LISTED = 10
 # Card fields that cards written before they existed lack.
-_OPTIONAL_FIELDS = ("defenses",)
+_OPTIONAL_FIELDS = ("defenses", "weights_sha256")
+# load_model refuses cards whose architecture holds more values (parameters and buffers) than
+# this, before allocating anything: 2**31 float32 values are 8 GiB, several times the largest
+# architecture robustlab builds. Pass max_parameters to load bigger models.
+MAX_PARAMETERS = 2**31
 
 
 def _now() -> str:
@@ -76,7 +80,9 @@ class ModelCard:
     "levels": 16}``); ``input_shape`` is then what the architecture receives after them
     (``[C * levels, H, W]`` behind thermometer encoding), not the shape of the data.
     ``training`` records the method and its configuration (threat model, epochs, ...),
-    ``metrics`` the measured results. All values must be JSON-able; tuples are stored as lists,
+    ``metrics`` the measured results. ``weights_sha256`` is the sha256 of the weights file,
+    set by :func:`save_model`; :func:`load_model` refuses weights that do not match it (cards
+    written before the field existed have none and load unchecked). All values must be JSON-able; tuples are stored as lists,
     tensors and NumPy values as numbers.
     """
 
@@ -91,6 +97,7 @@ class ModelCard:
     library_version: str = robustlab.__version__
     created: str = field(default_factory=_now)
     extra: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str | None = field(default=None, compare=False)  # integrity, not description
 
     def __post_init__(self) -> None:
         if not isinstance(self.architecture, str) or not self.architecture:
@@ -112,6 +119,10 @@ class ModelCard:
         for name in ("library_version", "created"):
             if not isinstance(getattr(self, name), str):
                 raise RobustlabError(f"model card: {name} must be a string, got {getattr(self, name)!r}")
+        digest = self.weights_sha256
+        if digest is not None and not (isinstance(digest, str) and len(digest) == 64
+                                       and all(c in "0123456789abcdef" for c in digest)):
+            raise RobustlabError(f"model card: weights_sha256 must be 64 lowercase hex digits or None, got {digest!r}")
 
     @staticmethod
     def _check_dict(value: Any, name: str) -> dict[str, Any]:
@@ -162,6 +173,8 @@ class ModelCard:
         # field") instead of silently loading the model undefended.
         if not self.defenses:
             del data["defenses"]
+        if self.weights_sha256 is None:
+            del data["weights_sha256"]
         return data
 
     def to_json(self, *, indent: int | None = 2) -> str:
@@ -213,7 +226,8 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], card: ModelCard) 
     so nothing is written for a card that could not rebuild this model. Only the inner
     network's weights are written. Each file is written to a temporary file in the
     same folder and moved into place with ``os.replace``, so a crash never leaves a truncated
-    file. Shared or non-contiguous tensors are saved as contiguous copies. Returns the weights
+    file; both get the permissions the umask gives new files. The card written records the
+    weights' sha256 (``card.weights_sha256``; the ``card`` passed in is not modified). Shared or non-contiguous tensors are saved as contiguous copies. Returns the weights
     path.
     """
     if not isinstance(card, ModelCard):
@@ -252,12 +266,17 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], card: ModelCard) 
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", "robustlab_version": robustlab.__version__, "architecture": card.architecture}
     _write_atomic(weights_path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+    card = dataclasses.replace(card, weights_sha256=_file_sha256(weights_path))
     _write_atomic(card_path, lambda temporary: temporary.write_text(card.to_json() + "\n", encoding="utf-8"))
     return weights_path
 
 
 def load_model(
-    path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu", seed: int | None = None
+    path: str | os.PathLike[str],
+    *,
+    map_location: str | torch.device = "cpu",
+    seed: int | None = None,
+    max_parameters: int | None = MAX_PARAMETERS,
 ) -> tuple[nn.Module, ModelCard]:
     """Rebuild the model described by ``<path>.json`` and load ``<path>.safetensors`` into it.
 
@@ -268,6 +287,14 @@ def load_model(
     the Normalize statistics in the weights must equal the card's ``normalization``. If the
     weights were saved in another floating dtype (e.g. float64 for verification), the model is
     converted to it. Returns ``(model, card)`` with the model on ``map_location`` in eval mode.
+
+    Checked before anything is allocated: the architecture the card describes is built on the
+    meta device and refused if it holds more than ``max_parameters`` values (``None``: no
+    limit), so a card alone cannot make it allocate without bound; the weights file's keys and
+    shapes (read from its header) must fit it. Then the file's sha256 must equal the card's
+    ``weights_sha256`` (when the card has one: cards from before it existed load without the
+    check), and every tensor the architecture holds as floating point must be floating point in
+    the file (integer weights are refused rather than cast).
     """
     weights_path, card_path = checkpoint_paths(path)
     for required in (card_path, weights_path):
@@ -277,6 +304,26 @@ def load_model(
         card = ModelCard.from_json(card_path.read_text(encoding="utf-8"))
     except RobustlabError as error:
         raise RobustlabError(f"{card_path}: {error}") from None
+    target = f"{card.architecture!r} as described by {card_path}"
+    with torch.device("meta"):
+        try:
+            skeleton = split_defenses(_build(card))[0]
+        except RobustlabError as error:
+            raise RobustlabError(f"{card_path}: {error}") from None
+    expected = skeleton.state_dict()
+    size = sum(t.numel() for t in expected.values())
+    if max_parameters is not None and size > max_parameters:
+        raise RobustlabError(
+            f"{card_path}: the architecture it describes ({card.architecture} with {card.arguments}) holds {size:,} "
+            f"values ({size * 4 / 2**30:.1f} GiB as float32), more than max_parameters={max_parameters:,}; refused "
+            "before allocating. Pass max_parameters=None (or a larger limit) if the model is really that big")
+    _check_state(_header_shapes(weights_path), expected, source=str(weights_path), target=target)
+    if card.weights_sha256 is not None:
+        digest = _file_sha256(weights_path)
+        if digest != card.weights_sha256:
+            raise RobustlabError(
+                f"{weights_path} does not match its card {card_path}: sha256 {digest} instead of {card.weights_sha256} "
+                "(the file was corrupted or replaced); restore it, or save the model again")
     built = _build(card)
     model = split_defenses(built)[0]  # the architecture's own defenses (e.g. input randomization) stay on
     try:
@@ -284,8 +331,13 @@ def load_model(
     except (SafetensorError, OSError, ValueError) as error:
         raise RobustlabError(f"cannot read weights {weights_path}: {error}") from None
     expected = model.state_dict()
-    target = f"{card.architecture!r} as described by {card_path}"
     _check_state(tensors, expected, source=str(weights_path), target=target)
+    not_float = [f"{key!r} ({tensors[key].dtype})" for key, value in expected.items()
+                 if value.is_floating_point() and not tensors[key].is_floating_point()]
+    if not_float:
+        raise RobustlabError(f"{weights_path}: tensor(s) {', '.join(not_float[:_MAX_LISTED])} are not floating point "
+                             f"but {card.architecture!r} holds them as float; integer (quantized) weights are not "
+                             "supported: save the float weights")
     dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         (dtype,) = dtypes
@@ -364,12 +416,46 @@ def _check_normalization(model: nn.Module, tensors: dict[str, torch.Tensor], car
                 )
 
 
+def _header_shapes(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors' keys and shapes in a safetensors file, from its header alone (as meta tensors)."""
+    import struct
+
+    try:
+        with open(path, "rb") as file:
+            (length,) = struct.unpack("<Q", file.read(8))
+            if length > os.path.getsize(path) - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(file.read(length))
+        return {key: torch.empty(entry["shape"], device="meta") for key, entry in header.items()
+                if key != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as error:
+        raise RobustlabError(f"cannot read weights {path}: not a safetensors file ({error})") from None
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _umask_mode() -> int:
+    """The permissions a new file gets from the umask (``0o666 & ~umask``)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(descriptor)
     temporary_path = Path(temporary)
     try:
         write(temporary_path)
+        os.chmod(temporary_path, _umask_mode())  # mkstemp makes it 0600, unlike any other file written
         with open(temporary_path, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary_path, path)

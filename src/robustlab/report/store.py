@@ -215,6 +215,10 @@ class ResultsStore:
             label: a free-text name for the run.
             weights_hash: e.g. the SHA-256 of the weights file.
         """
+        if not hasattr(evaluation, "to_dict") and not isinstance(evaluation, dict):
+            what = f"a list of {len(evaluation)} items" if isinstance(evaluation, list) else f"a {type(evaluation).__name__}"
+            raise RobustlabError(f"not an evaluation: got {what}, expected one evaluation (a JSON object, as evaluate "
+                                 "writes it or export gives it); store the evaluations of a list one by one")
         document = _jsonable(evaluation.to_dict() if hasattr(evaluation, "to_dict") else dict(evaluation))
         meta = document.pop("run", None) or {}
         samples = document.pop("samples", None)
@@ -247,6 +251,21 @@ class ResultsStore:
             if _before_commit is not None:
                 _before_commit()
         return run_id
+
+    def delete(self, run_id: int) -> None:
+        """Remove run ``run_id`` and its samples in one transaction (its model card too, when no
+        other run refers to it). Raises if there is no such run."""
+        if isinstance(run_id, bool) or not isinstance(run_id, int):
+            raise RobustlabError(f"a run id is an integer, got {run_id!r}")
+        with self._transaction(write=True) as conn:
+            row = conn.execute("SELECT model_hash FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RobustlabError(f"no run {run_id} in {self.path} (`robustlab results list` shows the runs)")
+            conn.execute("DELETE FROM samples WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            if row[0] is not None:
+                conn.execute("DELETE FROM models WHERE hash = ? AND NOT EXISTS "
+                             "(SELECT 1 FROM runs WHERE model_hash = ?)", (row[0], row[0]))
 
     # -- reading -----------------------------------------------------------------------------
     def runs(self, *, dataset: str | None = None, norm: str | None = None, kind: str | None = None,
@@ -426,21 +445,92 @@ def _dumps(value: Any, indent: int | None = None) -> str:
     return json.dumps(value, indent=indent, allow_nan=True)
 
 
+_NORM_NAMES = ("linf", "inf", "l2", "l1", "l0")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_accuracy(acc: Any, where: str, total: int) -> None:
+    """An accuracy as the metrics hold it: ``{"value", "ci_low", "ci_high", "count", "total"}``."""
+    if not isinstance(acc, dict):
+        raise RobustlabError(f"not an evaluation: {where} must be an accuracy {{value, ci_low, ci_high, count, total}}, "
+                             f"got {acc!r}")
+    for key in ("value", "ci_low", "ci_high"):
+        if not (acc.get(key) is None or _is_number(acc.get(key))):
+            raise RobustlabError(f"not an evaluation: {where}.{key} must be a number, got {acc.get(key)!r}")
+    count, n = acc.get("count"), acc.get("total")
+    if not (_is_count(count) and _is_count(n) and count <= n):
+        raise RobustlabError(f"not an evaluation: {where} needs counts 0 <= count <= total, got count {count!r}, "
+                             f"total {n!r}")
+    if n != total:
+        raise RobustlabError(f"not an evaluation: {where}.total is {n} but the document holds {total} samples")
+
+
 def _check_document(document: dict[str, Any], samples: Any, card: Any, kind: str) -> None:
+    """Everything that listing, showing, comparing, exporting and the leaderboard read, so that
+    no stored document can break them: refused here, with what is wrong, before anything is
+    written."""
     if kind not in KINDS:
         raise RobustlabError(f"unknown evaluation kind {kind!r}; the results database stores {KINDS}")
-    missing = [key for key in ("threat", "metrics") if not isinstance(document.get(key), dict)]
+    attacks_key = "attack" if kind == "targeted" else "attacks"
+    missing = [key for key in ("threat", "metrics", "provenance", attacks_key) if not isinstance(document.get(key), dict)]
     if not isinstance(samples, list):
         missing.append("samples")
     if missing:
-        raise RobustlabError(f"not an evaluation: it lacks {missing} (give an evaluation or its to_dict())")
+        raise RobustlabError(f"not an evaluation: it lacks {missing} (or they are not JSON objects; give an "
+                             "evaluation or its to_dict())")
     threat = document["threat"]
-    if not isinstance(threat.get("norm"), str) or not (threat.get("eps") is None or isinstance(threat["eps"], (int, float))):
-        raise RobustlabError(f"not an evaluation: its threat model {threat!r} needs a norm name and a numeric eps")
+    eps, bounds = threat.get("eps"), threat.get("bounds")
+    if (not isinstance(threat.get("norm"), str) or threat["norm"].lower() not in _NORM_NAMES
+            or not (eps is None or (_is_number(eps) and eps >= 0))):
+        raise RobustlabError(f"not an evaluation: its threat model {threat!r} needs a norm (Linf, L2, L1 or L0) and "
+                             "an eps >= 0 (null for unbounded)")
+    if not (isinstance(bounds, list) and len(bounds) == 2 and all(_is_number(b) and math.isfinite(b) for b in bounds)
+            and bounds[0] < bounds[1]):
+        raise RobustlabError(f"not an evaluation: the threat model's bounds must be [low, high], got {bounds!r}")
+    if kind != "targeted" and not all(isinstance(c, dict) for c in document["attacks"].values()):
+        raise RobustlabError("not an evaluation: each attack's configuration must be a JSON object")
     if card is not None and not isinstance(card, dict):
         raise RobustlabError(f"the model card must be a dict, got {type(card).__name__}")
-    if not all(isinstance(s, dict) for s in samples):
+    if card is not None and not isinstance(card.get("training", {}), (dict, type(None))):
+        raise RobustlabError("the model card's training must be a JSON object")
+    metrics, n = document["metrics"], len(samples)
+    _check_accuracy(metrics.get("clean_accuracy"), "metrics.clean_accuracy", n)
+    if kind == "fixed":
+        _check_accuracy(metrics.get("robust_accuracy"), "metrics.robust_accuracy", n)
+        per_attack = metrics.get("robust_accuracy_per_attack")
+        if not isinstance(per_attack, dict):
+            raise RobustlabError("not an evaluation: metrics.robust_accuracy_per_attack must map attacks to accuracies")
+        for name, acc in per_attack.items():
+            _check_accuracy(acc, f"metrics.robust_accuracy_per_attack.{name}", n)
+    for position, sample in enumerate(samples):
+        _check_sample(sample, position, kind)
+
+
+def _check_sample(sample: Any, position: int, kind: str) -> None:
+    if not isinstance(sample, dict):
         raise RobustlabError("not an evaluation: every sample must be a dict")
+    where = f"not an evaluation: sample {position}"
+    for key in ("label", "clean_prediction"):
+        if not _is_count(sample.get(key)):
+            raise RobustlabError(f"{where}: {key} must be a class index, got {sample.get(key)!r}")
+    if not (sample.get("index") is None or _is_count(sample.get("index"))):
+        raise RobustlabError(f"{where}: index must be an integer >= 0, got {sample.get('index')!r}")
+    distance_key, breaker_key = {"fixed": ("distance", "broken_by"), "minimum-norm": ("distance", "best_attack"),
+                                 "targeted": ("best", None)}[kind]
+    distance = sample.get(distance_key)
+    if not (distance is None or (_is_number(distance) and distance >= 0)):
+        raise RobustlabError(f"{where}: {distance_key} must be a number >= 0 or null, got {distance!r}")
+    if breaker_key is not None and not (sample.get(breaker_key) is None or isinstance(sample.get(breaker_key), str)):
+        raise RobustlabError(f"{where}: {breaker_key} must be an attack name or null, got {sample.get(breaker_key)!r}")
+    if kind == "fixed" and breaker_key not in sample:
+        raise RobustlabError(f"{where}: it lacks broken_by")
 
 
 def _value_of(acc: Any) -> float | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from robustlab.errors import RobustlabError
+from robustlab.models.checkpoint import _umask_mode
 from robustlab.training.config import TrainConfig
 
 FORMAT = "robustlab-train-checkpoint"
@@ -28,6 +29,7 @@ def _atomic_write(path: Path, write) -> None:
     """Call ``write(file)`` on a temp file in ``path``'s directory, then rename it over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _umask_mode())  # mkstemp makes it 0600, unlike any other file written
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -83,6 +85,57 @@ def check_resumable(stored: dict, config: TrainConfig, path: Path) -> None:
             f"configuration ({'; '.join(differences)}). Use the same configuration, pass "
             "resume=False to start over, or choose another checkpoint_dir."
         )
+
+
+# Features hashed per example for the inputs' fingerprint: enough to tell datasets apart (MNIST
+# from Fashion-MNIST, a different subset or order) at a cost independent of the image size.
+_FINGERPRINT_FEATURES = 64
+
+
+def _sha256(tensor: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(tensor.detach().to("cpu").contiguous().numpy().tobytes()).hexdigest()
+
+
+def data_fingerprint(dataset: str | None, train_x: torch.Tensor, train_y: torch.Tensor,
+                     val_y: torch.Tensor | None = None) -> dict:
+    """What a checkpoint records of the data it was trained on: the dataset's name (and split,
+    as the caller gives it), the number of examples, the sha256 of the labels (in order) and of
+    a fixed sample of the inputs' features, and the validation labels' sha256."""
+    n = train_x.shape[0]
+    features = train_x.reshape(n, -1)
+    step = max(1, features.shape[1] // _FINGERPRINT_FEATURES)
+    return {
+        "dataset": dataset,
+        "num_train": n,
+        "labels_sha256": _sha256(train_y.to(torch.int64)),
+        "inputs_sha256": _sha256(features[:, ::step].to(torch.float32)),
+        "num_val": None if val_y is None else val_y.shape[0],
+        "val_labels_sha256": None if val_y is None else _sha256(val_y.to(torch.int64)),
+    }
+
+
+def check_same_data(stored: dict | None, current: dict, path: Path) -> None:
+    """Raise unless the data fingerprint ``stored`` in checkpoint ``path`` equals ``current``:
+    resuming on other data (another dataset, subset, order or labels) would silently continue
+    a run that matches neither. Checkpoints written before fingerprints existed pass."""
+    if stored is None:
+        return
+    names = {"dataset": "dataset", "num_train": "training examples", "labels_sha256": "training labels (sha256)",
+             "inputs_sha256": "training inputs (sha256 of a sample)", "num_val": "validation examples",
+             "val_labels_sha256": "validation labels (sha256)"}
+    differences = [f"{label}: checkpoint {_short(stored.get(key))}, now {_short(current.get(key))}"
+                   for key, label in names.items() if stored.get(key) != current.get(key)]
+    if differences:
+        raise RobustlabError(
+            f"cannot resume from {path}: it was trained on other data ({'; '.join(differences)}). Resume with the "
+            "same data, pass resume=False (CLI: --no-resume) to start over, or choose another checkpoint_dir "
+            "(CLI: --out)")
+
+
+def _short(value) -> str:
+    return f"{value[:12]}..." if isinstance(value, str) and len(value) == 64 else repr(value)
 
 
 def write_metrics(path: Path, history: list[dict]) -> None:

@@ -66,6 +66,7 @@ def train(
     on_epoch_end: Callable[[dict], None] | None = None,
     method: Method | None = None,
     distributed: bool = False,
+    dataset: str | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with the method ``config.method`` and return its history.
 
@@ -104,6 +105,10 @@ def train(
     logs, shows progress and evaluates; the history it measures is returned on every rank.
     ``on_epoch_end`` is called on every rank (an exception on some ranks only leaves the others
     waiting). Every batch needs at least one example per rank.
+
+    ``dataset``: the data's name (e.g. ``"mnist/train"``), recorded in the checkpoints with the
+    number of examples and sha256 hashes of the labels and of a sample of the inputs; resuming
+    on other data (another dataset, subset, order or labels) raises a ``RobustlabError``.
     """
     if not isinstance(config, TrainConfig):
         raise RobustlabError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -132,7 +137,8 @@ def train(
         _check_model_outputs(model, train_x, train_y, val, device)
         group.broadcast_module(model)
         run = _Run(model, config, device, num_train=len(train_x), shuffle_seed=shuffle_seed, method=method,
-                   group=group, method_seed=method_seed)
+                   group=group, method_seed=method_seed,
+                   data=ckpt.data_fingerprint(dataset, train_x, train_y, None if val is None else val[1]))
         last = None if checkpoint_dir is None else checkpoint_dir / ckpt.LAST
         stored = _read_last(last, group) if resume else None
         if stored is not None:
@@ -177,12 +183,13 @@ class _Run:
     """The mutable state of one run: everything a checkpoint holds."""
 
     def __init__(self, model, config: TrainConfig, device, *, num_train: int, shuffle_seed: int,
-                 method: Method | None = None, group=None, method_seed: int = 0):
+                 method: Method | None = None, group=None, method_seed: int = 0, data: dict | None = None):
         self.model = model
         self.config = config
         self.device = device
         self.group = LocalGroup() if group is None else group
         self.num_train = num_train
+        self.data = data
         self.steps_per_epoch = math.ceil(num_train / config.batch_size)
         self.method: Method = make_method(config, device) if method is None else method
         self._prepare_method_for_ranks(method_seed)
@@ -382,6 +389,7 @@ class _Run:
             "epoch": self.epoch,
             "global_step": self.global_step,
             "num_train": self.num_train,
+            "data": self.data,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -422,6 +430,8 @@ class _Run:
 
     def restore(self, state: dict, path: Path) -> None:
         ckpt.check_resumable(state.get("config", {}), self.config, path)
+        if self.data is not None:
+            ckpt.check_same_data(state.get("data"), self.data, path)
         saved_world = state.get("distributed", {}).get("world_size", 1)
         if saved_world != self.group.world:
             raise RobustlabError(
