@@ -360,7 +360,6 @@ OTHER_DATA = [
     ("other images", lambda x, y, vx, vy, name: (1 - x, y, vx, vy, name), "training inputs"),
     ("same size, other subset", lambda x, y, vx, vy, name: (torch.cat([x[1:], vx[:1]]), torch.cat([y[1:], vy[:1]]),
                                                             vx, vy, name), "training"),
-    ("other validation labels", lambda x, y, vx, vy, name: (x, y, vx, _permuted(vy), name), "validation labels"),
     ("fewer examples", lambda x, y, vx, vy, name: (x[:150], y[:150], vx, vy, name), "training examples"),
 ]
 
@@ -376,12 +375,16 @@ def test_training_refuses_to_resume_on_other_data(digits_train, tmp_path, change
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written
 
 
-def test_training_resumes_on_the_same_data_to_the_uninterrupted_weights(digits_train, tmp_path):
+@pytest.mark.parametrize("validation", ["same", "permuted", "none"])
+def test_training_resumes_on_the_same_data_to_the_uninterrupted_weights(digits_train, tmp_path, validation):
+    """Validation data does not change the trajectory: a resumed run may change it."""
     x, y, vx, vy = digits_train
     config = TrainConfig(epochs=2, batch_size=50, lr=0.05)
     _interrupted_run(tmp_path / "a", digits_train)
     resumed, whole = _tiny_digits(), _tiny_digits()
-    train(resumed, x, y, val_x=vx, val_y=vy, config=config, checkpoint_dir=tmp_path / "a", dataset="digits/train")
+    val = {"same": (vx, vy), "permuted": (vx, _permuted(vy)), "none": (None, None)}[validation]
+    train(resumed, x, y, val_x=val[0], val_y=val[1], config=config, checkpoint_dir=tmp_path / "a",
+          dataset="digits/train")
     train(whole, x, y, val_x=vx, val_y=vy, config=config, checkpoint_dir=tmp_path / "b", dataset="digits/train")
     for a, b in zip(resumed.state_dict().values(), whole.state_dict().values()):
         assert torch.equal(a, b)
@@ -638,3 +641,79 @@ def test_cli_results_import_of_a_bad_file_is_one_line_and_stores_nothing(tmp_pat
 
 
 import math  # noqa: E402
+
+
+TRAIN_MODEL_ERRORS = [
+    ("tuple output", lambda: _TupleModel("tuple"), lambda x: x, "Logits(model, INDEX)"),
+    ("dict output", lambda: _TupleModel("dict"), lambda x: x, "Logits(model, 'logits')"),
+    ("float64 x", lambda: _tiny(), lambda x: x.double(), "torch.float64"),
+    ("float16 model", lambda: _tiny(torch.float16), lambda x: x, "torch.float16"),
+]
+
+
+@pytest.mark.parametrize("make_model, make_x, words", [c[1:] for c in TRAIN_MODEL_ERRORS],
+                         ids=[c[0] for c in TRAIN_MODEL_ERRORS])
+def test_train_refuses_models_and_inputs_it_cannot_train_and_writes_nothing(tmp_path, make_model, make_x, words):
+    x, y = _batch()
+    with pytest.raises(RobustlabError) as error:
+        train(make_model(), make_x(x), y, config=TrainConfig(epochs=1, batch_size=5), checkpoint_dir=tmp_path / "ck")
+    assert words in str(error.value)
+    assert not (tmp_path / "ck").exists()
+
+
+def test_train_under_inference_mode_is_a_clear_error(tmp_path):
+    x, y = _batch()
+    with torch.inference_mode(), pytest.raises(RobustlabError, match="inference_mode"):
+        train(_tiny(), x, y, config=TrainConfig(epochs=1, batch_size=5), checkpoint_dir=tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()
+
+
+def test_stored_and_exported_json_is_strict_even_for_zero_samples(tmp_path, capsys):
+    def no_constants(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    db = tmp_path / "r.sqlite"
+    with ResultsStore(db) as store:
+        run = store.add(make_evaluation(make_card(), n=0, misclassified=0, broken=0))
+        json.loads(store.export(run), parse_constant=no_constants)
+        assert store.leaderboard(dataset="mnist", norm="Linf", eps=0.3)[0]["run_id"] == run
+    for argv in (["list"], ["show", str(run)], ["compare", str(run), str(run)]):
+        code, err = _cli(["results", *argv, "--db", str(db)], capsys)
+        assert code == 0, err
+
+
+# Every other command: (argv with {tmp} for the test's folder, words the one line must hold).
+OTHER_CLI_ERRORS = [
+    (["datasets", "locate", "nope"], ["unknown dataset", "nope"]),
+    (["datasets", "fetch"], ["needs a dataset name"]),
+    (["datasets", "frobnicate"], ["invalid choice", "frobnicate"]),
+    (["reproduce", "nope", "--out", "{tmp}/out"], ["unknown reproduction", "nope"]),
+    (["reproduce", "cw-table4", "--images", "0", "--out", "{tmp}/out"], ["--images", "positive"]),
+    (["reproduce", "cw-table4", "--device", "cuda:7", "--out", "{tmp}/out"], ["cuda"]),
+    (["demo", "--out", "{tmp}/blocker"], ["--out", "is a file"]),
+    (["report", "{tmp}/nonexistent", "--out", "{tmp}/out/r.html"], ["no such file"]),
+    (["report", "{tmp}", "--out", "{tmp}/blocker/r.html"], ["is a file"]),
+    (["zoo", "show", "nope"], ["no zoo model", "nope"]),
+    (["evaluate", "--model", "zoo:nope", "--eps", "0.1", "--attack", "fgsm", "--out", "{tmp}/out"], ["no zoo model"]),
+    (["results", "show", "5", "--db", "{tmp}/blocker"], ["cannot open the results database"]),
+    (["results", "show", "5", "--db", "{tmp}/r.sqlite"], ["no results database"]),
+    (["results", "leaderboard", "--dataset", "mnist", "--eps", "abc", "--db", "{tmp}/r.sqlite"], ["--eps", "abc"]),
+    (["results", "list", "--limit", "0", "--db", "{tmp}/r.sqlite"], ["--limit"]),
+    (["results", "delete", "x", "--db", "{tmp}/r.sqlite"], ["invalid int value", "x"]),
+    (["attack", "--model", "{tmp}/blocker", "--attack", "fgsm", "--eps", "0.1", "--out", "{tmp}/out"], ["not found"]),
+    (["certify", "--model", "{tmp}/m", "--eps", "0.1", "--bracket", "-1", "--out", "{tmp}/out"], ["--bracket"]),
+    (["certify", "--model", "{tmp}/m", "--eps", "0.1", "--time-limit", "0", "--out", "{tmp}/out"], ["--time-limit"]),
+    (["evaluate", "--model", "{tmp}/m", "--eps", "0.1", "--out", "{tmp}/out"], ["--suite", "--attack"]),
+    (["train", "--model", "mlp", "--out", "{tmp}/out"], ["--dataset"]),
+]
+
+
+@pytest.mark.parametrize("argv, words", OTHER_CLI_ERRORS, ids=[" ".join(a[:3]) for a, _ in OTHER_CLI_ERRORS])
+def test_every_command_reports_a_user_error_in_one_line(tmp_path, capsys, argv, words):
+    (tmp_path / "blocker").write_text("keep me")
+    code, err = _cli([a.replace("{tmp}", str(tmp_path)) for a in argv], capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, (word, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]

@@ -299,8 +299,12 @@ def _print_table(rows: list[tuple[str, str]], header: tuple[str, str]) -> None:
 
 
 def _accuracy_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    def number(value: float | None) -> str:  # None or NaN: an accuracy over zero samples
+        return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
     def fmt(acc: dict[str, float]) -> str:
-        return f"{100 * acc['value']:5.1f}%  [{100 * acc['ci_low']:.1f}, {100 * acc['ci_high']:.1f}]"
+        value = number(acc["value"])
+        return f"{value:>5}{'%' if value != '-' else ' '}  [{number(acc['ci_low'])}, {number(acc['ci_high'])}]"
 
     rows = [("clean", fmt(metrics["clean_accuracy"]))]
     rows += [(name, fmt(acc)) for name, acc in metrics["robust_accuracy_per_attack"].items()]
@@ -529,8 +533,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
                "success_rate": float(merged["success"].float().mean()) if len(data) else math.nan,
                "median_distance": float(merged["distance"].median()) if len(data) else math.nan,
                "wall_time_s": round(time.perf_counter() - start, 3)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(json.dumps(summary, indent=1))
+    from robustlab.certify.cli import write_json
+
+    print(write_json(out / "summary.json", summary))  # strict JSON: NaN is null
     print(f"wrote {out}/adversarial.safetensors, {out}/grid.png, {out}/summary.json")
     return 0
 

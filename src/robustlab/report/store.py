@@ -430,9 +430,11 @@ def _now() -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    """JSON-ready copy in the evaluation files' convention: ``inf`` as ``None``, tuples as lists."""
-    if isinstance(value, float) and math.isinf(value):
-        return None if value > 0 else value
+    """JSON-ready copy in the evaluation files' convention: ``inf`` as ``None``, tuples as lists;
+    NaN (an accuracy over zero samples) is ``None`` too, so that what is stored and exported is
+    strict JSON (RFC 8259 has no NaN or Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -441,8 +443,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def _dumps(value: Any, indent: int | None = None) -> str:
-    # NaN (an accuracy over zero samples) is kept as the evaluation files keep it.
-    return json.dumps(value, indent=indent, allow_nan=True)
+    # Strict JSON: documents stored before NaN became null are converted on the way out.
+    return json.dumps(_jsonable(value), indent=indent, allow_nan=False)
 
 
 _NORM_NAMES = ("linf", "inf", "l2", "l1", "l0")

@@ -98,11 +98,11 @@ def _sha256(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.detach().to("cpu").contiguous().numpy().tobytes()).hexdigest()
 
 
-def data_fingerprint(dataset: str | None, train_x: torch.Tensor, train_y: torch.Tensor,
-                     val_y: torch.Tensor | None = None) -> dict:
-    """What a checkpoint records of the data it was trained on: the dataset's name (and split,
-    as the caller gives it), the number of examples, the sha256 of the labels (in order) and of
-    a fixed sample of the inputs' features, and the validation labels' sha256."""
+def data_fingerprint(dataset: str | None, train_x: torch.Tensor, train_y: torch.Tensor) -> dict:
+    """What a checkpoint records of the data it is trained on: the dataset's name (and split,
+    as the caller gives it), the number of examples, and the sha256 of the labels (in order) and
+    of a fixed sample of the inputs' features. Validation data is not part of it: it does not
+    change the trajectory, and a resumed run may add or change it."""
     n = train_x.shape[0]
     features = train_x.reshape(n, -1)
     step = max(1, features.shape[1] // _FINGERPRINT_FEATURES)
@@ -111,8 +111,6 @@ def data_fingerprint(dataset: str | None, train_x: torch.Tensor, train_y: torch.
         "num_train": n,
         "labels_sha256": _sha256(train_y.to(torch.int64)),
         "inputs_sha256": _sha256(features[:, ::step].to(torch.float32)),
-        "num_val": None if val_y is None else val_y.shape[0],
-        "val_labels_sha256": None if val_y is None else _sha256(val_y.to(torch.int64)),
     }
 
 
@@ -123,8 +121,7 @@ def check_same_data(stored: dict | None, current: dict, path: Path) -> None:
     if stored is None:
         return
     names = {"dataset": "dataset", "num_train": "training examples", "labels_sha256": "training labels (sha256)",
-             "inputs_sha256": "training inputs (sha256 of a sample)", "num_val": "validation examples",
-             "val_labels_sha256": "validation labels (sha256)"}
+             "inputs_sha256": "training inputs (sha256 of a sample)"}
     differences = [f"{label}: checkpoint {_short(stored.get(key))}, now {_short(current.get(key))}"
                    for key, label in names.items() if stored.get(key) != current.get(key)]
     if differences:

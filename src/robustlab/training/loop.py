@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from robustlab.attacks.base import check_call
 from robustlab.attacks.gradient import ProjectedGradientDescent
 from robustlab.errors import RobustlabError
+from robustlab.models.adapters import output_error
 from robustlab.threat import ThreatModel
 from robustlab.training import checkpoint as ckpt
 from robustlab.training.config import TrainConfig
@@ -119,13 +121,15 @@ def train(
     if (val_x is None) != (val_y is None):
         raise RobustlabError("give both val_x and val_y, or neither")
     val = None if val_x is None else _check_pair(val_x, val_y, "val")
+    # Not under inference_mode, and inputs of the model's dtype (see check_call).
+    train_x = check_call(model, train_x)
+    if val is not None:
+        val = (check_call(model, val[0]), val[1])
     model.to(device)
     group = ProcessGroup(device) if distributed else LocalGroup()
     check_batches(len(train_x), config.batch_size, group.world)
 
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-    if checkpoint_dir is not None and group.is_main:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
     shuffle_seed, global_seed, method_seed = _derive_seeds(config.seed)
     threat = config.threat_model()
     if threat is not None:
@@ -135,10 +139,12 @@ def train(
 
     with _forked_global_rng(device, rank_seed(global_seed, group.rank)):
         _check_model_outputs(model, train_x, train_y, val, device)
+        if checkpoint_dir is not None and group.is_main:  # after every check: nothing written for bad input
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
         group.broadcast_module(model)
         run = _Run(model, config, device, num_train=len(train_x), shuffle_seed=shuffle_seed, method=method,
                    group=group, method_seed=method_seed,
-                   data=ckpt.data_fingerprint(dataset, train_x, train_y, None if val is None else val[1]))
+                   data=ckpt.data_fingerprint(dataset, train_x, train_y))
         last = None if checkpoint_dir is None else checkpoint_dir / ckpt.LAST
         stored = _read_last(last, group) if resume else None
         if stored is not None:
@@ -520,7 +526,9 @@ def _check_model_outputs(model, train_x, train_y, val, device) -> None:
     model.eval()
     with torch.no_grad():
         out = model(train_x[:1].to(device))
-    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 1:
+    if not isinstance(out, Tensor):
+        raise output_error(out)
+    if out.dim() != 2 or out.shape[0] != 1:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise RobustlabError(f"the model must return logits of shape [N, K], got {shape}")
     num_classes = out.shape[1]
