@@ -239,7 +239,12 @@ def _around(attacks: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
 def _threat(args: argparse.Namespace, bounds: tuple[float, float]):
     from robustlab.threat import threat_model
 
-    eps = args.eps if isinstance(args.eps, float) else eps_value(str(args.eps))
+    eps = args.eps
+    if isinstance(eps, str):  # set programmatically rather than parsed
+        try:
+            eps = eps_value(eps)
+        except argparse.ArgumentTypeError as exc:
+            raise RobustlabError(f"--eps: {exc}") from None
     return threat_model(args.norm, eps, bounds)
 
 

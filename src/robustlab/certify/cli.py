@@ -55,7 +55,10 @@ def certify_command(args: argparse.Namespace) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise RobustlabError(f"unknown certification method(s) {unknown or args.methods!r}; choose from {', '.join(METHODS)}")
-    eps_values = args.eps if isinstance(args.eps, list) else eps_list(str(args.eps))
+    try:
+        eps_values = args.eps if isinstance(args.eps, list) else eps_list(str(args.eps))
+    except argparse.ArgumentTypeError as exc:
+        raise RobustlabError(f"--eps: {exc}") from None
     threat_model(args.norm, eps_values[0], (0.0, 1.0))  # an unknown norm fails before any work
     model, card = load_model(resolve(args.model))
     if card.defenses:
