@@ -8,6 +8,7 @@ import copy
 import json
 import math
 import threading
+from pathlib import Path
 from dataclasses import dataclass
 
 import pytest
@@ -469,3 +470,37 @@ def test_a_label_the_model_never_predicts_is_valid(digits_mlp, data):
     keep = y != 7
     ev = run_mode("fixed", digits_mlp, x[keep], y[keep])
     assert len(ev.samples) == int(keep.sum())
+
+
+def _gloo_worker(rank: int, world: int, port: int, model, x, y, out: str) -> None:
+    import os
+
+    from robustlab.evaluation.distributed import close, init_process_group
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    init_process_group(torch.device("cpu"))
+    try:
+        for mode in ("minimum-norm", "targeted"):
+            ev = run_mode(mode, model, x[:N[mode]], y[:N[mode]], distributed=True, state_file=f"{out}/{mode}.json")
+            (Path(out) / f"{mode}-rank{rank}.json").write_text(json.dumps(comparable(ev)))
+    finally:
+        close()
+
+
+@pytest.mark.slow  # two fresh interpreters import torch
+def test_two_process_gloo_run_equals_single_process_in_the_unbounded_modes(digits_mlp, data, references, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_gloo_worker, args=(2, port, digits_mlp, *data, str(tmp_path)), nprocs=2, join=True)
+    for mode in ("minimum-norm", "targeted"):
+        for rank in range(2):
+            assert json.loads((tmp_path / f"{mode}-rank{rank}.json").read_text()) == comparable(references[mode])
+        assert sorted(p.name for p in tmp_path.glob(f"{mode}.rank*")) == [f"{mode}.rank0-of-2.json",
+                                                                          f"{mode}.rank1-of-2.json"]
