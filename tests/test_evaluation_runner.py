@@ -379,6 +379,7 @@ BAD = [
     ("x-inf", lambda m, x, y: (m, with_inf(x), y, {}), r"x contains NaN or inf"),
     ("x-uint8", lambda m, x, y: (m, (x * 255).to(torch.uint8), y, {}), r"x must be a floating-point tensor"),
     ("x-flat", lambda m, x, y: (m, x.reshape(-1), y, {}), r"x must be a batch"),
+    ("x-float64", lambda m, x, y: (m, x.double(), y, {}), r"x has dtype torch.float64 but the model's parameters are"),
     ("indices-float", lambda m, x, y: (m, x, y, {"indices": torch.arange(len(y)) / 2}), r"indices must be integers.*float"),
     ("indices-float-list", lambda m, x, y: (m, x, y, {"indices": [0.5] * len(y)}), r"indices must be integers"),
     ("indices-short", lambda m, x, y: (m, x, y, {"indices": torch.arange(len(y) - 1)}), r"indices must have shape"),
@@ -398,6 +399,14 @@ def test_bad_input_is_refused_before_anything_is_written(mode, case, change, mes
     out = tmp_path / "out"
     with pytest.raises(RobustlabError, match=message):
         run_mode(mode, model, x, y, state_file=out / "state.json", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_inference_mode_is_a_clear_error(mode, digits_mlp, data, tmp_path):
+    x, y = batch(mode, data)
+    with torch.inference_mode(), pytest.raises(RobustlabError, match="inference_mode"):
+        run_mode(mode, digits_mlp, x[:8], y[:8], state_file=tmp_path / "state.json")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustlab.attacks.base import Attack, AttackResult, _FrozenEval, check_inputs, check_logits
+from robustlab.attacks.base import Attack, AttackResult, _FrozenEval, check_call, check_inputs, check_logits
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.distributed import all_gather, rank_and_world, shard_range
 from robustlab.evaluation.io import jsonable, save_json
@@ -385,6 +385,7 @@ def run_blocks(
     hash of the data and weights, and with a state file one JSON write of the shard's table per
     step.
     """
+    x = check_call(model, x)  # the template's checks: not under inference_mode, x of the model's dtype
     indices = check_run(x, y, threat, batch_size=batch_size, indices=indices, num_classes=num_classes)
     n = x.shape[0]
     rank, world = rank_and_world() if distributed else (0, 1)
