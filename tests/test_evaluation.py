@@ -126,6 +126,19 @@ def test_empty_dataset(digits_model):
     assert ev.samples == [] and ev.metrics["samples"] == 0
 
 
+def test_saved_evaluation_is_strict_json_even_with_undefined_metrics(digits_model, tmp_path):
+    # An accuracy over zero samples is NaN in memory; the file says null (RFC 8259 has no NaN).
+    model, test = digits_model
+    ev = evaluate(model, test.x[:0], test.y[:0], threat=Linf(eps=0.1), attacks=[FGSM()])
+    assert math.isnan(ev.metrics["robust_accuracy"]["value"])
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in evaluation.json")
+
+    data = json.loads(ev.save(tmp_path / "evaluation.json").read_text(), parse_constant=refuse)
+    assert data["metrics"]["robust_accuracy"]["value"] is None
+
+
 def test_markdown_escapes_names_from_users_and_model_cards(digits_model):
     model, test = digits_model
     hostile = "evil|name <script>alert(1)</script> *bold* _it_ `code` [link](x)\nsecond line"

@@ -1,4 +1,4 @@
-"""JSON for evaluation results and state files: atomic writes, ``inf`` as ``null``."""
+"""JSON for evaluation results and state files: atomic writes, strict JSON (``inf`` and NaN as ``null``)."""
 
 from __future__ import annotations
 
@@ -17,21 +17,23 @@ def threat_dict(threat: ThreatModel) -> dict[str, Any]:
 
 
 def save_json(path: str | Path, data: dict[str, Any]) -> Path:
-    """Write JSON atomically (a killed write leaves the old file); ``inf`` becomes ``null``."""
+    """Write strict JSON atomically (a killed write leaves the old file); ``inf`` and NaN become ``null``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(jsonable(data), indent=1, allow_nan=True))
+    tmp.write_text(json.dumps(jsonable(data), indent=1, allow_nan=False))
     tmp.replace(path)
     return path
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` with ``+inf`` floats replaced by ``None`` (JSON has no infinity)."""
-    if isinstance(value, float) and math.isinf(value):
-        return None if value > 0 else value
+    """JSON-ready copy: tuples as lists, and non-finite floats as ``None``, since RFC 8259 has no
+    NaN or Infinity. In evaluation files ``null`` is an infinite distance (never broken) or an
+    undefined number (an accuracy over zero samples)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     return value

@@ -41,6 +41,7 @@ from typing import Any
 
 import robustlab
 from robustlab.errors import RobustlabError
+from robustlab.evaluation.io import jsonable
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "ResultsStore", "RunInfo", "card_hash", "default_results_path"]
 
@@ -219,7 +220,7 @@ class ResultsStore:
             what = f"a list of {len(evaluation)} items" if isinstance(evaluation, list) else f"a {type(evaluation).__name__}"
             raise RobustlabError(f"not an evaluation: got {what}, expected one evaluation (a JSON object, as evaluate "
                                  "writes it or export gives it); store the evaluations of a list one by one")
-        document = _jsonable(evaluation.to_dict() if hasattr(evaluation, "to_dict") else dict(evaluation))
+        document = jsonable(evaluation.to_dict() if hasattr(evaluation, "to_dict") else dict(evaluation))
         meta = document.pop("run", None) or {}
         samples = document.pop("samples", None)
         card = document.pop("model_card", None)
@@ -429,22 +430,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _jsonable(value: Any) -> Any:
-    """JSON-ready copy in the evaluation files' convention: ``inf`` as ``None``, tuples as lists;
-    NaN (an accuracy over zero samples) is ``None`` too, so that what is stored and exported is
-    strict JSON (RFC 8259 has no NaN or Infinity)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def _dumps(value: Any, indent: int | None = None) -> str:
     # Strict JSON: documents stored before NaN became null are converted on the way out.
-    return json.dumps(_jsonable(value), indent=indent, allow_nan=False)
+    return json.dumps(jsonable(value), indent=indent, allow_nan=False)
 
 
 _NORM_NAMES = ("linf", "inf", "l2", "l1", "l0")
