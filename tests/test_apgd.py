@@ -243,13 +243,14 @@ def _drift(logits, labels, targets=None):
 
 
 def test_an_adversarial_iterate_is_kept_over_a_higher_loss_one():
-    # From x = 0 with eps = 1 the random start lies in a band (adversarial) with probability
-    # 0.975; the loss then climbs to x = 1, which is not adversarial and has the highest loss.
-    x, y = torch.zeros(8, 1), torch.zeros(8, dtype=torch.int64)
+    # From x = 0 with eps = 1 the random start's first coordinate (t_0 / max |t| over 1000
+    # uniform coordinates, as the reference) lies in a band (adversarial) with probability about
+    # 0.975; the loss then climbs to x_0 = 1, which is not adversarial and has the highest loss.
+    x, y = torch.zeros(8, 1000), torch.zeros(8, dtype=torch.int64)
     attack = APGD(steps=10, loss=_drift, early_stop=False)
     result = attack(BandModel(), x, y, threat=Linf(eps=1.0, bounds=(-1.0, 1.0)), generator=gen())
     assert result.success.all()
-    assert (result.x_adv.abs() < 0.98).all()
+    assert (result.x_adv[:, 0].abs() < 0.98).all()
     # Without the preference for adversarial points the highest-loss point, x = 1, would be kept.
     assert (result.loss < 0.98 - 100).all()
 
@@ -403,3 +404,51 @@ def test_same_generator_same_result_and_other_seeds_differ(make_attack, threat, 
     other = attack(digits_mlp, x, y, threat=threat, generator=gen(8))
     assert torch.equal(first.x_adv, second.x_adv) and torch.equal(first.success, second.success)
     assert not torch.equal(first.x_adv, other.x_adv)
+
+
+# --- MALT target ranking ----------------------------------------------------------------------
+
+
+def test_linear_ranking_is_the_order_of_the_linearised_distances():
+    # A linear 5-class model on 3 features, built so that the nearest boundary is not the
+    # highest wrong logit: class 1 has the highest wrong logit but a flat boundary.
+    torch.manual_seed(0)
+    w = torch.tensor([[0.0, 0.0, 0.0], [0.01, -0.01, 0.01], [0.1, 0.1, 0.0], [1.0, 0.0, 0.0], [0.0, -2.0, 3.0]])
+    b = torch.tensor([5.0, 4.0, 1.0, 2.0, 0.0])
+    model = nn.Linear(3, 5)
+    with torch.no_grad():
+        model.weight.copy_(w)
+        model.bias.copy_(b)
+    x = torch.rand(16, 3) * 0.1
+    y = torch.zeros(16, dtype=torch.int64)
+    from robustlab.attacks.apgd import linearised_target_ranking
+    from robustlab.attacks.base import ModelOracle
+
+    for threat, dual in ((Linf(eps=0.3), 1), (L2(eps=0.3), 2)):
+        oracle = ModelOracle(model)
+        ranked = linearised_target_ranking(oracle, x, y, threat, 5)
+        logits = model(x).detach()
+        gaps = logits[:, :1] - logits[:, 1:]
+        norms = torch.linalg.vector_norm(w[0] - w[1:], ord=dual, dim=1)
+        expected = (gaps / norms).argsort(dim=1, stable=True) + 1
+        assert torch.equal(ranked, expected)
+        # One forward and K - 1 backwards per sample.
+        assert (oracle.forwards, oracle.backwards) == (16, 16 * 4)
+    logit_order = logits.scatter(1, y[:, None], -math.inf).argsort(dim=1, descending=True)[:, 0]
+    assert (ranked[:, 0] != logit_order).all()  # the ranking is not the logit order here
+
+
+def test_apgd_t_with_linear_ranking_attacks_the_nearest_boundary_first():
+    # Class 1 has the higher wrong logit but a flat boundary (unreachable); class 2's boundary
+    # lies within eps. With one target, the logit order attacks class 1 and fails.
+    model = nn.Linear(2, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0, 0.0], [0.0, 0.0], [2.0, 0.0]]))
+        model.bias.copy_(torch.tensor([0.95, 0.9, -0.2]))
+    x, y = torch.full((4, 2), 0.2), torch.zeros(4, dtype=torch.int64)
+    threat = Linf(eps=0.6)
+    one_target = dict(steps=20, n_target_classes=1)
+    by_logits = APGDT(**one_target)(model, x, y, threat=threat, generator=gen())
+    by_line = APGDT(**one_target, ranking="linear")(model, x, y, threat=threat, generator=gen())
+    assert not by_logits.success.any()
+    assert by_line.success.all() and (by_line.predictions == 2).all()

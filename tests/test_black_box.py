@@ -153,6 +153,9 @@ def test_square_fraction_halves_on_the_rescaled_schedule():
     # Rescaled to the budget: 5000 queries halve at 5.5 (= 11 / 2) and 4000.5.
     assert square_fraction(0.8, 6, 5000) == 0.4
     assert square_fraction(0.8, 4001, 5000) == pytest.approx(0.8 / 512)
+    # Not rescaled (AutoAttack's Square): the 10000-query schedule cut at 5000.
+    assert square_fraction(0.8, 11, 5000, rescale=False) == 0.4
+    assert square_fraction(0.8, 4001, 5000, rescale=False) == pytest.approx(0.8 / 128)
 
 
 def test_square_needs_a_bounded_threat_and_images(digits_mlp, digits_batch):
@@ -278,3 +281,24 @@ def test_hopskipjump_rejects_a_budget_smaller_than_its_initialisation(digits_mlp
 def test_bad_hyperparameters_are_rejected(name, options, keyword):
     with pytest.raises(RobustlabError, match=keyword):
         build_attack(name, **options)
+
+
+class _Constant(nn.Module):
+    """Logits that do not depend on the input: Square can make no progress."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([2.0, 0.0]).expand(x.shape[0], 2) + 0 * x.flatten(1)[:, :1]
+
+
+def test_square_gives_up_on_samples_that_make_no_progress():
+    x, y = torch.rand(3, 1, 8, 8), torch.zeros(3, dtype=torch.int64)
+    threat = Linf(eps=0.1)
+    kept = SquareAttack(queries=400)(_Constant(), x, y, threat=threat, generator=torch.Generator().manual_seed(0))
+    given_up = SquareAttack(queries=400, give_up=2.0)(_Constant(), x, y, threat=threat,
+                                                      generator=torch.Generator().manual_seed(0))
+    # The clean check plus 400 queries without give_up; with it, the search stops at the first
+    # checkpoint (50 queries) since the margin has not moved.
+    assert kept.extras["queries"].tolist() == [401] * 3
+    assert given_up.extras["queries"].tolist() == [51] * 3
+    with pytest.raises(RobustlabError, match="give_up"):
+        SquareAttack(give_up=0.0)

@@ -214,7 +214,8 @@ def test_standard_suite_follows_autoattack():
     params = {key: p for key, _, p in spec}
     assert params["apgd-ce"] == {"loss": "ce", "steps": 100, "restarts": 1}
     assert params["apgd-t"]["n_target_classes"] == params["fab-t"]["n_target_classes"] == 9
-    assert params["square"]["queries"] == 5000
+    # AutoAttack runs 5000 Square iterations after the initial query, p schedule not rescaled.
+    assert params["square"] == {"queries": 5001, "p_init": 0.8, "rescale_schedule": False}
     capped = {key: p for key, _, p in suite_spec("standard", "L2", 4)}
     assert capped["apgd-t"]["n_target_classes"] == capped["fab-t"]["n_target_classes"] == 3
     l1 = {key: p for key, _, p in suite_spec("standard", "L1", 10)}
@@ -243,6 +244,30 @@ def test_every_suite_builds_for_every_norm(name, norm):
     suite = SUITES[name](norm, 10)
     assert list(suite) == [key for key, _, _ in suite_spec(name, norm, 10)]
     assert all(norm in attack.norms for attack in suite.values())
+
+
+def test_fast_suite_is_the_documented_protocol():
+    spec = {key: (name, params) for key, name, params in suite_spec("fast", THREAT, 10)}
+    assert list(spec) == ["apgd-ce", "apgd-t", "square"]
+    assert spec["apgd-ce"] == ("apgd", {"loss": "ce", "steps": 100, "restarts": 1, "early_stop": True})
+    assert spec["apgd-t"][1]["ranking"] == "linear" and spec["apgd-t"][1]["n_target_classes"] == 3
+    assert spec["square"][1]["give_up"] > 0 and spec["square"][1]["queries"] == 5001
+    assert suite_spec("fast", "L2", 3)[1][2]["n_target_classes"] == 2
+    assert [key for key, _, _ in suite_spec("fast", "L1", 10)] == ["apgd-ce", "apgd-t"]
+
+
+def test_fast_breaks_every_sample_standard_breaks(digits_mlp, data):
+    # eps 0.05 on the digits MLP leaves about half of the samples robust: both suites have work.
+    x, y = data
+    threat = Linf(eps=0.05)
+    broken = {}
+    for name in ("standard", "fast"):
+        ev = evaluate(digits_mlp, x[:48], y[:48], threat=threat, attacks=SUITES[name](threat, 10), batch_size=48,
+                      cascade=True, seed=0)
+        broken[name] = {s["index"] for s in ev.samples if s["broken_by"] not in (None, "clean")}
+        robust = sum(s["broken_by"] is None for s in ev.samples)
+        assert 5 <= robust and len(broken[name]) >= 5
+    assert broken["standard"] <= broken["fast"]
 
 
 def test_quick_suite_breaks_a_non_robust_model(digits_mlp, data):

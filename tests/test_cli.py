@@ -198,8 +198,11 @@ def test_evaluate_suite_resumes_from_its_state_file(trained, tmp_path, capsys):
     assert main([*argv, "--eps", "0.3"]) == 2
     assert "belongs to another evaluation (different threat)" in capsys.readouterr().err
     assert main([*argv, "--eps", "0.3", "--no-resume"]) == 0
-    assert main([*argv[:3], *argv[5:], "--eps", "0.2"]) == 2  # neither a suite nor an attack
-    assert "--suite" in capsys.readouterr().err
+    # Neither a suite nor an attack: the default protocol, fast.
+    default_out = tmp_path / "default"
+    assert main([*argv[:3], *argv[5:-1], str(default_out), "--eps", "0.2"]) == 0
+    assert list(json.loads((default_out / "evaluation.json").read_text())["attacks"]) == ["apgd-ce", "apgd-t", "square"]
+    assert "fast suite" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # two torchrun workers, each a fresh interpreter

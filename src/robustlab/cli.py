@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from robustlab.errors import RobustlabError
+from robustlab.evaluation.suites import SUITES as SUITE_NAMES
 
 log = logging.getLogger("robustlab")
 
@@ -600,6 +601,7 @@ def _run_state(args: argparse.Namespace, out: Path, sharded: bool) -> dict[str, 
 def _evaluate_fixed(args: argparse.Namespace) -> int:
     """Robust accuracy at --eps; resumable through a state file, sharded when run under torchrun."""
     from robustlab.evaluation import build_suite, distributed, evaluate
+    from robustlab.evaluation.suites import DEFAULT_SUITE
     from robustlab.report import evaluation_markdown
 
     if args.eps is None:
@@ -610,7 +612,7 @@ def _evaluate_fixed(args: argparse.Namespace) -> int:
             if args.bpda or args.eot is not None:
                 raise RobustlabError("--bpda and --eot wrap attacks; the diagnostics alone examine the model as it is")
             return _diagnose(args)
-        raise RobustlabError("give an attack suite (--suite), at least one --attack, or --diagnose")
+        args.suite = DEFAULT_SUITE
     sharded = distributed.launched_distributed()
     if sharded:
         args.device = str(distributed.init_process_group(_device(args.device)))
@@ -945,8 +947,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="robust accuracy under several attacks, per sample and worst case")
     attack_common(p, eps_required=False)
     p.add_argument("--attack", action="append", help="NAME[:key=value,...]; repeat for several (after --suite's)")
-    p.add_argument("--suite", choices=["quick", "standard", "thorough"],
-                   help="an attack suite (standard: AutoAttack's); runs as a cascade unless --no-cascade")
+    p.add_argument("--suite", choices=sorted(SUITE_NAMES),
+                   help="an attack suite (standard: AutoAttack's; fast, the default when no --attack is given: "
+                        "never weaker at a fraction of its cost); runs as a cascade unless --no-cascade")
     p.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=None,
                    help="run each attack only on samples still unbroken (default: on with --suite, else off)")
     p.add_argument("--state-file", help="per-sample progress, written after every batch and resumed from "

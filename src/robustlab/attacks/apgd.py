@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from robustlab.errors import RobustlabError
 from robustlab.losses import Loss, dlr, get_loss, margin
 from robustlab.threat import ThreatModel
 
-__all__ = ["APGD", "APGDT", "AutoPGD", "AutoPGDTargeted", "checkpoints"]
+__all__ = ["APGD", "APGDT", "AutoPGD", "AutoPGDTargeted", "checkpoints", "linearised_target_ranking"]
 
 # Checkpoint schedule of Sec. 3 (step size selection), in hundredths of the iterations so that
 # the rounding of w_j = ceil(p_j * steps) is exact: p_1 = 0.22 and
@@ -89,8 +90,31 @@ def _sparse_direction(grad: Tensor, x_adv: Tensor, fraction: Tensor, bounds: tup
 def _random_start(threat: ThreatModel, x: Tensor, todo: Tensor, generator: torch.Generator | None) -> Tensor:
     """Random starts for the samples ``todo``, drawn for the whole batch so that a sample's
     start does not depend on which other samples are still being attacked (``early_stop`` then
-    changes the cost, never a sample's trajectory)."""
-    return threat.random_init(x, generator)[todo]
+    changes the cost, never a sample's trajectory).
+
+    L∞ and L2 as the reference implementation (``attack_single_run``): ``x + eps * t / ||t||``
+    clipped to the box, ``t`` uniform in ``[-1, 1]^d`` (L∞) or Gaussian (L2), so the start lies
+    on the sphere of radius ``eps`` before the clipping. L1: the threat model's ``random_init``.
+    """
+    if threat.norm not in ("Linf", "L2"):
+        return threat.random_init(x, generator)[todo]
+    if threat.norm == "Linf":
+        t = 2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1
+        size = flat(t).abs().amax(dim=1)
+    else:
+        t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        size = flat(t).norm(dim=1)
+    start = threat.clip_to_box(x + threat.eps * t / per_sample(size + 1e-12, t))
+    return start[todo]
+
+
+def _scale_and_clip(threat: ThreatModel, x: Tensor, z: Tensor) -> Tensor:
+    """APGD's L2 projection in the reference implementation: scale ``z - x`` into the ball,
+    then clip to the box. The result lies in ball ∩ box (clipping towards a box that contains
+    ``x`` only shrinks coordinates) but is not the exact projection onto it."""
+    delta = z - x
+    norm = per_sample(flat(delta).norm(dim=1), delta)
+    return threat.clip_to_box(x + delta / (norm + 1e-12) * norm.clamp_max(threat.eps))
 
 
 @dataclass
@@ -164,10 +188,14 @@ class _AutoPGDBase(Attack):
         best.update(None, x_start, loss, success)
         s = _State(
             idx=torch.arange(n, device=x.device), x_clean=x, y=y, loss_targets=loss_targets,
-            criterion_targets=criterion_targets, x_cur=x_start, x_prev=x_start, grad=grad, loss=loss,
-            x_max=x_start, grad_max=grad, loss_max=loss, step=x.new_full((n,), initial_step),
+            # As the reference implementation: the first loss increase is counted against 0 (its
+            # loss history starts as zeros), and condition 2 is off at the first checkpoint
+            # (``reduced_last_check`` starts as ones).
+            criterion_targets=criterion_targets, x_cur=x_start, x_prev=x_start, grad=grad,
+            loss=torch.zeros_like(loss), x_max=x_start, grad_max=grad, loss_max=loss,
+            step=x.new_full((n,), initial_step),
             increases=torch.zeros(n, dtype=torch.int64, device=x.device), loss_max_at_check=loss,
-            halved_at_check=torch.zeros(n, dtype=torch.bool, device=x.device),
+            halved_at_check=torch.ones(n, dtype=torch.bool, device=x.device),
             topk=x.new_full((n,), _L1_INITIAL_TOPK), sparsity_at_check=x.new_full((n,), float(d)),
         )
         if self.early_stop:
@@ -204,12 +232,14 @@ class _AutoPGDBase(Attack):
         return best
 
     def _step(self, s: _State, threat: ThreatModel, *, first: bool) -> Tensor:
-        """L∞/L2: a projected steepest-ascent step, then the momentum combination (Algorithm 1)."""
-        z = threat.project(s.x_clean, s.x_cur + per_sample(s.step, s.x_cur) * threat.steepest_direction(s.grad, s.x_cur))
+        """L∞/L2: a projected steepest-ascent step, then the momentum combination (Algorithm 1).
+        L2 projects as the reference implementation does (:func:`_scale_and_clip`)."""
+        project = threat.project if threat.norm == "Linf" else partial(_scale_and_clip, threat)
+        z = project(s.x_clean, s.x_cur + per_sample(s.step, s.x_cur) * threat.steepest_direction(s.grad, s.x_cur))
         if first:
             return z
         a = self.momentum
-        return threat.project(s.x_clean, s.x_cur + a * (z - s.x_cur) + (1 - a) * (s.x_cur - s.x_prev))
+        return project(s.x_clean, s.x_cur + a * (z - s.x_cur) + (1 - a) * (s.x_cur - s.x_prev))
 
     @staticmethod
     def _l1_step(s: _State, threat: ThreatModel) -> Tensor:
@@ -218,12 +248,14 @@ class _AutoPGDBase(Attack):
         return threat.project(s.x_clean, s.x_cur + per_sample(s.step, s.x_cur) * direction)
 
     def _checkpoint(self, s: _State, *, window: int) -> None:
-        """Halve the step where condition 1 (fewer than ``rho * window`` loss increases since
+        """Halve the step where condition 1 (at most ``rho * window`` loss increases since
         the last checkpoint) or condition 2 (the step was not halved at the last checkpoint and
         the best loss has not improved since) holds, and restart those samples from their
-        best point. Conditions as in the paper (Sec. 3); the reference code uses ``<=`` in
-        condition 1 and skips condition 2 at the first checkpoint."""
-        halve = (s.increases < self.rho * window) | (~s.halved_at_check & (s.loss_max <= s.loss_max_at_check))
+        best point. Conditions of the paper (Sec. 3) in the reference implementation's form
+        (``check_oscillation``): ``<=`` in condition 1 where the paper writes ``<``, condition 2
+        off at the first checkpoint, and the increases counted along the loss trajectory (a
+        restart from the best point does not reset the loss the next step is compared with)."""
+        halve = (s.increases <= self.rho * window) | (~s.halved_at_check & (s.loss_max <= s.loss_max_at_check))
         s.step = torch.where(halve, s.step / 2, s.step)
         self._restart_from_best(s, halve)
         s.halved_at_check, s.loss_max_at_check = halve, s.loss_max
@@ -246,7 +278,6 @@ class _AutoPGDBase(Attack):
     def _restart_from_best(s: _State, where: Tensor) -> None:
         s.x_cur = torch.where(per_sample(where, s.x_cur), s.x_max, s.x_cur)
         s.grad = torch.where(per_sample(where, s.grad), s.grad_max, s.grad)
-        s.loss = torch.where(where, s.loss_max, s.loss)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,8 +289,10 @@ class AutoPGD(_LossMixin, _AutoPGDBase):
 
     Each step (L∞, L2) takes ``z = P(x_k + step * steepest_direction(grad))`` and then
     ``x_{k+1} = P(x_k + momentum * (z - x_k) + (1 - momentum) * (x_k - x_{k-1}))``, ``P`` the
-    exact projection onto ball ∩ box. The step starts at ``2 * eps``; at the checkpoints
-    :func:`checkpoints` it is halved per sample when the loss climbed in fewer than a fraction
+    projection onto ball ∩ box (L∞: exact; L2: scaled into the ball, then clipped to the box, as
+    the reference implementation). The start is ``x + eps * t / ||t||`` clipped to the box (the
+    reference's). The step starts at ``2 * eps``; at the checkpoints
+    :func:`checkpoints` it is halved per sample when the loss climbed in at most a fraction
     ``rho`` of the steps since the last checkpoint, or when neither the step nor the best loss
     changed since then; a halved sample restarts from its highest-loss point.
 
@@ -352,7 +385,10 @@ class AutoPGDTargeted(_AutoPGDBase):
 
     ``x`` ``[N, ...]``, ``y`` ``[N]``; norms L∞, L2, L1. Other hyperparameters as
     :class:`AutoPGD`; ``n_target_classes`` defaults to 9 (AutoAttack, for 10 classes) and is
-    capped at ``K - 1``. ``extras["target"]`` holds the target class whose run broke each sample
+    capped at ``K - 1``. ``ranking``: ``"logits"`` (AutoAttack: the highest clean logits first)
+    or ``"linear"`` (MALT, Melamed, Yehudai & Shamir, NeurIPS 2024: the classes whose
+    linearised decision boundary is nearest first, :func:`linearised_target_ranking`; it costs
+    one forward and ``K - 1`` backwards per sample and lets a few targets do the work of many). ``extras["target"]`` holds the target class whose run broke each sample
     (-1 where none did, including samples misclassified on the clean input), and
     ``extras["restart"]`` the restart within that target's runs. Samples never broken return
     the point with the highest targeted loss over all targets.
@@ -365,11 +401,14 @@ class AutoPGDTargeted(_AutoPGDBase):
     name = "apgd-t"
 
     n_target_classes: int = 9
+    ranking: str = "logits"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.n_target_classes, bool) or not isinstance(self.n_target_classes, int) or self.n_target_classes < 1:
             raise RobustlabError(f"n_target_classes must be a positive integer, got {self.n_target_classes!r}")
+        if self.ranking not in _RANKINGS:
+            raise RobustlabError(f"ranking must be one of {list(_RANKINGS)} (how target classes are ordered), got {self.ranking!r}")
 
     @property
     def loss_fn(self) -> Loss:
@@ -385,7 +424,10 @@ class AutoPGDTargeted(_AutoPGDBase):
         n = x.shape[0]
         clean = oracle.logits(x)
         n_targets = min(self.n_target_classes, clean.shape[1] - 1)
-        ranked = clean.scatter(1, y[:, None], -math.inf).argsort(dim=1, descending=True)[:, :n_targets]
+        if self.ranking == "linear":
+            ranked = linearised_target_ranking(oracle, x, y, threat, clean.shape[1])[:, :n_targets]
+        else:
+            ranked = clean.scatter(1, y[:, None], -math.inf).argsort(dim=1, descending=True)[:, :n_targets]
         best = _Best.empty(x)
         # Clean successes are kept as they are; their loss is not comparable with the targeted
         # losses of the runs, so it is not recorded.
@@ -410,3 +452,34 @@ class AutoPGDTargeted(_AutoPGDBase):
 
 
 APGDT = AutoPGDTargeted
+
+_RANKINGS = ("logits", "linear")
+_DUAL_ORDER = {"Linf": 1.0, "L2": 2.0, "L1": math.inf}
+
+
+def linearised_target_ranking(oracle: ModelOracle, x: Tensor, y: Tensor, threat: ThreatModel, classes: int) -> Tensor:
+    """``[N, K - 1]``: the wrong classes of each sample, nearest linearised boundary first.
+
+    MALT's target ranking (Melamed, Yehudai & Shamir, "MALT powers up adversarial attacks",
+    NeurIPS 2024): class ``j`` is ranked by ``(Z_y - Z_j) / ||grad(Z_y - Z_j)||_q`` at ``x``,
+    ``q`` the dual norm of the threat's (L1 for L∞, L2 for L2, L∞ for L1): the norm of the
+    smallest step that reaches ``Z_j = Z_y`` under the model's first-order approximation. For a
+    linear model this is the exact order of the minimal distances to the classes' boundaries
+    (ignoring the box). Ties keep the lower class first. Cost: one forward and ``K - 1``
+    backwards per sample.
+    """
+    offsets = torch.arange(1, classes, device=x.device)
+    others = (y[:, None] + offsets) % classes  # [N, K-1]
+
+    def gap(logits: Tensor, column: int) -> Tensor:
+        return logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, others[:, column:column + 1]).squeeze(1)
+
+    losses, grads, _ = oracle.losses_and_grads(x, [partial(gap, column=c) for c in range(classes - 1)])
+    distance = torch.stack([
+        loss / (torch.linalg.vector_norm(flat(grad), ord=_DUAL_ORDER[threat.norm], dim=1) + 1e-12)
+        for loss, grad in zip(losses, grads)], dim=1)
+    # Order by distance, then by class index (stable sort of the classes in index order).
+    by_class = others.argsort(dim=1)
+    distance, others = distance.gather(1, by_class), others.gather(1, by_class)
+    order = distance.argsort(dim=1, stable=True)
+    return others.gather(1, order)

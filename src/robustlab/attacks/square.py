@@ -33,12 +33,18 @@ _HALVING_POINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 _UNCHANGED_TOL = 1e-7
 
 
-def square_fraction(p_init: float, iteration: int, queries: int) -> float:
+#: Queries spent (the initialisation included) at which ``give_up`` is checked.
+GIVE_UP_CHECKPOINTS = frozenset({50, 100, 200, 400, 800, 1600, 3200})
+
+
+def square_fraction(p_init: float, iteration: int, queries: int, *, rescale: bool = True) -> float:
     """The fraction ``p`` of the image a square covers at ``iteration`` (0-based) of a
     ``queries`` budget: ``p_init`` halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000
-    queries, the schedule written for 10000 queries and rescaled to ``queries`` (paper Sec. 3.2
-    and Appendix, ``p_selection`` in the reference code)."""
-    scaled = int(iteration / queries * 10000)
+    queries, the schedule written for 10000 queries (paper Sec. 3.2 and Appendix,
+    ``p_selection`` in the reference code). ``rescale``: stretch it to ``queries`` (the
+    reference's ``resc_schedule=True``, its default); AutoAttack builds its Square with
+    ``resc_schedule=False``, so a 5000-query run there stops at ``p_init / 128``."""
+    scaled = int(iteration / queries * 10000) if rescale else iteration
     return p_init / 2 ** sum(scaled > point for point in _HALVING_POINTS)
 
 
@@ -124,6 +130,16 @@ class SquareAttack(Attack):
         loss: ``None`` (margin untargeted, ``"ce"`` targeted), ``"margin"``, ``"ce"``, or a
             callable ``(logits, labels, targets) -> [N]`` that grows as the attack progresses
             (robustlab's loss convention; the attack minimises its negative).
+        rescale_schedule: stretch the ``p`` schedule to ``queries`` (True, the reference code's
+            default) or keep it on the 10000-query scale (False, as AutoAttack runs Square).
+        give_up: ``None`` (every sample gets the whole budget) or a safety factor ``s``: at the
+            checkpoints :data:`GIVE_UP_CHECKPOINTS` (queries spent), a sample whose margin ``m``
+            satisfies ``m > s * log2(queries / spent) * (m_prev - m)`` stops, ``m_prev`` its
+            margin at the previous checkpoint: even if the margin kept falling by as much per
+            doubling of the queries as over the last one (Square's progress per query decays,
+            so this is optimistic), ``1 / s`` of the remaining budget would not bring it to the
+            boundary. Our rule, in the spirit of A3's discarding of points that will not fall
+            (Liu et al., CVPR 2022); robustlab's ``fast`` protocol uses it.
 
     ``extras["queries"]``: ``[N]`` queries per sample, the clean check included (at most
     ``queries + 1``); a sample misclassified from the start costs 1 and is returned unchanged.
@@ -137,10 +153,15 @@ class SquareAttack(Attack):
     queries: int = 5000
     p_init: float = 0.8
     loss: str | Callable | None = None
+    rescale_schedule: bool = True
+    give_up: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.queries, bool) or not isinstance(self.queries, int) or self.queries < 1:
             raise RobustlabError(f"queries must be a positive integer, got {self.queries!r}")
+        if self.give_up is not None and not (isinstance(self.give_up, (int, float)) and not isinstance(self.give_up, bool)
+                                             and 0 < self.give_up < math.inf):
+            raise RobustlabError(f"give_up must be None or a positive number (a safety factor), got {self.give_up!r}")
         if not 0 < self.p_init <= 1:
             raise RobustlabError(f"p_init must lie in (0, 1], got {self.p_init!r}")
         if isinstance(self.loss, str):
@@ -173,11 +194,19 @@ class SquareAttack(Attack):
         self._evaluate(oracle, objective, x_best, y, targets, todo, x_best[todo], loss_min, margin, queries)
 
         step = self._step_linf if threat.norm == "Linf" else self._step_l2
+        going = margin > 0  # still searched: not broken and not given up
+        margin_at_check = margin.clone()
         for iteration in range(self.queries - 1):
-            todo = (margin > 0).nonzero().squeeze(1)
+            spent = iteration + 1  # queries on perturbed points so far, the initialisation included
+            if self.give_up is not None and spent in GIVE_UP_CHECKPOINTS and spent < self.queries:
+                remaining_doublings = math.log2(self.queries / spent)
+                progress = (margin_at_check - margin).clamp_min(0)
+                going &= ~(margin > self.give_up * remaining_doublings * progress)
+                margin_at_check = margin.clone()
+            todo = (going & (margin > 0)).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
-            p = square_fraction(self.p_init, iteration, self.queries)
+            p = square_fraction(self.p_init, iteration, self.queries, rescale=self.rescale_schedule)
             candidates = step(x[todo], x_best[todo], p, threat, generator)
             self._evaluate(oracle, objective, x_best, y, targets, todo, candidates, loss_min, margin, queries)
         return x_best, {"queries": queries}
