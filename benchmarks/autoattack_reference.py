@@ -89,15 +89,52 @@ class CountingModel(nn.Module):
         self.forwards = self.backwards = 0
 
 
-def run_reference(counting: CountingModel, x: Tensor, y: Tensor, row: Row, seed: int, batch_size: int) -> Tensor:
-    from pyautoattack import AutoAttack
+def run_reference(counting: CountingModel, x: Tensor, y: Tensor, row: Row, seed: int, batch_size: int
+                  ) -> tuple[Tensor, dict[str, int], list[str | None]]:
+    """pyautoattack's standard version, one attack at a time on the images still robust (what
+    ``run_standard_evaluation`` does with all four in one call), so that the attack that broke
+    each image is known. What one call would not repeat is not counted: from the second call on,
+    pyautoattack's model checks are switched off and its clean re-check of the survivors (one
+    forward each) is subtracted from the pass count."""
+    from pyautoattack import AutoAttack, autoattack
 
     adversary = AutoAttack(counting, norm=row.norm, eps=row.eps, seed=seed, version="standard")
-    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-    check = common.check_threat_set(x, x_adv, row.eps) if row.norm == "Linf" else None
+    attacks = list(adversary.attacks_to_run)
+    robust = common.predict(counting.model, x) == y
+    broken_by: list[str | None] = [None if r else "clean" for r in robust.tolist()]
+    checks = {name: getattr(autoattack.checks, name) for name in ("check_randomized", "check_dynamic", "check_range_output")}
+    try:
+        for i, attack in enumerate(attacks):
+            todo = robust.nonzero().squeeze(1)
+            if todo.numel() == 0:
+                break
+            if i > 0:
+                autoattack.checks.check_randomized = lambda *a, **k: None
+                autoattack.checks.check_dynamic = lambda *a, **k: None
+                autoattack.checks.check_range_output = lambda *a, **k: 10
+                counting.forwards -= todo.numel()
+            adversary.attacks_to_run = [attack]
+            x_adv, _ = adversary.run_standard_evaluation(x[todo], y[todo], batch_size=batch_size)
+            _check_and_record(counting, x, y, x_adv, todo, robust, broken_by, attack, row)
+    finally:
+        for name, fn in checks.items():
+            setattr(autoattack.checks, name, fn)
+    counts: dict[str, int] = {}
+    for b in broken_by:
+        if b not in (None, "clean"):
+            counts[b] = counts.get(b, 0) + 1
+    return robust, counts, broken_by
+
+
+def _check_and_record(counting, x, y, x_adv, todo, robust, broken_by, attack, row) -> None:
+    """Judge the reference's images by a fresh forward pass (uncounted: ``counting.model``)."""
+    check = common.check_threat_set(x[todo], x_adv, row.eps) if row.norm == "Linf" else None
     if check is not None and (check.linf_violations or check.box_violations or check.nonfinite):
         raise SystemExit(f"pyautoattack returned images outside the threat set: {check.as_dict()}")
-    return common.predict(counting.model, x_adv) == y
+    fell = todo[common.predict(counting.model, x_adv) != y[todo]]
+    robust[fell] = False
+    for i in fell.tolist():
+        broken_by[i] = attack
 
 
 def run_robustlab(suite: str, counting: CountingModel, x: Tensor, y: Tensor, row: Row, seed: int, batch_size: int
@@ -109,7 +146,8 @@ def run_robustlab(suite: str, counting: CountingModel, x: Tensor, y: Tensor, row
     for s in ev.samples:
         if s["broken_by"] not in (None, "clean"):
             broken_by[s["broken_by"]] = broken_by.get(s["broken_by"], 0) + 1
-    return torch.tensor([s["broken_by"] is None for s in ev.samples]), broken_by
+    return (torch.tensor([s["broken_by"] is None for s in ev.samples]), broken_by,
+            [s["broken_by"] for s in ev.samples])
 
 
 def measure(name: str, fn, counting: CountingModel) -> dict[str, Any]:
@@ -121,12 +159,12 @@ def measure(name: str, fn, counting: CountingModel) -> dict[str, Any]:
     out = {"robust": robust, "seconds": seconds, "forwards": counting.forwards, "backwards": counting.backwards,
            "passes": counting.forwards + counting.backwards, "other_load_cores": load.cores}
     if extra:
-        out["broken_by"] = extra[0]
+        out["broken_by"], out["per_sample"] = extra
     common.log(f"  [{name}] {seconds:.1f} s, {out['passes']} passes, robust {int(robust.sum())}")
     return out
 
 
-def run_row(row: Row, images: int, seed: int, batch_size: int) -> dict[str, Any]:
+def run_row(row: Row, images: int, seed: int, batch_size: int, reference_seeds: list[int]) -> dict[str, Any]:
     model, card = zoo_models.get(row.model)
     dataset = zoo_models.RECIPES[row.model].dataset
     data = load_dataset(dataset, split="test", limit=images, seed=seed)
@@ -136,10 +174,13 @@ def run_row(row: Row, images: int, seed: int, batch_size: int) -> dict[str, Any]
     common.log(f"[{row.model} {row.norm} eps={row.eps:.4g}] {len(x)} images, clean {int(clean.sum())}")
     torch.manual_seed(seed)
     runs = {
-        "reference": measure("reference", lambda: (run_reference(counting, x, y, row, seed, batch_size),), counting),
+        "reference": measure("reference", lambda: run_reference(counting, x, y, row, seed, batch_size), counting),
         "standard": measure("standard", lambda: run_robustlab("standard", counting, x, y, row, seed, batch_size), counting),
         "fast": measure("fast", lambda: run_robustlab("fast", counting, x, y, row, seed, batch_size), counting),
     }
+    for extra_seed in reference_seeds:
+        runs[f"reference-seed{extra_seed}"] = measure(
+            f"reference seed {extra_seed}", lambda: run_reference(counting, x, y, row, extra_seed, batch_size), counting)
     ref = runs["reference"]["robust"]
     result: dict[str, Any] = {"model": row.model, "dataset": dataset, "norm": row.norm, "eps": row.eps,
                               "images": len(x), "clean": int(clean.sum()), "runs": {}}
@@ -149,6 +190,7 @@ def run_row(row: Row, images: int, seed: int, batch_size: int) -> dict[str, Any]
         run["seconds"] = round(run["seconds"], 2)
         if name != "reference":
             run["broken_by_reference_not_this"] = int((~ref & robust).sum())
+            run["indices_broken_by_reference_not_this"] = (~ref & robust).nonzero().squeeze(1).tolist()
             run["broken_by_this_not_reference"] = int((ref & ~robust).sum())
             run["time_ratio"] = round(run["seconds"] / runs["reference"]["seconds"], 3)
             run["pass_ratio"] = round(run["passes"] / max(runs["reference"]["passes"], 1), 4)
@@ -185,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, help="images per row (default: each row's own count)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--reference-seeds", type=int, nargs="*", default=[],
+                   help="also run the reference with these seeds (its seed-to-seed variation)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=common.BENCH_DIR / "results" / "autoattack_reference.json")
     args = p.parse_args(argv)
@@ -193,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for key in args.rows:
         row = ROWS[key]
-        results.append(run_row(row, args.images or row.images, args.seed, args.batch_size))
+        results.append(run_row(row, args.images or row.images, args.seed, args.batch_size, args.reference_seeds))
         report = {"benchmark": "autoattack_reference",
                   "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
                   "settings": {"seed": args.seed, "batch_size": args.batch_size,

@@ -61,8 +61,8 @@ RECIPES: dict[str, Recipe] = {
                                       options={"step_size_factor": 1.25}, threat=_LINF_03),
     "mnist-bilateral-kwsmall": Recipe("mnist", "kw-small", "bilateral", 10000, 3, threat=_LINF_03,
                                       eps_warmup_epochs=1),
-    "cifar10-pgd-kwsmall": Recipe("cifar10", "kw-small", "pgd", 10000, 3, options={"steps": 3, "step_size": 2.5 / 255},
-                                  threat=_CIFAR),
+    "cifar10-pgd-kwsmall": Recipe("cifar10", "kw-small", "pgd", 20000, 4, lr=0.001, optimizer="adam",
+                                  options={"steps": 3, "step_size": 2.5 / 255}, threat=_CIFAR, eps_warmup_epochs=1),
 }
 
 

@@ -34,7 +34,7 @@ _UNCHANGED_TOL = 1e-7
 
 
 #: Queries spent (the initialisation included) at which ``give_up`` is checked.
-GIVE_UP_CHECKPOINTS = frozenset({50, 100, 200, 400, 800, 1600, 3200})
+GIVE_UP_CHECKPOINTS = frozenset({100, 200, 400, 800, 1600, 3200})
 
 
 def square_fraction(p_init: float, iteration: int, queries: int, *, rescale: bool = True) -> float:
@@ -134,12 +134,13 @@ class SquareAttack(Attack):
             default) or keep it on the 10000-query scale (False, as AutoAttack runs Square).
         give_up: ``None`` (every sample gets the whole budget) or a safety factor ``s``: at the
             checkpoints :data:`GIVE_UP_CHECKPOINTS` (queries spent), a sample whose margin ``m``
-            satisfies ``m > s * log2(queries / spent) * (m_prev - m)`` stops, ``m_prev`` its
-            margin at the previous checkpoint: even if the margin kept falling by as much per
-            doubling of the queries as over the last one (Square's progress per query decays,
-            so this is optimistic), ``1 / s`` of the remaining budget would not bring it to the
-            boundary. Our rule, in the spirit of A3's discarding of points that will not fall
-            (Liu et al., CVPR 2022); robustlab's ``fast`` protocol uses it.
+            satisfies ``m > s * r * log2(queries / spent)`` stops, ``r = (m_1 - m) / log2(spent)``
+            its average progress per doubling of the queries so far (``m_1`` the margin after
+            the first query): Square's margin falls roughly linearly in ``log(queries)``, at a
+            decaying rate, so a sample that would need more than ``s`` times its average
+            progress so far to reach the boundary is not going to. Our rule, in the spirit of
+            A3's discarding of points that will not fall (Liu et al., CVPR 2022); robustlab's
+            ``fast`` protocol uses it.
 
     ``extras["queries"]``: ``[N]`` queries per sample, the clean check included (at most
     ``queries + 1``); a sample misclassified from the start costs 1 and is returned unchanged.
@@ -195,14 +196,12 @@ class SquareAttack(Attack):
 
         step = self._step_linf if threat.norm == "Linf" else self._step_l2
         going = margin > 0  # still searched: not broken and not given up
-        margin_at_check = margin.clone()
+        first_margin = margin.clone()
         for iteration in range(self.queries - 1):
             spent = iteration + 1  # queries on perturbed points so far, the initialisation included
             if self.give_up is not None and spent in GIVE_UP_CHECKPOINTS and spent < self.queries:
-                remaining_doublings = math.log2(self.queries / spent)
-                progress = (margin_at_check - margin).clamp_min(0)
-                going &= ~(margin > self.give_up * remaining_doublings * progress)
-                margin_at_check = margin.clone()
+                rate = (first_margin - margin).clamp_min(0) / math.log2(spent)
+                going &= ~(margin > self.give_up * rate * math.log2(self.queries / spent))
             todo = (going & (margin > 0)).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
