@@ -231,7 +231,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run the reference with these seeds (its seed-to-seed variation)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=common.BENCH_DIR / "results" / "autoattack_reference.json")
+    p.add_argument("--render", type=Path, nargs="+",
+                   help="only print the Markdown table of these result files together (runs nothing)")
     args = p.parse_args(argv)
+    if args.render:
+        print(markdown([r for path in args.render for r in json.loads(path.read_text())["results"]]))
+        return 0
     torch.set_num_threads(args.threads)
     logging.getLogger("auto-attack").setLevel(logging.ERROR)
     results = []
