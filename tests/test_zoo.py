@@ -14,12 +14,11 @@ import pytest
 import torch
 
 from robustlab import zoo
-from robustlab.cli import _read_run_file, main
+from robustlab.cli import _read_run_file, _train_settings, build_parser, main, train_config
 from robustlab.data import locate
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.suites import SUITES
 from robustlab.models import checkpoint_paths
-from robustlab.training import TrainConfig
 from robustlab.zoo.build import CHECK_IMAGES, correct_predictions
 
 from conftest import torch_threads
@@ -44,11 +43,11 @@ def test_every_recipe_has_a_catalog_entry_and_is_a_valid_train_run_file():
         settings = _read_run_file(str(zoo.recipe_path(name)))  # the exact `robustlab train --config` file
         assert settings == zoo.recipe(name)
         assert {"dataset", "model", "seed"} <= set(settings), name
-        TrainConfig(**{key: settings[key] for key in ("epochs", "batch_size", "optimizer", "lr", "weight_decay",
-                                                      "schedule", "seed") if key in settings},
-                    method=settings.get("method", "natural"), method_options=settings.get("options", {}),
-                    threat=None if "eps" not in settings else {"norm": "Linf", "eps": settings["eps"]},
-                    eps_warmup_epochs=settings.get("eps_warmup_epochs", 0))
+        # The configuration `robustlab train` builds from it, validated (method options included).
+        args = _train_settings(build_parser().parse_args(["train", "--config", str(zoo.recipe_path(name)),
+                                                          "--out", "unused"]))
+        config = train_config(args)
+        assert config.method == settings.get("method", "natural") and config.seed == settings["seed"]
         assert set(zoo.entry(name).labels) <= set(zoo.LABELS)
 
 

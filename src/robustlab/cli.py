@@ -394,21 +394,29 @@ def _train_settings(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), **settings})
 
 
+def train_config(args: argparse.Namespace):
+    """The :class:`~robustlab.training.TrainConfig` of `robustlab train`'s settings (after
+    ``_train_settings``: defaults, --config file, command line)."""
+    from robustlab.training import TrainConfig
+
+    threat = None if args.eps is None else {"norm": args.norm, "eps": args.eps}
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                       momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
+                       method=args.method, method_options=args.options, threat=threat,
+                       eps_warmup_epochs=args.eps_warmup_epochs, bn_mode=args.bn_mode,
+                       robust_eval_samples=args.robust_eval_samples, robust_eval_steps=args.robust_eval_steps,
+                       mixed_precision=args.mixed_precision)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from robustlab.data import train_val_split
     from robustlab.evaluation import distributed
     from robustlab.models import ModelCard, build_model, save_model
-    from robustlab.training import TrainConfig, train
+    from robustlab.training import train
 
     args = _train_settings(args)
-    threat = None if args.eps is None else {"norm": args.norm, "eps": args.eps}
     # Validated before any data is loaded, so a misspelt option fails at once.
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                         momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
-                         method=args.method, method_options=args.options, threat=threat,
-                         eps_warmup_epochs=args.eps_warmup_epochs, bn_mode=args.bn_mode,
-                         robust_eval_samples=args.robust_eval_samples, robust_eval_steps=args.robust_eval_steps,
-                         mixed_precision=args.mixed_precision)
+    config = train_config(args)
     defenses = _train_defenses(args)
     device = _device(args.device)
     check_out_folder(args.out)

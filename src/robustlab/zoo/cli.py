@@ -32,7 +32,8 @@ def table() -> tuple[tuple[str, ...], list[tuple[str, ...]], int]:
               "MB", "notes")
     rows, total = [], 0
     trained = set(zoo.names())
-    for name in zoo.recipes():
+    # The catalog's order (baseline first), then any recipe it lacks (zoo.entry refuses those).
+    for name in [*[n for n in zoo.CATALOG if n in zoo.recipes()], *[n for n in zoo.recipes() if n not in zoo.CATALOG]]:
         info = zoo.entry(name)
         notes = ", ".join(info.labels)
         if name not in trained:
