@@ -71,7 +71,8 @@ def test_card_matches_weights_and_recipe(name):
     standard = card.metrics["standard"]
     assert standard["images"] == info.images and standard["first_images"]
     assert 0 <= standard["robust_accuracy"] <= standard["clean_accuracy"] <= 1
-    assert ("fast" in card.metrics) == ("fast" in SUITES)  # recorded once robustlab has the suite
+    # `fast` is recorded by cards written once robustlab has the suite (older cards lack it).
+    assert "fast" not in card.metrics or "fast" in SUITES
     assert ("certified" in card.metrics) == bool(info.certify)
 
 
