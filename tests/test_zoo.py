@@ -145,6 +145,7 @@ def test_tiny_recipe_rebuilds_to_its_card(tmp_path):
     rebuilt = ModelCard.from_json(rebuilt)
     assert rebuilt.training["recipe"] == shipped.training["recipe"]
     assert rebuilt.training["config"] == shipped.training["config"]
+    assert rebuilt.weights_sha256 == rebuilt.extra["zoo"]["sha256"]  # save_model's hash and the zoo's agree
     assert abs(rebuilt.metrics["clean_accuracy"] - shipped.metrics["clean_accuracy"]) <= REBUILD_CLEAN_TOLERANCE
     assert abs(rebuilt.metrics["standard"]["robust_accuracy"]
                - shipped.metrics["standard"]["robust_accuracy"]) <= REBUILD_ROBUST_TOLERANCE

@@ -159,11 +159,12 @@ def publish(name: str, run_dir: str | Path, *, out_dir: str | Path = MODELS_DIR,
                      input_bounds=run_card.input_bounds, normalization=run_card.normalization,
                      defenses=run_card.defenses, training=training, metrics=metrics, extra={"zoo": zoo})
     weights = save_model(model, Path(out_dir) / name, card)
-    # The card is rewritten with the hash of the weights just written (not by a second save_model:
-    # safetensors' header is not byte-for-byte reproducible, its metadata is an unordered map).
+    # The card as written (save_model adds weights_sha256), rewritten with the zoo's copy of the hash
+    # (not by a second save_model: safetensors' header is not byte-for-byte reproducible).
+    card_path = checkpoint_paths(weights)[1]
+    card = ModelCard.from_json(card_path.read_text(encoding="utf-8"))
     zoo["sha256"] = sha256_of(weights)
     card.extra = {"zoo": zoo}
-    card_path = checkpoint_paths(weights)[1]
     write_atomic(card_path, lambda temporary: temporary.write_text(card.to_json() + "\n", encoding="utf-8"))
     return card
 
