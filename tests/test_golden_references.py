@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from robustlab.attacks import APGD, APGDT, FGSM, PGD, Square
+from robustlab.attacks import APGD, APGDT, DDN, FAB, FABT, FGSM, PGD, DeepFool, Square
 from robustlab.threat import L2, Linf
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -214,3 +214,52 @@ def test_square_window_sides_match_the_reference_schedule(index):
     # robustlab makes queries - 1 steps after the initialisation; the reference's windows may
     # cover the whole image where robustlab keeps one row free (H - 1), never the case here.
     assert got == [min(s, h - 1) for s in expected[:queries - 1]]
+
+
+def test_ddn_matches_foolbox(case):
+    ref = _golden("ddn_l2")
+    cfg = ref["config"]
+    x, y = case["x"], case["y"]
+    model = _Recorder(_model(case))
+    result = DDN(steps=cfg["steps"], init_norm=cfg["init_norm"], gamma=cfg["gamma"], step_size=cfg["step_size"],
+                 final_step_size=cfg["final_step_size"])(model, x, y, threat=L2(eps=math.inf))
+    iterates = model.inputs[1:cfg["steps"] + 1]  # after the template's clean pass
+    _assert_trajectory(_losses(model.model, iterates, y, "ce"), ref["loss"])
+    _assert_trajectory(torch.stack([(it - x).flatten(1).norm(dim=1) for it in iterates]), ref["norm"])
+    assert result.success.tolist() == ref["success"]
+    torch.testing.assert_close(result.distance, torch.tensor(ref["best_distance"], dtype=torch.float64),
+                               rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["deepfool_l2", "deepfool_linf"])
+def test_deepfool_matches_foolbox(case, name):
+    # Foolbox lengthens every step by 1e-4 "for numerical stability" (deepfool.py); robustlab steps
+    # exactly onto the linearised boundary. With the box not binding here, the two differ by at
+    # most (1 + overshoot) * 1e-4 per step in the step's norm.
+    ref = _golden(name)
+    cfg = ref["config"]
+    x, y = case["x"], case["y"]
+    threat = L2(eps=math.inf) if name.endswith("l2") else Linf(eps=math.inf)
+    result = DeepFool(steps=cfg["steps"], candidates=cfg["candidates"], overshoot=cfg["overshoot"])(
+        _model(case), x, y, threat=threat)
+    x_ref = torch.tensor(ref["x_adv"], dtype=torch.float64).view_as(x)
+    assert result.success.tolist() == ref["success"]
+    iterations = result.extras["iterations"]
+    ref_distance = threat.distance(x, x_ref)
+    slack = (1 + cfg["overshoot"]) * 1e-4 * iterations
+    assert ((result.distance - ref_distance).abs() <= slack + 1e-9).all(), (result.distance, ref_distance)
+    assert ((result.x_adv - x_ref).flatten(1).norm(dim=1) <= 2 * slack * math.sqrt(16) + 1e-9).all()
+
+
+@pytest.mark.parametrize("name", ["fab_linf", "fab_l2", "fab_t_linf"])
+def test_fab_matches_the_reference(case, name):
+    # The reference runs FAB in float32 (it casts x), so the distances agree to float32 precision.
+    ref = _golden(name)
+    cfg = ref["config"]
+    x, y = case["x"], case["y"]
+    threat = Linf(eps=math.inf) if cfg["norm"] == "Linf" else L2(eps=math.inf)
+    attack = FABT(steps=cfg["steps"], n_target_classes=1) if cfg["targeted"] else FAB(steps=cfg["steps"])
+    result = attack(_model(case), x, y, threat=threat)
+    assert result.success.tolist() == ref["success"]
+    torch.testing.assert_close(result.distance, torch.tensor(ref["distance"], dtype=torch.float64),
+                               rtol=2e-4, atol=1e-6)
