@@ -25,6 +25,7 @@ from robustlab.attacks.apgd import checkpoints
 from robustlab.attacks.carlini_wagner import next_const
 from robustlab.attacks.cw_objectives import OBJECTIVES
 from robustlab.attacks.square import square_fraction
+from robustlab.errors import RobustlabError
 from robustlab.evaluation import CLEAN, evaluate, wilson_interval
 from robustlab.losses import cross_entropy, dlr, get_loss, margin
 from robustlab.threat import L0, L1, L2, Linf
@@ -173,6 +174,18 @@ def test_dlr_hand_computed_values():
     assert dlr(z, torch.tensor([1])).item() == pytest.approx(-(5 - 3) / 4)
     # Targeted: -(Z_y - Z_t) / (Z_pi1 - (Z_pi3 + Z_pi4) / 2) = -(3 - 0) / (5 - 0.5).
     assert dlr(z, torch.tensor([0]), torch.tensor([2])).item() == pytest.approx(-3 / 4.5)
+
+
+def test_dlr_class_count_limits():
+    z3 = torch.tensor([[3.0, 1.0, 0.0]])
+    # Untargeted DLR is defined from 3 classes on (pi_3 exists), targeted from 4 (pi_4).
+    assert dlr(z3, torch.tensor([0])).item() == pytest.approx(-(3 - 1) / 3)
+    with pytest.raises(RobustlabError, match=r"^the untargeted DLR loss needs at least 3 classes, the model has 2; "
+                                             r"use the 'margin' loss instead \(it is DLR without the scale "
+                                             r"normalisation\)$"):
+        dlr(z3[:, :2], torch.tensor([0]))
+    with pytest.raises(RobustlabError, match=r"^the targeted DLR loss needs at least 4 classes, the model has 3; "):
+        dlr(z3, torch.tensor([0]), torch.tensor([1]))
 
 
 def _cw_closed_forms(z: np.ndarray, y: np.ndarray, t: np.ndarray | None, kappa: float) -> dict[str, np.ndarray]:
