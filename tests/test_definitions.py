@@ -27,7 +27,7 @@ from robustlab.attacks.cw_objectives import OBJECTIVES
 from robustlab.attacks.square import square_fraction
 from robustlab.errors import RobustlabError
 from robustlab.evaluation import CLEAN, evaluate, wilson_interval
-from robustlab.losses import cross_entropy, dlr, get_loss, margin
+from robustlab.losses import cross_entropy, dlr, get_loss, looks_like_probabilities, margin
 from robustlab.threat import L0, L1, L2, Linf
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -149,6 +149,7 @@ def test_margin_kappa_caps_the_value():
     z = torch.tensor([[10.0, 0.0, -1.0], [0.0, 3.0, 1.0]])
     y = torch.tensor([1, 1])  # sample 0 misclassified by 10, sample 1 correct by 2
     assert margin(z, y, kappa=0.0).tolist() == [0.0, -2.0]
+    assert margin(z, y).tolist() == [0.0, -2.0]  # C&W's default confidence is 0
     assert margin(z, y, kappa=4.0).tolist() == [4.0, -2.0]
     assert margin(z, y, kappa=math.inf).tolist() == [10.0, -2.0]
 
@@ -186,6 +187,19 @@ def test_dlr_class_count_limits():
         dlr(z3[:, :2], torch.tensor([0]))
     with pytest.raises(RobustlabError, match=r"^the targeted DLR loss needs at least 4 classes, the model has 3; "):
         dlr(z3, torch.tensor([0]), torch.tensor([1]))
+
+
+def test_looks_like_probabilities_definition():
+    # Non-negative rows summing to 1 (within 1e-3) are softmax outputs; anything else is logits.
+    assert looks_like_probabilities(torch.tensor([[0.2, 0.8], [0.5, 0.5]]))
+    assert looks_like_probabilities(torch.tensor([[0.2, 0.8005]]))
+    assert looks_like_probabilities(torch.tensor([[0.0, 1.0, 0.0]]))  # a saturated softmax
+    assert not looks_like_probabilities(torch.tensor([[0.2, 0.802]]))
+    assert not looks_like_probabilities(torch.tensor([[0.5, 1.0]]))
+    assert not looks_like_probabilities(torch.tensor([[-0.1, 1.1]]))
+    # One class, or no sample: nothing to tell.
+    assert not looks_like_probabilities(torch.ones(3, 1))
+    assert not looks_like_probabilities(torch.zeros(0, 3))
 
 
 def _cw_closed_forms(z: np.ndarray, y: np.ndarray, t: np.ndarray | None, kappa: float) -> dict[str, np.ndarray]:
