@@ -1,0 +1,266 @@
+"""Mutation testing outside CI (issue 15): how many small wrong changes does the suite catch?
+
+    python benchmarks/mutation.py                      # every module below, in order
+    python benchmarks/mutation.py losses threat        # some of them
+    python benchmarks/mutation.py --issue15            # only the six mutations of issue 15
+
+mutmut 3 (``pip install mutmut``; 3.8.1 used) mutates one module at a time in a scratch copy
+(``benchmarks/.cache/mutation/<module>/``) and runs, for each mutant, only the tests of that
+module's selection that reach the mutated function. A mutant is *killed* when a test fails (or
+times out), *survives* when all pass, and has *no tests* when none of the selection reaches it
+(counted as not killed). Results go to ``benchmarks/results/mutation.json`` (score per module,
+every survivor with its diff) and ``mutation.md``; a run of some modules keeps the others'
+entries. ``--issue15`` applies the six mutations the issue lists (and variants of where they
+could be made) and records which tests fail on each in ``mutation_issue15.json`` / ``.md``.
+
+Slow (minutes per module on 2 shared cores), hence outside CI and the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+WORK = ROOT / "benchmarks" / ".cache" / "mutation"
+
+# module -> (file, the tests that pin it)
+MODULES: dict[str, tuple[str, list[str]]] = {
+    "losses": ("src/robustlab/losses.py", ["tests/test_definitions.py", "tests/test_golden_references.py"]),
+    "threat": ("src/robustlab/threat.py", ["tests/test_threat.py", "tests/test_definitions.py"]),
+    "metrics": ("src/robustlab/evaluation/metrics.py", ["tests/test_definitions.py", "tests/test_evaluation.py"]),
+    "apgd": ("src/robustlab/attacks/apgd.py", ["tests/test_golden_references.py", "tests/test_apgd.py"]),
+    "gradient": ("src/robustlab/attacks/gradient.py", ["tests/test_golden_references.py", "tests/test_attacks.py"]),
+    "square": ("src/robustlab/attacks/square.py",
+               ["tests/test_definitions.py", "tests/test_golden_references.py", "tests/test_black_box.py"]),
+    "cascade": ("src/robustlab/evaluation/cascade.py", ["tests/test_definitions.py", "tests/test_cascade.py"]),
+    "base": ("src/robustlab/attacks/base.py", ["tests/test_attacks.py"]),
+}
+
+# Issue 15's six mutations: (name, file, original text, mutated text).
+ISSUE15 = [
+    ("APGD without momentum", "src/robustlab/attacks/apgd.py",
+     "        if first:\n            return z\n", "        if True:\n            return z\n"),
+    ("DLR normalised by Z_pi1 - Z_pi2", "src/robustlab/losses.py",
+     "(top[:, 0] - top[:, 2] + 1e-12)", "(top[:, 0] - top[:, 1] + 1e-12)"),
+    ("L-inf steepest direction = gradient scaled to max-norm 1", "src/robustlab/threat.py",
+     "        return grad.sign()\n",
+     "        return grad / grad.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, *[1] * (grad.dim() - 1))\n"),
+    ("Square p schedule halved (in square_fraction)", "src/robustlab/attacks/square.py",
+     "    return p_init / 2 ** sum(", "    return p_init / 2 / 2 ** sum("),
+    ("Square p schedule halved (in the attack loop)", "src/robustlab/attacks/square.py",
+     "p = square_fraction(self.p_init, iteration, self.queries)",
+     "p = square_fraction(self.p_init, iteration, self.queries) / 2"),
+    ("evaluation credits the last attack", "src/robustlab/evaluation/cascade.py",
+     "if ok and state.broken_by[i] is None:", "if ok and state.broken_by[i] != CLEAN:"),
+    ("C&W margin loss ignores kappa (losses.margin)", "src/robustlab/losses.py",
+     "return value.clamp_max(kappa)", "return value.clamp_max(0.0)"),
+    ("C&W margin loss ignores kappa (f6)", "src/robustlab/attacks/cw_objectives.py",
+     ".clamp_min(-kappa)", ".clamp_min(-0.0)"),
+    ("C&W margin loss ignores kappa (attacks' loss=margin)", "src/robustlab/attacks/gradient.py",
+     "get_loss(self.loss, kappa=self.kappa) if name", "get_loss(self.loss) if name"),
+    ("C&W success ignores kappa", "src/robustlab/attacks/carlini_wagner.py", "    if kappa == 0:", "    if True:"),
+]
+ISSUE15_TESTS = ["tests/test_definitions.py", "tests/test_golden_references.py"]
+
+
+def _python() -> str:
+    return sys.executable
+
+
+def _scratch(name: str) -> Path:
+    work = WORK / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__", ".hypothesis"))
+    return work
+
+
+def run_module(name: str, max_children: int, resume: bool = False) -> dict:
+    path, tests = MODULES[name]
+    work = WORK / name if resume and (WORK / name / "mutants").exists() else _scratch(name)
+    (work / "pyproject.toml").write_text(
+        "[tool.mutmut]\n"
+        'source_paths = ["src/"]\n'
+        f'only_mutate = ["{path}"]\n'
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
+        'process_isolation = "forkserver"\n'
+        "use_git_change_detection = false\n\n"
+        "[tool.pytest.ini_options]\n"
+        'testpaths = ["tests"]\n'
+    )
+    # One OpenMP thread: workers are forked from a process that has imported torch, and a forked
+    # child can hang in a thread pool its parent started (seen here: idle workers, never timed out).
+    env = dict(os.environ, ROBUSTLAB_DATA=os.environ.get("ROBUSTLAB_DATA", "/work/shared/data"),
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.pop("PYTHONPATH", None)  # mutmut puts its mutated copy of src/ first on the path
+    start = time.perf_counter()
+    run = subprocess.run([_python(), "-m", "mutmut", "run", "--max-children", str(max_children)], cwd=work, env=env,
+                         capture_output=True, text=True)
+    result = collect(name)
+    result.update(wall_s=round(time.perf_counter() - start, 1), mutmut_exit_code=run.returncode,
+                  log_tail=(run.stdout + run.stderr)[-400:] if run.returncode else "")
+    return result
+
+
+def collect(name: str) -> dict:
+    """Read the results of a (possibly interrupted) run from its scratch directory."""
+    path, tests = MODULES[name]
+    work = WORK / name
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    listing = subprocess.run([_python(), "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
+                             capture_output=True, text=True).stdout
+    status = dict(re.findall(r"^\s+(\S+): (.+)$", listing, flags=re.M))
+    counts: dict[str, int] = {}
+    for s in status.values():
+        counts[s] = counts.get(s, 0) + 1
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    survivors = []
+    for mutant, s in sorted(status.items()):
+        if s not in ("killed", "timeout", "not checked"):
+            diff = subprocess.run([_python(), "-m", "mutmut", "show", mutant], cwd=work, env=env,
+                                  capture_output=True, text=True).stdout
+            survivors.append({"mutant": mutant, "status": s, "diff": "\n".join(diff.splitlines()[1:])})
+    total = len(status)
+    checked = total - counts.get("not checked", 0)
+    return {
+        "file": path, "tests": tests, "mutants": total, "checked": checked, "counts": counts, "killed": killed,
+        "score": killed / checked if checked else None, "survivors": survivors,
+    }
+
+
+def recheck(name: str, result: dict) -> None:
+    """Run the survivors of an earlier run again against the current tests (added since): each
+    survivor is applied with ``mutmut apply`` to the scratch copy of the source and the module's
+    test selection runs on it. Marks each survivor ``killed_by_current_tests``."""
+    path, tests = MODULES[name]
+    work = WORK / name
+    shutil.rmtree(work / "tests", ignore_errors=True)
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__", ".hypothesis"))
+    original = (work / path).read_text()
+    env = dict(os.environ, PYTHONPATH=str(work / "src"),
+               ROBUSTLAB_DATA=os.environ.get("ROBUSTLAB_DATA", "/work/shared/data"))
+    for survivor in result["survivors"]:
+        try:
+            subprocess.run([_python(), "-m", "mutmut", "apply", survivor["mutant"]], cwd=work, env=env,
+                           capture_output=True, text=True, check=True)
+            r = subprocess.run([_python(), "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=work,
+                               env=env, capture_output=True, text=True)
+            survivor["killed_by_current_tests"] = r.returncode != 0
+        finally:
+            (work / path).write_text(original)
+        print(f"  {survivor['mutant']}: {'killed' if survivor['killed_by_current_tests'] else 'survives'}", flush=True)
+    rechecked = [s for s in result["survivors"] if "killed_by_current_tests" in s]
+    result["killed_after_recheck"] = result["killed"] + sum(s["killed_by_current_tests"] for s in rechecked)
+    result["score_after_recheck"] = result["killed_after_recheck"] / result["checked"] if result["checked"] else None
+
+
+def run_issue15() -> list[dict]:
+    out = []
+    for name, path, old, new in ISSUE15:
+        work = _scratch("issue15")
+        f = work / path
+        text = f.read_text()
+        if text.count(old) != 1:
+            out.append({"mutation": name, "file": path, "error": "the original text is not found once: update ISSUE15"})
+            continue
+        f.write_text(text.replace(old, new))
+        env = dict(os.environ, PYTHONPATH=str(work / "src"),
+                   ROBUSTLAB_DATA=os.environ.get("ROBUSTLAB_DATA", "/work/shared/data"))
+        r = subprocess.run([_python(), "-m", "pytest", "-q", "-p", "no:cacheprovider", *ISSUE15_TESTS], cwd=work,
+                           env=env, capture_output=True, text=True)
+        failing = [line.split(" - ")[0].removeprefix("FAILED ") for line in r.stdout.splitlines()
+                   if line.startswith("FAILED")]
+        out.append({"mutation": name, "file": path, "caught": r.returncode != 0, "failing_tests": failing})
+        print(f"{name}: {'caught' if r.returncode else 'NOT CAUGHT'} by {len(failing)} tests", flush=True)
+    return out
+
+
+def write_markdown(data: dict) -> None:
+    lines = ["# Mutation testing", "", f"Updated {data['updated']}; command: `{data['command']}`.", "",
+             "Machine: 2 CPU cores shared with other engineers' jobs (load average often > 10), so wall "
+             "times are indicative only.", ""]
+    if data.get("modules"):
+        lines += ["Score = killed (timeouts included) / checked mutants; survivors and mutants no selected test "
+                  "reaches count against it.", "",
+                  "| module | tests | mutants | checked | killed | survived | no tests | score | wall |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, m in data["modules"].items():
+            c = m["counts"]
+            score = "n/a" if m["score"] is None else f"{m['score']:.1%}"
+            tests = ", ".join(t.removeprefix("tests/") for t in m["tests"])
+            if m.get("score_after_recheck") is not None:
+                score += f" ({m['score_after_recheck']:.1%} with the tests added since)"
+            lines.append(f"| {m['file']} | {tests} | {m['mutants']} | {m.get('checked', m['mutants'])} | {m['killed']} | "
+                         f"{c.get('survived', 0)} | {c.get('no tests', 0)} | {score} | {m.get('wall_s')} s |")
+        lines.append("")
+    if data.get("notes"):
+        lines += ["## Survivors and what was not run", "", data["notes"], ""]
+    (RESULTS / "mutation.md").write_text("\n".join(lines))
+
+
+def write_issue15(results: list[dict]) -> None:
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    data = {"updated": when, "command": "python benchmarks/mutation.py --issue15", "tests": ISSUE15_TESTS,
+            "mutations": results}
+    (RESULTS / "mutation_issue15.json").write_text(json.dumps(data, indent=1) + "\n")
+    lines = ["# Issue 15's mutations", "", f"Updated {when}; command: `{data['command']}`; tests run: "
+             f"{', '.join(ISSUE15_TESTS)}.", "", "| mutation | caught | failing tests |", "|---|---|---|"]
+    for m in results:
+        tests = ", ".join(t.split("::")[-1] for t in m.get("failing_tests", []))
+        lines.append(f"| {m['mutation']} | {m.get('caught', m.get('error'))} | {tests} |")
+    (RESULTS / "mutation_issue15.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", choices=[[], *MODULES], help="modules to mutate (default: all)")
+    parser.add_argument("--issue15", action="store_true", help="run only the six mutations of issue 15")
+    parser.add_argument("--max-children", type=int, default=1)
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run of the modules")
+    parser.add_argument("--recheck", action="store_true",
+                        help="with --collect: run the survivors again against the current tests")
+    parser.add_argument("--collect", action="store_true",
+                        help="only record the results of earlier (possibly interrupted) runs of the modules")
+    args = parser.parse_args(argv)
+    if args.issue15:
+        write_issue15(run_issue15())
+        return 0
+    out_json = RESULTS / "mutation.json"
+    data = json.loads(out_json.read_text()) if out_json.exists() else {"modules": {}}
+    data["command"] = "python benchmarks/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    for name in args.modules or list(MODULES):
+        print(f"mutating {MODULES[name][0]} ...", flush=True)
+        if args.collect:
+            result = collect(name)
+            result["wall_s"] = data["modules"].get(name, {}).get("wall_s")
+            result["interrupted"] = result["checked"] < result["mutants"]
+            if args.recheck:
+                recheck(name, result)
+        else:
+            result = run_module(name, args.max_children, resume=args.resume)
+        data["modules"][name] = result
+        print(f"  {result['killed']}/{result['mutants']} killed, {result['counts']}", flush=True)
+        data["updated"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        out_json.write_text(json.dumps(data, indent=1) + "\n")
+        write_markdown(data)
+    data["updated"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    out_json.write_text(json.dumps(data, indent=1) + "\n")
+    write_markdown(data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
