@@ -42,7 +42,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "gradient": ("src/robustlab/attacks/gradient.py", ["tests/test_golden_references.py", "tests/test_attacks.py"]),
     "square": ("src/robustlab/attacks/square.py",
                ["tests/test_definitions.py", "tests/test_golden_references.py", "tests/test_black_box.py"]),
-    "cascade": ("src/robustlab/evaluation/cascade.py", ["tests/test_definitions.py", "tests/test_cascade.py"]),
+    "evaluate": ("src/robustlab/evaluation/evaluate.py", ["tests/test_definitions.py", "tests/test_evaluation.py"]),
     "base": ("src/robustlab/attacks/base.py", ["tests/test_attacks.py"]),
 }
 
@@ -60,8 +60,9 @@ ISSUE15 = [
     ("Square p schedule halved (in the attack loop)", "src/robustlab/attacks/square.py",
      "p = square_fraction(self.p_init, iteration, self.queries)",
      "p = square_fraction(self.p_init, iteration, self.queries) / 2"),
-    ("evaluation credits the last attack", "src/robustlab/evaluation/cascade.py",
-     "if ok and state.broken_by[i] is None:", "if ok and state.broken_by[i] != CLEAN:"),
+    ("evaluation credits the last attack", "src/robustlab/evaluation/evaluate.py",
+     "next((name for name in names if attacks[name][\"success\"]), None)",
+     "next((name for name in reversed(names) if attacks[name][\"success\"]), None)"),
     ("C&W margin loss ignores kappa (losses.margin)", "src/robustlab/losses.py",
      "return value.clamp_max(kappa)", "return value.clamp_max(0.0)"),
     ("C&W margin loss ignores kappa (f6)", "src/robustlab/attacks/cw_objectives.py",
