@@ -37,6 +37,7 @@ CASE_FILE = GOLDEN / "tiny_mlp.safetensors"
 SEED = 20261204
 # Radii exact in float32: the reference keeps its step sizes in float32.
 N, EPS_LINF, EPS_L2 = 6, 3 / 128, 1 / 16
+START_SEED = 7
 STEPS = 100  # APGD: 100 iterations, where the paper's checkpoints and the reference's coincide
 
 
@@ -61,10 +62,12 @@ def build_case() -> dict[str, torch.Tensor]:
     with torch.no_grad():
         t["y"] = model(x).argmax(1)
     t["x"] = x
-    t["start_linf"] = x + EPS_LINF * (2 * torch.rand(x.shape, generator=g, dtype=torch.float64) - 1)
-    direction = torch.randn(x.shape, generator=g, dtype=torch.float64)
-    radius = EPS_L2 * torch.rand(N, generator=g, dtype=torch.float64)
-    t["start_l2"] = x + direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * radius.view(-1, 1, 1, 1)
+    # The starts robustlab's APGD draws from torch.Generator().manual_seed(START_SEED), as the
+    # reference does: x + eps * t / ||t|| with t uniform in [-1, 1]^d (L∞) or Gaussian (L2).
+    t_inf = 2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(START_SEED), dtype=torch.float64) - 1
+    t["start_linf"] = (x + EPS_LINF * t_inf / (t_inf.flatten(1).abs().amax(1).view(-1, 1, 1, 1) + 1e-12)).clamp(0, 1)
+    t_2 = torch.randn(x.shape, generator=torch.Generator().manual_seed(START_SEED), dtype=torch.float64)
+    t["start_l2"] = (x + EPS_L2 * t_2 / (t_2.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-12)).clamp(0, 1)
     return t
 
 
