@@ -497,24 +497,73 @@ def _shape_behind(defenses: list[dict[str, Any]], shape: tuple[int, ...]) -> tup
         return tuple(probe(torch.zeros(1, *shape)).shape[1:])
 
 
+def _input_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W such as 3,32,32, got {text!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive sizes C,H,W such as 3,32,32, got {text!r}")
+    return shape
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """--model and what a user's factory needs (evaluate, attack, certify)."""
+    p.add_argument("--model", required=True,
+                   help="a robustlab checkpoint (model.safetensors with model.json beside it), zoo:NAME (robustlab "
+                        "zoo list), or your own model: "
+                        "path/to/file.py:factory or package.module:factory (a function or class returning an "
+                        "nn.Module; with --weights, --model-arg, --mean/--std, --input-shape/--num-classes)")
+    p.add_argument("--weights", help="weights for a factory's model: .safetensors, or a state dict saved with "
+                                     "torch.save (read with torch.load(weights_only=True))")
+    p.add_argument("--model-arg", default="", metavar="KEY=VALUE,...", help="keyword arguments of the factory")
+    p.add_argument("--mean", type=float, nargs="+", help="per-channel mean: the factory's model is wrapped in "
+                                                          "Normalize(mean, std), since inputs are in [0, 1]")
+    p.add_argument("--std", type=float, nargs="+")
+    p.add_argument("--input-shape", type=_input_shape, metavar="C,H,W",
+                   help="input shape of a factory's model (default: the dataset's)")
+    p.add_argument("--num-classes", type=int, help="classes of a factory's model (default: the dataset's)")
+    p.add_argument("--dataset", help="default: the dataset named in the model card (required with a factory)")
+
+
+def load_model_and_data(args: argparse.Namespace):
+    """``(model, card, data)`` for --model and its options (see robustlab.models.loading.resolve_model):
+    a factory's input shape and classes come from --dataset unless --input-shape / --num-classes say
+    them; a checkpoint names its dataset in its card."""
+    from robustlab.models.loading import resolve_model
+
+    data = _load_data(args, args.dataset, args.split, args.limit) if args.dataset else None
+    if data is not None and args.input_shape is not None and tuple(args.input_shape) != data.shape:
+        raise RobustlabError(f"--input-shape {','.join(map(str, args.input_shape))} differs from {data.name}'s "
+                             f"{','.join(map(str, data.shape))}")
+    if data is not None and args.num_classes is not None and args.num_classes != data.num_classes:
+        raise RobustlabError(f"--num-classes {args.num_classes} differs from {data.name}'s {data.num_classes}")
+    model, card = resolve_model(
+        args.model, weights=args.weights, model_args=_key_values(args.model_arg, "--model-arg") or None,
+        mean=args.mean, std=args.std, seed=args.seed, dataset=args.dataset,
+        input_shape=args.input_shape or (data.shape if data is not None else None),
+        num_classes=args.num_classes or (data.num_classes if data is not None else None))
+    if "source" not in card.extra and (args.input_shape is not None or args.num_classes is not None):
+        raise RobustlabError("--input-shape and --num-classes describe a model factory's model; a checkpoint's card "
+                             "says them")
+    if data is None:
+        if not card.dataset:
+            raise RobustlabError("the model card names no dataset; pass --dataset")
+        data = _load_data(args, card.dataset, args.split, args.limit)
+    check_data_fits(card, data)
+    return model, card, data
+
+
 def _load_model_and_data(args: argparse.Namespace):
     """The model inside the card's defenses and then --defense's (the card returned lists them
     all, so that evaluations record what was evaluated), the data, and the device."""
-    from robustlab.models import load_model
-    from robustlab.zoo import resolve
-
     device = _device(args.device)
     defenses = [parse_defense(spec) for spec in args.defense or []]
-    model, card = load_model(resolve(args.model), seed=args.seed)
+    model, card, data = load_model_and_data(args)
     if defenses:
         model = _defended(model, defenses, args.seed)
         card = dataclasses.replace(card, defenses=card.defenses + defenses)
     _check_attack_wrappers(args, model)
-    dataset = args.dataset or card.dataset
-    if not dataset:
-        raise RobustlabError("the model card names no dataset; pass --dataset")
-    data = _load_data(args, dataset, args.split, args.limit)
-    check_data_fits(card, data)
     return model.to(device), card, data, device
 
 
@@ -595,7 +644,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     (out / "report.md").write_text(text)
     print(text)
     print(f"wrote {out}/{args.mode}.json and {out}/report.md")
-    _store_run(args, ev, data)
+    _store_run(args, ev, data, card)
     return 0
 
 
@@ -644,7 +693,7 @@ def _evaluate_fixed(args: argparse.Namespace) -> int:
     print(f"{threat}, {len(data)} samples of {data.name}/{data.split}" + (f", {args.suite} suite" if args.suite else ""))
     _print_table(_accuracy_rows(ev.metrics), ("accuracy", "value   [95% CI]"))
     print(f"wrote {out}/evaluation.json and {out}/report.md")
-    _store_run(args, ev, data)
+    _store_run(args, ev, data, card)
     return _diagnose(args, model, data, threat) if args.diagnose else 0
 
 
@@ -710,22 +759,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_run(args: argparse.Namespace, ev: Any, data: Any) -> None:
+def _store_run(args: argparse.Namespace, ev: Any, data: Any, card: Any) -> None:
     """With --store or --db, add the evaluation to the results database."""
     if not (args.store or args.db):
         return
-    import hashlib
-
-    from robustlab.models import checkpoint_paths
+    from robustlab.models.loading import weights_sha256
     from robustlab.report.store import ResultsStore
-    from robustlab.zoo import resolve
 
-    digest = hashlib.sha256()
-    with open(checkpoint_paths(resolve(args.model))[0], "rb") as weights:
-        for block in iter(lambda: weights.read(1 << 20), b""):
-            digest.update(block)
     with ResultsStore(args.db) as store:
-        run_id = store.add(ev, dataset=data.name, split=data.split, label=args.label, weights_hash=digest.hexdigest())
+        run_id = store.add(ev, dataset=data.name, split=data.split, label=args.label, weights_hash=weights_sha256(args.model, card))
     print(f"stored as run {run_id} in {store.path}")
 
 
@@ -876,9 +918,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def attack_common(p: argparse.ArgumentParser, *, eps_required: bool) -> None:
         common(p)
-        p.add_argument("--model", required=True,
-                       help="model path (model.safetensors with model.json beside it) or zoo:NAME (robustlab zoo list)")
-        p.add_argument("--dataset", help="default: the dataset named in the model card")
+        add_model_options(p)
         p.add_argument("--split", default="test")
         p.add_argument("--limit", type=positive_int, default=1000, help="stratified subset of this many samples")
         p.add_argument("--norm", default="Linf", help="Linf, L2, L1 or L0")

@@ -44,11 +44,8 @@ def _certifier(name: str, batch_size: int):
 
 def certify_command(args: argparse.Namespace) -> int:
     from robustlab.certify.bracket import bracket
-    from robustlab.cli import check_data_fits, check_out_folder, eps_list
-    from robustlab.data import load_dataset
-    from robustlab.models import load_model
+    from robustlab.cli import check_out_folder, eps_list, load_model_and_data
     from robustlab.threat import threat_model
-    from robustlab.zoo import resolve
 
     check_out_folder(args.out)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -60,7 +57,7 @@ def certify_command(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         raise RobustlabError(f"--eps: {exc}") from None
     threat_model(args.norm, eps_values[0], (0.0, 1.0))  # an unknown norm fails before any work
-    model, card = load_model(resolve(args.model))
+    model, card, data = load_model_and_data(args)
     if card.defenses:
         raise RobustlabError(
             f"the model card records preprocessing defenses ({', '.join(d['defense'] for d in card.defenses)}); bound "
@@ -68,16 +65,11 @@ def certify_command(args: argparse.Namespace) -> int:
             "nothing meaningful. Certify the network without them"
         )
     model.eval()
-    dataset = args.dataset or card.dataset
-    if not dataset:
-        raise RobustlabError("the model card names no dataset; pass --dataset")
-    data = load_dataset(dataset, split=args.split, data_dir=args.data_dir, limit=args.limit, seed=args.seed,
-                        download=args.download)
-    check_data_fits(card, data)
+    dataset = data.name
     bounds = tuple(card.input_bounds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"model": str(args.model), "dataset": dataset, "samples": len(data), "norm": args.norm,
+    results: dict = {"model": str(args.model), "model_card": card.to_dict(), "dataset": dataset, "samples": len(data), "norm": args.norm,
                      "certified_accuracy": {}, "seconds": {}}
     for method in methods:
         certifier = _certifier(method, args.batch_size)
@@ -142,9 +134,9 @@ def add_certify_parser(sub) -> argparse.ArgumentParser:
     from robustlab.cli import eps_list, nonnegative_int, positive_float, positive_int
 
     p = sub.add_parser("certify", help="certified accuracy by bound propagation; exact MILP bracket on a few samples")
-    p.add_argument("--model", required=True,
-                   help="model path (model.safetensors with model.json beside it) or zoo:NAME (robustlab zoo list)")
-    p.add_argument("--dataset", help="default: the dataset named in the model card")
+    from robustlab.cli import add_model_options
+
+    add_model_options(p)
     p.add_argument("--data-dir")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=positive_int, default=1000, help="stratified subset of this many samples")
