@@ -11,6 +11,7 @@ from collections import OrderedDict
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from robustlab.attacks import build_attack
 from robustlab.certify import CROWN, CROWNIBP, IBP, AlphaCROWN, certified_radius
@@ -77,6 +78,112 @@ def random_mlp(seed=0) -> nn.Module:
     return _seeded(lambda: MLP(64, (20, 20), 4), seed)
 
 
+# -- traced forms: custom forwards that no module walk could follow --------------------------
+
+
+class CustomMLP(nn.Module):
+    """view with a size() call, functional ReLU, the layers in a child, F.linear on a parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(64, 20), nn.ReLU())
+        self.hidden = nn.Linear(20, 16)
+        self.head_weight = nn.Parameter(torch.randn(4, 16) * 0.3)
+
+    def forward(self, x):
+        h = self.body(x.view(x.size(0), -1))
+        return F.linear(torch.relu(self.hidden(h)), self.head_weight)
+
+
+class NormalizedCNN(nn.Module):
+    """Normalization in forward (x.sub(mean).div(std) on buffers), batch norm in eval mode,
+    average pooling (module and functional), mean over the spatial dims."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.45]).view(1, 1, 1, 1))
+        self.register_buffer("std", torch.tensor([0.25]).view(1, 1, 1, 1))
+        self.conv1 = nn.Conv2d(1, 5, 3, padding=1)
+        self.bn = nn.BatchNorm2d(5)
+        self.pool = nn.AvgPool2d(2)
+        self.conv2 = nn.Conv2d(5, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = x.sub(self.mean).div(self.std)
+        x = self.pool(F.relu(self.bn(self.conv1(x))))
+        x = F.relu(self.conv2(x))
+        return self.fc(F.avg_pool2d(x, 2).mean((2, 3)))
+
+
+class BranchNet(nn.Module):
+    """Concatenation of two branches, a residual addition and a subtraction of branches, a
+    normalization by a constant in forward, flatten via torch.flatten."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.left = nn.Conv2d(4, 3, 3, padding=1)
+        self.right = nn.Conv2d(4, 1, 1)
+        self.mix = nn.Conv2d(4, 4, 3, padding=1)
+        self.a = nn.Linear(4 * 16, 10)
+        self.b = nn.Linear(4 * 16, 10)
+        self.fc = nn.Linear(10, 3)
+
+    def forward(self, x):
+        h = F.relu(self.stem((x - 0.5) / 0.3))
+        branches = torch.cat([self.left(h), self.right(h)], dim=1)
+        h = F.relu(branches) + h
+        h = F.relu(self.mix(h))
+        h = torch.flatten(F.avg_pool2d(h, 2), 1)
+        return self.fc(F.relu(self.a(h) - self.b(h)))
+
+
+class TangledNet(nn.Module):
+    """Not series-parallel: ``a`` feeds both the sum ``c = a + b`` and the final sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Linear(64, 12)
+        self.g = nn.Linear(64, 12)
+        self.h = nn.Linear(12, 12)
+        self.out = nn.Linear(12, 4)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        a = F.relu(self.f(x))
+        c = a + F.relu(self.g(x))
+        d = F.relu(self.h(a)) + c
+        return self.out(d)
+
+
+def _with_statistics(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def custom_mlp() -> nn.Module:
+    return _seeded(CustomMLP, 2)
+
+
+def normalized_cnn() -> nn.Module:
+    return _seeded(lambda: _with_statistics(NormalizedCNN()), 3)
+
+
+def branch_net() -> nn.Module:
+    return _seeded(BranchNet, 4)
+
+
+def tangled_net() -> nn.Module:
+    return _seeded(TangledNet, 5)
+
+
+TRACED = [custom_mlp, normalized_cnn, branch_net, tangled_net]
+
+
 def _inputs(n=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 1, 8, 8, generator=g) * 0.8 + 0.1
@@ -97,7 +204,8 @@ def _vertices(x, eps, count, generator):
 
 
 @pytest.mark.parametrize("name", list(CERTIFIERS))
-@pytest.mark.parametrize("build", [random_mlp, small_cnn, residual_net], ids=["mlp", "cnn", "resnet"])
+@pytest.mark.parametrize("build", [random_mlp, small_cnn, residual_net, *TRACED],
+                         ids=["mlp", "cnn", "resnet", "custom-mlp", "normalized-cnn", "branches", "tangled"])
 def test_dense_sampling_never_leaves_the_bounds(name, build):
     model = build()
     x = _inputs()
@@ -181,18 +289,77 @@ def test_state_restored_and_result_fields(digits_mlp):
 
 def test_unsupported_layer_is_named():
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 3))
-    with pytest.raises(RobustlabError, match=r"'2'.*Tanh.*supported:.*ReLU"):
+    with pytest.raises(RobustlabError, match=r"layer '2' \(Tanh\).*supported:.*ReLU"):
         IBP()(model, _inputs(1), torch.tensor([0]), threat=Linf(eps=0.1))
 
 
-def test_forward_not_described_by_children_is_rejected():
-    class Sneaky(nn.Sequential):
-        def forward(self, x):
-            return super().forward(x) * 2
+def test_first_unsupported_operation_in_a_forward_is_named_with_its_line():
+    class Smooth(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 3)
 
-    model = Sneaky(nn.Flatten(), nn.Linear(64, 3))
-    with pytest.raises(RobustlabError, match="do not reproduce"):
-        CROWN()(model, _inputs(1), torch.tensor([0]), threat=Linf(eps=0.1))
+        def forward(self, x):
+            return torch.sigmoid(self.fc(torch.tanh(x.flatten(1))))
+
+    with pytest.raises(RobustlabError, match=r"torch\.tanh.*test_certify\.py.*line \d+") as error:
+        CROWN()(Smooth(), _inputs(1), torch.tensor([0]), threat=Linf(eps=0.1))
+    assert "sigmoid" not in str(error.value).split("supported:")[0]
+
+
+def test_products_of_input_dependent_tensors_and_control_flow_are_refused():
+    class Gated(nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :3] * x.flatten(1)[:, 3:6]
+
+    class Branching(nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :3] if x.sum() > 0 else -x.flatten(1)[:, :3]
+
+    with pytest.raises(RobustlabError, match="several input-dependent tensors"):
+        IBP()(Gated(), _inputs(1), torch.tensor([0]), threat=Linf(eps=0.1))
+    with pytest.raises(RobustlabError, match="torch.fx cannot trace"):
+        IBP()(Branching(), _inputs(1), torch.tensor([0]), threat=Linf(eps=0.1))
+
+
+def test_traced_forward_gives_the_bounds_of_its_sequential_twin():
+    """Tracing is exact: a custom forward and the nn.Sequential computing the same function get
+    the same bounds, from every certifier."""
+    custom = custom_mlp()
+    twin = nn.Sequential(nn.Flatten(), custom.body[0], nn.ReLU(), custom.hidden, nn.ReLU(),
+                         nn.Linear(16, 4, bias=False)).eval()
+    with torch.no_grad():
+        twin[5].weight.copy_(custom.head_weight)
+    x = _inputs(5)
+    y = custom(x).argmax(1)
+    for certifier in CERTIFIERS.values():
+        for threat in (Linf(eps=0.02), L2(eps=0.2)):
+            got, expected = certifier(custom, x, y, threat=threat), certifier(twin, x, y, threat=threat)
+            assert torch.allclose(got.margins, expected.margins, atol=1e-5, rtol=1e-5)
+
+
+def test_milp_on_a_custom_forward_equals_its_sequential_twin(digits, tiny_mlp):
+    class Custom(nn.Module):
+        def __init__(self, mlp):
+            super().__init__()
+            self.mlp = mlp
+            self.register_buffer("mean", torch.tensor(0.0))
+
+        def forward(self, x):
+            return self.mlp((x - self.mean).reshape(x.shape[0], -1))
+
+    _, _, x, y = digits
+    x, y = x[:2], y[:2]
+    exact = MILPVerifier(time_limit=120).minimal_perturbation(tiny_mlp, x, y, norm="Linf")
+    traced = MILPVerifier(time_limit=120).minimal_perturbation(Custom(tiny_mlp).eval(), x, y, norm="Linf")
+    assert exact.status == traced.status == ["optimal", "optimal"]
+    assert traced.lower == pytest.approx(exact.lower, rel=1e-6)
+
+
+def test_milp_names_the_branching_it_cannot_encode():
+    model = branch_net()
+    with pytest.raises(RobustlabError, match=r"sum of branches at 'add'"):
+        MILPVerifier().minimal_perturbation(model, _inputs(1), model(_inputs(1)).argmax(1))
 
 
 def test_milp_rejects_max_pool():

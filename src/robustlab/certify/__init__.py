@@ -12,7 +12,8 @@ from robustlab.certify.certifiers import (
     certified_accuracy,
     certified_radius,
 )
-from robustlab.certify.graph import SUPPORTED, parse_model
+from robustlab.certify.graph import SUPPORTED
+from robustlab.certify.trace import parse_model
 
 __all__ = [
     "CROWN",

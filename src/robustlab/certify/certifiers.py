@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.certify.bounds import InputSet, crown_bounds, ibp_bounds, margin_spec
-from robustlab.certify.graph import AffineOp, check_graph, parse_model, run_ops
+from robustlab.certify.graph import AffineOp, check_graph, run_ops
+from robustlab.certify.trace import parse_model
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 
@@ -106,18 +107,19 @@ class Prepared:
 
 
 def prepare(model: nn.Module, x: Tensor) -> Prepared:
-    """Parse ``model``, split off its last ``Linear`` (for elision) and check the parse by a
-    forward pass on ``x``. The model must already be in the mode it is certified in (eval)."""
-    ops = parse_model(model)
+    """Trace ``model`` on ``x`` into ops, split off its last ``Linear`` (for elision) and check
+    the ops by a forward pass on ``x``. The model must already be in the mode it is certified in (eval)."""
+    ops = parse_model(model, x)
     if not ops:
         raise RobustlabError("the model has no layers to certify")
     last = ops[-1]
-    if isinstance(last, AffineOp) and isinstance(last.modules[-1], nn.Linear):
-        linear = last.modules.pop()
+    final = last.modules[-1] if isinstance(last, AffineOp) else None
+    if isinstance(final, nn.Linear) or getattr(final, "kind", None) == "linear":  # a Linear or F.linear
+        last.modules.pop()
         last.names.pop()
         if not last.modules:
             ops.pop()
-        weight, bias = linear.weight, linear.bias
+        weight, bias = (final.weight, final.bias) if isinstance(final, nn.Linear) else final.constants()[:2]
     else:
         weight, bias = None, None
     with torch.no_grad():

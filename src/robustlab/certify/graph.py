@@ -1,24 +1,21 @@
 """The network as bound propagation sees it: a list of affine blocks, ReLUs, max-pools and
-residual sums.
+sums of branches.
 
-:func:`parse_model` walks a model's children and turns it into a list of *ops*:
+The ops:
 
-- :class:`AffineOp`: a run of consecutive affine layers (``Linear``, ``Conv2d`` with zero
-  padding, ``Flatten``, ``AvgPool2d``, ``AdaptiveAvgPool2d``, ``BatchNorm1d/2d`` with running
-  statistics (eval mode), ``Normalize``, ``Identity``, ``Dropout`` (identity in eval mode));
-- :class:`ReLUOp` (``nn.ReLU``) and :class:`MaxPoolOp` (``nn.MaxPool2d``, ``ceil_mode=False``);
+- :class:`AffineOp`: a run of consecutive affine maps (``Linear``, ``Conv2d`` with zero
+  padding, ``BatchNorm`` with running statistics (eval mode), ``Normalize``, average pooling,
+  flatten/view/reshape/permute/slicing/padding, adding, subtracting, multiplying or dividing by a
+  constant, and their functional forms);
+- :class:`ReLUOp` and :class:`MaxPoolOp` (``ceil_mode=False``);
 - :class:`ResidualOp`: ``sum_b branch_b(x)`` with each branch a list of ops (an empty branch is
-  the identity).
+  the identity); residual additions, subtractions and concatenations (each branch embedded in
+  its slice of the output) are such sums.
 
-Residual blocks are recognised in two ways: robustlab's :class:`~robustlab.models.PreActBlock`
-and :class:`~robustlab.models.WideBasicBlock` (and the PreAct-ResNet-18 / Wide-ResNet wrappers)
-are converted by hand, and any module may opt in with the *residual protocol*: a method
-``certify_ops() -> list[nn.Module | tuple[list[nn.Module], ...]]`` returning the layers in order,
-where a tuple of module lists denotes a residual sum of branches. Everything else raises a
-:class:`~robustlab.errors.RobustlabError` naming the layer and the supported set.
-
-The parsed graph is checked against the model by a forward pass (:func:`check_graph`), so a
-custom ``forward`` that the children do not describe is caught instead of certified wrongly.
+:func:`parse_model` (in :mod:`robustlab.certify.trace`) builds them by tracing the model's
+forward with ``torch.fx``, so any custom ``forward`` made of these operations is certified as
+it computes; the first other operation raises a :class:`~robustlab.errors.RobustlabError`
+naming it. :func:`check_graph` checks the ops against the model by a forward pass.
 """
 
 from __future__ import annotations
@@ -32,32 +29,19 @@ from torch.nn import functional as F
 
 from robustlab.errors import RobustlabError
 from robustlab.models.normalize import Normalize
-from robustlab.models.resnet import (
-    PreActBlock,
-    PreActResNet18,
-    WideBasicBlock,
-    WideResNet,
-    _WideStage,
-)
 
-__all__ = ["SUPPORTED", "AffineOp", "MaxPoolOp", "ReLUOp", "ResidualOp", "check_graph", "parse_model", "run_ops"]
+__all__ = ["SUPPORTED", "AffineOp", "MaxPoolOp", "ReLUOp", "ResidualOp", "check_graph", "run_ops"]
 
 _AFFINE_TYPES = (
     nn.Linear, nn.Conv2d, nn.Flatten, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d,
     Normalize, nn.Identity, nn.Dropout,
 )
 SUPPORTED = (
-    "Linear, Conv2d (zero padding), Flatten, AvgPool2d, AdaptiveAvgPool2d, BatchNorm1d/2d (eval mode), "
-    "Normalize, Identity, Dropout (eval), ReLU, MaxPool2d (ceil_mode=False), nn.Sequential, "
-    "PreActBlock/WideBasicBlock/PreActResNet18/WideResNet, and modules with a certify_ops() method"
+    "any forward (traced with torch.fx) made of: Linear, Conv2d (zero padding), BatchNorm1d/2d (eval mode), "
+    "Normalize, AvgPool2d, AdaptiveAvgPool2d, Flatten, Identity, Dropout (eval), ReLU, MaxPool2d "
+    "(ceil_mode=False), their functional forms, flatten/view/reshape/permute/transpose/squeeze/unsqueeze/"
+    "slicing/zero padding, mean/sum over non-batch dims, + - * / by constants, residual + and -, torch.cat"
 )
-
-
-def _unsupported(module: nn.Module, name: str) -> RobustlabError:
-    return RobustlabError(
-        f"layer {name or '<model>'!r} of type {type(module).__name__} is not supported by bound propagation; "
-        f"supported: {SUPPORTED}"
-    )
 
 
 def _bn_scale_shift(bn: nn.Module) -> tuple[Tensor, Tensor]:
@@ -105,6 +89,8 @@ def _apply(module: nn.Module, x: Tensor, mode: str) -> Tensor:
         return out
     if isinstance(module, (nn.Identity, nn.Dropout)):
         return x
+    if hasattr(module, "affine"):  # a traced function (robustlab.certify.trace)
+        return module.affine(x, mode)
     # Flatten and average pooling have non-negative weights and no bias.
     return module(x)
 
@@ -238,74 +224,6 @@ class ResidualOp:
 Op = AffineOp | ReLUOp | MaxPoolOp | ResidualOp
 
 
-def _block_items(module: nn.Module) -> list | None:
-    """Layer list for the known residual architectures and the ``certify_ops`` protocol."""
-    if hasattr(module, "certify_ops"):
-        return list(module.certify_ops())
-    if isinstance(module, PreActBlock):
-        main = [module.conv1, module.bn2, nn.ReLU(), module.conv2]
-        if module.shortcut is None:
-            return [([module.bn1, nn.ReLU(), *main], [])]
-        return [module.bn1, nn.ReLU(), (main, [module.shortcut])]
-    if isinstance(module, WideBasicBlock):
-        main = [module.conv1, module.bn2, module.relu2, module.conv2]  # dropout: identity in eval mode
-        if module.convShortcut is None:
-            return [([module.bn1, module.relu1, *main], [])]
-        return [module.bn1, module.relu1, (main, [module.convShortcut])]
-    if isinstance(module, PreActResNet18):
-        return [module.conv1, module.layer1, module.layer2, module.layer3, module.layer4, module.bn, nn.ReLU(),
-                nn.AdaptiveAvgPool2d(1), nn.Flatten(), module.linear]
-    if isinstance(module, WideResNet):
-        return [module.conv1, module.block1, module.block2, module.block3, module.bn1, module.relu,
-                nn.AdaptiveAvgPool2d(1), nn.Flatten(), module.fc]
-    if isinstance(module, _WideStage):
-        return [module.layer]
-    return None
-
-
-def _parse_items(items: list, prefix: str, ops: list) -> None:
-    for index, item in enumerate(items):
-        if isinstance(item, tuple):
-            branches = []
-            for b, branch in enumerate(item):
-                sub: list = []
-                _parse_items(list(branch), f"{prefix}residual{index}.{b}.", sub)
-                branches.append(sub)
-            ops.append(ResidualOp(branches, f"{prefix}residual{index}"))
-        else:
-            _parse_module(item, f"{prefix}{index}", ops)
-
-
-def _parse_module(module: nn.Module, name: str, ops: list) -> None:
-    if isinstance(module, _AFFINE_TYPES):
-        if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
-            raise RobustlabError(f"Conv2d {name!r} uses padding_mode={module.padding_mode!r}; only 'zeros' is supported")
-        if ops and isinstance(ops[-1], AffineOp):
-            ops[-1].modules.append(module)
-            ops[-1].names.append(name)
-        else:
-            ops.append(AffineOp([module], [name]))
-    elif isinstance(module, nn.ReLU):
-        ops.append(ReLUOp(name))
-    elif isinstance(module, nn.MaxPool2d):
-        ops.append(MaxPoolOp(module, name))
-    elif isinstance(module, nn.Sequential):
-        for child_name, child in module.named_children():
-            _parse_module(child, f"{name}.{child_name}" if name else child_name, ops)
-    else:
-        items = _block_items(module)
-        if items is None:
-            raise _unsupported(module, name)
-        _parse_items(items, f"{name}." if name else "", ops)
-
-
-def parse_model(model: nn.Module) -> list:
-    """The list of ops of ``model`` (see the module docstring); raises on unsupported layers."""
-    ops: list = []
-    _parse_module(model, "", ops)
-    return ops
-
-
 def run_ops(ops: list, x: Tensor) -> Tensor:
     """Forward pass through the ops, recording each op's input/output shapes (without batch)."""
     for op in ops:
@@ -326,9 +244,10 @@ def check_graph(model: nn.Module, ops: list, x: Tensor) -> Tensor:
         mine = run_ops(ops, x)
     if reference.shape != mine.shape or not torch.allclose(reference, mine, rtol=1e-4, atol=1e-4 * (1 + float(reference.abs().max()))):
         raise RobustlabError(
-            f"the layers of {type(model).__name__} do not reproduce its forward pass (max difference "
-            f"{float((reference - mine).abs().max()) if reference.shape == mine.shape else 'shape mismatch'}); "
-            "its forward must be the composition of its children. Supported: " + SUPPORTED
+            f"the traced operations of {type(model).__name__} do not reproduce its forward pass (max difference "
+            f"{float((reference - mine).abs().max()) if reference.shape == mine.shape else 'shape mismatch'}): "
+            "its result depends on more than the traced graph (e.g. on the batch size, or on state changed "
+            "while running). Supported: " + SUPPORTED
         )
     if reference.dim() != 2:
         raise RobustlabError(f"the model must return logits [N, K], got shape {tuple(reference.shape)}")

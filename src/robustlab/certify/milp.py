@@ -1,9 +1,11 @@
 """Exact verification of ReLU networks by mixed-integer linear programming (Tjeng, Xiao &
 Tedrake, ICLR 2019), solved with ``scipy.optimize.milp`` (HiGHS).
 
-Supported networks: affine layers (``Linear``, ``Flatten``, ``Normalize``, ``Conv2d``,
-``BatchNorm`` in eval mode, average pooling: all turned into dense matrices, so keep them small)
-and ``ReLU``. Max-pooling and residual blocks are not supported here (RobustlabError).
+Supported networks: whatever the tracer (:mod:`robustlab.certify.trace`) turns into a sequence
+of affine maps (``Linear``, ``Conv2d``, ``BatchNorm`` in eval mode, normalization, flatten and
+reshape, average pooling, constants added or multiplied: all turned into dense matrices, so
+keep them small) and ``ReLU``, whatever the forward's code. Max-pooling and sums of branches
+(residual additions, concatenations) are not supported here: a RobustlabError names the first.
 
 Encoding (float64): one continuous variable per input coordinate and per ReLU output; a ReLU
 with pre-activation bounds ``l < 0 < u`` gets one binary ``d`` with ``a >= z``, ``a >= 0``,
@@ -42,7 +44,7 @@ from torch import Tensor, nn
 
 from robustlab.certify.bounds import InputSet, crown_bounds, margin_spec
 from robustlab.certify.certifiers import frozen_eval, prepare
-from robustlab.certify.graph import AffineOp, ReLUOp
+from robustlab.certify.graph import AffineOp, MaxPoolOp, ReLUOp
 from robustlab.errors import RobustlabError
 
 __all__ = ["MILPResult", "MILPVerifier", "dense_layers"]
@@ -107,9 +109,11 @@ def dense_layers(prepared) -> list[tuple[np.ndarray, np.ndarray]]:
             layers.append(current)
             current = None
         else:
+            what = (f"the max-pooling {op.name!r}" if isinstance(op, MaxPoolOp)
+                    else f"the sum of branches at {op.name!r} (a residual addition, subtraction or concatenation)")
             raise RobustlabError(
-                f"the MILP verifier supports affine layers and ReLU only, not {op!r}; "
-                "use a bound-propagation certifier for max-pooling and residual networks"
+                f"the MILP verifier supports affine layers and ReLU only, in sequence, not {what}; "
+                "use a bound-propagation certifier (IBP, CROWN) for max-pooling, residual and branching networks"
             )
     w = prepared.weight.detach().double().numpy()
     b = np.zeros(w.shape[0]) if prepared.bias is None else prepared.bias.detach().double().numpy()
