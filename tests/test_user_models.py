@@ -169,3 +169,24 @@ def test_zoo_models_resolve_as_checkpoints():
     assert loaded.to_dict() == card("mnist-tiny").to_dict() and not model.training
     with pytest.raises(RobustlabError, match="carries its own weights"):
         resolve_model("zoo:mnist-tiny", weights="w.pt")
+
+
+def test_certify_a_factory_with_a_custom_forward(user_files, digits_mlp, tmp_path, capsys):
+    """The factory's Net flattens inside forward and keeps its layers in a child: certified by
+    tracing, with the numbers of the same weights in an nn.Sequential."""
+    from robustlab.certify import CROWN, IBP
+    from robustlab.data import load_dataset
+    from robustlab.threat import Linf
+
+    code = main(["certify", "--model", f"{user_files / 'usermodels.py'}:build", "--weights",
+                 str(user_files / "weights.pt"), "--dataset", "digits", "--eps", "0.01,0.03", "--limit", "60",
+                 "--out", str(tmp_path)])
+    assert code == 0
+    result = json.loads((tmp_path / "certify.json").read_text())
+    assert result["model_card"]["extra"]["source"]["weights_sha256"] == _sha256(user_files / "weights.pt")
+    data = load_dataset("digits", split="test", limit=60, seed=0)
+    for name, certifier in (("ibp", IBP()), ("crown", CROWN())):
+        for eps in (0.01, 0.03):
+            expected = certifier(digits_mlp, data.x, data.y, threat=Linf(eps=eps)).certified_accuracy
+            assert result["certified_accuracy"][name][f"{eps:g}"] == pytest.approx(expected)
+    assert result["certified_accuracy"]["crown"]["0.01"] > 0.5
