@@ -105,14 +105,27 @@ def test_the_anchor_rule_matches_real_headings():
     assert "fixed-budget-and-minimum-norm-attacks" in _anchors("concepts/attack-contract.md")
 
 
-def test_anchors_the_library_links_to_exist():
-    """Every diagnostics check, and every ``{DOCS}/diagnostics/#anchor`` written in the source
-    (warnings, findings), has its section in docs/diagnostics.md."""
-    source = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "src" / "robustlab").rglob("*.py"))
-    linked = set(re.findall(r"DOCS\}/diagnostics/#([a-z0-9-]+)", source))
-    assert {"probabilities", "distance-mismatch"} <= linked  # the pattern finds the literal anchors
-    missing = sorted((set(CHECKS) | linked) - _anchors("diagnostics.md"))
-    assert not missing, f"docs/diagnostics.md lacks sections for {missing}"
+def test_every_docs_pointer_in_the_source_resolves_to_a_shipped_page_and_section():
+    """Every ``docs_pointer(page, anchor)`` written in the source (warnings, errors, findings),
+    every diagnostics check (``docs_pointer("diagnostics", check)``) and every
+    ``robustlab docs PAGE#anchor`` in the source names a page and a heading that exist in the
+    documentation shipped with the package; and nothing links to an unpublished website."""
+    from robustlab.documentation import anchors, docs_dir, list_pages
+
+    source = {p: p.read_text(encoding="utf-8") for p in (ROOT / "src" / "robustlab").rglob("*.py")}
+    pointers = set()
+    for text in source.values():
+        pointers |= {(page, anchor or None) for page, anchor in re.findall(
+            r"docs_pointer\(\s*[\"']([\w/-]+)[\"'](?:\s*,\s*[\"']([\w-]+)[\"'])?\s*\)", text)}
+        pointers |= {(page, anchor or None) for page, anchor in re.findall(r"robustlab docs ([a-z][\w/-]*)(?:#([\w-]+))?", text)}
+    assert {("diagnostics", "probabilities"), ("diagnostics", "distance-mismatch"), ("diagnostics", "eot")} <= pointers
+    pointers |= {("diagnostics", check) for check in CHECKS}
+    pages = set(list_pages())
+    for page, anchor in sorted(pointers, key=str):
+        assert page in pages, f"a pointer names the page {page!r}, which is not in {docs_dir()}"
+        assert anchor is None or anchor in anchors(page), f"{page}.md has no section #{anchor}"
+    for path, text in {**source, ROOT / "mkdocs.yml": (ROOT / "mkdocs.yml").read_text()}.items():
+        assert "readthedocs.io" not in text and "DOCS}/" not in text, f"{path} links to a website that does not exist"
 
 
 def test_results_page_links_every_results_file():

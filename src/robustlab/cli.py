@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
+from robustlab.documentation import docs_pointer
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.suites import SUITES as SUITE_NAMES
 
@@ -568,9 +569,8 @@ def _load_model_and_data(args: argparse.Namespace):
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from safetensors.torch import save_file
-
-    from robustlab.report import save_grid
+    from robustlab._progress import progress_bar
+    from robustlab.report.grid import save_examples
 
     out = check_out_folder(args.out)
     _threat(args, (0.0, 1.0))  # a bad --norm or --eps fails before the model and data are loaded
@@ -578,27 +578,25 @@ def cmd_attack(args: argparse.Namespace) -> int:
     (attack,) = _around({"attack": parse_attack(args.attack)}, args).values()
     threat = _threat(args, tuple(card.input_bounds))
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    outputs: dict[str, list[torch.Tensor]] = {k: [] for k in ("x_adv", "success", "distance", "predictions")}
+    outputs: dict[str, list[torch.Tensor]] = {k: [] for k in ("x_adv", "success", "distance", "predictions", "clean")}
     start = time.perf_counter()
-    from tqdm.auto import tqdm
-
-    for i in tqdm(range(0, len(data), args.batch_size), desc=attack.name, disable=args.quiet):
+    for i in progress_bar(range(0, len(data), args.batch_size), desc=attack.name, disable=args.quiet):
         x, y = data.x[i:i + args.batch_size].to(device), data.y[i:i + args.batch_size].to(device)
         result = attack(model, x, y, threat=threat, targets=args.targets, generator=generator)
-        for key in outputs:
+        with torch.no_grad():
+            outputs["clean"].append(model(x).argmax(1).cpu())
+        for key in ("x_adv", "success", "distance", "predictions"):
             outputs[key].append(getattr(result, key).cpu())
     merged = {k: torch.cat(v) for k, v in outputs.items()}
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({**merged, "x": data.x, "y": data.y, "indices": data.indices,
-               "success": merged["success"].to(torch.uint8)}, str(out / "adversarial.safetensors"))
-    save_grid(out / "grid.png", data.x, merged["x_adv"], bounds=tuple(card.input_bounds))
     summary = {"attack": attack.config(), "defenses": card.defenses, "threat": str(threat), "samples": len(data),
                "success_rate": float(merged["success"].float().mean()) if len(data) else math.nan,
                "median_distance": float(merged["distance"].median()) if len(data) else math.nan,
                "wall_time_s": round(time.perf_counter() - start, 3)}
-    from robustlab.certify.cli import write_json
-
-    print(write_json(out / "summary.json", summary))  # strict JSON: NaN is null
+    save_examples(out, x=data.x, y=data.y, x_adv=merged["x_adv"], clean=merged["clean"],
+                  adversarial=merged["predictions"], success=merged["success"], distance=merged["distance"],
+                  indices=data.indices, summary=summary, classes=data.classes, norm=threat.norm,
+                  bounds=tuple(card.input_bounds))
+    print((out / "summary.json").read_text(encoding="utf-8").rstrip())  # strict JSON: NaN is null
     print(f"wrote {out}/adversarial.safetensors, {out}/grid.png, {out}/summary.json")
     return 0
 
@@ -725,7 +723,8 @@ def _diagnose(args: argparse.Namespace, model=None, data=None, threat=None) -> i
     with open(out / "report.md", "a" if after_evaluation else "w", encoding="utf-8") as report:
         report.write(("\n" if after_evaluation else "") + diagnosis.markdown())
     _print_table([(f.check, f"{f.verdict}: {f.message}") for f in diagnosis.findings], ("check", "finding"))
-    print(f"diagnostics: {diagnosis.verdict}; wrote {out}/diagnostics.json (see docs/diagnostics.md)")
+    print(f"diagnostics: {diagnosis.verdict}; wrote {out}/diagnostics.json (what each check means: `"
+          f"{docs_pointer('diagnostics')}`)")
     return 1 if diagnosis.verdict == "fail" else 0
 
 
@@ -790,6 +789,28 @@ def _print_columns(header: Sequence[str], rows: list[Sequence[Any]]) -> None:
 
 def _threat_text(threat: dict[str, Any]) -> str:
     return f"{threat['norm']} eps={'inf' if threat['eps'] is None else format(threat['eps'], 'g')}"
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from robustlab import documentation
+
+    if args.serve:
+        site = documentation.build_site()
+        server = documentation.serve_site(site, port=args.port)
+        host, port = server.server_address[:2]
+        print(f"serving the robustlab documentation at http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+        try:
+            server.serve_forever()
+        finally:
+            server.server_close()
+        return 0
+    if not args.page:
+        print("robustlab documentation pages (robustlab docs PAGE, or PAGE#section):")
+        for page in documentation.list_pages():
+            print(f"  {page}")
+        return 0
+    sys.stdout.write(documentation.read_page(args.page))
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -1077,6 +1098,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report file: .html or .md (the suffix picks the format); repeat for both")
     p.add_argument("--title", default="robustlab report")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("docs", help="read the documentation shipped with robustlab: a page, or one of its sections",
+                       description="Print a documentation page (robustlab docs diagnostics) or one section of it "
+                                   "(robustlab docs diagnostics#eot); without a page, list them. The pointers in "
+                                   "robustlab's warnings and reports are such arguments.")
+    p.add_argument("page", nargs="?", metavar="PAGE[#SECTION]")
+    p.add_argument("--serve", action="store_true", help="build the pages with mkdocs (if installed) and serve them on "
+                                                        "localhost")
+    p.add_argument("--port", type=int, default=8000, help="port for --serve (0: any free port)")
+    p.set_defaults(func=cmd_docs)
 
     from robustlab.certify.cli import add_certify_parser
     from robustlab.zoo.cli import add_zoo_parser

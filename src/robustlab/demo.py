@@ -14,7 +14,8 @@ from robustlab.attacks import FGSM, PGD, GaussianNoise
 from robustlab.data import load_dataset, train_val_split
 from robustlab.evaluation import evaluate
 from robustlab.models import ModelCard, build_model, save_model
-from robustlab.report import evaluation_markdown, save_grid, write_report
+from robustlab.report import evaluation_markdown, write_report
+from robustlab.report.grid import save_examples
 from robustlab.threat import Linf
 from robustlab.training import TrainConfig, train
 
@@ -51,8 +52,14 @@ def run_demo(out: Path, *, seed: int = 0, progress: bool = True) -> dict[str, An
         curve[eps] = float(correct.float().mean())
     (out / "curve.json").write_text(json.dumps({"attack": "pgd-20", "norm": "Linf", "robust_accuracy": curve}, indent=1))
 
-    adv = PGD(steps=20)(model, test.x[:8], test.y[:8], threat=threat, generator=torch.Generator().manual_seed(seed))
-    save_grid(out / "grid.png", test.x[:8], adv.x_adv)
+    pgd = PGD(steps=20)
+    adv = pgd(model, test.x[:8], test.y[:8], threat=threat, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        clean = model(test.x[:8]).argmax(1)
+    save_examples(out, x=test.x[:8], y=test.y[:8], x_adv=adv.x_adv, clean=clean, adversarial=adv.predictions,
+                  success=adv.success, distance=adv.distance, indices=test.indices[:8], classes=test.classes,
+                  norm=threat.norm, summary={"attack": pgd.config(), "threat": str(threat), "samples": 8,
+                                             "success_rate": float(adv.success.float().mean())})
     lines = [evaluation_markdown(ev, title="robustlab demo: MLP on scikit-learn digits"), "## PGD-20 robust accuracy against eps", "",
              "| eps | robust accuracy |", "|---|---|"]
     lines += [f"| {eps:g} | {100 * acc:.1f}% |" for eps, acc in curve.items()]

@@ -6,9 +6,6 @@ or escalate them as a group (``warnings.simplefilter("error", RobustlabWarning)`
 
 from __future__ import annotations
 
-DOCS = "https://robustlab.readthedocs.io/en/latest"
-
-
 class RobustlabError(ValueError):
     """Bad input: a shape, dtype, range or setting that robustlab cannot work with."""
 

@@ -28,7 +28,8 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
-from robustlab.errors import DOCS, ProbabilityOutputWarning, RobustlabError
+from robustlab.documentation import docs_pointer
+from robustlab.errors import ProbabilityOutputWarning, RobustlabError
 from robustlab.losses import looks_like_probabilities
 from robustlab.models.adapters import output_error
 from robustlab.threat import ThreatModel
@@ -273,7 +274,7 @@ def check_logits(logits: Tensor, y: Tensor, num_classes: int | None = None, *, s
         warnings.warn(
             "the model's outputs look like probabilities (non-negative rows summing to 1); attacks and "
             "losses expect logits: remove the final softmax. Margin-based losses saturate on "
-            f"probabilities and make the model look robust. See {DOCS}/diagnostics/#probabilities",
+            f"probabilities and make the model look robust. See `{docs_pointer('diagnostics', 'probabilities')}`",
             ProbabilityOutputWarning,
             stacklevel=stacklevel,
         )

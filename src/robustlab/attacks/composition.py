@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack, ModelOracle, is_adversarial, project_rounding_inward
 from robustlab.attacks.gradient import _Best
-from robustlab.errors import DOCS, RobustlabError, SingleDrawEOTWarning
+from robustlab.documentation import docs_pointer
+from robustlab.errors import RobustlabError, SingleDrawEOTWarning
 from robustlab.losses import Loss, margin
 from robustlab.models.preprocessing import InputTransformDefense
 from robustlab.threat import ThreatModel
@@ -188,7 +189,7 @@ class EOT(_Wrapper):
         if self.draws == 1:
             warnings.warn(
                 "EOT with draws=1 averages nothing: each step follows the gradient of a single random draw. "
-                f"Use tens of draws (Athalye et al. use 30). See {DOCS}/diagnostics/#eot",
+                f"Use tens of draws (Athalye et al. use 30). See `{docs_pointer('diagnostics', 'eot')}`",
                 SingleDrawEOTWarning,
                 stacklevel=3,
             )

@@ -77,9 +77,9 @@ def _copy_response(url: str, out, label: str, progress: bool, timeout: float) ->
         total = int(length) if length and length.isdigit() else None
         bar = None
         if progress:
-            from tqdm import tqdm
+            from robustlab._progress import progress_bar
 
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc=label, leave=False)
+            bar = progress_bar(total=total, unit="B", unit_scale=True, desc=label, leave=False)
         received = 0
         try:
             while chunk := response.read(_CHUNK):

@@ -42,7 +42,8 @@ from torch import Tensor, nn
 
 from robustlab._tensors import flat
 from robustlab.attacks import APGD, ATTACKS, FGSM, PGD, Attack, build_attack
-from robustlab.errors import DOCS, RobustlabError
+from robustlab.documentation import docs_pointer
+from robustlab.errors import RobustlabError
 from robustlab.losses import looks_like_probabilities
 from robustlab.threat import Linf, ThreatModel
 
@@ -66,7 +67,7 @@ class Finding:
 
     @property
     def docs(self) -> str:
-        return f"{DOCS}/diagnostics/#{self.check}"
+        return docs_pointer("diagnostics", self.check)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "docs": self.docs}
@@ -98,7 +99,7 @@ class Diagnosis:
         lines = [f"## Gradient-masking diagnostics: **{self.verdict}**", "", "| check | verdict | finding |",
                  "|---|---|---|"]
         for f in self.findings:
-            lines.append(f"| [{f.check}]({f.docs}) | {f.verdict} | {f.message} |")
+            lines.append(f"| {f.check} (`{f.docs}`) | {f.verdict} | {f.message} |")
         return "\n".join(lines) + "\n"
 
 

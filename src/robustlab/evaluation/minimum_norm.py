@@ -27,7 +27,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack
-from robustlab.errors import DOCS, DistanceMismatchWarning, RobustlabError
+from robustlab.documentation import docs_pointer
+from robustlab.errors import DistanceMismatchWarning, RobustlabError
 from robustlab.evaluation.evaluate import CLEAN, Evaluation, _named
 from robustlab.evaluation.io import save_json, threat_dict
 from robustlab.evaluation.metrics import accuracy
@@ -68,7 +69,7 @@ def warn_mismatch(name: str, count: int, total: int, stacklevel: int = 3) -> Non
     warnings.warn(
         f"{name}: for {count} of {total} samples the attack's own best_distance disagrees with the verified "
         "distance of the x_adv it returned (recomputed success and distance); the verified one is used. "
-        f"See {DOCS}/diagnostics/#distance-mismatch",
+        f"See `{docs_pointer('diagnostics', 'distance-mismatch')}`",
         DistanceMismatchWarning,
         stacklevel=stacklevel,
     )

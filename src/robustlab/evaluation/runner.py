@@ -54,8 +54,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from robustlab._progress import progress_bar
 from robustlab.attacks.base import Attack, AttackResult, _FrozenEval, check_call, check_inputs, check_logits
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.distributed import all_gather, rank_and_world, shard_range
@@ -475,7 +475,7 @@ class _Runner:
             raise RobustlabError(f"the state file {self.path} lists the steps {table.steps}, not {keys}: start afresh")
         self.save(table)
         sizes = [hi - lo for _, lo, hi in self.blocks(table)]
-        bar = tqdm(total=sum(sizes) * len(steps), desc=desc, unit="sample", disable=not progress, leave=False,
+        bar = progress_bar(total=sum(sizes) * len(steps), desc=desc, unit="sample", disable=not progress, leave=False,
                    initial=sum(size * max(d - 1, 0) for size, d in zip(sizes, table.done)))
         try:
             for b, lo, hi in self.blocks(table):

@@ -37,10 +37,10 @@ from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import robustlab
-from robustlab.errors import DOCS, RobustlabError
+from robustlab.documentation import docs_pointer, read_page
+from robustlab.errors import RobustlabError
 from robustlab.evaluation.evaluate import Evaluation
 from robustlab.evaluation.minimum_norm import BEST, MinimumNormEvaluation
 from robustlab.evaluation.targeted import CASES, TargetedEvaluation
@@ -59,13 +59,13 @@ MAX_EXAMPLES = 8
 # Beyond this many distinct minimal distances, a minimum-norm curve is drawn on a grid of this
 # many eps instead of at every step (the page stays small; the tables keep the exact numbers).
 MAX_STEPS = 1000
-_CELL = 72  # pixels an example image is upscaled to (nearest neighbour)
 
 
 @dataclass
 class Examples:
     """Adversarial examples of ``robustlab attack``: ``x``/``x_adv`` ``[N, C, H, W]``; ``y``,
-    ``predictions`` (at ``x_adv``), ``success`` and ``distance`` ``[N]``; ``summary`` its summary.json."""
+    ``predictions`` (at ``x_adv``), ``success`` and ``distance`` ``[N]``; ``summary`` its summary.json;
+    ``clean`` the predictions at ``x`` (None in files written before they were stored)."""
 
     x: Any
     x_adv: Any
@@ -74,6 +74,7 @@ class Examples:
     success: Any
     distance: Any
     summary: dict[str, Any] | None = None
+    clean: Any = None
 
 
 @dataclass
@@ -141,7 +142,8 @@ def _load_examples(path: Path) -> Examples:
         raise RobustlabError(f"{path} lacks {missing}; is it the adversarial.safetensors of `robustlab attack`?")
     summary = path.with_name("summary.json")
     return Examples(tensors["x"], tensors["x_adv"], tensors["y"], tensors["predictions"], tensors["success"].bool(),
-                    tensors["distance"], _read_json(summary) if summary.is_file() else None)
+                    tensors["distance"], _read_json(summary) if summary.is_file() else None,
+                    tensors.get("clean_predictions"))
 
 
 def _add_file(inputs: ReportInputs, path: Path, label: str, name: str, certify_norm: str | None) -> None:
@@ -256,17 +258,13 @@ def _section(anchor: str, title: str, body: str) -> tuple[str, str, str]:
     return anchor, title, f'<section id="{anchor}"><h2>{_e(title)}</h2>\n{body}\n</section>'
 
 
-def _png(array: Any) -> str:
-    """``[H, W, 3]`` uint8 array -> an ``<img>`` with a base64 PNG, upscaled to about ``_CELL`` px."""
-    from PIL import Image
-
-    image = Image.fromarray(array)
-    factor = max(1, _CELL // max(image.size))
-    image = image.resize((image.size[0] * factor, image.size[1] * factor), Image.NEAREST)
+def _image(image: Any, alt: str) -> str:
+    """A PIL image as an ``<img>`` with a base64 PNG, at its own size (pixels stay square)."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" width="{image.size[0]}" height="{image.size[1]}" alt="">'
+    return (f'<img src="data:image/png;base64,{data}" width="{image.size[0]}" height="{image.size[1]}" '
+            f'alt="{_e(alt)}">')
 
 
 # -- curves ----------------------------------------------------------------------------------
@@ -402,6 +400,18 @@ def _accuracy_section(inputs: ReportInputs) -> str:
     return "\n".join(parts)
 
 
+def _cdf_series(name: str, distances: Sequence[float], x_max: float) -> Series:
+    """The empirical distribution function of ``distances`` in percent of all of them (an
+    infinite distance, no adversarial example, never counts), as a step line up to ``x_max``."""
+    found = sorted(d for d in distances if math.isfinite(d))
+    n = max(1, len(distances))
+    xs, ys = [0.0], [0.0]
+    for k, d in enumerate(found):
+        xs += [d, d]
+        ys += [100 * k / n, 100 * (k + 1) / n]
+    return Series(name, [*xs, x_max], [*ys, ys[-1]])
+
+
 def _distance_section(inputs: ReportInputs) -> str:
     parts = []
     for label, ev in inputs.minimum_norm:
@@ -411,28 +421,30 @@ def _distance_section(inputs: ReportInputs) -> str:
             cost = ev.cost.get(column, {})
             rows.append((_column_name(column, len(ev.attacks)), _pct(st["success_rate"]), _num(st["median"]),
                          _num(st["median_successful"]), _num(st["mean_successful"]), _num(cost.get("backwards"))))
-        best = [d for s, d in zip(ev.samples, ev.distances(BEST)) if s["clean_prediction"] == s["label"]]
+        correct = [s["clean_prediction"] == s["label"] for s in ev.samples]
+        best = [d for ok, d in zip(correct, ev.distances(BEST)) if ok]
         failed = sum(1 for d in best if not math.isfinite(d))
+        columns = [BEST, *ev.attacks]  # the order (and colours) of the eps curves
+        per_column = {c: [d for ok, d in zip(correct, ev.distances(c)) if ok] for c in columns}
+        x_max = 1.05 * max([d for ds in per_column.values() for d in ds if math.isfinite(d)] or [1.0])
+        cdf = [_cdf_series(_column_name(c, len(ev.attacks)), ds, x_max) for c, ds in per_column.items()]
         parts.append(f"<h3>{_e(label)}: minimal {_e(ev.norm)} distances of the clean-correct samples</h3>"
                      + _table(("attack", "success rate", "median", "median (successful)", "mean (successful)",
                                "backward passes"), rows)
+                     + line_chart(cdf, title=f"cumulative distribution of the minimal {ev.norm} distances",
+                                  x_label=f"{ev.norm} distance", y_label="broken (%)",
+                                  x_range=(0.0, x_max), y_range=(0.0, 100.0))
                      + histogram(best, title=f"minimal {ev.norm} perturbation, best of the attacks",
                                  x_label=f"minimal {ev.norm} distance")
-                     + f"<p class=note>{len(best) - failed} successful samples shown; {failed} that no attack broke are not.</p>")
+                     + f"<p class=note>The distribution function: the share of clean-correct samples each attack "
+                       f"broke within a distance (100% minus robust accuracy there). {len(best) - failed} successful "
+                       f"samples in the histogram; {failed} that no attack broke are not.</p>")
     for label, ev in inputs.targeted:
         m = ev.metrics
         rows = [(case, _pct(m["cases"][case]["success_rate"]), _num(m["cases"][case]["mean_distance"]),
                  _num(m["cases"][case]["median_distance"])) for case in CASES]
-        cdf = []
-        found = {case: sorted(d for d in ev.case_distances(case) if math.isfinite(d)) for case in CASES}
-        x_max = 1.05 * max([d for case in CASES for d in found[case]] or [1.0])
-        for case in CASES:
-            n = max(1, len(ev.case_distances(case)))
-            xs, ys = [0.0], [0.0]
-            for k, d in enumerate(found[case]):
-                xs += [d, d]
-                ys += [100 * k / n, 100 * (k + 1) / n]
-            cdf.append(Series(f"{case} case", [*xs, x_max], [*ys, ys[-1]]))
+        x_max = 1.05 * max([d for case in CASES for d in ev.case_distances(case) if math.isfinite(d)] or [1.0])
+        cdf = [_cdf_series(f"{case} case", ev.case_distances(case), x_max) for case in CASES]
         parts.append(f"<h3>{_e(label)}: targeted (C&amp;W protocol), {_e(ev.norm)}, attack "
                      f"{_e(ev.attack.get('attack'))}</h3>"
                      + _table(("case", "success rate", "mean distance", "median distance"), rows)
@@ -460,28 +472,12 @@ def _certify_section(inputs: ReportInputs) -> str:
     return "\n".join(parts)
 
 
-def _heat(delta: Any) -> Any:
-    """``[N, H, W]`` magnitudes in [0, 1] -> ``[N, H, W, 3]`` uint8, white (0) through orange to
-    dark red (1): a single-hue ramp reads as "more" without a legend of colours."""
-    import torch
-
-    stops = torch.tensor([[255, 255, 255], [253, 174, 97], [215, 48, 39], [103, 0, 13]], dtype=torch.float32)
-    position = delta.clamp(0, 1) * (len(stops) - 1)
-    low = position.floor().long().clamp(max=len(stops) - 2)
-    frac = (position - low).unsqueeze(-1)
-    return (stops[low] * (1 - frac) + stops[low + 1] * frac).round().to(torch.uint8).numpy()
-
-
-def _rgb(images: Any, lo: float, hi: float) -> Any:
-    """``[N, 1 or 3, H, W]`` in ``[lo, hi]`` -> ``[N, H, W, 3]`` uint8."""
-    import torch
-
-    arr = ((images - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8)
-    return (arr.repeat(1, 3, 1, 1) if arr.shape[1] == 1 else arr).permute(0, 2, 3, 1).numpy()
-
-
 def _examples_section(inputs: ReportInputs) -> str:
+    """The captioned example grid (:func:`robustlab.report.grid.grid_image`) of each attack run,
+    broken samples first."""
     import torch
+
+    from robustlab.report.grid import grid_image
 
     parts = []
     for label, ex in inputs.examples:
@@ -491,24 +487,35 @@ def _examples_section(inputs: ReportInputs) -> str:
             parts.append(f"<h3>{_e(label)}</h3><p class=note>The inputs are not images ([N, 1 or 3, H, W]; "
                          f"these are {list(ex.x.shape)}), so none are shown.</p>")
             continue
+        summary = ex.summary or {}
         # The box is not stored beside the examples: [0, 1] unless the data leave it.
         lo, hi = min(0.0, float(x.min())) if x.numel() else 0.0, max(1.0, float(x.max())) if x.numel() else 1.0
-        magnitude = (x_adv - x).abs().amax(dim=1)
-        largest = float(magnitude.max()) if magnitude.numel() else 0.0
-        heat = _heat(magnitude / largest if largest > 0 else magnitude)
-        clean, adv = _rgb(x, lo, hi), _rgb(x_adv, lo, hi)
-        rows = [(_png(clean[k]), _png(adv[k]), _png(heat[k]),
-                 f"label {int(ex.y[i])} → {int(ex.predictions[i])}; "
-                 + ("broken" if bool(ex.success[i]) else "not broken") + f"; distance {_num(float(ex.distance[i]))}")
-                for k, i in enumerate(order.tolist())]
-        summary = ex.summary or {}
+        classes = summary.get("classes") if isinstance(summary.get("classes"), list) else None
+        image = grid_image(x, x_adv, labels=ex.y[order], clean=None if ex.clean is None else ex.clean[order],
+                           adversarial=ex.predictions[order], distance=ex.distance[order],
+                           norm=summary.get("norm") if isinstance(summary.get("norm"), str) else None,
+                           classes=classes, bounds=(lo, hi), max_rows=MAX_EXAMPLES)
+        broken = int(ex.success[order].sum())
+        alt = (f"{len(order)} examples ({broken} broken): clean image, adversarial image and perturbation, "
+               "captioned with the true label, the predictions and the distance")
         caption = (f"Attack {_e(json.dumps(summary.get('attack'), default=str))}, threat {_e(summary.get('threat'))}, "
                    f"success rate {_pct(summary.get('success_rate'))}. " if summary else "")
-        parts.append(f"<h3>{_e(label)}</h3><p class=note>{caption}Broken samples first; heat map: largest "
-                     f"|δ| over channels, white = 0, dark red = {largest:.4g}.</p>"
-                     + _table(("clean", "adversarial", "|perturbation|", "outcome"),
-                              ((a, b, c, _e(d)) for a, b, c, d in rows), raw=True))
+        parts.append(f"<h3>{_e(label)}</h3><figure class=grid>{_image(image, alt)}<figcaption class=note>{caption}"
+                     "Broken samples first (adversarial prediction in red where it differs from the clean one). "
+                     "Perturbation: adversarial minus clean, blue below zero, red above, scale in the colour bar."
+                     "</figcaption></figure>")
     return "\n".join(parts)
+
+
+def _doc_details(page: str, anchor: str) -> str:
+    """The documentation's section ``page#anchor`` folded under the name it explains (nothing
+    if there is no such section), so the report carries its own explanations."""
+    try:
+        text = read_page(f"{page}#{anchor}")
+    except RobustlabError:
+        return ""
+    return (f"<details><summary>what it means (<code>{_e(docs_pointer(page, anchor))}</code>)</summary>"
+            f"<div class=doc>{_e(text)}</div></details>")
 
 
 def _diagnostics_section(inputs: ReportInputs) -> str:
@@ -519,9 +526,8 @@ def _diagnostics_section(inputs: ReportInputs) -> str:
             check = str(f.get("check"))
             verdict = str(f.get("verdict"))
             badge = verdict if verdict in VERDICT_CLASSES else "unknown"
-            # The link is rebuilt from the check name, never taken from the file: a stored URL
-            # could point anywhere (or be javascript:).
-            link = f'<a href="{_e(DOCS)}/diagnostics/#{_e(quote(check, safe=""))}">{_e(check)}</a>'
+            # The explanation comes from the shipped page, by the check's name, never from the file.
+            link = _e(check) + _doc_details("diagnostics", check)
             rows.append((link, f'<span class="badge {badge}">{_e(verdict)}</span>', _e(f.get("message")),
                          _value_html(f.get("numbers", {}))))
         overall = str(diagnosis.get("verdict"))
@@ -585,7 +591,9 @@ code{font-size:.85em;word-break:break-all}
 .badge.skip,.badge.unknown{background:#6e7781}
 svg.chart{display:block;margin:.6em 0;font-size:11px;max-width:100%;height:auto}
 svg.chart text{fill:#333}
-img{image-rendering:pixelated;display:block;border:1px solid #ccc}
+img{image-rendering:pixelated;display:block;border:1px solid #ccc;max-width:100%;height:auto}
+figure{margin:.6em 0}
+details{font-size:90%;margin-top:.3em}div.doc{white-space:pre-wrap;max-width:40em;color:#333}
 """
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -694,7 +702,7 @@ def markdown_report(inputs: ReportInputs, *, title: str = "robustlab report") ->
     section("Gradient-masking diagnostics", [
         f"### {_md(label)}: {_md(d.get('verdict'))}\n\n" + "\n".join(
             ["| check | verdict | finding |", "|---|---|---|"]
-            + [f"| [{_md(f.get('check'))}]({DOCS}/diagnostics/#{quote(str(f.get('check')), safe='')}) | "
+            + [f"| {_md(f.get('check'))} (`{_md(docs_pointer('diagnostics', str(f.get('check'))))}`) | "
                f"{_md(f.get('verdict'))} | {_md(f.get('message'))} |" for f in d.get("findings", [])])
         for label, d in inputs.diagnostics])
     section("Training", [

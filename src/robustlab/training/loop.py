@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from robustlab._progress import progress_bar
 from robustlab.attacks.base import check_call
 from robustlab.attacks.gradient import ProjectedGradientDescent
 from robustlab.errors import RobustlabError
@@ -289,7 +289,7 @@ class _Run:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         seen = 0
-        bar = tqdm(
+        bar = progress_bar(
             total=self.steps_per_epoch * self.replays,
             desc=f"epoch {self.epoch}/{self.epochs}",
             disable=not progress,
