@@ -171,6 +171,26 @@ def test_zoo_models_resolve_as_checkpoints():
         resolve_model("zoo:mnist-tiny", weights="w.pt")
 
 
+def test_stored_runs_record_the_sha256_of_the_weights_evaluated(user_files, tmp_path, capsys):
+    from robustlab.models import checkpoint_paths
+    from robustlab.report.store import ResultsStore
+    from robustlab.zoo import checkpoint, names
+
+    db = tmp_path / "results.sqlite"
+    runs = [(f"{user_files / 'usermodels.py'}:build", ["--weights", str(user_files / "weights.pt")],
+             user_files / "weights.pt")]
+    if "mnist-tiny" in names():
+        runs.append(("zoo:mnist-tiny", [], checkpoint_paths(checkpoint("mnist-tiny"))[0]))
+    for spec, extra, weights in runs:
+        dataset = [] if spec.startswith("zoo:") else ["--dataset", "digits"]
+        code = main(["evaluate", "--model", spec, *extra, *dataset, "--attack", "fgsm", "--eps", "0.1", "--limit", "10",
+                     "--quiet", "--db", str(db), "--out", str(tmp_path / spec.split(":")[0].split("/")[-1])])
+        assert code == 0
+        with ResultsStore(db) as store:
+            stored = store.get(store.runs()[0].id)
+        assert stored["run"]["weights_hash"] == _sha256(weights)
+
+
 def test_certify_a_factory_with_a_custom_forward(user_files, digits_mlp, tmp_path, capsys):
     """The factory's Net flattens inside forward and keeps its layers in a child: certified by
     tracing, with the numbers of the same weights in an nn.Sequential."""

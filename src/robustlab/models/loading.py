@@ -241,6 +241,11 @@ def weights_sha256(spec: str | os.PathLike[str], card: ModelCard) -> str | None:
     source = card.extra.get("source") if isinstance(card.extra, dict) else None
     if isinstance(source, dict):
         return source.get("weights_sha256")
+    scheme, _, name = os.fspath(spec).partition(":")
+    if scheme == "zoo":
+        from robustlab.zoo import checkpoint
+
+        spec = checkpoint(name)
     return file_sha256(checkpoint_paths(spec)[0])
 
 
