@@ -32,13 +32,13 @@ class StageLog:
     without redraws: one log line when the stage is closed (or its iterable exhausted)."""
 
     def __init__(self, iterable: Iterable[Any] | None = None, *, desc: str | None = None, total: float | None = None,
-                 unit: str = "it", disable: bool = False, **_: Any) -> None:
+                 unit: str = "it", disable: bool = False, initial: float = 0, **_: Any) -> None:
         self.iterable = iterable
         self.desc = desc or "progress"
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         self.total, self.unit, self.disable = total, unit, disable
-        self.n = 0
+        self.n = initial  # work already done (a resumed run)
         self.postfix = ""
         self.start = time.perf_counter()
         self.closed = False
