@@ -28,6 +28,7 @@ from robustlab.models.preprocessing import (
     list_defenses,
     split_defenses,
 )
+from robustlab.models.stochastic import RandomSelfEnsemble, StochasticActivationPruning
 
 __all__ = [
     "DEFENSES",
@@ -47,7 +48,9 @@ __all__ = [
     "PreActBlock",
     "PreActResNet18",
     "RandomResizePad",
+    "RandomSelfEnsemble",
     "SmallCNN",
+    "StochasticActivationPruning",
     "ThermometerEncoding",
     "TisODE",
     "WideBasicBlock",
