@@ -10,7 +10,8 @@ bilateral adversarial training (:mod:`~robustlab.training.bilateral`) against ``
 (:mod:`~robustlab.training.distillation`); certified training with IBP / CROWN-IBP bounds
 (:mod:`~robustlab.training.certified`); YOPO-m-n (:mod:`~robustlab.training.yopo`); gradient
 regularizers (:mod:`~robustlab.training.regularizers`); Gaussian-noise augmentation and TisODE's
-steady-state term (:mod:`~robustlab.training.noise`).
+steady-state term (:mod:`~robustlab.training.noise`); Parseval networks and orthogonality
+regularization (:mod:`~robustlab.training.parseval`).
 """
 
 from robustlab.training.adversarial import (
@@ -42,6 +43,7 @@ from robustlab.training.methods import (
 from robustlab.training.mma import MMATraining, OMMATraining
 from robustlab.training.noise import GaussianNoiseTraining, SteadyStateTraining
 from robustlab.training.optim import build_optimizer, build_scheduler
+from robustlab.training.parseval import OrthogonalRegularization, ParsevalTraining
 from robustlab.training.regularizers import REGULARIZER_METHODS
 from robustlab.training.trades import TradesTraining
 from robustlab.training.yopo import YOPOTraining
@@ -65,7 +67,9 @@ __all__ = [
     "Method",
     "NaturalMethod",
     "OMMATraining",
+    "OrthogonalRegularization",
     "PGDTraining",
+    "ParsevalTraining",
     "SteadyStateTraining",
     "TradesTraining",
     "TrainConfig",
