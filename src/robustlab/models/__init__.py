@@ -29,6 +29,7 @@ from robustlab.models.preprocessing import (
     split_defenses,
 )
 from robustlab.models.stochastic import RandomSelfEnsemble, StochasticActivationPruning
+from robustlab.models.lid import LIDDetector
 
 __all__ = [
     "DEFENSES",
@@ -38,6 +39,7 @@ __all__ = [
     "JPEGDefense",
     "MLP",
     "MODELS",
+    "LIDDetector",
     "LeNet",
     "Logits",
     "MadryCNN",

@@ -1,0 +1,120 @@
+"""Evaluating a classifier with a reject option (a detector of adversarial examples such as
+:class:`robustlab.models.lid.LIDDetector`): the metrics and the adaptive attack.
+
+Metrics (``defenses-2.md`` §0): the detection rate (TPR) on successful adversarial examples at
+the detector's threshold, which was set for a false-positive rate on clean data; the clean
+rejection rate beside it; and **robust accuracy with rejection**, the fraction of attacked
+points that are classified correctly *or* rejected, next to plain robust accuracy.
+
+Attacks (Athalye, Carlini & Wagner, ICML 2018, on Ma et al.; Carlini & Wagner, AISec 2017):
+
+- *detector-unaware*: any attack on the classifier alone, e.g. PGD with the uncapped margin
+  loss (Athalye et al.'s ``lid.ipynb``: 100 steps at 8/255); its points are then judged by the
+  detector;
+- *adaptive*: :func:`detector_aware_loss` climbs the classifier's margin minus ``weight`` times
+  the detector's logit above its threshold, through the same forward pass (the detector is
+  differentiable); :func:`adaptive_attack` runs PGD with it for several weights and keeps, per
+  sample, the first point that is misclassified and not rejected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.attacks import PGD
+from robustlab.errors import RobustlabError
+from robustlab.losses import margin
+from robustlab.threat import ThreatModel
+
+__all__ = ["adaptive_attack", "detector_aware_loss", "rejection_metrics"]
+
+
+def _detector(model: nn.Module) -> Any:
+    found = [m for m in model.modules() if hasattr(m, "last_score") and hasattr(m, "reject")]
+    if len(found) != 1:
+        raise RobustlabError(f"expected exactly one detector (a module with last_score and reject, such as "
+                             f"LIDDetector) inside the model, found {len(found)}")
+    return found[0]
+
+
+def detector_aware_loss(detector: nn.Module, *, weight: float = 10.0, slack: float = 0.5
+                        ) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
+    """``(logits, y, targets) -> [N]`` to maximise: ``margin(logits)`` (uncapped) ``- weight *
+    max(0, score - threshold + slack)``, where ``score`` is the detector's logit from the forward
+    pass that produced ``logits`` (``detector.last_score``). Use it as ``PGD(loss=...)`` on the
+    detector-wrapped model."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (weight >= 0 and math.isfinite(weight)):
+        raise RobustlabError(f"weight must be a finite number >= 0, got {weight!r}")
+
+    def loss(logits: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
+        score = detector.last_score
+        if score is None or score.shape[0] != logits.shape[0]:
+            raise RobustlabError("the detector's score does not belong to these logits: attack the detector-wrapped "
+                                 "model, not the bare classifier")
+        excess = (score - detector.threshold + slack).clamp_min(0)
+        return margin(logits, y, targets, kappa=float("inf")) - weight * excess
+
+    loss.__name__ = "detector_aware"
+    return loss
+
+
+def adaptive_attack(model: nn.Module, x: Tensor, y: Tensor, *, threat: ThreatModel, steps: int = 100,
+                    weights: Sequence[float] = (1.0, 10.0, 100.0), generator: torch.Generator | None = None
+                    ) -> tuple[Tensor, dict[str, Any]]:
+    """PGD with :func:`detector_aware_loss` at each of ``weights`` in turn, each run on the
+    samples not yet evaded (misclassified and not rejected); a sample never evaded gets the last
+    run's point. Returns ``(x_adv, info)`` with
+    ``info["evaded"]`` (bool ``[N]``) and the total ``forwards`` / ``backwards``.
+    Cost: at most ``len(weights) * steps`` forwards and backwards per sample."""
+    detector = _detector(model)
+    x_adv = x.clone()
+    evaded = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    forwards = backwards = 0
+    for weight in weights:
+        todo = (~evaded).nonzero().flatten()
+        if todo.numel() == 0:
+            break
+        attack = PGD(steps=steps, step_size=2.5 * threat.eps / steps, loss=detector_aware_loss(detector, weight=weight))
+        result = attack(model, x[todo], y[todo], threat=threat, generator=generator)
+        forwards, backwards = forwards + result.forwards, backwards + result.backwards
+        with torch.no_grad():
+            now = result.success & ~detector.reject(result.x_adv)
+        # Samples evaded earlier are not in todo and keep their point; the others take this run's.
+        x_adv[todo] = result.x_adv
+        evaded[todo] = now
+    return x_adv, {"evaded": evaded, "forwards": forwards, "backwards": backwards}
+
+
+def rejection_metrics(detector: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, float]:
+    """Metrics of a classifier with a reject option on clean ``x`` and attacked ``x_adv``
+    (same samples, same order):
+
+    - ``clean_accuracy``; ``clean_rejection_rate`` (clean inputs rejected: the false positives);
+    - ``robust_accuracy`` (attacked points classified correctly, rejection ignored);
+    - ``robust_accuracy_with_rejection`` (attacked points classified correctly or rejected);
+    - ``attack_success_rate`` (attacked points misclassified, among the clean-correct ones) and
+      ``detection_rate`` (the TPR: of those successful adversarial points, the fraction rejected;
+      NaN when there are none).
+    """
+    if x.shape != x_adv.shape or x.shape[0] != y.shape[0]:
+        raise RobustlabError(f"x {tuple(x.shape)}, x_adv {tuple(x_adv.shape)} and y {tuple(y.shape)} must match")
+    with torch.no_grad():
+        clean_correct = detector(x).argmax(1) == y
+        clean_rejected = detector.reject(x)
+        adv_correct = detector(x_adv).argmax(1) == y
+        adv_rejected = detector.reject(x_adv)
+    fooled = clean_correct & ~adv_correct
+    return {
+        "samples": int(x.shape[0]),
+        "clean_accuracy": float(clean_correct.float().mean()),
+        "clean_rejection_rate": float(clean_rejected.float().mean()),
+        "robust_accuracy": float(adv_correct.float().mean()),
+        "robust_accuracy_with_rejection": float((adv_correct | adv_rejected).float().mean()),
+        "attack_success_rate": float(fooled.float().sum() / clean_correct.float().sum().clamp_min(1)),
+        "detection_rate": float(adv_rejected[fooled].float().mean()) if fooled.any() else float("nan"),
+    }
