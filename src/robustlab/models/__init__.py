@@ -30,9 +30,11 @@ from robustlab.models.preprocessing import (
 )
 from robustlab.models.stochastic import RandomSelfEnsemble, StochasticActivationPruning
 from robustlab.models.lid import LIDDetector
+from robustlab.models.bayesian import BayesianNet, model_kl
 
 __all__ = [
     "DEFENSES",
+    "BayesianNet",
     "BitDepthReduction",
     "DenoisingBlock",
     "InputTransformDefense",
@@ -67,6 +69,7 @@ __all__ = [
     "split_defenses",
     "logits_and_steady_state",
     "model_arguments",
+    "model_kl",
     "register_model",
     "save_model",
 ]

@@ -11,7 +11,9 @@ bilateral adversarial training (:mod:`~robustlab.training.bilateral`) against ``
 (:mod:`~robustlab.training.certified`); YOPO-m-n (:mod:`~robustlab.training.yopo`); gradient
 regularizers (:mod:`~robustlab.training.regularizers`); Gaussian-noise augmentation and TisODE's
 steady-state term (:mod:`~robustlab.training.noise`); Parseval networks and orthogonality
-regularization (:mod:`~robustlab.training.parseval`).
+regularization (:mod:`~robustlab.training.parseval`); Adv-BNN's adversarial training of Bayesian
+networks (:mod:`~robustlab.training.bayesian`); cascade adversarial training
+(:mod:`~robustlab.training.cascade`).
 """
 
 from robustlab.training.adversarial import (
@@ -21,7 +23,9 @@ from robustlab.training.adversarial import (
     FreeTraining,
     PGDTraining,
 )
+from robustlab.training.bayesian import AdvBNNTraining
 from robustlab.training.bilateral import BilateralTraining
+from robustlab.training.cascade import CascadeTraining
 from robustlab.training.certified import CertifiedTrainingOptions, train_certified
 from robustlab.training.checkpoint import load_checkpoint
 from robustlab.training.config import OPTIMIZERS, SCHEDULES, TrainConfig
@@ -54,8 +58,10 @@ __all__ = [
     "OPTIMIZERS",
     "REGULARIZER_METHODS",
     "SCHEDULES",
+    "AdvBNNTraining",
     "Batch",
     "BilateralTraining",
+    "CascadeTraining",
     "CertifiedTrainingOptions",
     "DistillationResult",
     "FGSMTraining",
