@@ -31,6 +31,7 @@ from robustlab.models.preprocessing import (
 from robustlab.models.stochastic import RandomSelfEnsemble, StochasticActivationPruning
 from robustlab.models.lid import LIDDetector
 from robustlab.models.bayesian import BayesianNet, model_kl
+from robustlab.models.pixeldefend import PixelCNN, PixelDefend
 
 __all__ = [
     "DEFENSES",
@@ -49,6 +50,8 @@ __all__ = [
     "ODENet",
     "ModelCard",
     "Normalize",
+    "PixelCNN",
+    "PixelDefend",
     "PreActBlock",
     "PreActResNet18",
     "RandomResizePad",
