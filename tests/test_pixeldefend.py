@@ -13,14 +13,24 @@ from robustlab.attacks import BPDA, PGD
 from robustlab.errors import RobustlabError
 from robustlab.evaluation import diagnose
 from robustlab.models import ModelCard, build_model, load_model, save_model
-from robustlab.models.pixeldefend import MaskedConv2d, PixelCNN, PixelDefend, purify, quantize, train_pixelcnn
+from robustlab.models.pixeldefend import (
+    MaskedConv2d,
+    PixelCNN,
+    PixelDefend,
+    build_pixelcnn,
+    load_pixelcnn,
+    purify,
+    quantize,
+    save_pixelcnn,
+    train_pixelcnn,
+)
 from robustlab.threat import Linf
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_pixelcnn_output_at_a_pixel_depends_only_on_earlier_pixels():
-    net = build_model("pixelcnn", input_shape=(1, 6, 6), num_classes=5, channels=8, layers=2, seed=0)
+    net = build_pixelcnn(levels=5, channels=8, layers=2, seed=0)
     x = torch.rand(1, 1, 6, 6, generator=torch.Generator().manual_seed(0))
     for row, col in ((0, 0), (2, 3), (5, 5)):
         # the first layer sees the quantized input: test causality on the layers themselves
@@ -35,7 +45,7 @@ def test_pixelcnn_output_at_a_pixel_depends_only_on_earlier_pixels():
 
 
 def test_purification_stays_in_its_window_and_takes_the_windowed_argmax():
-    net = build_model("pixelcnn", input_shape=(1, 4, 4), num_classes=9, channels=8, layers=1, seed=1).eval()
+    net = build_pixelcnn(levels=9, channels=8, layers=1, seed=1).eval()
     x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(2))
     assert torch.equal(purify(net, x, 0.0), quantize(x, 9).float() / 8)
     out = purify(net, x, 2 / 8)
@@ -52,7 +62,7 @@ def test_purification_stays_in_its_window_and_takes_the_windowed_argmax():
 @pytest.fixture(scope="module")
 def purifier(digits):
     x_train, _, _, _ = digits
-    net = build_model("pixelcnn", input_shape=(1, 8, 8), num_classes=17, channels=32, layers=4, seed=0)
+    net = build_pixelcnn(levels=17, channels=32, layers=4, seed=0)
     history = train_pixelcnn(net, x_train, epochs=4, seed=0)
     assert history[-1] < history[0]
     return net
@@ -74,11 +84,13 @@ def test_shattered_gradients_are_seen_and_bpda_breaks_them(purifier, digits, dig
 
 
 def test_card_round_trip(purifier, digits, tmp_path):
-    purifier_card = ModelCard(architecture="pixelcnn", dataset="digits",
-                              arguments={"input_shape": [1, 8, 8], "num_classes": 17, "channels": 32, "layers": 4})
-    save_model(purifier, tmp_path / "pixelcnn", purifier_card)
+    save_pixelcnn(purifier, tmp_path / "pixelcnn.safetensors")
+    reloaded = load_pixelcnn(tmp_path / "pixelcnn.safetensors")
+    assert (reloaded.levels, reloaded.channels, reloaded.layers) == (17, 32, 4)
+    for (name, a), (_, b) in zip(purifier.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(a, b), name
     classifier = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=[16], seed=0)
-    defended = PixelDefend(classifier, purifier=str(tmp_path / "pixelcnn"), eps=2 / 16)
+    defended = PixelDefend(classifier, purifier=str(tmp_path / "pixelcnn.safetensors"), eps=2 / 16)
     card = ModelCard(architecture="mlp", arguments={"input_shape": [1, 8, 8], "num_classes": 10, "hidden": [16]},
                      defenses=[defended.config()])
     save_model(defended, tmp_path / "classifier", card)
@@ -96,7 +108,11 @@ def test_bad_settings_are_rejected(purifier, tmp_path):
         PixelDefend(nn.Identity(), purifier=purifier, eps=2.0)
     with pytest.raises(RobustlabError, match="no path"):
         PixelDefend(nn.Identity(), purifier=purifier).config()
-    with pytest.raises(RobustlabError, match="grayscale"):
-        build_model("pixelcnn", input_shape=(3, 8, 8), num_classes=16)
+    with pytest.raises(RobustlabError, match="levels"):
+        build_pixelcnn(levels=1)
+    save_model(build_model("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=[4]), tmp_path / "mlp",
+               ModelCard(architecture="mlp", arguments={"input_shape": [1, 8, 8], "num_classes": 10, "hidden": [4]}))
+    with pytest.raises(RobustlabError, match="not a pixelcnn"):
+        load_pixelcnn(tmp_path / "mlp.safetensors")
     with pytest.raises(RobustlabError, match="grayscale"):
         PixelCNN(4, 4, 1)(torch.rand(1, 3, 4, 4))

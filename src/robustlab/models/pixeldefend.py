@@ -1,7 +1,7 @@
 """PixelDefend (Song, Kim, Nowozin, Ermon & Kushman, "PixelDefend: Leveraging Generative Models to
 Understand and Defend against Adversarial Examples", ICLR 2018), for grayscale images.
 
-* :class:`PixelCNN` (architecture ``"pixelcnn"``): a small PixelCNN (van den Oord et al., 2016)
+* :class:`PixelCNN` (:func:`build_pixelcnn`, saved by :func:`save_pixelcnn`): a small PixelCNN (van den Oord et al., 2016)
   over ``levels`` intensity levels, a 7x7 mask-A convolution then ``layers`` 3x3 mask-B
   convolutions with ReLU, and a 1x1 convolution to ``levels`` logits per pixel: ``[N, 1, H, W]``
   in ``[0, 1]`` -> ``[N, levels, H, W]``, the logits of ``p(x_i | x_<i)`` in raster order.
@@ -14,8 +14,8 @@ Understand and Defend against Adversarial Examples", ICLR 2018), for grayscale i
   (shattered gradients); BPDA with the identity breaks it (Athalye et al., ICML 2018: 9% on
   CIFAR-10 at 8/255). Deterministic: no EOT needed.
 
-The card entry of a PixelDefend holds ``purifier``, the path of the PixelCNN's robustlab
-checkpoint (saved with ``save_model``; a relative path is resolved from the working directory),
+The card entry of a PixelDefend holds ``purifier``, the path of the PixelCNN's weights (written
+by :func:`save_pixelcnn`; a relative path is resolved from the working directory),
 so ``load_model`` rebuilds classifier and purifier. Color images need PixelCNN++'s channel
 ordering and are refused.
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,9 +33,9 @@ from torch.nn import functional as F
 
 from robustlab.errors import RobustlabError
 from robustlab.models.preprocessing import DEFENSES, InputTransformDefense
-from robustlab.models.registry import register_model
 
-__all__ = ["MaskedConv2d", "PixelCNN", "PixelDefend", "purify", "quantize", "train_pixelcnn"]
+__all__ = ["MaskedConv2d", "PixelCNN", "PixelDefend", "build_pixelcnn", "load_pixelcnn", "purify", "quantize",
+           "save_pixelcnn", "train_pixelcnn"]
 
 
 def quantize(x: Tensor, levels: int) -> Tensor:
@@ -66,7 +67,7 @@ class PixelCNN(nn.Module):
 
     def __init__(self, levels: int, channels: int, layers: int):
         super().__init__()
-        self.levels = levels
+        self.levels, self.channels, self.layers = levels, channels, layers
         blocks: list[nn.Module] = [MaskedConv2d("A", 1, channels, 7), nn.ReLU()]
         for _ in range(layers):
             blocks += [MaskedConv2d("B", channels, channels, 3), nn.ReLU()]
@@ -79,17 +80,54 @@ class PixelCNN(nn.Module):
         return self.net(quantize(x, self.levels).to(x.dtype) / (self.levels - 1))
 
 
-@register_model("pixelcnn")
-def pixelcnn(*, input_shape: tuple[int, int, int], num_classes: int, channels: int = 32,
-             layers: int = 4) -> PixelCNN:
-    """PixelCNN over ``num_classes`` intensity levels (256 for 8-bit images; 16 for the cheap
-    test size of ``defenses-2.md`` §3(f)); ``channels`` 32 and ``layers`` 4 mask-B convolutions."""
-    if input_shape[0] != 1:
-        raise RobustlabError(f"pixelcnn: grayscale images only (1 channel), got input_shape {input_shape}")
-    for name, value in (("channels", channels), ("layers", layers)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise RobustlabError(f"pixelcnn: {name} must be a positive integer, got {value!r}")
-    return PixelCNN(num_classes, channels, layers)
+def build_pixelcnn(*, levels: int = 256, channels: int = 32, layers: int = 4, seed: int | None = None) -> PixelCNN:
+    """PixelCNN over ``levels`` intensity levels (256 for 8-bit images; 16 for the cheap test
+    size of ``defenses-2.md`` §3(f)); ``channels`` 32 and ``layers`` 4 mask-B convolutions.
+    Not in the model registry, whose architectures are classifiers ``[N, C, H, W] -> [N, K]``.
+    ``seed``: initialise from this seed on a forked global RNG (left as it was)."""
+    for name, value in (("levels", levels), ("channels", channels), ("layers", layers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "levels" else 1):
+            raise RobustlabError(f"pixelcnn: {name} must be a positive integer (levels >= 2), got {value!r}")
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return PixelCNN(levels, channels, layers)
+    return PixelCNN(levels, channels, layers)
+
+
+def save_pixelcnn(net: PixelCNN, path: str | os.PathLike[str]) -> Path:
+    """Write the weights and settings to ``path`` (a ``.safetensors`` file, settings in its
+    metadata), atomically. Loading it never unpickles."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    settings = {"levels": net.levels, "channels": net.channels, "layers": net.layers}
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    temporary = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(temporary), metadata={"robustlab": "pixelcnn", **{k: str(v) for k, v in settings.items()}})
+    os.replace(temporary, path)
+    return path
+
+
+def load_pixelcnn(path: str | os.PathLike[str]) -> PixelCNN:
+    """The PixelCNN :func:`save_pixelcnn` wrote to ``path``, in eval mode."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise RobustlabError(f"cannot read the pixelcnn {path}: {error}") from None
+    if metadata.get("robustlab") != "pixelcnn":
+        raise RobustlabError(f"{path} is not a pixelcnn written by save_pixelcnn")
+    net = build_pixelcnn(**{k: int(metadata[k]) for k in ("levels", "channels", "layers")})
+    try:
+        net.load_state_dict(tensors, strict=True)
+    except RuntimeError as error:
+        raise RobustlabError(f"{path}: weights do not fit its pixelcnn settings: {error}") from None
+    return net.eval()
 
 
 def train_pixelcnn(net: PixelCNN, x: Tensor, *, epochs: int = 2, batch_size: int = 64, lr: float = 1e-3,
@@ -135,8 +173,8 @@ def purify(net: PixelCNN, x: Tensor, eps: float) -> Tensor:
 
 
 class PixelDefend(InputTransformDefense):
-    """``model(purify(x))``; see the module docstring. ``purifier``: the PixelCNN's checkpoint
-    path (or a :class:`PixelCNN`, which a card cannot record). ``eps``: the purification window
+    """``model(purify(x))``; see the module docstring. ``purifier``: the path
+    :func:`save_pixelcnn` wrote (or a :class:`PixelCNN`, which a card cannot record). ``eps``: the purification window
     in box units (Song et al. use 16/255 against 8/255 attacks; it should exceed the attack's).
     Gradient: zero; BPDA uses the identity. Cost: ``H * W`` PixelCNN passes plus one of ``model``."""
 
@@ -150,14 +188,11 @@ class PixelDefend(InputTransformDefense):
             self.path = None
             net = purifier
         elif isinstance(purifier, (str, os.PathLike)):
-            from robustlab.models.checkpoint import load_model
-
             self.path = os.fspath(purifier)
-            net, _ = load_model(self.path)
-            if not isinstance(net, PixelCNN):
-                raise RobustlabError(f"pixeldefend: {self.path} holds a {type(net).__name__}, not a pixelcnn")
+            net = load_pixelcnn(self.path)
         else:
-            raise RobustlabError("pixeldefend: purifier must be the path of a saved pixelcnn (or a PixelCNN)")
+            raise RobustlabError("pixeldefend: purifier must be the path of a pixelcnn saved by save_pixelcnn (or a "
+                                 "PixelCNN)")
         self.purifier = net.eval()
         for p in self.purifier.parameters():
             p.requires_grad_(False)
@@ -169,7 +204,7 @@ class PixelDefend(InputTransformDefense):
     def arguments(self) -> dict[str, Any]:
         if self.path is None:
             raise RobustlabError("pixeldefend: a purifier given as a module has no path for the card; save it with "
-                                 "save_model and pass the path")
+                                 "save_pixelcnn and pass the path")
         return {"purifier": self.path, "eps": self.eps}
 
     def extra_repr(self) -> str:
