@@ -48,8 +48,9 @@ def test_kl_matches_torch_distributions_and_sums_every_layer():
         for layer in layers:
             for mu, log_sigma in ((layer.weight_mu, layer.weight_log_sigma), (layer.bias_mu, layer.bias_log_sigma)):
                 expected += float(kl_divergence(Normal(mu, log_sigma.exp()), Normal(0.0, 0.1)).sum())
-    assert float(model_kl(model)) == pytest.approx(expected, rel=1e-5)
-    assert float(model_kl(model)) > float(layers[-1].kl()) * 1.5
+        total, last = float(model_kl(model)), float(layers[-1].kl())
+    assert total == pytest.approx(expected, rel=1e-5)
+    assert total > last * 1.5
     with pytest.raises(RobustlabError, match="no Bayesian layer"):
         model_kl(nn.Linear(2, 2))
 
