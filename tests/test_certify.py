@@ -478,3 +478,14 @@ def test_certify_json_is_strict_and_reads_back_infinite_distances(digits, tiny_m
     assert row["upper"] == math.inf and row["dist_noise"] == math.inf
     assert row["lower"] == table.rows[0]["lower"] and row["milp_status"] == table.rows[0]["milp_status"]
     assert row["exact"] == table.rows[0]["exact"]  # None (unsolved) stays None, a solved value stays a number
+
+
+@pytest.mark.parametrize("certifier", [IBP(), CROWN()])
+def test_certifiers_refuse_x_of_another_dtype_and_inference_mode(certifier):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.full((2, 1, 2, 2), 0.5), torch.tensor([0, 1])
+    with pytest.raises(RobustlabError, match="dtype torch.float64 but the model's parameters are torch.float32"):
+        certifier(model, x.double(), y, threat=Linf(eps=0.1))
+    with torch.inference_mode(), pytest.raises(RobustlabError, match="inference_mode"):
+        certifier(model, x, y, threat=Linf(eps=0.1))
+    assert certifier(model, x, y, threat=Linf(eps=0.1)).certified.shape == (2,)

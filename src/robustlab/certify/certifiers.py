@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from robustlab.attacks.base import check_call
 from robustlab.certify.bounds import InputSet, crown_bounds, ibp_bounds, margin_spec
 from robustlab.certify.graph import AffineOp, check_graph, run_ops
 from robustlab.certify.trace import parse_model
@@ -190,6 +191,7 @@ class Certifier:
         """Certify ``x [N, ...]`` with labels ``y [N]`` against ``threat`` (or per-sample radii
         ``eps [N]`` in ``threat``'s norm and box)."""
         _check_inputs(x, y, threat)
+        x = check_call(model, x)  # the attacks' checks: x of the model's dtype, not under inference_mode
         start = time.perf_counter()
         eps_t = _eps_tensor(threat.eps if eps is None else eps, x)
         with frozen_eval(model), torch.no_grad():
