@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Self
 
 log = logging.getLogger("robustlab")
 
@@ -51,10 +51,10 @@ class StageLog:
         finally:
             self.close()
 
-    def __enter__(self) -> StageLog:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def update(self, n: float = 1) -> None:

@@ -17,9 +17,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from collections.abc import Callable
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -312,7 +312,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         raise RobustlabError(f"datasets {args.action} needs a dataset name: one of {sorted(DATASETS)}")
     if args.action == "locate":
         where = locate(args.name, args.data_dir)
-        print(where if where else "not found; searched:\n  " + "\n  ".join(map(str, search_paths(args.name, args.data_dir))))
+        print(where or "not found; searched:\n  " + "\n  ".join(map(str, search_paths(args.name, args.data_dir))))
         return 0 if where or not DATASETS[args.name].needs_download else 1
     path = fetch(args.name, dest=Path(args.data_dir) if args.data_dir else None, base_url=args.base_url, progress=True)
     print(path)
@@ -1129,7 +1129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"{command}: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # a bug (or an input robustlab fails to check): one line and a log
+    except Exception as exc:  # noqa: BLE001  a bug (or an input robustlab fails to check): one line and a log
         log_file = _crash_log(argv, exc)
         summary = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"{command}: internal error ({type(exc).__name__}: {summary[:200]}); this is a bug in robustlab: "

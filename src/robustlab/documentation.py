@@ -18,8 +18,8 @@ from robustlab.errors import RobustlabError
 
 __all__ = ["build_site", "docs_dir", "docs_pointer", "list_pages", "read_page", "serve_site", "slug"]
 
-_FENCE = re.compile(r"^```.*?^```", re.S | re.M)
-_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.M)
+_FENCE = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
 
 
 def docs_pointer(page: str, anchor: str | None = None) -> str:
@@ -115,7 +115,7 @@ def serve_site(site: str | Path, *, port: int = 8000, host: str = "127.0.0.1"):
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
     class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+        def log_message(self, format: str, *args) -> None:
             pass
 
     try:

@@ -6,6 +6,7 @@ or escalate them as a group (``warnings.simplefilter("error", RobustlabWarning)`
 
 from __future__ import annotations
 
+
 class RobustlabError(ValueError):
     """Bad input: a shape, dtype, range or setting that robustlab cannot work with."""
 

@@ -11,8 +11,8 @@ The loss is what an attack climbs; whether the attack *succeeded* is decided sep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -79,7 +79,7 @@ class ThreatModel:
         in_box = flat((x_adv >= lo - tol) & (x_adv <= hi + tol)).all(dim=1)
         return in_box & (self.distance(x, x_adv) <= self.eps * (1 + tol) + tol)
 
-    def with_eps(self, eps: float) -> "ThreatModel":
+    def with_eps(self, eps: float) -> ThreatModel:
         return type(self)(eps=eps, bounds=self.bounds)
 
     def __str__(self) -> str:
@@ -196,7 +196,7 @@ class L1(ThreatModel):
         if not 0.0 <= self.sparsity_quantile <= 1.0:
             raise RobustlabError(f"sparsity_quantile must lie in [0, 1], got {self.sparsity_quantile}")
 
-    def with_eps(self, eps: float) -> "L1":
+    def with_eps(self, eps: float) -> L1:
         return L1(eps=eps, bounds=self.bounds, sparsity_quantile=self.sparsity_quantile)
 
     def distance(self, x: Tensor, x_adv: Tensor) -> Tensor:
@@ -246,7 +246,7 @@ class L1(ThreatModel):
             g = g.masked_fill(stuck, 0.0)
         if g.shape[1] == 0 or g.shape[0] == 0:
             return grad.clone()
-        k = max(1, int(round((1 - self.sparsity_quantile) * g.shape[1])))
+        k = max(1, round((1 - self.sparsity_quantile) * g.shape[1]))
         magnitude = g.abs()
         threshold = magnitude.topk(k, dim=1).values[:, -1:]
         chosen = (magnitude >= threshold) & (magnitude > 0)

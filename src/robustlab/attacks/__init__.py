@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from robustlab.attacks.base import Attack, AttackResult, ModelOracle, is_adversarial, resolve_targets
-from robustlab.attacks.gradient import (
-    BIM,
-    FGSM,
-    PGD,
-    BasicIterativeMethod,
-    FastGradientMethod,
-    ProjectedGradientDescent,
-)
 from robustlab.attacks.apgd import APGD, APGDT, AutoPGD, AutoPGDTargeted
+from robustlab.attacks.base import Attack, AttackResult, ModelOracle, is_adversarial, resolve_targets
+from robustlab.attacks.carlini_wagner import CWL0, CWL2, CarliniWagnerL0, CarliniWagnerL2, CarliniWagnerLinf, CWLinf
 from robustlab.attacks.composition import (
     BPDA,
     EOT,
@@ -23,12 +16,19 @@ from robustlab.attacks.composition import (
     TransferAttack,
     bpda_mode,
 )
-from robustlab.attacks.carlini_wagner import CWL0, CWL2, CWLinf, CarliniWagnerL0, CarliniWagnerL2, CarliniWagnerLinf
 from robustlab.attacks.ddn import DDN, DecoupledDirectionNorm
 from robustlab.attacks.decision import HSJA, Boundary, BoundaryAttack, HopSkipJump, HopSkipJumpAttack
 from robustlab.attacks.deepfool import DeepFool
 from robustlab.attacks.fab import FAB, FABT, FABTargeted, FastAdaptiveBoundary
 from robustlab.attacks.fmn import FMN, FastMinimumNorm
+from robustlab.attacks.gradient import (
+    BIM,
+    FGSM,
+    PGD,
+    BasicIterativeMethod,
+    FastGradientMethod,
+    ProjectedGradientDescent,
+)
 from robustlab.attacks.jsma import JSMA, JacobianSaliencyMap
 from robustlab.attacks.noise import GaussianNoise
 from robustlab.attacks.square import Square, SquareAttack

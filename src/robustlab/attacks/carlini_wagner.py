@@ -18,9 +18,10 @@ the objective comes from the oracle, the gradient of the distance term is added 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -91,7 +92,7 @@ class _Adam:
     t: Tensor  # [N]
 
     @classmethod
-    def fresh(cls, like: Tensor, lr: float) -> "_Adam":
+    def fresh(cls, like: Tensor, lr: float) -> _Adam:
         return cls(lr, torch.zeros_like(like), torch.zeros_like(like), like.new_zeros(like.shape[0]))
 
     def step(self, grad: Tensor) -> Tensor:
@@ -109,7 +110,7 @@ class _Adam:
         self.m, self.v = self.m * keep, self.v * keep
         self.t = torch.where(rows, torch.zeros_like(self.t), self.t)
 
-    def select(self, keep: Tensor) -> "_Adam":
+    def select(self, keep: Tensor) -> _Adam:
         return _Adam(self.lr, self.m[keep], self.v[keep], self.t[keep])
 
 
@@ -206,7 +207,7 @@ class _Smallest:
     const: Tensor
 
     @classmethod
-    def empty(cls, x: Tensor) -> "_Smallest":
+    def empty(cls, x: Tensor) -> _Smallest:
         n = x.shape[0]
         const = torch.full((n,), math.nan, dtype=torch.float64, device=x.device)
         return cls(x.clone(), x.new_full((n,), math.inf), const)
@@ -379,7 +380,7 @@ class _Solver:
     mask: Tensor  # 1 where a pixel may change (L0); all ones for L∞
     tau: Tensor  # [n] (L∞)
 
-    def select(self, keep: Tensor) -> "_Solver":
+    def select(self, keep: Tensor) -> _Solver:
         return _Solver(
             self.rows[keep], self.x[keep], self.y[keep], None if self.t is None else self.t[keep],
             self.start[keep], self.w[keep], self.adam.select(keep), self.const[keep], self.steps[keep],

@@ -44,7 +44,7 @@ argmax, which breaks exact ties towards the lowest class index; off ties the two
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -9,8 +9,9 @@ Reference implementations: ``maurapintor/Fast-Minimum-Norm-FMN-Attack`` and ``fm
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -54,7 +55,7 @@ class MinimumNormBest:
     success: Tensor
 
     @classmethod
-    def start(cls, x: Tensor) -> "MinimumNormBest":
+    def start(cls, x: Tensor) -> MinimumNormBest:
         n = x.shape[0]
         inf = x.new_full((n,), math.inf)
         return cls(x.clone(), inf, inf.clone(), torch.zeros(n, dtype=torch.bool, device=x.device))

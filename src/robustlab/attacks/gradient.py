@@ -8,8 +8,9 @@ logits for checks and targets, and the fresh success check).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -68,7 +69,7 @@ class _Best:
     success: Tensor
 
     @classmethod
-    def empty(cls, x: Tensor) -> "_Best":
+    def empty(cls, x: Tensor) -> _Best:
         n = x.shape[0]
         return cls(x.clone(), x.new_full((n,), -math.inf), torch.zeros(n, dtype=torch.bool, device=x.device))
 
@@ -222,7 +223,7 @@ class BasicIterativeMethod(ProjectedGradientDescent):
         if threat.unbounded:
             raise RobustlabError("BIM's default number of steps depends on eps; give steps= for an unbounded threat")
         eps255 = threat.eps / scale
-        return max(1, int(math.ceil(min(eps255 + 4, 1.25 * eps255)))), step
+        return max(1, math.ceil(min(eps255 + 4, 1.25 * eps255))), step
 
     def _run(self, oracle: ModelOracle, x: Tensor, y: Tensor, *, threat: ThreatModel, targets: Tensor | None,
              generator: torch.Generator | None) -> tuple[Tensor, dict[str, Any]]:

@@ -323,7 +323,7 @@ class MILPVerifier:
             for i in range(n):
                 problem.add_row([s[i], i], [1.0, -1.0], -x0[i], math.inf)
                 problem.add_row([s[i], i], [1.0, 1.0], x0[i], math.inf)
-            objective = {c: 1.0 for c in s}
+            objective = dict.fromkeys(s, 1.0)
             dist_cols, dist_vals = s, [1.0] * n
         a_last, b_last = layers[-1]
         with torch.no_grad():

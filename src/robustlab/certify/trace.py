@@ -146,7 +146,7 @@ class _Graph:
         self.model = model
         try:
             graph = _Tracer(locate).trace(model)
-        except Exception as exc:  # fx.proxy.TraceError, TypeError from data-dependent control flow, ...
+        except Exception as exc:  # noqa: BLE001  fx.proxy.TraceError, TypeError from data-dependent control flow, ...
             raise RobustlabError(
                 f"torch.fx cannot trace the forward of {type(model).__name__} ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}); bound propagation needs a forward without "
@@ -253,7 +253,7 @@ class _Graph:
                 a, b = b, a
             negate = target in _SUB | _RSUB
             post = [[], [self._op("scale", name, constants=lambda: -1.0)] if negate else []]
-            return ("merge", [a, b], post, lambda: [])
+            return ("merge", [a, b], post, list)
         if target in _CAT:
             tensors = args[0] if args else kwargs["tensors"]
             dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
@@ -265,10 +265,10 @@ class _Graph:
                 raise _unsupported(node, model, "it concatenates along the batch dimension")
             sizes = [self.values[t].shape[dim] for t in tensors]
             posts = []
-            for i, size in enumerate(sizes):
+            for i in range(len(sizes)):
                 before, after = sum(sizes[:i]), sum(sizes[i + 1:])
                 posts.append([self._op("positive", name, fn=_embedder(dim, before, after))])
-            return ("merge", list(tensors), posts, lambda: [])
+            return ("merge", list(tensors), posts, list)
         if len(dynamic_args) != 1:
             raise _unsupported(node, model, "it combines several input-dependent tensors")
         (source,) = dynamic_args
@@ -317,7 +317,7 @@ class _Graph:
             training = self.constant(kwargs.get("training", args[2] if len(args) > 2 else True))()
             if training:
                 raise _unsupported(node, model, "dropout in training mode")
-            return ("unary", source, lambda: [])
+            return ("unary", source, list)
         if target in (F.linear, F.conv2d):
             weight = self.constant(args[1] if len(args) > 1 else kwargs["weight"])
             bias = self.constant(args[2] if len(args) > 2 else kwargs.get("bias"))
@@ -326,7 +326,7 @@ class _Graph:
                      **{k: self.constant(v)() for k, v in kwargs.items() if k in extra_names}}
             kind = "linear" if target is F.linear else "conv"
             return ("unary", source, lambda: [self._op(kind, name, constants=lambda: (weight(), bias(), extra))])
-        if target in (F.batch_norm,):
+        if target is F.batch_norm:
             names = ("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
             given = {**dict(zip(names, args[1:])), **kwargs}
             if self.constant(given.get("training", False))():

@@ -31,10 +31,12 @@ Every check runs on the inputs given, in eval mode; accuracies are over all give
 
 from __future__ import annotations
 
+import itertools
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -405,7 +407,7 @@ def _eps_monotone(ctx: _Context) -> Finding:
               for e in grid]
     accs = [_percent(r) for r in robust]
     numbers = {"eps": grid, "accuracy": accs}
-    if any(ctx.beats(small, large, ctx.tolerance) for small, large in zip(robust, robust[1:])):
+    if any(ctx.beats(small, large, ctx.tolerance) for small, large in itertools.pairwise(robust)):
         return Finding("eps-monotone", "fail", f"accuracy rises with eps ({' → '.join(f'{a:.1f}' for a in accs)}%): "
                        "larger perturbations should never help the model", numbers)
     if accs[-1] > 10.0:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -83,7 +84,7 @@ class Evaluation:
         return save_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> "Evaluation":
+    def load(cls, path: str | Path) -> Evaluation:
         data = json.loads(Path(path).read_text())
         t = data["threat"]
         eps = t["eps"] if t["eps"] is not None else math.inf

@@ -245,7 +245,7 @@ class MinimumNormEvaluation:
         return save_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> "MinimumNormEvaluation":
+    def load(cls, path: str | Path) -> MinimumNormEvaluation:
         data = json.loads(Path(path).read_text())
         if data.get("kind") != "minimum-norm":
             raise RobustlabError(f"{path} is not a minimum-norm evaluation (kind={data.get('kind')!r})")

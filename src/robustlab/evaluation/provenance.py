@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ def provenance(*, seed: int | None = None, device: str | torch.device = "cpu", w
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
         "seed": seed,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

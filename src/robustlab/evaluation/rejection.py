@@ -20,8 +20,8 @@ Attacks (Athalye, Carlini & Wagner, ICML 2018, on Ma et al.; Carlini & Wagner, A
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -443,7 +443,7 @@ class _Runner:
         if fresh:
             k = num_classes
             try:
-                for b, lo, hi in self.blocks(table):
+                for _b, lo, hi in self.blocks(table):
                     logits = model_logits(self.model, self.x[lo:hi])
                     check_logits(logits, self.y[lo:hi], k, stacklevel=5)
                     k = logits.shape[1]

@@ -114,7 +114,7 @@ class TargetedEvaluation:
         return save_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> "TargetedEvaluation":
+    def load(cls, path: str | Path) -> TargetedEvaluation:
         data = json.loads(Path(path).read_text())
         if data.get("kind") != "targeted":
             raise RobustlabError(f"{path} is not a targeted evaluation (kind={data.get('kind')!r})")

@@ -5,17 +5,18 @@ builds a registered architecture; ``save_model`` / ``load_model`` write and read
 weights with a JSON :class:`ModelCard`.
 """
 
-from robustlab.models.normalize import Normalize
-from robustlab.models.registry import MODELS, build_model, list_models, model_arguments, register_model
+from robustlab.models.adapters import Logits
+from robustlab.models.bayesian import BayesianNet, model_kl
+from robustlab.models.checkpoint import ModelCard, checkpoint_paths, load_model, save_model
+from robustlab.models.cnn import LeNet, MadryCNN, SmallCNN
+from robustlab.models.denoise import DenoisingBlock
+from robustlab.models.lid import LIDDetector
 
 # Importing the architecture modules registers their builders.
 from robustlab.models.mlp import MLP
-from robustlab.models.cnn import LeNet, MadryCNN, SmallCNN
-from robustlab.models.resnet import PreActBlock, PreActResNet18, WideBasicBlock, WideResNet
-from robustlab.models.adapters import Logits
-from robustlab.models.checkpoint import ModelCard, checkpoint_paths, load_model, save_model
-from robustlab.models.denoise import DenoisingBlock
+from robustlab.models.normalize import Normalize
 from robustlab.models.ode import ODECNN, ODENet, TisODE, logits_and_steady_state
+from robustlab.models.pixeldefend import PixelCNN, PixelDefend
 from robustlab.models.preprocessing import (
     DEFENSES,
     BitDepthReduction,
@@ -28,10 +29,9 @@ from robustlab.models.preprocessing import (
     list_defenses,
     split_defenses,
 )
+from robustlab.models.registry import MODELS, build_model, list_models, model_arguments, register_model
+from robustlab.models.resnet import PreActBlock, PreActResNet18, WideBasicBlock, WideResNet
 from robustlab.models.stochastic import RandomSelfEnsemble, StochasticActivationPruning
-from robustlab.models.lid import LIDDetector
-from robustlab.models.bayesian import BayesianNet, model_kl
-from robustlab.models.pixeldefend import PixelCNN, PixelDefend
 
 __all__ = [
     "DEFENSES",

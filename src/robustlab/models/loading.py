@@ -25,7 +25,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +82,8 @@ def resolve_model(
     """
     text = os.fspath(spec)
     scheme, _, name = text.partition(":")
-    options = dict(weights=weights, model_args=model_args, mean=mean, std=std, input_shape=input_shape,
-                   num_classes=num_classes, dataset=dataset, seed=seed)
+    options = {"weights": weights, "model_args": model_args, "mean": mean, "std": std, "input_shape": input_shape,
+               "num_classes": num_classes, "dataset": dataset, "seed": seed}
     if scheme in MODEL_SOURCES:
         return MODEL_SOURCES[scheme](name, **options)
     factory = _factory_spec(text)
@@ -222,7 +222,7 @@ def _plain(arguments: Mapping[str, Any]) -> dict[str, Any]:
 
 def _mtime(path: Path) -> str:
     try:
-        return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds")
     except OSError:
         return ""
 
@@ -263,7 +263,7 @@ def _load_weights(net: nn.Module, path: Path, what: str) -> str:
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle.UnpicklingError, RuntimeError, EOFError, ...
+        except Exception as exc:  # noqa: BLE001  pickle.UnpicklingError, RuntimeError, EOFError, ...
             raise RobustlabError(
                 f"cannot read {path} as a state dict with torch.load(weights_only=True): {type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''} (save model.state_dict(), not the model object, "

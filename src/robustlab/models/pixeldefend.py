@@ -117,7 +117,7 @@ def load_pixelcnn(path: str | os.PathLike[str]) -> PixelCNN:
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118  safe_open is not a dict
     except (SafetensorError, OSError) as error:
         raise RobustlabError(f"cannot read the pixelcnn {path}: {error}") from None
     if metadata.get("robustlab") != "pixelcnn":
@@ -158,7 +158,7 @@ def purify(net: PixelCNN, x: Tensor, eps: float) -> Tensor:
     """PixelDefend's purification of ``x [N, 1, H, W]`` within ``eps`` (box units) of each input
     pixel: ``H * W`` sequential PixelCNN passes over the batch. Returns images on the levels."""
     levels = net.levels
-    radius = int(math.floor(eps * (levels - 1) + 1e-9))
+    radius = math.floor(eps * (levels - 1) + 1e-9)
     original = quantize(x, levels)
     current = original.clone()
     values = torch.arange(levels, device=x.device).view(1, levels)

@@ -33,7 +33,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -619,7 +619,7 @@ def html_report(inputs: ReportInputs, *, title: str = "robustlab report") -> str
     ]
     present = [_section(anchor, name, body) for anchor, name, body in sections if body.strip()]
     nav = " ".join(f'<a href="#{anchor}">{_e(name)}</a>' for anchor, name, _ in present)
-    generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    generated = datetime.now(UTC).isoformat(timespec="seconds")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'

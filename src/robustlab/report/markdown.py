@@ -11,7 +11,6 @@ from robustlab.evaluation.evaluate import Evaluation
 from robustlab.evaluation.minimum_norm import BEST, MinimumNormEvaluation
 from robustlab.evaluation.targeted import CASES, TargetedEvaluation
 
-
 # Characters that open or close inline Markdown (emphasis, code, links, table cells, strikethrough).
 _MARKUP = re.compile(r"([\\`*_\[\]|~])")
 

@@ -35,9 +35,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import robustlab
 from robustlab.errors import RobustlabError
@@ -155,7 +155,7 @@ class ResultsStore:
             conn.close()
             self._conn = None
 
-    def __enter__(self) -> "ResultsStore":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -427,7 +427,7 @@ def card_hash(card: dict[str, Any]) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _dumps(value: Any, indent: int | None = None) -> str:

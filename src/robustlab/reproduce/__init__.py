@@ -8,8 +8,8 @@ its tables with :func:`register`. Each function takes :class:`ReproOptions`, wri
 
 # Importing the modules registers their tables.
 from robustlab.reproduce import cw as _cw  # noqa: F401
-from robustlab.reproduce import tisode as _tisode  # noqa: F401
 from robustlab.reproduce import madry as _madry  # noqa: F401
+from robustlab.reproduce import tisode as _tisode  # noqa: F401
 from robustlab.reproduce import training_methods as _training_methods  # noqa: F401
 from robustlab.reproduce.registry import (
     REPRODUCTIONS,

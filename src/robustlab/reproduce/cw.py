@@ -397,7 +397,7 @@ def _compare_attacks(model, x, y, scale: Scale, paper: dict, prior_fail: str | N
             cases, seconds = _run_untargeted_best(model, x, y, runner)
         entry = paper.get(key)
         if entry is None and prior_fail is not None:
-            entry = {case: prior_fail for case in CASES} if targeted else {"best": prior_fail}
+            entry = dict.fromkeys(CASES, prior_fail) if targeted else {"best": prior_fail}
         rows.append({"attack": label, "norm": norm, "paper_row": key, "ours": cases, "paper": entry,
                      "seconds": seconds})
         if progress:

@@ -53,7 +53,7 @@ class ReproOptions:
             raise RobustlabError(f"unknown {reproduction} reproduction overrides {unknown}; allowed: {list(allowed)}")
         scale = replace(full if self.full else cpu, **self.overrides)
         if self.images is not None:
-            scale = replace(scale, **{name: self.images for name in image_fields})
+            scale = replace(scale, **dict.fromkeys(image_fields, self.images))
         return scale
 
 

@@ -51,7 +51,7 @@ def sample_intensity(n: int, eps_max: float, generator: torch.Generator | None =
 
 def iter_fgsm_steps(level: int) -> int:
     """Na et al.'s iterative-FGSM step count at integer level ``level`` (0–255 scale): ``floor(min(level + 4, 1.25 level))``."""
-    return int(math.floor(min(level + 4, 1.25 * level)))
+    return math.floor(min(level + 4, 1.25 * level))
 
 
 def step_ll(model: nn.Module, x: Tensor, eps: Tensor) -> Tensor:

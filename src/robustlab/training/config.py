@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field, fields
 
@@ -183,7 +184,7 @@ class TrainConfig:
                 "TrainConfig.milestones are fractions of the total number of epochs and must "
                 f"lie strictly between 0 and 1, got {values}"
             )
-        if any(b <= a for a, b in zip(values, values[1:])):
+        if any(b <= a for a, b in itertools.pairwise(values)):
             raise RobustlabError(f"TrainConfig.milestones must be increasing, got {values}")
         return values
 
