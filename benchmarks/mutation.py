@@ -73,6 +73,21 @@ ISSUE15 = [
 ]
 ISSUE15_TESTS = ["tests/test_definitions.py", "tests/test_golden_references.py"]
 
+# Survivors read and judged equivalent (no test can tell them from the original): mutant -> why.
+# mutmut numbers the mutants of a function in order, so an entry holds while that function is unchanged;
+# `collect` marks a listed survivor whose diff no longer matches as not equivalent.
+EQUIVALENT: dict[str, tuple[str, str]] = {
+    # mutant: (a line the mutant's diff adds, the reason)
+    "robustlab.losses.x__other_max__mutmut_11": ('float("-INF")', "Python parses -INF and -inf alike"),
+    "robustlab.losses.x_dlr__mutmut_26": ("topk(need, )", "topk's default dim is the last, which is 1 for [N, K] logits"),
+    "robustlab.losses.x_get_loss__mutmut_3": ("(options) or True else loss",
+                                              "partial(loss) without options computes what loss does"),
+    "robustlab.losses.x_get_loss__mutmut_12": ("(options) or True else fn",
+                                               "partial(fn) without options computes what fn does"),
+    "robustlab.losses.x_looks_like_probabilities__mutmut_18": (
+        "< tol).all()", "differs only for a float32 row sum exactly 1 +- 1e-3, which no softmax output gives"),
+}
+
 
 def _python() -> str:
     return sys.executable
@@ -133,12 +148,19 @@ def collect(name: str) -> dict:
         if s not in ("killed", "timeout", "not checked"):
             diff = subprocess.run([_python(), "-m", "mutmut", "show", mutant], cwd=work, env=env,
                                   capture_output=True, text=True).stdout
-            survivors.append({"mutant": mutant, "status": s, "diff": "\n".join(diff.splitlines()[1:])})
+            entry = {"mutant": mutant, "status": s, "diff": "\n".join(diff.splitlines()[1:])}
+            added, why = EQUIVALENT.get(mutant, (None, None))
+            if added is not None and any(line.startswith("+") and added in line for line in diff.splitlines()):
+                entry["equivalent"] = why
+            survivors.append(entry)
     total = len(status)
     checked = total - counts.get("not checked", 0)
+    equivalent = sum("equivalent" in e for e in survivors)
     return {
         "file": path, "tests": tests, "mutants": total, "checked": checked, "counts": counts, "killed": killed,
-        "score": killed / checked if checked else None, "survivors": survivors,
+        "score": killed / checked if checked else None, "equivalent": equivalent,
+        "score_without_equivalent": killed / (checked - equivalent) if checked > equivalent else None,
+        "survivors": survivors,
     }
 
 
@@ -195,17 +217,22 @@ def write_markdown(data: dict) -> None:
              "times are indicative only.", ""]
     if data.get("modules"):
         lines += ["Score = killed (timeouts included) / checked mutants; survivors and mutants no selected test "
-                  "reaches count against it.", "",
-                  "| module | tests | mutants | checked | killed | survived | no tests | score | wall |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "reaches count against it. Equivalent = survivors read and judged equivalent (`EQUIVALENT` in "
+                  "`benchmarks/mutation.py`, reasons in `mutation.json`); the last score leaves them out.", "",
+                  "| module | tests | mutants | checked | killed | survived | no tests | equivalent | score | "
+                  "score without equivalent | wall | command |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, m in data["modules"].items():
             c = m["counts"]
             score = "n/a" if m["score"] is None else f"{m['score']:.1%}"
             tests = ", ".join(t.removeprefix("tests/") for t in m["tests"])
             if m.get("score_after_recheck") is not None:
                 score += f" ({m['score_after_recheck']:.1%} with the tests added since)"
+            without = m.get("score_without_equivalent")
             lines.append(f"| {m['file']} | {tests} | {m['mutants']} | {m.get('checked', m['mutants'])} | {m['killed']} | "
-                         f"{c.get('survived', 0)} | {c.get('no tests', 0)} | {score} | {m.get('wall_s')} s |")
+                         f"{c.get('survived', 0)} | {c.get('no tests', 0)} | {m.get('equivalent', 0)} | {score} | "
+                         f"{'n/a' if without is None else f'{without:.1%}'} | {m.get('wall_s')} s | "
+                         f"`{m.get('command', data['command'])}` |")
         lines.append("")
     if data.get("notes"):
         lines += ["## Survivors and what was not run", "", data["notes"], ""]
@@ -247,11 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.collect:
             result = collect(name)
             result["wall_s"] = data["modules"].get(name, {}).get("wall_s")
+            result["command"] = data["modules"].get(name, {}).get("command", "?") + " (collected again)"
             result["interrupted"] = result["checked"] < result["mutants"]
             if args.recheck:
                 recheck(name, result)
         else:
             result = run_module(name, args.max_children, resume=args.resume)
+        result.setdefault("command", data["command"])
         data["modules"][name] = result
         print(f"  {result['killed']}/{result['mutants']} killed, {result['counts']}", flush=True)
         data["updated"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

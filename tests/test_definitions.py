@@ -168,6 +168,21 @@ def test_dlr_closed_form_untargeted_and_targeted(case):
     np.testing.assert_allclose(dlr(z, y, t).numpy(), expected_t, rtol=1e-9, atol=1e-9)
 
 
+def test_get_loss_passes_options_to_a_callable_loss():
+    # A user's own loss gets the options as keyword arguments, like the named ones do.
+    z = torch.tensor([[10.0, 0.0, -1.0], [0.0, 3.0, 1.0]])
+    y = torch.tensor([1, 1])
+    assert get_loss(margin, kappa=4.0)(z, y).tolist() == [4.0, -2.0]
+    assert get_loss(margin)(z, y).tolist() == [0.0, -2.0]
+    assert get_loss("margin", kappa=4.0)(z, y).tolist() == [4.0, -2.0]
+
+
+def test_get_loss_unknown_name_lists_the_choices():
+    with pytest.raises(RobustlabError, match=r"^unknown loss 'hinge'; choose one of \['ce', 'dlr', 'margin'\] "
+                                             r"or pass a callable$"):
+        get_loss("hinge")
+
+
 def test_dlr_hand_computed_values():
     # Sorted logits 5 > 3 > 1 > 0: untargeted denominator Z_pi1 - Z_pi3 = 4, not Z_pi1 - Z_pi2 = 2.
     z = torch.tensor([[3.0, 5.0, 0.0, 1.0]], dtype=torch.float64)
