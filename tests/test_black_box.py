@@ -302,3 +302,59 @@ def test_square_gives_up_on_samples_that_make_no_progress():
     assert given_up.extras["queries"].tolist() == [101] * 3
     with pytest.raises(RobustlabError, match="give_up"):
         SquareAttack(give_up=0.0)
+
+
+# --- Square from a given start (the fast protocol's warm start) -----------------------------------
+
+
+def test_square_continues_from_a_start_that_scores_better(digits_mlp, digits_batch):
+    x, y = digits_batch
+    threat = Linf(eps=0.1)
+    pgd = PGD(steps=20, early_stop=False)(digits_mlp, x, y, threat=threat, generator=gen())
+    near = ~pgd.success  # PGD's points of the samples it did not break: near the boundary
+    x, y, start = x[near], y[near], pgd.x_adv[near]
+    budget = 60
+    cold = SquareAttack(queries=budget)(digits_mlp, x, y, threat=threat, generator=gen())
+    warm = SquareAttack(queries=budget)(digits_mlp, x, y, threat=threat, generator=gen(), start=start)
+    # The start costs one query per sample; it is kept where its margin beats the stripes'.
+    assert_query_accounting(warm, len(x), budget + 2)
+    # Continuing from PGD's points ends nearer the boundary than the cold search, and never
+    # farther than the start.
+    assert warm.success.sum() >= cold.success.sum()
+    assert (warm.margin < cold.margin).float().mean() > 0.8
+    assert (warm.margin <= pgd.margin[near] + 1e-5).all()
+
+
+def test_square_keeps_an_adversarial_start_after_one_query(digits_mlp, digits_batch):
+    x, y = digits_batch
+    threat = Linf(eps=0.15)
+    pgd = PGD(steps=40)(digits_mlp, x, y, threat=threat, generator=gen())
+    result = SquareAttack(queries=50, give_up=None)(digits_mlp, x, y, threat=threat, generator=gen(), start=pgd.x_adv)
+    queries = result.extras["queries"]
+    # Clean check, stripes, then the start: a sample the start breaks stops there (3 queries),
+    # unless the stripes already broke it (2).
+    assert result.success[pgd.success].all()
+    assert (queries[pgd.success] <= 3).all()
+    assert torch.equal(result.x_adv[pgd.success & (queries == 3)], pgd.x_adv[pgd.success & (queries == 3)])
+
+
+def test_start_must_lie_in_the_threat_set_and_only_attacks_that_take_one_accept_it(digits_mlp, digits_batch):
+    x, y = digits_batch
+    threat = Linf(eps=0.1)
+    with pytest.raises(RobustlabError, match="outside"):
+        SquareAttack(queries=5)(digits_mlp, x, y, threat=threat, start=(x + 0.2).clamp(0, 1))
+    with pytest.raises(RobustlabError, match="shape"):
+        SquareAttack(queries=5)(digits_mlp, x, y, threat=threat, start=x[:1])
+    with pytest.raises(RobustlabError, match="does not take start"):
+        PGD(steps=1)(digits_mlp, x, y, threat=threat, start=x)
+
+
+def test_attack_result_margin_is_the_difference_of_logits_at_x_adv(digits_mlp, digits_batch):
+    x, y = digits_batch
+    result = PGD(steps=5)(digits_mlp, x, y, threat=Linf(eps=0.1), generator=gen())
+    with torch.no_grad():
+        z = digits_mlp(result.x_adv)
+    own = z.gather(1, y[:, None]).squeeze(1)
+    other = z.scatter(1, y[:, None], -math.inf).amax(1)
+    assert torch.allclose(result.margin, own - other)
+    assert torch.equal(result.margin <= 0, result.success) or bool(((result.margin <= 0) == result.success).float().mean() > 0.99)

@@ -513,3 +513,75 @@ def test_two_process_gloo_run_equals_single_process_in_the_unbounded_modes(digit
             assert json.loads((tmp_path / f"{mode}-rank{rank}.json").read_text()) == comparable(references[mode])
         assert sorted(p.name for p in tmp_path.glob(f"{mode}.rank*")) == [f"{mode}.rank0-of-2.json",
                                                                           f"{mode}.rank1-of-2.json"]
+
+
+# --- warm starts: a later attack continues from the earlier attacks' nearest points --------------------
+
+
+def _warm_suite():
+    from robustlab.attacks import SquareAttack
+
+    return {"pgd": PGD(steps=2), "square": SquareAttack(queries=40, warm_start=True)}
+
+
+def test_a_warm_step_gets_the_earlier_steps_nearest_points(digits_mlp, data, monkeypatch):
+    from robustlab.attacks import SquareAttack
+
+    x, y = batch("fixed", data)
+    seen, pgd_results = [], []
+    original_square, original_pgd = SquareAttack._run, PGD.__call__
+
+    def square_run(self, oracle, x_, y_, **kwargs):
+        seen.append(kwargs.get("start"))
+        return original_square(self, oracle, x_, y_, **kwargs)
+
+    def pgd_call(self, *args, **kwargs):
+        result = original_pgd(self, *args, **kwargs)
+        pgd_results.append(result)
+        return result
+
+    monkeypatch.setattr(SquareAttack, "_run", square_run)
+    monkeypatch.setattr(PGD, "__call__", pgd_call)
+    evaluate(digits_mlp, x, y, threat=Linf(eps=0.1), attacks=_warm_suite(), batch_size=16, cascade=True, seed=1)
+    assert len(seen) == len(pgd_results) == 3
+    for start, pgd in zip(seen, pgd_results):
+        # PGD's points of the samples it did not break, in order: the only earlier step.
+        assert start is not None and torch.equal(start, pgd.x_adv[~pgd.success])
+    seen.clear()
+    evaluate(digits_mlp, x, y, threat=Linf(eps=0.1), attacks={"pgd": PGD(steps=2), "square": SquareAttack(queries=40)},
+             batch_size=16, cascade=True, seed=1)
+    assert seen and all(start is None for start in seen)  # AutoAttack's Square: always cold
+
+
+def test_killed_run_with_a_warm_step_resumes_to_the_same_table(digits_mlp, data, tmp_path, calls):
+    from robustlab.attacks import SquareAttack
+
+    x, y = batch("fixed", data)
+
+    def run(**kwargs):
+        return evaluate(digits_mlp, x, y, threat=Linf(eps=0.1), attacks=_warm_suite(), batch_size=16, cascade=True,
+                        seed=3, **kwargs)
+
+    full = run()
+    counter = calls(SquareAttack)
+    state = tmp_path / "state.json"
+    counter.update(done=0, fail_after=1)  # killed in the second block's Square, after its PGD
+    with pytest.raises(Interrupted):
+        run(state_file=state)
+    saved = json.loads(state.read_text())
+    assert saved["points_file"] == "state.json.points-1-1.pt" and (tmp_path / saved["points_file"]).exists()
+    counter.update(done=0, fail_after=math.inf)
+    resumed = run(state_file=state)
+    assert comparable(resumed) == comparable(full)
+    assert counter["done"] == 2  # the second and third blocks' Square
+    assert json.loads(state.read_text())["points_file"] is None
+    assert not list(tmp_path.glob("*.points-*"))  # nothing left behind
+
+    (tmp_path / "state.json").unlink()
+    counter.update(done=0, fail_after=1)
+    with pytest.raises(Interrupted):
+        run(state_file=state)
+    (tmp_path / "state.json.points-1-1.pt").unlink()
+    counter.update(done=0, fail_after=math.inf)
+    with pytest.raises(RobustlabError, match="warm-start points"):
+        run(state_file=state)

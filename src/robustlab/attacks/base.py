@@ -35,8 +35,9 @@ from robustlab.losses import looks_like_probabilities
 from robustlab.models.adapters import output_error
 from robustlab.threat import ThreatModel
 
-__all__ = ["Attack", "AttackResult", "ModelOracle", "check_call", "check_inputs", "check_logits", "is_adversarial",
-           "project_rounding_inward", "resolve_targets", "TARGET_MODES"]
+__all__ = ["Attack", "AttackResult", "ModelOracle", "check_call", "check_inputs", "check_logits", "check_start",
+           "difference_of_logits", "is_adversarial", "project_rounding_inward", "require_two_classes", "resolve_targets",
+           "TARGET_MODES"]
 
 TARGET_MODES = ("least-likely", "most-confusing", "random")
 
@@ -58,6 +59,8 @@ class AttackResult:
         targets: ``[N]`` target classes, or ``None`` for untargeted attacks.
         forwards / backwards: model forward and backward passes, counted per sample.
         extras: attack-specific information (e.g. the restart that won).
+        margin: ``[N]`` :func:`difference_of_logits` at ``x_adv`` (how far it is from the
+            decision boundary; ``<= 0`` where adversarial, up to ties).
     """
 
     x_adv: Tensor
@@ -69,6 +72,7 @@ class AttackResult:
     forwards: int = 0
     backwards: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
+    margin: Tensor | None = None
 
     def __len__(self) -> int:
         return self.x_adv.shape[0]
@@ -76,6 +80,25 @@ class AttackResult:
     @property
     def success_rate(self) -> float:
         return float(self.success.float().mean()) if len(self) else float("nan")
+
+
+def require_two_classes(logits: Tensor) -> None:
+    """Raise a :class:`RobustlabError` for a model with fewer than 2 outputs."""
+    if logits.shape[1] < 2:
+        raise RobustlabError(f"this attack needs a model with at least 2 classes, got {logits.shape[1]}")
+
+
+def difference_of_logits(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
+    """``[N]`` margin that minimum-norm attacks drive below zero (negative = adversarial, up to ties).
+
+    Untargeted: ``Z_y - max_{j != y} Z_j``; targeted: ``max_{j != t} Z_j - Z_t``. Raises a
+    :class:`RobustlabError` for models with fewer than 2 classes.
+    """
+    require_two_classes(logits)
+    cls = labels if targets is None else targets
+    own = logits.gather(1, cls[:, None]).squeeze(1)
+    other = logits.scatter(1, cls[:, None], -math.inf).amax(dim=1)
+    return own - other if targets is None else other - own
 
 
 def is_adversarial(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
@@ -281,6 +304,23 @@ def check_logits(logits: Tensor, y: Tensor, num_classes: int | None = None, *, s
         )
 
 
+def check_start(x: Tensor, start: Tensor, threat: ThreatModel) -> Tensor:
+    """Check points an attack is asked to start from (``start=`` of a call): a tensor of
+    ``x``'s shape, dtype and device, finite, inside the threat set around ``x``; returned
+    detached."""
+    if not isinstance(start, Tensor):
+        raise RobustlabError(f"start must be a tensor like x, got {type(start).__name__}")
+    if start.shape != x.shape or start.dtype != x.dtype or start.device != x.device:
+        raise RobustlabError(f"start must have x's shape, dtype and device {tuple(x.shape)}, {x.dtype}, {x.device}; "
+                             f"got {tuple(start.shape)}, {start.dtype}, {start.device}")
+    if not bool(torch.isfinite(start).all()):
+        raise RobustlabError("start holds NaN or infinite values")
+    outside = ~threat.contains(x, start)
+    if bool(outside.any()):
+        raise RobustlabError(f"start lies outside {threat} around x for {int(outside.sum())} of {len(x)} samples")
+    return start.detach()
+
+
 class _FrozenEval:
     """Context: model in eval mode, parameters frozen; everything restored on exit."""
 
@@ -310,12 +350,14 @@ class Attack:
 
     Class attributes: ``name`` (registry key), ``norms`` (supported threat-model norms),
     ``minimum_norm`` (True for attacks that minimise the distance rather than work at a fixed
-    budget: their per-sample distances give robust accuracy at every eps).
+    budget: their per-sample distances give robust accuracy at every eps), ``takes_start``
+    (True for attacks that can start from given points of the threat set: the call's ``start``).
     """
 
     name: ClassVar[str] = ""
     norms: ClassVar[frozenset[str]] = frozenset()
     minimum_norm: ClassVar[bool] = False
+    takes_start: ClassVar[bool] = False
 
     def config(self) -> dict[str, Any]:
         """The hyperparameters as a JSON-friendly dict (for reports and the results store)."""
@@ -334,8 +376,13 @@ class Attack:
         threat: ThreatModel,
         targets: Tensor | str | None = None,
         generator: torch.Generator | None = None,
+        start: Tensor | None = None,
     ) -> AttackResult:
         x, y = check_inputs(check_call(model, x), y, threat)
+        if start is not None:
+            if not self.takes_start:
+                raise RobustlabError(f"{type(self).__name__} does not take start points (start=...)")
+            start = check_start(x, start, threat)
         if isinstance(y, Tensor) and y.is_inference():
             y = y.clone()
         if threat.norm not in self.norms:
@@ -350,7 +397,8 @@ class Attack:
                 x_adv: Tensor = x.clone()
                 extras: dict[str, Any] = {}
             else:
-                x_adv, extras = self._run(oracle, x, y, threat=threat, targets=target_classes, generator=generator)
+                x_adv, extras = self._run(oracle, x, y, threat=threat, targets=target_classes, generator=generator,
+                                          **({} if start is None else {"start": start}))
             x_adv = project_rounding_inward(threat, x, x_adv.detach())
             inside = threat.contains(x, x_adv)
             if not bool(inside.all()):
@@ -370,6 +418,7 @@ class Attack:
             forwards=oracle.forwards,
             backwards=oracle.backwards,
             extras=extras,
+            margin=difference_of_logits(adv_logits, y, target_classes),
         )
 
     def _final_loss(self, logits: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:

@@ -15,15 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robustlab._tensors import flat, per_sample
-from robustlab.attacks.base import Attack, ModelOracle, is_adversarial
-from robustlab.attacks.fmn import (
-    MinimumNormBest,
-    cosine_schedule,
-    difference_of_logits,
-    farthest_corner,
-    normalize_l2,
-    require_two_classes,
-)
+from robustlab.attacks.base import Attack, ModelOracle, difference_of_logits, is_adversarial, require_two_classes
+from robustlab.attacks.fmn import MinimumNormBest, cosine_schedule, farthest_corner, normalize_l2
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 

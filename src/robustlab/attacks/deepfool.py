@@ -15,8 +15,7 @@ import torch
 from torch import Tensor
 
 from robustlab._tensors import flat, per_sample
-from robustlab.attacks.base import Attack, ModelOracle, is_adversarial
-from robustlab.attacks.fmn import require_two_classes
+from robustlab.attacks.base import Attack, ModelOracle, is_adversarial, require_two_classes
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 

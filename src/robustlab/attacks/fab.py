@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from robustlab._tensors import flat, per_sample
-from robustlab.attacks.base import Attack, ModelOracle, is_adversarial
-from robustlab.attacks.fmn import MinimumNormBest, difference_of_logits, require_two_classes
+from robustlab.attacks.base import Attack, ModelOracle, difference_of_logits, is_adversarial, require_two_classes
+from robustlab.attacks.fmn import MinimumNormBest
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 

@@ -17,30 +17,11 @@ import torch
 from torch import Tensor
 
 from robustlab._tensors import flat, per_sample
-from robustlab.attacks.base import Attack, ModelOracle, is_adversarial
+from robustlab.attacks.base import Attack, ModelOracle, difference_of_logits, is_adversarial, require_two_classes
 from robustlab.errors import RobustlabError
 from robustlab.threat import L0, ThreatModel
 
-__all__ = ["FastMinimumNorm", "FMN", "difference_of_logits", "MinimumNormBest", "require_two_classes"]
-
-
-def require_two_classes(logits: Tensor) -> None:
-    """Raise a :class:`RobustlabError` for a model with fewer than 2 outputs."""
-    if logits.shape[1] < 2:
-        raise RobustlabError(f"this attack needs a model with at least 2 classes, got {logits.shape[1]}")
-
-
-def difference_of_logits(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
-    """``[N]`` margin that minimum-norm attacks drive below zero (negative = adversarial, up to ties).
-
-    Untargeted: ``Z_y - max_{j != y} Z_j``; targeted: ``max_{j != t} Z_j - Z_t``. Raises a
-    :class:`RobustlabError` for models with fewer than 2 classes.
-    """
-    require_two_classes(logits)
-    cls = labels if targets is None else targets
-    own = logits.gather(1, cls[:, None]).squeeze(1)
-    other = logits.scatter(1, cls[:, None], -math.inf).amax(dim=1)
-    return own - other if targets is None else other - own
+__all__ = ["FastMinimumNorm", "FMN", "MinimumNormBest"]
 
 
 @dataclass

@@ -7,9 +7,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from robustlab.threat import ThreatModel
 
-__all__ = ["jsonable", "save_json", "threat_dict"]
+__all__ = ["jsonable", "save_json", "save_tensors", "threat_dict"]
 
 
 def threat_dict(threat: ThreatModel) -> dict[str, Any]:
@@ -22,6 +24,16 @@ def save_json(path: str | Path, data: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(jsonable(data), indent=1, allow_nan=False))
+    tmp.replace(path)
+    return path
+
+
+def save_tensors(path: str | Path, tensors: dict[str, Any]) -> Path:
+    """Write tensors atomically with ``torch.save`` (read back with ``weights_only=True``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(tensors, tmp)
     tmp.replace(path)
     return path
 

@@ -59,7 +59,7 @@ from robustlab._progress import progress_bar
 from robustlab.attacks.base import Attack, AttackResult, _FrozenEval, check_call, check_inputs, check_logits
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.distributed import all_gather, rank_and_world, shard_range
-from robustlab.evaluation.io import jsonable, save_json
+from robustlab.evaluation.io import jsonable, save_json, save_tensors
 from robustlab.threat import ThreatModel
 
 __all__ = ["Run", "Step", "Table", "block_seed", "fingerprint", "run_blocks"]
@@ -198,6 +198,7 @@ class Table:
     clean_cost: dict[str, int] = field(default_factory=_cost)
     step_cost: dict[str, dict[str, int]] = field(default_factory=dict)
     wall_time: float = 0.0
+    points_file: str | None = None  # the warm-start points of the block in progress (see _Runner)
 
     @classmethod
     def fresh(cls, start: int, stop: int, batch_size: int) -> Table:
@@ -246,7 +247,7 @@ class Table:
                 "num_classes": self.num_classes, "wall_time_s": self.wall_time,
                 "clean_prediction": self.clean_prediction, "forwards": self.forwards, "backwards": self.backwards,
                 "results": {k: {f: [_encode(v) for v in r[f]] for f in _FIELDS} for k, r in self.results.items()},
-                "clean_cost": self.clean_cost, "step_cost": self.step_cost}
+                "clean_cost": self.clean_cost, "step_cost": self.step_cost, "points_file": self.points_file}
 
     def save(self, path: Path, fingerprint: dict[str, Any]) -> None:
         """Write atomically: a kill during the write leaves the previous state intact."""
@@ -280,6 +281,7 @@ class Table:
         table.steps = data["step_keys"]
         table.results = {k: {f: [_decode(v) for v in r[f]] for f in _FIELDS} for k, r in data["results"].items()}
         table.step_cost = data["step_cost"]
+        table.points_file = data.get("points_file")
         return table
 
 
@@ -430,10 +432,37 @@ class _Runner:
         return [(b, lo, min(lo + self.batch_size, table.stop))
                 for b, lo in enumerate(range(table.start, table.stop, self.batch_size))]
 
-    def save(self, table: Table) -> None:
+    def save(self, table: Table, points: tuple[int, int] | None = None) -> None:
+        """Write the state; ``points = (block, step)``: also the warm-start points after that
+        step of that block, to a file of their own named in the state (written first, so the
+        state never names a file that is not complete; the previous one is then removed)."""
         table.wall_time = self.time_before + time.perf_counter() - self.session_start
-        if self.path is not None:
-            table.save(self.path, self.fingerprint)
+        if self.path is None:
+            return
+        old = table.points_file
+        if points is not None:
+            table.points_file = f"{self.path.name}.points-{points[0]}-{points[1]}.pt"
+            save_tensors(self.path.with_name(table.points_file), {"x": self.points, "margin": self.margin})
+        else:
+            table.points_file = None
+        table.save(self.path, self.fingerprint)
+        if old is not None and old != table.points_file:
+            self.path.with_name(old).unlink(missing_ok=True)
+
+    def _start_block(self, table: Table, b: int, lo: int, hi: int, first: int, warm: list[bool]) -> None:
+        """The warm-start points of a block: its clean inputs at infinite margin when it starts
+        fresh, else those saved after its last finished step."""
+        self.points, self.margin = self.x[lo:hi].clone(), self.x.new_full((hi - lo,), math.inf)
+        if first == 0 or not any(warm[first:]):
+            return
+        name = f"{self.path.name}.points-{b}-{first}.pt" if self.path is not None else None
+        if name is None or table.points_file != name or not self.path.with_name(name).exists():
+            raise RobustlabError(f"the state file {self.path} lacks the warm-start points of block {b} after step "
+                                 f"{first} ({name}): start afresh (resume=False; CLI: --no-resume)")
+        saved = torch.load(self.path.with_name(name), map_location=self.x.device, weights_only=True)
+        if saved["x"].shape != self.points.shape or saved["x"].dtype != self.points.dtype:
+            raise RobustlabError(f"{name} does not hold the points of block {b}: start afresh")
+        self.points, self.margin = saved["x"], saved["margin"]
 
     def clean_pass(self, table: Table, num_classes: int | None, world: int) -> None:
         """Step 0 of every block of the shard, its logits checked, before the state is first written."""
@@ -471,21 +500,25 @@ class _Runner:
         keys = [s.key for s in steps]
         if not table.steps and not table.results:  # a fresh table
             table.set_steps(keys)
+            self.save(table)
         elif table.steps != keys:
             raise RobustlabError(f"the state file {self.path} lists the steps {table.steps}, not {keys}: start afresh")
-        self.save(table)
         sizes = [hi - lo for _, lo, hi in self.blocks(table)]
         bar = progress_bar(total=sum(sizes) * len(steps), desc=desc, unit="sample", disable=not progress, leave=False,
                    initial=sum(size * max(d - 1, 0) for size, d in zip(sizes, table.done)))
+        # Warm steps start each sample from the point the earlier steps got nearest the boundary.
+        warm = [self.cascade and not s.target_offset and getattr(s.attack, "warm_start", False) for s in steps]
         try:
             for b, lo, hi in self.blocks(table):
-                for j in range(table.done[b] - 1, len(steps)):
+                first = table.done[b] - 1
+                self._start_block(table, b, lo, hi, first, warm)
+                for j in range(first, len(steps)):
                     bar.set_postfix(step=steps[j].key)
                     alive = [i for i in range(lo - table.start, hi - table.start) if self._attackable(table, i, j)]
                     if alive:
-                        self._call(table, steps[j], alive, lo)
+                        self._call(table, steps[j], alive, lo, warm=warm[j] and j > 0)
                     table.done[b] += 1
-                    self.save(table)
+                    self.save(table, (b, j + 1) if any(warm[j + 1:]) else None)
                     bar.update(hi - lo)
         finally:
             bar.close()
@@ -495,15 +528,21 @@ class _Runner:
             return False
         return not (self.cascade and any(table.results[k]["success"][i] for k in table.steps[:j]))
 
-    def _call(self, table: Table, step: Step, alive: list[int], lo: int) -> None:
+    def _call(self, table: Table, step: Step, alive: list[int], lo: int, *, warm: bool) -> None:
         idx = torch.tensor(alive, device=self.x.device) + table.start
+        rows = idx - lo  # positions in the block
         generator = torch.Generator(device=self.x.device).manual_seed(block_seed(self.seed, step.key, lo))
         y = self.y[idx]
         targets = None
         if step.target_offset:
             assert table.num_classes is not None
             targets = (y + step.target_offset) % table.num_classes
-        result = step.attack(self.model, self.x[idx], y, threat=self.threat, targets=targets, generator=generator)
+        result = step.attack(self.model, self.x[idx], y, threat=self.threat, targets=targets, generator=generator,
+                             **({"start": self.points[rows]} if warm else {}))
+        if not step.target_offset and result.margin is not None:
+            nearer = result.margin < self.margin[rows]
+            self.points[rows[nearer]] = result.x_adv[nearer]
+            self.margin[rows[nearer]] = result.margin[nearer]
         record, cost = table.results[step.key], table.step_cost[step.key]
         for i, ok, d in zip(alive, result.success.tolist(), result.distance.tolist()):
             record["success"][i], record["distance"][i] = ok, d
