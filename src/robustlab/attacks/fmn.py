@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from robustlab._tensors import flat, per_sample
-from robustlab.attacks.base import Attack, ModelOracle, difference_of_logits, is_adversarial, require_two_classes
+from robustlab.attacks.base import Attack, ModelOracle, difference_of_logits, is_adversarial
 from robustlab.errors import RobustlabError
 from robustlab.threat import L0, ThreatModel
 
