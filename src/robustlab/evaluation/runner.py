@@ -25,6 +25,12 @@ and after every step. A run killed at any point and started again with the same 
 continues at the first unfinished step and gives the same table as an uninterrupted run. A state
 file of another model, data, threat model, attack list, mode or setting is refused.
 
+**Warm starts.** In a cascade, an attack with ``warm_start=True`` (the ``fast`` suite's Square)
+gets ``start=``: per sample, the point of the earlier steps nearest the decision boundary
+(smallest :attr:`~robustlab.attacks.base.AttackResult.margin`). While such a step is still to
+come, those points of the block in progress are written next to the state file
+(``STATE.points-BLOCK-STEP.pt``, named in the state), so resuming gives the same table.
+
 **Sharding.** With ``distributed=True`` the ranks of the initialized process group (e.g. under
 ``torchrun``) each take a contiguous run of whole blocks (:func:`shard_range`); the gathered table
 equals that of a single process.
