@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -35,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors raise instead of exiting, so that :func:`main`
     reports them as one line with exit status 2 (sub-command parsers inherit the class)."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise RobustlabError(f"{message} (see {self.prog} --help)")
 
 
@@ -581,7 +581,13 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from robustlab.evaluation import distributed, evaluate_minimum_norm, evaluate_targeted
+    from robustlab.evaluation import (
+        MinimumNormEvaluation,
+        TargetedEvaluation,
+        distributed,
+        evaluate_minimum_norm,
+        evaluate_targeted,
+    )
     from robustlab.report import minimum_norm_markdown, targeted_markdown
 
     check_out_folder(args.out)
@@ -604,6 +610,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out = Path(args.out)
         common = dict(batch_size=args.batch_size, seed=args.seed, indices=data.indices, num_classes=data.num_classes,
                       model_card=card.to_dict(), progress=not args.quiet, **_run_state(args, out, sharded))
+        ev: MinimumNormEvaluation | TargetedEvaluation
         if args.mode == "minimum-norm":
             ev = evaluate_minimum_norm(model, x, y, attacks=attacks, norm=args.norm, bounds=bounds, **common)
         else:
@@ -616,7 +623,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     finally:
         if sharded:
             distributed.close()
-    text = minimum_norm_markdown(ev) if args.mode == "minimum-norm" else targeted_markdown(ev)
+    text = targeted_markdown(ev) if isinstance(ev, TargetedEvaluation) else minimum_norm_markdown(ev)
     ev.save(out / f"{args.mode}.json")
     (out / "report.md").write_text(text)
     print(text)
@@ -689,7 +696,7 @@ def _named(attacks: list[Any], named: dict[str, Any] | None = None) -> dict[str,
 def _diagnose(args: argparse.Namespace, model=None, data=None, threat=None) -> int:
     """The gradient-masking checks on the evaluated samples; exit status 1 if any check fails."""
     from robustlab.evaluation import diagnose
-    from robustlab.evaluation.evaluate import save_json
+    from robustlab.evaluation.io import save_json
 
     after_evaluation = model is not None
     if model is None:
@@ -757,7 +764,7 @@ def _percent_ci(acc: dict[str, float]) -> str:
     return f"{_percent(acc['value'])} [{_percent(acc['ci_low'])}, {_percent(acc['ci_high'])}]"
 
 
-def _print_columns(header: Sequence[str], rows: list[Sequence[Any]]) -> None:
+def _print_columns(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for i, row in enumerate(cells):

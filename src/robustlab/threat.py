@@ -137,7 +137,8 @@ class L2(ThreatModel):
     norm: ClassVar[str] = "L2"
 
     def distance(self, x: Tensor, x_adv: Tensor) -> Tensor:
-        return flat(x_adv - x).norm(p=2, dim=1)
+        distance: Tensor = flat(x_adv - x).norm(p=2, dim=1)
+        return distance
 
     def project(self, x: Tensor, x_adv: Tensor) -> Tensor:
         # KKT: delta_i = clip(t * v_i, lower_i, upper_i) for some t in [0, 1], and ||delta(t)||
@@ -148,7 +149,8 @@ class L2(ThreatModel):
             return x + torch.minimum(torch.maximum(v, lower), upper)
 
         def norm_at(t: Tensor) -> Tensor:
-            return flat(torch.minimum(torch.maximum(per_sample(t, v) * v, lower), upper)).norm(dim=1)
+            norm: Tensor = flat(torch.minimum(torch.maximum(per_sample(t, v) * v, lower), upper)).norm(dim=1)
+            return norm
 
         n = v.shape[0]
         t_lo = v.new_zeros(n)

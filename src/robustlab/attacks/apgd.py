@@ -141,8 +141,9 @@ class _State:
     sparsity_at_check: Tensor  # L1 only
 
     def select(self, keep: Tensor) -> _State:
-        return _State(**{f.name: None if (v := getattr(self, f.name)) is None else v[keep]
-                         for f in dataclasses.fields(self)})
+        selected: dict[str, Any] = {f.name: None if (v := getattr(self, f.name)) is None else v[keep]
+                                    for f in dataclasses.fields(self)}
+        return _State(**selected)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,7 +208,7 @@ class _AutoPGDBase(Attack):
             x_new = self._l1_step(s, threat) if l1 else self._step(s, threat, first=(i == 0))
             if i + 1 < self.steps:
                 loss, grad, logits = oracle.loss_and_grad(
-                    x_new, lambda z, labels=s.y, targets=s.loss_targets: loss_fn(z, labels, targets))
+                    x_new, lambda z: loss_fn(z, s.y, s.loss_targets))
             else:
                 # The last iterate is only scored: its gradient would never be used.
                 logits = oracle.logits(x_new)

@@ -119,7 +119,8 @@ class ModelOracle:
         """Logits ``[N, K]`` without gradient. Costs one forward per sample."""
         self.forwards += x.shape[0]
         with torch.no_grad():
-            return self.model(x)
+            logits: Tensor = self.model(x)
+        return logits
 
     def loss_and_grad(
         self, x: Tensor, loss_fn: Callable[[Tensor], Tensor]
@@ -425,7 +426,8 @@ class Attack:
         loss_fn = getattr(self, "loss_fn", None)
         if loss_fn is None:
             return torch.full((logits.shape[0],), math.nan, device=logits.device)
-        return loss_fn(logits, y, targets).detach()
+        loss: Tensor = loss_fn(logits, y, targets).detach()
+        return loss
 
     def _run(
         self,

@@ -57,12 +57,12 @@ class _RelayOracle(ModelOracle):
         self.base = base
         self.model = base.model
 
-    @property  # type: ignore[override]
-    def forwards(self) -> int:
+    @property
+    def forwards(self) -> int:  # type: ignore[override]
         return self.base.forwards
 
-    @property  # type: ignore[override]
-    def backwards(self) -> int:
+    @property
+    def backwards(self) -> int:  # type: ignore[override]
         return self.base.backwards
 
 
@@ -110,12 +110,12 @@ class _Wrapper(Attack):
         if not isinstance(self.attack, Attack):
             raise RobustlabError(f"{type(self).__name__} wraps a robustlab Attack, got {type(self.attack).__name__}")
 
-    @property  # type: ignore[override]
-    def norms(self) -> frozenset[str]:
+    @property
+    def norms(self) -> frozenset[str]:  # type: ignore[override]
         return self.attack.norms
 
-    @property  # type: ignore[override]
-    def minimum_norm(self) -> bool:
+    @property
+    def minimum_norm(self) -> bool:  # type: ignore[override]
         return self.attack.minimum_norm
 
     @property
@@ -235,8 +235,8 @@ class MinimumNormEnsemble(Attack):
         if not self.norms:
             raise RobustlabError(f"the attacks share no norm: {[sorted(a.norms) for a in self.attacks]}")
 
-    @property  # type: ignore[override]
-    def norms(self) -> frozenset[str]:
+    @property
+    def norms(self) -> frozenset[str]:  # type: ignore[override]
         return frozenset.intersection(*(attack.norms for attack in self.attacks))
 
     def config(self) -> dict[str, Any]:

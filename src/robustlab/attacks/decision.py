@@ -106,7 +106,7 @@ class _DecisionBased(Attack):
         clean = decide(everyone, x)
         start, found = x.clone(), clean.clone()
         if self.init_attack is not None:
-            self._from_init_attack(decide, x, threat, generator, start, found)
+            self._from_init_attack(self.init_attack, decide, x, threat, generator, start, found)
         noise = x.clone()
         from_noise = torch.zeros_like(found)
         for _ in range(self.init_draws):
@@ -133,7 +133,7 @@ class _DecisionBased(Attack):
     def _blend(x: Tensor, other: Tensor, alpha: Tensor) -> Tensor:
         return x + per_sample(alpha, x) * (other - x)
 
-    def _from_init_attack(self, decide: _Decisions, x: Tensor, threat: ThreatModel,
+    def _from_init_attack(self, init_attack: Attack, decide: _Decisions, x: Tensor, threat: ThreatModel,
                           generator: torch.Generator | None, start: Tensor, found: Tensor) -> None:
         """Run ``init_attack`` (unbounded) on the samples without a start, through this attack's
         own oracle: a wrapper's oracle (EOT's averaging, BPDA's backward) applies to it too, and
@@ -142,12 +142,12 @@ class _DecisionBased(Attack):
         todo = (~found).nonzero().squeeze(1)
         if todo.numel() == 0:
             return
-        if threat.norm not in self.init_attack.norms:
-            raise RobustlabError(f"init_attack {type(self.init_attack).__name__} supports the norms "
-                                 f"{sorted(self.init_attack.norms)}, not {threat.norm}")
+        if threat.norm not in init_attack.norms:
+            raise RobustlabError(f"init_attack {type(init_attack).__name__} supports the norms "
+                                 f"{sorted(init_attack.norms)}, not {threat.norm}")
         targets = None if decide.targets is None else decide.targets[todo]
         unbounded = threat.with_eps(math.inf)
-        x_init, _ = self.init_attack._run(decide.oracle, x[todo], decide.y[todo], threat=unbounded, targets=targets,
+        x_init, _ = init_attack._run(decide.oracle, x[todo], decide.y[todo], threat=unbounded, targets=targets,
                                           generator=generator)
         x_init = project_rounding_inward(unbounded, x[todo], x_init.detach())
         hit = decide(todo, x_init)
@@ -472,7 +472,8 @@ class HopSkipJump(_DecisionBased):
         unanimous = mean_phi.abs() == 1
         grad = torch.where(unanimous, weighted, weighted - mean_phi * plain) / evaluations
         grad = grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return grad.reshape(x_adv.shape)
+        direction: Tensor = grad.reshape(x_adv.shape)
+        return direction
 
     @staticmethod
     def _geometric_step(decide: _Decisions, idx: Tensor, x_adv: Tensor, direction: Tensor, size: Tensor,

@@ -28,7 +28,7 @@ __all__ = ["FastGradientMethod", "FGSM", "ProjectedGradientDescent", "PGD", "Bas
 class _LossMixin:
     """The ``loss`` and ``kappa`` hyperparameters shared by gradient attacks."""
 
-    loss: str | Callable = "ce"
+    loss: str | Callable[..., Tensor] = "ce"
     kappa: float = 0.0
 
     @property

@@ -44,7 +44,7 @@ def square_fraction(p_init: float, iteration: int, queries: int, *, rescale: boo
     reference's ``resc_schedule=True``, its default); AutoAttack builds its Square with
     ``resc_schedule=False``, so a 5000-query run there stops at ``p_init / 128``."""
     scaled = int(iteration / queries * 10000) if rescale else iteration
-    return p_init / 2 ** sum(scaled > point for point in _HALVING_POINTS)
+    return p_init / 2.0 ** sum(scaled > point for point in _HALVING_POINTS)
 
 
 def _random_signs(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
@@ -70,7 +70,8 @@ def _rectangle_bump(rows: int, cols: int) -> Tensor:
     r0, c0 = rows // 2, cols // 2
     for k in range(max(r0, c0) + 1):
         bump[max(r0 - k, 0):min(r0 + k + 1, rows), max(c0 - k, 0):min(c0 + k + 1, cols)] += 1.0 / (k + 1) ** 2
-    return bump / bump.norm().clamp_min(1e-12)
+    unit: Tensor = bump / bump.norm().clamp_min(1e-12)
+    return unit
 
 
 def _square_bump(side: int) -> Tensor:
@@ -78,7 +79,8 @@ def _square_bump(side: int) -> Tensor:
     half and a negative one on the bottom half of a ``side x side`` square, unit L2 norm."""
     half = side // 2
     bump = torch.cat([_rectangle_bump(half, side), -_rectangle_bump(side - half, side)])
-    return bump / bump.norm()
+    unit: Tensor = bump / bump.norm()
+    return unit
 
 
 def _place_bump(bump: Tensor, top: Tensor, left: Tensor, transpose: Tensor, h: int, w: int) -> Tensor:
@@ -167,7 +169,7 @@ class SquareAttack(Attack):
 
     queries: int = 5000
     p_init: float = 0.8
-    loss: str | Callable | None = None
+    loss: str | Callable[..., Tensor] | None = None
     rescale_schedule: bool = True
     give_up: float | None = None
     warm_start: bool = False

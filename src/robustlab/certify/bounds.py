@@ -28,7 +28,9 @@ for large convolutional layers (use ``intermediate="ibp"``, CROWN-IBP: one backw
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -93,11 +95,16 @@ def _fold(spec: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Te
 # -- IBP -----------------------------------------------------------------------------------
 
 
+def _sum(terms: Iterable[Tensor]) -> Tensor:
+    """``sum(terms)`` of the branches of a residual op (at least one)."""
+    return cast(Tensor, sum(terms))
+
+
 def _ibp_ops(ops: list, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
     for op in ops:
         if isinstance(op, ResidualOp):
             parts = [_ibp_ops(b, lower, upper) if b else (lower, upper) for b in op.branches]
-            lower, upper = sum(p[0] for p in parts), sum(p[1] for p in parts)
+            lower, upper = _sum(p[0] for p in parts), _sum(p[1] for p in parts)
         else:
             lower, upper = op.ibp(lower, upper)
     return lower, upper
@@ -201,6 +208,7 @@ class _Crown:
 
     def backward(self, ops: list, lam: Tensor) -> tuple[Tensor, Tensor]:
         bias = lam.new_zeros(lam.shape[:2])
+        b: Tensor | float
         for op in reversed(ops):
             if isinstance(op, AffineOp):
                 lam, b = op.backward(lam)
@@ -210,7 +218,7 @@ class _Crown:
                 lam, b = _maxpool_backward(op, lam, *self.bounds[id(op)])
             else:
                 parts = [self.backward(branch, lam) if branch else (lam, 0) for branch in op.branches]
-                lam, b = sum(p[0] for p in parts), sum(p[1] for p in parts)
+                lam, b = _sum(p[0] for p in parts), sum(p[1] for p in parts)
             bias = bias + b
         return lam, bias
 
@@ -236,7 +244,7 @@ class _Crown:
 
             if isinstance(op, ResidualOp):
                 parts = [self.forward(b, here, lower, upper, exact_first) if b else (lower, upper) for b in op.branches]
-                lower, upper = sum(p[0] for p in parts), sum(p[1] for p in parts)
+                lower, upper = _sum(p[0] for p in parts), _sum(p[1] for p in parts)
                 exact_first = False
                 continue
             if self.intermediate == "crown" or exact_first:

@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -106,7 +107,8 @@ def bracket(
     """
     certifier = certifier or CROWN()
     attacks = dict(attacks) if attacks is not None else default_attacks(norm)
-    unbounded = threat_model(norm, math.inf, tuple(bounds))
+    low, high = bounds
+    unbounded = threat_model(norm, math.inf, (low, high))
     n = x.shape[0]
     per_attack: dict[str, list[float]] = {}
     attack_seconds = {}
@@ -125,10 +127,10 @@ def bracket(
     certify_seconds = time.perf_counter() - start
     exact = MILPVerifier(time_limit=time_limit, lp_tighten=lp_tighten).minimal_perturbation(
         model, x, y, norm=norm, upper=upper, lower=lower, bounds=bounds)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i in range(n):
         distances = {a: per_attack[a][i] for a in per_attack}
-        best_attack = min(distances, key=distances.get) if distances else None
+        best_attack = min(distances, key=distances.__getitem__) if distances else None
         status = exact.status[i]
         value = exact.lower[i] if status == "optimal" else None
         lo, up = float(lower[i]), float(upper[i])

@@ -17,13 +17,14 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from robustlab.attacks.base import check_call
 from robustlab.certify.bounds import InputSet, crown_bounds, ibp_bounds, margin_spec
-from robustlab.certify.graph import AffineOp, check_graph, run_ops
+from robustlab.certify.graph import AffineFunction, AffineOp, check_graph, run_ops
 from robustlab.certify.trace import parse_model
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
@@ -115,12 +116,13 @@ def prepare(model: nn.Module, x: Tensor) -> Prepared:
         raise RobustlabError("the model has no layers to certify")
     last = ops[-1]
     final = last.modules[-1] if isinstance(last, AffineOp) else None
-    if isinstance(final, nn.Linear) or getattr(final, "kind", None) == "linear":  # a Linear or F.linear
+    if final is not None and (isinstance(final, nn.Linear) or getattr(final, "kind", None) == "linear"):  # a Linear or F.linear
         last.modules.pop()
         last.names.pop()
         if not last.modules:
             ops.pop()
-        weight, bias = (final.weight, final.bias) if isinstance(final, nn.Linear) else final.constants()[:2]
+        weight, bias = ((final.weight, final.bias) if isinstance(final, nn.Linear)
+                        else cast(AffineFunction, final).constants()[:2])
     else:
         weight, bias = None, None
     with torch.no_grad():
@@ -292,7 +294,8 @@ def certified_radius(
     width = (bounds[1] - bounds[0]) * (1 if norm == "Linf" else x[0].numel())
     hi = torch.as_tensor(eps_max, dtype=x.dtype).expand(x.shape[0]).clone().clamp(max=width)
     hi = torch.where(hi > 0, hi, torch.full_like(hi, 1e-12))
-    threat = threat_model(norm, float(hi.max()) if hi.numel() else 1.0, tuple(bounds))
+    low, high = bounds
+    threat = threat_model(norm, float(hi.max()) if hi.numel() else 1.0, (low, high))
     lo = x.new_zeros(x.shape[0])
     top = certifier(model, x, y, threat=threat, eps=hi)
     lo = torch.where(top.certified, hi, lo)

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from robustlab.errors import RobustlabError
 from robustlab.models.normalize import Normalize
@@ -44,7 +46,18 @@ SUPPORTED = (
 )
 
 
-def _bn_scale_shift(bn: nn.Module) -> tuple[Tensor, Tensor]:
+class AffineFunction(Protocol):
+    """A traced function of :mod:`robustlab.certify.trace` in an :class:`AffineOp`: an affine
+    map of the input alone, with the constants it was traced with."""
+
+    kind: str
+    name: str
+    constants: Any
+
+    def affine(self, x: Tensor, mode: str) -> Tensor: ...
+
+
+def _bn_scale_shift(bn: _BatchNorm) -> tuple[Tensor, Tensor]:
     if bn.running_mean is None or bn.running_var is None:
         raise RobustlabError(f"{type(bn).__name__} without running statistics cannot be certified (eval mode needs them)")
     scale = torch.rsqrt(bn.running_var + bn.eps)
@@ -64,7 +77,7 @@ def _channel_view(v: Tensor, x: Tensor, channel_dim_from_end: int | None) -> Ten
     return v.reshape(-1, 1, 1)
 
 
-def _apply(module: nn.Module, x: Tensor, mode: str) -> Tensor:
+def _apply(module: nn.Module | AffineFunction, x: Tensor, mode: str) -> Tensor:
     """Apply one affine layer: ``mode`` is "forward" (W x + b), "linear" (W x) or "abs" (|W| x)."""
     if isinstance(module, nn.Linear):
         weight = module.weight.abs() if mode == "abs" else module.weight
@@ -89,20 +102,46 @@ def _apply(module: nn.Module, x: Tensor, mode: str) -> Tensor:
         return out
     if isinstance(module, (nn.Identity, nn.Dropout)):
         return x
-    if hasattr(module, "affine"):  # a traced function (robustlab.certify.trace)
+    if not isinstance(module, nn.Module):  # a traced function (robustlab.certify.trace)
         return module.affine(x, mode)
     # Flatten and average pooling have non-negative weights and no bias.
-    return module(x)
+    pooled: Tensor = module(x)
+    return pooled
 
 
-class AffineOp:
+class _Shaped:
+    """``in_shape`` / ``out_shape`` of an op (without the batch axis), recorded by :func:`run_ops`."""
+
+    _in_shape: tuple[int, ...] | None = None
+    _out_shape: tuple[int, ...] | None = None
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        if self._in_shape is None:
+            raise RobustlabError(f"{self!r} has no recorded shapes: run check_graph (or run_ops) on the ops first")
+        return self._in_shape
+
+    @in_shape.setter
+    def in_shape(self, shape: tuple[int, ...]) -> None:
+        self._in_shape = shape
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        if self._out_shape is None:
+            raise RobustlabError(f"{self!r} has no recorded shapes: run check_graph (or run_ops) on the ops first")
+        return self._out_shape
+
+    @out_shape.setter
+    def out_shape(self, shape: tuple[int, ...]) -> None:
+        self._out_shape = shape
+
+
+class AffineOp(_Shaped):
     """A run of affine layers ``f(x) = A x + b``; shapes recorded by :func:`check_graph`."""
 
-    def __init__(self, modules: Sequence[nn.Module], names: Sequence[str]):
+    def __init__(self, modules: Sequence[nn.Module | AffineFunction], names: Sequence[str]):
         self.modules = list(modules)
         self.names = list(names)
-        self.in_shape: tuple[int, ...] | None = None
-        self.out_shape: tuple[int, ...] | None = None
 
     def __repr__(self) -> str:
         return f"Affine({', '.join(self.names)})"
@@ -146,10 +185,9 @@ class AffineOp:
         return grad.reshape(n, s, *self.in_shape), bias
 
 
-class ReLUOp:
+class ReLUOp(_Shaped):
     def __init__(self, name: str):
         self.name = name
-        self.in_shape: tuple[int, ...] | None = None
 
     def __repr__(self) -> str:
         return f"ReLU({self.name})"
@@ -161,7 +199,7 @@ class ReLUOp:
         return lower.clamp(min=0), upper.clamp(min=0)
 
 
-class MaxPoolOp:
+class MaxPoolOp(_Shaped):
     """``nn.MaxPool2d``. IBP is exact per element (max is monotone). CROWN uses a simple sound
     relaxation: below by ``x_{i*}`` (``i*`` the window element with the largest lower bound),
     above by ``x_{i*}`` where ``i*`` dominates the window (``l_{i*} >= u_j`` for all other
@@ -175,8 +213,6 @@ class MaxPoolOp:
         pair = nn.modules.utils._pair
         self.kernel, self.stride = pair(module.kernel_size), pair(module.stride or module.kernel_size)
         self.padding, self.dilation = pair(module.padding), pair(module.dilation)
-        self.in_shape: tuple[int, ...] | None = None
-        self.out_shape: tuple[int, ...] | None = None
 
     def __repr__(self) -> str:
         return f"MaxPool({self.name})"
@@ -228,7 +264,7 @@ def run_ops(ops: list, x: Tensor) -> Tensor:
     """Forward pass through the ops, recording each op's input/output shapes (without batch)."""
     for op in ops:
         if isinstance(op, ResidualOp):
-            x = sum((run_ops(branch, x) if branch else x) for branch in op.branches)
+            x = cast(Tensor, sum((run_ops(branch, x) if branch else x) for branch in op.branches))
             continue
         op.in_shape = tuple(x.shape[1:])
         x = op.forward(x)

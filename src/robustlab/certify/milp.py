@@ -118,6 +118,7 @@ def dense_layers(prepared) -> list[tuple[np.ndarray, np.ndarray]]:
     w = prepared.weight.detach().double().numpy()
     b = np.zeros(w.shape[0]) if prepared.bias is None else prepared.bias.detach().double().numpy()
     compose(w, b)
+    assert current is not None  # compose just set it
     layers.append(current)
     return layers
 
@@ -128,7 +129,11 @@ class _Problem:
     def __init__(self, layers, pre_bounds, x_lower: np.ndarray, x_upper: np.ndarray, upto: int | None = None):
         self.n = x_lower.size
         self.lb, self.ub, self.integrality = list(x_lower), list(x_upper), [0] * self.n
-        self.rows, self.cols, self.vals, self.row_lb, self.row_ub = [], [], [], [], []
+        self.rows: list[np.ndarray] = []
+        self.cols: list[np.ndarray] = []
+        self.vals: list[np.ndarray] = []
+        self.row_lb: list[float] = []
+        self.row_ub: list[float] = []
         self.num_rows = 0
         self.unstable = 0
         prev_off, prev_size = 0, self.n
@@ -200,7 +205,7 @@ class _Problem:
         return milp(c, integrality=integrality, bounds=Bounds(np.array(self.lb), np.array(self.ub)),
                     constraints=constraints, options={"time_limit": max(time_limit, 1e-3), "disp": False})
 
-    def output_row(self, weights: np.ndarray) -> tuple[dict[int, float], None]:
+    def output_row(self, weights: np.ndarray) -> dict[int, float]:
         return {self.last_off + i: w for i, w in enumerate(weights) if w != 0.0}
 
 
@@ -235,8 +240,8 @@ class MILPVerifier:
         relus = [op for op in prepared.ops if isinstance(op, ReLUOp)]
         pre_bounds = []
         for op in relus:
-            l, u = pre[id(op)]
-            l, u = l.reshape(-1).numpy(), u.reshape(-1).numpy()
+            low, high = pre[id(op)]
+            l, u = low.reshape(-1).numpy(), high.reshape(-1).numpy()
             pre_bounds.append((l - _SLACK * (1 + np.abs(l)), u + _SLACK * (1 + np.abs(u))))
         x_lower, x_upper = (t.reshape(-1).numpy() for t in inputs.box())
         return layers, pre_bounds, x_lower, x_upper

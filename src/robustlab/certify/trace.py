@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor, fx, nn
@@ -83,16 +83,23 @@ class _Function:
     def __repr__(self) -> str:
         return f"{self.kind}({self.name})"
 
+    def _constants(self) -> Any:
+        if self.constants is None:
+            raise RobustlabError(f"the traced {self.kind} {self.name!r} has no constants")
+        return self.constants()
+
     def affine(self, x: Tensor, mode: str) -> Tensor:
         if self.kind == "positive":
+            if self.fn is None:
+                raise RobustlabError(f"the traced function {self.name!r} has no map")
             return self.fn(x)
         if self.kind == "shift":
-            return x + _cast(self.constants(), x) if mode == "forward" else x
+            return x + _cast(self._constants(), x) if mode == "forward" else x
         if self.kind == "scale":
-            c = _cast(self.constants(), x)
+            c = _cast(self._constants(), x)
             return x * (c.abs() if isinstance(c, Tensor) else abs(c)) if mode == "abs" else x * c
         if self.kind == "batch_norm":
-            mean, var, weight, bias, eps = self.constants()
+            mean, var, weight, bias, eps = self._constants()
             scale = torch.rsqrt(var + eps) * (1 if weight is None else weight)
             shape = (1, -1, *([1] * (x.dim() - 2)))
             out = x * (scale.abs() if mode == "abs" else scale).to(x.dtype).reshape(shape)
@@ -100,7 +107,7 @@ class _Function:
                 return out
             shift = -mean * scale + (0 if bias is None else bias)
             return out + shift.to(x.dtype).reshape(shape)
-        weight, bias, extra = self.constants()
+        weight, bias, extra = self._constants()
         weight = weight.to(x.dtype)
         weight = weight.abs() if mode == "abs" else weight
         bias = bias.to(x.dtype) if bias is not None and mode == "forward" else None
@@ -115,7 +122,7 @@ def _cast(value: Any, like: Tensor) -> Any:
 
 def _describe(node: fx.Node, model: nn.Module) -> str:
     if node.op == "call_module":
-        module = model.get_submodule(node.target)
+        module = model.get_submodule(cast(str, node.target))
         what = f"layer {node.target!r} ({type(module).__name__})"
     elif node.op == "call_method":
         what = f"tensor method .{node.target}() ({node.name})"
@@ -190,7 +197,7 @@ class _Graph:
             if arg in self.dynamic:
                 raise AssertionError("not a constant")
             if arg.op == "get_attr":
-                return lambda: _fetch(self.model, arg.target)
+                return lambda: _fetch(self.model, cast(str, arg.target))
             if not isinstance(self.values[arg], Tensor) or _depends_on(arg, self.input):
                 value = self.values[arg]
                 return lambda: value
@@ -201,10 +208,10 @@ class _Graph:
                 a = [f() for f in args]
                 k = {key: f() for key, f in kwargs.items()}
                 if arg.op == "call_method":
-                    return getattr(a[0], arg.target)(*a[1:], **k)
+                    return getattr(a[0], cast(str, arg.target))(*a[1:], **k)
                 if arg.op == "call_module":
-                    return self.model.get_submodule(arg.target)(*a, **k)
-                return arg.target(*a, **k)
+                    return self.model.get_submodule(cast(str, arg.target))(*a, **k)
+                return cast(Callable[..., Any], arg.target)(*a, **k)
 
             return compute
         if isinstance(arg, (list, tuple)):
@@ -226,20 +233,21 @@ class _Graph:
         target = node.target
         name = node.name
         if node.op == "call_module":
-            module = self.model.get_submodule(target)
+            module_name = cast(str, target)
+            module = self.model.get_submodule(module_name)
             (source,) = dynamic_args
             if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
                 raise _unsupported(node, model, f"padding_mode={module.padding_mode!r} (only 'zeros')")
             if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and (module.running_mean is None or module.running_var is None):
                 raise _unsupported(node, model, "batch norm without running statistics (eval mode needs them)")
             if isinstance(module, _AFFINE_TYPES):
-                return ("unary", source, lambda: [AffineOp([module], [target])])
+                return ("unary", source, lambda: [AffineOp([module], [module_name])])
             if isinstance(module, nn.ReLU):
-                return ("unary", source, lambda: [ReLUOp(target)])
+                return ("unary", source, lambda: [ReLUOp(module_name)])
             if isinstance(module, nn.MaxPool2d):
                 if module.ceil_mode:
                     raise _unsupported(node, model, "ceil_mode=True")
-                return ("unary", source, lambda: [MaxPoolOp(module, target)])
+                return ("unary", source, lambda: [MaxPoolOp(module, module_name)])
             raise _unsupported(node, model)
         if node.op not in ("call_function", "call_method"):
             raise _unsupported(node, model)
@@ -255,8 +263,8 @@ class _Graph:
             post = [[], [self._op("scale", name, constants=lambda: -1.0)] if negate else []]
             return ("merge", [a, b], post, list)
         if target in _CAT:
-            tensors = args[0] if args else kwargs["tensors"]
-            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            tensors = cast("Sequence[fx.Node]", args[0] if args else kwargs["tensors"])
+            dim = cast(int, args[1] if len(args) > 1 else kwargs.get("dim", 0))
             if not all(isinstance(t, fx.Node) and t in self.dynamic for t in tensors):
                 raise _unsupported(node, model, "it concatenates constants with input-dependent tensors")
             ndim = value.dim()
@@ -340,9 +348,10 @@ class _Graph:
                 raise _unsupported(node, model, "it reduces over the batch dimension")
             if target is F.pad and (self.constant(args[3] if len(args) > 3 else kwargs.get("value", None))() or 0) != 0:
                 raise _unsupported(node, model, "padding with a non-zero value")
+            fn: Callable[[Tensor], Tensor]
             if target in _RESHAPE:
                 shape = tuple(value.shape[1:])
-                fn = lambda t, shape=shape: t.reshape(t.shape[0], *shape)  # noqa: E731
+                fn = lambda t: t.reshape(t.shape[0], *shape)  # noqa: E731
             else:
                 const_args = [self.constant(a) for a in rest]
                 const_kwargs = {k: self.constant(v) for k, v in kwargs.items()}

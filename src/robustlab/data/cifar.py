@@ -12,6 +12,7 @@ import io
 import logging
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,13 +28,13 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
     try:  # numpy >= 2 (numpy.core is a deprecated alias there)
         from numpy._core import multiarray, numeric
     except ImportError:  # numpy 1.x
-        from numpy.core import multiarray, numeric
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
     allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
     # Pickles written by numpy 1 name numpy.core, by numpy 2 numpy._core; _frombuffer is
     # what protocol 5 uses for arrays.
     for package in ("numpy.core", "numpy._core"):
         allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer  # type: ignore[attr-defined]
     return allowed
 
 
@@ -60,7 +61,7 @@ def safe_unpickle(data: bytes, source: str) -> object:
         raise DataError(f"{source}: corrupt pickle ({type(e).__name__}: {e})") from e
 
 
-def _field(batch: dict, key: str, source: str) -> object:
+def _field(batch: dict[Any, Any], key: str, source: str) -> Any:
     for k in (key.encode(), key):
         if k in batch:
             return batch[k]

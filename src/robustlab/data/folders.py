@@ -59,8 +59,8 @@ def _size_hw(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None
 def _decode(data: bytes | Path, source: str, grayscale: bool, size: tuple[int, int] | None) -> np.ndarray:
     """Decode one image to uint8 ``[H, W, C]`` (C = 1 for grayscale, else 3)."""
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
-            image = image.convert("L" if grayscale else "RGB")
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as opened:
+            image = opened.convert("L" if grayscale else "RGB")
             if size is not None and image.size != (size[1], size[0]):
                 image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)

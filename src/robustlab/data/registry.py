@@ -53,7 +53,7 @@ def _idx_files(base_url: str, md5: dict[str, str], content_md5: dict[str, str]) 
     )
 
 
-_IDX_SPLITS = {
+_IDX_SPLITS: dict[str, tuple[str, ...]] = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }

@@ -86,6 +86,7 @@ def batches(
     n = len(ds)
     order = torch.randperm(n, generator=generator) if shuffle else None
     for start in range(0, n, batch_size):
+        idx: slice | torch.Tensor
         if order is None:
             idx = slice(start, start + batch_size)
         else:

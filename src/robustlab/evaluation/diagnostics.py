@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlab._tensors import flat
-from robustlab.attacks import APGD, ATTACKS, FGSM, PGD, Attack, build_attack
+from robustlab.attacks import APGD, ATTACKS, FGSM, PGD, Attack, AttackResult, build_attack
 from robustlab.documentation import docs_pointer
 from robustlab.errors import RobustlabError
 from robustlab.losses import looks_like_probabilities
@@ -124,12 +124,14 @@ class _Context:
         """A generator per purpose, so a check's randomness does not depend on which others ran."""
         return torch.Generator(device=self.x.device).manual_seed(self.seed * 7919 + zlib.crc32(key.encode()))
 
-    def run(self, key: str, attack: Attack, threat: ThreatModel | None = None, model: nn.Module | None = None):
+    def run(self, key: str, attack: Attack, threat: ThreatModel | None = None, model: nn.Module | None = None
+            ) -> AttackResult:
         """Run ``attack`` once per key (results are shared between checks)."""
         if key not in self.cache:
             self.cache[key] = attack(model or self.model, self.x, self.y, threat=threat or self.threat,
                                      generator=self.generator(key))
-        return self.cache[key]
+        result: AttackResult = self.cache[key]
+        return result
 
     def robust(self, key: str, attack: Attack, threat: ThreatModel | None = None) -> Tensor:
         """``bool[N]``: correctly classified and not broken by ``attack``."""
@@ -161,11 +163,13 @@ class _Context:
             first, second = self.logits(), self.logits()
             spread = float((first - second).abs().max())
             self.cache["stochastic"] = (spread, spread > 1e-5 * (1 + float(first.abs().max())))
-        return self.cache["stochastic"][1]
+        stochastic: bool = self.cache["stochastic"][1]
+        return stochastic
 
     def logits(self) -> Tensor:
         with torch.no_grad():
-            return self.model(self.x)
+            logits: Tensor = self.model(self.x)
+        return logits
 
     def pgd(self, loss: str = "ce", steps: int | None = None, eps: float | None = None) -> PGD:
         """PGD with the step size of ``self.steps`` steps at ``eps``, whatever the number of steps
@@ -315,7 +319,8 @@ def _percent(robust: Tensor) -> float:
     return round(100.0 * float(robust.float().mean()), 2)
 
 
-def _compare(check: str, weaker: str, weaker_robust: Tensor, ctx: _Context, numbers: dict, what: str) -> Finding:
+def _compare(check: str, weaker: str, weaker_robust: Tensor, ctx: _Context, numbers: dict[str, Any], what: str
+             ) -> Finding:
     """Fail if the supposedly weaker attack beats the white-box attacks (see :meth:`_Context.beats`)."""
     white_box = ctx.white_box()
     weaker_acc, white_acc = _percent(weaker_robust), _percent(white_box)

@@ -184,6 +184,7 @@ def evaluate(
 def _samples(run: Run, names: list[str]) -> list[dict[str, Any]]:
     table, samples = run.table, []
     for i, (label, index) in enumerate(zip(run.labels, run.indices)):
+        broken_by: str | None
         attacks = {name: {"success": table.results[name]["success"][i], "distance": table.results[name]["distance"][i]}
                    for name in names}
         if not run.correct(i):

@@ -62,7 +62,8 @@ def unbounded_threat(norm: str, bounds: tuple[float, float]) -> ThreatModel:
     """The threat model ``norm`` with ``eps = inf`` (only the box applies); clear error for an unknown norm."""
     if isinstance(norm, ThreatModel):
         raise RobustlabError("give the norm as a name ('L2', 'Linf', 'L1', 'L0'); minimum-norm evaluation is unbounded")
-    return threat_model(norm, math.inf, tuple(bounds))
+    low, high = bounds
+    return threat_model(norm, math.inf, (low, high))
 
 
 def warn_mismatch(name: str, count: int, total: int, stacklevel: int = 3) -> None:
@@ -346,7 +347,7 @@ def evaluate_minimum_norm(
                      mode="minimum-norm", indices=indices, num_classes=num_classes, batch_size=batch_size, seed=seed,
                      verify=True, state_file=state_file, resume=resume, distributed=distributed, progress=progress)
     table = run.table
-    samples = []
+    samples: list[dict[str, Any]] = []
     for i, (label, index) in enumerate(zip(run.labels, run.indices)):
         row = {name: _verified(run, name, i) for name in named}
         if not run.correct(i):

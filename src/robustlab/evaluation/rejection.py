@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,18 @@ from robustlab.threat import ThreatModel
 __all__ = ["adaptive_attack", "detector_aware_loss", "rejection_metrics"]
 
 
+class Detector(Protocol):
+    """A detector of adversarial inputs inside a model (e.g. :class:`robustlab.models.LIDDetector`):
+    the classifier's logits from a call, its own logit of that call in ``last_score``."""
+
+    threshold: float
+    last_score: Tensor | None
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+    def reject(self, x: Tensor) -> Tensor: ...
+
+
 def _detector(model: nn.Module) -> Any:
     found = [m for m in model.modules() if hasattr(m, "last_score") and hasattr(m, "reject")]
     if len(found) != 1:
@@ -42,7 +54,7 @@ def _detector(model: nn.Module) -> Any:
     return found[0]
 
 
-def detector_aware_loss(detector: nn.Module, *, weight: float = 10.0, slack: float = 0.5
+def detector_aware_loss(detector: Detector, *, weight: float = 10.0, slack: float = 0.5
                         ) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
     """``(logits, y, targets) -> [N]`` to maximise: ``margin(logits)`` (uncapped) ``- weight *
     max(0, score - threshold + slack)``, where ``score`` is the detector's logit from the forward
@@ -90,7 +102,7 @@ def adaptive_attack(model: nn.Module, x: Tensor, y: Tensor, *, threat: ThreatMod
     return x_adv, {"evaded": evaded, "forwards": forwards, "backwards": backwards}
 
 
-def rejection_metrics(detector: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, float]:
+def rejection_metrics(detector: Detector, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, float]:
     """Metrics of a classifier with a reject option on clean ``x`` and attacked ``x_adv``
     (same samples, same order):
 

@@ -124,13 +124,15 @@ def check_run(x: Tensor, y: Tensor, threat: ThreatModel, *, batch_size: int, ind
         raise RobustlabError(f"indices must be integers (positions in the original split), got dtype {indices.dtype}")
     if indices.shape != (n,):
         raise RobustlabError(f"indices must have shape [{n}] (one per sample), got {tuple(indices.shape)}")
-    return indices.to(torch.int64)
+    positions: Tensor = indices.to(torch.int64)
+    return positions
 
 
 def model_logits(model: nn.Module, x: Tensor) -> Tensor:
     """The model's outputs on ``x`` in eval mode, without gradient (its state is restored)."""
     with _FrozenEval(model), torch.no_grad():
-        return model(x)
+        logits: Tensor = model(x)
+    return logits
 
 
 def cross_check(model: nn.Module, result: AttackResult, reported: list[float]) -> tuple[list[bool], list[int]]:

@@ -78,14 +78,14 @@ def _quick(norm: str, num_classes: int) -> Spec:
 
 def _standard(norm: str, num_classes: int) -> Spec:
     l1 = norm == "L1"
-    spec = [
+    spec: Spec = [
         ("apgd-ce", "apgd", {"loss": "ce", "steps": 100, "restarts": 5 if l1 else 1}),
         ("apgd-t", "apgd-t", {"steps": 100, "restarts": 1, "n_target_classes": min(5 if l1 else 9, num_classes - 1)}),
         ("fab-t", "fab-t", {"steps": 100, "restarts": 1, "n_target_classes": min(9, num_classes - 1)}),
     ]
     # AutoAttack's Square: 5000 iterations after the initial query (5001 queries) and the p
     # schedule not rescaled to the budget (``resc_schedule=False``).
-    square = ("square", "square", {"queries": 5001, "p_init": 0.8, "rescale_schedule": False})
+    square: tuple[str, str, dict[str, Any]] = ("square", "square", {"queries": 5001, "p_init": 0.8, "rescale_schedule": False})
     return spec if l1 else [*spec, square]
 
 
@@ -106,7 +106,7 @@ def _thorough(norm: str, num_classes: int) -> Spec:
     if num_classes < 3:
         raise RobustlabError(f"the thorough suite's APGD-DLR needs at least 3 classes, the model has {num_classes}")
     targets = min(9, num_classes - 1)
-    spec = [
+    spec: Spec = [
         ("apgd-ce", "apgd", {"loss": "ce", "steps": 100, "restarts": 5}),
         ("apgd-dlr", "apgd", {"loss": "dlr", "steps": 100, "restarts": 5}),
         ("pgd-margin", "pgd", {"loss": "margin", "steps": 100, "restarts": 5}),

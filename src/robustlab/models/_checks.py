@@ -9,7 +9,7 @@ from robustlab.errors import RobustlabError
 
 # A stage of a plain conv net, for shape arithmetic: ("conv", kernel, padding), optionally with a
 # stride as a fourth value ("conv", kernel, padding, stride), or ("pool", 2, 0).
-Stage = tuple[int | str, ...]
+Stage = tuple[str, int, int] | tuple[str, int, int, int]  # (kind, kernel, padding[, stride])
 
 
 def positive_int(value: Any, name: str, model: str) -> int:

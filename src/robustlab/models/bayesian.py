@@ -38,6 +38,10 @@ class _BayesLayer(nn.Module):
     """Shared parts: the variational parameters ``*_mu`` / ``*_log_sigma`` and the KL."""
 
     generator: torch.Generator | None
+    weight_mu: nn.Parameter
+    weight_log_sigma: nn.Parameter
+    bias_mu: nn.Parameter | None
+    bias_log_sigma: nn.Parameter | None
 
     def _init_variational(self, weight: Tensor, bias: Tensor | None, prior_sigma: float, init_sigma: float) -> None:
         self.prior_sigma = prior_sigma
@@ -51,15 +55,20 @@ class _BayesLayer(nn.Module):
             self.bias_log_sigma = nn.Parameter(torch.full_like(bias, math.log(init_sigma)))
         self.generator = None
 
-    def _draw(self, mu: Tensor | None, log_sigma: Tensor | None) -> Tensor | None:
-        if mu is None:
-            return None
+    def _draw(self, mu: Tensor, log_sigma: Tensor) -> Tensor:
         noise = torch.randn(mu.shape, generator=self.generator, dtype=mu.dtype).to(mu.device)
         return mu + log_sigma.exp() * noise
 
+    def _sample(self) -> tuple[Tensor, Tensor | None]:
+        """One draw of the weight, then of the bias (None without one)."""
+        weight = self._draw(self.weight_mu, self.weight_log_sigma)
+        if self.bias_mu is None or self.bias_log_sigma is None:
+            return weight, None
+        return weight, self._draw(self.bias_mu, self.bias_log_sigma)
+
     def kl(self) -> Tensor:
         total = _kl(self.weight_mu, self.weight_log_sigma, self.prior_sigma)
-        if self.bias_mu is not None:
+        if self.bias_mu is not None and self.bias_log_sigma is not None:
             total = total + _kl(self.bias_mu, self.bias_log_sigma, self.prior_sigma)
         return total
 
@@ -77,8 +86,8 @@ class BayesLinear(_BayesLayer):
         self._init_variational(linear.weight, linear.bias, prior_sigma, init_sigma)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self._draw(self.weight_mu, self.weight_log_sigma),
-                        self._draw(self.bias_mu, self.bias_log_sigma))
+        weight, bias = self._sample()
+        return F.linear(x, weight, bias)
 
 
 class BayesConv2d(_BayesLayer):
@@ -92,9 +101,8 @@ class BayesConv2d(_BayesLayer):
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self._draw(self.weight_mu, self.weight_log_sigma),
-                        self._draw(self.bias_mu, self.bias_log_sigma), self.stride, self.padding, self.dilation,
-                        self.groups)
+        weight, bias = self._sample()
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 def _convert(module: nn.Module, prior_sigma: float, init_sigma: float) -> int:
@@ -116,7 +124,10 @@ def model_kl(model: nn.Module) -> Tensor:
     layers = [m for m in model.modules() if isinstance(m, _BayesLayer)]
     if not layers:
         raise RobustlabError("model_kl: the model has no Bayesian layer (build it with build_model('bayesian', ...))")
-    return sum(layer.kl() for layer in layers)
+    total = layers[0].kl()
+    for layer in layers[1:]:
+        total = total + layer.kl()
+    return total
 
 
 class BayesianNet(nn.Module):

@@ -54,6 +54,8 @@ class SmallCNN(nn.Sequential):
     ``dropout == 0``.
     """
 
+    fc3: nn.Linear
+
     def __init__(
         self,
         input_shape: tuple[int, int, int],

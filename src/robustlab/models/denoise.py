@@ -12,6 +12,7 @@ stage of a trained or untrained network without changing it.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -70,14 +71,14 @@ class DenoisingBlock(nn.Module):
             for layer in (self.theta, self.phi):
                 # N(0, 0.01) embeddings, as in the reference code.
                 nn.init.normal_(layer.weight, std=0.01)
-                nn.init.zeros_(layer.bias)
+                nn.init.zeros_(cast(Tensor, layer.bias))
         self.conv = nn.Conv2d(channels, channels, 1)
         self.norm: nn.Module = (group_norm(channels) if norm == "group"
                                 else nn.BatchNorm2d(channels) if norm == "batch" else nn.Identity())
         if zero_init:
             zeroed = self.conv if norm == "none" else self.norm
-            nn.init.zeros_(zeroed.weight)
-            nn.init.zeros_(zeroed.bias)
+            nn.init.zeros_(cast(Tensor, zeroed.weight))
+            nn.init.zeros_(cast(Tensor, zeroed.bias))
 
     def denoise(self, x: Tensor) -> Tensor:
         """The denoising operation alone, ``[N, C, H, W] -> [N, C, H, W]``."""

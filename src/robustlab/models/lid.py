@@ -121,6 +121,11 @@ class LIDDetector(InputTransformDefense):
     together. Cost: one pass of the classifier, plus ``L`` distance matrices ``[N, B]``.
     """
 
+    reference: Tensor
+    feature_min: Tensor
+    feature_scale: Tensor
+    coef: Tensor
+
     name = "lid"
     differentiable: ClassVar[bool] = True
 

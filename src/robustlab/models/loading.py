@@ -82,7 +82,7 @@ def resolve_model(
     """
     text = os.fspath(spec)
     scheme, _, name = text.partition(":")
-    options = {"weights": weights, "model_args": model_args, "mean": mean, "std": std, "input_shape": input_shape,
+    options: dict[str, Any] = {"weights": weights, "model_args": model_args, "mean": mean, "std": std, "input_shape": input_shape,
                "num_classes": num_classes, "dataset": dataset, "seed": seed}
     if scheme in MODEL_SOURCES:
         return MODEL_SOURCES[scheme](name, **options)
@@ -135,7 +135,7 @@ def _from_factory(target: str, factory_name: str, *, weights, model_args, mean, 
     accepted = _parameters(factory)
     for key, value in (("input_shape", shape), ("num_classes", classes)):
         if key in accepted and key not in arguments and value is not None:
-            arguments[key] = list(value) if key == "input_shape" else value
+            arguments[key] = list(value) if isinstance(value, tuple) else value
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.random.default_generator.manual_seed(seed)

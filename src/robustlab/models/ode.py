@@ -449,7 +449,7 @@ def ode_gradient_check(model: nn.Module, x: Tensor, y: Tensor, *,
         raise RobustlabError(f"ode_gradient_check needs x [N, ...] and labels y [N] with N >= 1, got "
                              f"{tuple(x.shape)} and {tuple(y.shape)}")
     settings = [(block.solver, block.adjoint) for block in blocks]
-    generators = [m.generator for m in model.modules() if isinstance(getattr(m, "generator", None), torch.Generator)]
+    generators = [g for m in model.modules() if isinstance(g := getattr(m, "generator", None), torch.Generator)]
     states = [g.get_state() for g in generators]
     modes = [(m, m.training) for m in model.modules()]
     model.eval()

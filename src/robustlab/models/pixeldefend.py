@@ -47,6 +47,8 @@ class MaskedConv2d(nn.Conv2d):
     """A convolution that sees only the pixels before the centre in raster order (mask ``"A"``)
     or those and the centre (``"B"``); one input channel group, as for grayscale images."""
 
+    mask: Tensor
+
     def __init__(self, mask: str, in_channels: int, out_channels: int, kernel_size: int):
         super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
         if mask not in ("A", "B"):

@@ -62,12 +62,12 @@ class _ZeroGradient(torch.autograd.Function):
     the failure mode the defense causes in practice; an error would hide it."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
         ctx.input_shape = x.shape
         return fn(x)
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None]:
         return grad_output.new_zeros(ctx.input_shape), None
 
 

@@ -113,7 +113,7 @@ def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
         isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
     ):
         raise RobustlabError(f"input_shape must be three positive ints (C, H, W), got {input_shape!r}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def _check_num_classes(num_classes: int) -> int:

@@ -217,7 +217,8 @@ class RandomSelfEnsemble(_HookedDefense):
         return torch.randn(t.shape, generator=self.generator, dtype=t.dtype).to(t.device) * std
 
     def _targets(self) -> list[nn.Module]:
-        return [m for m in self.model.modules() if isinstance(m, nn.Conv2d)][1:]
+        convs: list[nn.Module] = [m for m in self.model.modules() if isinstance(m, nn.Conv2d)]
+        return convs[1:]
 
     def _hook(self, module: nn.Module, index: int) -> Any:
         def add_noise(_module: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:

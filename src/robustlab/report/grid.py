@@ -109,7 +109,7 @@ def grid_image(x: Tensor, x_adv: Tensor, *, labels: Tensor | None = None, clean:
         left = _GAP + j * (cw + _GAP)
         draw.text((left, _GAP // 2), title, fill="black", font=font)
         for i in range(n):
-            tile = Image.fromarray(images[i]).resize((cw, ch), Image.NEAREST)
+            tile = Image.fromarray(images[i]).resize((cw, ch), Image.Resampling.NEAREST)
             top = header + i * (row_height + _GAP)
             canvas.paste(tile, (left, top))
             if j == 2:
@@ -119,7 +119,7 @@ def grid_image(x: Tensor, x_adv: Tensor, *, labels: Tensor | None = None, clean:
     for i, lines in enumerate(captions):
         top = header + i * (row_height + _GAP)
         for text in lines:
-            changed = (text.startswith("adversarial:") and reference is not None
+            changed = (text.startswith("adversarial:") and reference is not None and adversarial is not None
                        and int(adversarial[i]) != int(reference[i]))
             draw.text((text_left, top), text, fill=(178, 24, 43) if changed else "black", font=font)
             top += line

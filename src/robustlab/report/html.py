@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import robustlab
 from robustlab.documentation import docs_pointer, read_page
@@ -93,10 +93,13 @@ class ReportInputs:
     curves: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
 
+    def all_evaluations(self) -> list[tuple[str, Evaluation | MinimumNormEvaluation | TargetedEvaluation]]:
+        """The fixed-eps, minimum-norm and targeted evaluations, in that order."""
+        return [*self.evaluations, *self.minimum_norm, *self.targeted]
+
     def model_cards(self) -> list[tuple[str, dict[str, Any]]]:
         """Distinct model cards: the card files, then those embedded in evaluations."""
-        embedded = [(label, ev.model_card) for label, ev in [*self.evaluations, *self.minimum_norm, *self.targeted]
-                    if isinstance(ev.model_card, dict)]
+        embedded = [(label, ev.model_card) for label, ev in self.all_evaluations() if isinstance(ev.model_card, dict)]
         seen, out = set(), []
         for label, card in [*self.cards, *embedded]:
             key = card_hash(card)
@@ -207,7 +210,7 @@ def _e(value: Any) -> str:
     return escape(str(value), quote=True)
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -236,7 +239,7 @@ def _column_name(column: str, attacks: int) -> str:
 
 
 # -- HTML building blocks --------------------------------------------------------------------
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]], *, raw: bool = False) -> str:
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, raw: bool = False) -> str:
     """An HTML table; cells are escaped unless ``raw`` (then the caller escaped them)."""
     cell = (lambda c: str(c)) if raw else _e
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
@@ -310,7 +313,7 @@ def _fixed_series(evaluations: list[tuple[str, Evaluation]]) -> list[Series]:
 
 
 def _norms(inputs: ReportInputs) -> list[str]:
-    norms = [ev.threat.norm for _, ev in [*inputs.minimum_norm, *inputs.evaluations]]
+    norms: list[Any] = [ev.threat.norm for _, ev in inputs.minimum_norm] + [ev.threat.norm for _, ev in inputs.evaluations]
     norms += [c.get("norm") for _, c in [*inputs.curves, *inputs.certify]]
     return [n for n in dict.fromkeys(norms) if isinstance(n, str)]
 
@@ -357,7 +360,8 @@ def robust_accuracy_charts(inputs: ReportInputs) -> dict[str, str]:
 def _model_section(inputs: ReportInputs) -> str:
     parts = []
     for label, card in inputs.model_cards():
-        training = card.get("training") if isinstance(card.get("training"), dict) else {}
+        recorded = card.get("training")
+        training = recorded if isinstance(recorded, dict) else {}
         summary = {"architecture": card.get("architecture"), "dataset": card.get("dataset"),
                    "input bounds": card.get("input_bounds"), "normalization": card.get("normalization"),
                    "arguments": card.get("arguments"), "training method": training.get("method"),
@@ -372,7 +376,7 @@ def _model_section(inputs: ReportInputs) -> str:
 
 
 def _threat_section(inputs: ReportInputs) -> str:
-    rows = [(label, kind, ev.threat.norm, _eps(ev.threat.eps), list(ev.threat.bounds), len(ev.samples))
+    rows: list[tuple[Any, ...]] = [(label, kind, ev.threat.norm, _eps(ev.threat.eps), list(ev.threat.bounds), len(ev.samples))
             for kind, group in (("fixed eps", inputs.evaluations), ("minimum norm", inputs.minimum_norm),
                                 ("targeted (C&W)", inputs.targeted)) for label, ev in group]
     rows += [(label, "certified", c.get("norm"), ", ".join(sorted({e for m in c.get("certified_accuracy", {}).values() for e in m})),
@@ -394,9 +398,9 @@ def _accuracy_section(inputs: ReportInputs) -> str:
         parts.append(f"<h3>{_e(label)}: {_e(ev.threat)}, {m['samples']} samples</h3>"
                      + _table(("accuracy", "value [95% Wilson CI]", "broken first by it"), rows) + note
                      + f"<details><summary>attacks</summary>{configs}</details>")
-    for label, ev in inputs.minimum_norm:
-        parts.append(f"<h3>{_e(label)}: minimum-norm {_e(ev.norm)}</h3>"
-                     + _table(("accuracy", "value [95% Wilson CI]"), [("clean", _acc(ev.metrics["clean_accuracy"]))]))
+    for label, mn in inputs.minimum_norm:
+        parts.append(f"<h3>{_e(label)}: minimum-norm {_e(mn.norm)}</h3>"
+                     + _table(("accuracy", "value [95% Wilson CI]"), [("clean", _acc(mn.metrics["clean_accuracy"]))]))
     return "\n".join(parts)
 
 
@@ -415,7 +419,7 @@ def _cdf_series(name: str, distances: Sequence[float], x_max: float) -> Series:
 def _distance_section(inputs: ReportInputs) -> str:
     parts = []
     for label, ev in inputs.minimum_norm:
-        rows = []
+        rows: list[tuple[str, ...]] = []
         for column in ev.columns:
             st = ev.distance_statistics(column)
             cost = ev.cost.get(column, {})
@@ -439,16 +443,16 @@ def _distance_section(inputs: ReportInputs) -> str:
                      + f"<p class=note>The distribution function: the share of clean-correct samples each attack "
                        f"broke within a distance (100% minus robust accuracy there). {len(best) - failed} successful "
                        f"samples in the histogram; {failed} that no attack broke are not.</p>")
-    for label, ev in inputs.targeted:
-        m = ev.metrics
+    for label, tg in inputs.targeted:
+        m = tg.metrics
         rows = [(case, _pct(m["cases"][case]["success_rate"]), _num(m["cases"][case]["mean_distance"]),
                  _num(m["cases"][case]["median_distance"])) for case in CASES]
-        x_max = 1.05 * max([d for case in CASES for d in ev.case_distances(case) if math.isfinite(d)] or [1.0])
-        cdf = [_cdf_series(f"{case} case", ev.case_distances(case), x_max) for case in CASES]
-        parts.append(f"<h3>{_e(label)}: targeted (C&amp;W protocol), {_e(ev.norm)}, attack "
-                     f"{_e(ev.attack.get('attack'))}</h3>"
+        x_max = 1.05 * max([d for case in CASES for d in tg.case_distances(case) if math.isfinite(d)] or [1.0])
+        cdf = [_cdf_series(f"{case} case", tg.case_distances(case), x_max) for case in CASES]
+        parts.append(f"<h3>{_e(label)}: targeted (C&amp;W protocol), {_e(tg.norm)}, attack "
+                     f"{_e(tg.attack.get('attack'))}</h3>"
                      + _table(("case", "success rate", "mean distance", "median distance"), rows)
-                     + line_chart(cdf, title="targeted success against distance", x_label=f"{ev.norm} distance",
+                     + line_chart(cdf, title="targeted success against distance", x_label=f"{tg.norm} distance",
                                   y_label="samples broken (%)", x_range=(0.0, x_max), y_range=(0.0, 100.0)))
     return "\n".join(parts)
 
@@ -458,12 +462,14 @@ def _certify_section(inputs: ReportInputs) -> str:
     for label, cert in inputs.certify:
         by_method = cert.get("certified_accuracy", {})
         eps_list = sorted({e for m in by_method.values() for e in m}, key=float)
-        rows = [(method, *(_pct(values.get(e)) for e in eps_list)) for method, values in by_method.items()]
+        rows: list[tuple[str, ...]] = [(method, *(_pct(values.get(e)) for e in eps_list))
+                                       for method, values in by_method.items()]
         parts.append(f"<h3>{_e(label)}: certified accuracy ({_e(cert.get('norm'))}, {_e(cert.get('samples'))} samples)</h3>"
                      + _table(("method", *(f"eps {e}" for e in eps_list)), rows))
     for label, br in inputs.brackets:
-        rows = sorted(br.get("rows", []), key=lambda r: (r.get("upper") is None, r.get("upper") or 0.0))
-        intervals = [(r["lower"], r.get("exact"), r["upper"]) for r in rows if r.get("milp_status") != "misclassified"]
+        bracket_rows = sorted(br.get("rows", []), key=lambda r: (r.get("upper") is None, r.get("upper") or 0.0))
+        intervals = [(r["lower"], r.get("exact"), r["upper"]) for r in bracket_rows
+                     if r.get("milp_status") != "misclassified"]
         norm = br.get("norm") or "?"
         parts.append(f"<h3>{_e(label)}: minimal {_e(norm)} perturbation, certified lower ≤ exact (MILP) ≤ attack upper</h3>"
                      + interval_chart(intervals, title="per-sample bracket", y_label=f"{norm} distance",
@@ -542,7 +548,8 @@ def _history_series(history: list[dict[str, Any]], key: str, name: str, scale: f
     values = [r.get(key) for r in history]
     if not any(_is_number(v) for v in values):
         return []
-    return [Series(name, [r.get("epoch") for r in history], [scale * v if _is_number(v) else None for v in values],
+    epochs: list[Any] = [r.get("epoch") for r in history]
+    return [Series(name, epochs, [scale * v if _is_number(v) else None for v in values],
                    markers=len(history) < 30)]
 
 
@@ -658,19 +665,20 @@ def markdown_report(inputs: ReportInputs, *, title: str = "robustlab report") ->
     blocks = []
     for label, ev in inputs.evaluations:
         m = ev.metrics
-        rows = [("clean", _acc(m["clean_accuracy"]))] + [(f"robust: {n}", _acc(a)) for n, a in m["robust_accuracy_per_attack"].items()]
+        rows: list[tuple[str, ...]] = [("clean", _acc(m["clean_accuracy"]))]
+        rows += [(f"robust: {n}", _acc(a)) for n, a in m["robust_accuracy_per_attack"].items()]
         rows.append(("robust: worst case", _acc(m["robust_accuracy"])))
         blocks.append(f"### {_md(label)}: {_md(ev.threat)}, {m['samples']} samples\n\n"
                       + _md_table(("accuracy", "value [95% Wilson CI]"), rows))
     section("Clean and robust accuracy", blocks)
     blocks = []
-    for label, ev in inputs.minimum_norm:
-        curve = ev.curve()
-        header = ("eps", *(_column_name(c, len(ev.attacks)) for c in ev.columns))
-        rows = [(f"{eps:.4g}", *(_pct(curve["robust_accuracy"][c][i]) for c in ev.columns)) for i, eps in enumerate(curve["eps"])]
-        stats = [(_column_name(c, len(ev.attacks)), _pct(st["success_rate"]), st["median"], st["median_successful"],
-                  st["mean_successful"]) for c in ev.columns for st in [ev.distance_statistics(c)]]
-        blocks.append(f"### {_md(label)}: minimum-norm {_md(ev.norm)}, clean accuracy {_acc(ev.metrics['clean_accuracy'])}\n\n"
+    for label, mn in inputs.minimum_norm:
+        curve = mn.curve()
+        header = ("eps", *(_column_name(c, len(mn.attacks)) for c in mn.columns))
+        rows = [(f"{eps:.4g}", *(_pct(curve["robust_accuracy"][c][i]) for c in mn.columns)) for i, eps in enumerate(curve["eps"])]
+        stats = [(_column_name(c, len(mn.attacks)), _pct(st["success_rate"]), st["median"], st["median_successful"],
+                  st["mean_successful"]) for c in mn.columns for st in [mn.distance_statistics(c)]]
+        blocks.append(f"### {_md(label)}: minimum-norm {_md(mn.norm)}, clean accuracy {_acc(mn.metrics['clean_accuracy'])}\n\n"
                       + _md_table(header, rows) + "\n\n"
                       + _md_table(("attack", "success rate", "median", "median (successful)", "mean (successful)"), stats))
     fixed = sorted(inputs.evaluations, key=lambda item: (item[1].threat.norm, item[1].threat.eps))
@@ -711,7 +719,7 @@ def markdown_report(inputs: ReportInputs, *, title: str = "robustlab report") ->
                                               _pct(r.get("val_acc")), _pct(r.get("val_robust_acc"))) for r in history))
         for label, history in inputs.training])
     section("Provenance", [f"### {_md(label)}\n\n" + _md_table(("field", "value"), ev.provenance.items())
-                           for label, ev in [*inputs.evaluations, *inputs.minimum_norm, *inputs.targeted]]
+                           for label, ev in inputs.all_evaluations()]
             + [_md_table(("files read",), ((f,) for f in inputs.files))])
     return "\n".join(out).rstrip() + "\n"
 

@@ -133,7 +133,8 @@ def targeted_markdown(evaluation: TargetedEvaluation, *, title: str = "robustlab
     lines = [f"# {escape_markdown(title)}", "",
              (f"Norm **{evaluation.norm}**, unbounded; {m['samples']} samples, clean accuracy "
               f"{_pct(m['clean_accuracy'])}; each clean-correct sample attacked towards all "
-              f"{evaluation.num_classes - 1} other classes ({m['runs']} runs)."), "",
+              f"{'?' if evaluation.num_classes is None else evaluation.num_classes - 1} other classes "
+              f"({m['runs']} runs)."), "",
              targeted_table(evaluation), "",
              ("Best case: the easiest target; average case: a random target; worst case: the hardest "
               "target (failed if any target failed). Distances are over the successful samples."), "",

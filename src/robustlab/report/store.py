@@ -136,7 +136,7 @@ class ResultsStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             # isolation_level=None: no implicit transactions; each one is opened explicitly below.
-            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            self._conn: sqlite3.Connection | None = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
             self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             _enable_wal(self._conn, timeout)
             self._conn.execute("PRAGMA foreign_keys = ON")
@@ -165,18 +165,23 @@ class ResultsStore:
     def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
         # IMMEDIATE takes the write lock up front: a writer that started by reading could
         # otherwise hit SQLITE_BUSY on upgrading its lock, which the busy timeout does not cover.
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             raise RobustlabError(f"the results database {self.path} is closed")
-        self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        return self._conn
 
     def schema_version(self) -> int:
-        return self._conn.execute("PRAGMA user_version").fetchone()[0]
+        version: int = self._connection().execute("PRAGMA user_version").fetchone()[0]
+        return version
 
     def _migrate(self) -> None:
         self._check_version(self.schema_version())
@@ -245,6 +250,7 @@ class ResultsStore:
                 (now, kind, model_hash, dataset, split, threat["norm"], threat["eps"], len(samples),
                  _value_of(metrics.get("clean_accuracy")), _value_of(robust), label, weights_hash, _dumps(document)))
             run_id = cursor.lastrowid
+            assert run_id is not None  # set by the INSERT
             conn.executemany(
                 "INSERT INTO samples (run_id, position, sample_index, label, clean_prediction, broken_by, distance, "
                 "data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -272,7 +278,8 @@ class ResultsStore:
     def runs(self, *, dataset: str | None = None, norm: str | None = None, kind: str | None = None,
              model: str | None = None, limit: int | None = None) -> list[RunInfo]:
         """Stored runs, newest first, optionally filtered (``model``: a prefix of the model hash)."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | int] = []
         if dataset is not None:
             where.append("r.dataset = ?")
             params.append(dataset)
@@ -292,7 +299,7 @@ class ResultsStore:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY r.id DESC LIMIT ?"
         params.append(-1 if limit is None else limit)
-        return [_run_info(row) for row in self._conn.execute(sql, params)]
+        return [_run_info(row) for row in self._connection().execute(sql, params)]
 
     def get(self, run_id: int) -> dict[str, Any]:
         """The run's evaluation document (``to_dict()`` form, ``inf`` as ``None``) with its
@@ -455,7 +462,7 @@ def _check_accuracy(acc: Any, where: str, total: int) -> None:
         if not (acc.get(key) is None or _is_number(acc.get(key))):
             raise RobustlabError(f"not an evaluation: {where}.{key} must be a number, got {acc.get(key)!r}")
     count, n = acc.get("count"), acc.get("total")
-    if not (_is_count(count) and _is_count(n) and count <= n):
+    if not (isinstance(count, int) and isinstance(n, int) and _is_count(count) and _is_count(n) and count <= n):
         raise RobustlabError(f"not an evaluation: {where} needs counts 0 <= count <= total, got count {count!r}, "
                              f"total {n!r}")
     if n != total:
@@ -562,7 +569,7 @@ def _attack_names(document: dict[str, Any]) -> list[str]:
 
 def _run_info(row: tuple) -> RunInfo:
     *fields, document = row
-    return RunInfo(*fields, attacks=tuple(_attack_names(json.loads(document))))
+    return RunInfo(*fields, attacks=tuple(_attack_names(json.loads(document))))  # type: ignore[misc]  # the columns before attacks
 
 
 def _robust_by_index(document: dict[str, Any]) -> dict[Any, bool] | None:

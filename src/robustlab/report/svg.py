@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
+from typing import TypeGuard
 
 __all__ = ["PALETTE", "Series", "histogram", "interval_chart", "line_chart", "nice_ticks"]
 
@@ -42,7 +43,7 @@ class Series:
 
     name: str
     x: Sequence[float]
-    y: Sequence[float]
+    y: Sequence[float | None]  # None: not measured there (a gap)
     markers: bool = False
     dashed: bool = False
     low: Sequence[float] | None = None
@@ -139,7 +140,7 @@ def _widen(lo: float, hi: float) -> tuple[float, float]:
     return float(lo) - (pad if lo != 0 else 0.0), float(hi) + pad
 
 
-def _finite(values: Sequence[float]) -> list[float]:
+def _finite(values: Sequence[float | None]) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(v)]
 
 
@@ -224,5 +225,5 @@ def interval_chart(intervals: Sequence[tuple[float, float | None, float]], *, ti
     return "\n".join(out)
 
 
-def _is_number(value: float | None) -> bool:
+def _is_number(value: float | None) -> TypeGuard[float]:
     return value is not None and math.isfinite(value)

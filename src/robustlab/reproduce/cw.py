@@ -310,7 +310,7 @@ TABLE6_PAPER = {
 TABLE6_PRIOR_FAIL = "fails (Sec. VIII)"
 
 #: C&W Table III (MNIST): (mean L2, prob) per objective, box encoding and case.
-_T3 = {  # rows: objective -> 9 (mean, prob) pairs: best tanh/clip/project, average ..., worst ...
+_T3: dict[str, list[tuple[float, float]]] = {  # rows: objective -> 9 (mean, prob) pairs: best tanh/clip/project, average ..., worst ...
     "f1": [(2.46, 1), (2.93, 1), (2.31, 1), (4.35, 1), (5.21, 1), (4.11, 1), (7.76, 1), (9.48, 1), (7.37, 1)],
     "f2": [(4.55, .80), (3.97, .83), (3.49, .83), (3.22, .44), (8.99, .63), (15.06, .74), (2.93, .18), (10.22, .40),
            (18.90, .53)],
@@ -474,7 +474,7 @@ def table6(options: ReproOptions) -> tuple[dict, str]:
     model, info = _get_model("distilled", scale, options)
     natural, natural_info = _get_model("natural", scale, options)
     x, y = _test_images(model, scale, options, scale.images)
-    diagnostics = {
+    diagnostics: dict[str, Any] = {
         "mean_logit_l1_distilled": _logit_norm(model, x),
         "mean_logit_l1_natural": _logit_norm(natural, x),
         "zero_ce_gradient_fraction_distilled": _zero_gradient_fraction(model, x, y),

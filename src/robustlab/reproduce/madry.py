@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from robustlab.errors import RobustlabError
 from robustlab.reproduce.registry import ReproOptions, register
 from robustlab.threat import Linf
 
@@ -207,9 +208,11 @@ def _attack(row: PaperRow, scale: Scale):
     """``(attack, targets)`` for a row; transfer rows get the surrogate wrapped in later."""
     from robustlab.attacks import FGSM, PGD
 
-    steps, restarts = _our_steps(row, scale)
     if row.method == "FGSM":
         return FGSM(), None
+    steps, restarts = _our_steps(row, scale)
+    if steps is None or restarts is None:
+        raise RobustlabError(f"the paper row {row.method!r} gives no number of steps")
     if row.method == "PGD":
         return PGD(steps=steps, step_size=scale.step_size, restarts=restarts), None
     if row.method == "Targeted":

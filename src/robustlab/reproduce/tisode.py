@@ -201,6 +201,13 @@ FULL_SCALE = Scale(train_samples=None, images=1000, epochs=100, lr=1e-3, milesto
 OVERRIDABLE = tuple(Scale.__dataclass_fields__)
 
 
+def _given(value: tuple[Any, ...] | None) -> tuple[Any, ...]:
+    """A table setting of a scale that :func:`_scale` has filled in."""
+    if value is None:
+        raise RobustlabError("the TisODE scale was not filled in from its table (use _scale)")
+    return value
+
+
 def _scale(table: Table, options: ReproOptions) -> Scale:
     scale = options.scale(CPU_SCALE, FULL_SCALE, OVERRIDABLE, "TisODE")
     scale = replace(scale, models=tuple(scale.models or table.models), sigmas=tuple(scale.sigmas or table.sigmas),
@@ -297,7 +304,7 @@ def evaluate_perturbations(model: nn.Module, x: Tensor, y: Tensor, scale: Scale,
     FGSM/PGD setting (and EOT-PGD for stochastic models); an image misclassified before the
     perturbation counts as broken. Then the robust accuracy under ``scale.suite`` (worst case
     over its attacks, EOT-wrapped for stochastic models) on the first ``scale.suite_images``."""
-    from robustlab.attacks import EOT, FGSM, PGD
+    from robustlab.attacks import EOT, FGSM, PGD, Attack
     from robustlab.attacks.noise import add_gaussian_noise
 
     model.eval()
@@ -317,10 +324,10 @@ def evaluate_perturbations(model: nn.Module, x: Tensor, y: Tensor, scale: Scale,
     clean = correct(x)
     results = {"clean": percent(clean)}
     noise = torch.Generator(device=device).manual_seed(seed)
-    for sigma in scale.sigmas:
+    for sigma in _given(scale.sigmas):
         results[f"gaussian-{sigma:g}"] = percent(clean & correct(add_gaussian_noise(x, sigma, generator=noise)))
-    attacks = [(f"fgsm-{eps:g}", eps, FGSM()) for eps in scale.fgsm_eps]
-    for eps, step in scale.pgd:
+    attacks: list[tuple[str, float, Attack]] = [(f"fgsm-{eps:g}", eps, FGSM()) for eps in _given(scale.fgsm_eps)]
+    for eps, step in _given(scale.pgd):
         pgd = PGD(steps=scale.pgd_steps, step_size=step, random_start=False)
         attacks.append((f"pgd-{eps:g}", eps, pgd))
         if stochastic:
@@ -330,7 +337,7 @@ def evaluate_perturbations(model: nn.Module, x: Tensor, y: Tensor, scale: Scale,
                             for xs, ys in zip(chunks(x), chunks(y))])
         results[name] = percent(clean & ~broken)
     if scale.suite is not None:
-        for eps in scale.suite_eps:
+        for eps in _given(scale.suite_eps):
             results[f"{scale.suite}-{eps:g}"] = suite_accuracy(model, x[:scale.suite_images], y[:scale.suite_images],
                                                                scale, eps=eps, seed=seed, stochastic=stochastic)
     return results
@@ -343,6 +350,8 @@ def suite_accuracy(model: nn.Module, x: Tensor, y: Tensor, scale: Scale, *, eps:
     from robustlab.attacks import EOT
     from robustlab.evaluation import build_suite, evaluate
 
+    if scale.suite is None:
+        raise RobustlabError("suite_accuracy needs a suite: scale.suite is None")
     threat = threat_model("Linf", eps)
     suite = build_suite(scale.suite, threat, num_classes=10)
     if stochastic:
@@ -356,8 +365,8 @@ def _rewind_randomization(model: nn.Module, seed: int) -> None:
     """Seed every generator the model owns (input randomization) with ``seed``, so a freshly
     trained model and the same model read back from the cache are evaluated on the same draws."""
     for module in model.modules():
-        if isinstance(getattr(module, "generator", None), torch.Generator):
-            module.generator.manual_seed(seed)
+        if isinstance(generator := getattr(module, "generator", None), torch.Generator):
+            generator.manual_seed(seed)
 
 
 def _steady_state(model: nn.Module, x: Tensor, device: str) -> float | None:
@@ -382,20 +391,20 @@ def run_table(table: Table, options: ReproOptions) -> tuple[dict[str, Any], str]
     scale = _scale(table, options)
     train_data = _load(scale, options, "train", scale.train_samples)
     test = _load(scale, options, "test", scale.images)
-    runs: dict[str, list[dict[str, float]]] = {label: [] for label in scale.models}
-    training: dict[str, list[dict[str, Any]]] = {label: [] for label in scale.models}
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label in _given(scale.models)}
+    training: dict[str, list[dict[str, Any]]] = {label: [] for label in _given(scale.models)}
     for run in range(scale.seeds):
         seed = options.seed + run
-        for label in scale.models:
+        for label in _given(scale.models):
             model, record = get_model(label, table, scale, options, train_data, seed)
             _rewind_randomization(model, seed)
             record["steady_state"] = _steady_state(model, test.x, options.device)
             training[label].append(record)
             runs[label].append(evaluate_perturbations(model, test.x, test.y, scale, seed=seed, device=options.device))
             logger.info("%s seed %d: %s", label, seed, runs[label][-1])
-    columns = list(dict.fromkeys(c for label in scale.models for c in runs[label][0]))
+    columns = list(dict.fromkeys(c for label in _given(scale.models) for c in runs[label][0]))
     results = {label: {c: _summary([r[c] for r in runs[label]]) for c in columns if c in runs[label][0]}
-               for label in scale.models}
+               for label in _given(scale.models)}
     record = {"paper": PAPER, "paper_source": table.paper_source, "table": table.number, "scale": asdict(scale),
               "full": options.full, "overrides": options.overrides, "train_samples": len(train_data.y),
               "images": len(test.y), "results": results, "paper_table": table.paper, "training": training,
@@ -410,7 +419,7 @@ def _survives(results: dict[str, dict[str, dict]], scale: Scale) -> dict[str, di
     model has the same suite mean (e.g. all at 0: no model is ahead any more), and ``same_best``:
     not all tied and a best model under the plain attack is also best under the suite."""
     verdicts = {}
-    for eps in scale.suite_eps if scale.suite is not None else ():
+    for eps in _given(scale.suite_eps) if scale.suite is not None else ():
         suite_column = f"{scale.suite}-{eps:g}"
         plain = next((c for c in (f"pgd-{eps:g}", f"fgsm-{eps:g}") if all(c in r for r in results.values())), None)
         suite_means = {label: r[suite_column]["mean"] for label, r in results.items()}

@@ -17,13 +17,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
-from robustlab.threat import ThreatModel
 from robustlab.training.methods import (
     METHODS,
     Batch,
@@ -58,15 +58,23 @@ def _check_preset(owner: str, preset: object, presets: dict) -> None:
         raise RobustlabError(f"{owner}.preset must be one of {sorted(presets)} or None, got {preset!r}")
 
 
+class Ball(Protocol):
+    """What :func:`ascend` needs of its ``threat``: a threat model, or MMA's per-example ball."""
+
+    def project(self, x: Tensor, x_adv: Tensor) -> Tensor: ...
+
+    def steepest_direction(self, grad: Tensor, x_adv: Tensor | None = None) -> Tensor: ...
+
+
 def ascend(
     model: nn.Module,
     x: Tensor,
     start: Tensor,
     loss_fn: Callable[[Tensor], Tensor],
     *,
-    threat: ThreatModel,
+    threat: Ball,
     steps: int,
-    step_size: float,
+    step_size: float | Tensor,
     scale_loss: Callable[[Tensor], Tensor] = lambda t: t,
 ) -> Tensor:
     """``steps`` steps of projected steepest ascent on ``sum(loss_fn(model(x_adv)))``; returns the
@@ -140,8 +148,8 @@ class FGSMTraining(TrainingMethod):
 
     def make_inputs(self, model: nn.Module, batch: Batch) -> Tensor:
         with inner_mode(model, self.config.bn_mode):
-            return ascend(model, batch.x, batch.x, _ce(batch.y), threat=batch.threat, steps=1,
-                          step_size=batch.threat.eps, scale_loss=batch.scale_loss)
+            return ascend(model, batch.x, batch.x, _ce(batch.y), threat=batch.required_threat, steps=1,
+                          step_size=batch.required_threat.eps, scale_loss=batch.scale_loss)
 
     def loss(self, model: nn.Module, x_train: Tensor, batch: Batch) -> LossOutput:
         alpha = self.options.clean_weight
@@ -178,7 +186,7 @@ class FastFGSMTraining(RandomStartMethod):
     Options = FastFGSMOptions
 
     def make_inputs(self, model: nn.Module, batch: Batch) -> Tensor:
-        threat = batch.threat
+        threat = batch.required_threat
         with inner_mode(model, self.config.bn_mode):
             start = threat.random_init(batch.x, self.generator)
             return ascend(model, batch.x, start, _ce(batch.y), threat=threat, steps=1,
@@ -241,11 +249,13 @@ class FreeTraining(TrainingMethod):
         x = batch.x
         if self.delta is None:
             self.delta = torch.zeros((self.config.batch_size, *x.shape[1:]), dtype=x.dtype, device=x.device)
-        x_adv = batch.threat.project(x, x + self.delta[: len(x)])
+        x_adv = batch.required_threat.project(x, x + self.delta[: len(x)])
         return x_adv.detach().requires_grad_(True)
 
     def after_step(self, model: nn.Module, x_train: Tensor, batch: Batch) -> None:
-        threat, x = batch.threat, batch.x
+        threat, x = batch.required_threat, batch.x
+        if x_train.grad is None or self.delta is None:
+            raise RobustlabError("FreeTraining.after_step must follow make_inputs, with the training gradient in x_train.grad")
         grad = torch.nan_to_num(x_train.grad, nan=0.0, posinf=0.0, neginf=0.0)
         x_adv = x_train.detach()
         stepped = threat.project(
@@ -309,7 +319,7 @@ class PGDTraining(RandomStartMethod):
     Options = PGDOptions
 
     def make_inputs(self, model: nn.Module, batch: Batch) -> Tensor:
-        threat = batch.threat
+        threat = batch.required_threat
         steps, step_size = self.options.resolve(threat.eps, PGD_PRESETS, 7, 1 / 4)
         with inner_mode(model, self.config.bn_mode):
             start = threat.random_init(batch.x, self.generator) if self.options.random_start else batch.x

@@ -125,7 +125,7 @@ class BilateralTraining(RandomStartMethod):
         self._pending: tuple[Batch, Tensor | None] | None = None
 
     def make_inputs(self, model: nn.Module, batch: Batch) -> Tensor:
-        threat, x, y = batch.threat, batch.x, batch.y
+        threat, x, y = batch.required_threat, batch.x, batch.y
         attack, labels = self.options.attack, self.options.labels
         with inner_mode(model, self.config.bn_mode):
             clean = None
@@ -137,6 +137,7 @@ class BilateralTraining(RandomStartMethod):
                     return F.cross_entropy(logits.float(), y, reduction="none")
             else:
                 excluded = math.inf if attack == "r-ll" else -math.inf
+                assert clean is not None  # computed above for these attacks
                 others = clean.scatter(1, y[:, None], excluded)
                 target = others.argmin(dim=1) if attack == "r-ll" else others.argmax(dim=1)
 
@@ -145,7 +146,10 @@ class BilateralTraining(RandomStartMethod):
 
             x_adv = ascend(model, x, threat.random_init(x, self.generator), loss_fn, threat=threat, steps=1,
                            step_size=self.options.step_size_factor * threat.eps, scale_loss=batch.scale_loss)
-        la = adversarial_labels(clean, y, beta=self.options.beta, gamma=self.options.gamma) if labels == "la" else None
+        la = None
+        if labels == "la":
+            assert clean is not None  # computed above for the "la" labels
+            la = adversarial_labels(clean, y, beta=self.options.beta, gamma=self.options.gamma)
         self._pending = (batch, la)
         return x_adv
 
@@ -159,6 +163,7 @@ class BilateralTraining(RandomStartMethod):
         if labels == "none":
             return LossOutput(F.cross_entropy(logits, batch.y), logits)
         soft = pending[1] if labels == "la" else uniform_labels(batch.y, logits.shape[1], self.options.label_smoothing)
+        assert soft is not None  # make_inputs made the "la" labels
         return LossOutput(-(soft * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean(), logits)
 
 

@@ -111,13 +111,17 @@ class CascadeTraining(TrainingMethod):
 
     def _bank(self, x: Tensor, y: Tensor, levels: Tensor) -> Tensor:
         """Iterative FGSM on N1 at the integer ``levels`` [N] (0–255 scale)."""
+        source = self.source
+        if source is None:
+            raise RobustlabError("CascadeTraining has no source network to build the bank with (options.source)")
         out = x.clone()
         for level in levels.unique().tolist():
             if level == 0:
                 continue
             rows = levels == level
             threat = Linf(eps=level / 255)
-            out[rows] = ascend(self.source, x[rows], x[rows], lambda z, t=y[rows]: F.cross_entropy(z, t, reduction="none"),
+            labels = y[rows]
+            out[rows] = ascend(source, x[rows], x[rows], lambda z: F.cross_entropy(z, labels, reduction="none"),
                                threat=threat, steps=iter_fgsm_steps(level), step_size=1 / 255)
         return out
 

@@ -52,7 +52,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -225,14 +225,15 @@ def worst_case_logits(
     eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
     eps_t = eps_t.expand(x.shape[0]) if eps_t.dim() == 0 else eps_t.reshape(-1)
     spec = margin_spec(y, prepared.weight.shape[0], x.dtype)
-    inputs = InputSet(x, eps_t, norm, tuple(bounds))
-    bound = 0
+    low, high = bounds
+    inputs = InputSet(x, eps_t, norm, (low, high))
+    bound: Tensor | float = 0
     if beta < 1:
         bound = (1 - beta) * ibp_bounds(prepared.ops, prepared.weight, prepared.bias, spec, inputs)
     if beta > 0:
         crown, _ = crown_bounds(prepared.ops, prepared.weight, prepared.bias, spec, inputs, intermediate="ibp")
         bound = bound + beta * crown
-    return -bound
+    return -cast(Tensor, bound)
 
 
 def certified_loss(

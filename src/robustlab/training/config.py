@@ -161,7 +161,8 @@ class TrainConfig:
             raise RobustlabError(f"TrainConfig.threat norm must be one of {sorted(NORMS)}, got {threat['norm']!r}")
         bounds = threat.get("bounds", (0.0, 1.0))
         try:
-            model = threat_model(threat["norm"], float(eps), tuple(float(b) for b in bounds))
+            low, high = (float(b) for b in bounds)
+            model = threat_model(threat["norm"], float(eps), (low, high))
         except (TypeError, ValueError) as exc:
             raise RobustlabError(f"TrainConfig.threat is not a valid threat model: {exc}") from None
         return {"norm": model.norm, "eps": model.eps, "bounds": model.bounds}

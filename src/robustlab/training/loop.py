@@ -114,8 +114,9 @@ def train(
     """
     if not isinstance(config, TrainConfig):
         raise RobustlabError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if method is not None and getattr(method, "name", config.method) != config.method:
-        raise RobustlabError(f"method is a {method.name!r} method but config.method is {config.method!r}")
+    method_name = getattr(method, "name", config.method)
+    if method is not None and method_name != config.method:
+        raise RobustlabError(f"method is a {method_name!r} method but config.method is {config.method!r}")
     device = _as_device(device)
     train_x, train_y = _check_pair(train_x, train_y, "train")
     if (val_x is None) != (val_y is None):
@@ -147,7 +148,7 @@ def train(
                    data=ckpt.data_fingerprint(dataset, train_x, train_y))
         last = None if checkpoint_dir is None else checkpoint_dir / ckpt.LAST
         stored = _read_last(last, group) if resume else None
-        if stored is not None:
+        if stored is not None and last is not None and checkpoint_dir is not None:
             run.restore(stored, last)
             if group.is_main:
                 ckpt.write_metrics(checkpoint_dir / ckpt.METRICS, run.history)
@@ -264,7 +265,7 @@ class _Run:
         if self.group.is_main:
             val_loss, val_acc = (None, None) if val is None else self._evaluate(*val)
             if val is not None and self.threat is not None and self.config.robust_eval_samples > 0:
-                robust_acc = self._robust_accuracy(*val)
+                robust_acc = self._robust_accuracy(*val, threat=self.threat)
         val_loss, val_acc, robust_acc = self.group.broadcast((val_loss, val_acc, robust_acc))
         record = {
             "epoch": self.epoch,
@@ -370,7 +371,7 @@ class _Run:
             correct += (logits.argmax(dim=1) == y).sum()
         return loss_sum.item() / len(x_all), correct.item() / len(x_all)
 
-    def _robust_accuracy(self, x_all: Tensor, y_all: Tensor) -> float:
+    def _robust_accuracy(self, x_all: Tensor, y_all: Tensor, *, threat: ThreatModel) -> float:
         """Fraction of the first ``robust_eval_samples`` validation examples classified
         correctly at the clean input *and* at the PGD adversarial input. The attack's random
         starts come from a generator seeded afresh each epoch, so epochs are compared on the
@@ -385,7 +386,7 @@ class _Run:
             y = y_all[first : min(first + self.config.batch_size, n)].to(self.device)
             with torch.no_grad():
                 clean_correct = self.model(x).argmax(dim=1) == y
-            result = attack(self.model, x, y, threat=self.threat, generator=generator)
+            result = attack(self.model, x, y, threat=threat, generator=generator)
             robust += (clean_correct & ~result.success).sum()
         return robust.item() / n
 

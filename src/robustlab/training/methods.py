@@ -89,12 +89,22 @@ class Batch:
     threat: ThreatModel | None = None
     scale_loss: Callable[[Tensor], Tensor] = _identity
 
+    @property
+    def required_threat(self) -> ThreatModel:
+        """``threat``, for the methods that cannot train without one (``needs_threat``)."""
+        if self.threat is None:
+            raise RobustlabError("this training method needs a threat model: set TrainConfig.threat")
+        return self.threat
+
 
 @runtime_checkable
 class Method(Protocol):
     """A training method; see the module docstring for the contract."""
 
-    replays: int
+    @property
+    def replays(self) -> int:
+        """How many times the loop replays each batch (1 for most methods)."""
+        ...
 
     def make_inputs(self, model: nn.Module, batch: Batch) -> Tensor:
         """Inner maximization: ``batch -> x_train [N, ...]``."""

@@ -318,8 +318,8 @@ class MMATraining(RandomStartMethod):
                 f"batch.index: integer [{len(batch.x)}] positions in the training set; got {got}"
             )
         if len(index):
-            lowest, highest = index.aminmax()
-            lowest, highest = int(lowest), int(highest)
+            low, high = index.aminmax()
+            lowest, highest = int(low), int(high)
             if lowest < 0:
                 raise RobustlabError(f"batch.index holds dataset positions and must be >= 0, got {lowest}")
             self.reserve(highest + 1)
@@ -335,7 +335,7 @@ class MMATraining(RandomStartMethod):
         correct = slm_margin(clean_logits.detach(), y) < 0
         prev_eps = self.per_example["eps"][index].clamp_min(self.min_eps).to(x.dtype)
         with inner_mode(model, self.config.bn_mode):
-            x_adv, eps = an_pgd(model, x, y, prev_eps, threat=batch.threat,
+            x_adv, eps = an_pgd(model, x, y, prev_eps, threat=batch.required_threat,
                                 max_eps=MAX_EPS_FACTOR * self.d_max, steps=self.steps,
                                 bisection_steps=self.options.bisection_steps,
                                 step_size_factor=self.options.step_size_factor, generator=self.generator,

@@ -40,7 +40,7 @@ __all__ = ["OrthogonalRegularization", "OrthogonalOptions", "ParsevalOptions", "
 PARSEVAL_BETA = 3e-4
 
 
-def _constrained(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def _constrained(model: nn.Module) -> list[tuple[str, nn.Linear | nn.Conv2d]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -97,7 +98,7 @@ def jacobian_frobenius_sq(
     scale = torch.as_tensor(scale, device=outputs.device)
     if projections is None:
         eye = torch.eye(k, device=outputs.device, dtype=outputs.dtype)
-        return sum(_vjp(outputs, x, eye[j], scale).square().sum(dim=1) for j in range(k))
+        return cast(Tensor, sum(_vjp(outputs, x, eye[j], scale).square().sum(dim=1) for j in range(k)))
     total = torch.zeros(n, device=outputs.device)
     for _ in range(projections):
         v = torch.randn((n, k), generator=generator, device=outputs.device)

@@ -86,7 +86,7 @@ class TradesTraining(RandomStartMethod):
     Options = TradesOptions
 
     def make_inputs(self, model: nn.Module, batch: Batch) -> Tensor:
-        threat, x = batch.threat, batch.x
+        threat, x = batch.required_threat, batch.x
         steps, step_size = self.options.resolve(threat.eps)
         with inner_mode(model, self.config.bn_mode):
             with torch.no_grad():

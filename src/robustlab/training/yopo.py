@@ -179,6 +179,13 @@ class _Split:
         self.z: Tensor | None = None
         self.z_leaf: Tensor | None = None
 
+    @property
+    def leaf(self) -> Tensor:
+        """The leaf that stands for the first layer's output in the last forward pass."""
+        if self.z_leaf is None:
+            raise RobustlabError(f"YOPO first layer {self.name!r} was not reached by the forward pass")
+        return self.z_leaf
+
     @contextlib.contextmanager
     def hooked(self) -> Iterator[_Split]:
         handles = [self.module.register_forward_hook(self._on_first_layer)]
@@ -249,10 +256,10 @@ class YOPOTraining(RandomStartMethod):
     Options = YOPOOptions
 
     def make_inputs(self, model: nn.Module, batch: Batch) -> Tensor:
-        return batch.threat.random_init(batch.x, self.generator).detach()
+        return batch.required_threat.random_init(batch.x, self.generator).detach()
 
     def loss(self, model: nn.Module, x_train: Tensor, batch: Batch) -> LossOutput:
-        threat, x, y = batch.threat, batch.x, batch.y
+        threat, x, y = batch.required_threat, batch.x, batch.y
         m, n, sigma = self.options.resolve(threat.eps)
         params = [p for p in model.parameters() if p.requires_grad]
         # Input and co-state gradients are taken of the scaled loss (mixed precision), so that
@@ -268,7 +275,7 @@ class YOPOTraining(RandomStartMethod):
                 logits = split.full(x_in)
                 ce = F.cross_entropy(logits.float(), y)
                 *rest_grads, costate, bypass = torch.autograd.grad(
-                    scale * ce, [*params, split.z_leaf, x_in], allow_unused=True
+                    scale * ce, [*params, split.leaf, x_in], allow_unused=True
                 )
                 if bypass is not None:
                     raise RobustlabError(

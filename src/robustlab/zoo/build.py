@@ -127,11 +127,13 @@ def publish(name: str, run_dir: str | Path, *, out_dir: str | Path = MODELS_DIR,
     config, wanted = run_card.training.get("config", {}), recipe(name)
     if (config.get("method"), config.get("seed")) != (wanted.get("method", "natural"), wanted.get("seed", 0)):
         raise RobustlabError(f"{run_dir}/model was not trained with the recipe of {name!r} (method or seed differ)")
+    if run_card.dataset is None:
+        raise RobustlabError(f"{run_dir}/model: the card records no dataset")
     test = load_dataset(run_card.dataset, split="test", data_dir=data_dir)
     x, y = test.x, test.y
     if images > len(x):
         raise RobustlabError(f"{images} images requested, the test split has {len(x)}")
-    threat = threat_model(info.norm, info.eps, tuple(run_card.input_bounds))
+    threat = threat_model(info.norm, info.eps, run_card.input_bounds)
     correct = correct_predictions(model, x, y)
     metrics: dict[str, Any] = {
         "clean_accuracy": float(correct.float().mean()), "clean_images": len(x),

@@ -30,7 +30,8 @@ def table() -> tuple[tuple[str, ...], list[tuple[str, ...]], int]:
 
     header = ("model", "architecture", "method", "eps", "clean", "standard", "fast", "certified", "train (s)",
               "MB", "notes")
-    rows, total = [], 0
+    rows: list[tuple[str, ...]] = []
+    total = 0
     trained = set(zoo.names())
     # The catalog's order (baseline first), then any recipe it lacks (zoo.entry refuses those).
     for name in [*[n for n in zoo.CATALOG if n in zoo.recipes()], *[n for n in zoo.recipes() if n not in zoo.CATALOG]]:
