@@ -28,14 +28,14 @@ for large convolutional layers (use ``intermediate="ibp"``, CROWN-IBP: one backw
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import cast
 
 import torch
 from torch import Tensor
 
-from robustlab.certify.graph import AffineOp, MaxPoolOp, ReLUOp, ResidualOp
+from robustlab.certify.graph import AffineOp, MaxPoolOp, Op, ReLUOp, ResidualOp
 from robustlab.errors import RobustlabError
 
 __all__ = ["InputSet", "crown_bounds", "ibp_bounds", "margin_spec"]
@@ -95,12 +95,16 @@ def _fold(spec: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Te
 # -- IBP -----------------------------------------------------------------------------------
 
 
+#: Maps linear functions of an op list's input back to the network input: ``lam -> (lam', bias)``.
+Prefix = Callable[[Tensor], tuple[Tensor, Tensor | float]]
+
+
 def _sum(terms: Iterable[Tensor]) -> Tensor:
     """``sum(terms)`` of the branches of a residual op (at least one)."""
     return cast(Tensor, sum(terms))
 
 
-def _ibp_ops(ops: list, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+def _ibp_ops(ops: list[Op], lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
     for op in ops:
         if isinstance(op, ResidualOp):
             parts = [_ibp_ops(b, lower, upper) if b else (lower, upper) for b in op.branches]
@@ -110,7 +114,7 @@ def _ibp_ops(ops: list, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
     return lower, upper
 
 
-def _leading_affine(ops: list) -> int:
+def _leading_affine(ops: list[Op]) -> int:
     count = 0
     for op in ops:
         if not isinstance(op, AffineOp):
@@ -126,20 +130,21 @@ def _identity_rows(n: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
     return torch.cat([eye, -eye]).reshape(1, 2 * d, *shape).expand(n, -1, *([-1] * len(shape)))
 
 
-def _exact_affine_bounds(ops: list, inputs: InputSet) -> tuple[Tensor, Tensor]:
+def _exact_affine_bounds(ops: list[Op], inputs: InputSet) -> tuple[Tensor, Tensor]:
     """Exact bounds at the output of a purely affine op list (dual norm for L2/L1)."""
-    shape = ops[-1].out_shape
+    affine = cast("list[AffineOp]", ops)  # the caller passes the leading affine ops
+    shape = affine[-1].out_shape
     d = math.prod(shape)
     lam = _identity_rows(inputs.x.shape[0], shape, inputs.x)
     bias = lam.new_zeros(lam.shape[:2])
-    for op in reversed(ops):
+    for op in reversed(affine):
         lam, b = op.backward(lam)
         bias = bias + b
     values = inputs.concretize(lam, bias)
     return values[:, :d].reshape(-1, *shape), -values[:, d:].reshape(-1, *shape)
 
 
-def ibp_bounds(ops: list, weight: Tensor, bias: Tensor | None, spec: Tensor, inputs: InputSet) -> Tensor:
+def ibp_bounds(ops: list[Op], weight: Tensor, bias: Tensor | None, spec: Tensor, inputs: InputSet) -> Tensor:
     """IBP lower bound ``[N, S]`` on ``spec @ (W h + b)`` with ``h = ops(x')``.
 
     Cost: about two forward passes (plus, for L2/L1, one backward pass of the leading affine
@@ -206,7 +211,7 @@ class _Crown:
         self.bounds: dict[int, tuple[Tensor, Tensor]] = {}
         self.alphas: dict[int, Tensor] = {}
 
-    def backward(self, ops: list, lam: Tensor) -> tuple[Tensor, Tensor]:
+    def backward(self, ops: list[Op], lam: Tensor) -> tuple[Tensor, Tensor]:
         bias = lam.new_zeros(lam.shape[:2])
         b: Tensor | float
         for op in reversed(ops):
@@ -222,13 +227,15 @@ class _Crown:
             bias = bias + b
         return lam, bias
 
-    def _node_bounds(self, prefix, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    def _node_bounds(self, prefix: Callable[[Tensor], tuple[Tensor, Tensor]], shape: tuple[int, ...]
+                     ) -> tuple[Tensor, Tensor]:
         d = math.prod(shape)
         lam_in, bias = prefix(_identity_rows(self.inputs.x.shape[0], shape, self.inputs.x))
         values = self.inputs.concretize(lam_in, bias)
         return values[:, :d].reshape(-1, *shape), -values[:, d:].reshape(-1, *shape)
 
-    def forward(self, ops: list, prefix, lower: Tensor, upper: Tensor, exact_first: bool) -> tuple[Tensor, Tensor]:
+    def forward(self, ops: list[Op], prefix: Prefix, lower: Tensor, upper: Tensor, exact_first: bool
+                ) -> tuple[Tensor, Tensor]:
         """Compute and store bounds at every ReLU/max-pool input; returns interval bounds at the
         output of ``ops``. ``prefix(lam) -> (lam at the network input, bias)`` maps linear
         functions of ``ops``' input back to the network input."""
@@ -237,7 +244,7 @@ class _Crown:
                 lower, upper = op.ibp(lower, upper)
                 continue
 
-            def here(lam, i=i, prefix=prefix):
+            def here(lam: Tensor, i: int = i, prefix: Prefix = prefix) -> tuple[Tensor, Tensor]:
                 lam, b1 = self.backward(ops[:i], lam)
                 lam, b2 = prefix(lam)
                 return lam, b1 + b2
@@ -255,18 +262,18 @@ class _Crown:
             lower, upper = op.ibp(lower, upper)
         return lower, upper
 
-    def run(self, ops: list) -> tuple[Tensor, Tensor]:
+    def run(self, ops: list[Op]) -> tuple[Tensor, Tensor]:
         lower, upper = self.inputs.box()
         return self.forward(ops, lambda lam: (lam, 0), lower, upper, self.inputs.norm != "Linf")
 
 
-def _crown_final(run: _Crown, ops: list, weight: Tensor, bias: Tensor | None, spec: Tensor) -> Tensor:
+def _crown_final(run: _Crown, ops: list[Op], weight: Tensor, bias: Tensor | None, spec: Tensor) -> Tensor:
     lam, b0 = _fold(spec, weight, bias)
     lam_in, b1 = run.backward(ops, lam)
     return run.inputs.concretize(lam_in, b0 + b1)
 
 
-def _init_alphas(run: _Crown, ops: list) -> list[Tensor]:
+def _init_alphas(run: _Crown, ops: list[Op]) -> list[Tensor]:
     params = []
     for op in ops:
         if isinstance(op, ResidualOp):
@@ -281,7 +288,7 @@ def _init_alphas(run: _Crown, ops: list) -> list[Tensor]:
 
 
 def crown_bounds(
-    ops: list,
+    ops: list[Op],
     weight: Tensor,
     bias: Tensor | None,
     spec: Tensor,

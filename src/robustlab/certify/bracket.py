@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from robustlab.attacks.base import Attack
 from robustlab.certify.certifiers import CROWN, Certifier, certified_radius
 from robustlab.certify.milp import MILPVerifier
 from robustlab.errors import RobustlabError
@@ -33,7 +34,7 @@ from robustlab.threat import threat_model
 __all__ = ["Bracket", "bracket", "default_attacks"]
 
 
-def default_attacks(norm: str) -> dict:
+def default_attacks(norm: str) -> dict[str, Attack]:
     from robustlab.attacks import build_attack
 
     if norm == "Linf":
@@ -47,13 +48,13 @@ def default_attacks(norm: str) -> dict:
 class Bracket:
     """``rows``: one dict per sample; ``summary``: gap statistics; :meth:`markdown` renders both."""
 
-    rows: list[dict]
-    summary: dict
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
     norm: str
-    extras: dict = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def markdown(self, digits: int = 4) -> str:
-        def fmt(v):
+        def fmt(v: Any) -> str:
             if v is None:
                 return "–"
             if isinstance(v, float):
@@ -84,7 +85,7 @@ def bracket(
     *,
     norm: str = "Linf",
     certifier: Certifier | None = None,
-    attacks: Mapping | None = None,
+    attacks: Mapping[str, Attack] | None = None,
     time_limit: float = 60.0,
     lp_tighten: bool = False,
     bisection_steps: int = 16,

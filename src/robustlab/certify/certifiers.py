@@ -17,14 +17,14 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from robustlab.attacks.base import check_call
 from robustlab.certify.bounds import InputSet, crown_bounds, ibp_bounds, margin_spec
-from robustlab.certify.graph import AffineFunction, AffineOp, check_graph, run_ops
+from robustlab.certify.graph import AffineFunction, AffineOp, Op, check_graph, run_ops
 from robustlab.certify.trace import parse_model
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
@@ -65,7 +65,7 @@ class CertResult:
     method: str
     clean_correct: Tensor
     seconds: float = 0.0
-    extras: dict = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.certified.shape[0]
@@ -102,7 +102,7 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
 class Prepared:
     """A parsed model: ``ops`` then the final linear layer ``weight [K, D]``, ``bias [K]``."""
 
-    ops: list
+    ops: list[Op]
     weight: Tensor
     bias: Tensor | None
     logits: Tensor
@@ -116,7 +116,7 @@ def prepare(model: nn.Module, x: Tensor) -> Prepared:
         raise RobustlabError("the model has no layers to certify")
     last = ops[-1]
     final = last.modules[-1] if isinstance(last, AffineOp) else None
-    if final is not None and (isinstance(final, nn.Linear) or getattr(final, "kind", None) == "linear"):  # a Linear or F.linear
+    if isinstance(last, AffineOp) and (isinstance(final, nn.Linear) or getattr(final, "kind", None) == "linear"):  # a Linear or F.linear
         last.modules.pop()
         last.names.pop()
         if not last.modules:
@@ -135,7 +135,7 @@ def prepare(model: nn.Module, x: Tensor) -> Prepared:
     return Prepared(ops, weight, bias, logits)
 
 
-def check_graph_with_head(model: nn.Module, ops: list, weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
+def check_graph_with_head(model: nn.Module, ops: list[Op], weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
     # Built on the meta device and filled in: no initialisation, so no draw from the global RNG.
     head = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta", dtype=weight.dtype)
     head = head.to_empty(device=weight.device)
@@ -261,14 +261,19 @@ class CROWN(Certifier):
         return bound
 
 
-def CROWNIBP(**kwargs) -> CROWN:
-    """CROWN with interval intermediate bounds (Zhang et al., ICLR 2020)."""
-    return CROWN(intermediate="ibp", **kwargs)
+@dataclass(frozen=True, kw_only=True)
+class CROWNIBP(CROWN):
+    """CROWN with interval intermediate bounds (Zhang et al., ICLR 2020): ``CROWN(intermediate="ibp")``."""
+
+    intermediate: str = "ibp"
 
 
-def AlphaCROWN(alpha_steps: int = 30, **kwargs) -> CROWN:
-    """CROWN with optimised lower ReLU slopes (Xu et al., ICLR 2021); 30 Adam steps by default."""
-    return CROWN(alpha_steps=alpha_steps, **kwargs)
+@dataclass(frozen=True, kw_only=True)
+class AlphaCROWN(CROWN):
+    """CROWN with optimised lower ReLU slopes (Xu et al., ICLR 2021): ``CROWN(alpha_steps=30)``,
+    30 Adam steps by default."""
+
+    alpha_steps: int = 30
 
 
 def certified_radius(

@@ -20,15 +20,19 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from robustlab.errors import RobustlabError
+
+if TYPE_CHECKING:
+    from robustlab.certify.certifiers import Certifier
 
 __all__ = ["add_certify_parser", "certify_command", "read_bracket", "write_json"]
 
 METHODS = ("ibp", "crown", "crown-ibp", "alpha-crown")
 
 
-def _certifier(name: str, batch_size: int):
+def _certifier(name: str, batch_size: int) -> Certifier:
     from robustlab.certify import CROWN, IBP
 
     if name == "ibp":
@@ -69,7 +73,7 @@ def certify_command(args: argparse.Namespace) -> int:
     bounds = tuple(card.input_bounds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"model": str(args.model), "model_card": card.to_dict(), "dataset": dataset, "samples": len(data), "norm": args.norm,
+    results: dict[str, Any] = {"model": str(args.model), "model_card": card.to_dict(), "dataset": dataset, "samples": len(data), "norm": args.norm,
                      "certified_accuracy": {}, "seconds": {}}
     for method in methods:
         certifier = _certifier(method, args.batch_size)
@@ -90,7 +94,7 @@ def certify_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finite_or_null(value):
+def _finite_or_null(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
@@ -100,7 +104,7 @@ def _finite_or_null(value):
     return value
 
 
-def write_json(path: str | Path, value) -> str:
+def write_json(path: str | Path, value: Any) -> str:
     """Write ``value`` to ``path`` as strict JSON (non-finite floats become ``null``; objects
     JSON cannot hold are written as their ``repr``) and return the text."""
     text = json.dumps(_finite_or_null(value), indent=1, allow_nan=False, default=repr)
@@ -113,12 +117,12 @@ def write_json(path: str | Path, value) -> str:
 _INFINITE_WHEN_NULL = ("upper", "milp_upper")
 
 
-def read_bracket(path: str | Path) -> dict:
+def read_bracket(path: str | Path) -> dict[str, Any]:
     """``{"rows": [...], "summary": {...}}`` from a ``bracket.json``, with the distances written
     as ``null`` because they were infinite (``upper``, ``milp_upper``, ``dist_<attack>``) read
     back as ``inf``."""
     try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        document: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
         rows = document["rows"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RobustlabError(f"cannot read {path} as a bracket.json: {type(exc).__name__} {exc}") from None
@@ -129,11 +133,11 @@ def read_bracket(path: str | Path) -> dict:
     return document
 
 
-def add_certify_parser(sub) -> argparse.ArgumentParser:
+def add_certify_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``certify`` sub-command to ``sub`` (the result of ``add_subparsers``)."""
     from robustlab.cli import eps_list, nonnegative_int, positive_float, positive_int
 
-    p = sub.add_parser("certify", help="certified accuracy by bound propagation; exact MILP bracket on a few samples")
+    p: argparse.ArgumentParser = sub.add_parser("certify", help="certified accuracy by bound propagation; exact MILP bracket on a few samples")
     from robustlab.cli import add_model_options
 
     add_model_options(p)

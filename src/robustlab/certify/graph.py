@@ -32,7 +32,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from robustlab.errors import RobustlabError
 from robustlab.models.normalize import Normalize
 
-__all__ = ["SUPPORTED", "AffineOp", "MaxPoolOp", "ReLUOp", "ResidualOp", "check_graph", "run_ops"]
+__all__ = ["SUPPORTED", "AffineFunction", "AffineOp", "MaxPoolOp", "Op", "ReLUOp", "ResidualOp", "check_graph", "run_ops"]
 
 _AFFINE_TYPES = (
     nn.Linear, nn.Conv2d, nn.Flatten, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d,
@@ -218,7 +218,8 @@ class MaxPoolOp(_Shaped):
         return f"MaxPool({self.name})"
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.module(x)
+        pooled: Tensor = self.module(x)
+        return pooled
 
     def ibp(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         return self.module(lower), self.module(upper)
@@ -249,7 +250,7 @@ class MaxPoolOp(_Shaped):
 class ResidualOp:
     """``sum_b branch_b(x)``; an empty branch is the identity shortcut."""
 
-    def __init__(self, branches: Sequence[list], name: str):
+    def __init__(self, branches: Sequence[list[Op]], name: str):
         self.branches = [list(b) for b in branches]
         self.name = name
 
@@ -260,7 +261,7 @@ class ResidualOp:
 Op = AffineOp | ReLUOp | MaxPoolOp | ResidualOp
 
 
-def run_ops(ops: list, x: Tensor) -> Tensor:
+def run_ops(ops: list[Op], x: Tensor) -> Tensor:
     """Forward pass through the ops, recording each op's input/output shapes (without batch)."""
     for op in ops:
         if isinstance(op, ResidualOp):
@@ -272,11 +273,11 @@ def run_ops(ops: list, x: Tensor) -> Tensor:
     return x
 
 
-def check_graph(model: nn.Module, ops: list, x: Tensor) -> Tensor:
+def check_graph(model: nn.Module, ops: list[Op], x: Tensor) -> Tensor:
     """Run ``ops`` on ``x`` (recording shapes) and check that they reproduce ``model(x)``;
     returns the logits ``[N, K]``."""
     with torch.no_grad():
-        reference = model(x)
+        reference: Tensor = model(x)
         mine = run_ops(ops, x)
     if reference.shape != mine.shape or not torch.allclose(reference, mine, rtol=1e-4, atol=1e-4 * (1 + float(reference.abs().max()))):
         raise RobustlabError(

@@ -36,14 +36,16 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from robustlab.certify.bounds import InputSet, crown_bounds, margin_spec
-from robustlab.certify.certifiers import frozen_eval, prepare
+from robustlab.certify.certifiers import Prepared, frozen_eval, prepare
 from robustlab.certify.graph import AffineOp, MaxPoolOp, ReLUOp
 from robustlab.errors import RobustlabError
 
@@ -51,6 +53,9 @@ __all__ = ["MILPResult", "MILPVerifier", "dense_layers"]
 
 _MARGIN = 1e-4
 _SLACK = 1e-7  # widen float64 bounds a hair, so round-off never cuts off a feasible point
+
+#: Dense layers ``(A, b)`` (or per-layer bounds ``(lower, upper)``), in float64.
+Layers = list[tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -74,14 +79,14 @@ class MILPResult:
     unstable: list[int]
     seconds: list[float]
     norm: str = "Linf"
-    extras: dict = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def exact(self) -> list[float | None]:
         return [lo if s == "optimal" else None for s, lo in zip(self.status, self.lower)]
 
 
-def dense_layers(prepared) -> list[tuple[np.ndarray, np.ndarray]]:
+def dense_layers(prepared: Prepared) -> Layers:
     """``[(A_0, b_0), ..., (A_L, b_L)]`` in float64 with a ReLU after every block but the last;
     ``A_k`` is ``[out, in]`` on flattened features."""
     layers: list[tuple[np.ndarray, np.ndarray]] = []
@@ -126,7 +131,8 @@ def dense_layers(prepared) -> list[tuple[np.ndarray, np.ndarray]]:
 class _Problem:
     """The MILP of one sample: variables ``[x (n) | a_1 | d_1 | a_2 | d_2 | ... | extra]``."""
 
-    def __init__(self, layers, pre_bounds, x_lower: np.ndarray, x_upper: np.ndarray, upto: int | None = None):
+    def __init__(self, layers: Layers, pre_bounds: Layers, x_lower: np.ndarray, x_upper: np.ndarray,
+                 upto: int | None = None):
         self.n = x_lower.size
         self.lb, self.ub, self.integrality = list(x_lower), list(x_upper), [0] * self.n
         self.rows: list[np.ndarray] = []
@@ -150,7 +156,7 @@ class _Problem:
         self.integrality.append(integer)
         return len(self.lb) - 1
 
-    def add_row(self, cols, vals, lb: float, ub: float) -> None:
+    def add_row(self, cols: Sequence[int] | np.ndarray, vals: Sequence[float] | np.ndarray, lb: float, ub: float) -> None:
         self.rows.append(np.full(len(cols), self.num_rows))
         self.cols.append(np.asarray(cols))
         self.vals.append(np.asarray(vals, dtype=np.float64))
@@ -158,7 +164,8 @@ class _Problem:
         self.row_ub.append(ub)
         self.num_rows += 1
 
-    def _relu_layer(self, a_mat, b_vec, l, u, prev_off, prev_size):
+    def _relu_layer(self, a_mat: np.ndarray, b_vec: np.ndarray, l: np.ndarray, u: np.ndarray, prev_off: int,
+                    prev_size: int) -> tuple[int, int]:
         prev_cols = np.arange(prev_off, prev_off + prev_size)
         offset = len(self.lb)
         for j in range(a_mat.shape[0]):
@@ -184,7 +191,8 @@ class _Problem:
             self.add_row([col, d], [1.0, -u[j]], -math.inf, 0.0)  # a <= u d
         return offset, a_mat.shape[0]
 
-    def solve(self, objective: dict[int, float], *, time_limit: float, relax: bool = False):
+    def solve(self, objective: dict[int, float], *, time_limit: float, relax: bool = False) -> Any:
+        """scipy's ``OptimizeResult`` (HiGHS) for ``min objective . v``."""
         from scipy.optimize import LinearConstraint, milp
         from scipy.sparse import coo_matrix
 
@@ -227,7 +235,8 @@ class MILPVerifier:
     margin: float = _MARGIN
 
     # -- shared set-up ------------------------------------------------------------------
-    def _setup(self, model: nn.Module, x: Tensor, y: Tensor, norm: str, radius: float, bounds):
+    def _setup(self, model: nn.Module, x: Tensor, y: Tensor, norm: str, radius: float, bounds: tuple[float, float]
+               ) -> tuple[Layers, Layers, np.ndarray, np.ndarray]:
         """Double-precision copy, dense layers, bounds on the domain of radius ``radius``."""
         model64 = copy.deepcopy(model).double().eval()
         x64 = x.detach().double()
@@ -246,7 +255,8 @@ class MILPVerifier:
         x_lower, x_upper = (t.reshape(-1).numpy() for t in inputs.box())
         return layers, pre_bounds, x_lower, x_upper
 
-    def _tighten(self, layers, pre_bounds, x_lower, x_upper, deadline: float):
+    def _tighten(self, layers: Layers, pre_bounds: Layers, x_lower: np.ndarray, x_upper: np.ndarray,
+                 deadline: float) -> Layers:
         for k in range(1, len(pre_bounds)):  # the first layer's bounds are already exact
             l, u = pre_bounds[k]
             a_mat, b_vec = layers[k]
@@ -302,12 +312,16 @@ class MILPVerifier:
                 out.seconds.append(time.perf_counter() - start)
         return out
 
-    def _minimal_one(self, model, x, y, norm, ub, lb_hint, full, bounds, start, out) -> None:
+    def _minimal_one(self, model: nn.Module, x: Tensor, y: int, norm: str, ub: float, lb_hint: float, full: float,
+                     bounds: tuple[float, float], start: float, out: MILPResult) -> None:
         deadline = start + self.time_limit
         if self._predicts(model, x, y):
             out.status.append("misclassified")
-            out.lower.append(0.0), out.upper.append(0.0), out.counterexample.append(x.clone())
-            out.counterexample_ok.append(True), out.unstable.append(0)
+            out.lower.append(0.0)
+            out.upper.append(0.0)
+            out.counterexample.append(x.clone())
+            out.counterexample_ok.append(True)
+            out.unstable.append(0)
             return
         radius = min(full, ub * (1 + 1e-3) + 1e-6) if math.isfinite(ub) else full
         layers, pre_bounds, x_lower, x_upper = self._setup(model, x.unsqueeze(0), torch.tensor([y]), norm, radius, bounds)
@@ -394,12 +408,16 @@ class MILPVerifier:
                 out.seconds.append(time.perf_counter() - start)
         return out
 
-    def _verify_one(self, model, x, y, eps, norm, bounds, start, out) -> None:
+    def _verify_one(self, model: nn.Module, x: Tensor, y: int, eps: float, norm: str, bounds: tuple[float, float],
+                    start: float, out: MILPResult) -> None:
         deadline = start + self.time_limit
         if self._predicts(model, x, y):
             out.status.append("misclassified")
-            out.lower.append(math.inf), out.upper.append(math.inf), out.counterexample.append(x.clone())
-            out.counterexample_ok.append(True), out.unstable.append(0)
+            out.lower.append(math.inf)
+            out.upper.append(math.inf)
+            out.counterexample.append(x.clone())
+            out.counterexample_ok.append(True)
+            out.unstable.append(0)
             return
         layers, pre_bounds, x_lower, x_upper = self._setup(model, x.unsqueeze(0), torch.tensor([y]), norm, eps, bounds)
         if self.lp_tighten:
@@ -434,8 +452,10 @@ class MILPVerifier:
                     point = torch.from_numpy(np.clip(res.x[:n], lo, hi)).to(x.dtype).reshape(x.shape)
                     if self._predicts(model, point, y):
                         out.status.append("not-robust")
-                        out.lower.append(worst), out.upper.append(math.inf)
-                        out.counterexample.append(point), out.counterexample_ok.append(True)
+                        out.lower.append(worst)
+                        out.upper.append(math.inf)
+                        out.counterexample.append(point)
+                        out.counterexample_ok.append(True)
                         return
             if res.status == 0:
                 upper_bound = max(upper_bound, -float(res.fun) + const)
@@ -443,8 +463,10 @@ class MILPVerifier:
                 timed_out = True
                 dual = getattr(res, "mip_dual_bound", None)
                 upper_bound = max(upper_bound, -float(dual) + const if dual is not None and np.isfinite(dual) else math.inf)
-        out.counterexample.append(None), out.counterexample_ok.append(None)
-        out.lower.append(worst), out.upper.append(upper_bound)
+        out.counterexample.append(None)
+        out.counterexample_ok.append(None)
+        out.lower.append(worst)
+        out.upper.append(upper_bound)
         if upper_bound < 0:
             out.status.append("robust")
         elif timed_out:

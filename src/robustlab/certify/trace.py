@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn import functional as F
 
-from robustlab.certify.graph import _AFFINE_TYPES, SUPPORTED, AffineOp, MaxPoolOp, ReLUOp, ResidualOp
+from robustlab.certify.graph import _AFFINE_TYPES, SUPPORTED, AffineOp, MaxPoolOp, Op, ReLUOp, ResidualOp
 from robustlab.errors import RobustlabError
 from robustlab.models.normalize import Normalize
 
@@ -106,7 +106,8 @@ class _Function:
             if mode != "forward":
                 return out
             shift = -mean * scale + (0 if bias is None else bias)
-            return out + shift.to(x.dtype).reshape(shape)
+            shifted: Tensor = out + shift.to(x.dtype).reshape(shape)
+            return shifted
         weight, bias, extra = self._constants()
         weight = weight.to(x.dtype)
         weight = weight.abs() if mode == "abs" else weight
@@ -223,7 +224,7 @@ class _Graph:
         return lambda: arg
 
     # -- classification ---------------------------------------------------------------------
-    def spec(self, node: fx.Node) -> tuple:
+    def spec(self, node: fx.Node) -> tuple[Any, ...]:
         """``("unary", input, make_ops)`` or ``("merge", inputs, branch_posts, make_after)``."""
         model = self.model
         value = self.values[node]
@@ -369,7 +370,7 @@ class _Graph:
         return AffineOp([_Function(kind, name, **kwargs)], [name])
 
     # -- translation --------------------------------------------------------------------------
-    def ops(self) -> list:
+    def ops(self) -> list[Op]:
         output = next(n for n in self.nodes if n.op == "output")
         result = output.args[0]
         if not isinstance(result, fx.Node) or result not in self.dynamic:
@@ -380,9 +381,9 @@ class _Graph:
         self.idom = _dominators(order, self.input, self.specs)
         return _merged(self.expr(self.input, result))
 
-    def expr(self, start: fx.Node, node: fx.Node) -> list:
+    def expr(self, start: fx.Node, node: fx.Node) -> list[Op]:
         """Ops computing ``node`` from ``start`` (which dominates it)."""
-        pieces: list[list] = []
+        pieces: list[list[Op]] = []
         while node is not start:
             spec = self.specs[node]
             if spec[0] == "unary":
@@ -424,12 +425,12 @@ def _depends_on(node: fx.Node, source: fx.Node) -> bool:
     return False
 
 
-def _dominators(order: list, root: fx.Node, specs: dict) -> dict:
+def _dominators(order: list[fx.Node], root: fx.Node, specs: dict[fx.Node, Any]) -> dict[fx.Node, Any]:
     """Immediate dominators of the input-dependent nodes (a DAG in topological order)."""
-    idom: dict = {root: None}
+    idom: dict[fx.Node, Any] = {root: None}
     depth = {root: 0}
 
-    def meet(a, b):
+    def meet(a: fx.Node, b: fx.Node) -> fx.Node:
         while a is not b:
             if depth[a] < depth[b]:
                 a, b = b, a
@@ -449,9 +450,9 @@ def _dominators(order: list, root: fx.Node, specs: dict) -> dict:
     return idom
 
 
-def _merged(ops: list) -> list:
+def _merged(ops: list[Op]) -> list[Op]:
     """Consecutive affine ops joined into one (one backward pass each)."""
-    out: list = []
+    out: list[Op] = []
     for op in ops:
         if isinstance(op, AffineOp) and out and isinstance(out[-1], AffineOp):
             out[-1].modules.extend(op.modules)
@@ -461,7 +462,7 @@ def _merged(ops: list) -> list:
     return out
 
 
-def parse_model(model: nn.Module, x: Tensor | None = None) -> list:
+def parse_model(model: nn.Module, x: Tensor | None = None) -> list[Op]:
     """The ops of ``model`` (see :mod:`robustlab.certify.graph`) traced on inputs like ``x``
     ``[N, *in]``; raises a RobustlabError naming the first unsupported operation."""
     if x is None:
