@@ -36,6 +36,7 @@ import common
 
 import robustlab.attacks.base as rl_base
 import robustlab.attacks.gradient as rl_gradient
+import robustlab.modes as rl_modes
 from robustlab.attacks import PGD
 from robustlab.data import load_dataset
 from robustlab.threat import Linf
@@ -102,8 +103,8 @@ def robustlab_components(model, x, y, repeats: int) -> dict[str, Any]:
     timers.wrap(rl_base.Attack, "__call__", "template: Attack.__call__ (rest)")
     timers.wrap(rl_base, "check_inputs", "template: check_inputs")
     timers.wrap(rl_base, "check_logits", "template: check_logits")
-    timers.wrap(rl_base._FrozenEval, "__enter__", "template: _FrozenEval enter/exit")
-    timers.wrap(rl_base._FrozenEval, "__exit__", "template: _FrozenEval enter/exit")
+    timers.wrap(rl_modes.FrozenEval, "__enter__", "template: FrozenEval enter/exit")
+    timers.wrap(rl_modes.FrozenEval, "__exit__", "template: FrozenEval enter/exit")
     timers.wrap(Linf, "contains", "template: threat.contains")
     timers.wrap(Linf, "distance", "template: threat.distance")
     timers.wrap(rl_base.ModelOracle, "logits", "oracle.logits (no-grad forwards)")

@@ -26,6 +26,7 @@ import torch
 from robustlab.documentation import docs_pointer
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.suites import SUITES as SUITE_NAMES
+from robustlab.formatting import percent
 
 log = logging.getLogger("robustlab")
 
@@ -757,7 +758,7 @@ def _store_run(args: argparse.Namespace, ev: Any, data: Any, card: Any) -> None:
 
 
 def _percent(value: float | None) -> str:
-    return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
+    return percent(value, missing="-")
 
 
 def _percent_ci(acc: dict[str, float]) -> str:

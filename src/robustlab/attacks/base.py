@@ -33,6 +33,7 @@ from robustlab.documentation import docs_pointer
 from robustlab.errors import ProbabilityOutputWarning, RobustlabError
 from robustlab.losses import looks_like_probabilities
 from robustlab.models.adapters import output_error
+from robustlab.modes import FrozenEval
 from robustlab.threat import ThreatModel
 
 __all__ = ["Attack", "AttackResult", "ModelOracle", "check_call", "check_inputs", "check_logits", "check_start",
@@ -322,28 +323,6 @@ def check_start(x: Tensor, start: Tensor, threat: ThreatModel) -> Tensor:
     return start.detach()
 
 
-class _FrozenEval:
-    """Context: model in eval mode, parameters frozen; everything restored on exit."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self) -> nn.Module:
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.params = [(p, p.requires_grad, p.grad) for p in self.model.parameters()]
-        self.model.eval()
-        for p, _, _ in self.params:
-            p.requires_grad_(False)
-        return self.model
-
-    def __exit__(self, *exc: object) -> None:
-        for m, training in self.modes:
-            m.training = training
-        for p, requires_grad, grad in self.params:
-            p.requires_grad_(requires_grad)
-            p.grad = grad
-
-
 @dataclass(frozen=True, kw_only=True)
 class Attack:
     """Base class. Subclasses are frozen keyword-only dataclasses holding hyperparameters and
@@ -390,7 +369,7 @@ class Attack:
             raise RobustlabError(f"{type(self).__name__} supports the norms {sorted(self.norms)}, not {threat.norm}")
         x = x.detach()
         oracle = ModelOracle(model)
-        with _FrozenEval(model):
+        with FrozenEval(model):
             clean_logits = oracle.logits(x)
             check_logits(clean_logits, y)
             target_classes = resolve_targets(targets, clean_logits, y, generator)

@@ -12,21 +12,20 @@ parameters' ``requires_grad``/``.grad`` are restored afterwards; certification r
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.base import check_call
+from robustlab.attacks.base import check_call, check_inputs
 from robustlab.certify.bounds import InputSet, crown_bounds, ibp_bounds, margin_spec
 from robustlab.certify.graph import AffineFunction, AffineOp, Op, check_graph, run_ops
 from robustlab.certify.trace import parse_model
 from robustlab.errors import RobustlabError
+from robustlab.modes import FrozenEval
 from robustlab.threat import ThreatModel
 
 __all__ = [
@@ -80,24 +79,6 @@ def certified_accuracy(result: CertResult) -> float:
     return float(result.certified.float().mean()) if len(result) else math.nan
 
 
-@contextlib.contextmanager
-def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode, parameters frozen; modes, ``requires_grad`` and ``.grad`` restored on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
-    model.eval()
-    for p, _, _ in params:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, requires_grad, grad in params:
-            p.requires_grad_(requires_grad)
-            p.grad = grad
-
-
 @dataclass
 class Prepared:
     """A parsed model: ``ops`` then the final linear layer ``weight [K, D]``, ``bias [K]``."""
@@ -146,20 +127,13 @@ def check_graph_with_head(model: nn.Module, ops: list[Op], weight: Tensor, bias:
     return check_graph(model, [*ops, AffineOp([head], ["output"])], x)
 
 
-def _check_inputs(x: Tensor, y: Tensor, threat: ThreatModel) -> None:
-    if not isinstance(threat, ThreatModel):
-        raise RobustlabError(f"threat must be a robustlab.threat.ThreatModel, got {type(threat).__name__}")
+def _check_inputs(x: Tensor, y: Tensor, threat: ThreatModel) -> tuple[Tensor, Tensor]:
+    """The attacks' :func:`~robustlab.attacks.base.check_inputs` (``x`` clamped to the box, ``y``
+    as int64), plus the norms bound propagation supports."""
+    x, y = check_inputs(x, y, threat)
     if threat.norm not in ("Linf", "L2", "L1"):
         raise RobustlabError(f"certification supports the norms Linf, L2 and L1, not {threat.norm}")
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor) or not x.is_floating_point():
-        raise RobustlabError("x must be a floating-point tensor and y an integer tensor")
-    if x.dim() < 2 or y.shape != (x.shape[0],):
-        raise RobustlabError(f"x must be [N, ...] and y [N]; got {tuple(x.shape)} and {tuple(y.shape)}")
-    if not torch.isfinite(x).all():
-        raise RobustlabError("x contains NaN or inf")
-    lo, hi = threat.bounds
-    if x.numel() and (float(x.min()) < lo - 1e-5 or float(x.max()) > hi + 1e-5):
-        raise RobustlabError(f"x lies outside the threat model's bounds {threat.bounds}")
+    return x, y
 
 
 def _eps_tensor(eps: float | Tensor, x: Tensor) -> Tensor:
@@ -192,11 +166,11 @@ class Certifier:
                  eps: float | Tensor | None = None) -> CertResult:
         """Certify ``x [N, ...]`` with labels ``y [N]`` against ``threat`` (or per-sample radii
         ``eps [N]`` in ``threat``'s norm and box)."""
-        _check_inputs(x, y, threat)
+        x, y = _check_inputs(x, y, threat)
         x = check_call(model, x)  # the attacks' checks: x of the model's dtype, not under inference_mode
         start = time.perf_counter()
         eps_t = _eps_tensor(threat.eps if eps is None else eps, x)
-        with frozen_eval(model), torch.no_grad():
+        with FrozenEval(model), torch.no_grad():
             out = []
             for i in range(0, max(x.shape[0], 1), self.batch_size):
                 xb, yb = x[i:i + self.batch_size], y[i:i + self.batch_size]

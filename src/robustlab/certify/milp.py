@@ -45,9 +45,10 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.certify.bounds import InputSet, crown_bounds, margin_spec
-from robustlab.certify.certifiers import Prepared, frozen_eval, prepare
+from robustlab.certify.certifiers import Prepared, prepare
 from robustlab.certify.graph import AffineOp, MaxPoolOp, ReLUOp
 from robustlab.errors import RobustlabError
+from robustlab.modes import FrozenEval
 
 __all__ = ["MILPResult", "MILPVerifier", "dense_layers"]
 
@@ -303,7 +304,7 @@ class MILPVerifier:
             raise RobustlabError(f"exact minimal perturbation supports Linf and L1 (L2 needs MIQP), not {norm}")
         out = MILPResult([], [], [], [], [], [], [], norm=norm)
         full = (bounds[1] - bounds[0]) * (1 if norm == "Linf" else x[0].numel())
-        with frozen_eval(model):
+        with FrozenEval(model):
             for i in range(x.shape[0]):
                 start = time.perf_counter()
                 ub = math.inf if upper is None else float(upper[i])
@@ -401,7 +402,7 @@ class MILPVerifier:
         if norm not in ("Linf", "L1"):
             raise RobustlabError(f"MILP verification supports Linf and L1, not {norm}")
         out = MILPResult([], [], [], [], [], [], [], norm=norm)
-        with frozen_eval(model):
+        with FrozenEval(model):
             for i in range(x.shape[0]):
                 start = time.perf_counter()
                 self._verify_one(model, x[i], int(y[i]), eps, norm, bounds, start, out)

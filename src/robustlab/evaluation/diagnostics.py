@@ -47,6 +47,7 @@ from robustlab.attacks import APGD, ATTACKS, FGSM, PGD, Attack, AttackResult, bu
 from robustlab.documentation import docs_pointer
 from robustlab.errors import RobustlabError
 from robustlab.losses import looks_like_probabilities
+from robustlab.modes import ModuleMode
 from robustlab.threat import Linf, ThreatModel
 
 __all__ = ["Finding", "Diagnosis", "diagnose", "CHECKS", "VERDICTS"]
@@ -217,17 +218,12 @@ def diagnose(
         raise RobustlabError(f"unknown checks {unknown}; choose from {list(CHECKS)}")
     if x.shape[0] == 0:
         raise RobustlabError("diagnose needs at least one sample")
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with ModuleMode(model, False):
         with torch.no_grad():
             clean = model(x)
         ctx = _Context(model, x.detach(), y, threat, steps, seed, tolerance, random_samples, surrogate,
                        clean.argmax(1) == y, clean.shape[1])
         return Diagnosis([_RUNNERS[name](ctx) for name in CHECKS if name in checks], threat)
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 # --- gradient health ---------------------------------------------------------------------------

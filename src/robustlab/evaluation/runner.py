@@ -62,10 +62,11 @@ import torch
 from torch import Tensor, nn
 
 from robustlab._progress import progress_bar
-from robustlab.attacks.base import Attack, AttackResult, _FrozenEval, check_call, check_inputs, check_logits
+from robustlab.attacks.base import Attack, AttackResult, check_call, check_inputs, check_logits
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.distributed import all_gather, rank_and_world, shard_range
 from robustlab.evaluation.io import jsonable, save_json, save_tensors
+from robustlab.modes import FrozenEval
 from robustlab.threat import ThreatModel
 
 __all__ = ["Run", "Step", "Table", "block_seed", "fingerprint", "run_blocks"]
@@ -130,7 +131,7 @@ def check_run(x: Tensor, y: Tensor, threat: ThreatModel, *, batch_size: int, ind
 
 def model_logits(model: nn.Module, x: Tensor) -> Tensor:
     """The model's outputs on ``x`` in eval mode, without gradient (its state is restored)."""
-    with _FrozenEval(model), torch.no_grad():
+    with FrozenEval(model), torch.no_grad():
         logits: Tensor = model(x)
     return logits
 

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
 from robustlab.models.preprocessing import DEFENSES, InputTransformDefense
+from robustlab.modes import ModuleMode
 
 __all__ = ["LIDDetector", "fit_lid_detector", "lid_estimates", "lid_features"]
 
@@ -235,9 +236,7 @@ def fit_lid_detector(model: nn.Module, *, reference: Tensor, positives: Tensor, 
         raise RobustlabError(f"false_positive_rate must be in (0, 1), got {false_positive_rate!r}")
     if positives.shape[0] < 5 or negatives.shape[0] < 5 or calibration.shape[0] < 1:
         raise RobustlabError("fit_lid_detector needs at least 5 positives, 5 negatives and 1 calibration input")
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with ModuleMode(model, False):
         features = torch.cat([_batched_features(model, positives, reference, k),
                               _batched_features(model, negatives, reference, k)]).double().numpy()
         labels = np.concatenate([np.ones(positives.shape[0]), np.zeros(negatives.shape[0])])
@@ -255,9 +254,6 @@ def fit_lid_detector(model: nn.Module, *, reference: Tensor, positives: Tensor, 
         metrics = {"train_auc": float(roc_auc_score(labels[train], scores[train])),
                    "test_auc": float(roc_auc_score(labels[test], scores[test])) if len(set(labels[test])) == 2
                    else float("nan")}
-    finally:
-        for m, mode in modes:
-            m.training = mode
     return detector.eval(), metrics
 
 

@@ -39,6 +39,7 @@ from robustlab.models._checks import positive_int
 from robustlab.models.denoise import DENOISE_VARIANTS, DenoisingBlock, group_norm
 from robustlab.models.preprocessing import RandomResizePad
 from robustlab.models.registry import register_model
+from robustlab.modes import ModuleMode
 
 __all__ = [
     "FIXED_STEP_SOLVERS",
@@ -451,32 +452,29 @@ def ode_gradient_check(model: nn.Module, x: Tensor, y: Tensor, *,
     settings = [(block.solver, block.adjoint) for block in blocks]
     generators = [g for m in model.modules() if isinstance(g := getattr(m, "generator", None), torch.Generator)]
     states = [g.get_state() for g in generators]
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        reference = _input_gradient(model, x, y, generators, states)
-        results: dict[str, dict[str, float]] = {}
-        skipped: dict[str, str] = {}
-        for variant in variants:
-            adjoint = variant == "adjoint"
-            wanted = [(solver, True) if adjoint else (variant, False) for solver, _ in settings]
-            if wanted == settings:
-                skipped[variant] = "the model's own configuration"
-                continue
-            needs_torchdiffeq = any(a or s not in FIXED_STEP_SOLVERS for s, a in wanted)
-            if needs_torchdiffeq and importlib.util.find_spec("torchdiffeq") is None:
-                skipped[variant] = "needs the optional package torchdiffeq, which is not installed"
-                continue
-            for block, (solver, flag) in zip(blocks, wanted):
+    with ModuleMode(model, False):
+        try:
+            reference = _input_gradient(model, x, y, generators, states)
+            results: dict[str, dict[str, float]] = {}
+            skipped: dict[str, str] = {}
+            for variant in variants:
+                adjoint = variant == "adjoint"
+                wanted = [(solver, True) if adjoint else (variant, False) for solver, _ in settings]
+                if wanted == settings:
+                    skipped[variant] = "the model's own configuration"
+                    continue
+                needs_torchdiffeq = any(a or s not in FIXED_STEP_SOLVERS for s, a in wanted)
+                if needs_torchdiffeq and importlib.util.find_spec("torchdiffeq") is None:
+                    skipped[variant] = "needs the optional package torchdiffeq, which is not installed"
+                    continue
+                for block, (solver, flag) in zip(blocks, wanted):
+                    block.solver, block.adjoint = solver, flag
+                results[variant] = _agreement(reference, _input_gradient(model, x, y, generators, states))
+        finally:
+            for block, (solver, flag) in zip(blocks, settings):
                 block.solver, block.adjoint = solver, flag
-            results[variant] = _agreement(reference, _input_gradient(model, x, y, generators, states))
-    finally:
-        for block, (solver, flag) in zip(blocks, settings):
-            block.solver, block.adjoint = solver, flag
-        for generator, state in zip(generators, states):
-            generator.set_state(state)
-        for m, mode in modes:
-            m.training = mode
+            for generator, state in zip(generators, states):
+                generator.set_state(state)
     return {"reference": {"solvers": [s for s, _ in settings], "adjoint": [a for _, a in settings]},
             "variants": results, "skipped": skipped}
 

@@ -44,6 +44,7 @@ from robustlab.errors import RobustlabError
 from robustlab.evaluation.evaluate import Evaluation
 from robustlab.evaluation.minimum_norm import BEST, MinimumNormEvaluation
 from robustlab.evaluation.targeted import CASES, TargetedEvaluation
+from robustlab.formatting import percent
 from robustlab.report.store import card_hash
 from robustlab.report.svg import Series, histogram, interval_chart, line_chart
 
@@ -223,7 +224,7 @@ def _num(value: Any) -> str:
 
 
 def _pct(value: Any) -> str:
-    return f"{100 * value:.1f}%" if _is_number(value) else "–"
+    return percent(value)
 
 
 def _acc(acc: dict[str, Any]) -> str:

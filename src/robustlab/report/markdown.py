@@ -10,6 +10,7 @@ from typing import Any
 from robustlab.evaluation.evaluate import Evaluation
 from robustlab.evaluation.minimum_norm import BEST, MinimumNormEvaluation
 from robustlab.evaluation.targeted import CASES, TargetedEvaluation
+from robustlab.formatting import percent
 
 # Characters that open or close inline Markdown (emphasis, code, links, table cells, strikethrough).
 _MARKUP = re.compile(r"([\\`*_\[\]|~])")
@@ -72,7 +73,7 @@ def _num(value: float) -> str:
 
 
 def _rate(value: float) -> str:
-    return "–" if math.isnan(value) else f"{100 * value:.1f}%"
+    return percent(value)
 
 
 def curve_table(evaluation: MinimumNormEvaluation, eps_grid: Sequence[float] | None = None) -> str:

@@ -23,15 +23,12 @@ uses the paper's settings and needs a GPU and hours.
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +37,9 @@ from robustlab.attacks import build_attack
 from robustlab.errors import RobustlabError
 from robustlab.reproduce.registry import ReproOptions, register
 from robustlab.threat import threat_model
+
+if TYPE_CHECKING:
+    from robustlab.models import ModelCard
 
 logger = logging.getLogger(__name__)
 
@@ -115,13 +115,12 @@ def _train_config(scale: Scale, seed: int):
                        seed=seed)
 
 
-def _model_key(kind: str, scale: Scale, seed: int) -> str:
+def _model_key(kind: str, scale: Scale, seed: int) -> dict[str, Any]:
     fields = {k: getattr(scale, k) for k in ("dataset", "model", "model_args", "train_samples", "epochs",
                                              "optimizer", "lr", "momentum", "nesterov", "batch_size")}
     if kind == "distilled":
         fields["temperature"] = scale.temperature
-    text = json.dumps({"kind": kind, "seed": seed, **fields}, sort_keys=True, default=str)
-    return f"cw-{kind}-{scale.dataset}-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
+    return {"kind": kind, "seed": seed, **fields}
 
 
 def _load_split(scale: Scale, options: ReproOptions, split: str, limit: int | None):
@@ -132,14 +131,15 @@ def _load_split(scale: Scale, options: ReproOptions, split: str, limit: int | No
 
 def _get_model(kind: str, scale: Scale, options: ReproOptions) -> tuple[nn.Module, dict[str, Any]]:
     """The natural or distilled C&W model, trained once and cached (safetensors + model card)."""
-    from robustlab.models import ModelCard, build_model, load_model, save_model
+    model, card, path, cached = options.trained_or_cached(
+        f"cw-{kind}-{scale.dataset}", _model_key(kind, scale, options.seed), lambda: _train_model(kind, scale, options))
+    return model, {"cache": str(path), "cached": cached, **card.metrics, "training": card.training}
+
+
+def _train_model(kind: str, scale: Scale, options: ReproOptions) -> tuple[nn.Module, ModelCard]:
+    from robustlab.models import ModelCard, build_model
     from robustlab.training import distill, train
 
-    path = options.model_cache() / _model_key(kind, scale, options.seed)
-    if path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists():
-        model, card = load_model(path, map_location=options.device)
-        logger.info("loaded cached %s model %s", kind, path)
-        return model, {"cache": str(path), "cached": True, **card.metrics, "training": card.training}
     data = _load_split(scale, options, "train", scale.train_samples)
     test = _load_split(scale, options, "test", None)
     shape = tuple(data.shape) if hasattr(data, "shape") else tuple(data.x.shape[1:])
@@ -164,10 +164,8 @@ def _get_model(kind: str, scale: Scale, options: ReproOptions) -> tuple[nn.Modul
     seconds = time.perf_counter() - start
     accuracy = _accuracy(model, test.x, test.y, options.device)
     metrics = {"test_accuracy": accuracy, "train_seconds": round(seconds, 1), "final": history[-1]}
-    card = ModelCard(architecture=scale.model, arguments=arguments, dataset=scale.dataset, training=training,
-                     metrics=metrics)
-    save_model(copy.deepcopy(model).cpu(), path, card)
-    return model.eval(), {"cache": str(path), "cached": False, **metrics, "training": training}
+    return model, ModelCard(architecture=scale.model, arguments=arguments, dataset=scale.dataset, training=training,
+                            metrics=metrics)
 
 
 def _accuracy(model: nn.Module, x: Tensor, y: Tensor, device) -> float:

@@ -28,9 +28,6 @@ images with 5 restarts instead of 20; see :data:`CPU_SCALE` and :data:`FULL_SCAL
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
+from robustlab.formatting import percent
 from robustlab.reproduce.registry import ReproOptions, register
 from robustlab.threat import Linf
 
@@ -160,33 +158,30 @@ def _train_config(kind: str, scale: Scale, seed: int):
 
 def _get_model(kind: str, scale: Scale, options: ReproOptions) -> tuple[nn.Module, dict[str, Any]]:
     """Model ``kind`` (``"natural"``, ``"A"`` or ``"A'"``), trained once and cached."""
-    from robustlab.models import ModelCard, build_model, load_model, save_model
+    from robustlab.models import ModelCard, build_model
     from robustlab.training import train
 
     seed = options.seed + KINDS[kind][1]
     config = _train_config(kind, scale, seed)
     key_fields = {"dataset": scale.dataset, "model": scale.model, "model_args": scale.model_args,
                   "train_samples": scale.train_samples, "config": config.to_dict()}
-    digest = hashlib.sha1(json.dumps(key_fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    path = options.model_cache() / f"madry-{FILE_STEMS[kind]}-{digest}"
-    if path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists():
-        model, card = load_model(path, map_location=options.device)
-        logger.info("loaded cached model %s from %s", kind, path)
-        return model.eval(), {"cache": str(path), "cached": True, **card.metrics, "training": card.training}
-    data = _load_split(scale, options, "train", scale.train_samples)
-    shape = tuple(data.x.shape[1:])
-    model = build_model(scale.model, input_shape=shape, num_classes=10, seed=seed, **scale.model_args)
-    logger.info("training model %s (%s, %d epochs)", kind, config.method, config.epochs)
-    start = time.perf_counter()
-    history = train(model, data.x, data.y, config=config, progress=options.progress, device=options.device).history
-    seconds = time.perf_counter() - start
-    training = {"method": config.method, "config": config.to_dict(), "samples": len(data.y)}
-    metrics = {"train_seconds": round(seconds, 1), "final": history[-1]}
-    card = ModelCard(architecture=scale.model, arguments={"input_shape": list(shape), "num_classes": 10,
-                                                          **scale.model_args},
-                     dataset=scale.dataset, training=training, metrics=metrics)
-    save_model(copy.deepcopy(model).cpu(), path, card)
-    return model.eval(), {"cache": str(path), "cached": False, **metrics, "training": training}
+
+    def train_model() -> tuple[nn.Module, ModelCard]:
+        data = _load_split(scale, options, "train", scale.train_samples)
+        shape = tuple(data.x.shape[1:])
+        model = build_model(scale.model, input_shape=shape, num_classes=10, seed=seed, **scale.model_args)
+        logger.info("training model %s (%s, %d epochs)", kind, config.method, config.epochs)
+        start = time.perf_counter()
+        history = train(model, data.x, data.y, config=config, progress=options.progress, device=options.device).history
+        seconds = time.perf_counter() - start
+        training = {"method": config.method, "config": config.to_dict(), "samples": len(data.y)}
+        metrics = {"train_seconds": round(seconds, 1), "final": history[-1]}
+        return model, ModelCard(architecture=scale.model, arguments={"input_shape": list(shape), "num_classes": 10,
+                                                                     **scale.model_args},
+                                dataset=scale.dataset, training=training, metrics=metrics)
+
+    model, card, path, cached = options.trained_or_cached(f"madry-{FILE_STEMS[kind]}", key_fields, train_model)
+    return model, {"cache": str(path), "cached": cached, **card.metrics, "training": card.training}
 
 
 def _load_split(scale: Scale, options: ReproOptions, split: str, limit: int | None):
@@ -311,7 +306,7 @@ def table1(options: ReproOptions) -> tuple[dict, str]:
 
 
 def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
+    return percent(value, missing="—")
 
 
 def _count(ours: int | None, paper: int | None) -> str:

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from robustlab.errors import RobustlabError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from robustlab.models import ModelCard
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,6 +52,25 @@ class ReproOptions:
         from robustlab.data.cache import cache_dir
 
         return cache_dir() / "reproduce"
+
+    def trained_or_cached(self, stem: str, key: dict[str, Any], train: Callable[[], tuple[nn.Module, ModelCard]],
+                          *, seed: int | None = None) -> tuple[nn.Module, ModelCard, Path, bool]:
+        """``(model in eval mode, card, path, cached)``: the model stored under
+        ``<model_cache>/<stem>-<hash of key>`` (safetensors + card) when it is there, else
+        ``train()``'s, saved there. ``key`` holds everything the weights depend on (data,
+        architecture, training configuration, seed), so a changed setting never reads a stale
+        model. ``seed``: for the stochastic defenses a card lists (see :func:`load_model`)."""
+        from robustlab.models import load_model, save_model
+
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        path = self.model_cache() / f"{stem}-{digest}"
+        if path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists():
+            model, card = load_model(path, map_location=self.device, seed=seed)
+            logger.info("loaded cached model %s", path)
+            return model.eval(), card, path, True
+        model, card = train()
+        save_model(copy.deepcopy(model).cpu(), path, card)
+        return model.eval(), card, path, False
 
     def scale(self, cpu: Any, full: Any, allowed: Sequence[str], reproduction: str,
               image_fields: Sequence[str] = ("images",)) -> Any:

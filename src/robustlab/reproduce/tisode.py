@@ -47,9 +47,6 @@ images, EOT with 30 draws; needs a GPU and hours. Trained models are cached
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import logging
 import math
 import time
@@ -260,7 +257,7 @@ def get_model(label: str, table: Table, scale: Scale, options: ReproOptions, tra
     """``(model, record)``: model ``label`` trained with :func:`train_config` on ``train_data``,
     or read back from the cache when the same architecture, data and configuration were
     trained before (by any of the tables)."""
-    from robustlab.models import ModelCard, build_model, load_model, save_model
+    from robustlab.models import ModelCard, build_model
     from robustlab.models.preprocessing import split_defenses
     from robustlab.training import train
 
@@ -270,25 +267,23 @@ def get_model(label: str, table: Table, scale: Scale, options: ReproOptions, tra
     config = train_config(label, table, scale, seed)
     key = {"architecture": architecture, "arguments": arguments, "dataset": scale.dataset,
            "train_samples": len(train_data.y), "data_seed": options.seed, "config": config.to_dict()}
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    path = options.model_cache() / f"tisode-{label.lower()}-{digest}"
-    if path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists():
-        model, card = load_model(path, map_location=options.device, seed=seed)
-        logger.info("loaded cached %s (seed %d) from %s", label, seed, path)
-        return model.eval(), {"seed": seed, "cache": str(path), "cached": True, **card.metrics}
-    model = build_model(architecture, seed=seed, **{**arguments, "input_shape": shape})
-    start = time.perf_counter()
-    history = train(model, train_data.x, train_data.y, config=config, progress=options.progress,
-                    device=options.device).history
-    metrics = {"seconds": round(time.perf_counter() - start, 1), "final": history[-1]}
-    # A card describes the inner network and lists input randomization among its defenses, which
-    # load_model wraps back around it (seeded from the run's seed).
-    inner_arguments = {k: v for k, v in arguments.items() if k not in ("input_randomization", "randomization_seed")}
-    card = ModelCard(architecture=architecture, arguments=inner_arguments, dataset=scale.dataset,
-                     training={"method": config.method, "config": config.to_dict(), "samples": len(train_data.y)},
-                     metrics=metrics, defenses=split_defenses(model)[1])
-    save_model(copy.deepcopy(model).cpu(), path, card)
-    return model.eval(), {"seed": seed, "cache": str(path), "cached": False, **metrics}
+
+    def train_model() -> tuple[nn.Module, ModelCard]:
+        model = build_model(architecture, seed=seed, **{**arguments, "input_shape": shape})
+        start = time.perf_counter()
+        history = train(model, train_data.x, train_data.y, config=config, progress=options.progress,
+                        device=options.device).history
+        metrics = {"seconds": round(time.perf_counter() - start, 1), "final": history[-1]}
+        # A card describes the inner network and lists input randomization among its defenses, which
+        # load_model wraps back around it (seeded from the run's seed).
+        inner_arguments = {k: v for k, v in arguments.items() if k not in ("input_randomization", "randomization_seed")}
+        return model, ModelCard(architecture=architecture, arguments=inner_arguments, dataset=scale.dataset,
+                                training={"method": config.method, "config": config.to_dict(),
+                                          "samples": len(train_data.y)},
+                                metrics=metrics, defenses=split_defenses(model)[1])
+
+    model, card, path, cached = options.trained_or_cached(f"tisode-{label.lower()}", key, train_model, seed=seed)
+    return model, {"seed": seed, "cache": str(path), "cached": cached, **card.metrics}
 
 
 # -- evaluation -------------------------------------------------------------------------------------------

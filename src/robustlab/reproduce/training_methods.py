@@ -28,9 +28,6 @@ beside MNIST numbers.
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,6 +36,7 @@ from typing import Any, NamedTuple
 from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
+from robustlab.formatting import percent
 from robustlab.reproduce.madry import clean_accuracy, robust_correct
 from robustlab.reproduce.registry import ReproOptions, register
 from robustlab.threat import Linf
@@ -144,31 +142,30 @@ def _train_config(label: str, scale: Scale, seed: int):
 
 def _get_model(label: str, scale: Scale, options: ReproOptions, train_data) -> tuple[nn.Module, dict[str, Any]]:
     """Model ``label`` trained once (all methods from the same initial weights) and cached."""
-    from robustlab.models import ModelCard, build_model, load_model, save_model
+    from robustlab.models import ModelCard, build_model
     from robustlab.training import train
 
     config = _train_config(label, scale, options.seed)
     shape = tuple(train_data.x.shape[1:])
     key = {"dataset": scale.dataset, "model": scale.model, "model_args": scale.model_args,
            "train_samples": len(train_data.y), "config": config.to_dict()}
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    path = options.model_cache() / f"training-{label.lower()}-{digest}"
-    if path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists():
-        model, card = load_model(path, map_location=options.device)
-        logger.info("loaded cached %s from %s", label, path)
-        return model.eval(), {"cache": str(path), "cached": True, **card.metrics}
-    model = build_model(scale.model, input_shape=shape, num_classes=10, seed=options.seed, **scale.model_args)
-    logger.info("training %s (%s, %d epochs)", label, config.method, config.epochs)
-    start = time.perf_counter()
-    history = train(model, train_data.x, train_data.y, config=config, progress=options.progress,
-                    device=options.device).history
-    metrics = {"train_seconds": round(time.perf_counter() - start, 1), "final_train_loss": history[-1]["train_loss"]}
-    card = ModelCard(architecture=scale.model, arguments={"input_shape": list(shape), "num_classes": 10,
-                                                          **scale.model_args},
-                     dataset=scale.dataset, metrics=metrics,
-                     training={"method": config.method, "config": config.to_dict(), "samples": len(train_data.y)})
-    save_model(copy.deepcopy(model).cpu(), path, card)
-    return model.eval(), {"cache": str(path), "cached": False, **metrics}
+
+    def train_model() -> tuple[nn.Module, ModelCard]:
+        model = build_model(scale.model, input_shape=shape, num_classes=10, seed=options.seed, **scale.model_args)
+        logger.info("training %s (%s, %d epochs)", label, config.method, config.epochs)
+        start = time.perf_counter()
+        history = train(model, train_data.x, train_data.y, config=config, progress=options.progress,
+                        device=options.device).history
+        metrics = {"train_seconds": round(time.perf_counter() - start, 1),
+                   "final_train_loss": history[-1]["train_loss"]}
+        return model, ModelCard(architecture=scale.model, arguments={"input_shape": list(shape), "num_classes": 10,
+                                                                     **scale.model_args},
+                                dataset=scale.dataset, metrics=metrics,
+                                training={"method": config.method, "config": config.to_dict(),
+                                          "samples": len(train_data.y)})
+
+    model, card, path, cached = options.trained_or_cached(f"training-{label.lower()}", key, train_model)
+    return model, {"cache": str(path), "cached": cached, **card.metrics}
 
 
 def _evaluate(model: nn.Module, x: Tensor, y: Tensor, scale: Scale, seed: int) -> dict[str, Any]:
@@ -241,7 +238,7 @@ def training_table(options: ReproOptions) -> tuple[dict, str]:
 
 
 def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
+    return percent(value, missing="—")
 
 
 def _table(rows: list[dict], scale: Scale) -> str:

@@ -47,9 +47,7 @@ per sample (about ``K`` times a forward pass), and its gradient.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import NamedTuple, cast
@@ -61,6 +59,7 @@ from torch import Tensor, nn
 from robustlab.certify.bounds import InputSet, crown_bounds, ibp_bounds, margin_spec
 from robustlab.certify.certifiers import Prepared, prepare
 from robustlab.errors import RobustlabError
+from robustlab.modes import ModuleMode
 from robustlab.training.methods import (
     METHODS,
     Batch,
@@ -186,22 +185,11 @@ class CertifiedLoss(NamedTuple):
     worst_logits: Tensor | None
 
 
-@contextlib.contextmanager
-def _eval_modes(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
 def _prepare_for_training(model: nn.Module, x: Tensor) -> Prepared:
     """Parse ``model`` (in eval mode, without gradient, modes restored). The returned ops and the
     final ``weight``/``bias`` refer to the model's live parameters, so bounds computed from them
     later are differentiable and follow the optimizer's updates."""
-    with _eval_modes(model), torch.no_grad():
+    with ModuleMode(model, False), torch.no_grad():
         return prepare(model, x[:1])
 
 

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
+from robustlab.modes import ModuleMode
 
 if TYPE_CHECKING:
     from robustlab.threat import ThreatModel
@@ -215,13 +216,8 @@ def inner_mode(model: nn.Module, bn_mode: str) -> Iterator[None]:
     """Run the body with ``model`` in eval mode (``bn_mode="eval"``: BatchNorm uses its running
     statistics and is not updated, Dropout is off) or train mode (``"train"``: batch statistics,
     running statistics updated by every attack forward), restoring every module's mode after."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.train(bn_mode == "train")
-    try:
+    with ModuleMode(model, bn_mode == "train"):
         yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def method_generator(config: TrainConfig, device: str | torch.device = "cpu") -> torch.Generator:

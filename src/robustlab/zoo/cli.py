@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 
 from robustlab.errors import RobustlabError
+from robustlab.formatting import percent
 
 __all__ = ["add_zoo_parser", "markdown_table", "table", "zoo_command"]
 
 
-def _percent(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+def _percent(value: float | None) -> str:
+    return percent(value, missing="-")
 
 
 def table() -> tuple[tuple[str, ...], list[tuple[str, ...]], int]:
