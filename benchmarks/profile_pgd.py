@@ -5,7 +5,7 @@ cached LeNet of ``pgd_mnist.py``):
 
 1. wall time per batch, interleaved and repeated: robustlab, torchattacks, and a bare
    reference loop (the textbook PGD loop in ten lines: the floor for any library);
-2. robustlab's wall time split by component (the oracle's forward+backward, ``_Best.update``,
+2. robustlab's wall time split by component (the oracle's forward+backward, ``BestIterate.update``,
    ``Linf.project``, ``steepest_direction``, ``is_adversarial``, the template's checks and
    extra forward passes), by wrapping those functions with timers *in this process only*;
 3. ``torch.profiler`` operator counts and self CPU time for robustlab and torchattacks.
@@ -110,8 +110,8 @@ def robustlab_components(model, x, y, repeats: int) -> dict[str, Any]:
     timers.wrap(rl_base.ModelOracle, "logits", "oracle.logits (no-grad forwards)")
     timers.wrap(rl_base.ModelOracle, "loss_and_grad", "oracle.loss_and_grad (fwd+loss+bwd)")
     timers.wrap(rl_gradient, "is_adversarial", "is_adversarial")
-    timers.wrap(rl_gradient._Best, "update", "_Best.update")
-    timers.wrap(rl_gradient._Best, "empty", "_Best.empty")
+    timers.wrap(rl_gradient.BestIterate, "update", "BestIterate.update")
+    timers.wrap(rl_gradient.BestIterate, "empty", "BestIterate.empty")
     timers.wrap(Linf, "project", "Linf.project")
     timers.wrap(Linf, "steepest_direction", "Linf.steepest_direction")
     timers.wrap(Linf, "random_init", "Linf.random_init (rest)")

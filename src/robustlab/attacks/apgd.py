@@ -26,7 +26,7 @@ from torch import Tensor
 
 from robustlab._tensors import flat, per_sample
 from robustlab.attacks.base import Attack, ModelOracle, is_adversarial
-from robustlab.attacks.gradient import _Best, _LossMixin
+from robustlab.attacks.gradient import BestIterate, LossMixin
 from robustlab.errors import RobustlabError
 from robustlab.losses import Loss, dlr, get_loss, margin
 from robustlab.threat import ThreatModel
@@ -174,7 +174,7 @@ class _AutoPGDBase(Attack):
             raise RobustlabError("APGD's step size is a multiple of eps; it needs a bounded threat model")
 
     def _descend(self, oracle: ModelOracle, x: Tensor, x_start: Tensor, y: Tensor, loss_targets: Tensor | None,
-                 criterion_targets: Tensor | None, threat: ThreatModel, loss_fn: Loss) -> _Best:
+                 criterion_targets: Tensor | None, threat: ThreatModel, loss_fn: Loss) -> BestIterate:
         """One APGD run from ``x_start``; returns the best point per sample (adversarial first,
         then highest loss). ``loss_targets`` go to the loss, ``criterion_targets`` to the success
         test (APGD-T climbs a targeted loss but wants any misclassification)."""
@@ -182,7 +182,7 @@ class _AutoPGDBase(Attack):
         schedule = set(_l1_checkpoints(self.steps) if l1 else checkpoints(self.steps))
         # Initial step: 2 eps for L∞ and L2 (Sec. 3), eps for L1 (reference implementation).
         initial_step = (1.0 if l1 else 2.0) * threat.eps
-        best = _Best.empty(x)
+        best = BestIterate.empty(x)
         n, d = x.shape[0], math.prod(x.shape[1:])
         loss, grad, logits = oracle.loss_and_grad(x_start, lambda z: loss_fn(z, y, loss_targets))
         success = is_adversarial(logits, y, criterion_targets)
@@ -282,7 +282,7 @@ class _AutoPGDBase(Attack):
 
 
 @dataclass(frozen=True, kw_only=True)
-class AutoPGD(_LossMixin, _AutoPGDBase):
+class AutoPGD(LossMixin, _AutoPGDBase):
     """APGD (Croce & Hein, ICML 2020) for L∞, L2 and L1 (l1-APGD, Croce & Hein, ICML 2021).
 
     ``x`` is ``[N, ...]`` inside the box, ``y`` is ``[N]``; untargeted, or targeted when
@@ -338,7 +338,7 @@ class AutoPGD(_LossMixin, _AutoPGDBase):
              generator: torch.Generator | None) -> tuple[Tensor, dict[str, Any]]:
         self._check_threat(threat)
         loss_fn = self.loss_fn
-        best = _Best.empty(x)
+        best = BestIterate.empty(x)
         winning_restart = torch.full((x.shape[0],), -1, dtype=torch.int64, device=x.device)
         todo = torch.arange(x.shape[0], device=x.device)
         if self.early_stop:
@@ -429,7 +429,7 @@ class AutoPGDTargeted(_AutoPGDBase):
             ranked = linearised_target_ranking(oracle, x, y, threat, clean.shape[1])[:, :n_targets]
         else:
             ranked = clean.scatter(1, y[:, None], -math.inf).argsort(dim=1, descending=True)[:, :n_targets]
-        best = _Best.empty(x)
+        best = BestIterate.empty(x)
         # Clean successes are kept as they are; their loss is not comparable with the targeted
         # losses of the runs, so it is not recorded.
         best.update(None, x, x.new_full((n,), -math.inf), is_adversarial(clean, y))

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack, ModelOracle, is_adversarial, project_rounding_inward
-from robustlab.attacks.gradient import _Best
+from robustlab.attacks.gradient import BestIterate
 from robustlab.documentation import docs_pointer
 from robustlab.errors import RobustlabError, SingleDrawEOTWarning
 from robustlab.losses import Loss, margin
@@ -378,7 +378,7 @@ class Reparameterization(Attack):
             z = self.encoder(x).detach()
         z.requires_grad_(True)
         optimizer = torch.optim.Adam([z], lr=self.step_size)
-        best = _Best.empty(x)
+        best = BestIterate.empty(x)
         frozen = [(p, p.requires_grad) for p in self.classifier.parameters()]
         try:
             for p, _ in frozen:

@@ -25,7 +25,7 @@ __all__ = ["FastGradientMethod", "FGSM", "ProjectedGradientDescent", "PGD", "Bas
 
 
 @dataclass(frozen=True, kw_only=True)
-class _LossMixin:
+class LossMixin:
     """The ``loss`` and ``kappa`` hyperparameters shared by gradient attacks."""
 
     loss: str | Callable[..., Tensor] = "ce"
@@ -38,7 +38,7 @@ class _LossMixin:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FastGradientMethod(_LossMixin, Attack):
+class FastGradientMethod(LossMixin, Attack):
     """FGSM (Goodfellow et al., ICLR 2015): one step of size eps along the steepest-ascent
     direction of the loss: ``x + eps * sign(grad)`` for L∞ and ``x + eps * grad/||grad||_2`` for L2.
 
@@ -61,7 +61,7 @@ FGSM = FastGradientMethod
 
 
 @dataclass
-class _Best:
+class BestIterate:
     """Per-sample best iterate: successful beats unsuccessful, then higher loss wins."""
 
     x: Tensor
@@ -69,7 +69,7 @@ class _Best:
     success: Tensor
 
     @classmethod
-    def empty(cls, x: Tensor) -> _Best:
+    def empty(cls, x: Tensor) -> BestIterate:
         n = x.shape[0]
         return cls(x.clone(), x.new_full((n,), -math.inf), torch.zeros(n, dtype=torch.bool, device=x.device))
 
@@ -88,7 +88,7 @@ class _Best:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProjectedGradientDescent(_LossMixin, Attack):
+class ProjectedGradientDescent(LossMixin, Attack):
     """PGD (Madry et al., ICLR 2018) for L∞, L2 and L1, with random start and restarts.
 
     Each step moves ``step_size`` along the threat model's steepest-ascent direction of the loss
@@ -142,7 +142,7 @@ class ProjectedGradientDescent(_LossMixin, Attack):
 
     def _run(self, oracle: ModelOracle, x: Tensor, y: Tensor, *, threat: ThreatModel, targets: Tensor | None,
              generator: torch.Generator | None) -> tuple[Tensor, dict[str, Any]]:
-        best = _Best.empty(x)
+        best = BestIterate.empty(x)
         winning_restart = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
         todo = torch.arange(x.shape[0], device=x.device)
         for restart in range(self.restarts):
@@ -158,11 +158,11 @@ class ProjectedGradientDescent(_LossMixin, Attack):
         return best.x, {"restart": winning_restart}
 
     def _descend(self, oracle: ModelOracle, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-                 generator: torch.Generator | None) -> _Best:
+                 generator: torch.Generator | None) -> BestIterate:
         """One start: ``steps`` projected steps; returns the best iterate per sample."""
         loss_fn, alpha = self.loss_fn, self._step_size(threat)
         x_adv = threat.random_init(x, generator) if self.random_start else x.clone()
-        best = _Best.empty(x)
+        best = BestIterate.empty(x)
         active: Tensor | None = torch.arange(x.shape[0], device=x.device) if self.early_stop else None
         for _ in range(self.steps):
             if active is None:

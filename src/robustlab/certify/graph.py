@@ -34,7 +34,7 @@ from robustlab.models.normalize import Normalize
 
 __all__ = ["SUPPORTED", "AffineFunction", "AffineOp", "MaxPoolOp", "Op", "ReLUOp", "ResidualOp", "check_graph", "run_ops"]
 
-_AFFINE_TYPES = (
+AFFINE_TYPES = (
     nn.Linear, nn.Conv2d, nn.Flatten, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d,
     Normalize, nn.Identity, nn.Dropout,
 )

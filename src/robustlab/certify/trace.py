@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn import functional as F
 
-from robustlab.certify.graph import _AFFINE_TYPES, SUPPORTED, AffineOp, MaxPoolOp, Op, ReLUOp, ResidualOp
+from robustlab.certify.graph import AFFINE_TYPES, SUPPORTED, AffineOp, MaxPoolOp, Op, ReLUOp, ResidualOp
 from robustlab.errors import RobustlabError
 from robustlab.models.normalize import Normalize
 
@@ -241,7 +241,7 @@ class _Graph:
                 raise _unsupported(node, model, f"padding_mode={module.padding_mode!r} (only 'zeros')")
             if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and (module.running_mean is None or module.running_var is None):
                 raise _unsupported(node, model, "batch norm without running statistics (eval mode needs them)")
-            if isinstance(module, _AFFINE_TYPES):
+            if isinstance(module, AFFINE_TYPES):
                 return ("unary", source, lambda: [AffineOp([module], [module_name])])
             if isinstance(module, nn.ReLU):
                 return ("unary", source, lambda: [ReLUOp(module_name)])

@@ -93,7 +93,9 @@ class Evaluation:
                    passes=data.get("passes", {}))
 
 
-def _named(attacks: Sequence[Attack] | Mapping[str, Attack]) -> dict[str, Attack]:
+def named_attacks(attacks: Sequence[Attack] | Mapping[str, Attack]) -> dict[str, Attack]:
+    """``attacks`` by name: a mapping as given, a sequence under each attack's registry name
+    (``pgd``, then ``pgd-2`` for a second one); at least one, each a robustlab Attack."""
     if isinstance(attacks, Mapping):
         named = dict(attacks)
     else:
@@ -165,7 +167,7 @@ def evaluate(
     recorded per sample and in total (``passes``); with ``state_file`` or ``distributed`` one
     hash of the data and weights, and with ``state_file`` one JSON write of the table per step.
     """
-    named = _named(attacks)
+    named = named_attacks(attacks)
     run = run_blocks(model, x, y, threat=threat, attacks=named, steps=lambda k: [Step(n, a) for n, a in named.items()],
                      mode="fixed", indices=indices, num_classes=num_classes, batch_size=batch_size, seed=seed,
                      cascade=cascade, state_file=state_file, resume=resume, distributed=distributed, progress=progress)

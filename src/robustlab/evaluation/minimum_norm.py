@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from robustlab.attacks.base import Attack
 from robustlab.documentation import docs_pointer
 from robustlab.errors import DistanceMismatchWarning, RobustlabError
-from robustlab.evaluation.evaluate import CLEAN, Evaluation, _named
+from robustlab.evaluation.evaluate import CLEAN, Evaluation, named_attacks
 from robustlab.evaluation.io import save_json, threat_dict
 from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.provenance import provenance
@@ -95,13 +95,13 @@ def distance_statistics(distances: Iterable[float]) -> dict[str, float]:
         "attacked": n,
         "successes": len(finite),
         "success_rate": len(finite) / n if n else math.nan,
-        "median": _median(values),
-        "median_successful": _median(finite),
+        "median": median_of(values),
+        "median_successful": median_of(finite),
         "mean_successful": sum(finite) / len(finite) if finite else math.nan,
     }
 
 
-def _median(sorted_values: list[float]) -> float:
+def median_of(sorted_values: list[float]) -> float:
     n = len(sorted_values)
     if n == 0:
         return math.nan
@@ -337,7 +337,7 @@ def evaluate_minimum_norm(
     (e.g. DDN/FMN: ``steps`` forwards and backwards each), and a forward per sample whose
     success the attack's bookkeeping contradicts; recorded per sample and in ``passes``.
     """
-    named = _named(attacks)
+    named = named_attacks(attacks)
     if BEST in named:
         raise RobustlabError(f"{BEST!r} is reserved for the best-of-attacks column; name the attack differently")
     threat = unbounded_threat(norm, bounds)

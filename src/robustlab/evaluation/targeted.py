@@ -28,9 +28,9 @@ from robustlab.errors import RobustlabError
 from robustlab.evaluation.io import save_json, threat_dict
 from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.minimum_norm import (
-    _median,
     check_minimum_norm,
     inf_from_json,
+    median_of,
     unbounded_threat,
     verified,
     warn_mismatch,
@@ -96,7 +96,7 @@ class TargetedEvaluation:
                 "successes": len(found),
                 "success_rate": len(found) / attacked if attacked else math.nan,
                 "mean_distance": sum(found) / len(found) if found else math.nan,
-                "median_distance": _median(found),
+                "median_distance": median_of(found),
             }
         runs = sum(len(s["targets"]) for s in self.samples)
         mismatches = sum(int(s.get("mismatches", 0)) for s in self.samples)

@@ -259,15 +259,15 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], card: ModelCard) 
             if has_normalize
             else "the card declares a normalization but the model has no Normalize layer"
         )
-    _check_state(tensors, reference.state_dict(), source="the model", target=f"the card's {card.architecture!r}")
+    check_state(tensors, reference.state_dict(), source="the model", target=f"the card's {card.architecture!r}")
     _check_normalization(reference, tensors, card)
 
     weights_path, card_path = checkpoint_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", "robustlab_version": robustlab.__version__, "architecture": card.architecture}
-    _write_atomic(weights_path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+    write_atomic(weights_path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
     card = dataclasses.replace(card, weights_sha256=_file_sha256(weights_path))
-    _write_atomic(card_path, lambda temporary: temporary.write_text(card.to_json() + "\n", encoding="utf-8"))
+    write_atomic(card_path, lambda temporary: temporary.write_text(card.to_json() + "\n", encoding="utf-8"))
     return weights_path
 
 
@@ -317,7 +317,7 @@ def load_model(
             f"{card_path}: the architecture it describes ({card.architecture} with {card.arguments}) holds {size:,} "
             f"values ({size * 4 / 2**30:.1f} GiB as float32), more than max_parameters={max_parameters:,}; refused "
             "before allocating. Pass max_parameters=None (or a larger limit) if the model is really that big")
-    _check_state(_header_shapes(weights_path), expected, source=str(weights_path), target=target)
+    check_state(_header_shapes(weights_path), expected, source=str(weights_path), target=target)
     if card.weights_sha256 is not None:
         digest = _file_sha256(weights_path)
         if digest != card.weights_sha256:
@@ -331,7 +331,7 @@ def load_model(
     except (SafetensorError, OSError, ValueError) as error:
         raise RobustlabError(f"cannot read weights {weights_path}: {error}") from None
     expected = model.state_dict()
-    _check_state(tensors, expected, source=str(weights_path), target=target)
+    check_state(tensors, expected, source=str(weights_path), target=target)
     not_float = [f"{key!r} ({tensors[key].dtype})" for key, value in expected.items()
                  if value.is_floating_point() and not tensors[key].is_floating_point()]
     if not_float:
@@ -379,7 +379,7 @@ def _listed(keys: list[str]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-def _check_state(
+def check_state(
     tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], *, source: str, target: str
 ) -> None:
     missing = [key for key in expected if key not in tensors]
@@ -442,20 +442,20 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _umask_mode() -> int:
+def umask_mode() -> int:
     """The permissions a new file gets from the umask (``0o666 & ~umask``)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return 0o666 & ~mask
 
 
-def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(descriptor)
     temporary_path = Path(temporary)
     try:
         write(temporary_path)
-        os.chmod(temporary_path, _umask_mode())  # mkstemp makes it 0600, unlike any other file written
+        os.chmod(temporary_path, umask_mode())  # mkstemp makes it 0600, unlike any other file written
         with open(temporary_path, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary_path, path)

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from robustlab.errors import RobustlabError
-from robustlab.models.checkpoint import ModelCard, _check_state, checkpoint_paths, load_model
+from robustlab.models.checkpoint import ModelCard, check_state, checkpoint_paths, load_model
 from robustlab.models.normalize import Normalize
-from robustlab.models.registry import _check_num_classes, check_input_shape
+from robustlab.models.registry import check_input_shape, check_num_classes
 
 __all__ = ["MODEL_SOURCES", "file_sha256", "register_model_source", "resolve_model", "weights_sha256"]
 
@@ -131,7 +131,7 @@ def _from_factory(target: str, factory_name: str, *, weights, model_args, mean, 
                              f"{', '.join(available[:20]) or 'none'}")
     arguments = dict(model_args or {})
     shape = None if input_shape is None else check_input_shape(tuple(int(v) for v in input_shape))
-    classes = None if num_classes is None else _check_num_classes(num_classes)
+    classes = None if num_classes is None else check_num_classes(num_classes)
     accepted = _parameters(factory)
     for key, value in (("input_shape", shape), ("num_classes", classes)):
         if key in accepted and key not in arguments and value is not None:
@@ -272,7 +272,7 @@ def _load_weights(net: nn.Module, path: Path, what: str) -> str:
     expected = net.state_dict()
     if not set(state) & set(expected) and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}  # saved from (Distributed)DataParallel
-    _check_state(state, expected, source=str(path), target=f"the model {what} builds")
+    check_state(state, expected, source=str(path), target=f"the model {what} builds")
     net.load_state_dict(state, strict=True)
     return file_sha256(path)
 

@@ -90,7 +90,7 @@ def build_model(
             f"unknown argument(s) {unknown} for model {name!r}; it accepts: {listed}"
         )
     shape = check_input_shape(input_shape)
-    classes = _check_num_classes(num_classes)
+    classes = check_num_classes(num_classes)
     net = builder(input_shape=shape, num_classes=classes, **kwargs)
     if normalize is None:
         return net
@@ -116,7 +116,7 @@ def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     return values
 
 
-def _check_num_classes(num_classes: int) -> int:
+def check_num_classes(num_classes: int) -> int:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise RobustlabError(f"num_classes must be an int >= 2, got {num_classes!r}")
     return num_classes

@@ -43,12 +43,12 @@ __all__ = [
 ]
 
 
-def _positive_int(owner: str, name: str, value: object) -> None:
+def check_positive_int(owner: str, name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise RobustlabError(f"{owner}.{name} must be an integer >= 1, got {value!r}")
 
 
-def _positive_float(owner: str, name: str, value: object) -> None:
+def check_positive_float(owner: str, name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
         raise RobustlabError(f"{owner}.{name} must be a finite number > 0, got {value!r}")
 
@@ -172,7 +172,7 @@ class FastFGSMOptions:
     step_size_factor: float = 1.25
 
     def __post_init__(self) -> None:
-        _positive_float("FastFGSMOptions", "step_size_factor", self.step_size_factor)
+        check_positive_float("FastFGSMOptions", "step_size_factor", self.step_size_factor)
 
 
 class FastFGSMTraining(RandomStartMethod):
@@ -206,8 +206,8 @@ class FreeOptions:
     step_size_factor: float = 1.0
 
     def __post_init__(self) -> None:
-        _positive_int("FreeOptions", "replays", self.replays)
-        _positive_float("FreeOptions", "step_size_factor", self.step_size_factor)
+        check_positive_int("FreeOptions", "replays", self.replays)
+        check_positive_float("FreeOptions", "step_size_factor", self.step_size_factor)
 
 
 class FreeTraining(TrainingMethod):
@@ -294,9 +294,9 @@ class PGDOptions:
     def __post_init__(self) -> None:
         _check_preset("PGDOptions", self.preset, PGD_PRESETS)
         if self.steps is not None:
-            _positive_int("PGDOptions", "steps", self.steps)
+            check_positive_int("PGDOptions", "steps", self.steps)
         if self.step_size is not None:
-            _positive_float("PGDOptions", "step_size", self.step_size)
+            check_positive_float("PGDOptions", "step_size", self.step_size)
         if not isinstance(self.random_start, bool):
             raise RobustlabError(f"PGDOptions.random_start must be a bool, got {self.random_start!r}")
 

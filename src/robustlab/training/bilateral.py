@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
-from robustlab.training.adversarial import RandomStartMethod, _positive_float, ascend
+from robustlab.training.adversarial import RandomStartMethod, ascend, check_positive_float
 from robustlab.training.methods import METHODS, Batch, LossOutput, inner_mode
 
 __all__ = ["ATTACKS", "LABELS", "BilateralOptions", "BilateralTraining", "adversarial_labels", "uniform_labels"]
@@ -102,9 +102,9 @@ class BilateralOptions:
             raise RobustlabError(f"BilateralOptions.attack must be one of {list(ATTACKS)}, got {self.attack!r}")
         if self.labels not in LABELS:
             raise RobustlabError(f"BilateralOptions.labels must be one of {list(LABELS)}, got {self.labels!r}")
-        _positive_float("BilateralOptions", "beta", self.beta)
-        _positive_float("BilateralOptions", "gamma", self.gamma)
-        _positive_float("BilateralOptions", "step_size_factor", self.step_size_factor)
+        check_positive_float("BilateralOptions", "beta", self.beta)
+        check_positive_float("BilateralOptions", "gamma", self.gamma)
+        check_positive_float("BilateralOptions", "step_size_factor", self.step_size_factor)
         s = self.label_smoothing
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < 1:
             raise RobustlabError(f"BilateralOptions.label_smoothing (eps_y) must lie in (0, 1), got {s!r}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from robustlab.errors import RobustlabError
-from robustlab.models.checkpoint import _umask_mode
+from robustlab.models.checkpoint import umask_mode
 from robustlab.training.config import TrainConfig
 
 FORMAT = "robustlab-train-checkpoint"
@@ -29,7 +29,7 @@ def _atomic_write(path: Path, write) -> None:
     """Call ``write(file)`` on a temp file in ``path``'s directory, then rename it over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, _umask_mode())  # mkstemp makes it 0600, unlike any other file written
+        os.chmod(tmp, umask_mode())  # mkstemp makes it 0600, unlike any other file written
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()

@@ -55,9 +55,9 @@ from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 from robustlab.training.adversarial import (
     RandomStartMethod,
-    _positive_float,
-    _positive_int,
     ascend,
+    check_positive_float,
+    check_positive_int,
 )
 from robustlab.training.methods import METHODS, Batch, LossOutput, inner_mode
 
@@ -218,11 +218,11 @@ class MMAOptions:
             raise RobustlabError(f"MMAOptions.preset must be one of {presets}, got {self.preset!r}")
         for name in ("d_max", "min_eps"):
             if getattr(self, name) is not None:
-                _positive_float("MMAOptions", name, getattr(self, name))
+                check_positive_float("MMAOptions", name, getattr(self, name))
         if self.steps is not None:
-            _positive_int("MMAOptions", "steps", self.steps)
-        _positive_int("MMAOptions", "bisection_steps", self.bisection_steps)
-        _positive_float("MMAOptions", "step_size_factor", self.step_size_factor)
+            check_positive_int("MMAOptions", "steps", self.steps)
+        check_positive_int("MMAOptions", "bisection_steps", self.bisection_steps)
+        check_positive_float("MMAOptions", "step_size_factor", self.step_size_factor)
         c = self.clean_loss_coeff
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c <= 1:
             raise RobustlabError(f"MMAOptions.clean_loss_coeff must lie in [0, 1], got {c!r}")

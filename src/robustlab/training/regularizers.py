@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from robustlab.errors import RobustlabError
-from robustlab.training.adversarial import _positive_int
+from robustlab.training.adversarial import check_positive_int
 from robustlab.training.methods import (
     METHODS,
     Batch,
@@ -68,7 +68,7 @@ def _check_weight(owner: str, weight: object) -> None:
 
 def _check_projections(owner: str, projections: object) -> None:
     if projections is not None:
-        _positive_int(owner, "projections", projections)
+        check_positive_int(owner, "projections", projections)
 
 
 def _vjp(outputs: Tensor, x: Tensor, v: Tensor, scale: Tensor) -> Tensor:

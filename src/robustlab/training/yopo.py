@@ -60,8 +60,8 @@ from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 from robustlab.training.adversarial import (
     RandomStartMethod,
-    _positive_float,
-    _positive_int,
+    check_positive_float,
+    check_positive_int,
 )
 from robustlab.training.methods import METHODS, Batch, LossOutput
 
@@ -105,9 +105,9 @@ class YOPOOptions:
             raise RobustlabError(f"YOPOOptions.preset must be one of {sorted(YOPO_PRESETS)} or None, got {self.preset!r}")
         for name in ("outer_steps", "inner_steps"):
             if getattr(self, name) is not None:
-                _positive_int("YOPOOptions", name, getattr(self, name))
+                check_positive_int("YOPOOptions", name, getattr(self, name))
         if self.step_size is not None:
-            _positive_float("YOPOOptions", "step_size", self.step_size)
+            check_positive_float("YOPOOptions", "step_size", self.step_size)
         if self.first_layer is not None and (not isinstance(self.first_layer, str) or not self.first_layer):
             raise RobustlabError(
                 f"YOPOOptions.first_layer must be a module name such as 'conv1', got {self.first_layer!r}"

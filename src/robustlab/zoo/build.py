@@ -25,8 +25,7 @@ from robustlab.errors import RobustlabError
 from robustlab.evaluation import build_suite, evaluate
 from robustlab.evaluation.provenance import provenance
 from robustlab.evaluation.suites import SUITES
-from robustlab.models.checkpoint import ModelCard, checkpoint_paths, load_model, save_model
-from robustlab.models.checkpoint import _write_atomic as write_atomic
+from robustlab.models.checkpoint import ModelCard, checkpoint_paths, load_model, save_model, write_atomic
 from robustlab.threat import threat_model
 from robustlab.training import checkpoint as training_checkpoint
 from robustlab.zoo import MODELS_DIR, entry, recipe, sha256_of
