@@ -1,4 +1,4 @@
-"""The ``robustlab`` command line: train, attack, evaluate, datasets, demo.
+"""The ``robustlab`` command line (``robustlab --help`` lists the commands).
 
 Attacks are named with their hyperparameters as ``NAME[:key=value,key=value]``, for example
 ``--attack pgd:steps=40,step_size=0.01,restarts=5``; input-transformation defenses likewise, for
@@ -908,7 +908,11 @@ def _compare_runs(comparison: dict[str, Any]) -> None:
 
 # -- parser --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="robustlab", description=__doc__.splitlines()[0])
+    from robustlab.attacks.base import TARGET_MODES
+    from robustlab.training import METHODS, OPTIMIZERS, SCHEDULES
+    from robustlab.training.methods import BN_MODES
+
+    parser = _Parser(prog="robustlab")
     parser.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -951,8 +955,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-url", help="download from this mirror instead of the official source")
     p.set_defaults(func=cmd_datasets)
 
-    p = sub.add_parser("train", help="train a model: natural, adversarial (fgsm, fast-fgsm, free, pgd, trades), "
-                                     "certified (ibp, crown-ibp); data-parallel under torchrun",
+    p = sub.add_parser("train", help=f"train a model ({', '.join(METHODS.names())}); data-parallel under torchrun",
                        description="Train a model. Under `torchrun --nproc-per-node N -m robustlab train ...` the "
                                    "ranks split every batch of --batch-size and average gradients (Gloo on CPU, "
                                    "NCCL on CUDA); rank 0 writes the checkpoints, metrics and model.")
@@ -969,18 +972,18 @@ def build_parser() -> argparse.ArgumentParser:
                       "jpeg, bit-depth or thermometer.")
     p.add_argument("--epochs", type=positive_int, help="default 10 (free training: epochs' worth of steps, a multiple of replays)")
     p.add_argument("--batch-size", type=positive_int, help="default 128")
-    p.add_argument("--optimizer", choices=["sgd", "adam"], help="default sgd")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="default sgd")
     p.add_argument("--lr", type=positive_float, help="default 0.1")
     p.add_argument("--momentum", type=float, help="default 0.9")
     p.add_argument("--weight-decay", type=float, help="default 5e-4")
-    p.add_argument("--schedule", choices=["constant", "step", "cosine", "onecycle"], help="default cosine")
-    p.add_argument("--method", help="training method (robustlab.training.METHODS), default natural")
+    p.add_argument("--schedule", choices=SCHEDULES, help="default cosine")
+    p.add_argument("--method", help=f"training method, default natural: {', '.join(METHODS.names())}")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="a method option, e.g. steps=40 or beta=6; repeat for several")
     p.add_argument("--norm", help="threat model norm for adversarial training and robust validation, default Linf")
     p.add_argument("--eps", type=positive_float, help="threat model radius; needed by adversarial methods")
     p.add_argument("--eps-warmup-epochs", type=float, help="ramp eps linearly over this many epochs, default 0")
-    p.add_argument("--bn-mode", choices=["eval", "train"], help="model mode in the inner maximization, default eval")
+    p.add_argument("--bn-mode", choices=BN_MODES, help="model mode in the inner maximization, default eval")
     p.add_argument("--robust-eval-samples", type=nonnegative_int, help="validation samples for PGD robust accuracy, default 500")
     p.add_argument("--robust-eval-steps", type=positive_int, help="PGD steps of the robust validation, default 10")
     p.add_argument("--mixed-precision", action="store_true", default=None, help="float16 autocast on CUDA")
@@ -996,7 +999,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attack", help="run one attack; save adversarial inputs and a PNG grid")
     attack_common(p, eps_required=True)
     p.add_argument("--attack", required=True, help="NAME[:key=value,...], e.g. pgd:steps=40,step_size=0.01")
-    p.add_argument("--targets", choices=["least-likely", "most-confusing", "random"], help="targeted attack")
+    p.add_argument("--targets", choices=TARGET_MODES, help="targeted attack")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_attack)
 
@@ -1101,6 +1104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_certify_parser(sub)
     add_zoo_parser(sub)
+    parser.description = f"Adversarial robustness of image classifiers. Commands: {', '.join(sub.choices)}."
     return parser
 
 

@@ -33,21 +33,19 @@ from robustlab.attacks.jsma import JSMA, JacobianSaliencyMap
 from robustlab.attacks.noise import GaussianNoise
 from robustlab.attacks.square import Square, SquareAttack
 from robustlab.errors import RobustlabError
+from robustlab.registry import Registry
 
-ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (FastGradientMethod, BasicIterativeMethod, ProjectedGradientDescent, GaussianNoise,
-                DeepFool, FastMinimumNorm, DecoupledDirectionNorm, JacobianSaliencyMap,
-                FastAdaptiveBoundary, FABTargeted, SquareAttack, BoundaryAttack, HopSkipJump,
-                CarliniWagnerL2, CarliniWagnerL0, CarliniWagnerLinf, AutoPGD, AutoPGDTargeted)
-}
+ATTACKS: Registry[type[Attack]] = Registry("attack", (
+    FastGradientMethod, BasicIterativeMethod, ProjectedGradientDescent, GaussianNoise, DeepFool, FastMinimumNorm,
+    DecoupledDirectionNorm, JacobianSaliencyMap, FastAdaptiveBoundary, FABTargeted, SquareAttack, BoundaryAttack,
+    HopSkipJump, CarliniWagnerL2, CarliniWagnerL0, CarliniWagnerLinf, AutoPGD, AutoPGDTargeted))
 
 
 def build_attack(name: str, **hyperparameters: Any) -> Attack:
     """Build a registered attack by name (``robustlab.attacks.ATTACKS`` lists them)."""
-    if name not in ATTACKS:
-        raise RobustlabError(f"unknown attack {name!r}; choose one of {sorted(ATTACKS)}")
+    attack = ATTACKS.lookup(name)
     try:
-        return ATTACKS[name](**hyperparameters)
+        return attack(**hyperparameters)
     except TypeError as exc:
         raise RobustlabError(f"bad hyperparameters for {name}: {exc}") from None
 

@@ -3,6 +3,7 @@ per-sample bracket (certified lower bound <= exact minimal perturbation <= attac
 """
 
 from robustlab.certify.certifiers import (
+    CERTIFIERS,
     CROWN,
     CROWNIBP,
     IBP,
@@ -17,6 +18,7 @@ from robustlab.certify.trace import parse_model
 
 __all__ = [
     "CROWN",
+    "CERTIFIERS",
     "CROWNIBP",
     "IBP",
     "SUPPORTED",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,7 @@ from robustlab.certify.graph import AffineFunction, AffineOp, Op, check_graph, r
 from robustlab.certify.trace import parse_model
 from robustlab.errors import RobustlabError
 from robustlab.modes import FrozenEval
+from robustlab.registry import Registry
 from robustlab.threat import ThreatModel
 
 __all__ = [
@@ -149,6 +150,7 @@ class Certifier:
     """Base class: a frozen configuration; :meth:`__call__` certifies a batch."""
 
     batch_size: int = 256
+    name: ClassVar[str] = ""  # the key in CERTIFIERS
     method = ""
 
     def margins(self, prepared: Prepared, x: Tensor, y: Tensor, eps: Tensor, norm: str,
@@ -198,6 +200,7 @@ class IBP(Certifier):
     """Interval bound propagation (Gowal et al. 2018) with the margin spec folded into the last
     layer. Cost: about two forward passes per sample."""
 
+    name: ClassVar[str] = "ibp"
     method = "ibp"
 
     def _bound(self, prepared: Prepared, spec: Tensor, inputs: InputSet) -> Tensor:
@@ -216,6 +219,7 @@ class CROWN(Certifier):
         with_ibp: also compute IBP and keep the larger (both are sound) bound per margin.
     """
 
+    name: ClassVar[str] = "crown"
     intermediate: str = "crown"
     alpha_steps: int = 0
     alpha_lr: float = 0.1
@@ -239,6 +243,7 @@ class CROWN(Certifier):
 class CROWNIBP(CROWN):
     """CROWN with interval intermediate bounds (Zhang et al., ICLR 2020): ``CROWN(intermediate="ibp")``."""
 
+    name: ClassVar[str] = "crown-ibp"
     intermediate: str = "ibp"
 
 
@@ -247,7 +252,12 @@ class AlphaCROWN(CROWN):
     """CROWN with optimised lower ReLU slopes (Xu et al., ICLR 2021): ``CROWN(alpha_steps=30)``,
     30 Adam steps by default."""
 
+    name: ClassVar[str] = "alpha-crown"
     alpha_steps: int = 30
+
+
+#: The bound-propagation certifiers by name (``robustlab certify --methods``).
+CERTIFIERS: Registry[type[Certifier]] = Registry("certifier", (IBP, CROWN, CROWNIBP, AlphaCROWN))
 
 
 def certified_radius(

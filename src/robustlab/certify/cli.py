@@ -20,30 +20,15 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from robustlab.certify.certifiers import CERTIFIERS, Certifier
 from robustlab.errors import RobustlabError
-
-if TYPE_CHECKING:
-    from robustlab.certify.certifiers import Certifier
 
 __all__ = ["add_certify_parser", "certify_command", "read_bracket", "write_json"]
 
-METHODS = ("ibp", "crown", "crown-ibp", "alpha-crown")
-
-
 def _certifier(name: str, batch_size: int) -> Certifier:
-    from robustlab.certify import CROWN, IBP
-
-    if name == "ibp":
-        return IBP(batch_size=batch_size)
-    if name == "crown":
-        return CROWN(batch_size=batch_size)
-    if name == "crown-ibp":
-        return CROWN(intermediate="ibp", batch_size=batch_size)
-    if name == "alpha-crown":
-        return CROWN(alpha_steps=30, batch_size=batch_size)
-    raise RobustlabError(f"unknown certification method {name!r}; choose from {METHODS}")
+    return CERTIFIERS.lookup(name)(batch_size=batch_size)
 
 
 def certify_command(args: argparse.Namespace) -> int:
@@ -53,9 +38,10 @@ def certify_command(args: argparse.Namespace) -> int:
 
     check_out_folder(args.out)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in CERTIFIERS]
     if unknown or not methods:
-        raise RobustlabError(f"unknown certification method(s) {unknown or args.methods!r}; choose from {', '.join(METHODS)}")
+        raise RobustlabError(f"unknown certification method(s) {unknown or args.methods!r}; "
+                             f"choose from {', '.join(CERTIFIERS.names())}")
     try:
         eps_values = args.eps if isinstance(args.eps, list) else eps_list(str(args.eps))
     except argparse.ArgumentTypeError as exc:
@@ -148,7 +134,7 @@ def add_certify_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true")
     p.add_argument("--norm", default="Linf", help="Linf, L2 or L1 (the bracket: Linf or L1)")
     p.add_argument("--eps", type=eps_list, required=True, help="comma-separated radii, e.g. 0.01,0.03")
-    p.add_argument("--methods", default="ibp,crown", help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument("--methods", default="ibp,crown", help=f"comma-separated, from {', '.join(CERTIFIERS.names())}")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--bracket", type=nonnegative_int, default=0, metavar="N",
                    help="also compute certified <= exact (MILP) <= attack on the first N samples")

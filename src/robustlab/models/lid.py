@@ -257,4 +257,4 @@ def fit_lid_detector(model: nn.Module, *, reference: Tensor, positives: Tensor, 
     return detector.eval(), metrics
 
 
-DEFENSES[LIDDetector.name] = LIDDetector
+DEFENSES.add(LIDDetector)

@@ -213,4 +213,4 @@ class PixelDefend(InputTransformDefense):
         return f"purifier={self.path!r}, eps={self.eps:.4g}"
 
 
-DEFENSES[PixelDefend.name] = PixelDefend
+DEFENSES.add(PixelDefend)

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from robustlab.errors import RobustlabError
+from robustlab.registry import Registry
 
 __all__ = [
     "DEFENSES",
@@ -370,9 +371,8 @@ class RandomResizePad(InputTransformDefense):
         return f"min_size={self.min_size}, out_size={self.out_size}"
 
 
-DEFENSES: dict[str, type[InputTransformDefense]] = {
-    cls.name: cls for cls in (JPEGDefense, BitDepthReduction, ThermometerEncoding, RandomResizePad)
-}
+DEFENSES: Registry[type[InputTransformDefense]] = Registry(
+    "defense", (JPEGDefense, BitDepthReduction, ThermometerEncoding, RandomResizePad))
 
 # Constructor arguments that are not part of the deployed transform, so neither a model card
 # nor a command-line spec sets them.
@@ -381,14 +381,14 @@ _NOT_SETTINGS = ("model", "approximation", "generator")
 
 def list_defenses() -> list[str]:
     """Names of the registered defenses, sorted."""
-    return sorted(DEFENSES)
+    return DEFENSES.names()
 
 
 def defense_arguments(name: str) -> dict[str, Any]:
     """The settings defense ``name`` accepts, with their defaults."""
     return {
         p.name: p.default
-        for p in inspect.signature(_lookup_defense(name)).parameters.values()
+        for p in inspect.signature(DEFENSES.lookup(name)).parameters.values()
         if p.name not in _NOT_SETTINGS and p.kind is p.KEYWORD_ONLY
     }
 
@@ -398,7 +398,7 @@ def build_defense(name: str, model: nn.Module, *, generator: torch.Generator | N
     """The registered defense ``name`` around ``model`` with ``arguments`` (its settings, see
     :func:`defense_arguments`); ``generator`` seeds a stochastic defense and is refused by a
     deterministic one. Unknown names and settings raise :class:`RobustlabError`."""
-    cls = _lookup_defense(name)
+    cls = DEFENSES.lookup(name)
     accepted = defense_arguments(name)
     unknown = sorted(set(arguments) - set(accepted))
     if unknown:
@@ -421,7 +421,7 @@ def apply_defenses(model: nn.Module, configs: Sequence[Mapping[str, Any]], *,
         if not isinstance(config, Mapping) or not isinstance(config.get("defense"), str):
             raise RobustlabError(f"a defense is described by {{'defense': name, setting: value, ...}}, got {config!r}")
         settings = {key: value for key, value in config.items() if key != "defense"}
-        cls = _lookup_defense(config["defense"])
+        cls = DEFENSES.lookup(config["defense"])
         model = build_defense(cls.name, model, generator=generator if cls.stochastic else None, **settings)
     return model
 
@@ -447,9 +447,3 @@ def split_defenses(model: nn.Module) -> tuple[nn.Module, list[dict[str, Any]]]:
                              "(outside any other layer) can be recorded")
     return model, configs[::-1]
 
-
-def _lookup_defense(name: str) -> type[InputTransformDefense]:
-    try:
-        return DEFENSES[name]
-    except (KeyError, TypeError):
-        raise RobustlabError(f"unknown defense {name!r}; available defenses: {', '.join(list_defenses())}") from None

@@ -16,10 +16,11 @@ from torch import nn
 
 from robustlab.errors import RobustlabError
 from robustlab.models.normalize import Normalize
+from robustlab.registry import Registry
 
 Builder = Callable[..., nn.Module]
 
-MODELS: dict[str, Builder] = {}
+MODELS: Registry[Builder] = Registry("model")
 
 _RESERVED = ("input_shape", "num_classes")
 
@@ -30,27 +31,23 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
         raise RobustlabError(f"model name must be a non-empty string, got {name!r}")
 
     def decorator(builder: Builder) -> Builder:
-        existing = MODELS.get(name)
-        if existing is not None and existing is not builder:
-            raise RobustlabError(f"a model named {name!r} is already registered ({existing!r})")
         parameters = inspect.signature(builder).parameters
         missing = [p for p in _RESERVED if p not in parameters]
         if missing:
             raise RobustlabError(f"builder for {name!r} must accept keyword arguments {missing}")
-        MODELS[name] = builder
-        return builder
+        return MODELS.add(builder, name)
 
     return decorator
 
 
 def list_models() -> list[str]:
     """Names of the registered architectures, sorted."""
-    return sorted(MODELS)
+    return MODELS.names()
 
 
 def model_arguments(name: str) -> dict[str, Any]:
     """The extra arguments ``name`` accepts, with their defaults (``inspect.Parameter.empty`` if none)."""
-    builder = _lookup(name)
+    builder = MODELS.lookup(name)
     return {
         p.name: p.default
         for p in inspect.signature(builder).parameters.values()
@@ -81,7 +78,7 @@ def build_model(
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(seed)
             return build_model(name, input_shape=input_shape, num_classes=num_classes, normalize=normalize, **kwargs)
-    builder = _lookup(name)
+    builder = MODELS.lookup(name)
     accepted = model_arguments(name)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
@@ -133,10 +130,3 @@ def _unpack_normalize(normalize: Any) -> tuple[Any, Any]:
         return normalize[0], normalize[1]
     raise RobustlabError(f"normalize must be (mean, std) or None, got {normalize!r}")
 
-
-def _lookup(name: str) -> Builder:
-    try:
-        return MODELS[name]
-    except (KeyError, TypeError):
-        available = ", ".join(list_models()) or "none"
-        raise RobustlabError(f"unknown model {name!r}; available models: {available}") from None

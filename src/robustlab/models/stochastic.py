@@ -245,4 +245,4 @@ class RandomSelfEnsemble(_HookedDefense):
 
 
 for _cls in (StochasticActivationPruning, RandomSelfEnsemble):
-    DEFENSES[_cls.name] = _cls
+    DEFENSES.add(_cls)

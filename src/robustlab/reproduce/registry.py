@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from robustlab.errors import RobustlabError
+from robustlab.registry import Registry
 
 if TYPE_CHECKING:
     from torch import nn
@@ -107,16 +108,16 @@ class Reproduction(NamedTuple):
 
 #: name -> Reproduction(description, budget, function). The function returns ``(record,
 #: markdown)``; :func:`run_reproduction` times it and writes both files.
-REPRODUCTIONS: dict[str, Reproduction] = {}
+REPRODUCTIONS: Registry[Reproduction] = Registry("reproduction")
+
+ReproFunction = Callable[[ReproOptions], tuple[dict[str, Any], str]]
 
 
-def register(name: str, description: str, budget: str):
+def register(name: str, description: str, budget: str) -> Callable[[ReproFunction], ReproFunction]:
     """Decorator: register ``function(options) -> (record, markdown)`` under ``name``."""
 
-    def decorate(function):
-        if name in REPRODUCTIONS:
-            raise RobustlabError(f"reproduction {name!r} is already registered")
-        REPRODUCTIONS[name] = Reproduction(description, budget, function)
+    def decorate(function: ReproFunction) -> ReproFunction:
+        REPRODUCTIONS.add(Reproduction(description, budget, function), name)
         return function
 
     return decorate
@@ -124,8 +125,7 @@ def register(name: str, description: str, budget: str):
 
 def run_reproduction(name: str, options: ReproOptions) -> ReproResult:
     """Run the reproduction ``name``; write ``<out>/<name>.json`` and ``<out>/<name>.md``."""
-    if name not in REPRODUCTIONS:
-        raise RobustlabError(f"unknown reproduction {name!r}; choose one of {sorted(REPRODUCTIONS)}")
+    REPRODUCTIONS.lookup(name)
     if options.images is not None and options.images < 1:
         raise RobustlabError(f"--images must be >= 1, got {options.images}")
     start = time.perf_counter()

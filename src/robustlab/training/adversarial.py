@@ -333,4 +333,5 @@ ADVERSARIAL_METHODS = {
     "free": FreeTraining,
     "pgd": PGDTraining,
 }
-METHODS.update(ADVERSARIAL_METHODS)
+for _method in ADVERSARIAL_METHODS.values():
+    METHODS.add(_method)

@@ -51,4 +51,4 @@ class AdvBNNTraining(PGDTraining):
         return LossOutput(F.cross_entropy(logits, batch.y) + self.options.kl_weight * model_kl(model), logits)
 
 
-METHODS["adv-bnn"] = AdvBNNTraining
+METHODS.add(AdvBNNTraining)

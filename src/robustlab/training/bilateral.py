@@ -167,4 +167,4 @@ class BilateralTraining(RandomStartMethod):
         return LossOutput(-(soft * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean(), logits)
 
 
-METHODS["bilateral"] = BilateralTraining
+METHODS.add(BilateralTraining)

@@ -155,4 +155,4 @@ class CascadeTraining(TrainingMethod):
         self.generator.set_state(state["generator"])
 
 
-METHODS["cascade"] = CascadeTraining
+METHODS.add(CascadeTraining)

@@ -338,7 +338,8 @@ class CROWNIBPMethod(_CertifiedMethod):
 
 #: The certified training methods by name (also registered in :data:`robustlab.training.METHODS`).
 CERTIFIED_METHODS = {"ibp": IBPMethod, "crown-ibp": CROWNIBPMethod}
-METHODS.update(CERTIFIED_METHODS)
+for _method in CERTIFIED_METHODS.values():
+    METHODS.add(_method)
 
 
 def train_certified(

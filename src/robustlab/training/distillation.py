@@ -155,8 +155,8 @@ class DistillationStudentMethod(TrainingMethod):
         return LossOutput(loss, logits)
 
 
-METHODS["distillation-teacher"] = DistillationTeacherMethod
-METHODS["distillation-student"] = DistillationStudentMethod
+METHODS.add(DistillationTeacherMethod)
+METHODS.add(DistillationStudentMethod)
 
 
 @dataclass

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
 from robustlab.modes import ModuleMode
+from robustlab.registry import Registry
 
 if TYPE_CHECKING:
     from robustlab.threat import ThreatModel
@@ -230,7 +231,7 @@ def method_generator(config: TrainConfig, device: str | torch.device = "cpu") ->
 
 #: Training methods by name; ``TrainConfig.method`` picks one. Values are classes built as
 #: ``METHODS[name](config, device=...)`` (see :class:`TrainingMethod`).
-METHODS: dict[str, type[TrainingMethod]] = {"natural": NaturalMethod}
+METHODS: Registry[type[TrainingMethod]] = Registry("training method", [NaturalMethod])
 
 
 def make_method(config: TrainConfig, device: str | torch.device = "cpu") -> Method:

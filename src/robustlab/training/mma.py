@@ -382,5 +382,5 @@ class OMMATraining(MMATraining):
     Options = OMMAOptions
 
 
-METHODS["mma"] = MMATraining
-METHODS["omma"] = OMMATraining
+METHODS.add(MMATraining)
+METHODS.add(OMMATraining)

@@ -133,5 +133,5 @@ class SteadyStateTraining(GaussianNoiseTraining):
         return LossOutput(F.cross_entropy(logits, batch.y) + self.options.steady_weight * penalty.mean(), logits)
 
 
-METHODS["gaussian-noise"] = GaussianNoiseTraining
-METHODS["tisode"] = SteadyStateTraining
+METHODS.add(GaussianNoiseTraining)
+METHODS.add(SteadyStateTraining)

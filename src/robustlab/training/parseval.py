@@ -124,5 +124,5 @@ class OrthogonalRegularization(TrainingMethod):
         return LossOutput(F.cross_entropy(logits, batch.y) + self.options.weight * penalty, logits)
 
 
-METHODS["parseval"] = ParsevalTraining
-METHODS["orthogonal-reg"] = OrthogonalRegularization
+METHODS.add(ParsevalTraining)
+METHODS.add(OrthogonalRegularization)

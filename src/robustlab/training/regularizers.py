@@ -287,4 +287,5 @@ REGULARIZER_METHODS = {
     "input-grad-reg": InputGradientRegularization,
     "cross-lipschitz": CrossLipschitzRegularization,
 }
-METHODS.update(REGULARIZER_METHODS)
+for _method in REGULARIZER_METHODS.values():
+    METHODS.add(_method)

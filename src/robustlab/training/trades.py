@@ -103,4 +103,4 @@ class TradesTraining(RandomStartMethod):
         return LossOutput(loss, adv)
 
 
-METHODS["trades"] = TradesTraining
+METHODS.add(TradesTraining)

@@ -314,4 +314,4 @@ class YOPOTraining(RandomStartMethod):
         return x_adv
 
 
-METHODS["yopo"] = YOPOTraining
+METHODS.add(YOPOTraining)
