@@ -81,3 +81,13 @@ def test_the_command_line_lists_what_is_registered():
     assert all(command in text for command in commands)
     (method,) = [a for a in commands["train"]._actions if "--method" in a.option_strings]
     assert all(name in method.help for name in METHODS)
+
+
+def test_eps_in_an_unbounded_evaluation_mode_is_an_error(tmp_path, capsys):
+    from robustlab.cli import main
+
+    for mode in ("minimum-norm", "targeted"):
+        code = main(["evaluate", "--model", "zoo:mnist-tiny", "--mode", mode, "--attack", "deepfool", "--eps", "0.1",
+                     "--out", str(tmp_path / mode)])
+        assert code == 2
+        assert f"--eps does not apply to --mode {mode}" in capsys.readouterr().err

@@ -598,6 +598,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _evaluate_fixed(args)
     if args.suite or args.cascade is not None or args.diagnose:
         raise RobustlabError("--suite, --cascade and --diagnose apply to --mode fixed only")
+    if args.eps is not None:
+        raise RobustlabError(f"--eps does not apply to --mode {args.mode}: the attacks are unbounded and each sample's "
+                             "smallest perturbation is measured (robust accuracy at every eps comes from one run)")
     if not args.attack:
         raise RobustlabError(f"--mode {args.mode} needs at least one --attack")
     sharded = distributed.launched_distributed()
