@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -84,6 +85,18 @@ class ThreatModel:
 
     def __str__(self) -> str:
         return f"{self.norm}(eps={self.eps:g}, bounds={self.bounds})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"norm", "eps", "bounds"}``, as every saved document records its threat model
+        (strict JSON writes an infinite ``eps`` as ``null``)."""
+        return {"norm": self.norm, "eps": self.eps, "bounds": list(self.bounds)}
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> ThreatModel:
+        """The threat model :meth:`to_dict` wrote; ``eps`` ``null`` reads back as ``inf``."""
+        eps = data["eps"]
+        low, high = data["bounds"]
+        return threat_model(data["norm"], math.inf if eps is None else eps, (low, high))
 
     # -- norm-specific ----------------------------------------------------------------------
     def distance(self, x: Tensor, x_adv: Tensor) -> Tensor:

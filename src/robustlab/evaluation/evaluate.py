@@ -17,11 +17,11 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack
 from robustlab.errors import RobustlabError
-from robustlab.evaluation.io import save_json, threat_dict
+from robustlab.evaluation.io import save_json
 from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.provenance import provenance
 from robustlab.evaluation.runner import Run, Step, run_blocks
-from robustlab.threat import ThreatModel, threat_model
+from robustlab.threat import ThreatModel
 
 __all__ = ["CLEAN", "Evaluation", "evaluate"]
 
@@ -70,7 +70,7 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "threat": threat_dict(self.threat),
+            "threat": self.threat.to_dict(),
             "attacks": self.attacks,
             "metrics": self.metrics,
             "provenance": self.provenance,
@@ -86,9 +86,7 @@ class Evaluation:
     @classmethod
     def load(cls, path: str | Path) -> Evaluation:
         data = json.loads(Path(path).read_text())
-        t = data["threat"]
-        eps = t["eps"] if t["eps"] is not None else math.inf
-        return cls(threat=threat_model(t["norm"], eps, tuple(t["bounds"])), attacks=data["attacks"],
+        return cls(threat=ThreatModel.from_dict(data["threat"]), attacks=data["attacks"],
                    samples=data["samples"], provenance=data.get("provenance", {}), model_card=data.get("model_card"),
                    passes=data.get("passes", {}))
 

@@ -9,13 +9,7 @@ from typing import Any
 
 import torch
 
-from robustlab.threat import ThreatModel
-
-__all__ = ["jsonable", "save_json", "save_tensors", "threat_dict"]
-
-
-def threat_dict(threat: ThreatModel) -> dict[str, Any]:
-    return {"norm": threat.norm, "eps": threat.eps, "bounds": list(threat.bounds)}
+__all__ = ["jsonable", "save_json", "save_tensors"]
 
 
 def save_json(path: str | Path, data: dict[str, Any]) -> Path:

@@ -30,7 +30,7 @@ from robustlab.attacks.base import Attack
 from robustlab.documentation import docs_pointer
 from robustlab.errors import DistanceMismatchWarning, RobustlabError
 from robustlab.evaluation.evaluate import CLEAN, Evaluation, named_attacks
-from robustlab.evaluation.io import save_json, threat_dict
+from robustlab.evaluation.io import save_json
 from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.provenance import provenance
 from robustlab.evaluation.runner import Run, Step, run_blocks
@@ -237,7 +237,7 @@ class MinimumNormEvaluation:
                           provenance=self.provenance, model_card=self.model_card, passes=self.passes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "minimum-norm", "threat": threat_dict(self.threat), "attacks": self.attacks,
+        return {"kind": "minimum-norm", "threat": self.threat.to_dict(), "attacks": self.attacks,
                 "metrics": self.metrics, "cost": self.cost, "passes": self.passes, "provenance": self.provenance,
                 "model_card": self.model_card, "samples": self.samples}
 
@@ -250,7 +250,6 @@ class MinimumNormEvaluation:
         data = json.loads(Path(path).read_text())
         if data.get("kind") != "minimum-norm":
             raise RobustlabError(f"{path} is not a minimum-norm evaluation (kind={data.get('kind')!r})")
-        t = data["threat"]
         samples = data["samples"]
         for s in samples:
             s["distance"] = inf_from_json(s["distance"])
@@ -258,7 +257,7 @@ class MinimumNormEvaluation:
                 a["distance"] = inf_from_json(a["distance"])
                 if "reported" in a:
                     a["reported"] = inf_from_json(a["reported"])
-        return cls(threat=threat_model(t["norm"], inf_from_json(t["eps"]), tuple(t["bounds"])), attacks=data["attacks"],
+        return cls(threat=ThreatModel.from_dict(data["threat"]), attacks=data["attacks"],
                    samples=samples, cost=data.get("cost", {}), provenance=data.get("provenance", {}),
                    model_card=data.get("model_card"), passes=data.get("passes", {}))
 

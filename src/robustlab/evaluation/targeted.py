@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack
 from robustlab.errors import RobustlabError
-from robustlab.evaluation.io import save_json, threat_dict
+from robustlab.evaluation.io import save_json
 from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.minimum_norm import (
     check_minimum_norm,
@@ -37,7 +37,7 @@ from robustlab.evaluation.minimum_norm import (
 )
 from robustlab.evaluation.provenance import provenance
 from robustlab.evaluation.runner import Step, block_seed, run_blocks
-from robustlab.threat import ThreatModel, threat_model
+from robustlab.threat import ThreatModel
 
 __all__ = ["CASES", "TargetedEvaluation", "evaluate_targeted"]
 
@@ -105,7 +105,7 @@ class TargetedEvaluation:
                 "reported_distance_mismatches": mismatches}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "targeted", "threat": threat_dict(self.threat), "attack": self.attack,
+        return {"kind": "targeted", "threat": self.threat.to_dict(), "attack": self.attack,
                 "num_classes": self.num_classes, "metrics": self.metrics, "cost": self.cost, "passes": self.passes,
                 "provenance": self.provenance, "model_card": self.model_card, "samples": self.samples}
 
@@ -124,8 +124,7 @@ class TargetedEvaluation:
             if s["attacked"]:
                 for case in CASES:
                     s[case] = inf_from_json(s[case])
-        t = data["threat"]
-        return cls(threat=threat_model(t["norm"], inf_from_json(t["eps"]), tuple(t["bounds"])), attack=data["attack"],
+        return cls(threat=ThreatModel.from_dict(data["threat"]), attack=data["attack"],
                    num_classes=data["num_classes"], samples=samples, cost=data.get("cost", {}),
                    provenance=data.get("provenance", {}), model_card=data.get("model_card"), passes=data.get("passes", {}))
 

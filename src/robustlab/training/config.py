@@ -171,7 +171,7 @@ class TrainConfig:
         """``threat`` as a :class:`~robustlab.threat.ThreatModel` (``None`` without one)."""
         if self.threat is None:
             return None
-        return threat_model(self.threat["norm"], self.threat["eps"], tuple(self.threat["bounds"]))
+        return ThreatModel.from_dict(self.threat)
 
     @staticmethod
     def _checked_milestones(milestones) -> tuple[float, ...]:
