@@ -322,13 +322,24 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 # Defaults of `robustlab train`. Its parser leaves options it was not given at None, so that a
 # --config file can fill them in and whatever the command line says still wins.
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "data_dir": None, "seed": 0, "device": "cpu", "quiet": False, "dataset": None, "model": None, "model_arg": "",
-    "mean": None, "std": None, "epochs": 10, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
-    "weight_decay": 5e-4, "schedule": "cosine", "limit": None, "val_fraction": 0.1, "out": None, "no_resume": False,
-    "download": False, "method": "natural", "options": {}, "norm": "Linf", "eps": None, "eps_warmup_epochs": 0,
-    "bn_mode": "eval", "robust_eval_samples": 500, "robust_eval_steps": 10, "mixed_precision": False, "defense": [],
+# `robustlab train` settings that are TrainConfig fields of the same name: their defaults (and the
+# defaults their help states) come from the dataclass, and train_config passes them on by name.
+_CONFIG_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "seed", "method",
+                    "eps_warmup_epochs", "bn_mode", "robust_eval_samples", "robust_eval_steps", "mixed_precision")
+# Its other settings and their defaults.
+_OTHER_TRAIN_DEFAULTS: dict[str, Any] = {
+    "data_dir": None, "device": "cpu", "quiet": False, "dataset": None, "model": None, "model_arg": "", "mean": None,
+    "std": None, "limit": None, "val_fraction": 0.1, "out": None, "no_resume": False, "download": False, "options": {},
+    "norm": "Linf", "eps": None, "defense": [],
 }
+
+
+def train_defaults() -> dict[str, Any]:
+    """Every `robustlab train` setting with its default (a --config file may set any of them)."""
+    from robustlab.training import TrainConfig
+
+    config = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return {**_OTHER_TRAIN_DEFAULTS, **{name: config[name] for name in _CONFIG_SETTINGS}}
 
 
 def _read_run_file(path: str) -> dict[str, Any]:
@@ -353,9 +364,10 @@ def _read_run_file(path: str) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise RobustlabError(f"the run file {file} must hold a table of settings")
     values = {key.replace("-", "_"): value for key, value in values.items()}
-    unknown = sorted(set(values) - set(TRAIN_DEFAULTS))
+    defaults = train_defaults()
+    unknown = sorted(set(values) - set(defaults))
     if unknown:
-        raise RobustlabError(f"unknown setting(s) {', '.join(unknown)} in {file}; valid: {', '.join(sorted(TRAIN_DEFAULTS))}")
+        raise RobustlabError(f"unknown setting(s) {', '.join(unknown)} in {file}; valid: {', '.join(sorted(defaults))}")
     if not isinstance(values.get("options", {}), dict):
         raise RobustlabError(f"'options' in {file} must be a table of method options")
     return values
@@ -364,11 +376,12 @@ def _read_run_file(path: str) -> dict[str, Any]:
 def _train_settings(args: argparse.Namespace) -> argparse.Namespace:
     """Defaults, then the --config file, then the command line."""
     from_file = _read_run_file(args.config) if args.config else {}
-    given = {key: value for key, value in vars(args).items() if key in TRAIN_DEFAULTS and value is not None}
+    defaults = train_defaults()
+    given = {key: value for key, value in vars(args).items() if key in defaults and value is not None}
     options = dict(from_file.get("options", {}))
     for item in args.option or []:
         options.update(_key_values(item, "--option"))
-    settings = {**TRAIN_DEFAULTS, **from_file, **given, "options": options}
+    settings = {**defaults, **from_file, **given, "options": options}
     for required in ("dataset", "model", "out"):
         if settings[required] is None:
             raise RobustlabError(f"train needs --{required} (on the command line or in the --config file)")
@@ -381,12 +394,8 @@ def train_config(args: argparse.Namespace):
     from robustlab.training import TrainConfig
 
     threat = None if args.eps is None else {"norm": args.norm, "eps": args.eps}
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                       momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
-                       method=args.method, method_options=args.options, threat=threat,
-                       eps_warmup_epochs=args.eps_warmup_epochs, bn_mode=args.bn_mode,
-                       robust_eval_samples=args.robust_eval_samples, robust_eval_steps=args.robust_eval_steps,
-                       mixed_precision=args.mixed_precision)
+    return TrainConfig(**{name: getattr(args, name) for name in _CONFIG_SETTINGS}, method_options=args.options,
+                       threat=threat)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -916,6 +925,7 @@ def build_parser() -> argparse.ArgumentParser:
     from robustlab.training.methods import BN_MODES
 
     parser = _Parser(prog="robustlab")
+    default = train_defaults()
     parser.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -973,30 +983,35 @@ def build_parser() -> argparse.ArgumentParser:
     defense_option(p, "The network is trained behind them (thermometer: on the encoded inputs) and the model "
                       "card records them, so that loading the model rebuilds them. Only --method natural behind "
                       "jpeg, bit-depth or thermometer.")
-    p.add_argument("--epochs", type=positive_int, help="default 10 (free training: epochs' worth of steps, a multiple of replays)")
-    p.add_argument("--batch-size", type=positive_int, help="default 128")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help="default sgd")
-    p.add_argument("--lr", type=positive_float, help="default 0.1")
-    p.add_argument("--momentum", type=float, help="default 0.9")
-    p.add_argument("--weight-decay", type=float, help="default 5e-4")
-    p.add_argument("--schedule", choices=SCHEDULES, help="default cosine")
-    p.add_argument("--method", help=f"training method, default natural: {', '.join(METHODS.names())}")
+    p.add_argument("--epochs", type=positive_int,
+                   help=f"default {default['epochs']} (free training: epochs' worth of steps, a multiple of replays)")
+    p.add_argument("--batch-size", type=positive_int, help=f"default {default['batch_size']}")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {default['optimizer']}")
+    p.add_argument("--lr", type=positive_float, help=f"default {default['lr']:g}")
+    p.add_argument("--momentum", type=float, help=f"default {default['momentum']:g}")
+    p.add_argument("--weight-decay", type=float, help=f"default {default['weight_decay']:g}")
+    p.add_argument("--schedule", choices=SCHEDULES, help=f"default {default['schedule']}")
+    p.add_argument("--method", help=f"training method, default {default['method']}: {', '.join(METHODS.names())}")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="a method option, e.g. steps=40 or beta=6; repeat for several")
-    p.add_argument("--norm", help="threat model norm for adversarial training and robust validation, default Linf")
+    p.add_argument("--norm", help=f"threat model norm for adversarial training and robust validation, default "
+                                  f"{default['norm']}")
     p.add_argument("--eps", type=positive_float, help="threat model radius; needed by adversarial methods")
-    p.add_argument("--eps-warmup-epochs", type=float, help="ramp eps linearly over this many epochs, default 0")
-    p.add_argument("--bn-mode", choices=BN_MODES, help="model mode in the inner maximization, default eval")
-    p.add_argument("--robust-eval-samples", type=nonnegative_int, help="validation samples for PGD robust accuracy, default 500")
-    p.add_argument("--robust-eval-steps", type=positive_int, help="PGD steps of the robust validation, default 10")
+    p.add_argument("--eps-warmup-epochs", type=float,
+                   help=f"ramp eps linearly over this many epochs, default {default['eps_warmup_epochs']}")
+    p.add_argument("--bn-mode", choices=BN_MODES, help=f"model mode in the inner maximization, default {default['bn_mode']}")
+    p.add_argument("--robust-eval-samples", type=nonnegative_int,
+                   help=f"validation samples for PGD robust accuracy, default {default['robust_eval_samples']}")
+    p.add_argument("--robust-eval-steps", type=positive_int,
+                   help=f"PGD steps of the robust validation, default {default['robust_eval_steps']}")
     p.add_argument("--mixed-precision", action="store_true", default=None, help="float16 autocast on CUDA")
     p.add_argument("--limit", type=positive_int, help="train on a stratified subset of this many samples")
-    p.add_argument("--val-fraction", type=fraction, help="default 0.1 (0: no validation)")
+    p.add_argument("--val-fraction", type=fraction, help=f"default {default['val_fraction']} (0: no validation)")
     p.add_argument("--out", help="run folder: checkpoints/, metrics.jsonl and the final model; required")
     p.add_argument("--no-resume", action="store_true", default=None,
                    help="start afresh even if the run folder has a checkpoint")
     p.add_argument("--download", action="store_true", default=None)
-    # None = not given, so that a --config file can set them (see TRAIN_DEFAULTS).
+    # None = not given, so that a --config file can set them (see train_defaults).
     p.set_defaults(func=cmd_train, seed=None, device=None, quiet=None)
 
     p = sub.add_parser("attack", help="run one attack; save adversarial inputs and a PNG grid")
