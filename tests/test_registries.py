@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import robustlab.training
 from robustlab.attacks import ATTACKS
@@ -91,3 +92,26 @@ def test_eps_in_an_unbounded_evaluation_mode_is_an_error(tmp_path, capsys):
                      "--out", str(tmp_path / mode)])
         assert code == 2
         assert f"--eps does not apply to --mode {mode}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", CERTIFIERS.names())
+def test_every_registered_certifier_is_sound_and_leaves_the_model_as_it_was(name, digits, digits_mlp):
+    from robustlab.attacks import PGD
+    from robustlab.threat import Linf
+
+    _, _, x_test, y_test = digits
+    x, y, threat = x_test[:40], y_test[:40], Linf(eps=0.03)  # some samples certified, some broken
+    certifier = CERTIFIERS[name](**({"alpha_steps": 5} if name == "alpha-crown" else {}))
+    digits_mlp.train()
+    try:
+        result = certifier(digits_mlp, x, y, threat=threat)
+        assert digits_mlp.training and all(p.requires_grad and p.grad is None for p in digits_mlp.parameters())
+    finally:
+        digits_mlp.eval()
+    assert result.method == name and result.margins.shape == (40, 10)
+    assert bool((result.certified == (result.margin > 0) & result.clean_correct).all())
+    assert 0 < int(result.certified.sum()) <= int(result.clean_correct.sum())
+    broken = PGD(steps=20, step_size=0.0075)(digits_mlp, x, y, threat=threat,
+                                             generator=torch.Generator().manual_seed(0)).success
+    assert bool((broken & result.clean_correct).any())
+    assert not bool((result.certified & broken).any())
