@@ -464,11 +464,12 @@ class _Runner:
         self.points, self.margin = self.x[lo:hi].clone(), self.x.new_full((hi - lo,), math.inf)
         if first == 0 or not any(warm[first:]):
             return
-        name = f"{self.path.name}.points-{b}-{first}.pt" if self.path is not None else None
-        if name is None or table.points_file != name or not self.path.with_name(name).exists():
+        path = self.path
+        name = f"{path.name}.points-{b}-{first}.pt" if path is not None else None
+        if path is None or name is None or table.points_file != name or not path.with_name(name).exists():
             raise RobustlabError(f"the state file {self.path} lacks the warm-start points of block {b} after step "
                                  f"{first} ({name}): start afresh (resume=False; CLI: --no-resume)")
-        saved = torch.load(self.path.with_name(name), map_location=self.x.device, weights_only=True)
+        saved = torch.load(path.with_name(name), map_location=self.x.device, weights_only=True)
         if saved["x"].shape != self.points.shape or saved["x"].dtype != self.points.dtype:
             raise RobustlabError(f"{name} does not hold the points of block {b}: start afresh")
         self.points, self.margin = saved["x"], saved["margin"]
