@@ -6,7 +6,6 @@ report shows can always be traced back to individual samples.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack
 from robustlab.errors import RobustlabError
-from robustlab.evaluation.io import save_json
+from robustlab.evaluation.io import DOCUMENT_VERSION, read_document, save_json
 from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.provenance import provenance
 from robustlab.evaluation.runner import Run, Step, run_blocks
@@ -70,6 +69,8 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "kind": "fixed",
+            "version": DOCUMENT_VERSION,
             "threat": self.threat.to_dict(),
             "attacks": self.attacks,
             "metrics": self.metrics,
@@ -85,7 +86,7 @@ class Evaluation:
 
     @classmethod
     def load(cls, path: str | Path) -> Evaluation:
-        data = json.loads(Path(path).read_text())
+        data = read_document(path, "fixed")
         return cls(threat=ThreatModel.from_dict(data["threat"]), attacks=data["attacks"],
                    samples=data["samples"], provenance=data.get("provenance", {}), model_card=data.get("model_card"),
                    passes=data.get("passes", {}))

@@ -9,7 +9,27 @@ from typing import Any
 
 import torch
 
-__all__ = ["jsonable", "save_json", "save_tensors"]
+from robustlab.errors import RobustlabError
+
+__all__ = ["DOCUMENT_VERSION", "jsonable", "read_document", "save_json", "save_tensors"]
+
+#: The version of the evaluation documents robustlab writes, saved beside their ``kind``
+#: ("fixed", "minimum-norm", "targeted"); raised when a change would mislead an older reader.
+DOCUMENT_VERSION = 1
+
+
+def read_document(path: str | Path, kind: str) -> dict[str, Any]:
+    """The evaluation document at ``path``, checked to be of ``kind`` (a document without a kind
+    is a fixed-eps evaluation, written before documents had one) and of a version this robustlab reads."""
+    data: dict[str, Any] = json.loads(Path(path).read_text())
+    found = data.get("kind", "fixed")
+    if found != kind:
+        raise RobustlabError(f"{path} is not a {kind} evaluation (kind={found!r})")
+    version = data.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version > DOCUMENT_VERSION:
+        raise RobustlabError(f"{path} is a version {version!r} document; this robustlab reads versions up to "
+                             f"{DOCUMENT_VERSION}: upgrade robustlab")
+    return data
 
 
 def save_json(path: str | Path, data: dict[str, Any]) -> Path:

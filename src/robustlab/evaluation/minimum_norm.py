@@ -16,7 +16,6 @@ disagreement is recorded per sample and raises :class:`DistanceMismatchWarning`.
 from __future__ import annotations
 
 import bisect
-import json
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,7 +29,7 @@ from robustlab.attacks.base import Attack
 from robustlab.documentation import docs_pointer
 from robustlab.errors import DistanceMismatchWarning, RobustlabError
 from robustlab.evaluation.evaluate import CLEAN, Evaluation, named_attacks
-from robustlab.evaluation.io import save_json
+from robustlab.evaluation.io import DOCUMENT_VERSION, read_document, save_json
 from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.provenance import provenance
 from robustlab.evaluation.runner import Run, Step, run_blocks
@@ -237,7 +236,7 @@ class MinimumNormEvaluation:
                           provenance=self.provenance, model_card=self.model_card, passes=self.passes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "minimum-norm", "threat": self.threat.to_dict(), "attacks": self.attacks,
+        return {"kind": "minimum-norm", "version": DOCUMENT_VERSION, "threat": self.threat.to_dict(), "attacks": self.attacks,
                 "metrics": self.metrics, "cost": self.cost, "passes": self.passes, "provenance": self.provenance,
                 "model_card": self.model_card, "samples": self.samples}
 
@@ -247,9 +246,7 @@ class MinimumNormEvaluation:
 
     @classmethod
     def load(cls, path: str | Path) -> MinimumNormEvaluation:
-        data = json.loads(Path(path).read_text())
-        if data.get("kind") != "minimum-norm":
-            raise RobustlabError(f"{path} is not a minimum-norm evaluation (kind={data.get('kind')!r})")
+        data = read_document(path, "minimum-norm")
         samples = data["samples"]
         for s in samples:
             s["distance"] = inf_from_json(s["distance"])

@@ -14,7 +14,6 @@ successful samples; :attr:`TargetedEvaluation.metrics` gives both (and the media
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack
 from robustlab.errors import RobustlabError
-from robustlab.evaluation.io import save_json
+from robustlab.evaluation.io import DOCUMENT_VERSION, read_document, save_json
 from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.minimum_norm import (
     check_minimum_norm,
@@ -105,7 +104,7 @@ class TargetedEvaluation:
                 "reported_distance_mismatches": mismatches}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "targeted", "threat": self.threat.to_dict(), "attack": self.attack,
+        return {"kind": "targeted", "version": DOCUMENT_VERSION, "threat": self.threat.to_dict(), "attack": self.attack,
                 "num_classes": self.num_classes, "metrics": self.metrics, "cost": self.cost, "passes": self.passes,
                 "provenance": self.provenance, "model_card": self.model_card, "samples": self.samples}
 
@@ -115,9 +114,7 @@ class TargetedEvaluation:
 
     @classmethod
     def load(cls, path: str | Path) -> TargetedEvaluation:
-        data = json.loads(Path(path).read_text())
-        if data.get("kind") != "targeted":
-            raise RobustlabError(f"{path} is not a targeted evaluation (kind={data.get('kind')!r})")
+        data = read_document(path, "targeted")
         samples = data["samples"]
         for s in samples:
             s["targets"] = {t: inf_from_json(d) for t, d in s["targets"].items()}
