@@ -9,6 +9,7 @@ from robustlab.models.adapters import Logits
 from robustlab.models.bayesian import BayesianNet, model_kl
 from robustlab.models.checkpoint import ModelCard, checkpoint_paths, load_model, save_model
 from robustlab.models.cnn import LeNet, MadryCNN, SmallCNN
+from robustlab.models.defensegan import DefenseGAN, GANGenerator
 from robustlab.models.denoise import DenoisingBlock
 from robustlab.models.lid import LIDDetector
 
@@ -37,7 +38,9 @@ __all__ = [
     "DEFENSES",
     "BayesianNet",
     "BitDepthReduction",
+    "DefenseGAN",
     "DenoisingBlock",
+    "GANGenerator",
     "InputTransformDefense",
     "JPEGDefense",
     "MLP",

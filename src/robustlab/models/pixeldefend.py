@@ -92,7 +92,7 @@ def build_pixelcnn(*, levels: int = 256, channels: int = 32, layers: int = 4, se
             raise RobustlabError(f"pixelcnn: {name} must be a positive integer (levels >= 2), got {value!r}")
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.random.default_generator.manual_seed(seed)
             return PixelCNN(levels, channels, layers)
     return PixelCNN(levels, channels, layers)
 
