@@ -164,7 +164,25 @@ def measure(name: str, fn, counting: CountingModel) -> dict[str, Any]:
     return out
 
 
-def run_row(row: Row, images: int, seed: int, batch_size: int, reference_seeds: list[int]) -> dict[str, Any]:
+def _reused(previous: dict[str, Any], suites: list[str], x: Tensor) -> dict[str, dict[str, Any]]:
+    """The runs of an earlier result of the same row that are not run again (the reference's,
+    and any suite not in ``suites``), with their per-sample verdicts as the ``robust`` mask."""
+    runs = {}
+    for name, run in previous["runs"].items():
+        if name in suites:
+            continue
+        kept = {k: v for k, v in run.items() if k in ("seconds", "forwards", "backwards", "passes",
+                                                    "other_load_cores", "broken_by", "per_sample")}
+        kept["robust"] = torch.tensor([v is None for v in run["per_sample"]])
+        kept["reused_from_earlier_run"] = True
+        runs[name] = kept
+    if len(runs["reference"]["robust"]) != len(x):
+        raise SystemExit("the reused result holds another number of images")
+    return runs
+
+
+def run_row(row: Row, images: int, seed: int, batch_size: int, reference_seeds: list[int],
+            suites: list[str], previous: dict[str, Any] | None = None) -> dict[str, Any]:
     model, card = zoo_models.get(row.model)
     dataset = zoo_models.RECIPES[row.model].dataset
     data = load_dataset(dataset, split="test", limit=images, seed=seed)
@@ -173,14 +191,18 @@ def run_row(row: Row, images: int, seed: int, batch_size: int, reference_seeds: 
     clean = common.predict(model, x) == y
     common.log(f"[{row.model} {row.norm} eps={row.eps:.4g}] {len(x)} images, clean {int(clean.sum())}")
     torch.manual_seed(seed)
-    runs = {
-        "reference": measure("reference", lambda: run_reference(counting, x, y, row, seed, batch_size), counting),
-        "standard": measure("standard", lambda: run_robustlab("standard", counting, x, y, row, seed, batch_size), counting),
-        "fast": measure("fast", lambda: run_robustlab("fast", counting, x, y, row, seed, batch_size), counting),
-    }
-    for extra_seed in reference_seeds:
-        runs[f"reference-seed{extra_seed}"] = measure(
-            f"reference seed {extra_seed}", lambda: run_reference(counting, x, y, row, extra_seed, batch_size), counting)
+    if previous is not None:
+        runs = _reused(previous, suites, x)
+        reference_seeds = list(previous.get("reference_seeds", [seed]))[1:]
+    else:
+        runs = {"reference": measure("reference", lambda: run_reference(counting, x, y, row, seed, batch_size), counting)}
+    for suite in suites:
+        runs[suite] = measure(suite, lambda: run_robustlab(suite, counting, x, y, row, seed, batch_size), counting)
+    if previous is None:
+        for extra_seed in reference_seeds:
+            runs[f"reference-seed{extra_seed}"] = measure(f"reference seed {extra_seed}", lambda: run_reference(
+                counting, x, y, row, extra_seed, batch_size), counting)
+    runs = {name: runs[name] for name in ("reference", "standard", "fast", *sorted(runs)) if name in runs}
     ref = runs["reference"]["robust"]
     # Samples whose verdict changes with the reference's seed: what no protocol can be held to.
     variable = torch.zeros_like(ref)
@@ -246,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference-seeds", type=int, nargs="*", default=[],
                    help="also run the reference with these seeds (its seed-to-seed variation)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--suites", nargs="+", default=["standard", "fast"], choices=["standard", "fast"],
+                   help="the robustlab suites to run (default both)")
+    p.add_argument("--reuse-reference", type=Path,
+                   help="take the reference's runs (and those of the suites not run) of each row from this earlier "
+                        "result file, same rows, images and seed: to measure a changed suite against the same "
+                        "reference verdicts; the reused runs are marked in the JSON")
     p.add_argument("--out", type=Path, default=common.BENCH_DIR / "results" / "autoattack_reference.json")
     p.add_argument("--render", type=Path, nargs="+",
                    help="only print the Markdown table of these result files together (runs nothing)")
@@ -256,9 +284,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     logging.getLogger("auto-attack").setLevel(logging.ERROR)
     results = []
+    earlier = json.loads(args.reuse_reference.read_text())["results"] if args.reuse_reference else None
     for key in args.rows:
         row = ROWS[key]
-        results.append(run_row(row, args.images or row.images, args.seed, args.batch_size, args.reference_seeds))
+        images = args.images or row.images
+        previous = None
+        if earlier is not None:
+            found = [r for r in earlier if (r["model"], r["norm"], r["eps"], r["images"]) == (row.model, row.norm, row.eps, images)]
+            if not found:
+                raise SystemExit(f"{args.reuse_reference} has no result for {key} on {images} images")
+            previous = found[0]
+        results.append(run_row(row, images, args.seed, args.batch_size, args.reference_seeds, args.suites, previous))
         report = {"benchmark": "autoattack_reference",
                   "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
                   "settings": {"seed": args.seed, "batch_size": args.batch_size,
