@@ -214,7 +214,7 @@ class _AutoPGDBase(Attack):
                 logits = oracle.logits(x_new)
                 loss, grad = loss_fn(logits, s.y, s.loss_targets), s.grad
             success = is_adversarial(logits, s.y, s.criterion_targets)
-            best.update(s.idx, x_new, loss, success)
+            best.update(None if s.idx.numel() == n else s.idx, x_new, loss, success)  # no gather while all run
             s.increases = s.increases + (loss > s.loss)
             s.x_prev, s.x_cur, s.loss, s.grad = s.x_cur, x_new, loss, grad
             improved = loss > s.loss_max
