@@ -192,6 +192,18 @@ def test_defended_card_is_used_by_attack_and_eot_runs_on_a_random_defense(tmp_pa
     assert summary["attack"]["inner"]["steps"] == 2
 
 
+def test_eot_runs_on_a_bayesian_model_without_a_defense(tmp_path, capsys):
+    arguments = {"input_shape": [1, 8, 8], "num_classes": 10, "base": "mlp", "base_arguments": {"hidden": [16]},
+                 "ensemble": 2, "sample_seed": 0}
+    model = build_model("bayesian", **{**arguments, "input_shape": (1, 8, 8)}, seed=0)
+    save_model(model, tmp_path / "bnn", ModelCard(architecture="bayesian", arguments=arguments, dataset="digits"))
+    code, _, err = _run(capsys, "attack", "--model", str(tmp_path / "bnn"), "--attack", "pgd:steps=2", "--eot", "3",
+                        "--eps", "0.1", "--limit", "10", "--quiet", "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["attack"]["attack"] == "eot" and summary["attack"]["draws"] == 3
+
+
 def test_train_behind_thermometer_encoding_records_it_in_the_card(tmp_path, capsys):
     code, _, err = _run(capsys, "train", "--dataset", "digits", "--model", "mlp", "--model-arg", "hidden=[32]",
                         "--defense", "thermometer:levels=4", "--epochs", "2", "--batch-size", "64", "--lr", "0.05",

@@ -196,3 +196,58 @@ def test_lid_catches_fgsm_misses_pgd_and_falls_to_the_adaptive_attack(mnist_dete
     assert adaptive["robust_accuracy_with_rejection"] <= fgsm["robust_accuracy_with_rejection"] - 0.3
     assert adaptive["robust_accuracy_with_rejection"] < 0.2, adaptive
     assert info["evaded"].float().mean() > 0.8
+
+
+def test_adaptive_attack_binary_searches_the_detector_weight_per_sample(monkeypatch):
+    """A scripted stand-in for PGD: per run and sample, (misclassified, rejected). Rejected ->
+    the weight rises (x10 with no upper bound, else the midpoint); neither -> it falls to the
+    midpoint below; evaded -> done."""
+    import types
+
+    from robustlab.evaluation import rejection
+
+    class Detector(nn.Module):
+        threshold = 0.0
+
+        def __init__(self):
+            super().__init__()
+            self.last_score = None
+
+        def forward(self, x):
+            return x.new_zeros(x.shape[0], 2)
+
+        def reject(self, x):
+            return x[:, 0] > 0.5
+
+    script = [  # run -> {sample: (misclassified, rejected)}
+        {0: (True, True), 1: (False, False), 2: (True, True)},
+        {0: (True, False), 1: (True, True), 2: (True, True)},
+        {1: (True, False), 2: (False, False)},
+        {2: (False, True)},
+    ]
+    seen = []
+
+    class ScriptedPGD:
+        def __init__(self, *, steps, step_size, loss):
+            self.loss = loss
+
+        def __call__(self, model, x, y, *, threat, generator):
+            run = script[len(seen)]
+            ids = [int(i) for i in x[:, 1]]
+            detector.last_score = torch.full((len(ids),), 0.5)  # excess 1: the loss is -weight
+            seen.append(sorted(zip(ids, (-self.loss(torch.zeros(len(ids), 2), y, None)).tolist())))
+            outcome = torch.tensor([run[i] for i in ids])
+            x_adv = x.clone()
+            x_adv[:, 0] = outcome[:, 1].float()
+            return types.SimpleNamespace(x_adv=x_adv, success=outcome[:, 0], forwards=1, backwards=1)
+
+    detector = Detector()
+    monkeypatch.setattr(rejection, "PGD", ScriptedPGD)
+    x = torch.stack([torch.zeros(3), torch.arange(3.0)], dim=1)
+    _, info = adaptive_attack(detector, x, torch.zeros(3, dtype=torch.int64), threat=Linf(eps=0.1),
+                              steps=1, initial_weight=10.0, search_steps=4)
+    assert seen == [[(0, 10.0), (1, 10.0), (2, 10.0)], [(0, 100.0), (1, 5.0), (2, 100.0)],
+                    [(1, 7.5), (2, 1000.0)], [(2, 550.0)]]
+    assert info["evaded"].tolist() == [True, True, False]
+    assert info["weight"].tolist() == [100.0, 7.5, 775.0]
+    assert info["forwards"] == 4

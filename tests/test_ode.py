@@ -375,3 +375,49 @@ def test_random_gaussian_noise_augments_about_half_the_samples_reproducibly():
     assert bool(((out >= 0) & (out <= 1)).all())
     with pytest.raises(RobustlabError):
         random_gaussian_noise(x, sigmas=())
+
+
+# --- neural SDE (the random self-ensemble as an SDE) ----------------------------------------------------
+
+
+class _Decay(nn.Module):
+    def forward(self, t, z):
+        return -z + t
+
+
+@pytest.mark.parametrize("kind", ["additive", "multiplicative"])
+def test_sde_block_is_euler_maruyama_with_its_own_generator(kind):
+    from robustlab.models.ode import ODEBlock
+
+    z0 = torch.rand(3, 2, generator=torch.Generator().manual_seed(1)) + 0.5
+    block = ODEBlock(_Decay(), t_end=1.0, step_size=0.25, diffusion=0.3, diffusion_kind=kind,
+                     generator=torch.Generator().manual_seed(5))
+    state = torch.random.get_rng_state()
+    out = block(z0)
+    assert torch.equal(state, torch.random.get_rng_state())
+    noise = torch.Generator().manual_seed(5)
+    z = z0
+    for k in range(4):
+        eps = torch.randn(z.shape, generator=noise)
+        g = eps if kind == "additive" else z * eps
+        z = z + 0.25 * (-z + k * 0.25) + 0.3 * math.sqrt(0.25) * g
+    assert torch.allclose(out, z, atol=1e-6)
+    assert block.stochastic and not torch.equal(block(z0), out)  # fresh noise on every forward
+    assert not ODEBlock(_Decay()).stochastic
+
+
+def test_odenet_with_diffusion_is_random_and_rebuilt_from_its_seed():
+    from robustlab.evaluation import diagnose
+    from robustlab.threat import Linf
+
+    arguments = {"input_shape": (1, 8, 8), "num_classes": 10, "channels": 4, "diffusion": 0.5, "diffusion_seed": 3}
+    a, b = (build_model("odenet", **arguments, seed=0).eval() for _ in range(2))
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+    y = torch.zeros(4, dtype=torch.int64)
+    assert diagnose(a, x, y, threat=Linf(eps=0.1), checks=("stochastic",))["stochastic"].verdict == "warn"
+    with pytest.raises(RobustlabError, match="Euler-Maruyama"):
+        build_model("odenet", **{**arguments, "solver": "rk4"})
+    with pytest.raises(RobustlabError, match="diffusion_kind"):
+        build_model("odenet", **{**arguments, "diffusion_kind": "pink"})

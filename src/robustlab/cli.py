@@ -199,9 +199,10 @@ def _check_attack_wrappers(args: argparse.Namespace, model: torch.nn.Module) -> 
         if args.eot < 2:
             raise RobustlabError(f"--eot takes the number of draws per gradient, at least 2 (30 in Athalye et al.), "
                                  f"got {args.eot}")
-        if not any(d.stochastic for d in defenses):
-            raise RobustlabError("--eot needs a stochastic defense (resize-pad), in the model card or given with "
-                                 "--defense; this model is deterministic, so EOT would only multiply the cost")
+        if not any(getattr(m, "stochastic", False) is True for m in model.modules()):
+            raise RobustlabError("--eot needs a stochastic defense (resize-pad, sap, rse, defense-gan) in the model card "
+                                 "or given with --defense, or a random model (bayesian, odenet with diffusion); this "
+                                 "model is deterministic, so EOT would only multiply the cost")
 
 
 def _around(attacks: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -958,7 +959,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "thermometer); needs such a defense")
         p.add_argument("--eot", type=positive_int, metavar="N",
                        help="run every attack through EOT: average loss and gradient over N fresh draws of the "
-                            "stochastic defense per step (Athalye et al. use 30); needs resize-pad. With --bpda: "
+                            "stochastic defense or random model per step (Athalye et al. use 30); needs one (resize-pad, sap, rse, "
+                            "defense-gan, or the bayesian architecture). With --bpda: "
                             "EOT over BPDA. --diagnose examines the model as it is, without either")
 
     p = sub.add_parser("datasets", help="list, locate or fetch datasets")

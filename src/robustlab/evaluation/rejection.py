@@ -13,14 +13,14 @@ Attacks (Athalye, Carlini & Wagner, ICML 2018, on Ma et al.; Carlini & Wagner, A
   detector;
 - *adaptive*: :func:`detector_aware_loss` climbs the classifier's margin minus ``weight`` times
   the detector's logit above its threshold, through the same forward pass (the detector is
-  differentiable); :func:`adaptive_attack` runs PGD with it for several weights and keeps, per
-  sample, the first point that is misclassified and not rejected.
+  differentiable); :func:`adaptive_attack` runs PGD with it and binary-searches the weight per
+  sample, keeping the first point that is misclassified and not rejected.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -54,13 +54,17 @@ def _detector(model: nn.Module) -> Any:
     return found[0]
 
 
-def detector_aware_loss(detector: Detector, *, weight: float = 10.0, slack: float = 0.5
+def detector_aware_loss(detector: Detector, *, weight: float | Tensor = 10.0, slack: float = 0.5
                         ) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
     """``(logits, y, targets) -> [N]`` to maximise: ``margin(logits)`` (uncapped) ``- weight *
     max(0, score - threshold + slack)``, where ``score`` is the detector's logit from the forward
-    pass that produced ``logits`` (``detector.last_score``). Use it as ``PGD(loss=...)`` on the
+    pass that produced ``logits`` (``detector.last_score``). ``weight``: one number, or one per
+    sample (a tensor ``[N]`` for batches of ``N``). Use it as ``PGD(loss=...)`` on the
     detector-wrapped model."""
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (weight >= 0 and math.isfinite(weight)):
+    if isinstance(weight, Tensor):
+        if weight.dim() != 1 or not bool(torch.isfinite(weight).all()) or bool((weight < 0).any()):
+            raise RobustlabError("a per-sample weight must be a 1-D tensor of finite numbers >= 0")
+    elif isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (weight >= 0 and math.isfinite(weight)):
         raise RobustlabError(f"weight must be a finite number >= 0, got {weight!r}")
 
     def loss(logits: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
@@ -68,6 +72,8 @@ def detector_aware_loss(detector: Detector, *, weight: float = 10.0, slack: floa
         if score is None or score.shape[0] != logits.shape[0]:
             raise RobustlabError("the detector's score does not belong to these logits: attack the detector-wrapped "
                                  "model, not the bare classifier")
+        if isinstance(weight, Tensor) and weight.shape[0] != logits.shape[0]:
+            raise RobustlabError(f"{weight.shape[0]} per-sample weights for a batch of {logits.shape[0]}")
         excess = (score - detector.threshold + slack).clamp_min(0)
         return margin(logits, y, targets, kappa=float("inf")) - weight * excess
 
@@ -76,30 +82,55 @@ def detector_aware_loss(detector: Detector, *, weight: float = 10.0, slack: floa
 
 
 def adaptive_attack(model: nn.Module, x: Tensor, y: Tensor, *, threat: ThreatModel, steps: int = 100,
-                    weights: Sequence[float] = (1.0, 10.0, 100.0), generator: torch.Generator | None = None
+                    initial_weight: float = 10.0, search_steps: int = 4, generator: torch.Generator | None = None
                     ) -> tuple[Tensor, dict[str, Any]]:
-    """PGD with :func:`detector_aware_loss` at each of ``weights`` in turn, each run on the
-    samples not yet evaded (misclassified and not rejected); a sample never evaded gets the last
-    run's point. Returns ``(x_adv, info)`` with
-    ``info["evaded"]`` (bool ``[N]``) and the total ``forwards`` / ``backwards``.
-    Cost: at most ``len(weights) * steps`` forwards and backwards per sample."""
+    """PGD with :func:`detector_aware_loss`, its detector weight binary-searched per sample
+    (``defenses-2.md`` §1(d); the rule of Carlini & Wagner's constant search): every sample starts
+    at ``initial_weight``; after a run, a sample that is misclassified and not rejected is done
+    (it keeps that point); one the detector rejected gets a larger weight (its lower bound
+    becomes the weight; x10 while no upper bound is known, else the midpoint); one that is
+    neither rejected nor misclassified gets a smaller one (upper bound, then the midpoint with
+    the lower bound). At most ``search_steps`` runs, each on the samples not yet evaded; a sample
+    never evaded gets the last run's point. Returns ``(x_adv, info)`` with ``info["evaded"]``
+    (bool ``[N]``), ``info["weight"]`` (the last weight tried per sample) and the total
+    ``forwards`` / ``backwards``. Cost: at most ``search_steps * steps`` forwards and backwards
+    per sample."""
+    if isinstance(search_steps, bool) or not isinstance(search_steps, int) or search_steps < 1:
+        raise RobustlabError(f"search_steps must be a positive integer, got {search_steps!r}")
+    if isinstance(initial_weight, bool) or not isinstance(initial_weight, (int, float)) \
+            or not (0 < initial_weight < math.inf):
+        raise RobustlabError(f"initial_weight must be a positive finite number, got {initial_weight!r}")
     detector = _detector(model)
     x_adv = x.clone()
-    evaded = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    n = x.shape[0]
+    evaded = torch.zeros(n, dtype=torch.bool, device=x.device)
+    weight = torch.full((n,), float(initial_weight), dtype=x.dtype, device=x.device)
+    low = torch.zeros_like(weight)
+    high = torch.full_like(weight, math.inf)
     forwards = backwards = 0
-    for weight in weights:
+    for _ in range(search_steps):
         todo = (~evaded).nonzero().flatten()
         if todo.numel() == 0:
             break
-        attack = PGD(steps=steps, step_size=2.5 * threat.eps / steps, loss=detector_aware_loss(detector, weight=weight))
+        attack = PGD(steps=steps, step_size=2.5 * threat.eps / steps,
+                     loss=detector_aware_loss(detector, weight=weight[todo]))
         result = attack(model, x[todo], y[todo], threat=threat, generator=generator)
         forwards, backwards = forwards + result.forwards, backwards + result.backwards
         with torch.no_grad():
-            now = result.success & ~detector.reject(result.x_adv)
+            rejected = detector.reject(result.x_adv)
         # Samples evaded earlier are not in todo and keep their point; the others take this run's.
         x_adv[todo] = result.x_adv
-        evaded[todo] = now
-    return x_adv, {"evaded": evaded, "forwards": forwards, "backwards": backwards}
+        evaded[todo] = result.success & ~rejected
+        raise_weight, lower_weight = todo[rejected], todo[~rejected & ~result.success]
+        low[raise_weight] = weight[raise_weight]
+        high[lower_weight] = weight[lower_weight]
+        bounded = torch.isfinite(high)
+        new = torch.where(bounded, (low + high) / 2, weight * 10)
+        changed = torch.zeros_like(evaded)
+        changed[raise_weight] = True
+        changed[lower_weight] = True
+        weight = torch.where(changed, new, weight)
+    return x_adv, {"evaded": evaded, "weight": weight, "forwards": forwards, "backwards": backwards}
 
 
 def rejection_metrics(detector: Detector, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, float]:

@@ -132,7 +132,10 @@ def model_kl(model: nn.Module) -> Tensor:
 
 class BayesianNet(nn.Module):
     """``net`` (its Linear/Conv2d layers Bayesian) with an ``ensemble`` of weight draws in eval
-    mode (one draw per forward in train mode). ``generator`` is shared by all layers."""
+    mode (one draw per forward in train mode). ``generator`` is shared by all layers.
+    ``stochastic``: every forward draws afresh (EOT's and the command line's ``--eot`` test)."""
+
+    stochastic = True
 
     def __init__(self, net: nn.Module, *, ensemble: int, generator: torch.Generator | None):
         super().__init__()

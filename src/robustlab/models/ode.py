@@ -91,6 +91,7 @@ def _rk4_step(func: Dynamics, t: float, dt: float, z: Tensor) -> Tensor:
 
 
 _STEPS = {"euler": _euler_step, "rk4": _rk4_step}
+DIFFUSIONS = ("additive", "multiplicative")
 
 
 def odeint(func: Dynamics, z0: Tensor, t0: float, t1: float, *, solver: str = "euler", step_size: float = 0.1,
@@ -220,9 +221,19 @@ class ODEBlock(nn.Module):
 
     def __init__(self, dynamics: nn.Module, *, t_end: float = 1.0, step_size: float = 0.1, solver: str = "euler",
                  adjoint: bool = False, rtol: float = 1e-3, atol: float = 1e-3,
-                 steady_start: float | None = None, steady_end: float | None = None) -> None:
+                 steady_start: float | None = None, steady_end: float | None = None, diffusion: float = 0.0,
+                 diffusion_kind: str = "additive", generator: torch.Generator | None = None) -> None:
         super().__init__()
         _check_solver(solver, adjoint)
+        if isinstance(diffusion, bool) or not isinstance(diffusion, (int, float)) or not 0 <= diffusion < math.inf:
+            raise RobustlabError(f"ODE block: diffusion must be a finite number >= 0, got {diffusion!r}")
+        if diffusion_kind not in DIFFUSIONS:
+            raise RobustlabError(f"ODE block: diffusion_kind must be one of {DIFFUSIONS}, got {diffusion_kind!r}")
+        if diffusion > 0 and (solver != "euler" or adjoint or steady_start is not None):
+            raise RobustlabError("ODE block: a diffusion term (a neural SDE) is integrated by Euler-Maruyama: it needs "
+                                 "solver='euler', no adjoint and no steady-state window")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise RobustlabError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         for name, value in (("t_end", t_end), ("step_size", step_size), ("rtol", rtol), ("atol", atol)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise RobustlabError(f"ODE block: {name} must be a positive finite number, got {value!r}")
@@ -246,9 +257,26 @@ class ODEBlock(nn.Module):
         self.steady_start = None if steady_start is None else float(steady_start)
         self.steady_end = None if steady_end is None else float(steady_end)
         self._steady_sink: list[Tensor] | None = None
+        self.diffusion = float(diffusion)
+        self.diffusion_kind = diffusion_kind
+        self.generator = generator
+        #: a neural SDE draws fresh noise on every forward, in train and eval mode alike (EOT's test)
+        self.stochastic = self.diffusion > 0
 
     def integrate(self, z: Tensor, t0: float, t1: float) -> Tensor:
-        """``z(t1)`` from ``z(t0) = z`` with this block's solver."""
+        """``z(t1)`` from ``z(t0) = z`` with this block's solver (Euler-Maruyama when it has a
+        diffusion term: ``z <- z + dt f(t, z) + diffusion * G(z) * sqrt(dt) * eps``, ``G = 1``
+        (additive) or ``z`` (multiplicative), ``eps ~ N(0, I)`` from the block's generator;
+        ``xuanqing94/NeuralSDE:sdeint/euler.py``)."""
+        if self.diffusion > 0:
+            steps = _step_count(t0, t1, self.step_size) if t1 > t0 else 0
+            dt = (t1 - t0) / max(steps, 1)
+            for k in range(steps):
+                noise = torch.randn(z.shape, generator=self.generator, dtype=z.dtype).to(z.device)
+                scale = self.diffusion * math.sqrt(dt)
+                z = z + dt * self.dynamics(t0 + k * dt, z) + scale * (noise if self.diffusion_kind == "additive"
+                                                                      else z * noise)
+            return z
         return odeint(self.dynamics, z, t0, t1, solver=self.solver, step_size=self.step_size,
                       adjoint=self.adjoint, rtol=self.rtol, atol=self.atol)
 
@@ -284,6 +312,8 @@ class ODEBlock(nn.Module):
         text = f"t_end={self.t_end}, solver={self.solver!r}, step_size={self.step_size}, adjoint={self.adjoint}"
         if self.steady_start is not None:
             text += f", steady=[{self.steady_start}, {self.steady_end}]"
+        if self.diffusion > 0:
+            text += f", diffusion={self.diffusion:g} ({self.diffusion_kind})"
         return text
 
 
@@ -364,9 +394,11 @@ class ODENet(_FeatureNet):
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, *, channels: int = 64,
                  t_end: float = 1.0, step_size: float = 0.1, solver: str = "euler", adjoint: bool = False,
                  rtol: float = 1e-3, atol: float = 1e-3, denoise: str | None = None,
-                 denoise_after: Sequence[str] = ("stem",)) -> None:
+                 denoise_after: Sequence[str] = ("stem",), diffusion: float = 0.0, diffusion_kind: str = "additive",
+                 generator: torch.Generator | None = None) -> None:
         block = ODEBlock(TimeDependentDynamics(channels), t_end=t_end, step_size=step_size, solver=solver,
-                         adjoint=adjoint, rtol=rtol, atol=atol)
+                         adjoint=adjoint, rtol=rtol, atol=atol, diffusion=diffusion, diffusion_kind=diffusion_kind,
+                         generator=generator)
         super().__init__(input_shape, num_classes, channels, block, denoise, denoise_after)
 
 
@@ -576,11 +608,16 @@ ode_cnn.__doc__ = """The CNN baseline of Yan et al. (ICLR 2020, §5; ``mnist/net
 def odenet(*, input_shape: tuple[int, int, int], num_classes: int, channels: int = 64, t_end: float = 1.0,
            step_size: float = 0.1, solver: str = "euler", adjoint: bool = False, rtol: float = 1e-3,
            atol: float = 1e-3, denoise: str | None = None, denoise_after: Sequence[str] = ("stem",),
-           input_randomization: bool = False, randomization_seed: int | None = None) -> nn.Module:
+           input_randomization: bool = False, randomization_seed: int | None = None, diffusion: float = 0.0,
+           diffusion_kind: str = "additive", diffusion_seed: int | None = None) -> nn.Module:
     channels, stages = _common_checks("odenet", input_shape, channels, denoise, denoise_after,
                                       input_randomization, randomization_seed)
+    if diffusion_seed is not None and (isinstance(diffusion_seed, bool) or not isinstance(diffusion_seed, int)):
+        raise RobustlabError(f"odenet: diffusion_seed must be an int or None, got {diffusion_seed!r}")
+    generator = None if diffusion_seed is None else torch.Generator().manual_seed(diffusion_seed)
     net = ODENet(input_shape, num_classes, channels=channels, t_end=t_end, step_size=step_size, solver=solver,
-                 adjoint=adjoint, rtol=rtol, atol=atol, denoise=denoise, denoise_after=stages)
+                 adjoint=adjoint, rtol=rtol, atol=atol, denoise=denoise, denoise_after=stages, diffusion=diffusion,
+                 diffusion_kind=diffusion_kind, generator=generator)
     return _randomized(net, input_randomization, randomization_seed)
 
 
@@ -590,6 +627,14 @@ odenet.__doc__ = """ODENet of Yan et al. (ICLR 2020; ``mnist/networks.py:ODENet_
     or ``"dopri5"`` (torchdiffeq, with ``rtol``/``atol``, default 1e-3 as in ``options.py``);
     ``adjoint``: adjoint gradients through torchdiffeq (default: direct back-propagation).
     142,410 parameters on MNIST with 64 channels.
+
+    ``diffusion`` > 0 makes it a neural SDE (Liu, Xiao, Si, Cao, Kumar & Hsieh, "How Does Noise
+    Help Robustness? Explanation and Exploration under the Neural SDE Framework", CVPR 2020; the
+    random self-ensemble seen as an SDE): ``dz = f(t, z) dt + diffusion * G(z) dB_t`` integrated by
+    Euler-Maruyama with ``step_size`` (0.1 there), ``G = 1`` (``diffusion_kind="additive"``, RSE-like)
+    or ``G = z`` (``"multiplicative"``, dropout-like), noise from a CPU generator seeded with
+    ``diffusion_seed`` (None: torch's global RNG), in train and eval mode alike. Random: attack it
+    with EOT, and average predictions over draws for the ensemble.
 """ + _OPTIONS_DOC
 
 
