@@ -268,6 +268,81 @@ def foolbox_cases(case: dict[str, torch.Tensor]) -> dict[str, Any]:
     return out
 
 
+class Shifted(nn.Module):
+    """The golden model with every logit raised by 20 (predictions and logit differences unchanged).
+
+    torchattacks' C&W takes ``max((1 - onehot) * Z)`` as the largest other logit and ``max(onehot *
+    Z)`` as the own logit, which is right only when the logits are positive; here they are."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x) + 20.0
+
+
+CW_STEPS, CW_CONST, CW_LR = 100, 5.0, 0.01
+
+
+def cw_cases(case: dict[str, torch.Tensor]) -> dict[str, Any]:
+    import torchattacks
+
+    class AuthorsStart(torchattacks.CW):
+        """torchattacks' CW starting where the authors' l2_attack.py starts: arctanh of the image
+        scaled by 0.999999 (torchattacks omits the factor, which only keeps arctanh finite)."""
+
+        def inverse_tanh_space(self, x):
+            return torch.atanh((x * 2 - 1) * 0.999999)
+
+    x, y = case["x"], case["y"]
+    out: dict[str, Any] = {}
+    for name, kappa in (("cw_l2", 0.0), ("cw_l2_kappa", 1.0)):
+        model = Recorder(Shifted(tiny_mlp(case)))
+        x_adv = AuthorsStart(model, c=CW_CONST, kappa=kappa, steps=CW_STEPS, lr=CW_LR)(x, y)
+        # torchattacks stops all samples once the batch's loss rose since its last check (every
+        # steps / 10); robustlab then runs as many steps (max_iterations) without aborting.
+        iterates = model.inputs
+        with torch.no_grad():
+            logits = [model.model(it) for it in iterates]
+        assert all(bool((z > 0).all()) for z in logits)  # torchattacks' masked max is right here
+        margins = [(z.gather(1, y[:, None]).squeeze(1) - z.scatter(1, y[:, None], -math.inf).amax(1)) for z in logits]
+        with torch.no_grad():
+            success = tiny_mlp(case)(x_adv).argmax(1) != y
+        out[name] = {
+            "reference": f"torchattacks 3.5.1 CW(c={CW_CONST}, kappa={kappa}, steps={CW_STEPS}, lr={CW_LR}) started at "
+                         "arctanh(0.999999 (2x - 1)) as the authors' code; model logits + 20",
+            "config": {"const": CW_CONST, "kappa": kappa, "steps": len(iterates), "learning_rate": CW_LR},
+            "distance": [[float(f"{v:.13g}") for v in (it - x).flatten(1).norm(dim=1).tolist()] for it in iterates],
+            "margin": [[float(f"{v:.13g}") for v in m.tolist()] for m in margins],
+            "success": success.tolist(),
+            "best_distance": (x_adv - x).flatten(1).norm(dim=1).tolist(),
+        }
+    return out
+
+
+FMN_STEPS = 30
+
+
+def fmn_cases(case: dict[str, torch.Tensor]) -> dict[str, Any]:
+    import foolbox as fb
+
+    x, y = case["x"], case["y"]
+    model = Recorder(tiny_mlp(case)).eval()
+    raw, _, success = fb.attacks.LInfFMNAttack(steps=FMN_STEPS)(fb.PyTorchModel(model, bounds=(0.0, 1.0)), x,
+                                                                fb.criteria.Misclassification(y), epsilons=None)
+    iterates = [it for it in model.inputs if it.shape == x.shape][:FMN_STEPS]  # then Foolbox checks the result
+    assert torch.equal(iterates[0], x)
+    return {"fmn_linf": {
+        "reference": f"foolbox 3.3.4 LInfFMNAttack(steps={FMN_STEPS}) (max_stepsize 1, min_stepsize 0.01, gamma 0.05)",
+        "config": {"steps": FMN_STEPS, "step_size": 1.0, "final_step_size": 0.01, "gamma": 0.05, "final_gamma": 0.001},
+        "iterates": [it.flatten(1).tolist() for it in iterates],
+        "loss": iterate_losses(model.model, iterates, y, "ce"),
+        "success": success.tolist(),
+        "best_distance": (raw - x).flatten(1).abs().amax(1).tolist(),
+    }}
+
+
 class _Float64(nn.Module):
     """pyautoattack's FAB casts its inputs to float32; the model stays float64."""
 
@@ -327,6 +402,8 @@ def generate() -> dict[str, Any]:
     results.update(foolbox_cases(case))
     results.update(fab_cases(case))
     results["square_schedule"] = square_schedule()
+    results.update(cw_cases(case))
+    results.update(fmn_cases(case))
     return {"case": case, "results": results}
 
 

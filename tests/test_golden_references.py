@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from robustlab.attacks import APGD, APGDT, DDN, FAB, FABT, FGSM, PGD, DeepFool, Square
+from robustlab.attacks import APGD, APGDT, DDN, FAB, FABT, FGSM, FMN, PGD, CarliniWagnerL2, DeepFool, Square
 from robustlab.threat import L2, Linf
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -237,3 +237,113 @@ def test_fab_matches_the_reference(case, name):
     assert result.success.tolist() == ref["success"]
     torch.testing.assert_close(result.distance, torch.tensor(ref["distance"], dtype=torch.float64),
                                rtol=2e-4, atol=1e-6)
+
+
+class _Shifted(nn.Module):
+    """The golden model's logits + 20, as the C&W golden file was made (see the golden script)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x) + 20.0
+
+
+def _margins(model: nn.Module, iterates: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    """``Z_y - max_{j != y} Z_j`` at every iterate, from sorted logits."""
+    with torch.no_grad():
+        rows = []
+        for xi in iterates:
+            z = model(xi)
+            s = z.sort(dim=1, descending=True).values
+            own = z.gather(1, y[:, None]).squeeze(1)
+            rows.append(own - torch.where(z.argmax(1) == y, s[:, 1], s[:, 0]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("name", ["cw_l2", "cw_l2_kappa"])
+def test_cw_l2_matches_torchattacks(case, name):
+    # One c, no abort: torchattacks' CW is the authors' inner loop (Adam on the tanh variable,
+    # f6 with confidence kappa) without the binary search, which test_definitions pins by hand.
+    ref = _golden(name)
+    cfg = ref["config"]
+    x, y = case["x"], case["y"]
+    model = _Recorder(_Shifted(_model(case)))
+    result = CarliniWagnerL2(binary_search_steps=1, max_iterations=cfg["steps"], initial_const=cfg["const"],
+                             learning_rate=cfg["learning_rate"], confidence=cfg["kappa"], abort_early=False)(
+        model, x, y, threat=L2(eps=math.inf))
+    iterates = model.inputs[1:cfg["steps"] + 1]  # after the template's clean pass
+    _assert_trajectory(torch.stack([(it - x).flatten(1).norm(dim=1) for it in iterates]), ref["distance"])
+    margins = _margins(model.model, iterates, y)
+    _assert_trajectory(margins, ref["margin"])
+    # The confidence decides success: a margin below -kappa at some iterate (the reference counts
+    # any misclassification, so its best points are compared at kappa = 0 only).
+    reached = (margins < -cfg["kappa"]).any(dim=0)
+    assert reached.any() and torch.equal(result.success, reached)
+    if cfg["kappa"] == 0:
+        assert result.success.tolist() == ref["success"]
+        torch.testing.assert_close(result.extras["best_distance"], torch.tensor(ref["best_distance"], dtype=torch.float64),
+                                   rtol=1e-9, atol=1e-12)
+    else:
+        assert ((margins > -cfg["kappa"]) & (margins < 0)).any()  # the cap at -kappa was in play
+
+
+def _fmn_linf_replay(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, *,
+                     published: bool) -> list[torch.Tensor]:
+    """FMN L∞, untargeted (Pintor et al. 2021, Algorithm 1; Foolbox's FMNAttackLp), written from the
+    paper: the iterates ``x + delta_k``. ``published=False`` makes robustlab's one documented change
+    (``attacks/fmn.py``): before the first success ``eps`` grows to ``max(eps, ||delta|| + |m| /
+    ||grad m||_1) (1 + gamma)`` from 0, instead of being set to ``||delta|| + |m| / ||grad m||_1``
+    from infinity."""
+    n = x.shape[0]
+    worst = torch.maximum(x, 1 - x).flatten(1).amax(1)
+    delta = torch.zeros_like(x)
+    eps = torch.full((n,), math.inf if published else 0.0, dtype=x.dtype)
+    best = torch.full((n,), math.inf, dtype=x.dtype)
+    found = torch.zeros(n, dtype=torch.bool)
+    out = []
+    for k in range(steps):
+        anneal = (1 + math.cos(math.pi * k / steps)) / 2
+        alpha, gamma = 0.01 + (1.0 - 0.01) * anneal, 0.001 + (0.05 - 0.001) * anneal
+        xk = (x + delta).requires_grad_()
+        z = model(xk)
+        s = z.sort(dim=1, descending=True).values
+        m = z.gather(1, y[:, None]).squeeze(1) - torch.where(z.argmax(1) == y, s[:, 1], s[:, 0])
+        (g,) = torch.autograd.grad(m.sum(), xk)
+        out.append(xk.detach())
+        adv = z.argmax(1) != y
+        norm = delta.flatten(1).abs().amax(1)
+        best = torch.where(adv & (norm < best), norm, best)
+        to_boundary = norm + m.detach().abs() / g.flatten(1).abs().sum(1)
+        if published:
+            grow = torch.where(found, eps * (1 + gamma), to_boundary)
+        else:
+            grow = torch.where(found, eps, torch.maximum(eps, to_boundary)) * (1 + gamma)
+        found |= adv
+        eps = torch.where(adv, torch.minimum(eps * (1 - gamma), best), grow).minimum(worst)
+        delta = delta - alpha * g / g.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        e = eps.view(-1, 1, 1, 1)
+        delta = torch.maximum(torch.minimum(delta, e), -e)
+        delta = (x + delta).clamp(0, 1) - x
+    return out
+
+
+def test_fmn_follows_the_published_algorithm_but_for_its_documented_eps_rule(case):
+    ref = _golden("fmn_linf")
+    steps = ref["config"]["steps"]
+    x, y = case["x"], case["y"]
+    model = _model(case)
+    # The replay of Algorithm 1 is the reference's (Foolbox's LInfFMNAttack) iterate for iterate ...
+    published = _fmn_linf_replay(model, x, y, steps, published=True)
+    torch.testing.assert_close(torch.stack([it.flatten(1) for it in published]),
+                               torch.tensor(ref["iterates"], dtype=torch.float64), rtol=1e-9, atol=1e-12)
+    # ... and with robustlab's eps rule before the first success, it is robustlab's FMN.
+    recorder = _Recorder(model)
+    result = FMN(steps=steps)(recorder, x, y, threat=Linf(eps=math.inf))
+    replay = _fmn_linf_replay(model, x, y, steps, published=False)
+    torch.testing.assert_close(torch.stack(recorder.inputs[1:steps + 1]), torch.stack(replay), rtol=1e-9, atol=1e-12)
+    assert result.success.tolist() == ref["success"]
+    # Both find a minimal perturbation; the rules differ, the distances are of the same size.
+    ref_best = torch.tensor(ref["best_distance"], dtype=torch.float64)
+    assert (result.distance <= 1.5 * ref_best + 1e-3).all()

@@ -113,6 +113,15 @@ def test_threat_operations_accept_an_empty_batch(norm):
     assert threat.steepest_direction(x, x).shape == x.shape
 
 
+@pytest.mark.parametrize("norm", list(NORMS))
+def test_threat_operations_accept_inputs_without_features(norm):
+    threat = make(norm)
+    x = torch.empty(2, 0)
+    assert threat.project(x, x).shape == x.shape
+    assert threat.distance(x, x).tolist() == [0.0, 0.0]
+    assert threat.contains(x, x).tolist() == [True, True]
+
+
 # --- projection: exactness against an independent, certified oracle -----------------------------------
 
 
@@ -341,6 +350,47 @@ def test_l1_random_init_is_uniform_in_the_ball():
     assert (torch.bincount(quadrant, minlength=4) > 800).all()
 
 
+@pytest.mark.parametrize("norm", list(NORMS))
+@pytest.mark.parametrize("shape", [(1, 3, 5, 5), (6, 1)], ids=["one-sample", "one-feature"])
+def test_random_init_moves_a_single_sample_and_a_single_feature(norm, shape):
+    x = torch.full(shape, 0.5)
+    r = make(norm).random_init(x, gen(0))
+    assert ((r - x).flatten(1).abs() > 0).any(dim=1).all()
+
+
+@pytest.mark.parametrize("norm", list(NORMS))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_random_init_draws_in_the_dtype_and_on_the_device_of_x(norm, dtype):
+    # float16 noise drawn in float32 would come back as float32; noise drawn on the default
+    # device would not be on x's (the "meta" device shows it without an accelerator).
+    threat = make(norm)
+    assert threat.random_init(torch.full((3, 3, 4, 4), 0.5, dtype=dtype), gen(0)).dtype == dtype
+    assert threat.random_init(torch.empty(2, 3, 4, 4, device="meta")).device.type == "meta"
+
+
+@pytest.mark.parametrize("norm", list(NORMS))
+def test_unbounded_random_init_spreads_over_the_whole_box(norm):
+    # eps = inf: the start may be anywhere in the box (here [-1, 1], not [0, 1]); the radius is
+    # capped at the box's own diameter in the norm, not at less.
+    threat = NORMS[norm](eps=math.inf, bounds=(-1.0, 1.0))
+    x = torch.zeros(64, 3, 4, 4)
+    r = threat.random_init(x, gen(0))
+    assert threat.contains(x, r).all()
+    assert (r < -0.5).float().mean() > 0.1 and (r > 0.5).float().mean() > 0.1
+    if norm == "L0":  # every pixel redrawn uniformly in the box
+        assert abs(float(r.mean())) < 0.05
+        assert float(r.abs().mean()) == pytest.approx(0.5, abs=0.05)
+
+
+def test_l2_random_init_is_uniform_in_a_ball_of_all_features():
+    # The dimension is every feature (channels included): uniform in a 3-ball, P(r <= eps/2) = 1/8.
+    threat = L2(eps=0.3)
+    x = torch.full((3000, 3, 1, 1), 0.5)
+    radius = (threat.random_init(x, gen(0)) - x).flatten(1).norm(dim=1)
+    assert (radius <= 0.3 + 1e-6).all()
+    assert float((radius <= 0.15).float().mean()) == pytest.approx(1 / 8, abs=0.03)
+
+
 def test_l0_random_init_changes_eps_pixels():
     threat = L0(eps=4)
     x = torch.full((16, 3, 5, 5), 0.5)
@@ -408,6 +458,42 @@ def test_l1_direction_skips_coordinates_stuck_at_the_box_edge():
     torch.testing.assert_close(threat.steepest_direction(grad), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
 
 
+def test_l1_direction_at_the_box_edge_with_small_gradients():
+    # Top 2 of 4 coordinates. Row 0: coordinates on the edges whose gradient points back into the
+    # box are free. Row 1: a coordinate on the upper edge with a small ascent gradient is stuck.
+    # Row 2: fewer non-zero coordinates than the top 2; the direction keeps unit L1 norm.
+    threat = L1(eps=1.0, sparsity_quantile=0.5)
+    grad = torch.tensor([[0.3, -0.2, 0.05, -0.01], [0.3, -0.2, 0.05, 0.4], [0.0, -0.7, 0.0, 0.0]])
+    x_adv = torch.tensor([[0.0, 1.0, 0.5, 0.5], [0.5, 0.5, 0.5, 1.0], [0.5, 0.5, 0.5, 0.5]])
+    expected = torch.tensor([[0.5, -0.5, 0.0, 0.0], [0.5, -0.5, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0]])
+    torch.testing.assert_close(threat.steepest_direction(grad, x_adv), expected)
+    # One feature: its sign.
+    torch.testing.assert_close(threat.steepest_direction(torch.tensor([[0.3], [-0.2]])), torch.tensor([[1.0], [-1.0]]))
+
+
+def test_l1_sparsity_quantile_zero_uses_every_coordinate():
+    grad = torch.tensor([[0.3, -2.0, 0.5, 1.0]])
+    d = L1(eps=1.0, sparsity_quantile=0.0).steepest_direction(grad)
+    torch.testing.assert_close(d, torch.tensor([[0.25, -0.25, 0.25, 0.25]]))
+
+
+def test_l1_project_treats_each_sample_alone():
+    threat = L1(eps=1.0)
+    x = batch(30, shape=(5, 2, 3, 3))
+    v = far_points(x, seed=31, scale=torch.tensor([0.02, 0.5, 1.0, 3.0, 0.05]).view(-1, 1, 1, 1).double())
+    together = threat.project(x, v)
+    alone = torch.cat([threat.project(x[i:i + 1], v[i:i + 1]) for i in range(5)])
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-12)
+
+
+def test_l0_steepest_direction_on_flat_inputs_and_single_pixels():
+    threat = L0(eps=1)
+    grad = torch.tensor([[0.3, -2.0, 0.5], [0.1, 0.0, -0.2]])
+    torch.testing.assert_close(threat.steepest_direction(grad), torch.tensor([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0]]))
+    one = torch.tensor([[0.3], [-0.2]])
+    torch.testing.assert_close(threat.steepest_direction(one), torch.tensor([[1.0], [-1.0]]))
+
+
 def test_l0_steepest_direction_moves_the_strongest_pixel():
     grad = torch.zeros(1, 3, 2, 2)
     grad[0, :, 1, 0] = torch.tensor([0.5, -3.0, 0.1])
@@ -453,11 +539,30 @@ def test_distance_is_zero_at_x(norm):
 
 def test_contains_rejects_points_outside_the_ball_or_the_box():
     threat = L2(eps=0.5)
-    x = torch.full((3, 4), 0.5)
+    x = torch.full((4, 4), 0.25)
+    x[2, 0] = 0.0
     x_adv = x.clone()
-    x_adv[1, 0] += 0.51  # outside the ball
-    x_adv[2, 0] = -0.01  # inside the ball, outside the box
-    assert threat.contains(x, x_adv).tolist() == [True, False, False]
+    x_adv[0, 0] += 0.5  # on the sphere
+    x_adv[1, 0] += 0.51  # outside the ball, inside the box
+    x_adv[2, 0] = -0.01  # inside the ball, outside the box (below)
+    x_adv[3, 1] = 0.0
+    x_adv[3, 0] = 0.0  # both moves 0.25: distance 0.354, inside both
+    assert threat.contains(x, x_adv).tolist() == [True, False, False, True]
+    above = torch.full((1, 4), 0.9)
+    assert not threat.contains(above, above + torch.tensor([[0.11, 0.0, 0.0, 0.0]])).item()  # above the box
+    # The tolerance is relative to eps, not a factor of it.
+    assert not threat.contains(x[:1], x[:1] + torch.tensor([[0.6, 0.0, 0.0, 0.0]])).item()
+
+
+def test_contains_keeps_float64_precision_and_rounds_half_precision_outward():
+    # 0.6 - 0.5 = 0.09999999999999998 in float64: inside with no tolerance; in float32 it would
+    # be 0.10000002 > 0.1.
+    x = torch.full((1, 3), 0.5, dtype=torch.float64)
+    assert Linf(eps=0.1).contains(x, x + torch.tensor([[0.1, 0.0, 0.0]], dtype=torch.float64), tol=0).item()
+    # float16 0.6 is 0.60009765625: outside the 0.1-ball of 0.5, whatever the tolerance rounds to in float16.
+    xh = torch.full((1, 3), 0.5, dtype=torch.float16)
+    assert not Linf(eps=0.1).contains(xh, torch.tensor([[0.6, 0.5, 0.5]], dtype=torch.float16)).item()
+    assert Linf(eps=0.1).contains(xh, torch.tensor([[0.59, 0.5, 0.5]], dtype=torch.float16)).item()
 
 
 # --- validation and construction -------------------------------------------------------------
@@ -493,6 +598,7 @@ def test_infinite_eps_means_unbounded(norm):
 def test_threat_models_are_frozen_and_store_floats():
     threat = Linf(eps=1, bounds=(0, 255))
     assert threat.eps == 1.0 and isinstance(threat.eps, float) and threat.bounds == (0.0, 255.0)
+    assert all(isinstance(b, float) for b in threat.bounds)
     with pytest.raises(dataclasses.FrozenInstanceError):
         threat.eps = 0.5  # type: ignore[misc]
 
@@ -506,6 +612,8 @@ def test_with_eps_keeps_the_kind_and_the_options():
 
 @pytest.mark.parametrize("q", [-0.1, 1.5])
 def test_l1_sparsity_quantile_is_validated(q):
+    assert L1(eps=1.0, sparsity_quantile=0.0).sparsity_quantile == 0.0  # the ends are valid
+    assert L1(eps=1.0, sparsity_quantile=1.0).sparsity_quantile == 1.0
     with pytest.raises(RobustlabError, match="sparsity_quantile"):
         L1(eps=1.0, sparsity_quantile=q)
 
