@@ -27,6 +27,7 @@ from robustlab.documentation import docs_pointer
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.suites import SUITES as SUITE_NAMES
 from robustlab.formatting import percent
+from robustlab.validate import is_int, is_number
 
 log = logging.getLogger("robustlab")
 
@@ -411,10 +412,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     defenses = _train_defenses(args)
     device = _device(args.device)
     check_out_folder(args.out)
-    if isinstance(args.val_fraction, bool) or not isinstance(args.val_fraction, (int, float)) \
+    if not is_number(args.val_fraction, finite=False) \
             or not 0 <= args.val_fraction < 1:
         raise RobustlabError(f"val_fraction must lie in [0, 1), got {args.val_fraction!r}")
-    if args.limit is not None and (isinstance(args.limit, bool) or not isinstance(args.limit, int) or args.limit < 1):
+    if args.limit is not None and (not is_int(args.limit, 1)):
         raise RobustlabError(f"limit must be a positive integer, got {args.limit!r}")
     data = _load_data(args, args.dataset, "train", args.limit)
     train_set, val_set = train_val_split(data, args.val_fraction, seed=args.seed) if args.val_fraction > 0 else (data, None)

@@ -31,6 +31,7 @@ from robustlab.attacks.base import Attack, ModelOracle, is_adversarial
 from robustlab.attacks.cw_objectives import KAPPA_OBJECTIVES, OBJECTIVES, f6, get_objective, objective_floor
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
+from robustlab.validate import is_int, is_number
 
 __all__ = ["CarliniWagnerL2", "CWL2", "CarliniWagnerL0", "CWL0", "CarliniWagnerLinf", "CWLinf", "BOX_ENCODINGS"]
 
@@ -64,17 +65,17 @@ def _hinge(logits: Tensor, labels: Tensor, targets: Tensor | None, *, kappa: flo
 
 
 def _check_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value, 1):
         raise RobustlabError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+    if not is_number(value, finite=False) or not (0 < value < math.inf):
         raise RobustlabError(f"{name} must be a positive finite number, got {value!r}")
 
 
 def _check_confidence(value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < math.inf):
+    if not is_number(value, finite=False) or not (0 <= value < math.inf):
         raise RobustlabError(f"confidence (kappa) must be a finite number >= 0, got {value!r}")
 
 

@@ -29,6 +29,7 @@ from robustlab.errors import RobustlabError, SingleDrawEOTWarning
 from robustlab.losses import Loss, margin
 from robustlab.models.preprocessing import InputTransformDefense
 from robustlab.threat import ThreatModel
+from robustlab.validate import is_int, is_number
 
 __all__ = ["BPDA", "EOT", "MinimumNormEnsemble", "TransferAttack", "Reparameterization", "SingleDrawEOTWarning",
            "bpda_mode"]
@@ -184,7 +185,7 @@ class EOT(_Wrapper):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1:
+        if not is_int(self.draws, 1):
             raise RobustlabError(f"draws must be a positive integer, got {self.draws!r}")
         if self.draws == 1:
             warnings.warn(
@@ -359,11 +360,11 @@ class Reparameterization(Attack):
                 raise RobustlabError(f"{name} must be callable")
         if not isinstance(self.classifier, nn.Module):
             raise RobustlabError(f"classifier must be an nn.Module, got {type(self.classifier).__name__}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+        if not is_int(self.steps, 1):
             raise RobustlabError(f"steps must be a positive integer, got {self.steps!r}")
         for name in ("step_size", "penalty"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            if not is_number(value, finite=False) or not value > 0:
                 raise RobustlabError(f"{name} must be a positive number, got {value!r}")
 
     def config(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from robustlab._tensors import flat, per_sample
 from robustlab.attacks.base import Attack, ModelOracle, is_adversarial, project_rounding_inward
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
+from robustlab.validate import is_int
 
 __all__ = ["HSJA", "Boundary", "BoundaryAttack", "HopSkipJump", "HopSkipJumpAttack"]
 
@@ -76,7 +77,7 @@ class _DecisionBased(Attack):
     def _check_common(self) -> None:
         for label in ("max_queries", "init_draws"):
             value = getattr(self, label)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value, 1):
                 raise RobustlabError(f"{label} must be a positive integer, got {value!r}")
         if self.init_attack is not None and not isinstance(self.init_attack, Attack):
             raise RobustlabError(f"init_attack must be a robustlab Attack or None, got {type(self.init_attack).__name__}")
@@ -214,7 +215,7 @@ class BoundaryAttack(_DecisionBased):
                 raise RobustlabError(f"{label} must be a positive finite number, got {value!r}")
         if not (self.step_adaptation > 1 and math.isfinite(self.step_adaptation)):
             raise RobustlabError(f"step_adaptation must be a finite number > 1, got {self.step_adaptation!r}")
-        if isinstance(self.update_stats_every, bool) or not isinstance(self.update_stats_every, int) or self.update_stats_every < 1:
+        if not is_int(self.update_stats_every, 1):
             raise RobustlabError(f"update_stats_every must be a positive integer, got {self.update_stats_every!r}")
 
     def _run(self, oracle: ModelOracle, x: Tensor, y: Tensor, *, threat: ThreatModel, targets: Tensor | None,
@@ -363,7 +364,7 @@ class HopSkipJump(_DecisionBased):
         self._check_common()
         for label in ("steps", "initial_evaluations", "max_evaluations"):
             value = getattr(self, label)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value, 1):
                 raise RobustlabError(f"{label} must be a positive integer, got {value!r}")
         if not (self.gamma > 0 and math.isfinite(self.gamma)):
             raise RobustlabError(f"gamma must be a positive finite number, got {self.gamma!r}")

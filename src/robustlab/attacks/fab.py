@@ -26,6 +26,7 @@ from robustlab.attacks.base import Attack, ModelOracle, difference_of_logits, is
 from robustlab.attacks.fmn import MinimumNormBest
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
+from robustlab.validate import is_int
 
 __all__ = ["FastAdaptiveBoundary", "FAB", "FABTargeted", "FABT", "hyperplane_projection"]
 
@@ -231,7 +232,7 @@ class FastAdaptiveBoundary(Attack):
 
     def __post_init__(self) -> None:
         for label, value in (("steps", self.steps), ("restarts", self.restarts)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value, 1):
                 raise RobustlabError(f"{label} must be a positive integer, got {value!r}")
         if not 0 <= self.alpha_max <= 1:
             raise RobustlabError(f"alpha_max must lie in [0, 1] (the weight of the original point), got {self.alpha_max!r}")
@@ -353,7 +354,7 @@ class FABTargeted(FastAdaptiveBoundary):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.n_target_classes, bool) or not isinstance(self.n_target_classes, int) or self.n_target_classes < 1:
+        if not is_int(self.n_target_classes, 1):
             raise RobustlabError(f"n_target_classes must be a positive integer, got {self.n_target_classes!r}")
 
     def _run(self, oracle: ModelOracle, x: Tensor, y: Tensor, *, threat: ThreatModel, targets: Tensor | None,

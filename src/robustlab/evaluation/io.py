@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from robustlab.errors import RobustlabError
+from robustlab.validate import is_int
 
 __all__ = ["DOCUMENT_VERSION", "jsonable", "read_document", "save_json", "save_tensors"]
 
@@ -26,7 +27,7 @@ def read_document(path: str | Path, kind: str) -> dict[str, Any]:
     if found != kind:
         raise RobustlabError(f"{path} is not a {kind} evaluation (kind={found!r})")
     version = data.get("version", 1)
-    if isinstance(version, bool) or not isinstance(version, int) or version > DOCUMENT_VERSION:
+    if not is_int(version) or version > DOCUMENT_VERSION:
         raise RobustlabError(f"{path} is a version {version!r} document; this robustlab reads versions up to "
                              f"{DOCUMENT_VERSION}: upgrade robustlab")
     return data

@@ -34,6 +34,7 @@ from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.provenance import provenance
 from robustlab.evaluation.runner import Run, Step, run_blocks
 from robustlab.threat import ThreatModel, threat_model
+from robustlab.validate import is_number
 
 __all__ = ["BEST", "DistanceMismatchWarning", "MinimumNormEvaluation", "evaluate_minimum_norm", "distance_statistics"]
 
@@ -274,7 +275,7 @@ def _surviving(sorted_distances: list[float], eps: float) -> int:
 
 
 def _check_eps(eps: float) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or math.isnan(eps) or eps < 0:
+    if not is_number(eps, finite=False) or math.isnan(eps) or eps < 0:
         raise RobustlabError(f"eps must be a number >= 0, got {eps!r}")
 
 

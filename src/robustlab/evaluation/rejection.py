@@ -30,6 +30,7 @@ from robustlab.attacks import PGD
 from robustlab.errors import RobustlabError
 from robustlab.losses import margin
 from robustlab.threat import ThreatModel
+from robustlab.validate import is_number
 
 __all__ = ["adaptive_attack", "detector_aware_loss", "rejection_metrics"]
 
@@ -64,7 +65,7 @@ def detector_aware_loss(detector: Detector, *, weight: float | Tensor = 10.0, sl
     if isinstance(weight, Tensor):
         if weight.dim() != 1 or not bool(torch.isfinite(weight).all()) or bool((weight < 0).any()):
             raise RobustlabError("a per-sample weight must be a 1-D tensor of finite numbers >= 0")
-    elif isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (weight >= 0 and math.isfinite(weight)):
+    elif not is_number(weight, finite=False) or not (weight >= 0 and math.isfinite(weight)):
         raise RobustlabError(f"weight must be a finite number >= 0, got {weight!r}")
 
     def loss(logits: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:

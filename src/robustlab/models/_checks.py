@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from robustlab.errors import RobustlabError
+from robustlab.validate import is_int, is_number
 
 # A stage of a plain conv net, for shape arithmetic: ("conv", kernel, padding), optionally with a
 # stride as a fourth value ("conv", kernel, padding, stride), or ("pool", 2, 0).
@@ -13,7 +14,7 @@ Stage = tuple[str, int, int] | tuple[str, int, int, int]  # (kind, kernel, paddi
 
 
 def positive_int(value: Any, name: str, model: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value, 1):
         raise RobustlabError(f"{model}: {name} must be a positive int, got {value!r}")
     return value
 
@@ -28,7 +29,7 @@ def int_tuple(values: Any, name: str, model: str, *, length: int | None = None) 
 
 
 def probability(value: Any, name: str, model: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+    if not is_number(value, finite=False) or not 0.0 <= value < 1.0:
         raise RobustlabError(f"{model}: {name} must be a number in [0, 1), got {value!r}")
     return float(value)
 

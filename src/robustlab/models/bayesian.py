@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from robustlab.errors import RobustlabError
 from robustlab.models.registry import build_model, register_model
+from robustlab.validate import is_int, is_number
 
 __all__ = ["BayesConv2d", "BayesLinear", "BayesianNet", "model_kl"]
 
@@ -154,7 +155,7 @@ class BayesianNet(nn.Module):
 
 
 def _positive(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+    if not is_number(value, finite=False) or not (math.isfinite(value) and value > 0):
         raise RobustlabError(f"bayesian: {name} must be a finite number > 0, got {value!r}")
     return float(value)
 
@@ -174,9 +175,9 @@ def bayesian(*, input_shape: tuple[int, int, int], num_classes: int, base: str =
     if base_arguments is not None and not isinstance(base_arguments, dict):
         raise RobustlabError(f"bayesian: base_arguments must be a dict, got {base_arguments!r}")
     prior_sigma, init_sigma = _positive(prior_sigma, "prior_sigma"), _positive(init_sigma, "init_sigma")
-    if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
+    if not is_int(ensemble, 1):
         raise RobustlabError(f"bayesian: ensemble must be a positive integer, got {ensemble!r}")
-    if sample_seed is not None and (isinstance(sample_seed, bool) or not isinstance(sample_seed, int)):
+    if sample_seed is not None and (not is_int(sample_seed)):
         raise RobustlabError(f"bayesian: sample_seed must be an int or None, got {sample_seed!r}")
     net = build_model(base, input_shape=input_shape, num_classes=num_classes, **(base_arguments or {}))
     if _convert(net, prior_sigma, init_sigma) == 0:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from robustlab.errors import RobustlabError
+from robustlab.validate import is_int
 
 __all__ = ["DENOISE_NORMS", "DENOISE_VARIANTS", "DenoisingBlock", "group_norm"]
 
@@ -54,7 +55,7 @@ class DenoisingBlock(nn.Module):
     def __init__(self, channels: int, *, variant: str = "nonlocal-gaussian", norm: str = "group",
                  zero_init: bool = True) -> None:
         super().__init__()
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        if not is_int(channels, 1):
             raise RobustlabError(f"DenoisingBlock: channels must be a positive int, got {channels!r}")
         if variant not in DENOISE_VARIANTS:
             raise RobustlabError(f"unknown denoising variant {variant!r}; choose one of {list(DENOISE_VARIANTS)}")

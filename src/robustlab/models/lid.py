@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from robustlab.errors import RobustlabError
 from robustlab.models.preprocessing import DEFENSES, InputTransformDefense
 from robustlab.modes import ModuleMode
+from robustlab.validate import is_int, is_number
 
 __all__ = ["LIDDetector", "fit_lid_detector", "lid_estimates", "lid_features"]
 
@@ -138,7 +139,7 @@ class LIDDetector(InputTransformDefense):
             raise RobustlabError("lid: the detector needs its clean reference batch (and fitted coefficients); build it "
                                  "with robustlab.models.lid.fit_lid_detector")
         reference = _decode(reference)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or reference.shape[0] < k:
+        if not is_int(k, 1) or reference.shape[0] < k:
             raise RobustlabError(f"lid: k must be a positive integer no larger than the reference batch "
                                  f"({reference.shape[0]}), got {k!r}")
         columns = [_floats(v, n) for v, n in ((feature_min, "feature_min"), (feature_scale, "feature_scale"),
@@ -147,7 +148,7 @@ class LIDDetector(InputTransformDefense):
             raise RobustlabError(f"lid: feature_min, feature_scale and coef must have one value per layer, got "
                                  f"lengths {[len(c) for c in columns]}")
         for name, value in (("intercept", intercept), ("threshold", threshold)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not is_number(value, finite=False) or not math.isfinite(value):
                 raise RobustlabError(f"lid: {name} must be a finite number, got {value!r}")
         self.k = k
         self.intercept = float(intercept)

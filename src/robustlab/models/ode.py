@@ -40,6 +40,7 @@ from robustlab.models.denoise import DENOISE_VARIANTS, DenoisingBlock, group_nor
 from robustlab.models.preprocessing import RandomResizePad
 from robustlab.models.registry import register_model
 from robustlab.modes import ModuleMode
+from robustlab.validate import is_number
 
 __all__ = [
     "FIXED_STEP_SOLVERS",
@@ -235,7 +236,7 @@ class ODEBlock(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise RobustlabError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         for name, value in (("t_end", t_end), ("step_size", step_size), ("rtol", rtol), ("atol", atol)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            if not is_number(value, finite=False) or not 0 < value < math.inf:
                 raise RobustlabError(f"ODE block: {name} must be a positive finite number, got {value!r}")
         if (steady_start is None) != (steady_end is None):
             raise RobustlabError("ODE block: give both steady_start and steady_end, or neither")

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from robustlab.errors import RobustlabError
 from robustlab.models.preprocessing import DEFENSES, InputTransformDefense
+from robustlab.validate import is_int, is_number
 
 __all__ = ["MaskedConv2d", "PixelCNN", "PixelDefend", "build_pixelcnn", "load_pixelcnn", "purify", "quantize",
            "save_pixelcnn", "train_pixelcnn"]
@@ -88,7 +89,7 @@ def build_pixelcnn(*, levels: int = 256, channels: int = 32, layers: int = 4, se
     Not in the model registry, whose architectures are classifiers ``[N, C, H, W] -> [N, K]``.
     ``seed``: initialise from this seed on a forked global RNG (left as it was)."""
     for name, value in (("levels", levels), ("channels", channels), ("layers", layers)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "levels" else 1):
+        if not is_int(value, 2 if name == "levels" else 1):
             raise RobustlabError(f"pixelcnn: {name} must be a positive integer (levels >= 2), got {value!r}")
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
@@ -184,7 +185,7 @@ class PixelDefend(InputTransformDefense):
 
     def __init__(self, model: nn.Module, *, purifier: str | PixelCNN | None = None, eps: float = 16 / 255):
         super().__init__(model)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= 1:
+        if not is_number(eps, finite=False) or not 0 <= eps <= 1:
             raise RobustlabError(f"pixeldefend: eps must be a number in [0, 1], got {eps!r}")
         if isinstance(purifier, PixelCNN):
             self.path = None

@@ -37,6 +37,7 @@ from torch.nn import functional as F
 
 from robustlab.errors import RobustlabError
 from robustlab.registry import Registry
+from robustlab.validate import is_int
 
 __all__ = [
     "DEFENSES",
@@ -161,7 +162,7 @@ class BitDepthReduction(InputTransformDefense):
 
     def __init__(self, model: nn.Module, *, bits: int = 4, approximation: Callable[[Tensor], Tensor] | None = None):
         super().__init__(model, approximation=approximation)
-        if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
+        if not is_int(bits, 1):
             raise RobustlabError(f"bits must be an integer >= 1, got {bits!r}")
         self.bits = bits
 
@@ -191,7 +192,7 @@ class JPEGDefense(InputTransformDefense):
 
     def __init__(self, model: nn.Module, *, quality: int = 75, approximation: Callable[[Tensor], Tensor] | None = None):
         super().__init__(model, approximation=approximation)
-        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        if not is_int(quality) or not 1 <= quality <= 100:
             raise RobustlabError(f"quality must be an integer in [1, 100], got {quality!r}")
         self.quality = quality
 
@@ -259,7 +260,7 @@ class ThermometerEncoding(InputTransformDefense):
 
     def __init__(self, model: nn.Module, *, levels: int = 16, approximation: Callable[[Tensor], Tensor] | None = None):
         super().__init__(model, approximation=approximation)
-        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+        if not is_int(levels, 2):
             raise RobustlabError(f"levels must be an integer >= 2, got {levels!r}")
         self.levels = levels
 
@@ -330,7 +331,7 @@ class RandomResizePad(InputTransformDefense):
                  generator: torch.Generator | None = None):
         super().__init__(model)
         for name, value in (("min_size", min_size), ("out_size", out_size)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is not None and (not is_int(value, 1)):
                 raise RobustlabError(f"{name} must be a positive integer or None, got {value!r}")
         if min_size is not None and out_size is not None and out_size <= min_size:
             raise RobustlabError(

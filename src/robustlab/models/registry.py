@@ -17,6 +17,7 @@ from torch import nn
 from robustlab.errors import RobustlabError
 from robustlab.models.normalize import Normalize
 from robustlab.registry import Registry
+from robustlab.validate import is_int
 
 Builder = Callable[..., nn.Module]
 
@@ -114,7 +115,7 @@ def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 def check_num_classes(num_classes: int) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+    if not is_int(num_classes, 2):
         raise RobustlabError(f"num_classes must be an int >= 2, got {num_classes!r}")
     return num_classes
 

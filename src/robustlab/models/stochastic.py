@@ -36,6 +36,7 @@ from torch.nn import functional as F
 
 from robustlab.errors import RobustlabError
 from robustlab.models.preprocessing import DEFENSES, InputTransformDefense
+from robustlab.validate import is_int
 
 __all__ = ["RandomSelfEnsemble", "StochasticActivationPruning", "sap_keep_probability", "stochastic_activation_pruning"]
 
@@ -207,7 +208,7 @@ class RandomSelfEnsemble(_HookedDefense):
         super().__init__(model)
         self.init_noise = _check_number("rse", "init_noise", init_noise, low=0.0, inclusive=True)
         self.inner_noise = _check_number("rse", "inner_noise", inner_noise, low=0.0, inclusive=True)
-        if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
+        if not is_int(ensemble, 1):
             raise RobustlabError(f"rse: ensemble must be a positive integer, got {ensemble!r}")
         _check_generator(generator)
         self.ensemble = ensemble

@@ -42,6 +42,7 @@ from typing import Any, Self
 import robustlab
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.io import jsonable
+from robustlab.validate import is_int
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "ResultsStore", "RunInfo", "card_hash", "default_results_path"]
 
@@ -262,7 +263,7 @@ class ResultsStore:
     def delete(self, run_id: int) -> None:
         """Remove run ``run_id`` and its samples in one transaction (its model card too, when no
         other run refers to it). Raises if there is no such run."""
-        if isinstance(run_id, bool) or not isinstance(run_id, int):
+        if not is_int(run_id):
             raise RobustlabError(f"a run id is an integer, got {run_id!r}")
         with self._transaction(write=True) as conn:
             row = conn.execute("SELECT model_hash FROM runs WHERE id = ?", (run_id,)).fetchone()

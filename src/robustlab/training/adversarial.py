@@ -32,6 +32,7 @@ from robustlab.training.methods import (
     inner_mode,
     method_generator,
 )
+from robustlab.validate import is_int, is_number
 
 __all__ = [
     "ADVERSARIAL_METHODS",
@@ -44,12 +45,12 @@ __all__ = [
 
 
 def check_positive_int(owner: str, name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value, 1):
         raise RobustlabError(f"{owner}.{name} must be an integer >= 1, got {value!r}")
 
 
 def check_positive_float(owner: str, name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+    if not is_number(value, finite=False) or not (math.isfinite(value) and value > 0):
         raise RobustlabError(f"{owner}.{name} must be a finite number > 0, got {value!r}")
 
 
@@ -132,7 +133,7 @@ class FGSMOptions:
 
     def __post_init__(self) -> None:
         w = self.clean_weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+        if not is_number(w, finite=False) or not 0 <= w <= 1:
             raise RobustlabError(f"FGSMOptions.clean_weight must lie in [0, 1], got {w!r}")
 
 

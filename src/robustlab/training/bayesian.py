@@ -22,6 +22,7 @@ from robustlab.errors import RobustlabError
 from robustlab.models.bayesian import model_kl
 from robustlab.training.adversarial import PGDOptions, PGDTraining
 from robustlab.training.methods import METHODS, Batch, LossOutput
+from robustlab.validate import is_number
 
 __all__ = ["AdvBNNOptions", "AdvBNNTraining"]
 
@@ -35,7 +36,7 @@ class AdvBNNOptions(PGDOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         w = self.kl_weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
+        if not is_number(w, finite=False) or not (math.isfinite(w) and w >= 0):
             raise RobustlabError(f"AdvBNNOptions.kl_weight must be a finite number >= 0, got {w!r}")
 
 

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from robustlab.errors import RobustlabError
 from robustlab.training.adversarial import RandomStartMethod, ascend, check_positive_float
 from robustlab.training.methods import METHODS, Batch, LossOutput, inner_mode
+from robustlab.validate import is_number
 
 __all__ = ["ATTACKS", "LABELS", "BilateralOptions", "BilateralTraining", "adversarial_labels", "uniform_labels"]
 
@@ -106,7 +107,7 @@ class BilateralOptions:
         check_positive_float("BilateralOptions", "gamma", self.gamma)
         check_positive_float("BilateralOptions", "step_size_factor", self.step_size_factor)
         s = self.label_smoothing
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < 1:
+        if not is_number(s, finite=False) or not 0 < s < 1:
             raise RobustlabError(f"BilateralOptions.label_smoothing (eps_y) must lie in (0, 1), got {s!r}")
 
 

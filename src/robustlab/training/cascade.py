@@ -40,6 +40,7 @@ from robustlab.errors import RobustlabError
 from robustlab.threat import Linf
 from robustlab.training.adversarial import ascend
 from robustlab.training.methods import METHODS, Batch, LossOutput, TrainingMethod, inner_mode, method_generator
+from robustlab.validate import is_number
 
 __all__ = ["CascadeOptions", "CascadeTraining", "iter_fgsm_steps", "sample_intensity", "step_ll"]
 
@@ -80,7 +81,7 @@ class CascadeOptions:
     def __post_init__(self) -> None:
         for name in ("eps_max", "adv_weight", "pivot_weight"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            if not is_number(value, finite=False) or not (math.isfinite(value) and value >= 0):
                 raise RobustlabError(f"CascadeOptions.{name} must be a finite number >= 0, got {value!r}")
         if not 0 < self.eps_max <= 1:
             raise RobustlabError(f"CascadeOptions.eps_max must be in (0, 1] (inputs in [0, 1]), got {self.eps_max!r}")

@@ -67,6 +67,7 @@ from robustlab.training.methods import (
     TrainingMethod,
     build_options,
 )
+from robustlab.validate import is_int, is_number
 
 __all__ = [
     "CERTIFIED_METHODS",
@@ -123,7 +124,7 @@ class CertifiedTrainingOptions:
             raise RobustlabError(f"CertifiedTrainingOptions.bounds must have lo < hi, got {self.bounds!r}")
         for name in ("warmup_steps", "ramp_steps"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if not is_int(value, 0):
                 raise RobustlabError(f"CertifiedTrainingOptions.{name} must be an integer >= 0, got {value!r}")
         weights = {}
         for name in ("kappa_start", "kappa_end", "beta_start", "beta_end"):
@@ -148,7 +149,7 @@ class CertifiedTrainingOptions:
 
 
 def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_number(value, finite=False) or not math.isfinite(value):
         raise RobustlabError(f"CertifiedTrainingOptions.{name} must be a finite number, got {value!r}")
     return float(value)
 

@@ -9,20 +9,21 @@ from dataclasses import asdict, dataclass, field, fields
 from robustlab.errors import RobustlabError
 from robustlab.threat import NORMS, ThreatModel, threat_model
 from robustlab.training.methods import BN_MODES, METHODS
+from robustlab.validate import is_int, is_number
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
 
 def _require_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise RobustlabError(f"TrainConfig.{name} must be an integer, got {value!r}")
     if value < minimum:
         raise RobustlabError(f"TrainConfig.{name} must be >= {minimum}, got {value}")
 
 
 def _require_float(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_number(value, finite=False) or not math.isfinite(value):
         raise RobustlabError(f"TrainConfig.{name} must be a finite number, got {value!r}")
     return float(value)
 
@@ -155,7 +156,7 @@ class TrainConfig:
                 f"'bounds', e.g. {{'norm': 'Linf', 'eps': 0.3}}; got {threat!r}"
             )
         eps = threat["eps"]
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
+        if not is_number(eps, finite=False) or not (math.isfinite(eps) and eps > 0):
             raise RobustlabError(f"TrainConfig.threat eps must be a finite number > 0 for training, got {eps!r}")
         if threat["norm"] not in NORMS:
             raise RobustlabError(f"TrainConfig.threat norm must be one of {sorted(NORMS)}, got {threat['norm']!r}")

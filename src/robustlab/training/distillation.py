@@ -49,6 +49,7 @@ from robustlab.errors import RobustlabError
 from robustlab.training.config import TrainConfig
 from robustlab.training.loop import TrainResult, train
 from robustlab.training.methods import METHODS, Batch, LossOutput, TrainingMethod
+from robustlab.validate import is_number
 
 __all__ = [
     "DEFAULT_TEMPERATURE",
@@ -66,7 +67,7 @@ DEFAULT_TEMPERATURE = 100.0
 
 
 def _check_temperature(temperature: object) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+    if not is_number(temperature, finite=False):
         raise RobustlabError(f"temperature must be a number, got {temperature!r}")
     if not (math.isfinite(temperature) and temperature > 0):
         raise RobustlabError(f"temperature must be finite and > 0, got {temperature!r}")

@@ -60,6 +60,7 @@ from robustlab.training.adversarial import (
     check_positive_int,
 )
 from robustlab.training.methods import METHODS, Batch, LossOutput, inner_mode
+from robustlab.validate import is_number
 
 __all__ = ["MMA_PRESETS", "MMAOptions", "MMATraining", "OMMAOptions", "OMMATraining", "an_pgd", "slm_margin"]
 
@@ -224,7 +225,7 @@ class MMAOptions:
         check_positive_int("MMAOptions", "bisection_steps", self.bisection_steps)
         check_positive_float("MMAOptions", "step_size_factor", self.step_size_factor)
         c = self.clean_loss_coeff
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c <= 1:
+        if not is_number(c, finite=False) or not 0 <= c <= 1:
             raise RobustlabError(f"MMAOptions.clean_loss_coeff must lie in [0, 1], got {c!r}")
 
     def resolve(self, norm: str) -> tuple[float, float, int]:

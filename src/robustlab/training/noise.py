@@ -34,6 +34,7 @@ from robustlab.models.ode import (
     steady_state_blocks,
 )
 from robustlab.training.methods import METHODS, Batch, LossOutput, TrainingMethod, method_generator
+from robustlab.validate import is_int, is_number
 
 __all__ = ["GaussianNoiseOptions", "GaussianNoiseTraining", "SteadyStateOptions", "SteadyStateTraining"]
 
@@ -47,11 +48,11 @@ def _check_noise(owner: str, sigmas: tuple, probability: float) -> tuple[float, 
     if isinstance(sigmas, (str, bytes)) or not hasattr(sigmas, "__iter__"):
         raise RobustlabError(f"{owner}.sigmas must be a list of noise levels on the 0-255 scale, got {sigmas!r}")
     values = tuple(sigmas)
-    if not values or any(isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < math.inf
+    if not values or any(not is_number(s, finite=False) or not 0 < s < math.inf
                          for s in values):
         raise RobustlabError(f"{owner}.sigmas must be a non-empty list of finite numbers > 0 (0-255 scale), "
                              f"got {sigmas!r}")
-    if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not 0 <= probability <= 1:
+    if not is_number(probability, finite=False) or not 0 <= probability <= 1:
         raise RobustlabError(f"{owner}.probability must be a number in [0, 1], got {probability!r}")
     return tuple(float(s) for s in values)
 
@@ -80,10 +81,10 @@ class SteadyStateOptions(GaussianNoiseOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         w = self.steady_weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
+        if not is_number(w, finite=False) or not 0 <= w < math.inf:
             raise RobustlabError(f"SteadyStateOptions.steady_weight must be a finite number >= 0, got {w!r}")
         start = self.steady_from_epoch
-        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        if not is_int(start, 0):
             raise RobustlabError(f"SteadyStateOptions.steady_from_epoch must be an integer >= 0 (0-based epoch), "
                                  f"got {start!r}")
 

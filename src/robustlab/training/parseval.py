@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
 from robustlab.training.methods import METHODS, Batch, LossOutput, TrainingMethod
+from robustlab.validate import is_number
 
 __all__ = ["OrthogonalRegularization", "OrthogonalOptions", "ParsevalOptions", "ParsevalTraining",
            "orthogonality_penalty", "parseval_retraction", "spectral_norms"]
@@ -65,7 +66,7 @@ def spectral_norms(model: nn.Module) -> dict[str, float]:
 
 
 def _check_number(owner: str, name: str, value: object, *, upper: float = math.inf) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < upper):
+    if not is_number(value, finite=False) or not (0 <= value < upper):
         raise RobustlabError(f"{owner}.{name} must be a number in [0, {upper}), got {value!r}")
 
 

@@ -46,6 +46,7 @@ from robustlab.training.methods import (
     inner_mode,
     method_generator,
 )
+from robustlab.validate import is_number
 
 __all__ = [
     "REGULARIZER_METHODS",
@@ -62,7 +63,7 @@ __all__ = [
 
 
 def _check_weight(owner: str, weight: object) -> None:
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0):
+    if not is_number(weight, finite=False) or not (math.isfinite(weight) and weight >= 0):
         raise RobustlabError(f"{owner}.weight must be a finite number >= 0, got {weight!r}")
 
 

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from robustlab.errors import RobustlabError
 from robustlab.training.adversarial import RandomStartMethod, ascend
 from robustlab.training.methods import METHODS, Batch, LossOutput, inner_mode
+from robustlab.validate import is_int, is_number
 
 __all__ = ["TRADES_PRESETS", "TradesOptions", "TradesTraining"]
 
@@ -53,14 +54,14 @@ class TradesOptions:
 
     def __post_init__(self) -> None:
         beta = self.beta
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < float("inf"):
+        if not is_number(beta, finite=False) or not 0 <= beta < float("inf"):
             raise RobustlabError(f"TradesOptions.beta must be a finite number >= 0, got {beta!r}")
         if self.preset is not None and self.preset not in TRADES_PRESETS:
             raise RobustlabError(f"TradesOptions.preset must be one of {sorted(TRADES_PRESETS)} or None, got {self.preset!r}")
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
+        if self.steps is not None and (not is_int(self.steps, 1)):
             raise RobustlabError(f"TradesOptions.steps must be an integer >= 1, got {self.steps!r}")
         if self.step_size is not None and (
-            isinstance(self.step_size, bool) or not isinstance(self.step_size, (int, float)) or not 0 < self.step_size < float("inf")
+            not is_number(self.step_size, finite=False) or not 0 < self.step_size < float("inf")
         ):
             raise RobustlabError(f"TradesOptions.step_size must be a finite number > 0, got {self.step_size!r}")
 
