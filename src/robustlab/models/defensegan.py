@@ -46,6 +46,7 @@ from torch.nn import functional as F
 
 from robustlab.errors import RobustlabError
 from robustlab.models.preprocessing import DEFENSES, InputTransformDefense
+from robustlab.validate import is_int, is_number
 
 __all__ = ["DefenseGAN", "GANGenerator", "build_generator", "load_generator", "project", "save_generator",
            "train_wgan_gp"]
@@ -100,7 +101,7 @@ class _Critic(nn.Module):
 
 
 def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value, 1):
         raise RobustlabError(f"{name} must be a positive integer, got {value!r}")
     return value
 
@@ -293,9 +294,9 @@ class DefenseGAN(InputTransformDefense):
                                  "GANGenerator)")
         self.steps = _positive_int("defense-gan: steps", steps)
         self.restarts = _positive_int("defense-gan: restarts", restarts)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        if not is_number(lr, finite=False) or not 0 < lr < math.inf:
             raise RobustlabError(f"defense-gan: lr must be a positive finite number, got {lr!r}")
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+        if not is_number(momentum, finite=False) or not 0 <= momentum < 1:
             raise RobustlabError(f"defense-gan: momentum must be a number in [0, 1), got {momentum!r}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise RobustlabError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
