@@ -462,3 +462,38 @@ def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
     except BaseException:
         temporary_path.unlink(missing_ok=True)
         raise
+
+
+def save_network(net: nn.Module, path: str | os.PathLike[str], kind: str, settings: dict[str, str]) -> Path:
+    """Write a helper network that is not a registry classifier (a purifier, a generator):
+    its weights to ``path`` (``.safetensors``, atomically), ``kind`` and its ``settings``
+    (strings) in the metadata. Loading it (:func:`load_network`) never unpickles."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    write_atomic(path, lambda temporary: save_file(state, str(temporary), metadata={"robustlab": kind, **settings}))
+    return path
+
+
+def load_network(path: str | os.PathLike[str], kind: str, build: Callable[[dict[str, str]], nn.Module], *,
+                 what: str) -> nn.Module:
+    """The network :func:`save_network` wrote to ``path`` as ``kind``, rebuilt by
+    ``build(settings)`` and in eval mode; anything else is a clear error naming ``what`` it
+    should have been."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118  safe_open is not a dict
+    except (SafetensorError, OSError) as error:
+        raise RobustlabError(f"cannot read the {what} {path}: {error}") from None
+    if metadata.get("robustlab") != kind:
+        raise RobustlabError(f"{path} is not a {what} written by robustlab")
+    net = build(metadata)
+    try:
+        net.load_state_dict(tensors, strict=True)
+    except RuntimeError as error:
+        raise RobustlabError(f"{path}: weights do not fit its {what} settings: {error}") from None
+    return net.eval()
+

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from robustlab.errors import RobustlabError
+from robustlab.models.checkpoint import load_network, save_network
 from robustlab.models.preprocessing import DEFENSES, InputTransformDefense
 from robustlab.validate import is_int, is_number
 
@@ -133,38 +134,20 @@ def build_generator(image_shape: Sequence[int] = (1, 28, 28), *, latent: int = 6
 def save_generator(net: GANGenerator, path: str | os.PathLike[str]) -> Path:
     """Write the weights and settings to ``path`` (a ``.safetensors`` file, settings in its
     metadata), atomically. Loading it never unpickles."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"robustlab": "gan-generator", "image_shape": ",".join(map(str, net.image_shape)),
-                "latent": str(net.latent), "layout": net.layout, "width": str(net.width)}
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(temporary), metadata=metadata)
-    os.replace(temporary, path)
-    return path
+    return save_network(net, path, "gan-generator", {"image_shape": ",".join(map(str, net.image_shape)),
+                                                     "latent": str(net.latent), "layout": net.layout,
+                                                     "width": str(net.width)})
 
 
 def load_generator(path: str | os.PathLike[str]) -> GANGenerator:
     """The generator :func:`save_generator` wrote to ``path``, in eval mode."""
-    from safetensors import SafetensorError, safe_open
+    def build(settings: dict[str, str]) -> GANGenerator:
+        return build_generator(tuple(int(v) for v in settings["image_shape"].split(",")),
+                               latent=int(settings["latent"]), layout=settings["layout"], width=int(settings["width"]))
 
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118  safe_open is not a dict
-    except (SafetensorError, OSError) as error:
-        raise RobustlabError(f"cannot read the generator {path}: {error}") from None
-    if metadata.get("robustlab") != "gan-generator":
-        raise RobustlabError(f"{path} is not a GAN generator written by save_generator")
-    net = build_generator(tuple(int(v) for v in metadata["image_shape"].split(",")), latent=int(metadata["latent"]),
-                          layout=metadata["layout"], width=int(metadata["width"]))
-    try:
-        net.load_state_dict(tensors, strict=True)
-    except RuntimeError as error:
-        raise RobustlabError(f"{path}: weights do not fit its generator settings: {error}") from None
-    return net.eval()
+    net = load_network(path, "gan-generator", build, what="GAN generator")
+    assert isinstance(net, GANGenerator)
+    return net
 
 
 def train_wgan_gp(generator: GANGenerator, x: Tensor, *, iterations: int = 1000, critic_steps: int = 5,

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from robustlab.errors import RobustlabError
+from robustlab.models.checkpoint import load_network, save_network
 from robustlab.models.preprocessing import DEFENSES, InputTransformDefense
 from robustlab.validate import is_int, is_number
 
@@ -101,36 +102,17 @@ def build_pixelcnn(*, levels: int = 256, channels: int = 32, layers: int = 4, se
 def save_pixelcnn(net: PixelCNN, path: str | os.PathLike[str]) -> Path:
     """Write the weights and settings to ``path`` (a ``.safetensors`` file, settings in its
     metadata), atomically. Loading it never unpickles."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    settings = {"levels": net.levels, "channels": net.channels, "layers": net.layers}
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(temporary), metadata={"robustlab": "pixelcnn", **{k: str(v) for k, v in settings.items()}})
-    os.replace(temporary, path)
-    return path
+    return save_network(net, path, "pixelcnn", {"levels": str(net.levels), "channels": str(net.channels),
+                                                "layers": str(net.layers)})
 
 
 def load_pixelcnn(path: str | os.PathLike[str]) -> PixelCNN:
     """The PixelCNN :func:`save_pixelcnn` wrote to ``path``, in eval mode."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118  safe_open is not a dict
-    except (SafetensorError, OSError) as error:
-        raise RobustlabError(f"cannot read the pixelcnn {path}: {error}") from None
-    if metadata.get("robustlab") != "pixelcnn":
-        raise RobustlabError(f"{path} is not a pixelcnn written by save_pixelcnn")
-    net = build_pixelcnn(**{k: int(metadata[k]) for k in ("levels", "channels", "layers")})
-    try:
-        net.load_state_dict(tensors, strict=True)
-    except RuntimeError as error:
-        raise RobustlabError(f"{path}: weights do not fit its pixelcnn settings: {error}") from None
-    return net.eval()
+    net = load_network(path, "pixelcnn",
+                       lambda settings: build_pixelcnn(**{k: int(settings[k]) for k in ("levels", "channels", "layers")}),
+                       what="pixelcnn")
+    assert isinstance(net, PixelCNN)
+    return net
 
 
 def train_pixelcnn(net: PixelCNN, x: Tensor, *, epochs: int = 2, batch_size: int = 64, lr: float = 1e-3,
