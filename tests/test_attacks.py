@@ -851,13 +851,17 @@ def test_named_target_modes(mode, tiny_model, batch):
 
 def test_fgsm_needs_a_bounded_threat(tiny_model, batch):
     x, y = batch
-    with pytest.raises(RobustlabError, match="bounded"):
+    with pytest.raises(RobustlabError, match=r"^FGSM steps by eps; it needs a bounded threat model$"):
         FGSM()(tiny_model, x, y, threat=Linf(eps=math.inf))
+    with pytest.raises(RobustlabError, match=r"^BIM's default number of steps depends on eps; give steps= for an "
+                                             r"unbounded threat$"):
+        BIM()(tiny_model, x, y, threat=Linf(eps=math.inf))
 
 
 def test_pgd_needs_a_step_size_for_an_unbounded_threat(tiny_model, batch):
     x, y = batch
-    with pytest.raises(RobustlabError, match="step_size"):
+    with pytest.raises(RobustlabError, match=r"^ProjectedGradientDescent needs an explicit step_size for an "
+                                             r"unbounded threat model$"):
         PGD(steps=2)(tiny_model, x, y, threat=L2(eps=math.inf))
     PGD(steps=2, step_size=0.1)(tiny_model, x, y, threat=L2(eps=math.inf))
 
@@ -944,3 +948,149 @@ def test_losses_grow_as_the_true_class_loses():
     for loss in (cross_entropy, lambda z, y: margin(z, y, kappa=10.0), dlr):
         values = [float(loss(z, label)) for z in (confident, unsure, wrong)]
         assert values[0] < values[1] < values[2]
+
+
+# --- gradient attacks pinned to their definitions (issue 15) ---------------------------------
+
+
+class _Inputs(nn.Module):
+    """Records every input the attack evaluates."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.model(x)
+
+
+@pytest.mark.parametrize("eps255,steps", [(0.5, 1), (1, 2), (4, 5), (8, 10), (16, 20), (32, 36)])
+def test_bim_schedule_follows_the_paper(eps255, steps):
+    # Kurakin et al. 2016: step 1 on the 0-255 scale and min(eps + 4, 1.25 eps) steps, rounded up.
+    assert BIM()._schedule(Linf(eps=float(eps255), bounds=(0.0, 255.0))) == (steps, 1.0)
+    assert BIM(steps=7, step_size=0.5)._schedule(Linf(eps=float(eps255), bounds=(0.0, 255.0))) == (7, 0.5)
+    # The scale is the box's width: on [-1, 1] the step is 2/255.
+    assert BIM()._schedule(Linf(eps=eps255 * 2 / 255, bounds=(-1.0, 1.0))) == (steps, pytest.approx(2 / 255))
+
+
+def _linear3() -> nn.Module:
+    g = torch.Generator().manual_seed(5)
+    model = nn.Linear(6, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(3, 6, generator=g) * 3)
+        model.bias.copy_(-0.5 * model.weight.sum(1))  # logits W (x - 0.5): boundaries near the middle
+    return model
+
+
+@pytest.mark.parametrize("options", [
+    {"loss": "margin", "kappa": 3.0},
+    {"random_start": True, "restarts": 3, "early_stop": True, "targeted": True},
+], ids=["margin-kappa", "random-restarts-early-stop-targeted"])
+def test_bim_is_pgd_with_every_option_passed_through(options):
+    # Without steps=, BIM is PGD on its schedule (here ceil(min(40 + 4, 50)) = 44 steps of 1/255),
+    # and every other option reaches the PGD it runs.
+    options = dict(options)
+    model = _linear3()
+    x = 0.5 + 0.1 * torch.randn(4, 6, generator=gen(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    targets = (y + 1) % 3 if options.pop("targeted", False) else None
+    threat = Linf(eps=40 / 255)
+    bim, pgd = _Inputs(model), _Inputs(model)
+    BIM(**options)(bim, x, y, threat=threat, targets=targets, generator=gen(3))
+    result = PGD(steps=44, step_size=1 / 255, **{"random_start": False, **options})(
+        pgd, x, y, threat=threat, targets=targets, generator=gen(3))
+    assert result.success.any()  # broken samples: early stop and the cap at kappa are in play
+    assert len(bim.inputs) == len(pgd.inputs)
+    for a, b in zip(bim.inputs, pgd.inputs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # Each option changes the run (so that dropping one would show).
+    plain = _Inputs(model)
+    PGD(steps=44, step_size=1 / 255, random_start=False)(plain, x, y, threat=threat, generator=gen(3))
+    assert len(plain.inputs) != len(pgd.inputs) or any(not torch.equal(a, b) for a, b in zip(plain.inputs, pgd.inputs))
+
+
+class _Feature0(nn.Module):
+    """Two classes: class 1 when feature 0 exceeds 0.5 (logit difference 10 (x_0 - 0.5))."""
+
+    def forward(self, x):
+        s = 10 * (x[:, 0] - 0.5)
+        return torch.stack([-s, s], dim=1)
+
+
+def test_restarts_attack_only_the_unbroken_samples_and_report_the_winning_restart():
+    # Sample 0 breaks in the first restart (0.49 + 0.05 > 0.5), sample 1 never (0.1 + 0.05).
+    x = torch.tensor([[0.49, 0.5], [0.1, 0.5]])
+    y = torch.zeros(2, dtype=torch.long)
+    threat = Linf(eps=0.05)
+    recorder = _Inputs(_Feature0())
+    result = PGD(steps=1, step_size=0.05, random_start=False, restarts=3)(recorder, x, y, threat=threat)
+    # The template's clean pass, then per restart the start and the scored last iterate, then the check.
+    assert [len(t) for t in recorder.inputs] == [2, 2, 2, 1, 1, 1, 1, 2]
+    assert result.success.tolist() == [True, False]
+    assert result.extras["restart"].dtype == torch.int64 and result.extras["restart"].tolist() == [0, 0]
+    # All broken before the last restart: the remaining restarts are skipped.
+    recorder = _Inputs(_Feature0())
+    result = PGD(steps=1, step_size=0.05, random_start=False, restarts=3)(recorder, x[:1], y[:1], threat=threat)
+    assert [len(t) for t in recorder.inputs] == [1, 1, 1, 1] and result.success.tolist() == [True]
+
+
+def test_targeted_fgsm_steps_towards_the_target():
+    model = _linear3()
+    x = 0.5 + 0.1 * torch.randn(4, 6, generator=gen(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    t = (y + 1) % 3
+    xg = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(-torch.nn.functional.cross_entropy(model(xg), t, reduction="sum"), xg)
+    result = FGSM()(model, x, y, threat=Linf(eps=0.05), targets=t)
+    torch.testing.assert_close(result.x_adv, (x + 0.05 * g.sign()).clamp(0, 1))
+
+
+def test_pgd_default_step_is_two_and_a_half_eps_over_steps():
+    # Madry et al.'s `robustness` library: step = 2.5 eps / steps; from x, the first L-inf step moves
+    # every coordinate (with a non-zero gradient) by exactly that.
+    model, _, _ = linear_two_class(6)
+    x = torch.full((2, 6), 0.5)
+    recorder = _Inputs(model)
+    PGD(steps=10, random_start=False)(recorder, x, torch.zeros(2, dtype=torch.long), threat=Linf(eps=0.1))
+    torch.testing.assert_close((recorder.inputs[2] - x).abs(), torch.full_like(x, 0.025))
+
+
+def test_a_callable_margin_loss_gets_kappa():
+    z = torch.tensor([[10.0, 0.0, -1.0], [0.0, 3.0, 1.0]])
+    y = torch.tensor([1, 1])
+    assert PGD(loss=margin, kappa=4.0).loss_fn(z, y, None).tolist() == [4.0, -2.0]
+    assert PGD(loss=cross_entropy, kappa=4.0).loss_fn(z, y, None).tolist() == cross_entropy(z, y).tolist()
+
+
+def test_fgsm_l2_steps_eps_along_the_normalised_gradient():
+    model, _, _ = linear_two_class(6)
+    x = torch.full((2, 6), 0.5)
+    y = torch.zeros(2, dtype=torch.long)
+    xg = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(xg), y, reduction="sum"), xg)
+    result = FGSM()(model, x, y, threat=L2(eps=0.2))
+    torch.testing.assert_close(result.x_adv, x + 0.2 * g / g.norm(dim=1, keepdim=True))
+
+
+def test_targeted_pgd_success_is_the_target_with_or_without_early_stop():
+    # Early stop must not change which samples succeed: a sample that passes through a third class
+    # on its way to the target is not done there.
+    model = _linear3()
+    x = 0.5 + 0.1 * torch.randn(16, 6, generator=gen(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        t = model(x).argmin(1)  # the least likely class: the path often crosses the third class
+    threat = Linf(eps=0.2)
+    recorder = _Inputs(model)
+    full = PGD(steps=20, step_size=0.01, random_start=False)(recorder, x, y, threat=threat, targets=t)
+    with torch.no_grad():
+        through_third = torch.stack([(model(it).argmax(1) != y) & (model(it).argmax(1) != t)
+                                     for it in recorder.inputs[1:21]]).any(dim=0)
+        assert torch.equal(full.success, model(full.x_adv).argmax(1) == t)
+    assert (through_third & full.success).any()
+    stopped = PGD(steps=20, step_size=0.01, random_start=False, early_stop=True)(model, x, y, threat=threat, targets=t)
+    assert torch.equal(stopped.success, full.success)
