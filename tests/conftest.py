@@ -95,3 +95,18 @@ def linear_two_class(dim: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor, 
         model.weight.copy_(torch.stack([torch.zeros(dim), w]))
         model.bias.copy_(torch.tensor([0.0, c]))
     return model, w, c
+
+
+class InputRecorder(nn.Module):
+    """Wraps a model and keeps a detached copy of every input it is called on (the iterates an
+    attack evaluates), for tests that compare them with a definition or a reference."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.model(x)
+

@@ -21,7 +21,7 @@ from robustlab.models.preprocessing import InputTransformDefense
 from robustlab.errors import ProbabilityOutputWarning, RobustlabError
 from robustlab.losses import cross_entropy, dlr, get_loss, margin
 from robustlab.threat import L1, L2, NORMS, Linf, ThreatModel
-from conftest import linear_two_class
+from conftest import InputRecorder, linear_two_class
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -406,8 +406,6 @@ BOX = (-10.0, 10.0)  # far from the inputs: only the ball binds
 # Each sample's minimal eps is factor * EPS_ORACLE: the attack must succeed exactly when factor < 1.
 FACTORS = torch.tensor([0.5, 0.9, 0.97, 0.99, 1.01, 1.03, 1.1, 2.0])
 EPS_ORACLE = 0.5
-
-
 
 
 def samples_with_minimal_eps(w: torch.Tensor, c: float, dual_norm: float, seed: int = 1):
@@ -953,19 +951,6 @@ def test_losses_grow_as_the_true_class_loses():
 # --- gradient attacks pinned to their definitions (issue 15) ---------------------------------
 
 
-class _Inputs(nn.Module):
-    """Records every input the attack evaluates."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, x):
-        self.inputs.append(x.detach().clone())
-        return self.model(x)
-
-
 @pytest.mark.parametrize("eps255,steps", [(0.5, 1), (1, 2), (4, 5), (8, 10), (16, 20), (32, 36)])
 def test_bim_schedule_follows_the_paper(eps255, steps):
     # Kurakin et al. 2016: step 1 on the 0-255 scale and min(eps + 4, 1.25 eps) steps, rounded up.
@@ -998,7 +983,7 @@ def test_bim_is_pgd_with_every_option_passed_through(options):
         y = model(x).argmax(1)
     targets = (y + 1) % 3 if options.pop("targeted", False) else None
     threat = Linf(eps=40 / 255)
-    bim, pgd = _Inputs(model), _Inputs(model)
+    bim, pgd = InputRecorder(model), InputRecorder(model)
     BIM(**options)(bim, x, y, threat=threat, targets=targets, generator=gen(3))
     result = PGD(steps=44, step_size=1 / 255, **{"random_start": False, **options})(
         pgd, x, y, threat=threat, targets=targets, generator=gen(3))
@@ -1007,7 +992,7 @@ def test_bim_is_pgd_with_every_option_passed_through(options):
     for a, b in zip(bim.inputs, pgd.inputs):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     # Each option changes the run (so that dropping one would show).
-    plain = _Inputs(model)
+    plain = InputRecorder(model)
     PGD(steps=44, step_size=1 / 255, random_start=False)(plain, x, y, threat=threat, generator=gen(3))
     assert len(plain.inputs) != len(pgd.inputs) or any(not torch.equal(a, b) for a, b in zip(plain.inputs, pgd.inputs))
 
@@ -1025,14 +1010,14 @@ def test_restarts_attack_only_the_unbroken_samples_and_report_the_winning_restar
     x = torch.tensor([[0.49, 0.5], [0.1, 0.5]])
     y = torch.zeros(2, dtype=torch.long)
     threat = Linf(eps=0.05)
-    recorder = _Inputs(_Feature0())
+    recorder = InputRecorder(_Feature0())
     result = PGD(steps=1, step_size=0.05, random_start=False, restarts=3)(recorder, x, y, threat=threat)
     # The template's clean pass, then per restart the start and the scored last iterate, then the check.
     assert [len(t) for t in recorder.inputs] == [2, 2, 2, 1, 1, 1, 1, 2]
     assert result.success.tolist() == [True, False]
     assert result.extras["restart"].dtype == torch.int64 and result.extras["restart"].tolist() == [0, 0]
     # All broken before the last restart: the remaining restarts are skipped.
-    recorder = _Inputs(_Feature0())
+    recorder = InputRecorder(_Feature0())
     result = PGD(steps=1, step_size=0.05, random_start=False, restarts=3)(recorder, x[:1], y[:1], threat=threat)
     assert [len(t) for t in recorder.inputs] == [1, 1, 1, 1] and result.success.tolist() == [True]
 
@@ -1054,7 +1039,7 @@ def test_pgd_default_step_is_two_and_a_half_eps_over_steps():
     # every coordinate (with a non-zero gradient) by exactly that.
     model, _, _ = linear_two_class(6)
     x = torch.full((2, 6), 0.5)
-    recorder = _Inputs(model)
+    recorder = InputRecorder(model)
     PGD(steps=10, random_start=False)(recorder, x, torch.zeros(2, dtype=torch.long), threat=Linf(eps=0.1))
     torch.testing.assert_close((recorder.inputs[2] - x).abs(), torch.full_like(x, 0.025))
 
@@ -1085,7 +1070,7 @@ def test_targeted_pgd_success_is_the_target_with_or_without_early_stop():
         y = model(x).argmax(1)
         t = model(x).argmin(1)  # the least likely class: the path often crosses the third class
     threat = Linf(eps=0.2)
-    recorder = _Inputs(model)
+    recorder = InputRecorder(model)
     full = PGD(steps=20, step_size=0.01, random_start=False)(recorder, x, y, threat=threat, targets=t)
     with torch.no_grad():
         through_third = torch.stack([(model(it).argmax(1) != y) & (model(it).argmax(1) != t)

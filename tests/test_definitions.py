@@ -29,6 +29,7 @@ from robustlab.errors import RobustlabError
 from robustlab.evaluation import CLEAN, evaluate, wilson_interval
 from robustlab.losses import cross_entropy, dlr, get_loss, looks_like_probabilities, margin
 from robustlab.threat import L0, L1, L2, Linf
+from conftest import InputRecorder
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -324,19 +325,6 @@ def test_square_fraction_hand_table():
         assert square_fraction(0.8, it, 10000) == pytest.approx(p, rel=1e-15), it
 
 
-class _Recorder(nn.Module):
-    """Wraps a model and keeps every input it sees (detached copies)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, x):
-        self.inputs.append(x.detach().clone())
-        return self.model(x)
-
-
 class _Stuck(nn.Module):
     """Logits that ignore the input (plus a zero term so that autograd sees it): class 0 wins by 2."""
 
@@ -350,7 +338,7 @@ def test_square_linf_window_sides_follow_the_schedule():
     h = w = 16
     queries = 400
     x = torch.full((2, 1, h, w), 0.5)
-    model = _Recorder(_Stuck())
+    model = InputRecorder(_Stuck())
     Square(queries=queries, p_init=0.8)(model, x, torch.zeros(2, dtype=torch.long), threat=Linf(eps=0.1),
                                          generator=torch.Generator().manual_seed(0))
     queried = model.inputs[2:2 + queries]  # after the template's clean pass and the attack's clean check
@@ -404,7 +392,7 @@ def test_ddn_norm_update_follows_algorithm_1():
     x = torch.randn(3, 6, generator=gen, dtype=torch.float64)
     y = ((x @ w) < 0).long()  # every sample correctly classified
     x = x + 0.3 * torch.sign((x @ w))[:, None] * w / w.norm()  # move away from the boundary
-    model = _Recorder(_Linear2(w))
+    model = InputRecorder(_Linear2(w))
     gamma, init_norm, steps = 0.05, 0.2, 12
     DDN(steps=steps, init_norm=init_norm, gamma=gamma)(model, x, y, threat=L2(eps=math.inf, bounds=(-100.0, 100.0)))
     iterates = model.inputs[1:1 + steps]  # after the template's clean pass

@@ -23,6 +23,7 @@ from torch import nn
 
 from robustlab.attacks import APGD, APGDT, DDN, FAB, FABT, FGSM, FMN, PGD, CarliniWagnerL2, DeepFool, Square
 from robustlab.threat import L2, Linf
+from conftest import InputRecorder
 
 GOLDEN = Path(__file__).parent / "golden"
 START_SEED = 7  # APGD's starts: the golden script drew the reference's from this seed
@@ -43,17 +44,6 @@ def _model(case: dict[str, torch.Tensor]) -> nn.Module:
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 5)).double()
     model.load_state_dict({k: v for k, v in case.items() if k[0].isdigit()})
     return model.eval()
-
-
-class _Recorder(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, x):
-        self.inputs.append(x.detach().clone())
-        return self.model(x)
 
 
 def _dlr(z: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
@@ -95,7 +85,7 @@ def test_apgd_matches_the_reference_trajectory(case, name):
     cfg = ref["config"]
     x, y = case["x"], case["y"]
     threat = Linf(eps=cfg["eps"]) if cfg["norm"] == "Linf" else L2(eps=cfg["eps"])
-    model = _Recorder(_model(case))
+    model = InputRecorder(_model(case))
     result = APGD(loss=cfg["loss"], steps=cfg["steps"], rho=cfg["rho"], early_stop=False)(
         model, x, y, threat=threat, generator=torch.Generator().manual_seed(START_SEED))
     # Calls: the template's clean pass, the start and the `steps` iterates, the template's check.
@@ -121,7 +111,7 @@ def test_apgd_t_matches_the_reference_per_target(case):
     threat = Linf(eps=cfg["eps"])
     for run in ref["runs"]:
         targets = torch.tensor(run["targets"])
-        model = _Recorder(_model(case))
+        model = InputRecorder(_model(case))
         APGDT(steps=cfg["steps"], early_stop=False)(model, x, y, threat=threat, targets=targets,
                                                     generator=torch.Generator().manual_seed(START_SEED))
         iterates = model.inputs[1:cfg["steps"] + 2]
@@ -146,7 +136,7 @@ def test_pgd_matches_torchattacks(case, name):
     cfg = ref["config"]
     x, y = case["x"], case["y"]
     threat = Linf(eps=cfg["eps"]) if name.endswith("linf") else L2(eps=cfg["eps"])
-    model = _Recorder(_model(case))
+    model = InputRecorder(_model(case))
     PGD(steps=cfg["steps"], step_size=cfg["step_size"], random_start=False)(model, x, y, threat=threat)
     iterates = model.inputs[1:cfg["steps"] + 2]  # x itself, then one iterate per step
     _assert_trajectory(_losses(model.model, iterates, y, "ce"), ref["loss"])
@@ -175,7 +165,7 @@ def test_square_window_sides_match_the_reference_schedule(index):
     queries, p_init, h = ref["queries"], ref["p_init"], ref["height"]
     bounds = [c[0] for c in ref["changes"]] + [queries]
     expected = [side for (first, _, side), end in zip(ref["changes"], bounds[1:]) for _ in range(first, end)]
-    model = _Recorder(_Stuck())
+    model = InputRecorder(_Stuck())
     x = torch.full((1, 1, h, h), 0.5)
     Square(queries=queries, p_init=p_init)(model, x, torch.zeros(1, dtype=torch.long), threat=Linf(eps=0.1),
                                            generator=torch.Generator().manual_seed(index))
@@ -194,7 +184,7 @@ def test_ddn_matches_foolbox(case):
     ref = _golden("ddn_l2")
     cfg = ref["config"]
     x, y = case["x"], case["y"]
-    model = _Recorder(_model(case))
+    model = InputRecorder(_model(case))
     result = DDN(steps=cfg["steps"], init_norm=cfg["init_norm"], gamma=cfg["gamma"], step_size=cfg["step_size"],
                  final_step_size=cfg["final_step_size"])(model, x, y, threat=L2(eps=math.inf))
     iterates = model.inputs[1:cfg["steps"] + 1]  # after the template's clean pass
@@ -269,7 +259,7 @@ def test_cw_l2_matches_torchattacks(case, name):
     ref = _golden(name)
     cfg = ref["config"]
     x, y = case["x"], case["y"]
-    model = _Recorder(_Shifted(_model(case)))
+    model = InputRecorder(_Shifted(_model(case)))
     result = CarliniWagnerL2(binary_search_steps=1, max_iterations=cfg["steps"], initial_const=cfg["const"],
                              learning_rate=cfg["learning_rate"], confidence=cfg["kappa"], abort_early=False)(
         model, x, y, threat=L2(eps=math.inf))
@@ -339,7 +329,7 @@ def test_fmn_follows_the_published_algorithm_but_for_its_documented_eps_rule(cas
     torch.testing.assert_close(torch.stack([it.flatten(1) for it in published]),
                                torch.tensor(ref["iterates"], dtype=torch.float64), rtol=1e-9, atol=1e-12)
     # ... and with robustlab's eps rule before the first success, it is robustlab's FMN.
-    recorder = _Recorder(model)
+    recorder = InputRecorder(model)
     result = FMN(steps=steps)(recorder, x, y, threat=Linf(eps=math.inf))
     replay = _fmn_linf_replay(model, x, y, steps, published=False)
     torch.testing.assert_close(torch.stack(recorder.inputs[1:steps + 1]), torch.stack(replay), rtol=1e-9, atol=1e-12)
