@@ -1,6 +1,6 @@
 """PGD and APGD against a bare loop at equal steps (issue 14, item 4: at most 1.03x).
 
-The bare loop is the textbook PGD loop (``profile_pgd.bare_pgd``'s arithmetic): one forward and
+The bare loop is the textbook PGD loop (:func:`bare_loop`, which ``profile_pgd.py`` times too): one forward and
 one backward per step and nothing else, the floor for any library. robustlab's PGD and APGD run
 the same number of steps with ``early_stop=False`` (every sample every step), on the same model
 and images; repeats are interleaved so that a load change on the shared machine hits all
@@ -34,8 +34,11 @@ from robustlab.threat import Linf
 EPS = 0.3
 
 
-def bare_loop(model: nn.Module, x: Tensor, y: Tensor, steps: int, step: float) -> Tensor:
-    delta = (torch.rand(x.shape) * 2 - 1) * EPS
+def bare_loop(model: nn.Module, x: Tensor, y: Tensor, steps: int, step: float,
+              generator: torch.Generator | None = None) -> Tensor:
+    """The textbook L∞ PGD loop at eps ``EPS``: a random start, then per step one forward, one
+    backward, a signed step and the projection; nothing else (the floor for any library)."""
+    delta = (torch.rand(x.shape, generator=generator) * 2 - 1) * EPS
     x_adv = (x + delta).clamp(0, 1)
     for _ in range(steps):
         x_adv.requires_grad_(True)

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
+from attack_floor import bare_loop
 
 import robustlab.attacks.base as rl_base
 import robustlab.attacks.gradient as rl_gradient
@@ -46,15 +46,7 @@ EPS, STEP, STEPS = 0.3, 0.01, 40
 
 def bare_pgd(model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
     """The minimal PGD loop (same arithmetic as torchattacks): a floor, not a library."""
-    delta = (torch.rand(x.shape, generator=generator) * 2 - 1) * EPS
-    x_adv = (x + delta).clamp(0, 1)
-    for _ in range(STEPS):
-        x_adv.requires_grad_(True)
-        loss = F.cross_entropy(model(x_adv), y)
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        x_adv = x_adv.detach() + STEP * grad.sign()
-        x_adv = (x + (x_adv - x).clamp(-EPS, EPS)).clamp(0, 1)
-    return x_adv
+    return bare_loop(model, x, y, STEPS, STEP, generator=generator)
 
 
 class Timers:

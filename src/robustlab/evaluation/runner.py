@@ -461,8 +461,10 @@ class _Runner:
     def _start_block(self, table: Table, b: int, lo: int, hi: int, first: int, warm: list[bool]) -> None:
         """The warm-start points of a block: its clean inputs at infinite margin when it starts
         fresh, else those saved after its last finished step."""
+        if not any(warm[first:]):  # no warm step left: nothing to keep
+            return
         self.points, self.margin = self.x[lo:hi].clone(), self.x.new_full((hi - lo,), math.inf)
-        if first == 0 or not any(warm[first:]):
+        if first == 0:
             return
         path = self.path
         name = f"{path.name}.points-{b}-{first}.pt" if path is not None else None
@@ -526,7 +528,7 @@ class _Runner:
                     bar.set_postfix(step=steps[j].key)
                     alive = [i for i in range(lo - table.start, hi - table.start) if self._attackable(table, i, j)]
                     if alive:
-                        self._call(table, steps[j], alive, lo, warm=warm[j] and j > 0)
+                        self._call(table, steps[j], alive, lo, warm=warm[j] and j > 0, track=any(warm[j + 1:]))
                     table.done[b] += 1
                     self.save(table, (b, j + 1) if any(warm[j + 1:]) else None)
                     bar.update(hi - lo)
@@ -538,7 +540,9 @@ class _Runner:
             return False
         return not (self.cascade and any(table.results[k]["success"][i] for k in table.steps[:j]))
 
-    def _call(self, table: Table, step: Step, alive: list[int], lo: int, *, warm: bool) -> None:
+    def _call(self, table: Table, step: Step, alive: list[int], lo: int, *, warm: bool, track: bool) -> None:
+        """Run ``step`` on the ``alive`` samples of the block at ``lo``; ``warm``: give it the
+        kept points as ``start``; ``track``: keep the points it brings nearer the boundary."""
         idx = torch.tensor(alive, device=self.x.device) + table.start
         rows = idx - lo  # positions in the block
         generator = torch.Generator(device=self.x.device).manual_seed(block_seed(self.seed, step.key, lo))
@@ -549,7 +553,7 @@ class _Runner:
             targets = (y + step.target_offset) % table.num_classes
         result = step.attack(self.model, self.x[idx], y, threat=self.threat, targets=targets, generator=generator,
                              **({"start": self.points[rows]} if warm else {}))
-        if not step.target_offset and result.margin is not None:
+        if track and result.margin is not None:
             nearer = result.margin < self.margin[rows]
             self.points[rows[nearer]] = result.x_adv[nearer]
             self.margin[rows[nearer]] = result.margin[nearer]
