@@ -52,12 +52,12 @@ ROWS: dict[str, Row] = {row.model + ":" + row.norm: row for row in (
     Row("mnist-natural-lenet", "Linf", 0.1, 500),
     Row("mnist-pgd-kwsmall", "Linf", 0.3, 500),
     Row("mnist-trades-kwsmall", "Linf", 0.3, 500),
-    Row("mnist-fastfgsm-madry", "Linf", 0.3, 200),
+    Row("mnist-fastfgsm-madry", "Linf", 0.3, 500),
     Row("mnist-fastfgsm-smallcnn", "Linf", 0.3, 500),
     Row("mnist-bilateral-kwsmall", "Linf", 0.3, 500),
-    Row("cifar10-pgd-kwsmall", "Linf", 8 / 255, 200),
-    Row("mnist-natural-lenet", "L2", 1.0, 200),
-    Row("mnist-pgd-kwsmall", "L2", 2.0, 200),
+    Row("cifar10-pgd-kwsmall", "Linf", 8 / 255, 500),
+    Row("mnist-natural-lenet", "L2", 1.0, 500),
+    Row("mnist-pgd-kwsmall", "L2", 2.0, 500),
 )}
 
 
@@ -182,7 +182,8 @@ def _reused(previous: dict[str, Any], suites: list[str], x: Tensor) -> dict[str,
 
 
 def run_row(row: Row, images: int, seed: int, batch_size: int, reference_seeds: list[int],
-            suites: list[str], previous: dict[str, Any] | None = None) -> dict[str, Any]:
+            suites: list[str], previous: dict[str, Any] | None = None, fast_seeds: list[int] = (),
+            retime_reference: bool = False) -> dict[str, Any]:
     model, card = zoo_models.get(row.model)
     dataset = zoo_models.RECIPES[row.model].dataset
     data = load_dataset(dataset, split="test", limit=images, seed=seed)
@@ -191,13 +192,25 @@ def run_row(row: Row, images: int, seed: int, batch_size: int, reference_seeds: 
     clean = common.predict(model, x) == y
     common.log(f"[{row.model} {row.norm} eps={row.eps:.4g}] {len(x)} images, clean {int(clean.sum())}")
     torch.manual_seed(seed)
+    reused_reference_seconds = None
     if previous is not None:
         runs = _reused(previous, suites, x)
         reference_seeds = list(previous.get("reference_seeds", [seed]))[1:]
+        if retime_reference:
+            # The reference again, in this process and under this load, for the time ratio; its
+            # verdicts must be the reused ones (the same seed gives the same run).
+            reused = runs["reference"]
+            reused_reference_seconds = reused["seconds"]
+            runs["reference"] = measure("reference", lambda: run_reference(counting, x, y, row, seed, batch_size), counting)
+            if not torch.equal(runs["reference"]["robust"], reused["robust"]):
+                raise SystemExit(f"{row.model} {row.norm}: the reference's verdicts differ from the reused run's")
     else:
         runs = {"reference": measure("reference", lambda: run_reference(counting, x, y, row, seed, batch_size), counting)}
     for suite in suites:
         runs[suite] = measure(suite, lambda: run_robustlab(suite, counting, x, y, row, seed, batch_size), counting)
+    for extra_seed in fast_seeds:
+        runs[f"fast-seed{extra_seed}"] = measure(f"fast seed {extra_seed}", lambda: run_robustlab(
+            "fast", counting, x, y, row, extra_seed, batch_size), counting)
     if previous is None:
         for extra_seed in reference_seeds:
             runs[f"reference-seed{extra_seed}"] = measure(f"reference seed {extra_seed}", lambda: run_reference(
@@ -212,8 +225,19 @@ def run_row(row: Row, images: int, seed: int, batch_size: int, reference_seeds: 
                               "images": len(x), "clean": int(clean.sum()), "runs": {},
                               "reference_seeds": [seed, *reference_seeds],
                               "seed_variable": variable.nonzero().squeeze(1).tolist()}
+    # Images the reference broke that ``fast`` leaves robust with every one of its seeds.
+    fast_every_seed = None
+    if "fast" in runs and fast_seeds:
+        fast_every_seed = runs["fast"]["robust"].clone()
+        for extra_seed in fast_seeds:
+            fast_every_seed &= runs[f"fast-seed{extra_seed}"]["robust"]
+        result["fast_seeds"] = [seed, *fast_seeds]
     for name, run in runs.items():
         robust = run.pop("robust")
+        if name == "fast" and fast_every_seed is not None:
+            missed = ~ref & fast_every_seed & ~variable
+            run["broken_by_reference_not_this_in_any_seed_beyond_seed_variation"] = int(missed.sum())
+            run["indices_broken_by_reference_not_this_in_any_seed_beyond_seed_variation"] = missed.nonzero().squeeze(1).tolist()
         run["robust_accuracy"] = float(robust.float().mean())
         run["seconds"] = round(run["seconds"], 2)
         if name != "reference":
@@ -221,7 +245,10 @@ def run_row(row: Row, images: int, seed: int, batch_size: int, reference_seeds: 
             run["indices_broken_by_reference_not_this"] = (~ref & robust).nonzero().squeeze(1).tolist()
             run["broken_by_reference_not_this_beyond_seed_variation"] = int((~ref & robust & ~variable).sum())
             run["broken_by_this_not_reference"] = int((ref & ~robust).sum())
-            run["time_ratio"] = round(run["seconds"] / runs["reference"]["seconds"], 3)
+            # A reused run's time is compared with the reference's time of its own (earlier) run.
+            reference_seconds = (reused_reference_seconds if run.get("reused_from_earlier_run") and reused_reference_seconds
+                                 else runs["reference"]["seconds"])
+            run["time_ratio"] = round(run["seconds"] / reference_seconds, 3)
             run["pass_ratio"] = round(run["passes"] / max(runs["reference"]["passes"], 1), 4)
         result["runs"][name] = run
     return result
@@ -231,7 +258,9 @@ def _missed(run: dict[str, Any]) -> str:
     """Samples the reference broke and this run did not, and (in parentheses, where the
     reference ran with several seeds) how many of them beyond the reference's seed variation."""
     beyond = run.get("broken_by_reference_not_this_beyond_seed_variation")
-    return f"{run['broken_by_reference_not_this']}" + ("" if beyond is None else f" ({beyond})")
+    every = run.get("broken_by_reference_not_this_in_any_seed_beyond_seed_variation")
+    return (f"{run['broken_by_reference_not_this']}" + ("" if beyond is None else f" ({beyond}")
+            + ("" if every is None else f"; {every} with no seed") + ("" if beyond is None else ")"))
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
@@ -267,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--reference-seeds", type=int, nargs="*", default=[],
                    help="also run the reference with these seeds (its seed-to-seed variation)")
+    p.add_argument("--fast-seeds", type=int, nargs="*", default=[],
+                   help="also run fast with these seeds: an image the reference broke counts as missed by fast "
+                        "only if no seed of fast breaks it (fast's own seed-to-seed variation)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--suites", nargs="+", default=["standard", "fast"], choices=["standard", "fast"],
                    help="the robustlab suites to run (default both)")
@@ -274,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="take the reference's runs (and those of the suites not run) of each row from this earlier "
                         "result file, same rows, images and seed: to measure a changed suite against the same "
                         "reference verdicts; the reused runs are marked in the JSON")
+    p.add_argument("--retime-reference", action="store_true",
+                   help="with --reuse-reference: run the reference again (its first seed) in this process, for a time "
+                        "ratio measured under the same load; its verdicts are checked against the reused ones")
     p.add_argument("--out", type=Path, default=common.BENCH_DIR / "results" / "autoattack_reference.json")
     p.add_argument("--render", type=Path, nargs="+",
                    help="only print the Markdown table of these result files together (runs nothing)")
@@ -294,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             if not found:
                 raise SystemExit(f"{args.reuse_reference} has no result for {key} on {images} images")
             previous = found[0]
-        results.append(run_row(row, images, args.seed, args.batch_size, args.reference_seeds, args.suites, previous))
+        results.append(run_row(row, images, args.seed, args.batch_size, args.reference_seeds, args.suites, previous,
+                               args.fast_seeds, args.retime_reference))
         report = {"benchmark": "autoattack_reference",
                   "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
                   "settings": {"seed": args.seed, "batch_size": args.batch_size,

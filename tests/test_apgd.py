@@ -87,6 +87,7 @@ def _state(increases, loss_max, loss_max_at_check, halved_at_check) -> _State:
         x_max=x_max, grad_max=torch.full((n, 2), -1.0), loss_max=torch.tensor(loss_max),
         step=torch.full((n,), 0.2), increases=torch.tensor(increases), loss_max_at_check=torch.tensor(loss_max_at_check),
         halved_at_check=torch.tensor(halved_at_check), topk=torch.zeros(n), sparsity_at_check=torch.zeros(n),
+        margin_min=torch.zeros(n), margin_clean=torch.ones(n),
     )
 
 
@@ -309,6 +310,35 @@ def test_linear_two_class_model_is_broken_exactly_above_the_minimal_eps(make_att
     assert result.success.tolist() == (factors < 1).tolist()
 
 
+@pytest.mark.parametrize("make_attack", [lambda g: APGD(steps=100, loss="margin", give_up=g),
+                                         lambda g: APGDT(steps=100, give_up=g)], ids=["apgd", "apgd-t"])
+def test_give_up_drops_at_the_first_checkpoint_exactly_the_samples_above_the_fraction(make_attack):
+    # On a linear model the smallest margin in the L∞ ball is m_clean * (1 - 1/f) for a point whose
+    # minimal flipping eps is f * eps, and APGD reaches it in its first steps: f = 1.25 gets to
+    # 0.2 m_clean, f = 2 to 0.5 m_clean, and neither is broken.
+    model, w, c = linear_two_class(8, seed=2)
+    threat = Linf(eps=0.5, bounds=(-10.0, 10.0))
+    runs_all, runs_to_checkpoint = 100, 1 + checkpoints(100)[0]  # backwards per sample: the start's and the steps'
+    for factor, give_up, backwards in [(1.25, 0.3, runs_all), (1.25, 0.15, runs_to_checkpoint),
+                                       (2.0, 0.3, runs_to_checkpoint), (2.0, 0.55, runs_all)]:
+        x, y, _ = _points_with_minimal_linf_eps(w, c, 0.5, torch.tensor([factor]), seed=3)
+        result = make_attack(give_up)(model, x, y, threat=threat, generator=gen())
+        assert not result.success.any()
+        assert result.backwards == backwards * len(x), (factor, give_up)
+        # What it found before leaving is kept: the best margin reached, not the clean point.
+        torch.testing.assert_close(result.margin, (1 - 1 / factor) * (w.abs().sum() * 0.5 * factor).expand(len(x)),
+                                   atol=1e-3, rtol=1e-3)
+
+
+def test_give_up_keeps_the_success_set_on_a_trained_model(digits_mlp, digits_test):
+    x, y = digits_test
+    threat = Linf(eps=0.1)
+    for make in (lambda g: APGD(steps=30, give_up=g), lambda g: APGDT(steps=30, n_target_classes=3, give_up=g)):
+        full, lean = make(None)(digits_mlp, x, y, threat=threat, generator=gen()), make(0.1)(digits_mlp, x, y, threat=threat, generator=gen())
+        assert lean.success.tolist() == full.success.tolist()
+        assert lean.backwards < full.backwards
+
+
 def test_apgd_reaches_the_l2_optimum_of_a_linear_model():
     # From a random start each projected step shrinks the angle to w; the momentum and the
     # restarts from the best point must not undo that.
@@ -355,7 +385,7 @@ def test_registry_and_aliases():
     assert isinstance(build_attack("apgd", steps=3), AutoPGD)
     assert isinstance(build_attack("apgd-t", steps=3), AutoPGDTargeted)
     assert AutoPGD().config() == {"attack": "apgd", "steps": 100, "restarts": 1, "rho": 0.75, "momentum": 0.75,
-                                  "early_stop": True, "loss": "ce", "kappa": 0.0}
+                                  "early_stop": True, "give_up": None, "loss": "ce", "kappa": 0.0}
     assert AutoPGDTargeted().n_target_classes == 9
 
 
@@ -372,6 +402,10 @@ def test_registry_and_aliases():
         (lambda: APGD(loss="hinge"), "unknown loss"),
         (lambda: APGDT(n_target_classes=0), "n_target_classes"),
         (lambda: APGDT(steps=-1), "steps"),
+        (lambda: APGD(give_up=0.0), "give_up"),
+        (lambda: APGD(give_up=1.0), "give_up"),
+        (lambda: APGD(give_up=True), "give_up"),
+        (lambda: APGDT(give_up=0.1, early_stop=False), "early_stop"),
     ],
 )
 def test_bad_hyperparameters_are_rejected(make, keyword):

@@ -304,6 +304,32 @@ def test_square_gives_up_on_samples_that_make_no_progress():
         SquareAttack(give_up=0.0)
 
 
+class _NearOnceMoved(nn.Module):
+    """Margin 2 at the all-0.5 image and 0.1 (5% of it) at any other point: any perturbation
+    brings a sample near the boundary, and no further search makes progress."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        moved = (x - 0.5).flatten(1).abs().amax(dim=1) > 1e-6
+        return torch.stack([torch.where(moved, 0.1, 2.0), torch.zeros(x.shape[0])], dim=1) + 0 * x.flatten(1)[:, :1]
+
+
+@pytest.mark.parametrize("keep_near, queries", [(0.06, 401), (0.04, 101), (None, 101)])
+def test_square_keeps_searching_on_samples_near_the_boundary(keep_near, queries):
+    # At 5% of the clean margin: searched on with keep_near 0.06, given up with 0.04 or without.
+    x, y = torch.full((3, 1, 8, 8), 0.5), torch.zeros(3, dtype=torch.int64)
+    result = SquareAttack(queries=400, give_up=100.0, keep_near=keep_near)(
+        _NearOnceMoved(), x, y, threat=Linf(eps=0.1), generator=torch.Generator().manual_seed(0))
+    assert result.extras["queries"].tolist() == [queries] * 3
+    assert not result.success.any()
+
+
+@pytest.mark.parametrize("options", [{"keep_near": 0.1}, {"give_up": 2.0, "keep_near": 0.0},
+                                     {"give_up": 2.0, "keep_near": 1.0}, {"give_up": 2.0, "keep_near": True}])
+def test_square_keep_near_is_validated(options):
+    with pytest.raises(RobustlabError, match="keep_near"):
+        SquareAttack(**options)
+
+
 # --- Square from a given start (the fast protocol's warm start) -----------------------------------
 
 

@@ -142,6 +142,12 @@ class SquareAttack(Attack):
             progress so far to reach the boundary is not going to. Our rule, in the spirit of
             A3's discarding of points that will not fall (Liu et al., CVPR 2022); robustlab's
             ``fast`` protocol uses it.
+        keep_near: ``None`` or a fraction ``k`` of the clean margin: a sample whose margin is
+            below ``k`` times its margin at the clean input never gives up (with ``give_up``).
+            Our rule: a point that close to the boundary is where a random search most often
+            still succeeds late (on the benchmark models of ``benchmarks/README.md``, warm
+            searches from such points broke images after 500-2500 queries that the give-up
+            rule had stopped at 100), so the budget the give-up saves goes there.
         warm_start: in an evaluation cascade (:func:`robustlab.evaluation.evaluate` with
             ``cascade=True``), the runner passes each sample's point nearest the decision
             boundary over the earlier attacks as ``start`` (False: AutoAttack's Square, always
@@ -172,6 +178,7 @@ class SquareAttack(Attack):
     loss: str | Callable[..., Tensor] | None = None
     rescale_schedule: bool = True
     give_up: float | None = None
+    keep_near: float | None = None
     warm_start: bool = False
     p_init_start: float = 0.1
 
@@ -183,6 +190,10 @@ class SquareAttack(Attack):
         if self.give_up is not None and not (isinstance(self.give_up, (int, float)) and not isinstance(self.give_up, bool)
                                              and 0 < self.give_up < math.inf):
             raise RobustlabError(f"give_up must be None or a positive number (a safety factor), got {self.give_up!r}")
+        if self.keep_near is not None and (isinstance(self.keep_near, bool) or not isinstance(self.keep_near, (int, float))
+                                           or not 0 < self.keep_near < 1 or self.give_up is None):
+            raise RobustlabError(f"keep_near must be None or a fraction of the clean margin in (0, 1), with give_up set; "
+                                 f"got keep_near={self.keep_near!r}, give_up={self.give_up!r}")
         for name in ("p_init", "p_init_start"):
             if not 0 < getattr(self, name) <= 1:
                 raise RobustlabError(f"{name} must lie in (0, 1], got {getattr(self, name)!r}")
@@ -207,6 +218,7 @@ class SquareAttack(Attack):
         n = x.shape[0]
         queries = torch.ones(n, dtype=torch.int64, device=x.device)
         margin = difference_of_logits(oracle.logits(x), y, targets)
+        near = margin * (self.keep_near or 0.0)  # below this margin a sample never gives up
 
         x_best = x.clone()
         loss_min = x.new_full((n,), math.inf)
@@ -228,7 +240,7 @@ class SquareAttack(Attack):
             spent = iteration + 1  # queries on perturbed points so far, the initialisation included
             if self.give_up is not None and spent in GIVE_UP_CHECKPOINTS and spent < self.queries:
                 rate = (first_margin - margin).clamp_min(0) / math.log2(spent)
-                going &= ~(margin > self.give_up * rate * math.log2(self.queries / spent))
+                going &= ~((margin > self.give_up * rate * math.log2(self.queries / spent)) & (margin >= near))
             searched = going & (margin > 0)
             if not bool(searched.any()):
                 break
