@@ -8,6 +8,7 @@ numbers compared with its card's.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -19,7 +20,7 @@ from robustlab.data import locate
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.suites import SUITES
 from robustlab.models import checkpoint_paths
-from robustlab.zoo.build import CHECK_IMAGES, correct_predictions
+from robustlab.zoo.build import CHECK_IMAGES, correct_predictions, remeasure
 
 from conftest import torch_threads
 
@@ -104,6 +105,25 @@ def test_load_refuses_weights_that_do_not_match_the_card(tmp_path, monkeypatch):
     weights.write_bytes(bytes(data))
     with pytest.raises(RobustlabError, match="do not belong together"):
         zoo.load("mnist-tiny")
+
+
+def test_remeasure_rewrites_only_the_suites_asked_for(tmp_path):
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(zoo.MODELS_DIR / f"mnist-tiny{suffix}", tmp_path / f"mnist-tiny{suffix}")
+    weights = (tmp_path / "mnist-tiny.safetensors").read_bytes()
+    card_path = tmp_path / "mnist-tiny.json"
+    shipped = json.loads(card_path.read_text())
+    stale = json.loads(card_path.read_text())
+    stale["metrics"]["fast"] = {"robust_accuracy": 1.0}
+    card_path.write_text(json.dumps(stale))
+    card = remeasure("mnist-tiny", ("fast",), models_dir=tmp_path, workdir=tmp_path / "states")
+    # Measured again, as published: the shipped card's value (same images, seed and protocol).
+    assert card.metrics["fast"]["robust_accuracy"] == shipped["metrics"]["fast"]["robust_accuracy"]
+    assert json.loads(card_path.read_text())["metrics"]["fast"] == card.metrics["fast"]
+    assert card.metrics["standard"] == shipped["metrics"]["standard"]
+    assert (tmp_path / "mnist-tiny.safetensors").read_bytes() == weights
+    with pytest.raises(RobustlabError, match="thorough"):
+        remeasure("mnist-tiny", ("thorough",), models_dir=tmp_path, workdir=tmp_path / "states")
 
 
 def test_unknown_and_untrained_names_are_clear_errors(tmp_path, monkeypatch):

@@ -170,6 +170,34 @@ def publish(name: str, run_dir: str | Path, *, out_dir: str | Path = MODELS_DIR,
     return card
 
 
+def remeasure(name: str, suites: tuple[str, ...], *, models_dir: str | Path = MODELS_DIR, data_dir: str | None = None,
+              workdir: str | Path, batch_size: int = 250, seed: int = 0, progress: bool = False) -> ModelCard:
+    """Measure ``suites`` again on a published model and rewrite those entries of its card (after
+    a suite's protocol changed); the weights, their hash and every other entry stay as they are.
+    Same images, seed and batch size as :func:`publish`; resumable (state in ``workdir``)."""
+    unknown = [suite for suite in suites if suite not in CARD_SUITES]
+    if unknown:
+        raise RobustlabError(f"the cards record the suites {list(CARD_SUITES)}, not {unknown}")
+    info = entry(name)
+    weights = Path(models_dir) / f"{name}.safetensors"
+    model, card = load_model(weights)
+    if card.dataset is None:
+        raise RobustlabError(f"{weights}: the card records no dataset")
+    test = load_dataset(card.dataset, split="test", data_dir=data_dir)
+    images = int(card.metrics.get("standard", {}).get("images", info.images))
+    threat = threat_model(info.norm, info.eps, card.input_bounds)
+    weights_id = tensors_digest(model)[:12]
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    for suite in suites:
+        logger.info("%s: %s suite on the first %d test images", name, suite, images)
+        card.metrics[suite] = _suite_metrics(model, test.x[:images], test.y[:images], threat, test.num_classes, suite,
+                                             Path(workdir) / f"{name}-{suite}-{images}-{weights_id}-state.json",
+                                             batch_size, seed, progress)
+    card_path = checkpoint_paths(weights)[1]
+    write_atomic(card_path, lambda temporary: temporary.write_text(card.to_json() + "\n", encoding="utf-8"))
+    return card
+
+
 def card_row(card: ModelCard) -> dict[str, Any]:
     """One row of the zoo's table: name, method, clean, standard, fast, certified."""
     zoo = card.extra.get("zoo", {})

@@ -114,24 +114,39 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _remeasure(args: argparse.Namespace) -> int:
+    from robustlab import zoo
+    from robustlab.zoo.build import remeasure
+
+    for name in args.names:
+        zoo.entry(name)
+    for name in args.names:
+        card = remeasure(name, tuple(args.suites), models_dir=args.out or zoo.MODELS_DIR, data_dir=args.data_dir,
+                         workdir=args.workdir, progress=not args.quiet)
+        print(f"{name}: " + json.dumps({suite: card.metrics[suite] for suite in args.suites}), flush=True)
+    return 0
+
+
 def zoo_command(args: argparse.Namespace) -> int:
-    if args.action in ("show", "train") and not args.names:
+    if args.action in ("show", "train", "remeasure") and not args.names:
         raise RobustlabError(f"zoo {args.action} needs at least one model name (robustlab zoo list shows them)")
-    return {"list": _list, "show": _show, "train": _train}[args.action](args)
+    return {"list": _list, "show": _show, "train": _train, "remeasure": _remeasure}[args.action](args)
 
 
 def add_zoo_parser(sub) -> None:
     p = sub.add_parser("zoo", help="the model zoo: list it, show a card, train a model from its recipe",
                        description="Models trained by robustlab itself (robustlab.zoo). Use one anywhere a "
                                    "command takes --model with --model zoo:NAME.")
-    p.add_argument("action", choices=["list", "show", "train"])
+    p.add_argument("action", choices=["list", "show", "train", "remeasure"],
+                   help="remeasure: run --suites again on published models and rewrite those entries of their cards")
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--workdir", default="zoo-runs",
                    help="train: working folder for the runs' checkpoints and evaluation states (default zoo-runs)")
-    p.add_argument("--out", help="train: where to write weights and card (default: the package's zoo)")
+    p.add_argument("--out", help="train, remeasure: where the weights and cards are written (default: the package's zoo)")
     p.add_argument("--images", type=int, help="train: test images for the suites (default: the catalog's, 1000)")
     p.add_argument("--threads", type=int, help="train: torch threads (default: torch's)")
     p.add_argument("--data-dir", help="directory holding the datasets (else $ROBUSTLAB_DATA, ...)")
     p.add_argument("--markdown", action="store_true", help="list: the table in Markdown")
+    p.add_argument("--suites", nargs="+", default=["fast"], help="remeasure: the suites to run again (default fast)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=zoo_command)
