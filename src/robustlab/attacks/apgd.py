@@ -348,7 +348,7 @@ class AutoPGD(LossMixin, _AutoPGDBase):
             models of ``benchmarks/README.md`` nearly every APGD success comes within 10 steps,
             and the few later ones sat below 5% of their clean margin at step 25, where the
             samples that never fell sat at a median of 8-50%. Needs ``early_stop``
-            (a verdict, not the highest loss, is asked). ``fast`` uses 0.1.
+            (a verdict, not the highest loss, is asked). ``fast`` uses 0.15.
 
     Cost per sample, at most: ``restarts * steps`` backwards and ``restarts * (steps + 1)``
     forwards (the start and ``steps - 1`` gradient steps, then a forward-only score of the last
