@@ -146,7 +146,7 @@ class SquareAttack(Attack):
             below ``k`` times its margin at the clean input never gives up (with ``give_up``).
             Our rule: a point that close to the boundary is where a random search most often
             still succeeds late (on the benchmark models of ``benchmarks/README.md``, warm
-            searches from such points broke images after 500-2500 queries that the give-up
+            searches from such points broke images after up to about 1600 queries that the give-up
             rule had stopped at 100), so the budget the give-up saves goes there.
         warm_start: in an evaluation cascade (:func:`robustlab.evaluation.evaluate` with
             ``cascade=True``), the runner passes each sample's point nearest the decision
