@@ -155,6 +155,31 @@ def test_cli_takes_zoo_models(tmp_path, capsys):
 
 
 @needs_mnist
+def test_every_command_that_takes_a_model_takes_zoo_models(tmp_path):
+    """attack and certify (evaluate: above) read --model zoo:NAME; so does the cascade training
+    method's ``source`` option, the one other place a model is named on the command line."""
+    import json
+
+    from robustlab.training import TrainConfig
+    from robustlab.training.cascade import CascadeTraining
+
+    with torch_threads(1):
+        assert main(["attack", "--model", "zoo:mnist-tiny", "--eps", "0.05", "--attack", "fgsm", "--limit", "8",
+                     "--quiet", "--out", str(tmp_path / "attack")]) == 0
+        assert main(["certify", "--model", "zoo:mnist-tiny", "--eps", "0.01", "--methods", "ibp", "--limit", "8",
+                     "--out", str(tmp_path / "certify")]) == 0
+    certified = json.loads((tmp_path / "certify" / "certify.json").read_text())
+    assert certified["model_card"]["extra"]["zoo"]["name"] == "mnist-tiny"
+    method = CascadeTraining(TrainConfig(epochs=1, batch_size=8, seed=0, method="cascade",
+                                         method_options={"source": "zoo:mnist-tiny"}))
+    shipped = zoo.load("mnist-tiny")
+    assert method.source is not None and not method.source.training
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(method.source(x), shipped(x))
+
+
+@needs_mnist
 def test_tiny_recipe_rebuilds_to_its_card(tmp_path):
     shipped = zoo.card("mnist-tiny")
     assert main(["zoo", "train", "mnist-tiny", "--workdir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),

@@ -752,7 +752,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     check_out_folder(args.out)
     options = ReproOptions(images=args.images, data_dir=args.data_dir, out=Path(args.out), full=args.full, seed=args.seed,
                            device=str(_device(args.device)), progress=not args.quiet,
-                           cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+                           cache_dir=Path(args.cache_dir) if args.cache_dir else None, retrain=args.retrain)
     result = run_reproduction(args.name, options)
     print(result.markdown)
     print(f"wrote {result.json_path} and {result.markdown_path}")
@@ -1056,6 +1056,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reproduce", help="folder for NAME.json and NAME.md")
     p.add_argument("--full", action="store_true", help="the paper's settings (needs a GPU and hours)")
     p.add_argument("--cache-dir", help="where trained models are cached (default: <user cache>/reproduce)")
+    p.add_argument("--retrain", action="store_true",
+                   help="rebuild the zoo models the reproduction attacks from their recipes (cached) instead of "
+                        "loading the shipped weights")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")

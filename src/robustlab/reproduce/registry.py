@@ -32,7 +32,9 @@ class ReproOptions:
     ``out``: folder for ``<name>.json`` / ``<name>.md``. ``cache_dir``: where trained models are
     cached (``None``: ``<user cache>/reproduce``). ``overrides``: test-only size overrides a
     reproduction documents (e.g. ``{"dataset": "digits", "epochs": 1}``); they are recorded in
-    the JSON so a result can never pass for a real-scale one.
+    the JSON so a result can never pass for a real-scale one. ``retrain``: rebuild the zoo
+    models a reproduction attacks from their recipes instead of loading the shipped weights
+    (:meth:`zoo_model`).
     """
 
     images: int | None = None
@@ -44,7 +46,7 @@ class ReproOptions:
     progress: bool = False
     cache_dir: Path | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
-
+    retrain: bool = False
 
     def model_cache(self) -> Path:
         """Where trained models are cached: ``cache_dir`` or ``<user cache>/reproduce``."""
@@ -72,6 +74,44 @@ class ReproOptions:
         model, card = train()
         save_model(copy.deepcopy(model).cpu(), path, card)
         return model.eval(), card, path, False
+
+    def zoo_model(self, name: str, *, seed: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+        """``(model in eval mode, info)``: the zoo model ``name`` as shipped (:func:`robustlab.zoo.load`,
+        its weights checked against its card), or, with ``retrain`` or a ``seed`` other than the
+        recipe's, the model trained from ``name``'s recipe with that seed, exactly as ``robustlab
+        train --config`` trains it, in ``<model_cache>/zoo-runs/NAME-seedS-<hash of the recipe>``
+        (resumable, and reused by later runs while the recipe is unchanged). ``info`` says which:
+        ``source`` (``zoo:NAME`` or the run folder's model), ``architecture``, ``seed``,
+        ``trained_here``, ``cached``, ``train_seconds`` and the card's ``training``/``metrics``."""
+        from robustlab import zoo
+        from robustlab.models import load_model
+        from robustlab.zoo.build import train_recipe, training_seconds
+
+        recipe = zoo.recipe(name)
+        recipe_seed = recipe.get("seed", 0)
+        seed = recipe_seed if seed is None else seed
+        if not self.retrain and seed == recipe_seed:
+            if name not in zoo.names():
+                raise RobustlabError(f"the zoo model {name!r} is not trained yet: train it with `robustlab zoo train "
+                                     f"{name}`, or rebuild it for this run with --retrain")
+            model, card = zoo.load(name, map_location=self.device), zoo.card(name)
+            return model.eval(), {"source": f"zoo:{name}", "zoo": name, "architecture": card.architecture,
+                                  "seed": seed, "trained_here": False,
+                                  "cached": True, "sha256": card.extra["zoo"]["sha256"],
+                                  "train_seconds": card.training.get("seconds"), "training": card.training,
+                                  "metrics": card.metrics}
+        digest = hashlib.sha1(json.dumps({"recipe": recipe, "seed": seed}, sort_keys=True).encode()).hexdigest()[:12]
+        run_dir = self.model_cache() / "zoo-runs" / f"{name}-seed{seed}-{digest}"
+        path = run_dir / "model"
+        cached = path.with_suffix(".json").is_file() and path.with_suffix(".safetensors").is_file()
+        if not cached:
+            logger.info("training %s from its recipe with seed %d in %s", name, seed, run_dir)
+            train_recipe(name, run_dir, seed=seed, data_dir=self.data_dir, device=self.device, progress=self.progress)
+        model, card = load_model(path, map_location=self.device)
+        return model.eval(), {"source": str(path), "zoo": name, "architecture": card.architecture, "seed": seed,
+                              "trained_here": True, "cached": cached,
+                              "train_seconds": training_seconds(run_dir)[0], "training": card.training,
+                              "metrics": card.metrics}
 
     def scale(self, cpu: Any, full: Any, allowed: Sequence[str], reproduction: str,
               image_fields: Sequence[str] = ("images",)) -> Any:

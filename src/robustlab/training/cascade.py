@@ -69,8 +69,8 @@ def step_ll(model: nn.Module, x: Tensor, eps: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class CascadeOptions:
     """``eps_max`` (16/255), ``adv_weight`` (λ = 0.3), ``pivot_weight`` (λ2 = 1e-4),
-    ``detach_pivot`` (True), ``source`` (N1's checkpoint path, or None for the first stage):
-    Na et al.'s ``main.py`` defaults."""
+    ``detach_pivot`` (True), ``source`` (N1: a checkpoint path or ``zoo:NAME``, read as
+    ``--model`` is; None for the first stage): Na et al.'s ``main.py`` defaults."""
 
     eps_max: float = 16 / 255
     adv_weight: float = 0.3
@@ -88,7 +88,8 @@ class CascadeOptions:
         if not isinstance(self.detach_pivot, bool):
             raise RobustlabError(f"CascadeOptions.detach_pivot must be a bool, got {self.detach_pivot!r}")
         if self.source is not None and not isinstance(self.source, str):
-            raise RobustlabError(f"CascadeOptions.source must be a checkpoint path or None, got {self.source!r}")
+            raise RobustlabError(f"CascadeOptions.source must be a checkpoint path, zoo:NAME or None, got "
+                                 f"{self.source!r}")
 
 
 class CascadeTraining(TrainingMethod):
@@ -104,9 +105,9 @@ class CascadeTraining(TrainingMethod):
         self.generator = method_generator(config)
         self.source: nn.Module | None = None
         if self.options.source is not None:
-            from robustlab.models import load_model
+            from robustlab.models.loading import resolve_model
 
-            self.source, _ = load_model(self.options.source, map_location=self.device)
+            self.source = resolve_model(self.options.source)[0].to(self.device)
             for p in self.source.parameters():
                 p.requires_grad_(False)
 

@@ -1,7 +1,7 @@
 """Publishing a trained zoo model: evaluate it and write its weights and card into the zoo.
 
 ``robustlab zoo train NAME`` trains the recipe with ``robustlab train`` in a working folder
-(``zoo-runs/NAME``: atomic, resumable checkpoints) and then calls :func:`publish`, which
+(``zoo-runs/NAME``: atomic, resumable checkpoints; :func:`train_recipe`) and then calls :func:`publish`, which
 evaluates the trained model and writes ``models/NAME.safetensors`` and ``models/NAME.json``.
 Every evaluation is resumable too: the ``standard`` suite keeps its per-sample state in the
 working folder, so a killed build restarts where it stopped.
@@ -9,7 +9,9 @@ working folder, so a killed build restarts where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import platform
@@ -28,7 +30,7 @@ from robustlab.evaluation.suites import SUITES
 from robustlab.models.checkpoint import ModelCard, checkpoint_paths, load_model, save_model, write_atomic
 from robustlab.threat import threat_model
 from robustlab.training import checkpoint as training_checkpoint
-from robustlab.zoo import MODELS_DIR, entry, recipe, sha256_of
+from robustlab.zoo import MODELS_DIR, entry, recipe, recipe_path, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,32 @@ logger = logging.getLogger(__name__)
 CHECK_IMAGES = 200
 # Suites recorded on the cards: `standard` always; `fast` once robustlab has it.
 CARD_SUITES = ("standard", "fast")
+
+
+def train_recipe(name: str, run_dir: str | Path, *, seed: int | None = None, data_dir: str | None = None,
+                 device: str | None = None, progress: bool = False) -> Path:
+    """Train ``name``'s recipe exactly as ``robustlab train --config recipes/NAME.toml --out
+    run_dir`` does (resumable: a killed run continues from its last epoch's checkpoint) and
+    return the trained model's checkpoint path, ``run_dir/model``. ``seed``: another seed than the
+    recipe's (weights, shuffling, validation split and the method's random draws all follow it),
+    for an independently trained copy of a zoo model. ``robustlab train``'s one line of output
+    goes to this module's log."""
+    from robustlab.cli import build_parser, cmd_train
+
+    argv = ["train", "--config", str(recipe_path(name)), "--out", str(run_dir)]
+    if seed is not None:
+        argv += ["--seed", str(seed)]
+    if data_dir:
+        argv += ["--data-dir", str(data_dir)]
+    if device:
+        argv += ["--device", device]
+    if not progress:
+        argv.append("--quiet")
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        cmd_train(build_parser().parse_args(argv))
+    logger.info("%s: %s", name, output.getvalue().strip())
+    return Path(run_dir) / "model"
 
 
 def training_seconds(run_dir: Path) -> tuple[float, int]:

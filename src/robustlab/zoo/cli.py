@@ -90,8 +90,7 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from robustlab import zoo
-    from robustlab.cli import build_parser, cmd_train
-    from robustlab.zoo.build import publish
+    from robustlab.zoo.build import publish, train_recipe
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -99,11 +98,8 @@ def _train(args: argparse.Namespace) -> int:
         zoo.entry(name)  # unknown names fail before anything runs
     for name in args.names:
         run_dir = Path(args.workdir) / name
-        argv = ["train", "--config", str(zoo.recipe_path(name)), "--out", str(run_dir), "--quiet"]
-        if args.data_dir:
-            argv += ["--data-dir", args.data_dir]
         start = time.perf_counter()
-        cmd_train(build_parser().parse_args(argv))
+        train_recipe(name, run_dir, data_dir=args.data_dir)
         print(f"{name}: trained in {run_dir} ({time.perf_counter() - start:.0f} s in this run)", flush=True)
         start = time.perf_counter()
         card = publish(name, run_dir, out_dir=args.out or zoo.MODELS_DIR, data_dir=args.data_dir,
