@@ -79,6 +79,19 @@ def test_models_are_cached(tiny_run):
     again = run_reproduction("madry-mnist", ReproOptions(images=4, out=out / "again", cache_dir=out / "models",
                                                         overrides=TINY))
     assert all(info["cached"] for info in again.record["models"].values())
+    assert not any(row["cached"] for row in again.record["rows"])  # other images: every row computed anew
+
+
+def test_rows_are_cached_per_images_attack_and_models(tiny_run):
+    """A rerun on the same images reads every row back (a killed run resumes row by row) with the
+    same numbers."""
+    result, out = tiny_run
+    again = run_reproduction("madry-mnist", ReproOptions(images=24, out=out / "rerun", cache_dir=out / "models",
+                                                        overrides=TINY)).record
+    assert all(row["cached"] for row in again["rows"])
+    assert [row["ours"] for row in again["rows"]] == [row["ours"] for row in result.record["rows"]]
+    assert again["worst_white_box"] == result.record["worst_white_box"]
+    assert not any(row["cached"] for row in result.record["rows"])
 
 
 def test_targeted_accuracy_needs_the_label_not_just_a_missed_target():
@@ -163,6 +176,28 @@ def test_zoo_model_not_trained_is_a_clear_error(tmp_path, monkeypatch):
         ReproOptions(cache_dir=tmp_path).zoo_model("mnist-tiny")
     with pytest.raises(RobustlabError, match="no zoo model 'mnist-nope'"):
         ReproOptions(cache_dir=tmp_path).zoo_model("mnist-nope")
+
+
+def test_one_run_at_a_time_trains_in_a_run_folder(tmp_path, monkeypatch):
+    import robustlab.zoo.build as build
+
+    seen = []
+
+    def fake_train(name, run_dir, **kwargs):
+        seen.append(sorted(p.name for p in run_dir.iterdir()))
+        raise RobustlabError("stopped")
+
+    monkeypatch.setattr(build, "train_recipe", fake_train)
+    options = ReproOptions(cache_dir=tmp_path)
+    with pytest.raises(RobustlabError, match="stopped"):
+        options.zoo_model("mnist-tiny", seed=7)
+    assert seen == [["training.lock"]]  # held while training, released after
+    (run_dir,) = (tmp_path / "zoo-runs").iterdir()
+    assert run_dir.name.startswith("mnist-tiny-seed7-") and not (run_dir / "training.lock").exists()
+    (run_dir / "training.lock").touch()  # another run is training there
+    with pytest.raises(RobustlabError, match="being trained by another run"):
+        options.zoo_model("mnist-tiny", seed=7)
+    assert len(seen) == 1
 
 
 def test_cli_retrain_reaches_the_options(monkeypatch, tmp_path):

@@ -36,6 +36,8 @@ with :func:`robustlab.training.train` at the :class:`Scale`'s training settings 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -215,7 +217,11 @@ def _get_model(kind: str, scale: Scale, options: ReproOptions) -> tuple[nn.Modul
                                 dataset=scale.dataset, training=training, metrics=metrics)
 
     model, card, path, cached = options.trained_or_cached(f"madry-{FILE_STEMS[kind]}", key_fields, train_model)
+    from robustlab.models import checkpoint_paths
+    from robustlab.zoo import sha256_of
+
     return model, {"source": str(path), "architecture": scale.model, "cached": cached, "trained_here": True,
+                   "sha256": sha256_of(checkpoint_paths(path)[0]),
                    "train_seconds": card.metrics.get("train_seconds"), "training": card.training,
                    "metrics": card.metrics}
 
@@ -279,7 +285,49 @@ def robust_correct(model: nn.Module, attack, x: Tensor, y: Tensor, *, threat, ta
     return torch.cat(correct)
 
 
-def _evaluate_rows(models: dict[str, nn.Module], x: Tensor, y: Tensor, scale: Scale, options: ReproOptions,
+class _Models:
+    """The three models by kind, each obtained (loaded or trained, :func:`_get_model`) on first
+    use, so that the white-box rows never wait for A'. ``info``: what each one is."""
+
+    def __init__(self, scale: Scale, options: ReproOptions) -> None:
+        self.scale, self.options = scale, options
+        self.models: dict[str, nn.Module] = {}
+        self.info: dict[str, dict[str, Any]] = {}
+
+    def __getitem__(self, kind: str) -> nn.Module:
+        if kind not in self.models:
+            self.models[kind], self.info[kind] = _get_model(kind, self.scale, self.options)
+        return self.models[kind]
+
+    def identity(self, kind: str) -> str:
+        self[kind]
+        return self.info[kind]["sha256"]
+
+
+def _row_flags(models: _Models, kinds: tuple[str, ...], key: dict[str, Any], compute, options: ReproOptions,
+               ) -> tuple[dict[str, Tensor], bool]:
+    """``({column: bool[N]}, cached)`` for one row: read from ``<model_cache>/madry-rows/`` when a
+    run with the same ``key`` (the row's attack, seed, images and the sha256 of every model it
+    involves) stored it, else ``compute()``'s, stored there. A killed run resumes row by row."""
+    from robustlab.models.checkpoint import write_atomic
+
+    key = {**key, "models": {kind: models.identity(kind) for kind in kinds}}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = options.model_cache() / "madry-rows" / f"{digest}.json"
+    if path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("key") == json.loads(json.dumps(key, default=str)):
+            return {column: torch.tensor([c == "1" for c in flags], device=options.device)
+                    for column, flags in stored["flags"].items()}, True
+    flags = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"key": key, "flags": {column: "".join("1" if f else "0" for f in values.tolist())
+                                             for column, values in flags.items()}}, default=str)
+    write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    return flags, False
+
+
+def _evaluate_rows(models: _Models, x: Tensor, y: Tensor, scale: Scale, options: ReproOptions,
                    ) -> tuple[list[dict[str, Any]], Tensor]:
     """The table's rows, and ``bool[N]``: A correct under every white-box row at once (per image)."""
     from robustlab.attacks import TransferAttack
@@ -287,30 +335,41 @@ def _evaluate_rows(models: dict[str, nn.Module], x: Tensor, y: Tensor, scale: Sc
     threat = Linf(scale.eps)
     rows = []
     every_white_box = torch.ones(len(y), dtype=torch.bool, device=y.device)
+    images = hashlib.sha1(x.detach().cpu().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest()
     for position, row in enumerate(TABLE1):
         attack, targets = _attack(row, scale)
         seed = options.seed * 1000 + position
         start = time.perf_counter()
-        ours: dict[str, float | None] = {"natural": None}
-        if row.source == "A":
-            ours["natural"] = _mean(robust_correct(models["natural"], attack, x, y, threat=threat, targets=targets,
-                                                   seed=seed, chunk=scale.chunk))
-            target_attack = attack
-        else:
-            surrogate = models["A'" if row.source == "A'" else "natural"]
-            target_attack = TransferAttack(attack, surrogates=[surrogate])
-        correct = robust_correct(models["A"], target_attack, x, y, threat=threat, targets=targets, seed=seed,
-                                 chunk=scale.chunk)
-        if row.source == "A":
-            every_white_box &= correct
-        ours["A"] = _mean(correct)
+        surrogate_kind = {"A": None, "A'": "A'", "A_nat": "natural"}[row.source]
+
+        def compute(attack=attack, targets=targets, seed=seed, surrogate_kind=surrogate_kind) -> dict[str, Tensor]:
+            flags = {}
+            if surrogate_kind is None:
+                flags["natural"] = robust_correct(models["natural"], attack, x, y, threat=threat, targets=targets,
+                                                  seed=seed, chunk=scale.chunk)
+                target_attack = attack
+            else:
+                target_attack = TransferAttack(attack, surrogates=[models[surrogate_kind]])
+            flags["A"] = robust_correct(models["A"], target_attack, x, y, threat=threat, targets=targets, seed=seed,
+                                        chunk=scale.chunk)
+            return flags
+
+        kinds = ("natural", "A") if surrogate_kind is None else ("A", surrogate_kind)
+        key = {"row": row._asdict(), "attack": repr(attack), "targets": targets, "seed": seed, "eps": scale.eps,
+               "images": images, "chunk": scale.chunk}
+        flags, cached = _row_flags(models, kinds, key, compute, options)
+        if surrogate_kind is None:
+            every_white_box &= flags["A"]
+        ours: dict[str, float | None] = {"natural": _mean(flags["natural"]) if "natural" in flags else None,
+                                         "A": _mean(flags["A"])}
         steps, restarts = _our_steps(row, scale)
         rows.append({"method": row.method, "source": row.source, "paper_steps": row.steps,
                      "paper_restarts": row.restarts, "steps": steps, "restarts": restarts,
                      "targets": targets, "kappa": getattr(attack, "kappa", None) if row.method.startswith("CW") else None,
-                     "ours": ours, "paper": row.accuracy, "seconds": round(time.perf_counter() - start, 1)})
-        logger.info("%s %s/%s from %s: natural %s, A %s", row.method, steps, restarts, row.source,
-                    ours["natural"], ours["A"])
+                     "ours": ours, "paper": row.accuracy, "seconds": round(time.perf_counter() - start, 1),
+                     "cached": cached})
+        logger.info("%s %s/%s from %s: natural %s, A %s%s", row.method, steps, restarts, row.source,
+                    ours["natural"], ours["A"], " (cached)" if cached else "")
     return rows, every_white_box
 
 
@@ -334,13 +393,12 @@ def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, chunk: int) -> float:
           "paper's CNN and schedule, GPU, hours")
 def table1(options: ReproOptions) -> tuple[dict, str]:
     scale = _scale(options)
-    models, info = {}, {}
-    for kind in KINDS:
-        models[kind], info[kind] = _get_model(kind, scale, options)
+    models = _Models(scale, options)
     x, y = _first_test_images(scale, options)
     x, y = x.to(options.device), y.to(options.device)
-    clean = {kind: clean_accuracy(model, x, y, scale.chunk) for kind, model in models.items()}
     rows, every_white_box = _evaluate_rows(models, x, y, scale, options)
+    clean = {kind: clean_accuracy(models[kind], x, y, scale.chunk) for kind in KINDS}
+    info = models.info
     worst = {"per_row": min(r["ours"]["A"] for r in rows if r["source"] == "A"), "per_image": _mean(every_white_box)}
     notes = _notes(scale, options, rows, clean, worst, info)
     md = (f"## Madry et al. Table 1 (MNIST, L∞ eps = {scale.eps:g}): ours vs {PAPER}\n\n"

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -84,7 +85,8 @@ class ReproOptions:
         ``source`` (``zoo:NAME`` or the run folder's model), ``architecture``, ``seed``,
         ``trained_here``, ``cached``, ``train_seconds`` and the card's ``training``/``metrics``."""
         from robustlab import zoo
-        from robustlab.models import load_model
+        from robustlab.models import checkpoint_paths, load_model
+        from robustlab.zoo import sha256_of
         from robustlab.zoo.build import train_recipe, training_seconds
 
         recipe = zoo.recipe(name)
@@ -106,10 +108,20 @@ class ReproOptions:
         cached = path.with_suffix(".json").is_file() and path.with_suffix(".safetensors").is_file()
         if not cached:
             logger.info("training %s from its recipe with seed %d in %s", name, seed, run_dir)
-            train_recipe(name, run_dir, seed=seed, data_dir=self.data_dir, device=self.device, progress=self.progress)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock = run_dir / "training.lock"
+            try:
+                os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                raise RobustlabError(f"{run_dir} is being trained by another run (if none is, remove {lock})") from None
+            try:
+                train_recipe(name, run_dir, seed=seed, data_dir=self.data_dir, device=self.device,
+                             progress=self.progress)
+            finally:
+                lock.unlink(missing_ok=True)
         model, card = load_model(path, map_location=self.device)
         return model.eval(), {"source": str(path), "zoo": name, "architecture": card.architecture, "seed": seed,
-                              "trained_here": True, "cached": cached,
+                              "trained_here": True, "cached": cached, "sha256": sha256_of(checkpoint_paths(path)[0]),
                               "train_seconds": training_seconds(run_dir)[0], "training": card.training,
                               "metrics": card.metrics}
 
