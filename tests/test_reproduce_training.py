@@ -64,3 +64,30 @@ def test_unknown_rows_and_overrides_are_refused(tmp_path):
         run_reproduction("training-mnist", ReproOptions(out=tmp_path, overrides={**TINY, "methods": ("PGD-7",)}))
     with pytest.raises(RobustlabError, match="overrides"):
         run_reproduction("training-mnist", ReproOptions(out=tmp_path, overrides={"epoch": 1}))
+
+
+def test_zoo_table_evaluates_the_shipped_models_and_lists_the_untrained(tmp_path, monkeypatch):
+    """training-mnist-zoo at test size: mnist-tiny at its eps (0.05) on its card's 50 images, beside
+    a zoo model that counts as not trained (the zoo is narrowed to mnist-tiny)."""
+    from robustlab import zoo
+    from robustlab.data import load_dataset, locate
+    from robustlab.zoo.build import correct_predictions
+
+    if locate("mnist") is None:
+        pytest.skip("needs MNIST (ROBUSTLAB_DATA)")
+    monkeypatch.setattr(zoo, "names", lambda: ["mnist-tiny"])
+    overrides = {"zoo": ("mnist-tiny", "mnist-yopo"), "eps": 0.05, "attack_steps": 3, "step_size": 0.02,
+                 "eps_grid": (0.02, 0.05), "suite_images": 0, "chunk": 50}
+    result = run_reproduction("training-mnist-zoo", ReproOptions(images=50, out=tmp_path, overrides=overrides))
+    tiny, yopo = result.record["rows"]
+    assert not yopo["trained"] and "not in the zoo yet" in result.markdown and "mnist-yopo" in result.markdown
+    card = zoo.card("mnist-tiny")
+    assert tiny["trained"] and tiny["model"]["source"] == "zoo:mnist-tiny" and tiny["model"]["epochs"] == 5
+    test = load_dataset("mnist", split="test")
+    assert tiny["ours"]["clean"] == pytest.approx(
+        float(correct_predictions(zoo.load("mnist-tiny"), test.x[:50], test.y[:50]).float().mean()))
+    # The card's `standard` number on the same first 50 images, not recomputed.
+    assert tiny["ours"]["suite"]["from_card"] and tiny["ours"]["suite"]["robust"] == card.metrics["standard"]["robust_accuracy"]
+    # Teeth: PGD at the card's eps bites (the tiny model is not robust).
+    assert tiny["ours"]["grid"]["0.05"] < tiny["ours"]["clean"] - 0.1
+    assert 0 <= tiny["ours"]["pgd40"] <= tiny["ours"]["clean"]
