@@ -12,6 +12,7 @@ from robustlab import zoo
 from robustlab.attacks import PGD
 from robustlab.data import load_dataset, locate
 from robustlab.errors import RobustlabError
+from robustlab.evaluation.metrics import wilson_interval
 from robustlab.models import checkpoint_paths
 from robustlab.reproduce import REPRODUCTIONS, ReproOptions, run_reproduction
 from robustlab.reproduce.madry import CPU_SCALE, FULL_SCALE, TABLE1, robust_correct
@@ -49,6 +50,7 @@ def test_tiny_run_has_every_row_with_paper_numbers(tiny_run):
     assert [(r["method"], r["source"]) for r in rows] == [(r.method, r.source) for r in TABLE1]
     for row in rows:
         assert 0.0 <= row["ours"]["A"] <= 1.0
+        assert row["ci_A"] == pytest.approx(list(wilson_interval(round(24 * row["ours"]["A"]), 24)))
         white_box = row["source"] == "A"
         assert (row["ours"]["natural"] is not None) == white_box
         if white_box:

@@ -107,8 +107,8 @@ CPU_SCALE = Scale()
 #: The paper's settings (Sec. 4 and ``MadryLab/mnist_challenge:config.json``): their CNN
 #: (``madry-cnn``), Adam lr 1e-4, batch 50, 100,000 iterations (83.3 epochs of 60,000 images; 84
 #: here), PGD-40 of 0.01 for training, no warm-up; the 10,000 test images; 20 restarts. Needs a GPU.
-FULL_SCALE = Scale(zoo_natural=None, zoo_pgd=None, model="madry-cnn", train_samples=None, natural_epochs=84, adversarial_epochs=84,
-                   eps_warmup_epochs=0.0, batch_size=50, lr=1e-4, images=10000, restarts=20, chunk=1000)
+FULL_SCALE = Scale(zoo_natural=None, zoo_pgd=None, model="madry-cnn", train_samples=None, natural_epochs=84,
+                   adversarial_epochs=84, eps_warmup_epochs=0.0, batch_size=50, lr=1e-4, images=10000, restarts=20, chunk=1000)
 
 #: Overrides a test may pass in ``ReproOptions.overrides``: any :class:`Scale` field.
 OVERRIDABLE = tuple(Scale.__dataclass_fields__)
@@ -182,7 +182,7 @@ def _zoo_model(kind: str, scale: Scale, options: ReproOptions) -> tuple[nn.Modul
         raise RobustlabError("the Madry reproduction needs both zoo_natural and zoo_pgd, or neither")
     seed = zoo.recipe(name).get("seed", 0) + 1 if kind == "A'" else None
     model, info = options.zoo_model(name, seed=seed)
-    dataset = info["training"].get("config", {}).get("dataset") or zoo.recipe(name).get("dataset")
+    dataset = zoo.recipe(name).get("dataset")
     if dataset != scale.dataset:
         raise RobustlabError(f"the zoo model {name!r} was trained on {dataset!r}, the reproduction runs on "
                              f"{scale.dataset!r}")
@@ -331,6 +331,7 @@ def _evaluate_rows(models: _Models, x: Tensor, y: Tensor, scale: Scale, options:
                    ) -> tuple[list[dict[str, Any]], Tensor]:
     """The table's rows, and ``bool[N]``: A correct under every white-box row at once (per image)."""
     from robustlab.attacks import TransferAttack
+    from robustlab.evaluation.metrics import wilson_interval
 
     threat = Linf(scale.eps)
     rows = []
@@ -362,12 +363,13 @@ def _evaluate_rows(models: _Models, x: Tensor, y: Tensor, scale: Scale, options:
             every_white_box &= flags["A"]
         ours: dict[str, float | None] = {"natural": _mean(flags["natural"]) if "natural" in flags else None,
                                          "A": _mean(flags["A"])}
+        ci = list(wilson_interval(int(flags["A"].sum()), len(y)))
         steps, restarts = _our_steps(row, scale)
         rows.append({"method": row.method, "source": row.source, "paper_steps": row.steps,
                      "paper_restarts": row.restarts, "steps": steps, "restarts": restarts,
                      "targets": targets, "kappa": getattr(attack, "kappa", None) if row.method.startswith("CW") else None,
-                     "ours": ours, "paper": row.accuracy, "seconds": round(time.perf_counter() - start, 1),
-                     "cached": cached})
+                     "ours": ours, "ci_A": ci, "paper": row.accuracy,
+                     "seconds": round(time.perf_counter() - start, 1), "cached": cached})
         logger.info("%s %s/%s from %s: natural %s, A %s%s", row.method, steps, restarts, row.source,
                     ours["natural"], ours["A"], " (cached)" if cached else "")
     return rows, every_white_box
@@ -427,14 +429,15 @@ def _count(ours: int | None, paper: int | None) -> str:
 
 
 def _table(rows: list[dict], clean: dict[str, float]) -> str:
-    head = ("| Method | Steps | Restarts | Source | Natural model: ours | PGD-trained A: ours | A: paper |\n"
+    head = ("| Method | Steps | Restarts | Source | Natural model: ours | PGD-trained A: ours [95% CI] | A: paper |\n"
             "|---|---|---|---|---:|---:|---:|\n")
     lines = [(f"| Natural | - | - | - | {_pct(clean['natural'])} | {_pct(clean['A'])} | "
               f"{_pct(PAPER_NATURAL_ACCURACY)} |")]
     for row in rows:
         lines.append(f"| {row['method']} | {_count(row['steps'], row['paper_steps'])} | "
                      f"{_count(row['restarts'], row['paper_restarts'])} | {row['source']} | "
-                     f"{_pct(row['ours']['natural'])} | {_pct(row['ours']['A'])} | {_pct(row['paper'])} |")
+                     f"{_pct(row['ours']['natural'])} | {_pct(row['ours']['A'])} "
+                     f"[{100 * row['ci_A'][0]:.1f}, {100 * row['ci_A'][1]:.1f}] | {_pct(row['paper'])} |")
     return head + "\n".join(lines)
 
 
@@ -489,6 +492,12 @@ def _notes(scale: Scale, options: ReproOptions, rows: list[dict], clean: dict[st
          "i.e. far above white-box. The architecture-B rows (Tramèr et al.'s network) are not reproduced."),
         f"Natural model: clean {_pct(clean['natural'])}; it is expected near 0% under PGD at eps 0.3 (paper, Fig. 4).",
     ]
+    outside = [f"{r['method']} {r['paper_steps'] or ''}/{r['paper_restarts'] or ''} from {r['source']} (paper "
+               f"{_pct(r['paper'])}, ours {_pct(r['ours']['A'])})" for r in rows
+               if r["paper"] is not None and not r["ci_A"][0] <= r["paper"] <= r["ci_A"][1]]
+    notes.append(f"The paper's number lies outside our 95% interval (Wilson, {scale.images} images) in "
+                 f"{len(outside)} of {sum(r['paper'] is not None for r in rows)} rows"
+                 + (": " + "; ".join(outside) if outside else "") + ".")
     standard = info["A"]["metrics"].get("standard") if not info["A"]["trained_here"] else None
     if standard and standard["images"] == scale.images:
         notes.append(f"On the same {scale.images} images, AutoAttack's `standard` suite (the card of "
