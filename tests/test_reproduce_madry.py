@@ -172,6 +172,25 @@ def test_retrain_rebuilds_the_zoo_models_from_their_recipes(zoo_run):
     assert models["A"]["cached"]  # trained once for the natural model, reused for A
 
 
+@needs_mnist
+def test_no_train_reports_the_rows_of_a_missing_copy_as_not_run(tmp_path):
+    """--no-train with A' not cached: the white-box and natural-source rows as usual, A''s rows
+    marked not run (no number), nothing trained."""
+    record = run_reproduction("madry-mnist", ReproOptions(images=8, out=tmp_path, cache_dir=tmp_path / "models",
+                                                         overrides=ZOO_TINY, train=False)).record
+    for row in record["rows"]:
+        if row["source"] == "A'":
+            assert row["not_run"] and row["ours"]["A"] is None and "not trained" in row["not_run"]
+        else:
+            assert "not_run" not in row and 0 <= row["ours"]["A"] <= 1
+    assert "A'" not in record["models"] and record["clean_accuracy"]["A'"] is None
+    assert not (tmp_path / "models" / "zoo-runs").exists()
+    markdown = (tmp_path / "madry-mnist.md").read_text()
+    assert "not run (A' not trained)" in markdown and "trains nothing (--no-train)" in markdown
+    with pytest.raises(RobustlabError, match="contradict"):
+        ReproOptions(cache_dir=tmp_path, retrain=True, train=False).zoo_model("mnist-tiny")
+
+
 def test_zoo_model_not_trained_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)  # an empty zoo
     with pytest.raises(RobustlabError, match="not trained yet.*--retrain"):
@@ -209,13 +228,13 @@ def test_cli_retrain_reaches_the_options(monkeypatch, tmp_path):
     seen = []
 
     def fake(name, options):
-        seen.append((name, options.retrain))
+        seen.append((name, options.retrain, options.train))
         raise RobustlabError("stop here")
 
     monkeypatch.setattr(reproduce, "run_reproduction", fake)
-    for argv, retrain in ((["--retrain"], True), ([], False)):
+    for argv, retrain, train in ((["--retrain"], True, True), ([], False, True), (["--no-train"], False, False)):
         assert main(["reproduce", "madry-mnist", "--out", str(tmp_path), *argv]) == 2
-        assert seen.pop() == ("madry-mnist", retrain)
+        assert seen.pop() == ("madry-mnist", retrain, train)
 
 
 def test_unknown_override_is_a_clear_error(tmp_path):

@@ -752,7 +752,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     check_out_folder(args.out)
     options = ReproOptions(images=args.images, data_dir=args.data_dir, out=Path(args.out), full=args.full, seed=args.seed,
                            device=str(_device(args.device)), progress=not args.quiet,
-                           cache_dir=Path(args.cache_dir) if args.cache_dir else None, retrain=args.retrain)
+                           cache_dir=Path(args.cache_dir) if args.cache_dir else None, retrain=args.retrain,
+                           train=not args.no_train)
     result = run_reproduction(args.name, options)
     print(result.markdown)
     print(f"wrote {result.json_path} and {result.markdown_path}")
@@ -1059,6 +1060,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain", action="store_true",
                    help="rebuild the zoo models the reproduction attacks from their recipes (cached) instead of "
                         "loading the shipped weights")
+    p.add_argument("--no-train", action="store_true",
+                   help="train nothing: rows that need a model neither shipped nor cached are reported as not run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
 from robustlab.formatting import percent
-from robustlab.reproduce.registry import ReproOptions, register
+from robustlab.reproduce.registry import NotTrained, ReproOptions, register
 from robustlab.threat import Linf
 
 logger = logging.getLogger(__name__)
@@ -358,18 +358,27 @@ def _evaluate_rows(models: _Models, x: Tensor, y: Tensor, scale: Scale, options:
         kinds = ("natural", "A") if surrogate_kind is None else ("A", surrogate_kind)
         key = {"row": row._asdict(), "attack": repr(attack), "targets": targets, "seed": seed, "eps": scale.eps,
                "images": images, "chunk": scale.chunk}
-        flags, cached = _row_flags(models, kinds, key, compute, options)
+        steps, restarts = _our_steps(row, scale)
+        common = {"method": row.method, "source": row.source, "paper_steps": row.steps, "paper_restarts": row.restarts,
+                  "steps": steps, "restarts": restarts, "targets": targets,
+                  "kappa": getattr(attack, "kappa", None) if row.method.startswith("CW") else None,
+                  "paper": row.accuracy}
+        try:
+            flags, cached = _row_flags(models, kinds, key, compute, options)
+        except NotTrained as error:
+            if surrogate_kind is None:
+                raise
+            logger.warning("%s from %s not run: %s", row.method, row.source, error)
+            rows.append({**common, "ours": {"natural": None, "A": None}, "ci_A": None, "not_run": str(error),
+                         "seconds": 0.0, "cached": False})
+            continue
         if surrogate_kind is None:
             every_white_box &= flags["A"]
         ours: dict[str, float | None] = {"natural": _mean(flags["natural"]) if "natural" in flags else None,
                                          "A": _mean(flags["A"])}
         ci = list(wilson_interval(int(flags["A"].sum()), len(y)))
-        steps, restarts = _our_steps(row, scale)
-        rows.append({"method": row.method, "source": row.source, "paper_steps": row.steps,
-                     "paper_restarts": row.restarts, "steps": steps, "restarts": restarts,
-                     "targets": targets, "kappa": getattr(attack, "kappa", None) if row.method.startswith("CW") else None,
-                     "ours": ours, "ci_A": ci, "paper": row.accuracy,
-                     "seconds": round(time.perf_counter() - start, 1), "cached": cached})
+        rows.append({**common, "ours": ours, "ci_A": ci, "seconds": round(time.perf_counter() - start, 1),
+                     "cached": cached})
         logger.info("%s %s/%s from %s: natural %s, A %s%s", row.method, steps, restarts, row.source,
                     ours["natural"], ours["A"], " (cached)" if cached else "")
     return rows, every_white_box
@@ -399,7 +408,9 @@ def table1(options: ReproOptions) -> tuple[dict, str]:
     x, y = _first_test_images(scale, options)
     x, y = x.to(options.device), y.to(options.device)
     rows, every_white_box = _evaluate_rows(models, x, y, scale, options)
-    clean = {kind: clean_accuracy(models[kind], x, y, scale.chunk) for kind in KINDS}
+    # Models a --no-train run could not get (A' where it is not cached) have no clean accuracy.
+    clean = {kind: clean_accuracy(models.models[kind], x, y, scale.chunk) if kind in models.models else None
+             for kind in KINDS}
     info = models.info
     worst = {"per_row": min(r["ours"]["A"] for r in rows if r["source"] == "A"), "per_image": _mean(every_white_box)}
     notes = _notes(scale, options, rows, clean, worst, info)
@@ -408,7 +419,7 @@ def table1(options: ReproOptions) -> tuple[dict, str]:
           "correctly clean). Source: the network the attack is computed on (A: white-box on the evaluated network; "
           "A': an independently initialized and trained copy of A; A_nat: a naturally trained network); the "
           "natural-model column is white-box on the natural model itself.\n\n"
-          + _table(rows, clean) + "\n\n" + "\n".join(_model_line(kind, info[kind]) for kind in KINDS) + "\n"
+          + _table(rows, clean) + "\n\n" + "\n".join(_model_line(kind, info.get(kind)) for kind in KINDS) + "\n"
           + _settings_line(scale, options, len(y)) + "\n" + "\n".join(f"- {n}" for n in notes)
           + f"\n- Paper numbers: {PAPER_SOURCE}.")
     record = {"paper": PAPER, "paper_source": PAPER_SOURCE, "scale": asdict(scale), "full": options.full,
@@ -428,7 +439,7 @@ def _count(ours: int | None, paper: int | None) -> str:
     return f"{ours}" if ours == paper else f"{ours} (paper {paper})"
 
 
-def _table(rows: list[dict], clean: dict[str, float]) -> str:
+def _table(rows: list[dict], clean: dict[str, float | None]) -> str:
     head = ("| Method | Steps | Restarts | Source | Natural model: ours | PGD-trained A: ours [95% CI] | A: paper |\n"
             "|---|---|---|---|---:|---:|---:|\n")
     lines = [(f"| Natural | - | - | - | {_pct(clean['natural'])} | {_pct(clean['A'])} | "
@@ -436,13 +447,20 @@ def _table(rows: list[dict], clean: dict[str, float]) -> str:
     for row in rows:
         lines.append(f"| {row['method']} | {_count(row['steps'], row['paper_steps'])} | "
                      f"{_count(row['restarts'], row['paper_restarts'])} | {row['source']} | "
-                     f"{_pct(row['ours']['natural'])} | {_pct(row['ours']['A'])} "
-                     f"[{100 * row['ci_A'][0]:.1f}, {100 * row['ci_A'][1]:.1f}] | {_pct(row['paper'])} |")
+                     f"{_pct(row['ours']['natural'])} | {_cell(row)} | {_pct(row['paper'])} |")
     return head + "\n".join(lines)
 
 
-def _model_line(kind: str, info: dict) -> str:
+def _cell(row: dict) -> str:
+    if row.get("not_run"):
+        return f"not run ({row['source']} not trained)"
+    return f"{_pct(row['ours']['A'])} [{100 * row['ci_A'][0]:.1f}, {100 * row['ci_A'][1]:.1f}]"
+
+
+def _model_line(kind: str, info: dict | None) -> str:
     name = {"natural": "Natural", "A": "PGD-trained A", "A'": "PGD-trained copy A'"}[kind]
+    if info is None:
+        return f"- {name} model: not trained, and this run trains nothing (--no-train): its rows are not run"
     training = info["training"]
     what = (f"{info['architecture']}, {training['method']} training, {training['config']['epochs']} epoch(s) on "
             f"{training['samples']} images")
@@ -475,14 +493,14 @@ def _settings_line(scale: Scale, options: ReproOptions, n_images: int) -> str:
             + (f"\n- Test-only overrides: {options.overrides}" if options.overrides else ""))
 
 
-def _notes(scale: Scale, options: ReproOptions, rows: list[dict], clean: dict[str, float], worst: dict[str, float],
+def _notes(scale: Scale, options: ReproOptions, rows: list[dict], clean: dict[str, float | None], worst: dict[str, float],
            info: dict[str, dict]) -> list[str]:
     white_box = [r["ours"]["A"] for r in rows if r["source"] == "A"]
-    transfer = [r["ours"]["A"] for r in rows if r["source"] != "A"]
+    transfer = [r["ours"]["A"] for r in rows if r["source"] != "A" and not r.get("not_run")]
     notes = [
         (f"Worst white-box accuracy of A: {_pct(min(white_box))} (paper: 89.3%, PGD-100 with 20 restarts); "
-         f"{_pct(worst['per_image'])} of the images survive every white-box row at once; worst transfer accuracy: "
-         f"{_pct(min(transfer))} (paper: 95.7%). The paper's pattern is white-box < transfer, and restarts and more "
+         f"{_pct(worst['per_image'])} of the images survive every white-box row at once; worst transfer accuracy "
+         f"(rows run): {_pct(min(transfer, default=None))} (paper: 95.7%). The paper's pattern is white-box < transfer, and restarts and more "
          f"steps lowering accuracy a little, not collapsing it."),
         ("Targeted: PGD on the targeted cross-entropy towards a uniformly random wrong class (our choice; the "
          "target rule is not in our transcription of the paper). CW: PGD on the C&W margin loss, kappa 0; CW+: "
@@ -494,9 +512,9 @@ def _notes(scale: Scale, options: ReproOptions, rows: list[dict], clean: dict[st
     ]
     outside = [f"{r['method']} {r['paper_steps'] or ''}/{r['paper_restarts'] or ''} from {r['source']} (paper "
                f"{_pct(r['paper'])}, ours {_pct(r['ours']['A'])})" for r in rows
-               if r["paper"] is not None and not r["ci_A"][0] <= r["paper"] <= r["ci_A"][1]]
+               if r["paper"] is not None and r["ci_A"] and not r["ci_A"][0] <= r["paper"] <= r["ci_A"][1]]
     notes.append(f"The paper's number lies outside our 95% interval (Wilson, {scale.images} images) in "
-                 f"{len(outside)} of {sum(r['paper'] is not None for r in rows)} rows"
+                 f"{len(outside)} of {sum(r['paper'] is not None and r['ci_A'] is not None for r in rows)} rows run"
                  + (": " + "; ".join(outside) if outside else "") + ".")
     standard = info["A"]["metrics"].get("standard") if not info["A"]["trained_here"] else None
     if standard and standard["images"] == scale.images:

@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class NotTrained(RobustlabError):
+    """A reproduction needs a model that is neither shipped nor cached, and ``ReproOptions.train``
+    is off."""
+
+
 @dataclass
 class ReproOptions:
     """What a reproduction run may vary.
@@ -35,7 +40,8 @@ class ReproOptions:
     reproduction documents (e.g. ``{"dataset": "digits", "epochs": 1}``); they are recorded in
     the JSON so a result can never pass for a real-scale one. ``retrain``: rebuild the zoo
     models a reproduction attacks from their recipes instead of loading the shipped weights
-    (:meth:`zoo_model`).
+    (:meth:`zoo_model`). ``train``: ``False`` trains nothing: a model neither shipped nor cached
+    raises :class:`NotTrained`, and a reproduction reports the rows that need it as not run.
     """
 
     images: int | None = None
@@ -48,6 +54,7 @@ class ReproOptions:
     cache_dir: Path | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     retrain: bool = False
+    train: bool = True
 
     def model_cache(self) -> Path:
         """Where trained models are cached: ``cache_dir`` or ``<user cache>/reproduce``."""
@@ -72,6 +79,8 @@ class ReproOptions:
             model, card = load_model(path, map_location=self.device, seed=seed)
             logger.info("loaded cached model %s", path)
             return model.eval(), card, path, True
+        if not self.train:
+            raise NotTrained(f"the model {stem} is not cached in {self.model_cache()} and this run trains nothing")
         model, card = train()
         save_model(copy.deepcopy(model).cpu(), path, card)
         return model.eval(), card, path, False
@@ -92,6 +101,8 @@ class ReproOptions:
         recipe = zoo.recipe(name)
         recipe_seed = recipe.get("seed", 0)
         seed = recipe_seed if seed is None else seed
+        if self.retrain and not self.train:
+            raise RobustlabError("--retrain and --no-train contradict each other")
         if not self.retrain and seed == recipe_seed:
             if name not in zoo.names():
                 raise RobustlabError(f"the zoo model {name!r} is not trained yet: train it with `robustlab zoo train "
@@ -106,6 +117,9 @@ class ReproOptions:
         run_dir = self.model_cache() / "zoo-runs" / f"{name}-seed{seed}-{digest}"
         path = run_dir / "model"
         cached = path.with_suffix(".json").is_file() and path.with_suffix(".safetensors").is_file()
+        if not cached and not self.train:
+            raise NotTrained(f"{name} with seed {seed} is not trained in {run_dir} and this run trains nothing "
+                             f"(without --no-train it is trained from the recipe)")
         if not cached:
             logger.info("training %s from its recipe with seed %d in %s", name, seed, run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
