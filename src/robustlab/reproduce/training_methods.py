@@ -367,7 +367,7 @@ def _zoo_row(name: str, scale: ZooScale, options: ReproOptions, x: Tensor, y: Te
     start = time.perf_counter()
     clean = clean_accuracy(model, x, y, scale.chunk)
     ours = {"clean": clean, **_evaluate(model, x, y, evaluation_scale, seed)}
-    if from_card:
+    if from_card and card_standard is not None:
         n = card_standard["images"]
         ours["suite"] = {"images": n, "robust": card_standard["robust_accuracy"], "from_card": True,
                          "pgd40_same_images": None, "broken_by": card_standard.get("broken_by")}
