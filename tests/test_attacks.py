@@ -1079,3 +1079,36 @@ def test_targeted_pgd_success_is_the_target_with_or_without_early_stop():
     assert (through_third & full.success).any()
     stopped = PGD(steps=20, step_size=0.01, random_start=False, early_stop=True)(model, x, y, threat=threat, targets=t)
     assert torch.equal(stopped.success, full.success)
+
+
+def _ramp3() -> nn.Module:
+    # One input, three classes along it: with u = 10 (x - 0.5) the logits are (-u, 0.2, u), so class 0
+    # wins for u < -0.2, class 1 only for |u| < 0.2 and class 2 for u > 0.2; an Linf step of 0.1 moves u by 1.
+    model = nn.Linear(1, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[-10.0], [0.0], [10.0]]))
+        model.bias.copy_(torch.tensor([5.0, 0.2, -5.0]))
+    return model
+
+
+def test_targeted_pgd_scores_its_last_iterate_by_the_target():
+    # Targeted at class 1 from u = -1.4: the iterates are u = -1.4, -0.4 (both class 0) and the last one,
+    # u = 0.6, jumps over the narrow target band into class 2. Misclassified, but not the target: the last
+    # iterate is neither a success nor the best targeted loss, so the best is u = -0.4 (x = 0.46).
+    x, y, t = torch.tensor([[0.36]]), torch.tensor([0]), torch.tensor([1])
+    model = _ramp3()
+    for early_stop in (False, True):
+        result = PGD(steps=2, step_size=0.1, random_start=False, early_stop=early_stop)(
+            model, x, y, threat=Linf(eps=0.3), targets=t)
+        torch.testing.assert_close(result.x_adv, torch.tensor([[0.46]]))
+        assert not bool(result.success)
+
+
+def test_pgd_early_stop_returns_the_first_adversarial_iterate():
+    # Sample 0 (u = -0.9) is misclassified at its second iterate (u = 0.1, class 1) and stops there, while
+    # sample 1 (u = -5, eps 0.3 reaches u = -2 at most) never breaks and keeps the batch running to the
+    # last step. The stopped sample's point is its first adversarial iterate, not the step past it.
+    x, y = torch.tensor([[0.41], [0.0]]), torch.tensor([0, 0])
+    result = PGD(steps=3, step_size=0.1, random_start=False, early_stop=True)(_ramp3(), x, y, threat=Linf(eps=0.3))
+    torch.testing.assert_close(result.x_adv, torch.tensor([[0.51], [0.3]]))
+    assert result.success.tolist() == [True, False]
