@@ -38,7 +38,13 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "losses": ("src/robustlab/losses.py", ["tests/test_definitions.py", "tests/test_golden_references.py"]),
     "threat": ("src/robustlab/threat.py", ["tests/test_threat.py", "tests/test_definitions.py"]),
     "metrics": ("src/robustlab/evaluation/metrics.py", ["tests/test_definitions.py", "tests/test_evaluation.py"]),
-    "apgd": ("src/robustlab/attacks/apgd.py", ["tests/test_golden_references.py", "tests/test_apgd.py"]),
+    # The APGD tests that need no trained model (the digits MLP trains for seconds in every mutant's run):
+    # the golden trajectories, the published checkpoint schedule, the step rule, the kept point, the
+    # linear oracles and the hyperparameter checks.
+    "apgd": ("src/robustlab/attacks/apgd.py",
+             ["tests/test_golden_references.py", "tests/test_definitions.py", "tests/test_apgd.py", "-k",
+              "checkpoint or l1_direction or adversarial_iterate or linear or optimum or registry or bad_hyperparameters"
+              " or apgd_matches or apgd_t_matches"]),
     # test_attacks.py whole is ~770 tests, some of them minutes long on this machine: only the ones about
     # the gradient attacks (the conformance cases of pgd/bim/fgsm included), not the 100-step digits ones.
     "gradient": ("src/robustlab/attacks/gradient.py",

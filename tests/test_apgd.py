@@ -486,3 +486,199 @@ def test_apgd_t_with_linear_ranking_attacks_the_nearest_boundary_first():
     by_line = APGDT(**one_target, ranking="linear")(model, x, y, threat=threat, generator=gen())
     assert not by_logits.success.any()
     assert by_line.success.all() and (by_line.predictions == 2).all()
+
+
+# --- pieces pinned one by one (issue 15: mutation survivors) -----------------------------------
+
+
+def test_l1_direction_skips_the_stuck_coordinates_at_both_edges_for_each_sample():
+    grad = torch.tensor([
+        # 1 sits at the lower edge going down and 6 at the upper edge going up: stuck; 2 sits at the lower
+        # edge going up: free. Every magnitude below 1. k = ceil(0.3 * 8) = 3: coordinates 0, 2, 4.
+        [0.5, -0.9, 0.3, 0.05, -0.2, 0.0, 0.6, 0.1],
+        # k = ceil(0.1 * 8) = 1: only the largest, coordinate 1, with the whole unit L1 norm.
+        [0.1, -0.7, 0.2, 0.0, 0.0, 0.0, 0.0, 0.3],
+        # k = 8 > the 2 coordinates that can move (3 is stuck at the upper edge, the rest have no gradient):
+        # only those 2 move, each by 1/2.
+        [0.4, 0.0, -0.2, 0.3, 0.0, 0.0, 0.0, 0.0],
+    ])
+    x_adv = torch.full((3, 8), 0.5)
+    x_adv[0, 1] = x_adv[0, 2] = 0.0
+    x_adv[0, 6] = x_adv[2, 3] = 1.0
+    direction = _sparse_direction(grad, x_adv, torch.tensor([0.3, 0.1, 1.0]), (0.0, 1.0))
+    expected = torch.tensor([
+        [1 / 3, 0.0, 1 / 3, 0.0, -1 / 3, 0.0, 0.0, 0.0],
+        [0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        [0.5, 0.0, -0.5, 0.0, 0.0, 0.0, 0.0, 0.0],
+    ])
+    torch.testing.assert_close(direction, expected)
+
+
+def test_l1_checkpoint_counts_changed_coordinates_against_the_clean_input():
+    # d = 20; the best points differ from the (non-zero) clean input in 19 and 18 coordinates, against 20 at
+    # the last checkpoint. 19 / 20 = 0.95 is not below the reference's threshold (`sp_curr / sp_old < .95`):
+    # sample 0 shrinks its step by 1.5; sample 1 got sparser: its step is reset to eps and it restarts
+    # from its best point. The state stays in the attack's dtype.
+    s = _state(increases=[0, 0], loss_max=[1.0, 1.0], loss_max_at_check=[0.0, 0.0], halved_at_check=[False, False])
+    f64 = torch.float64
+    s.x_clean = torch.full((2, 20), 0.25, dtype=f64)
+    s.x_max = s.x_clean.clone()
+    s.x_max[0, :19] += 0.1
+    s.x_max[1, :18] -= 0.1
+    s.x_cur, s.grad, s.grad_max = torch.ones(2, 20, dtype=f64), torch.ones(2, 20, dtype=f64), -torch.ones(2, 20, dtype=f64)
+    s.step = torch.tensor([0.3, 0.3], dtype=f64)
+    s.sparsity_at_check = torch.tensor([20.0, 20.0], dtype=f64)
+    _AutoPGDBase._l1_checkpoint(s, initial_step=1.0, d=20)
+    torch.testing.assert_close(s.step, torch.tensor([0.2, 1.0], dtype=f64))
+    torch.testing.assert_close(s.topk, torch.tensor([19 / 20 / 1.5, 18 / 20 / 1.5], dtype=f64))
+    torch.testing.assert_close(s.sparsity_at_check, torch.tensor([19.0, 18.0], dtype=f64))
+    assert torch.equal(s.x_cur[0], torch.ones(20, dtype=f64)) and torch.equal(s.x_cur[1], s.x_max[1])
+    assert torch.equal(s.grad[1], -torch.ones(20, dtype=f64))
+
+
+@pytest.mark.parametrize("threat,dual", [(Linf(eps=0.1), 1.0), (L2(eps=0.1), 2.0), (L1(eps=0.1), math.inf)],
+                         ids=["Linf", "L2", "L1"])
+def test_linear_ranking_follows_its_definition_sample_by_sample_on_a_nonlinear_model(threat, dual):
+    # A tanh MLP: each sample has its own gradients. Classes 4 and 5 have the same output weights, so
+    # their distances tie exactly and the lower class comes first.
+    from robustlab.attacks.apgd import linearised_target_ranking
+    from robustlab.attacks.base import ModelOracle
+
+    g = gen(11)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 6)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+        model[2].weight[5], model[2].bias[5] = model[2].weight[4], model[2].bias[4]
+    x = torch.rand(6, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 0, 2])
+    ranked = linearised_target_ranking(ModelOracle(model), x, y, threat, 6)
+    for i in range(len(x)):
+        distance = {}
+        for j in range(6):
+            if j == y[i]:
+                continue
+            xi = x[i:i + 1].clone().requires_grad_(True)
+            z = model(xi)[0]
+            (grad,) = torch.autograd.grad(z[y[i]] - z[j], xi)
+            distance[j] = float((z[y[i]] - z[j]).detach() / (torch.linalg.vector_norm(grad, ord=dual) + 1e-12))
+        assert ranked[i].tolist() == sorted(distance, key=lambda j: (distance[j], j)), i
+
+
+def test_dlr_or_margin_switches_at_the_class_counts_dlr_needs():
+    from robustlab.attacks.apgd import _dlr_or_margin
+    from robustlab.losses import dlr, margin
+
+    g = gen(3)
+    for k, targeted in ((3, False), (4, True), (5, False), (5, True)):  # DLR is defined: it is used
+        z, y = torch.randn(6, k, generator=g), torch.randint(0, k, (6,), generator=g)
+        t = (y + 1) % k if targeted else None
+        torch.testing.assert_close(_dlr_or_margin(z, y, t), dlr(z, y, t))
+    # Too few classes: the uncapped margin, positive where the attack already succeeds.
+    z = torch.tensor([[0.0, 3.0], [2.0, 1.0]])
+    torch.testing.assert_close(_dlr_or_margin(z, torch.tensor([0, 0])), torch.tensor([3.0, -1.0]))
+    z = torch.tensor([[0.0, 1.0, 5.0], [3.0, 1.0, 0.0]])
+    torch.testing.assert_close(_dlr_or_margin(z, torch.tensor([0, 0]), torch.tensor([2, 2])), torch.tensor([4.0, -3.0]))
+    assert torch.equal(_dlr_or_margin(z, torch.tensor([0, 0]), torch.tensor([2, 2])),
+                       margin(z, torch.tensor([0, 0]), torch.tensor([2, 2]), kappa=math.inf))
+
+
+def _ramp3() -> nn.Module:
+    # One input in [0, 1], three classes along it: with u = 10 (x - 0.5) the logits are (-u, 0.2, u):
+    # class 0 for u < -0.2, class 1 for |u| < 0.2, class 2 for u > 0.2.
+    model = nn.Linear(1, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[-10.0], [0.0], [10.0]]))
+        model.bias.copy_(torch.tensor([5.0, 0.2, -5.0]))
+    return model
+
+
+def test_targeted_apgd_checks_the_clean_input_against_the_target():
+    # Targeted at class 2 with eps 0.1: sample 0 (u = -3) cannot reach it and returns its highest
+    # targeted-loss point, x + eps (not the clean input); sample 1 starts misclassified into class 1,
+    # which is not the target, so it is attacked (and reaches class 2); sample 2 starts in the target:
+    # done, unchanged, credited to no restart (-1).
+    x, y, t = torch.tensor([[0.2], [0.5], [0.8]]), torch.tensor([0, 0, 0]), torch.tensor([2, 2, 2])
+    result = APGD(steps=5, early_stop=True)(_ramp3(), x, y, threat=Linf(eps=0.1), targets=t, generator=gen())
+    assert result.success.tolist() == [False, True, True]
+    torch.testing.assert_close(result.x_adv[0], torch.tensor([0.3]))
+    assert torch.equal(result.x_adv[2], x[2])
+    assert result.extras["restart"].dtype == torch.int64 and result.extras["restart"].tolist() == [-1, 0, -1]
+
+
+def _wall() -> nn.Module:
+    # Two inputs, three classes: logits (0.95, 0.9, 2 x_0 - 0.2). Class 1, the highest wrong logit, can never
+    # win; class 2 wins for x_0 > 0.575.
+    model = nn.Linear(2, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0, 0.0], [0.0, 0.0], [2.0, 0.0]]))
+        model.bias.copy_(torch.tensor([0.95, 0.9, -0.2]))
+    return model
+
+
+def test_apgd_t_goes_through_its_targets_and_credits_only_the_samples_it_breaks():
+    model, y = _wall(), torch.zeros(1, dtype=torch.int64)
+    x = torch.tensor([[0.2, 0.2]])
+    # Logit order: class 1 first (fails), then class 2 breaks the single remaining sample.
+    by_logits = APGDT(steps=10, n_target_classes=2)(model, x, y, threat=Linf(eps=0.6), generator=gen())
+    assert by_logits.success.tolist() == [True] and by_logits.extras["target"].tolist() == [2]
+    # Linear order: class 2 first breaks it; nothing is left for class 1.
+    by_line = APGDT(steps=10, n_target_classes=2, ranking="linear")(model, x, y, threat=Linf(eps=0.6), generator=gen())
+    assert by_line.success.tolist() == [True] and by_line.extras["target"].tolist() == [2]
+    assert by_line.extras["restart"].tolist() == [0]
+    # Sample 0 is misclassified from the start; samples 1 and 2 cannot be broken at eps 0.3 (x_0 <= 0.35):
+    # neither is credited to a target or a restart, and the unbroken ones return their highest-loss
+    # iterate, not the clean input.
+    x = torch.tensor([[0.8, 0.2], [0.0, 0.2], [0.05, 0.3]])
+    y = torch.zeros(3, dtype=torch.int64)
+    result = APGDT(steps=10, n_target_classes=2, restarts=2)(model, x, y, threat=Linf(eps=0.3), generator=gen())
+    assert result.success.tolist() == [True, False, False]
+    assert result.extras["target"].tolist() == [-1, -1, -1] and result.extras["restart"].tolist() == [-1, -1, -1]
+    assert result.extras["target"].dtype == result.extras["restart"].dtype == torch.int64
+    assert torch.equal(result.x_adv[0], x[0])
+    assert (result.x_adv[1:] != x[1:]).any(dim=1).all()
+
+
+def test_apgd_t_with_given_targets_passes_every_option_to_targeted_apgd():
+    from robustlab.attacks.apgd import _dlr_or_margin
+
+    g = gen(12)
+    model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 5)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    x = torch.rand(10, 6, generator=g, dtype=torch.float64)
+    y = model(x).argmax(1).detach()
+    t = (y + 2) % 5
+    options = dict(steps=12, restarts=2, rho=0.3, momentum=0.6, early_stop=True)
+    threat = Linf(eps=0.08)
+    given = APGDT(**options)(model, x, y, threat=threat, targets=t, generator=gen(1))
+    expected = APGD(**options, loss=_dlr_or_margin)(model, x, y, threat=threat, targets=t, generator=gen(1))
+    assert 0 < int(given.success.sum()) < len(x)  # some broken, some run every step and both restarts
+    assert torch.equal(given.x_adv, expected.x_adv)
+    assert (given.forwards, given.backwards) == (expected.forwards, expected.backwards)
+
+
+def test_l1_checkpoints_every_4_percent_of_the_steps():
+    # The reference implementation: k = max(int(0.04 * n_iter), 1), a checkpoint every k iterations.
+    from robustlab.attacks.apgd import _l1_checkpoints
+
+    assert _l1_checkpoints(100) == tuple(range(4, 101, 4))
+    assert _l1_checkpoints(60) == tuple(range(2, 61, 2))  # int(2.4) = 2
+    assert _l1_checkpoints(10) == tuple(range(1, 11))  # int(0.4) = 0 -> 1
+    assert _l1_checkpoints(1) == (1,)
+
+
+def test_l1_step_moves_the_step_along_the_sparse_direction_and_projects_around_the_clean_input():
+    # Sample 0: top-2 coordinates (0 and 2) by 0.4 / 2 each, inside the ball. Sample 1: a step of 3 from a
+    # point already 0.3 away in coordinate 3 overshoots eps = 1 and is projected onto the ball around x_clean:
+    # delta (0, 3, 0, 0.3) soft-thresholded at 2 is (0, 1, 0, 0).
+    threat = L1(eps=1.0, bounds=(-10.0, 10.0))
+    s = _state(increases=[0, 0], loss_max=[0.0, 0.0], loss_max_at_check=[0.0, 0.0], halved_at_check=[False, False])
+    s.x_clean = torch.full((2, 4), 0.4)
+    s.x_cur = s.x_clean + torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.3]])
+    s.grad = torch.tensor([[0.3, -0.1, 0.2, 0.05], [-0.1, 0.4, 0.0, 0.2]])
+    s.topk, s.step = torch.tensor([0.5, 0.25]), torch.tensor([0.4, 3.0])
+    x_new = _AutoPGDBase._l1_step(s, threat)
+    torch.testing.assert_close(x_new[0], torch.tensor([0.6, 0.4, 0.6, 0.4]))
+    torch.testing.assert_close(x_new[1], torch.tensor([0.4, 1.4, 0.4, 0.4]))
