@@ -682,3 +682,57 @@ def test_l1_step_moves_the_step_along_the_sparse_direction_and_projects_around_t
     x_new = _AutoPGDBase._l1_step(s, threat)
     torch.testing.assert_close(x_new[0], torch.tensor([0.6, 0.4, 0.6, 0.4]))
     torch.testing.assert_close(x_new[1], torch.tensor([0.4, 1.4, 0.4, 0.4]))
+
+
+def test_checkpoint_halves_on_a_tie_with_rho_times_the_window_as_the_reference():
+    # The reference's check_oscillation halves where increases <= rho * window (the paper writes <):
+    # window 4, rho 0.75: 3 increases halve, 4 do not (the best loss improved: condition 2 is off).
+    s = _state(increases=[3, 4], loss_max=[2.0, 2.0], loss_max_at_check=[1.0, 1.0], halved_at_check=[False, False])
+    APGD()._checkpoint(s, window=4)
+    torch.testing.assert_close(s.step, torch.tensor([0.1, 0.2]))
+
+
+def test_l2_step_scales_into_the_ball_then_clips_to_the_box_as_the_reference():
+    # From x = (0.9, 0.5), a first step of 1 along (1, 1) / sqrt(2) with eps = 0.5: the reference scales the
+    # perturbation to norm eps, (0.354, 0.354), then clips to the box: (1.0, 0.854). (The exact projection
+    # onto ball and box would give (1.0, 0.99).)
+    threat = L2(eps=0.5)
+    s = _state(increases=[0], loss_max=[0.0], loss_max_at_check=[0.0], halved_at_check=[False])
+    s.x_clean = torch.tensor([[0.9, 0.5]])
+    s.x_cur, s.x_prev, s.grad = s.x_clean.clone(), s.x_clean.clone(), torch.tensor([[2.0, 2.0]])
+    s.step = torch.tensor([1.0])
+    z = APGD()._step(s, threat, first=True)
+    torch.testing.assert_close(z, torch.tensor([[1.0, 0.5 + 0.5 / math.sqrt(2)]]))
+
+
+def test_restarts_run_again_only_on_the_unbroken_samples():
+    # Sample 0 (u = -0.5) breaks in restart 0; sample 1 (u = -4, eps 0.1 reaches u = -3) never does. The
+    # second restart costs exactly what a one-restart run on sample 1 alone costs, minus the template's two
+    # forwards and the clean check.
+    model, threat, y = _ramp3(), Linf(eps=0.1), torch.zeros(2, dtype=torch.int64)
+    x = torch.tensor([[0.45], [0.1]])
+    one = APGD(steps=4, restarts=1)(model, x, y, threat=threat, generator=gen())
+    two = APGD(steps=4, restarts=2)(model, x, y, threat=threat, generator=gen())
+    alone = APGD(steps=4, restarts=1)(model, x[1:], y[1:], threat=threat, generator=gen())
+    assert two.success.tolist() == [True, False] and two.extras["restart"].tolist() == [0, -1]
+    assert two.forwards - one.forwards == alone.forwards - 3 > 0
+
+
+def test_apgd_random_start_for_l1_is_the_threat_models_draw():
+    from robustlab.attacks.apgd import _random_start
+
+    threat, x, todo = L1(eps=2.0), torch.rand(5, 3, 4, 4, generator=gen(1)), torch.tensor([0, 2, 3])
+    assert torch.equal(_random_start(threat, x, todo, gen(9)), threat.random_init(x, gen(9))[todo])
+
+
+def test_an_unbounded_threat_is_rejected_with_the_reason():
+    with pytest.raises(RobustlabError, match=r"^APGD's step size is a multiple of eps; it needs a bounded threat model$"):
+        APGD(steps=2)(_ramp3(), torch.tensor([[0.5]]), torch.tensor([0]), threat=Linf(eps=math.inf))
+
+
+def test_apgd_t_checks_its_own_hyperparameters_with_the_reason():
+    for bad in (2.5, True):
+        with pytest.raises(RobustlabError, match="n_target_classes must be a positive integer"):
+            APGDT(n_target_classes=bad)
+    with pytest.raises(RobustlabError, match=r"^ranking must be one of \['logits', 'linear'\] \(how target classes are ordered\), got 'nearest'$"):
+        APGDT(ranking="nearest")
