@@ -152,12 +152,12 @@ def test_results_export_into_a_missing_folder_is_refused(tmp_path, capsys):
 
 
 def test_cli_unexpected_exception_is_one_line_naming_a_log(digits_model, tmp_path, capsys, monkeypatch):
-    import robustlab.cli as cli
+    import robustlab.cli.evaluate as cli
 
     def broken(args):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(cli, "_load_model_and_data", broken)
+    monkeypatch.setattr(cli, "load_defended_model", broken)
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     code, err = _cli(_commands(digits_model, tmp_path / "out")["evaluate"], capsys)
     assert code == 1

@@ -71,16 +71,16 @@ def test_evaluate_diagnose_writes_findings_and_passes_a_clean_model(trained, tmp
 
 
 def test_evaluate_diagnose_alone_exits_1_when_a_check_fails(trained, tmp_path, monkeypatch, capsys):
-    import robustlab.cli as cli
+    import robustlab.cli.evaluate as cli
     from robustlab.models.preprocessing import BitDepthReduction
 
-    load = cli._load_model_and_data
+    load = cli.load_defended_model
 
     def quantized(args):
         model, card, data, device = load(args)
         return BitDepthReduction(model, bits=2), card, data, device
 
-    monkeypatch.setattr(cli, "_load_model_and_data", quantized)
+    monkeypatch.setattr(cli, "load_defended_model", quantized)
     code = main(["evaluate", "--model", str(trained / "model"), "--diagnose", "--eps", "0.1", "--limit", "100",
                  "--quiet", "--out", str(tmp_path)])
     assert code == 1
@@ -148,9 +148,9 @@ def test_demo_runs_end_to_end(tmp_path):
 
 
 def test_model_arguments_may_hold_lists():
-    from robustlab.cli import _key_values
+    from robustlab.cli.options import key_values
 
-    assert _key_values("hidden=[16,16],dropout=0.5", "model") == {"hidden": [16, 16], "dropout": 0.5}
+    assert key_values("hidden=[16,16],dropout=0.5", "model") == {"hidden": [16, 16], "dropout": 0.5}
 
 
 def test_certify_command_end_to_end(trained, tmp_path, capsys):

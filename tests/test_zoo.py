@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from robustlab import zoo
-from robustlab.cli import _read_run_file, _train_settings, build_parser, main, train_config
+from robustlab.cli import build_parser, main, train_config
+from robustlab.cli.train import read_run_file, train_settings
 from robustlab.data import locate
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.suites import SUITES
@@ -41,11 +42,11 @@ ZOO_MAX_BYTES = 25_000_000
 def test_every_recipe_has_a_catalog_entry_and_is_a_valid_train_run_file():
     assert zoo.recipes() == sorted(zoo.CATALOG)
     for name in zoo.recipes():
-        settings = _read_run_file(str(zoo.recipe_path(name)))  # the exact `robustlab train --config` file
+        settings = read_run_file(str(zoo.recipe_path(name)))  # the exact `robustlab train --config` file
         assert settings == zoo.recipe(name)
         assert {"dataset", "model", "seed"} <= set(settings), name
         # The configuration `robustlab train` builds from it, validated (method options included).
-        args = _train_settings(build_parser().parse_args(["train", "--config", str(zoo.recipe_path(name)),
+        args = train_settings(build_parser().parse_args(["train", "--config", str(zoo.recipe_path(name)),
                                                           "--out", "unused"]))
         config = train_config(args)
         assert config.method == settings.get("method", "natural") and config.seed == settings["seed"]

@@ -1,10 +1,7 @@
 """``robustlab certify``: certified accuracy (IBP / CROWN / CROWN-IBP / alpha-CROWN) at given
 radii and, with ``--bracket``, the per-sample bracket lower <= exact <= upper.
 
-Hook into ``robustlab.cli.build_parser`` with::
-
-    from robustlab.certify.cli import add_certify_parser
-    add_certify_parser(sub)
+The command line adds it with :func:`add_certify_parser` (``robustlab.cli.COMMANDS``).
 
 Writes ``certify.json`` (and ``bracket.md`` / ``bracket.json``) into ``--out`` and prints a
 summary. The JSON is strict (RFC 8259): a non-finite number is written as ``null``. In
@@ -33,7 +30,8 @@ def _certifier(name: str, batch_size: int) -> Certifier:
 
 def certify_command(args: argparse.Namespace) -> int:
     from robustlab.certify.bracket import bracket
-    from robustlab.cli import check_out_folder, eps_list, load_model_and_data
+    from robustlab.cli.loading import ModelRequest, load_model_and_data
+    from robustlab.cli.options import check_out_folder, eps_list
     from robustlab.threat import threat_model
 
     check_out_folder(args.out)
@@ -47,7 +45,7 @@ def certify_command(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         raise RobustlabError(f"--eps: {exc}") from None
     threat_model(args.norm, eps_values[0], (0.0, 1.0))  # an unknown norm fails before any work
-    model, card, data = load_model_and_data(args)
+    model, card, data = load_model_and_data(ModelRequest.from_args(args))
     if card.defenses:
         raise RobustlabError(
             f"the model card records preprocessing defenses ({', '.join(d['defense'] for d in card.defenses)}); bound "
@@ -121,11 +119,10 @@ def read_bracket(path: str | Path) -> dict[str, Any]:
 
 def add_certify_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``certify`` sub-command to ``sub`` (the result of ``add_subparsers``)."""
-    from robustlab.cli import eps_list, nonnegative_int, positive_float, positive_int
+    # Imported here: robustlab.cli imports this module to build its parser.
+    from robustlab.cli.options import add_model_options, eps_list, nonnegative_int, positive_float, positive_int
 
     p: argparse.ArgumentParser = sub.add_parser("certify", help="certified accuracy by bound propagation; exact MILP bracket on a few samples")
-    from robustlab.cli import add_model_options
-
     add_model_options(p)
     p.add_argument("--data-dir")
     p.add_argument("--split", default="test")

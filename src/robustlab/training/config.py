@@ -75,33 +75,44 @@ class TrainConfig:
     - ``mixed_precision``: float16 autocast with a gradient scaler on CUDA; ignored on CPU.
     """
 
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: str = "cosine"
-    milestones: tuple[float, ...] = (0.5, 0.75)
-    gamma: float = 0.1
-    seed: int = 0
-    method: str = "natural"
-    method_options: dict = field(default_factory=dict)
-    threat: dict | None = None
-    eps_warmup_epochs: float = 0
-    bn_mode: str = "eval"
-    robust_eval_samples: int = 500
-    robust_eval_steps: int = 10
-    mixed_precision: bool = False
+    # Each field's metadata: "help", one line for `robustlab train --help` (which derives an option
+    # from every field, with the field's default), and "choices" where the values are a fixed set.
+    epochs: int = field(default=10, metadata={
+        "help": "passes over the training data (free training: epochs' worth of steps, a multiple of replays)"})
+    batch_size: int = field(default=128, metadata={
+        "help": "examples per optimizer step (under torchrun, split over the ranks)"})
+    optimizer: str = field(default="sgd", metadata={"help": "the optimizer (sgd: with momentum)", "choices": OPTIMIZERS})
+    lr: float = field(default=0.1, metadata={"help": "learning rate (the schedule's peak)"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum in [0, 1) (adam ignores it)"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "L2 weight decay (adam: an L2 penalty)"})
+    nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum (sgd with momentum > 0)"})
+    schedule: str = field(default="cosine", metadata={
+        "help": "learning-rate schedule, stepped per iteration", "choices": SCHEDULES})
+    milestones: tuple[float, ...] = field(default=(0.5, 0.75), metadata={
+        "help": "step schedule: increasing fractions of training at which the rate is multiplied by gamma"})
+    gamma: float = field(default=0.1, metadata={"help": "step schedule: the factor at each milestone, in (0, 1]"})
+    seed: int = field(default=0, metadata={
+        "help": "drives all randomness of the run (initialisation, shuffling, the methods' random starts)"})
+    method: str = field(default="natural", metadata={"help": "training method", "choices": METHODS})
+    method_options: dict = field(default_factory=dict, metadata={"help": "the method's options"})
+    threat: dict | None = field(default=None, metadata={
+        "help": "the threat model to train against and validate on"})
+    eps_warmup_epochs: float = field(default=0, metadata={
+        "help": "ramp eps linearly over this many epochs (0: no warm-up)"})
+    bn_mode: str = field(default="eval", metadata={
+        "help": "model mode in the inner maximization", "choices": BN_MODES})
+    robust_eval_samples: int = field(default=500, metadata={
+        "help": "validation samples for the PGD robust accuracy of each epoch (0: off)"})
+    robust_eval_steps: int = field(default=10, metadata={"help": "PGD steps of the robust validation"})
+    mixed_precision: bool = field(default=False, metadata={"help": "float16 autocast on CUDA (ignored on CPU)"})
 
     def __post_init__(self) -> None:
         _require_int("epochs", self.epochs, 1)
         _require_int("batch_size", self.batch_size, 1)
         _require_int("seed", self.seed, 0)
-        _require_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _require_choice("schedule", self.schedule, SCHEDULES)
-        _require_choice("method", self.method, METHODS)
+        for f in fields(self):
+            if "choices" in f.metadata:
+                _require_choice(f.name, getattr(self, f.name), f.metadata["choices"])
         self.lr = _require_float("lr", self.lr)
         if self.lr <= 0:
             raise RobustlabError(f"TrainConfig.lr must be > 0, got {self.lr}")
@@ -132,7 +143,6 @@ class TrainConfig:
             )
         if self.eps_warmup_epochs > 0 and self.threat is None:
             raise RobustlabError("TrainConfig.eps_warmup_epochs needs a threat model (TrainConfig.threat)")
-        _require_choice("bn_mode", self.bn_mode, BN_MODES)
         _require_int("robust_eval_samples", self.robust_eval_samples, 0)
         _require_int("robust_eval_steps", self.robust_eval_steps, 1)
         if not isinstance(self.mixed_precision, bool):

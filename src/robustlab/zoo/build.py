@@ -49,7 +49,8 @@ def train_recipe(name: str, run_dir: str | Path, *, seed: int | None = None, dat
     recipe's (weights, shuffling, validation split and the method's random draws all follow it),
     for an independently trained copy of a zoo model. ``robustlab train``'s one line of output
     goes to this module's log."""
-    from robustlab.cli import build_parser, cmd_train
+    from robustlab.cli import build_parser
+    from robustlab.cli.train import run as train_command
 
     argv = ["train", "--config", str(recipe_path(name)), "--out", str(run_dir)]
     if seed is not None:
@@ -62,7 +63,7 @@ def train_recipe(name: str, run_dir: str | Path, *, seed: int | None = None, dat
         argv.append("--quiet")
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
-        cmd_train(build_parser().parse_args(argv))
+        train_command(build_parser().parse_args(argv))
     logger.info("%s: %s", name, output.getvalue().strip())
     return Path(run_dir) / "model"
 

@@ -66,13 +66,10 @@ def _list(args: argparse.Namespace) -> int:
     if args.markdown:
         print(markdown_table(), end="")
         return 0
+    from robustlab.cli.tables import print_columns
+
     header, rows, total = table()
-    cells = [list(header), *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    for i, row in enumerate(cells):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_columns(header, rows)
     trained = sum(1 for row in rows if row[4] != "-")
     print(f"\n{trained} of {len(rows)} models trained; weights {total / 1e6:.2f} MB in all. standard: robust "
           "accuracy under AutoAttack's standard suite on the first (N) test images at eps.")
