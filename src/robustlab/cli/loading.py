@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from robustlab.cli.options import eps_value, key_values, parse_defense
+from robustlab.cli.options import defense_names, eps_value, key_values, parse_defense
 from robustlab.errors import RobustlabError
 
 
@@ -185,16 +185,17 @@ def check_attack_wrappers(model: torch.nn.Module, *, bpda: bool, eot: int | None
 
     defenses = [m for m in model.modules() if isinstance(m, InputTransformDefense)]
     if bpda and all(d.differentiable for d in defenses):
-        raise RobustlabError("--bpda needs a non-differentiable defense (jpeg, bit-depth or thermometer), in the model "
-                             "card or given with --defense; this model has none, so BPDA would be the plain attack")
+        raise RobustlabError(f"--bpda needs a non-differentiable defense ({defense_names(differentiable=False)}), in "
+                             "the model card or given with --defense; this model has none, so BPDA would be the plain "
+                             "attack")
     if eot is not None:
         if eot < 2:
             raise RobustlabError(f"--eot takes the number of draws per gradient, at least 2 (30 in Athalye et al.), "
                                  f"got {eot}")
         if not any(getattr(m, "stochastic", False) is True for m in model.modules()):
-            raise RobustlabError("--eot needs a stochastic defense (resize-pad, sap, rse, defense-gan) in the model card "
-                                 "or given with --defense, or a random model (bayesian, odenet with diffusion); this "
-                                 "model is deterministic, so EOT would only multiply the cost")
+            raise RobustlabError(f"--eot needs a stochastic defense ({defense_names(stochastic=True)}) in the model "
+                                 "card or given with --defense, or a random model (bayesian, odenet with diffusion); "
+                                 "this model is deterministic, so EOT would only multiply the cost")
 
 
 def wrap_attacks(attacks: dict[str, Any], *, bpda: bool, eot: int | None) -> dict[str, Any]:

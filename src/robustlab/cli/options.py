@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from robustlab.errors import RobustlabError
+from robustlab.threat import NORMS
 
 
 class Parser(argparse.ArgumentParser):
@@ -179,6 +180,15 @@ def parse_defense(spec: str) -> dict[str, Any]:
 
 
 # -- option groups -------------------------------------------------------------------------
+def defense_names(**attributes: bool) -> str:
+    """The registered defenses (``robustlab.models.preprocessing.DEFENSES``) whose class attributes
+    have the given values, e.g. ``defense_names(stochastic=True)``: for help texts and errors."""
+    from robustlab.models.preprocessing import DEFENSES
+
+    return ", ".join(name for name in DEFENSES.names()
+                     if all(getattr(DEFENSES[name], key) is value for key, value in attributes.items()))
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """--data-dir, --seed, --device and --quiet (train, attack, evaluate)."""
     p.add_argument("--data-dir", help="directory holding the datasets (else $ROBUSTLAB_DATA, the cache, system dirs)")
@@ -190,9 +200,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 def add_defense_option(p: argparse.ArgumentParser, where: str) -> None:
     """--defense NAME[:key=value,...], repeatable; ``where`` says what the command does with them."""
     p.add_argument("--defense", action="append", metavar="NAME[:key=value,...]",
-                   help="wrap the model in an input-transformation defense: jpeg[:quality=75], bit-depth[:bits=4], "
-                        "thermometer[:levels=16] or resize-pad[:min_size=H,out_size=H*331/299] (random, drawn "
-                        "from --seed); repeat for several, the first innermost (closest to the network). " + where)
+                   help=f"wrap the model in an input-transformation defense: {defense_names()}, with its settings "
+                        "as in jpeg:quality=75 or bit-depth:bits=4 (random ones draw from --seed); repeat for "
+                        "several, the first innermost (closest to the network). " + where)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -220,7 +230,7 @@ def add_attack_options(p: argparse.ArgumentParser, *, eps_required: bool) -> Non
     add_model_options(p)
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=positive_int, default=1000, help="stratified subset of this many samples")
-    p.add_argument("--norm", default="Linf", help="Linf, L2, L1 or L0")
+    p.add_argument("--norm", default="Linf", help=", ".join(NORMS))
     p.add_argument("--eps", type=eps_value, required=eps_required,
                    help="radius of the threat model ('inf' for unbounded)")
     p.add_argument("--batch-size", type=positive_int, default=256)
@@ -229,9 +239,9 @@ def add_attack_options(p: argparse.ArgumentParser, *, eps_required: bool) -> Non
     p.add_argument("--bpda", action="store_true",
                    help="run every attack through BPDA: forward through the real non-differentiable defense, "
                         "backward through its approximation (identity for jpeg and bit-depth, the soft code for "
-                        "thermometer); needs such a defense")
+                        f"thermometer); needs such a defense ({defense_names(differentiable=False)})")
     p.add_argument("--eot", type=positive_int, metavar="N",
                    help="run every attack through EOT: average loss and gradient over N fresh draws of the "
-                        "stochastic defense or random model per step (Athalye et al. use 30); needs one (resize-pad, sap, rse, "
-                        "defense-gan, or the bayesian architecture). With --bpda: "
+                        f"stochastic defense or random model per step (Athalye et al. use 30); needs one "
+                        f"({defense_names(stochastic=True)}, or the bayesian architecture). With --bpda: "
                         "EOT over BPDA. --diagnose examines the model as it is, without either")

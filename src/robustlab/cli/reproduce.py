@@ -11,8 +11,10 @@ from robustlab.cli.options import check_out_folder, positive_int
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
+    from robustlab.reproduce import REPRODUCTIONS
+
     p: argparse.ArgumentParser = sub.add_parser("reproduce", help="reproduce a published table at CPU scale (--list shows them)")
-    p.add_argument("name", nargs="?", help="e.g. cw-table4; omit with --list")
+    p.add_argument("name", nargs="?", help=f"one of {', '.join(REPRODUCTIONS.names())}; omit with --list")
     p.add_argument("--list", action="store_true", help="list the reproductions and their budgets")
     p.add_argument("--images", type=positive_int, help="number of test images (default: the reproduction's CPU default)")
     p.add_argument("--data-dir", help="directory holding the datasets (else $ROBUSTLAB_DATA, the cache, system dirs)")
