@@ -98,3 +98,15 @@ def test_eps_in_minimum_norm_mode_is_refused_before_anything_is_loaded(tmp_path,
 def test_the_entry_points_run_the_package():
     out = subprocess.run([sys.executable, "-m", "robustlab", "--help"], capture_output=True, text=True, check=True)
     assert "Commands: datasets, train, attack, evaluate" in " ".join(out.stdout.split())
+
+
+def test_defense_help_names_the_registered_defenses():
+    from robustlab.models.preprocessing import DEFENSES
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    actions = {a.dest: " ".join(a.help.split()) for a in commands["evaluate"]._actions if a.help}
+    assert ", ".join(DEFENSES.names()) in actions["defense"]
+    masking = [name for name in DEFENSES.names() if not DEFENSES[name].differentiable]
+    random = [name for name in DEFENSES.names() if DEFENSES[name].stochastic]
+    assert "jpeg" in masking and "resize-pad" in random
+    assert f"({', '.join(masking)})" in actions["bpda"] and f"({', '.join(random)}," in actions["eot"]
