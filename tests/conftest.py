@@ -97,6 +97,17 @@ def linear_two_class(dim: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor, 
     return model, w, c
 
 
+def ramp3() -> nn.Module:
+    """One input in [0, 1], three classes along it: with u = 10 (x - 0.5) the logits are
+    (-u, 0.2, u), so class 0 wins for u < -0.2, class 1 only for |u| < 0.2 and class 2 for
+    u > 0.2; an L∞ step of 0.1 moves u by 1."""
+    model = nn.Linear(1, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[-10.0], [0.0], [10.0]]))
+        model.bias.copy_(torch.tensor([5.0, 0.2, -5.0]))
+    return model
+
+
 class InputRecorder(nn.Module):
     """Wraps a model and keeps a detached copy of every input it is called on (the iterates an
     attack evaluates), for tests that compare them with a definition or a reference."""

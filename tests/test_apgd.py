@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import linear_two_class
+from conftest import linear_two_class, ramp3
 from torch import nn
 
 from robustlab.attacks import APGD, APGDT, PGD, AutoPGD, AutoPGDTargeted, build_attack
@@ -583,23 +583,13 @@ def test_dlr_or_margin_switches_at_the_class_counts_dlr_needs():
                        margin(z, torch.tensor([0, 0]), torch.tensor([2, 2]), kappa=math.inf))
 
 
-def _ramp3() -> nn.Module:
-    # One input in [0, 1], three classes along it: with u = 10 (x - 0.5) the logits are (-u, 0.2, u):
-    # class 0 for u < -0.2, class 1 for |u| < 0.2, class 2 for u > 0.2.
-    model = nn.Linear(1, 3)
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor([[-10.0], [0.0], [10.0]]))
-        model.bias.copy_(torch.tensor([5.0, 0.2, -5.0]))
-    return model
-
-
 def test_targeted_apgd_checks_the_clean_input_against_the_target():
     # Targeted at class 2 with eps 0.1: sample 0 (u = -3) cannot reach it and returns its highest
     # targeted-loss point, x + eps (not the clean input); sample 1 starts misclassified into class 1,
     # which is not the target, so it is attacked (and reaches class 2); sample 2 starts in the target:
     # done, unchanged, credited to no restart (-1).
     x, y, t = torch.tensor([[0.2], [0.5], [0.8]]), torch.tensor([0, 0, 0]), torch.tensor([2, 2, 2])
-    result = APGD(steps=5, early_stop=True)(_ramp3(), x, y, threat=Linf(eps=0.1), targets=t, generator=gen())
+    result = APGD(steps=5, early_stop=True)(ramp3(), x, y, threat=Linf(eps=0.1), targets=t, generator=gen())
     assert result.success.tolist() == [False, True, True]
     torch.testing.assert_close(result.x_adv[0], torch.tensor([0.3]))
     assert torch.equal(result.x_adv[2], x[2])
@@ -709,7 +699,7 @@ def test_restarts_run_again_only_on_the_unbroken_samples():
     # Sample 0 (u = -0.5) breaks in restart 0; sample 1 (u = -4, eps 0.1 reaches u = -3) never does. The
     # second restart costs exactly what a one-restart run on sample 1 alone costs, minus the template's two
     # forwards and the clean check.
-    model, threat, y = _ramp3(), Linf(eps=0.1), torch.zeros(2, dtype=torch.int64)
+    model, threat, y = ramp3(), Linf(eps=0.1), torch.zeros(2, dtype=torch.int64)
     x = torch.tensor([[0.45], [0.1]])
     one = APGD(steps=4, restarts=1)(model, x, y, threat=threat, generator=gen())
     two = APGD(steps=4, restarts=2)(model, x, y, threat=threat, generator=gen())
@@ -727,7 +717,7 @@ def test_apgd_random_start_for_l1_is_the_threat_models_draw():
 
 def test_an_unbounded_threat_is_rejected_with_the_reason():
     with pytest.raises(RobustlabError, match=r"^APGD's step size is a multiple of eps; it needs a bounded threat model$"):
-        APGD(steps=2)(_ramp3(), torch.tensor([[0.5]]), torch.tensor([0]), threat=Linf(eps=math.inf))
+        APGD(steps=2)(ramp3(), torch.tensor([[0.5]]), torch.tensor([0]), threat=Linf(eps=math.inf))
 
 
 def test_apgd_t_checks_its_own_hyperparameters_with_the_reason():

@@ -21,7 +21,7 @@ from robustlab.models.preprocessing import InputTransformDefense
 from robustlab.errors import ProbabilityOutputWarning, RobustlabError
 from robustlab.losses import cross_entropy, dlr, get_loss, margin
 from robustlab.threat import L1, L2, NORMS, Linf, ThreatModel
-from conftest import InputRecorder, linear_two_class
+from conftest import InputRecorder, linear_two_class, ramp3
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -1081,22 +1081,12 @@ def test_targeted_pgd_success_is_the_target_with_or_without_early_stop():
     assert torch.equal(stopped.success, full.success)
 
 
-def _ramp3() -> nn.Module:
-    # One input, three classes along it: with u = 10 (x - 0.5) the logits are (-u, 0.2, u), so class 0
-    # wins for u < -0.2, class 1 only for |u| < 0.2 and class 2 for u > 0.2; an Linf step of 0.1 moves u by 1.
-    model = nn.Linear(1, 3)
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor([[-10.0], [0.0], [10.0]]))
-        model.bias.copy_(torch.tensor([5.0, 0.2, -5.0]))
-    return model
-
-
 def test_targeted_pgd_scores_its_last_iterate_by_the_target():
     # Targeted at class 1 from u = -1.4: the iterates are u = -1.4, -0.4 (both class 0) and the last one,
     # u = 0.6, jumps over the narrow target band into class 2. Misclassified, but not the target: the last
     # iterate is neither a success nor the best targeted loss, so the best is u = -0.4 (x = 0.46).
     x, y, t = torch.tensor([[0.36]]), torch.tensor([0]), torch.tensor([1])
-    model = _ramp3()
+    model = ramp3()
     for early_stop in (False, True):
         result = PGD(steps=2, step_size=0.1, random_start=False, early_stop=early_stop)(
             model, x, y, threat=Linf(eps=0.3), targets=t)
@@ -1109,6 +1099,6 @@ def test_pgd_early_stop_returns_the_first_adversarial_iterate():
     # sample 1 (u = -5, eps 0.3 reaches u = -2 at most) never breaks and keeps the batch running to the
     # last step. The stopped sample's point is its first adversarial iterate, not the step past it.
     x, y = torch.tensor([[0.41], [0.0]]), torch.tensor([0, 0])
-    result = PGD(steps=3, step_size=0.1, random_start=False, early_stop=True)(_ramp3(), x, y, threat=Linf(eps=0.3))
+    result = PGD(steps=3, step_size=0.1, random_start=False, early_stop=True)(ramp3(), x, y, threat=Linf(eps=0.3))
     torch.testing.assert_close(result.x_adv, torch.tensor([[0.51], [0.3]]))
     assert result.success.tolist() == [True, False]
