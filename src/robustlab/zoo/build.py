@@ -113,7 +113,11 @@ def correct_predictions(model: nn.Module, x: Tensor, y: Tensor, batch_size: int 
                       for i in range(0, len(x), batch_size)])
 
 
-def _suite_metrics(model, x, y, threat, num_classes, suite, state_file, batch_size, seed, progress) -> dict:
+def _suite_metrics(name, model, x, y, threat, num_classes, suite, state_dir, batch_size, seed, progress) -> dict:
+    """A card's entry for ``suite`` on ``x``, resumable: the state file in ``state_dir`` is named
+    after the weights, so a retrained model never resumes another model's evaluation."""
+    logger.info("%s: %s suite on the first %d test images", name, suite, len(x))
+    state_file = Path(state_dir) / f"{suite}-{len(x)}-{tensors_digest(model)[:12]}-state.json"
     start = time.perf_counter()
     ev = evaluate(model, x, y, threat=threat, attacks=build_suite(suite, threat, num_classes), cascade=True,
                   batch_size=batch_size, seed=seed, state_file=state_file, resume=True, progress=progress)
@@ -169,14 +173,10 @@ def publish(name: str, run_dir: str | Path, *, out_dir: str | Path = MODELS_DIR,
         "threat": {"norm": threat.norm, "eps": threat.eps},
         "validation": {k: run_card.metrics.get(k) for k in ("best_val_acc", "best_val_robust_acc")},
     }
-    # The evaluation states are named after the weights, so a retrained model never resumes
-    # another model's evaluation.
-    weights_id = tensors_digest(model)[:12]
     for suite in CARD_SUITES:
         if suite in SUITES:
-            logger.info("%s: %s suite on the first %d test images", name, suite, images)
-            metrics[suite] = _suite_metrics(model, x[:images], y[:images], threat, test.num_classes, suite,
-                                            run_dir / f"{suite}-{images}-{weights_id}-state.json", batch_size, seed, progress)
+            metrics[suite] = _suite_metrics(name, model, x[:images], y[:images], threat, test.num_classes, suite,
+                                            run_dir, batch_size, seed, progress)
     if info.certify:
         metrics["certified"] = _certified(model, x[:images], y[:images], threat, info.certify, batch_size)
     seconds, epochs = training_seconds(run_dir)
@@ -215,13 +215,11 @@ def remeasure(name: str, suites: tuple[str, ...], *, models_dir: str | Path = MO
     test = load_dataset(card.dataset, split="test", data_dir=data_dir)
     images = int(card.metrics.get("standard", {}).get("images", info.images))
     threat = threat_model(info.norm, info.eps, card.input_bounds)
-    weights_id = tensors_digest(model)[:12]
-    Path(workdir).mkdir(parents=True, exist_ok=True)
+    state_dir = Path(workdir) / name
+    state_dir.mkdir(parents=True, exist_ok=True)
     for suite in suites:
-        logger.info("%s: %s suite on the first %d test images", name, suite, images)
-        card.metrics[suite] = _suite_metrics(model, test.x[:images], test.y[:images], threat, test.num_classes, suite,
-                                             Path(workdir) / f"{name}-{suite}-{images}-{weights_id}-state.json",
-                                             batch_size, seed, progress)
+        card.metrics[suite] = _suite_metrics(name, model, test.x[:images], test.y[:images], threat, test.num_classes,
+                                             suite, state_dir, batch_size, seed, progress)
     card_path = checkpoint_paths(weights)[1]
     write_atomic(card_path, lambda temporary: temporary.write_text(card.to_json() + "\n", encoding="utf-8"))
     return card
