@@ -150,6 +150,23 @@ def run_robustlab(suite: str, counting: CountingModel, x: Tensor, y: Tensor, row
             [s["broken_by"] for s in ev.samples])
 
 
+def run_torchattacks(counting: CountingModel, x: Tensor, y: Tensor, row: Row, seed: int, batch_size: int
+                     ) -> tuple[Tensor, dict[str, int], list[str | None]]:
+    """torchattacks' AutoAttack (its re-implementation, version "standard", the same seed),
+    judged like the reference: by a fresh, uncounted forward pass on its images, checked
+    against the threat set. It runs its four attacks in one call: no per-attack credit."""
+    import torchattacks
+
+    attack = torchattacks.AutoAttack(counting, norm=row.norm, eps=row.eps, version="standard", n_classes=10, seed=seed)
+    robust = common.predict(counting.model, x) == y
+    broken_by: list[str | None] = [None if r else "clean" for r in robust.tolist()]
+    for lo in range(0, len(x), batch_size):
+        todo = lo + robust[lo:lo + batch_size].nonzero().squeeze(1)
+        if todo.numel():
+            _check_and_record(counting, x, y, attack(x[todo], y[todo]), todo, robust, broken_by, "autoattack", row)
+    return robust, {"autoattack": sum(b == "autoattack" for b in broken_by)}, broken_by
+
+
 def measure(name: str, fn, counting: CountingModel) -> dict[str, Any]:
     counting.reset()
     with common.OtherLoad() as load:
@@ -182,8 +199,9 @@ def _reused(previous: dict[str, Any], suites: list[str], x: Tensor) -> dict[str,
 
 
 def run_row(row: Row, images: int, seed: int, batch_size: int, reference_seeds: list[int],
-            suites: list[str], previous: dict[str, Any] | None = None, fast_seeds: list[int] = (),
-            retime_reference: bool = False) -> dict[str, Any]:
+            suites: list[str], previous: dict[str, Any] | None = None,
+            suite_seeds: dict[str, list[int]] | None = None, retime_reference: bool = False,
+            torchattacks: bool = False) -> dict[str, Any]:
     model, card = zoo_models.get(row.model)
     dataset = zoo_models.RECIPES[row.model].dataset
     data = load_dataset(dataset, split="test", limit=images, seed=seed)
@@ -208,9 +226,14 @@ def run_row(row: Row, images: int, seed: int, batch_size: int, reference_seeds: 
         runs = {"reference": measure("reference", lambda: run_reference(counting, x, y, row, seed, batch_size), counting)}
     for suite in suites:
         runs[suite] = measure(suite, lambda: run_robustlab(suite, counting, x, y, row, seed, batch_size), counting)
-    for extra_seed in fast_seeds:
-        runs[f"fast-seed{extra_seed}"] = measure(f"fast seed {extra_seed}", lambda: run_robustlab(
-            "fast", counting, x, y, row, extra_seed, batch_size), counting)
+    suite_seeds = suite_seeds or {}
+    for suite, extra_seeds in suite_seeds.items():
+        for extra_seed in extra_seeds:
+            runs[f"{suite}-seed{extra_seed}"] = measure(f"{suite} seed {extra_seed}", lambda: run_robustlab(
+                suite, counting, x, y, row, extra_seed, batch_size), counting)
+    if torchattacks:
+        runs["torchattacks"] = measure("torchattacks", lambda: run_torchattacks(counting, x, y, row, seed, batch_size),
+                                       counting)
     if previous is None:
         for extra_seed in reference_seeds:
             runs[f"reference-seed{extra_seed}"] = measure(f"reference seed {extra_seed}", lambda: run_reference(
@@ -225,17 +248,21 @@ def run_row(row: Row, images: int, seed: int, batch_size: int, reference_seeds: 
                               "images": len(x), "clean": int(clean.sum()), "runs": {},
                               "reference_seeds": [seed, *reference_seeds],
                               "seed_variable": variable.nonzero().squeeze(1).tolist()}
-    # Images the reference broke that ``fast`` leaves robust with every one of its seeds.
-    fast_every_seed = None
-    if "fast" in runs and fast_seeds:
-        fast_every_seed = runs["fast"]["robust"].clone()
-        for extra_seed in fast_seeds:
-            fast_every_seed &= runs[f"fast-seed{extra_seed}"]["robust"]
-        result["fast_seeds"] = [seed, *fast_seeds]
+    # Images the reference broke that a suite leaves robust with every one of its seeds (its
+    # earlier seeds' runs reused from ``previous`` count too).
+    every_seed: dict[str, Tensor] = {}
+    for suite in ("standard", "fast"):
+        seeds = sorted({*suite_seeds.get(suite, []), *(int(k.rsplit("seed", 1)[1]) for k in runs
+                                                     if k.startswith(f"{suite}-seed"))})
+        if suite in runs and seeds:
+            every_seed[suite] = runs[suite]["robust"].clone()
+            for extra_seed in seeds:
+                every_seed[suite] &= runs[f"{suite}-seed{extra_seed}"]["robust"]
+            result[f"{suite}_seeds"] = [seed, *seeds]
     for name, run in runs.items():
         robust = run.pop("robust")
-        if name == "fast" and fast_every_seed is not None:
-            missed = ~ref & fast_every_seed & ~variable
+        if name in every_seed:
+            missed = ~ref & every_seed[name] & ~variable
             run["broken_by_reference_not_this_in_any_seed_beyond_seed_variation"] = int(missed.sum())
             run["indices_broken_by_reference_not_this_in_any_seed_beyond_seed_variation"] = missed.nonzero().squeeze(1).tolist()
         run["robust_accuracy"] = float(robust.float().mean())
@@ -285,6 +312,16 @@ def markdown(results: list[dict[str, Any]]) -> str:
                  f"standard / reference = {total['standard'] / max(total['reference'], 1):.3f}; wall time fast / "
                  f"reference = {seconds['fast'] / seconds['reference']:.3f}, standard / reference = "
                  f"{seconds['standard'] / seconds['reference']:.3f}.")
+    peer = [r for r in results if "torchattacks" in r["runs"]]
+    if peer:
+        lines += ["", "torchattacks' AutoAttack (version standard, same seed) beside the reference:", "",
+                  "| model | threat | robust: reference / torchattacks | ref-not-ta / ta-not-ref | time ratio | pass ratio |",
+                  "|---|---|---|---|---|---|"]
+        for r in peer:
+            ref, ta = r["runs"]["reference"], r["runs"]["torchattacks"]
+            lines.append(f"| {r['model']} | {r['norm']} {r['eps']:.4g} | {100 * ref['robust_accuracy']:.1f} / "
+                         f"{100 * ta['robust_accuracy']:.1f} | {_missed(ta)} / {ta['broken_by_this_not_reference']} | "
+                         f"{ta['time_ratio']:.2f} | {ta['pass_ratio']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -296,12 +333,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--reference-seeds", type=int, nargs="*", default=[],
                    help="also run the reference with these seeds (its seed-to-seed variation)")
-    p.add_argument("--fast-seeds", type=int, nargs="*", default=[],
-                   help="also run fast with these seeds: an image the reference broke counts as missed by fast "
-                        "only if no seed of fast breaks it (fast's own seed-to-seed variation)")
+    for suite in ("standard", "fast"):
+        p.add_argument(f"--{suite}-seeds", type=int, nargs="*", default=[],
+                       help=f"also run {suite} with these seeds: an image the reference broke counts as missed by "
+                            f"{suite} only if no seed of {suite} breaks it ({suite}'s own seed-to-seed variation; "
+                            "runs with other seeds reused by --reuse-reference count too)")
+    p.add_argument("--torchattacks", action="store_true",
+                   help="also run torchattacks' AutoAttack (version standard, the same seed): its robust accuracy, "
+                        "time and passes beside the reference's")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--suites", nargs="+", default=["standard", "fast"], choices=["standard", "fast"],
-                   help="the robustlab suites to run (default both)")
+    p.add_argument("--suites", nargs="*", default=["standard", "fast"], choices=["standard", "fast"],
+                   help="the robustlab suites to run with --seed (default both; none: only the extra seeds, the "
+                        "rest reused by --reuse-reference)")
     p.add_argument("--reuse-reference", type=Path,
                    help="take the reference's runs (and those of the suites not run) of each row from this earlier "
                         "result file, same rows, images and seed: to measure a changed suite against the same "
@@ -330,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"{args.reuse_reference} has no result for {key} on {images} images")
             previous = found[0]
         results.append(run_row(row, images, args.seed, args.batch_size, args.reference_seeds, args.suites, previous,
-                               args.fast_seeds, args.retime_reference))
+                               {"standard": args.standard_seeds, "fast": args.fast_seeds}, args.retime_reference,
+                               args.torchattacks))
         report = {"benchmark": "autoattack_reference",
                   "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
                   "settings": {"seed": args.seed, "batch_size": args.batch_size,

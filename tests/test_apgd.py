@@ -87,7 +87,7 @@ def _state(increases, loss_max, loss_max_at_check, halved_at_check) -> _State:
         x_max=x_max, grad_max=torch.full((n, 2), -1.0), loss_max=torch.tensor(loss_max),
         step=torch.full((n,), 0.2), increases=torch.tensor(increases), loss_max_at_check=torch.tensor(loss_max_at_check),
         halved_at_check=torch.tensor(halved_at_check), topk=torch.zeros(n), sparsity_at_check=torch.zeros(n),
-        margin_min=torch.zeros(n), margin_clean=torch.ones(n),
+        margin_min=torch.zeros(n), margin_halfway=torch.zeros(n), margin_clean=torch.ones(n),
     )
 
 
@@ -310,31 +310,67 @@ def test_linear_two_class_model_is_broken_exactly_above_the_minimal_eps(make_att
     assert result.success.tolist() == (factors < 1).tolist()
 
 
-@pytest.mark.parametrize("make_attack", [lambda g: APGD(steps=100, loss="margin", give_up=g),
-                                         lambda g: APGDT(steps=100, give_up=g)], ids=["apgd", "apgd-t"])
-def test_give_up_drops_at_the_first_checkpoint_exactly_the_samples_above_the_fraction(make_attack):
+@pytest.mark.parametrize("make_attack", [lambda k: APGD(steps=100, loss="margin", give_up=2.0, keep_near=k),
+                                         lambda k: APGDT(steps=100, give_up=2.0, keep_near=k)], ids=["apgd", "apgd-t"])
+def test_give_up_drops_at_the_first_checkpoint_exactly_the_stuck_samples_above_keep_near(make_attack):
     # On a linear model the smallest margin in the L∞ ball is m_clean * (1 - 1/f) for a point whose
-    # minimal flipping eps is f * eps, and APGD reaches it in its first steps: f = 1.25 gets to
-    # 0.2 m_clean, f = 2 to 0.5 m_clean, and neither is broken.
+    # minimal flipping eps is f * eps, and APGD reaches it in its first step, then stays: no
+    # progress, so the sample leaves at the first checkpoint unless it is within keep_near of the
+    # boundary. f = 1.25 gets to 0.2 m_clean, f = 2 to 0.5 m_clean, and neither is broken.
     model, w, c = linear_two_class(8, seed=2)
     threat = Linf(eps=0.5, bounds=(-10.0, 10.0))
     runs_all, runs_to_checkpoint = 100, 1 + checkpoints(100)[0]  # backwards per sample: the start's and the steps'
-    for factor, give_up, backwards in [(1.25, 0.3, runs_all), (1.25, 0.15, runs_to_checkpoint),
-                                       (2.0, 0.3, runs_to_checkpoint), (2.0, 0.55, runs_all)]:
+    for factor, keep_near, backwards in [(1.25, 0.3, runs_all), (1.25, 0.15, runs_to_checkpoint),
+                                         (2.0, 0.3, runs_to_checkpoint), (2.0, 0.55, runs_all),
+                                         (1.02, None, runs_to_checkpoint)]:
         x, y, _ = _points_with_minimal_linf_eps(w, c, 0.5, torch.tensor([factor]), seed=3)
-        result = make_attack(give_up)(model, x, y, threat=threat, generator=gen())
+        result = make_attack(keep_near)(model, x, y, threat=threat, generator=gen())
         assert not result.success.any()
-        assert result.backwards == backwards * len(x), (factor, give_up)
+        assert result.backwards == backwards * len(x), (factor, keep_near)
         # What it found before leaving is kept: the best margin reached, not the clean point.
         torch.testing.assert_close(result.margin, (1 - 1 / factor) * (w.abs().sum() * 0.5 * factor).expand(len(x)),
                                    atol=1e-3, rtol=1e-3)
+
+
+class _Descending(nn.Module):
+    """Two classes; the margin of sample i is ``10 * x_i0 - 0.01 * t`` after ``t`` forward calls:
+    it falls by 0.01 per APGD step whatever the step does (the perturbation budget moves it by
+    at most 10 eps)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        margin = 10 * x[:, 0] - 0.01 * self.calls
+        return torch.stack([margin, torch.zeros_like(margin)], dim=1)
+
+
+@pytest.mark.parametrize("make_attack", [lambda s: APGD(steps=100, loss="margin", give_up=s),
+                                         lambda s: APGDT(steps=100, n_target_classes=1, give_up=s)], ids=["apgd", "apgd-t"])
+def test_give_up_keeps_exactly_the_samples_whose_rate_of_progress_reaches_the_boundary(make_attack):
+    # With safety factor 1, a sample whose margin falls at a constant rate r stays while
+    # m > r * (steps left) is false, i.e. exactly when that rate breaks it within the budget:
+    # margin 0.9 at the start (broken near step 90) stays and falls; 1.2 leaves at the first
+    # checkpoint, however steadily it descends. With factor 0.5 both leave there.
+    x = torch.tensor([[0.09, 0.0], [0.12, 0.0]])
+    y = torch.zeros(2, dtype=torch.int64)
+    threat = Linf(eps=1e-4, bounds=(-10.0, 10.0))
+    first = checkpoints(100)[0]
+    result = make_attack(1.0)(_Descending(), x, y, threat=threat, generator=gen())
+    assert result.success.tolist() == [True, False]
+    assert result.backwards > 80 + first
+    result = make_attack(0.5)(_Descending(), x, y, threat=threat, generator=gen())
+    assert result.success.tolist() == [False, False]
+    assert result.backwards == 2 * (1 + first)
 
 
 def test_give_up_keeps_the_success_set_on_a_trained_model(digits_mlp, digits_test):
     x, y = digits_test
     threat = Linf(eps=0.1)
     for make in (lambda g: APGD(steps=30, give_up=g), lambda g: APGDT(steps=30, n_target_classes=3, give_up=g)):
-        full, lean = make(None)(digits_mlp, x, y, threat=threat, generator=gen()), make(0.1)(digits_mlp, x, y, threat=threat, generator=gen())
+        full, lean = make(None)(digits_mlp, x, y, threat=threat, generator=gen()), make(2.0)(digits_mlp, x, y, threat=threat, generator=gen())
         assert lean.success.tolist() == full.success.tolist()
         assert lean.backwards < full.backwards
 
@@ -385,7 +421,7 @@ def test_registry_and_aliases():
     assert isinstance(build_attack("apgd", steps=3), AutoPGD)
     assert isinstance(build_attack("apgd-t", steps=3), AutoPGDTargeted)
     assert AutoPGD().config() == {"attack": "apgd", "steps": 100, "restarts": 1, "rho": 0.75, "momentum": 0.75,
-                                  "early_stop": True, "give_up": None, "loss": "ce", "kappa": 0.0}
+                                  "early_stop": True, "give_up": None, "keep_near": None, "loss": "ce", "kappa": 0.0}
     assert AutoPGDTargeted().n_target_classes == 9
 
 
@@ -403,9 +439,12 @@ def test_registry_and_aliases():
         (lambda: APGDT(n_target_classes=0), "n_target_classes"),
         (lambda: APGDT(steps=-1), "steps"),
         (lambda: APGD(give_up=0.0), "give_up"),
-        (lambda: APGD(give_up=1.0), "give_up"),
+        (lambda: APGD(give_up=math.inf), "give_up"),
         (lambda: APGD(give_up=True), "give_up"),
-        (lambda: APGDT(give_up=0.1, early_stop=False), "early_stop"),
+        (lambda: APGDT(give_up=2.0, early_stop=False), "early_stop"),
+        (lambda: APGD(keep_near=0.1), "keep_near"),
+        (lambda: APGD(give_up=2.0, keep_near=1.0), "keep_near"),
+        (lambda: APGDT(give_up=2.0, keep_near=True), "keep_near"),
     ],
 )
 def test_bad_hyperparameters_are_rejected(make, keyword):

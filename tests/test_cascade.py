@@ -249,9 +249,11 @@ def test_every_suite_builds_for_every_norm(name, norm):
 def test_fast_suite_is_the_documented_protocol():
     spec = {key: (name, params) for key, name, params in suite_spec("fast", THREAT, 10)}
     assert list(spec) == ["apgd-ce", "apgd-t", "square"]
-    assert spec["apgd-ce"] == ("apgd", {"loss": "ce", "steps": 100, "restarts": 1, "early_stop": True, "give_up": 0.15})
+    assert spec["apgd-ce"] == ("apgd", {"loss": "ce", "steps": 100, "restarts": 1, "early_stop": True, "give_up": 2.0,
+                                        "keep_near": 0.15})
     assert spec["apgd-t"][1]["ranking"] == "linear" and spec["apgd-t"][1]["n_target_classes"] == 4
-    assert spec["apgd-t"][1]["give_up"] == 0.15 and spec["apgd-t"][1]["early_stop"] is True
+    assert spec["apgd-t"][1]["give_up"] == 2.0 and spec["apgd-t"][1]["keep_near"] == 0.15
+    assert spec["apgd-t"][1]["early_stop"] is True
     assert spec["square"][1]["give_up"] > 0 and spec["square"][1]["queries"] == 5001
     assert spec["square"][1]["keep_near"] == 0.06
     assert spec["square"][1]["warm_start"] is True
