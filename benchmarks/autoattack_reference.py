@@ -275,6 +275,7 @@ def run_row(row: Row, images: int, seed: int, batch_size: int, reference_seeds: 
             # A reused run's time is compared with the reference's time of its own (earlier) run.
             reference_seconds = (reused_reference_seconds if run.get("reused_from_earlier_run") and reused_reference_seconds
                                  else runs["reference"]["seconds"])
+            run["reference_seconds"] = round(reference_seconds, 2)
             run["time_ratio"] = round(run["seconds"] / reference_seconds, 3)
             run["pass_ratio"] = round(run["passes"] / max(runs["reference"]["passes"], 1), 4)
         result["runs"][name] = run
@@ -288,6 +289,12 @@ def _missed(run: dict[str, Any]) -> str:
     every = run.get("broken_by_reference_not_this_in_any_seed_beyond_seed_variation")
     return (f"{run['broken_by_reference_not_this']}" + ("" if beyond is None else f" ({beyond}")
             + ("" if every is None else f"; {every} with no seed") + ("" if beyond is None else ")"))
+
+
+def _reference_seconds(result: dict[str, Any], name: str) -> float:
+    """The reference's seconds that run ``name`` of ``result`` is timed against."""
+    run = result["runs"][name]
+    return run.get("reference_seconds") or run["seconds"] / run["time_ratio"]
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
@@ -307,11 +314,12 @@ def markdown(results: list[dict[str, Any]]) -> str:
             f"{ref['seconds']:.0f} / {std['seconds']:.0f} / {fast['seconds']:.0f} | "
             f"{std['time_ratio']:.2f} / {fast['time_ratio']:.2f} | {std['pass_ratio']:.3f} / {fast['pass_ratio']:.3f} |")
     total = {k: sum(r["runs"][k]["passes"] for r in results) for k in ("reference", "standard", "fast")}
-    seconds = {k: sum(r["runs"][k]["seconds"] for r in results) for k in ("reference", "standard", "fast")}
+    # Each run's time against the reference run it was measured beside (a reused run: the earlier one).
+    seconds = {k: sum(r["runs"][k]["seconds"] for r in results) / sum(_reference_seconds(r, k) for r in results)
+               for k in ("standard", "fast")}
     lines.append(f"\nTotal over the rows: passes fast / reference = {total['fast'] / max(total['reference'], 1):.3f}, "
                  f"standard / reference = {total['standard'] / max(total['reference'], 1):.3f}; wall time fast / "
-                 f"reference = {seconds['fast'] / seconds['reference']:.3f}, standard / reference = "
-                 f"{seconds['standard'] / seconds['reference']:.3f}.")
+                 f"reference = {seconds['fast']:.3f}, standard / reference = {seconds['standard']:.3f}.")
     peer = [r for r in results if "torchattacks" in r["runs"]]
     if peer:
         lines += ["", "torchattacks' AutoAttack (version standard, same seed) beside the reference:", "",
