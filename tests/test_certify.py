@@ -16,9 +16,10 @@ from torch.nn import functional as F
 from robustlab.attacks import build_attack
 from robustlab.certify import CROWN, CROWNIBP, IBP, AlphaCROWN, certified_radius
 from robustlab.certify.bracket import bracket
-from robustlab.certify.cli import add_certify_parser, read_bracket, write_json
+from robustlab.certify.cli import add_certify_parser, read_bracket
 from robustlab.certify.milp import MILPVerifier
 from robustlab.errors import RobustlabError
+from robustlab.io import save_document
 from robustlab.models import MLP, Normalize, PreActBlock
 from robustlab.threat import L1, L2, Linf
 
@@ -465,8 +466,8 @@ def test_certify_json_is_strict_and_reads_back_infinite_distances(digits, tiny_m
     table = bracket(tiny_mlp, x[20:21], y[20:21], attacks={"noise": build_attack("gaussian-noise", sigma=1.0)},
                     time_limit=0.5, bisection_steps=4)
     assert table.rows[0]["upper"] == math.inf and table.rows[0]["dist_noise"] == math.inf
-    write_json(tmp_path / "bracket.json", {"rows": table.rows, "summary": table.summary,
-                                           "nan": math.nan, "nested": [(-math.inf, 1.5)]})
+    save_document(tmp_path / "bracket.json", "bracket", {"rows": table.rows, "summary": table.summary,
+                                                         "nan": math.nan, "nested": [(-math.inf, 1.5)]})
 
     def reject(constant):
         raise AssertionError(f"non-standard JSON constant {constant}")

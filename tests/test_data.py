@@ -354,7 +354,7 @@ def test_image_folder_archive_and_cache(tmp_path, prefix):
     assert len(cached) == 1
     again = load_image_folder(archive_path)
     torch.testing.assert_close(again.x, ds.x)
-    assert not list((tmp_path / "cache" / "decoded").glob(".*part"))
+    assert not list((tmp_path / "cache" / "decoded").glob(".*"))  # no temporary file left
 
 
 def test_image_folder_mixed_sizes_and_corrupt(tmp_path):

@@ -4,7 +4,6 @@ PGD, and write a report folder (Markdown and a self-contained HTML page)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch
 from robustlab.attacks import FGSM, PGD, GaussianNoise
 from robustlab.data import load_dataset, train_val_split
 from robustlab.evaluation import evaluate
+from robustlab.io import save_document
 from robustlab.models import ModelCard, build_model, save_model
 from robustlab.report import evaluation_markdown, write_report
 from robustlab.report.grid import save_examples
@@ -50,7 +50,7 @@ def run_demo(out: Path, *, seed: int = 0, progress: bool = True) -> dict[str, An
         r = PGD(steps=20)(model, test.x, test.y, threat=Linf(eps=eps), generator=torch.Generator().manual_seed(seed))
         correct = (model(test.x).argmax(1) == test.y) & ~r.success
         curve[eps] = float(correct.float().mean())
-    (out / "curve.json").write_text(json.dumps({"attack": "pgd-20", "norm": "Linf", "robust_accuracy": curve}, indent=1))
+    save_document(out / "curve.json", "curve", {"attack": "pgd-20", "norm": "Linf", "robust_accuracy": curve})
 
     pgd = PGD(steps=20)
     adv = pgd(model, test.x[:8], test.y[:8], threat=threat, generator=torch.Generator().manual_seed(seed))

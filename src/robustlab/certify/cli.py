@@ -4,16 +4,15 @@ radii and, with ``--bracket``, the per-sample bracket lower <= exact <= upper.
 The command line adds it with :func:`add_certify_parser` (``robustlab.cli.COMMANDS``).
 
 Writes ``certify.json`` (and ``bracket.md`` / ``bracket.json``) into ``--out`` and prints a
-summary. The JSON is strict (RFC 8259): a non-finite number is written as ``null``. In
-``bracket.json`` an infinite ``upper``, ``dist_<attack>`` or ``milp_upper`` means that no
-adversarial example was found; :func:`read_bracket` reads the file back with those nulls
-restored to ``inf``.
+summary. Both are documents (:mod:`robustlab.io`: kinds ``certification`` and ``bracket``) in
+strict JSON (RFC 8259): a non-finite number is written as ``null``. In ``bracket.json`` a null
+``upper``, ``dist_<attack>`` or ``milp_upper`` means that no adversarial example was found;
+:func:`read_bracket` reads the file back with those nulls restored to ``inf``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -21,8 +20,9 @@ from typing import Any
 
 from robustlab.certify.certifiers import CERTIFIERS, Certifier
 from robustlab.errors import RobustlabError
+from robustlab.io import load_document, save_document
 
-__all__ = ["add_certify_parser", "certify_command", "read_bracket", "write_json"]
+__all__ = ["add_certify_parser", "bracket_from_dict", "certify_command", "read_bracket"]
 
 def _certifier(name: str, batch_size: int) -> Certifier:
     return CERTIFIERS.lookup(name)(batch_size=batch_size)
@@ -71,29 +71,11 @@ def certify_command(args: argparse.Namespace) -> int:
         table = bracket(model, data.x[:n], data.y[:n], norm=args.norm, time_limit=args.time_limit,
                         lp_tighten=args.lp_tighten, bounds=bounds)
         (out / "bracket.md").write_text(table.markdown())
-        write_json(out / "bracket.json", {"rows": table.rows, "summary": table.summary})
+        save_document(out / "bracket.json", "bracket", {"rows": table.rows, "summary": table.summary})
         results["bracket"] = table.summary
         print(table.markdown())
-    print(write_json(out / "certify.json", results))
+    print(save_document(out / "certify.json", "certification", results).read_text(encoding="utf-8").rstrip())
     return 0
-
-
-def _finite_or_null(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_or_null(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_null(v) for v in value]
-    return value
-
-
-def write_json(path: str | Path, value: Any) -> str:
-    """Write ``value`` to ``path`` as strict JSON (non-finite floats become ``null``; objects
-    JSON cannot hold are written as their ``repr``) and return the text."""
-    text = json.dumps(_finite_or_null(value), indent=1, allow_nan=False, default=repr)
-    Path(path).write_text(text + "\n", encoding="utf-8")
-    return text
 
 
 # Distances that are infinite exactly when no adversarial example was found; every other null
@@ -104,13 +86,14 @@ _INFINITE_WHEN_NULL = ("upper", "milp_upper")
 def read_bracket(path: str | Path) -> dict[str, Any]:
     """``{"rows": [...], "summary": {...}}`` from a ``bracket.json``, with the distances written
     as ``null`` because they were infinite (``upper``, ``milp_upper``, ``dist_<attack>``) read
-    back as ``inf``."""
-    try:
-        document: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
-        rows = document["rows"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RobustlabError(f"cannot read {path} as a bracket.json: {type(exc).__name__} {exc}") from None
-    for row in rows:
+    back as ``inf`` (a file without a kind, written before documents had one, is read as a bracket)."""
+    document: dict[str, Any] = load_document(path, "bracket", legacy_kind="bracket")
+    return document
+
+
+def bracket_from_dict(document: dict[str, Any]) -> dict[str, Any]:
+    """The bracket document as read from strict JSON, with the nulls of infinite distances as ``inf``."""
+    for row in document["rows"]:
         for key, value in row.items():
             if value is None and (key in _INFINITE_WHEN_NULL or key.startswith("dist_")):
                 row[key] = math.inf

@@ -182,7 +182,7 @@ def _diagnose(request: ModelRequest, norm: str, eps: float, out: Path,
     """The gradient-masking checks on the evaluated samples (``evaluated``: the model, data and
     threat model of the evaluation just run; else loaded here); exit status 1 if any check fails."""
     from robustlab.evaluation import diagnose
-    from robustlab.evaluation.io import save_json
+    from robustlab.io import save_json
 
     if evaluated is None:
         model, card, data, _ = load_defended_model(request)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from robustlab.cli.options import check_out_file, eps_value, positive_int
 from robustlab.cli.tables import accuracy_rows, percent_or_dash, print_columns, print_table
-from robustlab.errors import RobustlabError
+from robustlab.io import read_json, write_atomic
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -59,10 +58,7 @@ def run(args: argparse.Namespace) -> int:
     with ResultsStore(args.db, create=args.action == "import") as store:
         if args.action == "import":
             for file in args.files:
-                try:
-                    document = json.loads(Path(file).read_text())
-                except (OSError, ValueError) as exc:
-                    raise RobustlabError(f"cannot read the evaluation file {file}: {exc}") from None
+                document = read_json(file)
                 run_id = store.add(document, dataset=args.dataset, split=args.split, label=args.label)
                 print(f"stored {file} as run {run_id} in {store.path}")
         elif args.action == "list":
@@ -86,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.action == "export":
             text = store.export(args.ids[0], args.format)
             if args.out:
-                Path(args.out).write_text(text)
+                write_atomic(args.out, lambda temporary: temporary.write_text(text, encoding="utf-8"))
                 print(f"wrote run {args.ids[0]} to {args.out}")
             else:
                 sys.stdout.write(text)

@@ -1,13 +1,9 @@
-"""The user cache directory and crash-safe file writes."""
+"""The user cache directory."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 
 def cache_dir() -> Path:
@@ -23,22 +19,3 @@ def cache_dir() -> Path:
 def data_cache_dir() -> Path:
     """Where downloaded datasets go: ``<cache>/data``."""
     return cache_dir() / "data"
-
-
-@contextlib.contextmanager
-def atomic_write(path: Path) -> Iterator[IO[bytes]]:
-    """Open a temporary file next to ``path`` for binary writing; on success it replaces
-    ``path`` in one step, on any error it is removed, so ``path`` is never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is ordinary user data
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -6,17 +6,15 @@ renamed into place, so an interrupted or corrupt download never leaves a file be
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DataError
+from ..io import write_atomic
 from .cache import data_cache_dir
 from .lookup import locate
 from .registry import RemoteFile, dataset_info
@@ -50,11 +48,9 @@ def download_file(url: str, target: Path, expected: RemoteFile, *, progress: boo
     Raises DataError naming the file (and both digests on a mismatch); nothing is left at
     ``target`` or in a temporary file when it fails.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
+
+    def fetch_and_verify(tmp: Path) -> None:
+        with open(tmp, "wb") as out:
             try:
                 _copy_response(url, out, target.name, progress, timeout)
             except (urllib.error.URLError, OSError) as e:
@@ -62,11 +58,8 @@ def download_file(url: str, target: Path, expected: RemoteFile, *, progress: boo
         problems = _mismatches(expected, _digests(tmp))
         if problems:
             raise DataError(f"{target}: checksum mismatch for the file downloaded from {url}: {'; '.join(problems)}")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+
+    write_atomic(target, fetch_and_verify)
     logger.info("downloaded %s to %s", url, target)
     return target
 

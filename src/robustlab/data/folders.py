@@ -19,8 +19,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
+from ..io import write_atomic
 from .archive import iter_tar_files
-from .cache import atomic_write, cache_dir
+from .cache import cache_dir
 from .dataset import ImageDataset, from_uint8
 
 logger = logging.getLogger(__name__)
@@ -156,10 +157,14 @@ def _read_cache(cache_file: Path) -> DecodedFolder | None:
 
 def _write_cache(cache_file: Path, decoded: DecodedFolder) -> None:
     try:
-        with atomic_write(cache_file) as handle:
-            np.savez(handle, images=decoded.images, labels=decoded.labels, classes=np.array(decoded.classes))
+        write_atomic(cache_file, lambda temporary: _savez(temporary, decoded))
     except OSError as e:
         logger.warning("could not write the decoded-image cache %s (%s)", cache_file, e)
+
+
+def _savez(path: Path, decoded: DecodedFolder) -> None:
+    with open(path, "wb") as handle:  # a handle: given a path, np.savez would append ".npz" to the temporary name
+        np.savez(handle, images=decoded.images, labels=decoded.labels, classes=np.array(decoded.classes))
 
 
 def decode_folder(

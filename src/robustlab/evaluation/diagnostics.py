@@ -46,6 +46,7 @@ from robustlab._tensors import flat
 from robustlab.attacks import APGD, ATTACKS, FGSM, PGD, Attack, AttackResult, build_attack
 from robustlab.documentation import docs_pointer
 from robustlab.errors import RobustlabError
+from robustlab.io import header
 from robustlab.losses import looks_like_probabilities
 from robustlab.modes import ModuleMode
 from robustlab.threat import Linf, ThreatModel
@@ -96,7 +97,9 @@ class Diagnosis:
         raise KeyError(check)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "findings": [f.to_dict() for f in self.findings]}
+        """The ``diagnostics`` document (``diagnostics.json``)."""
+        return {**header("diagnostics"), "threat": self.threat.to_dict(), "verdict": self.verdict,
+                "findings": [f.to_dict() for f in self.findings]}
 
     def markdown(self) -> str:
         lines = [f"## Gradient-masking diagnostics: **{self.verdict}**", "", "| check | verdict | finding |",

@@ -16,10 +16,10 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack
 from robustlab.errors import RobustlabError
-from robustlab.evaluation.io import DOCUMENT_VERSION, read_document, save_json
 from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.provenance import provenance
 from robustlab.evaluation.runner import Run, Step, run_blocks
+from robustlab.io import header, read_document, save_json
 from robustlab.threat import ThreatModel
 
 __all__ = ["CLEAN", "Evaluation", "evaluate"]
@@ -69,8 +69,7 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "kind": "fixed",
-            "version": DOCUMENT_VERSION,
+            **header("fixed"),
             "threat": self.threat.to_dict(),
             "attacks": self.attacks,
             "metrics": self.metrics,
@@ -86,7 +85,13 @@ class Evaluation:
 
     @classmethod
     def load(cls, path: str | Path) -> Evaluation:
-        data = read_document(path, "fixed")
+        """The evaluation :meth:`save` wrote (a document without a kind, written before
+        documents had one, is read as a fixed-eps evaluation)."""
+        return cls.from_dict(read_document(path, "fixed", legacy_kind="fixed"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Evaluation:
+        """The evaluation :meth:`to_dict` gave (as read from its JSON file)."""
         return cls(threat=ThreatModel.from_dict(data["threat"]), attacks=data["attacks"],
                    samples=data["samples"], provenance=data.get("provenance", {}), model_card=data.get("model_card"),
                    passes=data.get("passes", {}))

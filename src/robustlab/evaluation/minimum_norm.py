@@ -29,10 +29,10 @@ from robustlab.attacks.base import Attack
 from robustlab.documentation import docs_pointer
 from robustlab.errors import DistanceMismatchWarning, RobustlabError
 from robustlab.evaluation.evaluate import CLEAN, Evaluation, named_attacks
-from robustlab.evaluation.io import DOCUMENT_VERSION, read_document, save_json
 from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.provenance import provenance
 from robustlab.evaluation.runner import Run, Step, run_blocks
+from robustlab.io import header, inf_from_json, read_document, save_json
 from robustlab.threat import ThreatModel, threat_model
 from robustlab.validate import is_number
 
@@ -74,11 +74,6 @@ def warn_mismatch(name: str, count: int, total: int, stacklevel: int = 3) -> Non
         DistanceMismatchWarning,
         stacklevel=stacklevel,
     )
-
-
-def inf_from_json(value: float | None) -> float:
-    """JSON stores ``inf`` as ``null`` (as :class:`Evaluation` does); undo that."""
-    return math.inf if value is None else float(value)
 
 
 def distance_statistics(distances: Iterable[float]) -> dict[str, float]:
@@ -237,7 +232,7 @@ class MinimumNormEvaluation:
                           provenance=self.provenance, model_card=self.model_card, passes=self.passes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "minimum-norm", "version": DOCUMENT_VERSION, "threat": self.threat.to_dict(), "attacks": self.attacks,
+        return {**header("minimum-norm"), "threat": self.threat.to_dict(), "attacks": self.attacks,
                 "metrics": self.metrics, "cost": self.cost, "passes": self.passes, "provenance": self.provenance,
                 "model_card": self.model_card, "samples": self.samples}
 
@@ -247,7 +242,11 @@ class MinimumNormEvaluation:
 
     @classmethod
     def load(cls, path: str | Path) -> MinimumNormEvaluation:
-        data = read_document(path, "minimum-norm")
+        return cls.from_dict(read_document(path, "minimum-norm"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MinimumNormEvaluation:
+        """The evaluation :meth:`to_dict` gave, as read from strict JSON (``null`` distances are ``inf``)."""
         samples = data["samples"]
         for s in samples:
             s["distance"] = inf_from_json(s["distance"])

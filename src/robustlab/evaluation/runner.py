@@ -65,7 +65,7 @@ from robustlab._progress import progress_bar
 from robustlab.attacks.base import Attack, AttackResult, check_call, check_inputs, check_logits
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.distributed import all_gather, rank_and_world, shard_range
-from robustlab.evaluation.io import jsonable, save_json, save_tensors
+from robustlab.io import jsonable, save_json, save_tensors
 from robustlab.modes import FrozenEval
 from robustlab.threat import ThreatModel
 

@@ -24,11 +24,9 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack
 from robustlab.errors import RobustlabError
-from robustlab.evaluation.io import DOCUMENT_VERSION, read_document, save_json
 from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.minimum_norm import (
     check_minimum_norm,
-    inf_from_json,
     median_of,
     unbounded_threat,
     verified,
@@ -36,6 +34,7 @@ from robustlab.evaluation.minimum_norm import (
 )
 from robustlab.evaluation.provenance import provenance
 from robustlab.evaluation.runner import Step, block_seed, run_blocks
+from robustlab.io import header, inf_from_json, read_document, save_json
 from robustlab.threat import ThreatModel
 
 __all__ = ["CASES", "TargetedEvaluation", "evaluate_targeted"]
@@ -104,7 +103,7 @@ class TargetedEvaluation:
                 "reported_distance_mismatches": mismatches}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "targeted", "version": DOCUMENT_VERSION, "threat": self.threat.to_dict(), "attack": self.attack,
+        return {**header("targeted"), "threat": self.threat.to_dict(), "attack": self.attack,
                 "num_classes": self.num_classes, "metrics": self.metrics, "cost": self.cost, "passes": self.passes,
                 "provenance": self.provenance, "model_card": self.model_card, "samples": self.samples}
 
@@ -114,7 +113,11 @@ class TargetedEvaluation:
 
     @classmethod
     def load(cls, path: str | Path) -> TargetedEvaluation:
-        data = read_document(path, "targeted")
+        return cls.from_dict(read_document(path, "targeted"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TargetedEvaluation:
+        """The evaluation :meth:`to_dict` gave, as read from strict JSON (``null`` distances are ``inf``)."""
         samples = data["samples"]
         for s in samples:
             s["targets"] = {t: inf_from_json(d) for t, d in s["targets"].items()}

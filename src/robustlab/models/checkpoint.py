@@ -17,7 +17,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from torch import nn
 
 import robustlab
 from robustlab.errors import RobustlabError
+from robustlab.io import check_header, dumps, header, save_json, write_atomic
 from robustlab.models.normalize import Normalize
 from robustlab.models.preprocessing import apply_defenses, split_defenses
 from robustlab.models.registry import build_model
@@ -50,21 +50,11 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _json_default(value: Any) -> Any:
-    # Tensors, NumPy arrays and scalars become numbers/lists; paths become strings.
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
-
-
 def _jsonable(value: Any, name: str) -> Any:
-    """``value`` as plain JSON types (tuples become lists), or a RobustlabError naming the field."""
+    """``value`` as plain strict-JSON types (tuples become lists, tensors and NumPy values numbers,
+    paths strings, non-finite floats ``None``), or a RobustlabError naming the field."""
     try:
-        return json.loads(json.dumps(value, default=_json_default))
+        return json.loads(dumps(value, indent=None))
     except (TypeError, ValueError) as error:
         raise RobustlabError(f"model card field {name!r} is not JSON-serializable: {error}") from None
 
@@ -177,14 +167,25 @@ class ModelCard:
             del data["weights_sha256"]
         return data
 
+    def document(self) -> dict[str, Any]:
+        """The card file's content: :meth:`to_dict` after the document's kind and version."""
+        return {**header("model-card"), **self.to_dict()}
+
     def to_json(self, *, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return dumps(self.document(), indent=indent)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the card file (:meth:`document`, strict JSON) to ``path`` atomically."""
+        return save_json(path, self.document(), indent=2)
 
     @classmethod
     def from_dict(cls, data: Any) -> ModelCard:
-        """Build a card from a dict holding exactly the card's fields (all of them)."""
+        """Build a card from a dict holding exactly the card's fields (all of them), after the
+        document's kind and version where it has them (cards written before they existed lack them)."""
         if not isinstance(data, dict):
             raise RobustlabError(f"model card must be a JSON object, got {type(data).__name__}")
+        check_header(data, "model card", "model-card", legacy_kind="model-card")
+        data = {k: v for k, v in data.items() if k not in ("kind", "version")}
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(names))
         missing = [name for name in names if name not in data and name not in _OPTIONAL_FIELDS]
@@ -267,7 +268,7 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], card: ModelCard) 
     metadata = {"format": "pt", "robustlab_version": robustlab.__version__, "architecture": card.architecture}
     write_atomic(weights_path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
     card = dataclasses.replace(card, weights_sha256=_file_sha256(weights_path))
-    write_atomic(card_path, lambda temporary: temporary.write_text(card.to_json() + "\n", encoding="utf-8"))
+    card.save(card_path)
     return weights_path
 
 
@@ -440,28 +441,6 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def umask_mode() -> int:
-    """The permissions a new file gets from the umask (``0o666 & ~umask``)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    temporary_path = Path(temporary)
-    try:
-        write(temporary_path)
-        os.chmod(temporary_path, umask_mode())  # mkstemp makes it 0600, unlike any other file written
-        with open(temporary_path, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary_path, path)
-    except BaseException:
-        temporary_path.unlink(missing_ok=True)
-        raise
 
 
 def save_network(net: nn.Module, path: str | os.PathLike[str], kind: str, settings: dict[str, str]) -> Path:

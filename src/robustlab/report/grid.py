@@ -189,9 +189,10 @@ def save_examples(folder: str | Path, *, x: Tensor, y: Tensor, x_adv: Tensor, cl
     if indices is not None:
         tensors["indices"] = indices
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / "adversarial.safetensors"))
-    from robustlab.certify.cli import write_json
+    from robustlab.io import save_document
 
-    write_json(folder / "summary.json", {**summary, "norm": norm, "classes": list(classes) if classes is not None else None})
+    save_document(folder / "summary.json", "attack-summary",
+                  {**summary, "norm": norm, "classes": list(classes) if classes is not None else None})
     save_grid(folder / "grid.png", x, x_adv, labels=y, clean=clean, adversarial=adversarial, distance=distance,
               norm=norm, classes=classes, bounds=bounds)
     return folder

@@ -15,6 +15,9 @@ Inputs, found in each run folder given (or given directly as files):
 ``curve.json``              robust accuracy at a few eps (``robustlab demo``)
 ==========================  =====================================================================
 
+The JSON files are documents (:mod:`robustlab.io`), each read by the loader of its ``kind``;
+a file written before documents had a kind is read as the kind its name stands for.
+
 Every section is optional; a given path that holds none of these is an error (a typo should
 not give an empty report). The page has no scripts and loads nothing: CSS is inline, charts are
 inline SVG (:mod:`robustlab.report.svg`), images are base64 PNG, and a Content-Security-Policy
@@ -45,6 +48,7 @@ from robustlab.evaluation.evaluate import Evaluation
 from robustlab.evaluation.minimum_norm import BEST, MinimumNormEvaluation
 from robustlab.evaluation.targeted import CASES, TargetedEvaluation
 from robustlab.formatting import percent
+from robustlab.io import KINDS, read_document, read_json, write_atomic
 from robustlab.report.store import card_hash
 from robustlab.report.svg import Series, histogram, interval_chart, line_chart
 
@@ -53,6 +57,13 @@ __all__ = ["Examples", "ReportInputs", "html_report", "load_report_inputs", "mar
 KNOWN_FILES = ("evaluation.json", "minimum-norm.json", "targeted.json", "diagnostics.json", "certify.json",
                "bracket.json", "metrics.jsonl", "checkpoints/metrics.jsonl", "model.json", "adversarial.safetensors",
                "curve.json")
+# The kind of document each known JSON file holds (a file without a kind, written before
+# documents had one, is read as this kind), and where the report keeps it.
+LEGACY_KINDS = {"evaluation.json": "fixed", "minimum-norm.json": "minimum-norm", "targeted.json": "targeted",
+                "diagnostics.json": "diagnostics", "certify.json": "certification", "bracket.json": "bracket",
+                "model.json": "model-card", "curve.json": "curve"}
+_PLACES = {"fixed": "evaluations", "minimum-norm": "minimum_norm", "targeted": "targeted", "diagnostics": "diagnostics",
+           "certification": "certify", "bracket": "brackets", "model-card": "cards", "curve": "curves"}
 VERDICT_CLASSES = ("pass", "warn", "fail", "skip")
 # Rows of an example grid: enough to see what the perturbations look like, small enough to keep
 # the page light.
@@ -111,20 +122,6 @@ class ReportInputs:
 
 
 # -- loading ---------------------------------------------------------------------------------
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RobustlabError(f"cannot read {path}: {exc}") from None
-
-
-def _read_object(path: Path) -> dict[str, Any]:
-    value = _read_json(path)
-    if not isinstance(value, dict):
-        raise RobustlabError(f"{path} should hold a JSON object, not {type(value).__name__}")
-    return value
-
-
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -146,33 +143,28 @@ def _load_examples(path: Path) -> Examples:
         raise RobustlabError(f"{path} lacks {missing}; is it the adversarial.safetensors of `robustlab attack`?")
     summary = path.with_name("summary.json")
     return Examples(tensors["x"], tensors["x_adv"], tensors["y"], tensors["predictions"], tensors["success"].bool(),
-                    tensors["distance"], _read_json(summary) if summary.is_file() else None,
+                    tensors["distance"], read_json(summary) if summary.is_file() else None,
                     tensors.get("clean_predictions"))
 
 
 def _add_file(inputs: ReportInputs, path: Path, label: str, name: str, certify_norm: str | None) -> None:
     """Load ``path`` as the known file ``name`` (one of :data:`KNOWN_FILES`) into ``inputs``."""
     try:
-        if name == "evaluation.json":
-            inputs.evaluations.append((label, Evaluation.load(path)))
-        elif name == "minimum-norm.json":
-            inputs.minimum_norm.append((label, MinimumNormEvaluation.load(path)))
-        elif name == "targeted.json":
-            inputs.targeted.append((label, TargetedEvaluation.load(path)))
-        elif name == "diagnostics.json":
-            inputs.diagnostics.append((label, _read_object(path)))
-        elif name == "certify.json":
-            inputs.certify.append((label, _read_object(path)))
-        elif name == "bracket.json":
-            inputs.brackets.append((label, {"norm": certify_norm, **_read_object(path)}))
-        elif name.endswith("metrics.jsonl"):
+        if name.endswith("metrics.jsonl"):
             inputs.training.append((label, _read_jsonl(path)))
-        elif name == "model.json":
-            inputs.cards.append((label, _read_object(path)))
         elif name == "adversarial.safetensors":
             inputs.examples.append((label, _load_examples(path)))
-        elif name == "curve.json":
-            inputs.curves.append((label, _read_object(path)))
+        else:
+            data = read_document(path, legacy_kind=LEGACY_KINDS[name])
+            kind = data.get("kind", LEGACY_KINDS[name])
+            if kind not in _PLACES:
+                raise RobustlabError(f"{path} holds a {kind} document, which robustlab report does not show")
+            document = KINDS[kind].load(data)
+            if kind == "bracket":
+                document = {"norm": certify_norm, **document}
+            elif kind == "model-card":
+                document = document.to_dict()
+            getattr(inputs, _PLACES[kind]).append((label, document))
     except json.JSONDecodeError as exc:
         raise RobustlabError(f"cannot read {path}: not valid JSON ({exc})") from None
     except (KeyError, TypeError, ValueError) as exc:
@@ -200,7 +192,7 @@ def load_report_inputs(paths: Iterable[str | Path]) -> ReportInputs:
         if not found:
             raise RobustlabError(f"{given}: no robustlab outputs there (looked for {', '.join(KNOWN_FILES)})")
         certify = path.parent / "certify.json" if path.is_file() else path / "certify.json"
-        norm = _read_object(certify).get("norm") if certify.is_file() else None
+        norm = read_document(certify, "certification", legacy_kind="certification").get("norm") if certify.is_file() else None
         for file, name in found:
             _add_file(inputs, file, label, name, norm)
     return inputs
@@ -734,8 +726,4 @@ def write_report(paths: Iterable[str | Path], out: str | Path, *, title: str = "
         raise RobustlabError(f"--out {out}: give a .html or .md file name (the suffix picks the format)")
     inputs = load_report_inputs(paths)
     text = markdown_report(inputs, title=title) if suffix in (".md", ".markdown") else html_report(inputs, title=title)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_atomic(out, lambda temporary: temporary.write_text(text, encoding="utf-8"))

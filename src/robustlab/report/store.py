@@ -41,7 +41,7 @@ from typing import Any, Self
 
 import robustlab
 from robustlab.errors import RobustlabError
-from robustlab.evaluation.io import jsonable
+from robustlab.io import check_header, jsonable
 from robustlab.validate import is_int
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "ResultsStore", "RunInfo", "card_hash", "default_results_path"]
@@ -232,6 +232,7 @@ class ResultsStore:
         card = document.pop("model_card", None)
         kind = document.setdefault("kind", "fixed")
         _check_document(document, samples, card, kind)
+        check_header(document, "the evaluation", kind)  # a newer version than this robustlab reads is refused
         threat, metrics = document["threat"], document["metrics"]
         dataset = dataset or meta.get("dataset") or (card or {}).get("dataset")
         split = split or meta.get("split")

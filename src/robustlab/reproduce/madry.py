@@ -309,20 +309,20 @@ def _row_flags(models: _Models, kinds: tuple[str, ...], key: dict[str, Any], com
     """``({column: bool[N]}, cached)`` for one row: read from ``<model_cache>/madry-rows/`` when a
     run with the same ``key`` (the row's attack, seed, images and the sha256 of every model it
     involves) stored it, else ``compute()``'s, stored there. A killed run resumes row by row."""
-    from robustlab.models.checkpoint import write_atomic
+    from robustlab.io import dumps, read_json, write_atomic
 
     key = {**key, "models": {kind: models.identity(kind) for kind in kinds}}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = options.model_cache() / "madry-rows" / f"{digest}.json"
     if path.is_file():
-        stored = json.loads(path.read_text(encoding="utf-8"))
+        stored = read_json(path)
         if stored.get("key") == json.loads(json.dumps(key, default=str)):
             return {column: torch.tensor([c == "1" for c in flags], device=options.device)
                     for column, flags in stored["flags"].items()}, True
     flags = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"key": key, "flags": {column: "".join("1" if f else "0" for f in values.tolist())
-                                             for column, values in flags.items()}}, default=str)
+    text = dumps({"key": json.loads(json.dumps(key, default=str)),
+                  "flags": {column: "".join("1" if f else "0" for f in values.tolist()) for column, values in flags.items()}},
+                 indent=None)
     write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
     return flags, False
 

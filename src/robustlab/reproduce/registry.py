@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from robustlab.errors import RobustlabError
+from robustlab.io import header, save_json, write_atomic
 from robustlab.registry import Registry
 
 if TYPE_CHECKING:
@@ -197,20 +198,11 @@ def run_reproduction(name: str, options: ReproOptions) -> ReproResult:
     start = time.perf_counter()
     record, markdown = REPRODUCTIONS[name].function(options)
     wall = time.perf_counter() - start
-    record = {"reproduction": name, "description": REPRODUCTIONS[name].description, **record,
+    record = {**header("reproduction"), "reproduction": name, "description": REPRODUCTIONS[name].description, **record,
               "wall_time_s": round(wall, 1)}
     markdown = markdown.rstrip() + f"\n\nWall time: {wall:.1f} s.\n"
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
-    json_path, markdown_path = out / f"{name}.json", out / f"{name}.md"
-    json_path.write_text(json.dumps(record, indent=1, default=_plain) + "\n")
-    markdown_path.write_text(markdown)
+    json_path = save_json(out / f"{name}.json", record)
+    markdown_path = write_atomic(out / f"{name}.md", lambda temporary: temporary.write_text(markdown, encoding="utf-8"))
     return ReproResult(record, markdown, json_path, markdown_path)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

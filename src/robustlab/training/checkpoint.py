@@ -7,15 +7,12 @@ ours is ever pickled.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from robustlab.errors import RobustlabError
-from robustlab.models.checkpoint import umask_mode
+from robustlab.io import dumps, write_atomic
 from robustlab.training.config import TrainConfig
 
 FORMAT = "robustlab-train-checkpoint"
@@ -25,27 +22,11 @@ BEST = "best.ckpt"
 METRICS = "metrics.jsonl"
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temp file in ``path``'s directory, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, umask_mode())  # mkstemp makes it 0600, unlike any other file written
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write ``state`` (tensors and plain Python only) to ``path`` atomically."""
     path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, **state}
-    _atomic_write(path, lambda handle: torch.save(payload, handle))
+    write_atomic(path, lambda temporary: torch.save(payload, temporary))
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -136,11 +117,12 @@ def _short(value) -> str:
 
 
 def write_metrics(path: Path, history: list[dict]) -> None:
-    """Rewrite ``metrics.jsonl`` with one JSON line per epoch of ``history`` (atomically)."""
-    text = "".join(json.dumps(record) + "\n" for record in history)
-    _atomic_write(path, lambda handle: handle.write(text.encode()))
+    """Rewrite ``metrics.jsonl`` with one strict-JSON line per epoch of ``history`` (atomically;
+    a NaN loss is ``null``)."""
+    text = "".join(dumps(record, indent=None) + "\n" for record in history)
+    write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def append_metrics(path: Path, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+        handle.write(dumps(record, indent=None) + "\n")

@@ -27,7 +27,7 @@ from robustlab.errors import RobustlabError
 from robustlab.evaluation import build_suite, evaluate
 from robustlab.evaluation.provenance import provenance
 from robustlab.evaluation.suites import SUITES
-from robustlab.models.checkpoint import ModelCard, checkpoint_paths, load_model, save_model, write_atomic
+from robustlab.models.checkpoint import ModelCard, checkpoint_paths, load_model, save_model
 from robustlab.threat import threat_model
 from robustlab.training import checkpoint as training_checkpoint
 from robustlab.zoo import MODELS_DIR, entry, recipe, recipe_path, sha256_of
@@ -195,7 +195,7 @@ def publish(name: str, run_dir: str | Path, *, out_dir: str | Path = MODELS_DIR,
     card = ModelCard.from_json(card_path.read_text(encoding="utf-8"))
     zoo["sha256"] = sha256_of(weights)
     card.extra = {"zoo": zoo}
-    write_atomic(card_path, lambda temporary: temporary.write_text(card.to_json() + "\n", encoding="utf-8"))
+    card.save(card_path)
     return card
 
 
@@ -221,7 +221,7 @@ def remeasure(name: str, suites: tuple[str, ...], *, models_dir: str | Path = MO
         card.metrics[suite] = _suite_metrics(name, model, test.x[:images], test.y[:images], threat, test.num_classes,
                                              suite, state_dir, batch_size, seed, progress)
     card_path = checkpoint_paths(weights)[1]
-    write_atomic(card_path, lambda temporary: temporary.write_text(card.to_json() + "\n", encoding="utf-8"))
+    card.save(card_path)
     return card
 
 
