@@ -148,7 +148,7 @@ def test_markdown_escapes_names_from_users_and_model_cards(digits_model):
     lines = text.splitlines()
     table = [line for line in lines if line.startswith("|")]
     assert len(table) == 5  # header, rule, clean, the attack, worst case
-    assert all(len(re.findall(r"(?<!\\)\|", line)) == 3 for line in table)  # two cells each, no extra pipe
+    assert all(len(re.findall(r"(?<!\\)\|", line)) == 4 for line in table)  # three cells each, no extra pipe
     assert "<" not in text and "\n# heading" not in text and "second line" in text
     escaped = ("evil\\|name &lt;script&gt;alert(1)&lt;/script&gt; \\*bold\\* \\_it\\_ \\`code\\` "
                "\\[link\\](x) second line")

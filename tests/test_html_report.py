@@ -38,8 +38,10 @@ from robustlab.report import (
     html_report,
     load_report_inputs,
     markdown_report,
+    tables,
     write_report,
 )
+from robustlab.report.markdown import evaluation_markdown, markdown_table
 from robustlab.threat import L2, Linf
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -332,6 +334,23 @@ def test_markdown_report_has_tables_for_the_curves(tmp_path):
         assert heading in text
     assert "| eps | ddn | fmn | worst case (best of 2) |" in text
     assert "| one-step (`robustlab docs diagnostics#one-step`) |" in text
+
+
+def test_html_and_markdown_render_the_same_evaluation_tables(tmp_path):
+    # One table model (robustlab.report.tables) decides what each evaluation table says; the HTML
+    # page, the report's Markdown and the single-evaluation Markdown only render it.
+    inputs = load_report_inputs([write_run(tmp_path / "run")])
+    page, text = html_report(inputs), markdown_report(inputs)
+    ev, mn, tg = inputs.evaluations[0][1], inputs.minimum_norm[0][1], inputs.targeted[0][1]
+    for table in (tables.metrics_table(ev.metrics), tables.distance_table(mn), tables.targeted_table(tg)):
+        assert markdown_table(table) in text
+        header = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+        rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.rows)
+        assert f"<thead><tr>{header}</tr></thead><tbody>{rows}</tbody>" in page
+    assert markdown_table(tables.curve_table(mn)) in text
+    assert markdown_table(tables.metrics_table(ev.metrics)) in evaluation_markdown(ev)
+    worst = tables.metrics_table(ev.metrics).rows[-1]
+    assert worst == ("robust: worst case", tables.accuracy_cell(ev.metrics["robust_accuracy"]), "2")
 
 
 def test_bad_inputs_are_clear_errors(tmp_path):

@@ -378,7 +378,7 @@ def test_targeted_json_round_trip(digits_targeted, tmp_path):
 
 def test_markdown(l2_eval, weak_eval, digits_targeted):
     text = minimum_norm_markdown(l2_eval, eps_grid=[0.0, 0.5, 1.0])
-    assert "| eps | deepfool | ddn | fmn | best of 3 |" in text
+    assert "| eps | deepfool | ddn | fmn | worst case (best of 3) |" in text
     assert f"| 0.5 | {100 * l2_eval.robust_accuracy_at(0.5, 'deepfool'):.1f}% |" in text
     assert text.count("\n| 1 |") == 1
     stats = weak_eval.distance_statistics()

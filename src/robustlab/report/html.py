@@ -49,8 +49,11 @@ from robustlab.evaluation.minimum_norm import BEST, MinimumNormEvaluation
 from robustlab.evaluation.targeted import CASES, TargetedEvaluation
 from robustlab.formatting import percent
 from robustlab.io import KINDS, read_document, read_json, write_atomic
+from robustlab.report import tables
+from robustlab.report.markdown import escape_markdown, markdown_table
 from robustlab.report.store import card_hash
 from robustlab.report.svg import Series, histogram, interval_chart, line_chart
+from robustlab.report.tables import Table, accuracy_cell, column_name, eps_text, number
 
 __all__ = ["Examples", "ReportInputs", "html_report", "load_report_inputs", "markdown_report", "write_report"]
 
@@ -207,30 +210,6 @@ def _is_number(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _num(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float) and math.isinf(value):
-        return "∞"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _pct(value: Any) -> str:
-    return percent(value)
-
-
-def _acc(acc: dict[str, Any]) -> str:
-    return f"{_pct(acc['value'])} [{_pct(acc['ci_low'])}, {_pct(acc['ci_high'])}]"
-
-
-def _eps(eps: Any) -> str:
-    return "unbounded" if eps is None or (isinstance(eps, float) and math.isinf(eps)) else f"{eps:g}"
-
-
-def _column_name(column: str, attacks: int) -> str:
-    return f"worst case (best of {attacks})" if column == BEST else column
-
-
 # -- HTML building blocks --------------------------------------------------------------------
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, raw: bool = False) -> str:
     """An HTML table; cells are escaped unless ``raw`` (then the caller escaped them)."""
@@ -240,10 +219,15 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, raw: bool = 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _html_table(table: Table) -> str:
+    """A table of :mod:`robustlab.report.tables` in HTML (every cell escaped)."""
+    return _table(table.header, table.rows)
+
+
 def _value_html(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return f"<code>{_e(json.dumps(value, default=str))}</code>"
-    return _e(_num(value) if isinstance(value, float) else value)
+    return _e(number(value) if isinstance(value, float) else value)
 
 
 def _kv_table(items: dict[str, Any]) -> str:
@@ -280,7 +264,7 @@ def _minimum_norm_series(ev: MinimumNormEvaluation, prefix: str, x_max: float) -
             ys += [100 * before, 100 * after]
         xs.append(x_max)
         ys.append(100 * values[-1])
-        series.append(Series(f"{prefix}{_column_name(column, len(ev.attacks))}", xs, ys))
+        series.append(Series(f"{prefix}{column_name(column, len(ev.attacks))}", xs, ys))
     return series
 
 
@@ -369,7 +353,7 @@ def _model_section(inputs: ReportInputs) -> str:
 
 
 def _threat_section(inputs: ReportInputs) -> str:
-    rows: list[tuple[Any, ...]] = [(label, kind, ev.threat.norm, _eps(ev.threat.eps), list(ev.threat.bounds), len(ev.samples))
+    rows: list[tuple[Any, ...]] = [(label, kind, ev.threat.norm, eps_text(ev.threat.eps), list(ev.threat.bounds), len(ev.samples))
             for kind, group in (("fixed eps", inputs.evaluations), ("minimum norm", inputs.minimum_norm),
                                 ("targeted (C&W)", inputs.targeted)) for label, ev in group]
     rows += [(label, "certified", c.get("norm"), ", ".join(sorted({e for m in c.get("certified_accuracy", {}).values() for e in m})),
@@ -381,19 +365,15 @@ def _accuracy_section(inputs: ReportInputs) -> str:
     parts = []
     for label, ev in inputs.evaluations:
         m = ev.metrics
-        rows = [("clean", _acc(m["clean_accuracy"]), "–")]
-        rows += [(f"robust: {name}", _acc(acc), str(m["broken_by"].get(name, 0)))
-                 for name, acc in m["robust_accuracy_per_attack"].items()]
-        rows.append(("robust: worst case", _acc(m["robust_accuracy"]), str(sum(m["broken_by"].values()))))
         note = "" if len(m["robust_accuracy_per_attack"]) == len(ev.attacks) else (
             "<p class=note>Run as a cascade: per-attack accuracies are not defined, only the worst case.</p>")
         configs = _table(("attack", "configuration"), ((n, json.dumps(c, default=str)) for n, c in ev.attacks.items()))
         parts.append(f"<h3>{_e(label)}: {_e(ev.threat)}, {m['samples']} samples</h3>"
-                     + _table(("accuracy", "value [95% Wilson CI]", "broken first by it"), rows) + note
+                     + _html_table(tables.metrics_table(m)) + note
                      + f"<details><summary>attacks</summary>{configs}</details>")
     for label, mn in inputs.minimum_norm:
         parts.append(f"<h3>{_e(label)}: minimum-norm {_e(mn.norm)}</h3>"
-                     + _table(("accuracy", "value [95% Wilson CI]"), [("clean", _acc(mn.metrics["clean_accuracy"]))]))
+                     + _table(("accuracy", "value [95% Wilson CI]"), [("clean", accuracy_cell(mn.metrics["clean_accuracy"]))]))
     return "\n".join(parts)
 
 
@@ -412,22 +392,15 @@ def _cdf_series(name: str, distances: Sequence[float], x_max: float) -> Series:
 def _distance_section(inputs: ReportInputs) -> str:
     parts = []
     for label, ev in inputs.minimum_norm:
-        rows: list[tuple[str, ...]] = []
-        for column in ev.columns:
-            st = ev.distance_statistics(column)
-            cost = ev.cost.get(column, {})
-            rows.append((_column_name(column, len(ev.attacks)), _pct(st["success_rate"]), _num(st["median"]),
-                         _num(st["median_successful"]), _num(st["mean_successful"]), _num(cost.get("backwards"))))
         correct = [s["clean_prediction"] == s["label"] for s in ev.samples]
         best = [d for ok, d in zip(correct, ev.distances(BEST)) if ok]
         failed = sum(1 for d in best if not math.isfinite(d))
         columns = [BEST, *ev.attacks]  # the order (and colours) of the eps curves
         per_column = {c: [d for ok, d in zip(correct, ev.distances(c)) if ok] for c in columns}
         x_max = 1.05 * max([d for ds in per_column.values() for d in ds if math.isfinite(d)] or [1.0])
-        cdf = [_cdf_series(_column_name(c, len(ev.attacks)), ds, x_max) for c, ds in per_column.items()]
+        cdf = [_cdf_series(column_name(c, len(ev.attacks)), ds, x_max) for c, ds in per_column.items()]
         parts.append(f"<h3>{_e(label)}: minimal {_e(ev.norm)} distances of the clean-correct samples</h3>"
-                     + _table(("attack", "success rate", "median", "median (successful)", "mean (successful)",
-                               "backward passes"), rows)
+                     + _html_table(tables.distance_table(ev))
                      + line_chart(cdf, title=f"cumulative distribution of the minimal {ev.norm} distances",
                                   x_label=f"{ev.norm} distance", y_label="broken (%)",
                                   x_range=(0.0, x_max), y_range=(0.0, 100.0))
@@ -437,14 +410,11 @@ def _distance_section(inputs: ReportInputs) -> str:
                        f"broke within a distance (100% minus robust accuracy there). {len(best) - failed} successful "
                        f"samples in the histogram; {failed} that no attack broke are not.</p>")
     for label, tg in inputs.targeted:
-        m = tg.metrics
-        rows = [(case, _pct(m["cases"][case]["success_rate"]), _num(m["cases"][case]["mean_distance"]),
-                 _num(m["cases"][case]["median_distance"])) for case in CASES]
         x_max = 1.05 * max([d for case in CASES for d in tg.case_distances(case) if math.isfinite(d)] or [1.0])
         cdf = [_cdf_series(f"{case} case", tg.case_distances(case), x_max) for case in CASES]
         parts.append(f"<h3>{_e(label)}: targeted (C&amp;W protocol), {_e(tg.norm)}, attack "
                      f"{_e(tg.attack.get('attack'))}</h3>"
-                     + _table(("case", "success rate", "mean distance", "median distance"), rows)
+                     + _html_table(tables.targeted_table(tg))
                      + line_chart(cdf, title="targeted success against distance", x_label=f"{tg.norm} distance",
                                   y_label="samples broken (%)", x_range=(0.0, x_max), y_range=(0.0, 100.0)))
     return "\n".join(parts)
@@ -455,7 +425,7 @@ def _certify_section(inputs: ReportInputs) -> str:
     for label, cert in inputs.certify:
         by_method = cert.get("certified_accuracy", {})
         eps_list = sorted({e for m in by_method.values() for e in m}, key=float)
-        rows: list[tuple[str, ...]] = [(method, *(_pct(values.get(e)) for e in eps_list))
+        rows: list[tuple[str, ...]] = [(method, *(percent(values.get(e)) for e in eps_list))
                                        for method, values in by_method.items()]
         parts.append(f"<h3>{_e(label)}: certified accuracy ({_e(cert.get('norm'))}, {_e(cert.get('samples'))} samples)</h3>"
                      + _table(("method", *(f"eps {e}" for e in eps_list)), rows))
@@ -498,7 +468,7 @@ def _examples_section(inputs: ReportInputs) -> str:
         alt = (f"{len(order)} examples ({broken} broken): clean image, adversarial image and perturbation, "
                "captioned with the true label, the predictions and the distance")
         caption = (f"Attack {_e(json.dumps(summary.get('attack'), default=str))}, threat {_e(summary.get('threat'))}, "
-                   f"success rate {_pct(summary.get('success_rate'))}. " if summary else "")
+                   f"success rate {percent(summary.get('success_rate'))}. " if summary else "")
         parts.append(f"<h3>{_e(label)}</h3><figure class=grid>{_image(image, alt)}<figcaption class=note>{caption}"
                      "Broken samples first (adversarial prediction in red where it differs from the clean one). "
                      "Perturbation: adversarial minus clean, blue below zero, red above, scale in the colour bar."
@@ -631,15 +601,12 @@ def html_report(inputs: ReportInputs, *, title: str = "robustlab report") -> str
 
 # -- Markdown --------------------------------------------------------------------------------
 def _md(value: Any) -> str:
-    """A Markdown table cell: HTML-escaped (renderers pass raw HTML through), pipes escaped."""
-    text = _num(value) if isinstance(value, float) else str(value)
-    return escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
+    """Text from the inputs inside a Markdown line (:func:`~robustlab.report.markdown.escape_markdown`)."""
+    return escape_markdown(number(value) if isinstance(value, float) else value)
 
 
-def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(_md(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+def _md_table_of(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    return markdown_table(Table.of(header, rows))
 
 
 def markdown_report(inputs: ReportInputs, *, title: str = "robustlab report") -> str:
@@ -652,50 +619,34 @@ def markdown_report(inputs: ReportInputs, *, title: str = "robustlab report") ->
             out.extend([f"## {name}", "", *[b + "\n" for b in blocks]])
 
     section("Model", [f"### {_md(card.get('architecture'))} (from {_md(label)})\n\n"
-                      + _md_table(("field", "value"), ((k, json.dumps(v, default=str) if isinstance(v, (dict, list)) else v)
+                      + _md_table_of(("field", "value"), ((k, json.dumps(v, default=str) if isinstance(v, (dict, list)) else v)
                                                        for k, v in card.items()))
                       for label, card in inputs.model_cards()])
-    blocks = []
-    for label, ev in inputs.evaluations:
-        m = ev.metrics
-        rows: list[tuple[str, ...]] = [("clean", _acc(m["clean_accuracy"]))]
-        rows += [(f"robust: {n}", _acc(a)) for n, a in m["robust_accuracy_per_attack"].items()]
-        rows.append(("robust: worst case", _acc(m["robust_accuracy"])))
-        blocks.append(f"### {_md(label)}: {_md(ev.threat)}, {m['samples']} samples\n\n"
-                      + _md_table(("accuracy", "value [95% Wilson CI]"), rows))
-    section("Clean and robust accuracy", blocks)
-    blocks = []
-    for label, mn in inputs.minimum_norm:
-        curve = mn.curve()
-        header = ("eps", *(_column_name(c, len(mn.attacks)) for c in mn.columns))
-        rows = [(f"{eps:.4g}", *(_pct(curve["robust_accuracy"][c][i]) for c in mn.columns)) for i, eps in enumerate(curve["eps"])]
-        stats = [(_column_name(c, len(mn.attacks)), _pct(st["success_rate"]), st["median"], st["median_successful"],
-                  st["mean_successful"]) for c in mn.columns for st in [mn.distance_statistics(c)]]
-        blocks.append(f"### {_md(label)}: minimum-norm {_md(mn.norm)}, clean accuracy {_acc(mn.metrics['clean_accuracy'])}\n\n"
-                      + _md_table(header, rows) + "\n\n"
-                      + _md_table(("attack", "success rate", "median", "median (successful)", "mean (successful)"), stats))
+    section("Clean and robust accuracy", [
+        f"### {_md(label)}: {_md(ev.threat)}, {ev.metrics['samples']} samples\n\n" + markdown_table(tables.metrics_table(ev.metrics))
+        for label, ev in inputs.evaluations])
+    blocks = [f"### {_md(label)}: minimum-norm {_md(mn.norm)}, clean accuracy {accuracy_cell(mn.metrics['clean_accuracy'])}\n\n"
+              + markdown_table(tables.curve_table(mn)) + "\n\n" + markdown_table(tables.distance_table(mn))
+              for label, mn in inputs.minimum_norm]
     fixed = sorted(inputs.evaluations, key=lambda item: (item[1].threat.norm, item[1].threat.eps))
     if len({(ev.threat.norm, ev.threat.eps) for _, ev in fixed}) > 1:
-        blocks.append(_md_table(("source", "norm", "eps", "worst-case robust accuracy [95% CI]"),
-                                ((label, ev.threat.norm, _eps(ev.threat.eps), _acc(ev.metrics["robust_accuracy"]))
+        blocks.append(_md_table_of(("source", "norm", "eps", "worst-case robust accuracy [95% CI]"),
+                                ((label, ev.threat.norm, eps_text(ev.threat.eps), accuracy_cell(ev.metrics["robust_accuracy"]))
                                  for label, ev in fixed)))
-    blocks += [f"### {_md(label)}: {_md(c.get('attack'))}, {_md(c.get('norm'))}\n\n" + _md_table(
-        ("eps", "robust accuracy"), ((e, _pct(a)) for e, a in sorted(c["robust_accuracy"].items(), key=lambda i: float(i[0]))))
+    blocks += [f"### {_md(label)}: {_md(c.get('attack'))}, {_md(c.get('norm'))}\n\n" + _md_table_of(
+        ("eps", "robust accuracy"), ((e, percent(a)) for e, a in sorted(c["robust_accuracy"].items(), key=lambda i: float(i[0]))))
         for label, c in inputs.curves]
     section("Robust accuracy against eps", blocks)
     section("Targeted (C&W protocol)", [
-        f"### {_md(label)}: {_md(ev.norm)}\n\n" + _md_table(
-            ("case", "success rate", "mean distance", "median distance"),
-            ((case, _pct(ev.metrics["cases"][case]["success_rate"]), ev.metrics["cases"][case]["mean_distance"],
-              ev.metrics["cases"][case]["median_distance"]) for case in CASES))
+        f"### {_md(label)}: {_md(ev.norm)}\n\n" + markdown_table(tables.targeted_table(ev))
         for label, ev in inputs.targeted])
     blocks = []
     for label, cert in inputs.certify:
         by_method = cert.get("certified_accuracy", {})
         eps_list = sorted({e for m in by_method.values() for e in m}, key=float)
-        blocks.append(f"### {_md(label)}: certified accuracy ({_md(cert.get('norm'))})\n\n" + _md_table(
-            ("method", *(f"eps {e}" for e in eps_list)), ((k, *(_pct(v.get(e)) for e in eps_list)) for k, v in by_method.items())))
-    blocks += [f"### {_md(label)}: bracket summary\n\n" + _md_table(("statistic", "value"), br.get("summary", {}).items())
+        blocks.append(f"### {_md(label)}: certified accuracy ({_md(cert.get('norm'))})\n\n" + _md_table_of(
+            ("method", *(f"eps {e}" for e in eps_list)), ((k, *(percent(v.get(e)) for e in eps_list)) for k, v in by_method.items())))
+    blocks += [f"### {_md(label)}: bracket summary\n\n" + _md_table_of(("statistic", "value"), br.get("summary", {}).items())
                for label, br in inputs.brackets]
     section("Certification and the bracket", blocks)
     section("Adversarial examples", [f"- {_md(label)}: {int(ex.success.sum())} of {len(ex.success)} broken "
@@ -707,13 +658,13 @@ def markdown_report(inputs: ReportInputs, *, title: str = "robustlab report") ->
                f"{_md(f.get('verdict'))} | {_md(f.get('message'))} |" for f in d.get("findings", [])])
         for label, d in inputs.diagnostics])
     section("Training", [
-        f"### {_md(label)}\n\n" + _md_table(("epoch", "train loss", "train acc", "val loss", "val acc", "val robust acc"),
-                                            ((r.get("epoch"), r.get("train_loss"), _pct(r.get("train_acc")), r.get("val_loss"),
-                                              _pct(r.get("val_acc")), _pct(r.get("val_robust_acc"))) for r in history))
+        f"### {_md(label)}\n\n" + _md_table_of(("epoch", "train loss", "train acc", "val loss", "val acc", "val robust acc"),
+                                            ((r.get("epoch"), r.get("train_loss"), percent(r.get("train_acc")), r.get("val_loss"),
+                                              percent(r.get("val_acc")), percent(r.get("val_robust_acc"))) for r in history))
         for label, history in inputs.training])
-    section("Provenance", [f"### {_md(label)}\n\n" + _md_table(("field", "value"), ev.provenance.items())
+    section("Provenance", [f"### {_md(label)}\n\n" + _md_table_of(("field", "value"), ev.provenance.items())
                            for label, ev in inputs.all_evaluations()]
-            + [_md_table(("files read",), ((f,) for f in inputs.files))])
+            + [_md_table_of(("files read",), ((f,) for f in inputs.files))])
     return "\n".join(out).rstrip() + "\n"
 
 

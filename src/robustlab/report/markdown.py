@@ -1,16 +1,17 @@
-"""Markdown summaries of evaluations (the HTML report builds on these later)."""
+"""Markdown: the summaries of one evaluation, and the Markdown rendering of the tables of
+:mod:`robustlab.report.tables` (which :mod:`robustlab.report.html`'s Markdown report uses too)."""
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from typing import Any
 
 from robustlab.evaluation.evaluate import Evaluation
-from robustlab.evaluation.minimum_norm import BEST, MinimumNormEvaluation
-from robustlab.evaluation.targeted import CASES, TargetedEvaluation
-from robustlab.formatting import percent
+from robustlab.evaluation.minimum_norm import MinimumNormEvaluation
+from robustlab.evaluation.targeted import TargetedEvaluation
+from robustlab.report import tables
+from robustlab.report.tables import Table, accuracy_cell
 
 # Characters that open or close inline Markdown (emphasis, code, links, table cells, strikethrough).
 _MARKUP = re.compile(r"([\\`*_\[\]|~])")
@@ -28,18 +29,17 @@ def escape_markdown(value: Any) -> str:
     return _MARKUP.sub(r"\\\1", " ".join(text.splitlines()))
 
 
-def _pct(acc: dict[str, float]) -> str:
-    return f"{100 * acc['value']:.1f}% [{100 * acc['ci_low']:.1f}, {100 * acc['ci_high']:.1f}]"
+def markdown_table(table: Table) -> str:
+    """``table`` as a Markdown table; every cell and header escaped (:func:`escape_markdown`)."""
+    lines = ["| " + " | ".join(escape_markdown(h) for h in table.header) + " |", "|" + "---|" * len(table.header)]
+    lines += ["| " + " | ".join(escape_markdown(c) for c in row) + " |" for row in table.rows]
+    return "\n".join(lines)
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:
-    """A Markdown table: clean, per-attack and worst-case accuracy with 95% Wilson intervals."""
-    rows = [("clean", metrics["clean_accuracy"])]
-    rows += [(f"robust: {escape_markdown(name)}", acc) for name, acc in metrics["robust_accuracy_per_attack"].items()]
-    rows.append(("robust: worst case", metrics["robust_accuracy"]))
-    lines = ["| accuracy | value [95% CI] |", "|---|---|"]
-    lines += [f"| {name} | {_pct(acc)} |" for name, acc in rows]
-    return "\n".join(lines)
+    """A Markdown table: clean, per-attack and worst-case accuracy with 95% Wilson intervals
+    (:func:`robustlab.report.tables.metrics_table`)."""
+    return markdown_table(tables.metrics_table(metrics))
 
 
 def evaluation_markdown(evaluation: Evaluation, *, title: str = "robustlab evaluation") -> str:
@@ -66,37 +66,14 @@ def _provenance(provenance: dict[str, Any]) -> list[str]:
     return ["", "## Provenance", ""] + [f"- {escape_markdown(k)}: {escape_markdown(v)}" for k, v in provenance.items()]
 
 
-def _num(value: float) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return "∞" if math.isinf(value) else f"{value:.4g}"
-
-
-def _rate(value: float) -> str:
-    return percent(value)
-
-
 def curve_table(evaluation: MinimumNormEvaluation, eps_grid: Sequence[float] | None = None) -> str:
     """A Markdown table of robust accuracy (rows: eps; columns: each attack and the best of them)."""
-    curve = evaluation.curve(eps_grid)
-    columns = evaluation.columns
-    names = [f"best of {len(evaluation.attacks)}" if c == BEST else escape_markdown(c) for c in columns]
-    lines = ["| eps | " + " | ".join(names) + " |", "|---|" + "---|" * len(columns)]
-    for i, eps in enumerate(curve["eps"]):
-        cells = [_rate(curve["robust_accuracy"][c][i]) for c in columns]
-        lines.append(f"| {eps:.4g} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(tables.curve_table(evaluation, eps_grid))
 
 
 def distance_table(evaluation: MinimumNormEvaluation) -> str:
     """A Markdown table of minimal-distance statistics per attack over the clean-correct samples."""
-    lines = ["| attack | success rate | median | median (successful) | mean (successful) |", "|---|---|---|---|---|"]
-    for column in evaluation.columns:
-        st = evaluation.distance_statistics(column)
-        name = f"best of {len(evaluation.attacks)}" if column == BEST else escape_markdown(column)
-        lines.append(f"| {name} | {_rate(st['success_rate'])} | {_num(st['median'])} | "
-                     f"{_num(st['median_successful'])} | {_num(st['mean_successful'])} |")
-    return "\n".join(lines)
+    return markdown_table(tables.distance_table(evaluation))
 
 
 def minimum_norm_markdown(evaluation: MinimumNormEvaluation, *, eps_grid: Sequence[float] | None = None,
@@ -106,7 +83,7 @@ def minimum_norm_markdown(evaluation: MinimumNormEvaluation, *, eps_grid: Sequen
     m = evaluation.metrics
     lines = [f"# {escape_markdown(title)}", "",
              (f"Norm **{evaluation.norm}**, unbounded (box {evaluation.threat.bounds}), "
-              f"{m['samples']} samples, clean accuracy {_pct(m['clean_accuracy'])}."), "",
+              f"{m['samples']} samples, clean accuracy {accuracy_cell(m['clean_accuracy'])}."), "",
              "## Robust accuracy against eps", "", curve_table(evaluation, eps_grid), "",
              "## Minimal distances (clean-correct samples)", "", distance_table(evaluation), "", "## Attacks", ""]
     for name, config in evaluation.attacks.items():
@@ -119,12 +96,7 @@ def minimum_norm_markdown(evaluation: MinimumNormEvaluation, *, eps_grid: Sequen
 
 def targeted_table(evaluation: TargetedEvaluation) -> str:
     """The C&W Table IV/VI layout: per case, success rate and mean distance over successes."""
-    cases = evaluation.metrics["cases"]
-    lines = ["| case | success rate | mean distance | median distance |", "|---|---|---|---|"]
-    for case in CASES:
-        c = cases[case]
-        lines.append(f"| {case} | {_rate(c['success_rate'])} | {_num(c['mean_distance'])} | {_num(c['median_distance'])} |")
-    return "\n".join(lines)
+    return markdown_table(tables.targeted_table(evaluation))
 
 
 def targeted_markdown(evaluation: TargetedEvaluation, *, title: str = "robustlab targeted evaluation (C&W protocol)") -> str:
@@ -133,7 +105,7 @@ def targeted_markdown(evaluation: TargetedEvaluation, *, title: str = "robustlab
     config = evaluation.attack
     lines = [f"# {escape_markdown(title)}", "",
              (f"Norm **{evaluation.norm}**, unbounded; {m['samples']} samples, clean accuracy "
-              f"{_pct(m['clean_accuracy'])}; each clean-correct sample attacked towards all "
+              f"{accuracy_cell(m['clean_accuracy'])}; each clean-correct sample attacked towards all "
               f"{'?' if evaluation.num_classes is None else evaluation.num_classes - 1} other classes "
               f"({m['runs']} runs)."), "",
              targeted_table(evaluation), "",
