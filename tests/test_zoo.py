@@ -20,6 +20,7 @@ from robustlab.cli.train import read_run_file, train_settings
 from robustlab.data import locate
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.suites import SUITES
+from robustlab.io import file_sha256
 from robustlab.models import checkpoint_paths
 from robustlab.zoo.build import CHECK_IMAGES, correct_predictions, remeasure
 
@@ -65,7 +66,7 @@ def test_card_matches_weights_and_recipe(name):
     card = zoo.card(name)
     info = zoo.entry(name)
     assert card.extra["zoo"]["name"] == name
-    assert card.extra["zoo"]["sha256"] == zoo.sha256_of(checkpoint_paths(zoo.checkpoint(name))[0])
+    assert card.extra["zoo"]["sha256"] == file_sha256(checkpoint_paths(zoo.checkpoint(name))[0])
     assert card.training["recipe"] == zoo.recipe(name), "the recipe changed since the model was trained"
     assert card.training["seed"] == zoo.recipe(name).get("seed", 0)
     assert card.training["seconds"] > 0 and card.training["machine"]["cpu_count"] >= 1

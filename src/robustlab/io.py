@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import math
@@ -30,7 +31,7 @@ from robustlab.errors import RobustlabError
 from robustlab.registry import Registry
 from robustlab.validate import is_int
 
-__all__ = ["KINDS", "DocumentKind", "check_header", "dumps", "header", "inf_from_json", "jsonable", "load_document", "read_document",
+__all__ = ["KINDS", "DocumentKind", "check_header", "dumps", "file_sha256", "header", "inf_from_json", "jsonable", "load_document", "read_document",
            "read_json", "save_document", "save_json", "save_tensors", "umask_mode", "write_atomic"]
 
 
@@ -218,6 +219,15 @@ def save_json(path: str | os.PathLike[str], data: Any, *, indent: int | None = 1
 def save_document(path: str | os.PathLike[str], kind: str, data: dict[str, Any]) -> Path:
     """Write the document ``data`` of ``kind`` (its :func:`header` first) as strict JSON, atomically."""
     return save_json(path, {**header(kind), **data})
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 of the file at ``path`` (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_tensors(path: str | os.PathLike[str], tensors: dict[str, Any]) -> Path:

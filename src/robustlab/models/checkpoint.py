@@ -30,7 +30,7 @@ from torch import nn
 
 import robustlab
 from robustlab.errors import RobustlabError
-from robustlab.io import check_header, dumps, header, save_json, write_atomic
+from robustlab.io import check_header, dumps, file_sha256, header, save_json, write_atomic
 from robustlab.models.normalize import Normalize
 from robustlab.models.preprocessing import apply_defenses, split_defenses
 from robustlab.models.registry import build_model
@@ -267,7 +267,7 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], card: ModelCard) 
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", "robustlab_version": robustlab.__version__, "architecture": card.architecture}
     write_atomic(weights_path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
-    card = dataclasses.replace(card, weights_sha256=_file_sha256(weights_path))
+    card = dataclasses.replace(card, weights_sha256=file_sha256(weights_path))
     card.save(card_path)
     return weights_path
 
@@ -320,7 +320,7 @@ def load_model(
             "before allocating. Pass max_parameters=None (or a larger limit) if the model is really that big")
     check_state(_header_shapes(weights_path), expected, source=str(weights_path), target=target)
     if card.weights_sha256 is not None:
-        digest = _file_sha256(weights_path)
+        digest = file_sha256(weights_path)
         if digest != card.weights_sha256:
             raise RobustlabError(
                 f"{weights_path} does not match its card {card_path}: sha256 {digest} instead of {card.weights_sha256} "
@@ -431,16 +431,6 @@ def _header_shapes(path: Path) -> dict[str, torch.Tensor]:
                 if key != "__metadata__"}
     except (OSError, ValueError, KeyError, TypeError, struct.error) as error:
         raise RobustlabError(f"cannot read weights {path}: not a safetensors file ({error})") from None
-
-
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_network(net: nn.Module, path: str | os.PathLike[str], kind: str, settings: dict[str, str]) -> Path:

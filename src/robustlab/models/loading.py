@@ -18,7 +18,6 @@ so that an evaluation's JSON says exactly which model it measured.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from robustlab.errors import RobustlabError
+from robustlab.io import file_sha256
 from robustlab.models.checkpoint import ModelCard, check_state, checkpoint_paths, load_model
 from robustlab.models.normalize import Normalize
 from robustlab.models.registry import check_input_shape, check_num_classes
@@ -225,14 +225,6 @@ def _mtime(path: Path) -> str:
         return datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds")
     except OSError:
         return ""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_sha256(spec: str | os.PathLike[str], card: ModelCard) -> str | None:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 import robustlab
 from robustlab.documentation import docs_pointer, read_page
@@ -54,6 +54,7 @@ from robustlab.report.markdown import escape_markdown, markdown_table
 from robustlab.report.store import card_hash
 from robustlab.report.svg import Series, histogram, interval_chart, line_chart
 from robustlab.report.tables import Table, accuracy_cell, column_name, eps_text, number
+from robustlab.validate import is_number
 
 __all__ = ["Examples", "ReportInputs", "html_report", "load_report_inputs", "markdown_report", "write_report"]
 
@@ -204,10 +205,6 @@ def load_report_inputs(paths: Iterable[str | Path]) -> ReportInputs:
 # -- formatting helpers ----------------------------------------------------------------------
 def _e(value: Any) -> str:
     return escape(str(value), quote=True)
-
-
-def _is_number(value: Any) -> TypeGuard[float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # -- HTML building blocks --------------------------------------------------------------------
@@ -509,10 +506,10 @@ def _diagnostics_section(inputs: ReportInputs) -> str:
 def _history_series(history: list[dict[str, Any]], key: str, name: str, scale: float = 1.0) -> list[Series]:
     """``key`` of each epoch record against the epoch; none if never measured (e.g. no validation)."""
     values = [r.get(key) for r in history]
-    if not any(_is_number(v) for v in values):
+    if not any(is_number(v) for v in values):
         return []
     epochs: list[Any] = [r.get("epoch") for r in history]
-    return [Series(name, epochs, [scale * v if _is_number(v) else None for v in values],
+    return [Series(name, epochs, [scale * v if is_number(v) else None for v in values],
                    markers=len(history) < 30)]
 
 

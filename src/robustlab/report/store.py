@@ -42,7 +42,7 @@ from typing import Any, Self
 import robustlab
 from robustlab.errors import RobustlabError
 from robustlab.io import check_header, jsonable
-from robustlab.validate import is_int
+from robustlab.validate import is_int, is_number
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "ResultsStore", "RunInfo", "card_hash", "default_results_path"]
 
@@ -447,24 +447,16 @@ def _dumps(value: Any, indent: int | None = None) -> str:
 _NORM_NAMES = ("linf", "inf", "l2", "l1", "l0")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _check_accuracy(acc: Any, where: str, total: int) -> None:
     """An accuracy as the metrics hold it: ``{"value", "ci_low", "ci_high", "count", "total"}``."""
     if not isinstance(acc, dict):
         raise RobustlabError(f"not an evaluation: {where} must be an accuracy {{value, ci_low, ci_high, count, total}}, "
                              f"got {acc!r}")
     for key in ("value", "ci_low", "ci_high"):
-        if not (acc.get(key) is None or _is_number(acc.get(key))):
+        if not (acc.get(key) is None or is_number(acc.get(key), finite=False)):
             raise RobustlabError(f"not an evaluation: {where}.{key} must be a number, got {acc.get(key)!r}")
     count, n = acc.get("count"), acc.get("total")
-    if not (isinstance(count, int) and isinstance(n, int) and _is_count(count) and _is_count(n) and count <= n):
+    if not (isinstance(count, int) and isinstance(n, int) and is_int(count, 0) and is_int(n, 0) and count <= n):
         raise RobustlabError(f"not an evaluation: {where} needs counts 0 <= count <= total, got count {count!r}, "
                              f"total {n!r}")
     if n != total:
@@ -487,10 +479,10 @@ def _check_document(document: dict[str, Any], samples: Any, card: Any, kind: str
     threat = document["threat"]
     eps, bounds = threat.get("eps"), threat.get("bounds")
     if (not isinstance(threat.get("norm"), str) or threat["norm"].lower() not in _NORM_NAMES
-            or not (eps is None or (_is_number(eps) and eps >= 0))):
+            or not (eps is None or (is_number(eps, finite=False) and eps >= 0))):
         raise RobustlabError(f"not an evaluation: its threat model {threat!r} needs a norm (Linf, L2, L1 or L0) and "
                              "an eps >= 0 (null for unbounded)")
-    if not (isinstance(bounds, list) and len(bounds) == 2 and all(_is_number(b) and math.isfinite(b) for b in bounds)
+    if not (isinstance(bounds, list) and len(bounds) == 2 and all(is_number(b) for b in bounds)
             and bounds[0] < bounds[1]):
         raise RobustlabError(f"not an evaluation: the threat model's bounds must be [low, high], got {bounds!r}")
     if kind != "targeted" and not all(isinstance(c, dict) for c in document["attacks"].values()):
@@ -517,14 +509,14 @@ def _check_sample(sample: Any, position: int, kind: str) -> None:
         raise RobustlabError("not an evaluation: every sample must be a dict")
     where = f"not an evaluation: sample {position}"
     for key in ("label", "clean_prediction"):
-        if not _is_count(sample.get(key)):
+        if not is_int(sample.get(key), 0):
             raise RobustlabError(f"{where}: {key} must be a class index, got {sample.get(key)!r}")
-    if not (sample.get("index") is None or _is_count(sample.get("index"))):
+    if not (sample.get("index") is None or is_int(sample.get("index"), 0)):
         raise RobustlabError(f"{where}: index must be an integer >= 0, got {sample.get('index')!r}")
     distance_key, breaker_key = {"fixed": ("distance", "broken_by"), "minimum-norm": ("distance", "best_attack"),
                                  "targeted": ("best", None)}[kind]
     distance = sample.get(distance_key)
-    if not (distance is None or (_is_number(distance) and distance >= 0)):
+    if not (distance is None or (is_number(distance, finite=False) and distance >= 0)):
         raise RobustlabError(f"{where}: {distance_key} must be a number >= 0 or null, got {distance!r}")
     if breaker_key is not None and not (sample.get(breaker_key) is None or isinstance(sample.get(breaker_key), str)):
         raise RobustlabError(f"{where}: {breaker_key} must be an attack name or null, got {sample.get(breaker_key)!r}")

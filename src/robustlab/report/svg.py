@@ -18,7 +18,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
-from typing import TypeGuard
+
+from robustlab.validate import is_number
 
 __all__ = ["PALETTE", "Series", "histogram", "interval_chart", "line_chart", "nice_ticks"]
 
@@ -160,7 +161,7 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
     entries = [(s.name, PALETTE[i % len(PALETTE)], s.dashed) for i, s in enumerate(series)]
     for i, s in reversed(list(enumerate(series))):
         colour = PALETTE[i % len(PALETTE)]
-        vertices = [(x, y) for x, y in zip(s.x, s.y) if _is_number(x) and _is_number(y)]
+        vertices = [(x, y) for x, y in zip(s.x, s.y) if is_number(x) and is_number(y)]
         points = " ".join(f"{_fmt(frame.px(x))},{_fmt(frame.py(y))}" for x, y in vertices)
         dash = ' stroke-dasharray="5 3"' if s.dashed else ""
         out.append(f'<polyline class="series" data-name="{escape(s.name)}" points="{points}" fill="none" '
@@ -169,7 +170,7 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
             out += [f'<circle cx="{_fmt(frame.px(x))}" cy="{_fmt(frame.py(y))}" r="3" fill="{colour}"/>' for x, y in vertices]
         if s.low is not None and s.high is not None:
             for x, lo, hi in zip(s.x, s.low, s.high):
-                if _is_number(x) and _is_number(lo) and _is_number(hi):
+                if is_number(x) and is_number(lo) and is_number(hi):
                     px = _fmt(frame.px(x))
                     out.append(f'<line class="error-bar" x1="{px}" y1="{_fmt(frame.py(lo))}" x2="{px}" '
                                f'y2="{_fmt(frame.py(hi))}" stroke="{colour}"/>')
@@ -211,19 +212,15 @@ def interval_chart(intervals: Sequence[tuple[float, float | None, float]], *, ti
     step = (frame.right - frame.left) / max(1, len(intervals))
     for i, (lo, mid, hi) in enumerate(intervals):
         x = _fmt(frame.left + (i + 0.5) * step)
-        hi_px = frame.py(hi) if _is_number(hi) else frame.top
+        hi_px = frame.py(hi) if is_number(hi) else frame.top
         out.append(f'<g class="interval" data-lower="{lo!r}" data-exact="{mid!r}" data-upper="{hi!r}">'
                    f'<line x1="{x}" y1="{_fmt(frame.py(lo))}" x2="{x}" y2="{_fmt(hi_px)}" stroke="{PALETTE[1]}" '
                    f'stroke-width="3"/><circle cx="{x}" cy="{_fmt(frame.py(lo))}" r="2.5" fill="{PALETTE[3]}"/>')
-        if _is_number(hi):
+        if is_number(hi):
             out.append(f'<circle cx="{x}" cy="{_fmt(hi_px)}" r="2.5" fill="{PALETTE[2]}"/>')
-        if _is_number(mid):
+        if is_number(mid):
             out.append(f'<circle cx="{x}" cy="{_fmt(frame.py(mid))}" r="3.5" fill="{PALETTE[0]}"/>')
         out.append("</g>")
     out += ["</g>", *frame.legend([(labels[0], PALETTE[3], False), (labels[1], PALETTE[0], False),
                                    (labels[2], PALETTE[2], False)]), "</svg>"]
     return "\n".join(out)
-
-
-def _is_number(value: float | None) -> TypeGuard[float]:
-    return value is not None and math.isfinite(value)

@@ -217,11 +217,11 @@ def _get_model(kind: str, scale: Scale, options: ReproOptions) -> tuple[nn.Modul
                                 dataset=scale.dataset, training=training, metrics=metrics)
 
     model, card, path, cached = options.trained_or_cached(f"madry-{FILE_STEMS[kind]}", key_fields, train_model)
+    from robustlab.io import file_sha256
     from robustlab.models import checkpoint_paths
-    from robustlab.zoo import sha256_of
 
     return model, {"source": str(path), "architecture": scale.model, "cached": cached, "trained_here": True,
-                   "sha256": sha256_of(checkpoint_paths(path)[0]),
+                   "sha256": file_sha256(checkpoint_paths(path)[0]),
                    "train_seconds": card.metrics.get("train_seconds"), "training": card.training,
                    "metrics": card.metrics}
 

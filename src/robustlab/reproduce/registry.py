@@ -95,8 +95,8 @@ class ReproOptions:
         ``source`` (``zoo:NAME`` or the run folder's model), ``architecture``, ``seed``,
         ``trained_here``, ``cached``, ``train_seconds`` and the card's ``training``/``metrics``."""
         from robustlab import zoo
+        from robustlab.io import file_sha256
         from robustlab.models import checkpoint_paths, load_model
-        from robustlab.zoo import sha256_of
         from robustlab.zoo.build import train_recipe, training_seconds
 
         recipe = zoo.recipe(name)
@@ -136,7 +136,7 @@ class ReproOptions:
                 lock.unlink(missing_ok=True)
         model, card = load_model(path, map_location=self.device)
         return model.eval(), {"source": str(path), "zoo": name, "architecture": card.architecture, "seed": seed,
-                              "trained_here": True, "cached": cached, "sha256": sha256_of(checkpoint_paths(path)[0]),
+                              "trained_here": True, "cached": cached, "sha256": file_sha256(checkpoint_paths(path)[0]),
                               "train_seconds": training_seconds(run_dir)[0], "training": card.training,
                               "metrics": card.metrics}
 

@@ -17,7 +17,6 @@ NAME`` trains, evaluates and publishes a model from its recipe (resumable; see
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tomllib
 from pathlib import Path
@@ -26,11 +25,12 @@ from typing import Any
 from torch import nn
 
 from robustlab.errors import RobustlabError
+from robustlab.io import file_sha256
 from robustlab.models.checkpoint import ModelCard, checkpoint_paths, load_model
 from robustlab.zoo.catalog import CATALOG, LABELS, Entry
 
 __all__ = ["CATALOG", "LABELS", "Entry", "card", "checkpoint", "entry", "load", "names", "recipe", "recipe_path",
-           "recipes", "resolve", "sha256_of"]
+           "recipes", "resolve"]
 
 ZOO_DIR = Path(__file__).resolve().parent
 RECIPES_DIR = ZOO_DIR / "recipes"
@@ -92,20 +92,12 @@ def card(name: str) -> ModelCard:
         raise RobustlabError(f"{path}: {error}") from None
 
 
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load(name: str, *, map_location: str = "cpu") -> nn.Module:
     """The trained zoo model ``name`` in eval mode, after checking its weights against the sha256
     its card records (a mismatch raises: the files do not belong together)."""
     weights = checkpoint_paths(checkpoint(name))[0]
     expected = card(name).extra.get("zoo", {}).get("sha256")
-    actual = sha256_of(weights)
+    actual = file_sha256(weights)
     if actual != expected:
         raise RobustlabError(f"{weights} has sha256 {actual}, its card records {expected}: weights and card "
                              f"do not belong together (rebuild with `robustlab zoo train {name}`)")

@@ -27,10 +27,11 @@ from robustlab.errors import RobustlabError
 from robustlab.evaluation import build_suite, evaluate
 from robustlab.evaluation.provenance import provenance
 from robustlab.evaluation.suites import SUITES
+from robustlab.io import file_sha256
 from robustlab.models.checkpoint import ModelCard, checkpoint_paths, load_model, save_model
 from robustlab.threat import threat_model
 from robustlab.training import checkpoint as training_checkpoint
-from robustlab.zoo import MODELS_DIR, entry, recipe, recipe_path, sha256_of
+from robustlab.zoo import MODELS_DIR, entry, recipe, recipe_path
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def publish(name: str, run_dir: str | Path, *, out_dir: str | Path = MODELS_DIR,
     # (not by a second save_model: safetensors' header is not byte-for-byte reproducible).
     card_path = checkpoint_paths(weights)[1]
     card = ModelCard.from_json(card_path.read_text(encoding="utf-8"))
-    zoo["sha256"] = sha256_of(weights)
+    zoo["sha256"] = file_sha256(weights)
     card.extra = {"zoo": zoo}
     card.save(card_path)
     return card
