@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 import torch
 
 import robustlab
+from robustlab.formatting import timestamp
 
 
 def provenance(*, seed: int | None = None, device: str | torch.device = "cpu", wall_time: float | None = None) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def provenance(*, seed: int | None = None, device: str | torch.device = "cpu", w
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
         "seed": seed,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": timestamp(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -19,7 +19,6 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from torch import nn
 
 import robustlab
 from robustlab.errors import RobustlabError
+from robustlab.formatting import timestamp
 from robustlab.io import check_header, dumps, file_sha256, header, save_json, write_atomic
 from robustlab.models.normalize import Normalize
 from robustlab.models.preprocessing import apply_defenses, split_defenses
@@ -44,10 +44,6 @@ _OPTIONAL_FIELDS = ("defenses", "weights_sha256")
 # this, before allocating anything: 2**31 float32 values are 8 GiB, several times the largest
 # architecture robustlab builds. Pass max_parameters to load bigger models.
 MAX_PARAMETERS = 2**31
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _jsonable(value: Any, name: str) -> Any:
@@ -85,7 +81,7 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     library_version: str = robustlab.__version__
-    created: str = field(default_factory=_now)
+    created: str = field(default_factory=timestamp)
     extra: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str | None = field(default=None, compare=False)  # integrity, not description
 

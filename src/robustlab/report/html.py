@@ -36,7 +36,6 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ from robustlab.errors import RobustlabError
 from robustlab.evaluation.evaluate import Evaluation
 from robustlab.evaluation.minimum_norm import BEST, MinimumNormEvaluation
 from robustlab.evaluation.targeted import CASES, TargetedEvaluation
-from robustlab.formatting import percent
+from robustlab.formatting import percent, timestamp
 from robustlab.io import KINDS, read_document, read_json, write_atomic
 from robustlab.report import tables
 from robustlab.report.markdown import escape_markdown, markdown_table
@@ -586,7 +585,7 @@ def html_report(inputs: ReportInputs, *, title: str = "robustlab report") -> str
     ]
     present = [_section(anchor, name, body) for anchor, name, body in sections if body.strip()]
     nav = " ".join(f'<a href="#{anchor}">{_e(name)}</a>' for anchor, name, _ in present)
-    generated = datetime.now(UTC).isoformat(timespec="seconds")
+    generated = timestamp()
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'

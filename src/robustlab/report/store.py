@@ -35,12 +35,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
 import robustlab
 from robustlab.errors import RobustlabError
+from robustlab.formatting import timestamp
 from robustlab.io import check_header, jsonable
 from robustlab.validate import is_int, is_number
 
@@ -239,7 +239,7 @@ class ResultsStore:
         label = label if label is not None else meta.get("label")
         weights_hash = weights_hash or meta.get("weights_hash")
         robust = metrics.get("robust_accuracy") if kind == "fixed" else None
-        now = _now()
+        now = timestamp()
         model_hash = None if card is None else card_hash(card)
         with self._transaction(write=True) as conn:
             if card is not None:
@@ -433,10 +433,6 @@ def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
 def card_hash(card: dict[str, Any]) -> str:
     """SHA-256 of the model card's canonical JSON (sorted keys, no whitespace)."""
     return hashlib.sha256(json.dumps(card, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _dumps(value: Any, indent: int | None = None) -> str:
