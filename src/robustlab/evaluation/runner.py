@@ -334,8 +334,7 @@ def fingerprint(model: nn.Module, x: Tensor, y: Tensor, indices: Tensor, *, thre
     return {
         "data": data.hexdigest(),
         "model": weights.hexdigest(),
-        "threat": {"norm": threat.norm, "eps": threat.eps if math.isfinite(threat.eps) else None,
-                   "bounds": list(threat.bounds)},
+        "threat": threat.to_dict(),  # as saved: strict JSON writes an infinite eps as null
         # A list, not a dict: the order of the attacks changes a cascade's results.
         "attacks": [[name, _jsonable_config(attack.config())] for name, attack in attacks.items()],
         "settings": settings,

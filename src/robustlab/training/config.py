@@ -159,7 +159,7 @@ class TrainConfig:
         if threat is None:
             return None
         if isinstance(threat, ThreatModel):
-            threat = {"norm": threat.norm, "eps": threat.eps, "bounds": threat.bounds}
+            threat = threat.to_dict()
         if not isinstance(threat, dict) or not {"norm", "eps"} <= set(threat) <= {"norm", "eps", "bounds"}:
             raise RobustlabError(
                 "TrainConfig.threat must be a ThreatModel or a dict with 'norm', 'eps' and optionally "
