@@ -26,7 +26,11 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write ``state`` (tensors and plain Python only) to ``path`` atomically."""
     path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, **state}
-    write_atomic(path, lambda temporary: torch.save(payload, temporary))
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            torch.save(payload, handle)
+
+    write_atomic(path, write)
 
 
 def load_checkpoint(path: str | Path) -> dict:
