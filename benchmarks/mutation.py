@@ -3,6 +3,7 @@
     python benchmarks/mutation.py                      # every module below, in order
     python benchmarks/mutation.py losses threat        # some of them
     python benchmarks/mutation.py --issue15            # only the six mutations of issue 15
+    python benchmarks/mutation.py apgd --functions _AutoPGDBase._descend AutoPGD._run   # some functions
 
 mutmut 3 (``pip install mutmut``; 3.8.1 used) mutates one module at a time in a scratch copy
 (``benchmarks/.cache/mutation/<module>/``) and runs, for each mutant, only the tests of that
@@ -10,7 +11,9 @@ module's selection that reach the mutated function. A mutant is *killed* when a 
 times out), *survives* when all pass, and has *no tests* when none of the selection reaches it
 (counted as not killed). Results go to ``benchmarks/results/mutation.json`` (score per module,
 every survivor with its diff) and ``mutation.md``; a run of some modules keeps the others'
-entries. ``--issue15`` applies the six mutations the issue lists (and variants of where they
+entries. ``--functions`` restricts one module's run to the mutants of the named functions
+(``name`` or ``Class.method``); its result is recorded beside the module's whole-file entry, under
+``<module>:<functions>``. ``--issue15`` applies the six mutations the issue lists (and variants of where they
 could be made) and records which tests fail on each in ``mutation_issue15.json`` / ``.md``.
 
 Slow (minutes per module on 2 shared cores), hence outside CI and the test suite.
@@ -19,6 +22,7 @@ Slow (minutes per module on 2 shared cores), hence outside CI and the test suite
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -161,6 +165,35 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     'robustlab.attacks.apgd.xǁAutoPGDTargetedǁ_run__mutmut_95': ('-1, device=x.device)', 'torch.full infers int64 from the integer fill value -1'),
     'robustlab.attacks.apgd.xǁAutoPGDTargetedǁ_run__mutmut_102': ('dtype=None, device=x.device)', 'torch.full infers int64 from the integer fill value -1'),
     'robustlab.attacks.apgd.xǁAutoPGDTargetedǁ_run__mutmut_106': ('-1, device=x.device)', 'torch.full infers int64 from the integer fill value -1'),
+    # attacks/apgd.py with give_up (the run of _descend, both __post_init__ and AutoPGD._run on 526c8e2)
+    "robustlab.attacks.apgd.xǁAutoPGDǁ_run__mutmut_56": ("if restart >= 0:", "at restart 0 the broken samples are already out (clean check with early_stop) or there are none"),
+    "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_19": ("self.give_up or 1.0", "the fraction is read only at give-up checkpoints, which exist only when give_up is set"),
+    "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_65": ("x_prev=None", "the first step returns z without the momentum term, and x_prev is the start before it is read"),
+    "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_109": ("increases=torch.zeros(n, dtype=None", "increase counts kept in float32 are exact, and compare with rho * window alike"),
+    "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_112": ("increases=torch.zeros(n, device=x.device)", "increase counts kept in float32 are exact, and compare with rho * window alike"),
+    "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_130": ("if (give_up_at) or True else", "the smallest margin is read only when give_up is set"),
+    "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_138": ("if (margin_clean is None) and False else", "margin_clean is None only without give_up, where it is never read"),
+    "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_205": ("(s.idx.numel() == n) and False", "while every sample runs, s.idx is arange(n): updating those rows is updating all"),
+    "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_247": ("i - 1 < self.steps", "a checkpoint after the last iterate changes only the run's state, which is then discarded (the best points are returned)"),
+    "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_249": ("i + 1 <= self.steps", "a checkpoint after the last iterate changes only the run's state, which is then discarded (the best points are returned)"),
+    "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_282": ("i - 1 < self.steps", "giving up after the last iterate changes nothing: the loop ends there"),
+    "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_284": ("i + 1 <= self.steps", "giving up after the last iterate changes nothing: the loop ends there"),
+    "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_287": ("s.margin_min >= give_up", "differs only on an exact tie of the smallest margin with give_up times the clean margin"),
+}
+
+# Survivors that only a test on an accelerator can kill: a tensor made on the default device instead of
+# x's (CPU either way here; attacks cannot run on the "meta" device, they need values). mutant -> added line.
+NEEDS_GPU: dict[str, str] = {
+    "robustlab.attacks.apgd.xǁAutoPGDǁ_run__mutmut_9": "device=None)",
+    "robustlab.attacks.apgd.xǁAutoPGDǁ_run__mutmut_13": "dtype=torch.int64, )",
+    "robustlab.attacks.apgd.xǁAutoPGDǁ_run__mutmut_19": "arange(x.shape[0], device=None)",
+    "robustlab.attacks.apgd.xǁAutoPGDǁ_run__mutmut_21": "arange(x.shape[0], )",
+    "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_100": "arange(n, device=None)",
+    "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_102": "arange(n, )",
+    "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_110": "dtype=torch.int64, device=None)",
+    "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_113": "dtype=torch.int64, )",
+    "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_116": "dtype=torch.bool, device=None)",
+    "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_119": "dtype=torch.bool, )",
 }
 
 
@@ -177,9 +210,25 @@ def _scratch(name: str) -> Path:
     return work
 
 
-def run_module(name: str, max_children: int, resume: bool = False) -> dict:
+def _scratch_name(name: str, functions: list[str] | None) -> str:
+    return name if not functions else name + "-" + "-".join(f.replace(".", "_") for f in functions)
+
+
+def mutant_globs(name: str, functions: list[str]) -> list[str]:
+    """mutmut's names for the mutants of ``functions`` (``f`` or ``Class.method``) in module ``name``:
+    ``<module>.x_f__mutmut_<n>`` and ``<module>.xǁClassǁmethod__mutmut_<n>``."""
+    module = MODULES[name][0].removeprefix("src/").removesuffix(".py").replace("/", ".")
+    globs = []
+    for f in functions:
+        cls, _, method = f.rpartition(".")
+        globs.append(f"{module}.xǁ{cls}ǁ{method}__mutmut_*" if cls else f"{module}.x_{f}__mutmut_*")
+    return globs
+
+
+def run_module(name: str, max_children: int, resume: bool = False, functions: list[str] | None = None) -> dict:
     path, tests = MODULES[name]
-    work = WORK / name if resume and (WORK / name / "mutants").exists() else _scratch(name)
+    scratch = _scratch_name(name, functions)
+    work = WORK / scratch if resume and (WORK / scratch / "mutants").exists() else _scratch(scratch)
     (work / "pyproject.toml").write_text(
         "[tool.mutmut]\n"
         'source_paths = ["src/"]\n'
@@ -197,23 +246,27 @@ def run_module(name: str, max_children: int, resume: bool = False) -> dict:
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)  # mutmut puts its mutated copy of src/ first on the path
     start = time.perf_counter()
-    run = subprocess.run([_python(), "-m", "mutmut", "run", "--max-children", str(max_children)], cwd=work, env=env,
-                         capture_output=True, text=True)
-    result = collect(name)
+    run = subprocess.run([_python(), "-m", "mutmut", "run", "--max-children", str(max_children),
+                          *mutant_globs(name, functions or [])], cwd=work, env=env, capture_output=True, text=True)
+    result = collect(name, functions)
     result.update(wall_s=round(time.perf_counter() - start, 1), mutmut_exit_code=run.returncode,
                   log_tail=(run.stdout + run.stderr)[-400:] if run.returncode else "")
     return result
 
 
-def collect(name: str) -> dict:
-    """Read the results of a (possibly interrupted) run from its scratch directory."""
+def collect(name: str, functions: list[str] | None = None) -> dict:
+    """Read the results of a (possibly interrupted) run from its scratch directory; with
+    ``functions``, of the run restricted to them (the other mutants are not counted)."""
     path, tests = MODULES[name]
-    work = WORK / name
+    work = WORK / _scratch_name(name, functions)
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     listing = subprocess.run([_python(), "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
                              capture_output=True, text=True).stdout
     status = dict(re.findall(r"^\s+(\S+): (.+)$", listing, flags=re.M))
+    if functions:
+        globs = mutant_globs(name, functions)
+        status = {m: s for m, s in status.items() if any(fnmatch.fnmatchcase(m, g) for g in globs)}
     counts: dict[str, int] = {}
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
@@ -227,30 +280,37 @@ def collect(name: str) -> dict:
             added, why = EQUIVALENT.get(mutant, (None, None))
             if added is not None and any(line.startswith("+") and added in line for line in diff.splitlines()):
                 entry["equivalent"] = why
+            gpu = NEEDS_GPU.get(mutant)
+            if gpu is not None and any(line.startswith("+") and gpu in line for line in diff.splitlines()):
+                entry["needs_gpu"] = True
             survivors.append(entry)
     total = len(status)
     checked = total - counts.get("not checked", 0)
     equivalent = sum("equivalent" in e for e in survivors)
     return {
-        "file": path, "tests": tests, "mutants": total, "checked": checked, "counts": counts, "killed": killed,
+        "file": path, **({"functions": functions} if functions else {}), "tests": tests, "mutants": total, "checked": checked, "counts": counts, "killed": killed,
         "score": killed / checked if checked else None, "equivalent": equivalent,
         "score_without_equivalent": killed / (checked - equivalent) if checked > equivalent else None,
+        "needs_gpu": sum(bool(e.get("needs_gpu")) for e in survivors),
         "survivors": survivors,
     }
 
 
-def recheck(name: str, result: dict) -> None:
+def recheck(name: str, result: dict, functions: list[str] | None = None) -> None:
     """Run the survivors of an earlier run again against the current tests (added since): each
     survivor is applied with ``mutmut apply`` to the scratch copy of the source and the module's
-    test selection runs on it. Marks each survivor ``killed_by_current_tests``."""
+    test selection runs on it (not the equivalent and GPU-only ones, which no test here can kill).
+    Marks each survivor ``killed_by_current_tests``."""
     path, tests = MODULES[name]
-    work = WORK / name
+    work = WORK / _scratch_name(name, functions)
     shutil.rmtree(work / "tests", ignore_errors=True)
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__", ".hypothesis"))
     original = (work / path).read_text()
     env = dict(os.environ, PYTHONPATH=str(work / "src"),
                ROBUSTLAB_DATA=os.environ.get("ROBUSTLAB_DATA", "/work/shared/data"))
     for survivor in result["survivors"]:
+        if "equivalent" in survivor or survivor.get("needs_gpu"):
+            continue  # no test on this machine can kill it
         try:
             subprocess.run([_python(), "-m", "mutmut", "apply", survivor["mutant"]], cwd=work, env=env,
                            capture_output=True, text=True, check=True)
@@ -301,10 +361,11 @@ def write_markdown(data: dict) -> None:
             c = m["counts"]
             score = "n/a" if m["score"] is None else f"{m['score']:.1%}"
             tests = ", ".join(t.removeprefix("tests/") for t in m["tests"])
+            file = m["file"] + (f" ({', '.join(m['functions'])} only)" if m.get("functions") else "")
             if m.get("score_after_recheck") is not None:
                 score += f" ({m['score_after_recheck']:.1%} with the tests added since)"
             without = m.get("score_without_equivalent")
-            lines.append(f"| {m['file']} | {tests} | {m['mutants']} | {m.get('checked', m['mutants'])} | {m['killed']} | "
+            lines.append(f"| {file} | {tests} | {m['mutants']} | {m.get('checked', m['mutants'])} | {m['killed']} | "
                          f"{c.get('survived', 0)} | {c.get('no tests', 0)} | {m.get('equivalent', 0)} | {score} | "
                          f"{'n/a' if without is None else f'{without:.1%}'} | {m.get('wall_s')} s | "
                          f"`{m.get('command', data['command'])}` |")
@@ -335,37 +396,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run of the modules")
     parser.add_argument("--recheck", action="store_true",
                         help="with --collect: run the survivors again against the current tests")
+    parser.add_argument("--functions", nargs="+", metavar="NAME",
+                        help="only the mutants of these functions (f or Class.method) of the one module named")
     parser.add_argument("--collect", action="store_true",
                         help="only record the results of earlier (possibly interrupted) runs of the modules")
     args = parser.parse_args(argv)
+    if args.functions and len(args.modules) != 1:
+        parser.error("--functions needs exactly one module")
     if args.issue15:
         write_issue15(run_issue15())
         return 0
     out_json = RESULTS / "mutation.json"
-    data = json.loads(out_json.read_text()) if out_json.exists() else {"modules": {}}
-    data["command"] = "python benchmarks/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    def load() -> dict:
+        return json.loads(out_json.read_text()) if out_json.exists() else {"modules": {}}
+
     for name in args.modules or list(MODULES):
         print(f"mutating {MODULES[name][0]} ...", flush=True)
+        key = name if not args.functions else f"{name}:{','.join(args.functions)}"
         if args.collect:
-            result = collect(name)
-            result["wall_s"] = data["modules"].get(name, {}).get("wall_s")
-            result["command"] = data["modules"].get(name, {}).get("command", "?") + " (collected again)"
+            earlier = load()["modules"].get(key, {})
+            result = collect(name, args.functions)
+            result["wall_s"] = earlier.get("wall_s")
+            result["command"] = earlier.get("command", "?") + " (collected again)"
             result["interrupted"] = result["checked"] < result["mutants"]
             if args.recheck:
-                recheck(name, result)
+                recheck(name, result, args.functions)
         else:
-            result = run_module(name, args.max_children, resume=args.resume)
-        result.setdefault("command", data["command"])
-        data["modules"][name] = result
-        print(f"  {result['killed']}/{result['mutants']} killed, {result['counts']}", flush=True)
+            result = run_module(name, args.max_children, resume=args.resume, functions=args.functions)
+        result.setdefault("command", command)
+        # Read the file again: another run (of another module) may have written it meanwhile.
+        data = load()
+        data["modules"][key] = result
+        data["command"] = command
         data["updated"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         out_json.write_text(json.dumps(data, indent=1) + "\n")
         write_markdown(data)
-    data["updated"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    out_json.write_text(json.dumps(data, indent=1) + "\n")
-    write_markdown(data)
+        print(f"  {result['killed']}/{result['mutants']} killed, {result['counts']}", flush=True)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

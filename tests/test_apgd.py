@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import linear_two_class, ramp3
+from conftest import InputRecorder, linear_two_class, ramp3
 from torch import nn
 
 from robustlab.attacks import APGD, APGDT, PGD, AutoPGD, AutoPGDTargeted, build_attack
@@ -745,6 +745,12 @@ def test_restarts_run_again_only_on_the_unbroken_samples():
     alone = APGD(steps=4, restarts=1)(model, x[1:], y[1:], threat=threat, generator=gen())
     assert two.success.tolist() == [True, False] and two.extras["restart"].tolist() == [0, -1]
     assert two.forwards - one.forwards == alone.forwards - 3 > 0
+    # Once restart 0 has broken every sample, the second restart has nothing to run and costs nothing.
+    broken_once = APGD(steps=4, restarts=1)(model, x[:1], y[:1], threat=threat, generator=gen())
+    broken_twice = APGD(steps=4, restarts=2)(model, x[:1], y[:1], threat=threat, generator=gen())
+    assert broken_twice.success.tolist() == [True] and broken_twice.extras["restart"].tolist() == [0]
+    assert torch.equal(broken_twice.x_adv, broken_once.x_adv)
+    assert (broken_twice.forwards, broken_twice.backwards) == (broken_once.forwards, broken_once.backwards)
 
 
 def test_apgd_random_start_for_l1_is_the_threat_models_draw():
@@ -765,3 +771,133 @@ def test_apgd_t_checks_its_own_hyperparameters_with_the_reason():
             APGDT(n_target_classes=bad)
     with pytest.raises(RobustlabError, match=r"^ranking must be one of \['logits', 'linear'\] \(how target classes are ordered\), got 'nearest'$"):
         APGDT(ranking="nearest")
+
+
+def test_targeted_apgd_counts_only_the_target_as_a_success_along_the_way():
+    # ramp3 targeted at class 1 (the band |u| < 0.2) from u = -1.4 with eps 0.2 (u moves by 2): this start
+    # lands at u = 0.6, class 2, misclassified but not the target, and so does the third iterate; APGD must
+    # go on (early_stop asks for the target) until it lands in the band, at u = 0.1.
+    model = InputRecorder(ramp3())
+    x, y, t = torch.tensor([[0.36]]), torch.tensor([0]), torch.tensor([1])
+    result = APGD(steps=10, loss="margin")(model, x, y, threat=Linf(eps=0.2), targets=t, generator=gen(1))
+    classes = [int(ramp3()(xi).argmax()) for xi in model.inputs]
+    assert classes[2] == 2 and 2 in classes[3:-2]  # the start, and a later iterate, in the wrong wrong class
+    assert result.success.tolist() == [True]
+    torch.testing.assert_close(10 * (result.x_adv - 0.5), torch.tensor([[0.1]]))
+    # Two steps from u = 1.4: start u = -0.6 (targeted margin loss 0.2 - |u| = -0.4), then 3.4 (-3.2), then the
+    # last iterate, scored without a gradient, u = 0.9 (-0.7; class 2). The start has the highest targeted
+    # loss and is returned (the untargeted loss of the last iterate, 1.8, would have picked it).
+    model = InputRecorder(ramp3())
+    result = APGD(steps=2, loss="margin")(model, torch.tensor([[0.64]]), y, threat=Linf(eps=0.2), targets=t,
+                                          generator=gen(0))
+    torch.testing.assert_close(10 * (torch.cat(model.inputs[2:5]) - 0.5), torch.tensor([[-0.6], [3.4], [0.9]]))
+    assert result.success.tolist() == [False]
+    torch.testing.assert_close(10 * (result.x_adv - 0.5), torch.tensor([[-0.6]]))
+
+
+@pytest.mark.parametrize("keep_near,backwards", [(0.1, 1 + checkpoints(100)[0]), (0.2, 100)])
+def test_targeted_give_up_measures_margins_to_the_target(keep_near, backwards):
+    # ramp3 targeted at class 1 from u = 1.4 (class 2: misclassified, not the target), eps 0.1 (u within
+    # [0.4, 2.4]): the margin to the target, max(Z_0, Z_2) - Z_1 = |u| - 0.2, is 1.2 at the clean input and
+    # 0.2 from the first steps on (u = 0.4), where it stays: no progress, so the sample gives up at the first
+    # checkpoint unless 0.2 is within keep_near of 1.2: it leaves with keep_near 0.1 and runs all 100 steps
+    # with 0.2. Margins to the label y = 0 instead (-2.8 clean, negative around the ball) would decide the
+    # other way in both cases.
+    x, y, t = torch.tensor([[0.64], [0.64]]), torch.tensor([0, 0]), torch.tensor([1, 1])
+    result = APGD(steps=100, loss="margin", give_up=2.0, keep_near=keep_near)(
+        ramp3(), x, y, threat=Linf(eps=0.1), targets=t, generator=gen())
+    assert result.success.tolist() == [False, False]
+    assert result.backwards == backwards * len(x)
+    torch.testing.assert_close(10 * (result.x_adv - 0.5), torch.tensor([[0.4], [0.4]]), atol=1e-5, rtol=0)
+
+
+def test_l1_run_steps_and_checks_as_l1_apgd(monkeypatch):
+    # l1-APGD's constants wired into the run: the step starts at eps (not 2 eps), the top-k fraction at 20%
+    # of all d = 2 * 5 features, the sparsity remembered at d; a checkpoint every 4% of the steps. A linear
+    # model with constant gradient w, the start fixed at x + 0.6 e_2, eps 1, a box too wide to matter:
+    # iterate 1: top-2 coordinates (0, 1) by eps / 2 each: (0.5, -0.5, 0.6), L1 1.6, projected (soft
+    #   threshold 0.2) to (0.3, -0.3, 0.4);
+    # iterate 2 (no checkpoint at 1 of 50 steps): (0.8, -0.8, 0.4) projected (threshold 1/3) to
+    #   (7/15, -7/15, 1/15);
+    # checkpoint at 2: 3 changed coordinates < 0.95 * 10, so the step is reset to eps, top-k = 3 / 10 / 1.5;
+    # iterate 3: (29/30, -29/30, 1/15) projected (threshold 7/15) to (0.5, -0.5, 0).
+    import robustlab.attacks.apgd as apgd_module
+
+    w = torch.tensor([10.0, -9, 8, -7, 6, -5, 4, -3, 2, -1], dtype=torch.float64)
+    linear = nn.Linear(10, 2).double()
+    with torch.no_grad():
+        linear.weight.copy_(torch.stack([torch.zeros(10, dtype=torch.float64), w]))
+        linear.bias.copy_(torch.tensor([0.0, -100.0], dtype=torch.float64))  # never broken
+    model = InputRecorder(nn.Sequential(nn.Flatten(), linear))
+    x, y = torch.zeros(1, 2, 5, dtype=torch.float64), torch.zeros(1, dtype=torch.int64)
+    start = x.clone()
+    start[0, 0, 2] = 0.6
+    monkeypatch.setattr(apgd_module, "_random_start", lambda threat, x, todo, generator: start[todo])
+    checks = []
+    original = _AutoPGDBase._l1_checkpoint
+
+    def spy(s, initial_step, d):
+        # inputs: the template's clean pass, the start, then one per iterate
+        checks.append((len(model.inputs) - 2, initial_step, d, s.step.item(), s.topk.item(), s.sparsity_at_check.item()))
+        original(s, initial_step, d)
+
+    monkeypatch.setattr(_AutoPGDBase, "_l1_checkpoint", staticmethod(spy))
+    APGD(steps=50, loss="margin", kappa=math.inf, early_stop=False)(model, x, y, threat=L1(eps=1.0, bounds=(-10.0, 10.0)),
+                                                                     generator=gen())
+    iterates = [xi.flatten()[:4] for xi in model.inputs[2:5]]
+    expected = torch.tensor([[0.3, -0.3, 0.4, 0.0], [7 / 15, -7 / 15, 1 / 15, 0.0], [0.5, -0.5, 0.0, 0.0]],
+                            dtype=torch.float64)
+    torch.testing.assert_close(torch.stack(iterates), expected, rtol=0, atol=1e-12)
+    assert [c[0] for c in checks] == list(range(2, 50, 2))  # every int(0.04 * 50) = 2 steps, not at the last
+    assert all(c[1:3] == (1.0, 10) for c in checks)  # initial step eps, d = every feature
+    # (step, top-k, sparsity) each checkpoint finds: the initial (eps, 0.2, d); reset after 3 < 9.5;
+    # reset after 2 < 0.95 * 3 with top-k 2 / 10 / 1.5; then shrunk by 1.5 (no sparser best point).
+    torch.testing.assert_close([c[3:] for c in checks[:4]],
+                               [(1.0, 0.2, 10.0), (1.0, 0.2, 3.0), (1.0, 2 / 15, 2.0), (2 / 3, 2 / 15, 2.0)])
+
+
+def test_give_up_applies_at_a_checkpoint_one_step_before_the_end():
+    # 3 steps: checkpoints (1, 2, 3); an unbreakable point (minimal eps 2 * eps) is stuck at its best margin
+    # after the first step and gives up at checkpoint 2, so its last iterate is never scored: per sample the
+    # template's two forwards, the clean check, the start and steps 1 and 2 (forward and backward each), not
+    # step 3's forward. Without give_up (the default) it runs every step.
+    model, w, c = linear_two_class(8, seed=2)
+    x, y, _ = _points_with_minimal_linf_eps(w, c, 0.5, torch.tensor([2.0]), seed=3)
+    threat = Linf(eps=0.5, bounds=(-10.0, 10.0))
+    assert checkpoints(3) == (1, 2, 3)
+    result = APGD(steps=3, loss="margin", give_up=2.0)(model, x, y, threat=threat, generator=gen())
+    full = APGD(steps=3, loss="margin")(model, x, y, threat=threat, generator=gen())
+    assert not result.success.any() and not full.success.any()
+    assert (result.forwards, result.backwards) == (6 * len(x), 3 * len(x))
+    assert (full.forwards, full.backwards) == (7 * len(x), 3 * len(x))
+
+
+def test_a_tie_with_the_best_loss_keeps_the_earlier_point_to_restart_from():
+    # The reference keeps its best point on a strict increase (``y1 > loss_best``). Loss -|10 (x - 0.5)| (class 0
+    # always wins), x = 0.5, eps = 0.25, 4 steps (checkpoints 1, 2, 3, 4): the start is 0.75 (loss -2.5) and the
+    # first step of 2 eps lands on 0.25 (loss -2.5, a tie). Checkpoint 1 halves the step (no increase) and
+    # restarts from the best point, the start 0.75, with its gradient: z = 0.75 - 0.25 = 0.5, and the momentum
+    # step from 0.75 (previous iterate 0.75) is 0.75 + 0.75 (0.5 - 0.75) = 0.5625. Restarting from the tie,
+    # 0.25, would give 0.3125.
+    linear = nn.Linear(1, 3)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[0.0], [0.0], [10.0]]))
+        linear.bias.copy_(torch.tensor([100.0, 0.0, -5.0]))
+    model = InputRecorder(linear)
+    APGD(steps=4, loss=lambda z, y, t: -z[:, 2].abs(), early_stop=False)(
+        model, torch.tensor([[0.5]]), torch.tensor([0]), threat=Linf(eps=0.25), generator=gen(1))
+    assert [float(v) for v in torch.cat(model.inputs[1:4]).flatten()] == [0.75, 0.25, 0.5625]
+
+
+def test_hyperparameters_at_the_ends_of_their_ranges_and_the_messages():
+    # steps 1, rho 1 (halve unless the loss rose at every step) and momentum 1 (no momentum) are valid.
+    for attack in (APGD(steps=1), APGD(rho=1.0), APGD(momentum=1.0), APGD(give_up=0.5, keep_near=0.5)):
+        assert isinstance(attack, AutoPGD)
+    with pytest.raises(RobustlabError, match=r"^restarts must be a positive integer, got 2.5$"):
+        APGD(restarts=2.5)
+    with pytest.raises(RobustlabError, match=r"^steps must be a positive integer, got 0$"):
+        APGD(steps=0)
+    with pytest.raises(RobustlabError, match=r"^give_up must be None or a positive number \(a safety factor\), got '2'$"):
+        APGD(give_up="2")
+    with pytest.raises(RobustlabError, match=r"^give_up asks for a verdict, not the highest loss: it needs early_stop=True$"):
+        APGD(give_up=0.1, early_stop=False)
