@@ -8,6 +8,7 @@ masking) so that a changed constant or a swapped index in the library cannot als
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -26,7 +27,7 @@ from robustlab.attacks.carlini_wagner import next_const
 from robustlab.attacks.cw_objectives import OBJECTIVES
 from robustlab.attacks.square import square_fraction
 from robustlab.errors import RobustlabError
-from robustlab.evaluation import CLEAN, evaluate, wilson_interval
+from robustlab.evaluation import CLEAN, Evaluation, evaluate, wilson_interval
 from robustlab.losses import cross_entropy, dlr, get_loss, looks_like_probabilities, margin
 from robustlab.threat import L0, L1, L2, Linf
 from conftest import InputRecorder
@@ -454,7 +455,12 @@ def test_evaluation_credits_the_first_attack_in_order(cascade):
     m = ev.metrics
     assert m["broken_by"] == {"A": 3, "B": 1, "C": 1}
     assert (m["clean_accuracy"]["count"], m["robust_accuracy"]["count"]) == (9, 4)
-    assert m["robust_accuracy"]["value"] == 0.4
+    assert m["robust_accuracy"]["value"] == 0.4 and m["samples"] == 10
+    # Per-sample passes: one clean forward each, then the template's two forwards for each attack that ran on
+    # the sample (no backwards: these attacks only move a feature); in a cascade a broken sample costs no more.
+    forwards = [3, 3, 3, 5, 7, 1, 7, 7, 7, 7] if cascade else [7, 7, 7, 7, 7, 1, 7, 7, 7, 7]
+    assert [(s["forwards"], s["backwards"]) for s in ev.samples] == [(f, 0) for f in forwards]
+    assert (ev.passes["forwards"], ev.passes["backwards"]) == (sum(forwards), 0)
     if cascade:
         # Only the first attack saw every correct sample; the others' accuracies are not exact.
         assert {k: v["count"] for k, v in m["robust_accuracy_per_attack"].items()} == {"A": 6}
@@ -463,6 +469,32 @@ def test_evaluation_credits_the_first_attack_in_order(cascade):
         per = {k: v["count"] for k, v in m["robust_accuracy_per_attack"].items()}
         assert per == {"A": 6, "B": 7, "C": 6}
         assert ev.samples[1]["attacks"]["B"] == {"success": True, "distance": pytest.approx(0.7)}
+
+
+def test_evaluation_names_saves_and_loads_without_a_trained_model(tmp_path):
+    x, y = _credit_data()
+    # A sequence is named by each attack's registry name, a repeated one numbered from 2.
+    ev = evaluate(_Threshold(), x, y, threat=Linf(eps=1.0), attacks=[_A, _B], seed=3)
+    assert list(ev.attacks) == ["breaks", "breaks-2"]
+    assert [s["broken_by"] for s in ev.samples] == ["breaks"] * 3 + ["breaks-2", None, CLEAN] + [None] * 4
+    assert [s["index"] for s in ev.samples] == list(range(10)) and [s["label"] for s in ev.samples] == [0] * 10
+    assert [s["clean_prediction"] for s in ev.samples] == [0] * 5 + [1] + [0] * 4
+    path = ev.save(tmp_path / "ev.json")
+    data = json.loads(path.read_text())
+    assert data["kind"] == "fixed" and data["threat"] == {"norm": "Linf", "eps": 1.0, "bounds": [0.0, 1.0]}
+    assert data["metrics"]["robust_accuracy"]["count"] == 5 and data["provenance"]["seed"] == 3
+    loaded = Evaluation.load(path)
+    assert loaded.threat == ev.threat and loaded.attacks == data["attacks"] and loaded.passes == ev.passes
+    assert loaded.samples == data["samples"] and loaded.provenance == data["provenance"]
+    # A robust sample's distance is inf in memory, null in the (strict JSON) file; the rest as saved.
+    assert ev.samples[4]["distance"] == math.inf and data["samples"][4]["distance"] is None
+    assert [s for i, s in enumerate(loaded.samples) if ev.samples[i]["broken_by"] is not None] == \
+        [s for s in ev.samples if s["broken_by"] is not None]
+    assert loaded.metrics == json.loads(json.dumps(ev.metrics))
+    with pytest.raises(RobustlabError, match=r"^evaluate needs at least one attack$"):
+        evaluate(_Threshold(), x, y, threat=Linf(eps=1.0), attacks={})
+    with pytest.raises(RobustlabError, match=r"^'x' is not a robustlab Attack \(got object\)$"):
+        evaluate(_Threshold(), x, y, threat=Linf(eps=1.0), attacks={"x": object()})
 
 
 def test_evaluation_order_decides_the_credit():
