@@ -44,6 +44,9 @@ def test_wilson_interval_known_values():
     assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
     low, high = wilson_interval(0, 10)
     assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.2775, abs=1e-4)
+    # The ends at no and at every success are exact, not a rounding residue (1000 gave 2e-19).
+    assert wilson_interval(0, 1000)[0] == 0.0 and wilson_interval(1000, 1000)[1] == 1.0
+    assert wilson_interval(1, 1000)[0] > 0.0 and wilson_interval(999, 1000)[1] < 1.0
     assert all(math.isnan(v) for v in wilson_interval(0, 0))
     assert accuracy(3, 4)["value"] == 0.75
 

@@ -11,7 +11,9 @@ def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tup
     """Wilson score interval for a binomial proportion (Wilson, JASA 1927).
 
     Better behaved than the normal approximation near 0 and 1, where robust accuracies live.
-    Returns ``(nan, nan)`` for ``total == 0``.
+    Returns ``(nan, nan)`` for ``total == 0``. The interval's end at 0 (no successes) or 1 (all)
+    is exact: the formula's ``centre - half`` is 0 there in exact arithmetic, and would round to a
+    stray 1e-19 in floating point.
     """
     if total == 0:
         return math.nan, math.nan
@@ -20,7 +22,9 @@ def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tup
     denom = 1 + z**2 / total
     centre = (p + z**2 / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z**2 / (4 * total**2)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == total else min(1.0, centre + half)
+    return low, high
 
 
 def accuracy(correct: int, total: int, confidence: float = 0.95) -> dict[str, float]:
