@@ -185,6 +185,19 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_282": ("i - 1 < self.steps", "giving up after the last iterate changes nothing: the loop ends there"),
     "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_284": ("i + 1 <= self.steps", "giving up after the last iterate changes nothing: the loop ends there"),
     "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_287": ("s.margin_min >= give_up", "differs only on an exact tie of the smallest margin with give_up times the clean margin"),
+    # evaluation/metrics.py
+    "robustlab.evaluation.metrics.x__normal_quantile__mutmut_3": ("lo, hi = -11.0, 10.0", "any bracket around the quantile does: 100 halvings of a width of 21 end far below float64 resolution (the result may differ in the last bit)"),
+    "robustlab.evaluation.metrics.x__normal_quantile__mutmut_4": ("lo, hi = -10.0, 11.0", "any bracket around the quantile does: 100 halvings of a width of 21 end far below float64 resolution (the result may differ in the last bit)"),
+    "robustlab.evaluation.metrics.x__normal_quantile__mutmut_6": ("range(101)", "after 100 halvings the bracket (20 / 2^100) is below float64 resolution already"),
+    "robustlab.evaluation.metrics.x__normal_quantile__mutmut_19": ("<= p:", "differs only where the normal CDF at a midpoint equals p exactly"),
+    # evaluation/evaluate.py
+    "robustlab.evaluation.evaluate.x_evaluate__mutmut_24": ("distributed=None", "run_blocks reads distributed by its truth: None and False alike"),
+    "robustlab.evaluation.evaluate.x_evaluate__mutmut_40": ("resume=resume, progress=progress)", "run_blocks' default is distributed=False, evaluate's too"),
+    "robustlab.evaluation.evaluate.x_evaluate__mutmut_25": ("progress=None)", "run_blocks reads progress by its truth (progress and rank == 0): None and False alike"),
+    "robustlab.evaluation.evaluate.x_evaluate__mutmut_41": ("distributed=distributed, )", "run_blocks' default is progress=False, evaluate's too"),
+    "robustlab.evaluation.evaluate.x_named_attacks__mutmut_8": ('getattr(attack, "name", None)', "every Attack has a name (a class attribute, '' unless set): getattr's default is never used"),
+    "robustlab.evaluation.evaluate.x_named_attacks__mutmut_11": ('getattr(attack, "name", )', "every Attack has a name (a class attribute, '' unless set): getattr's default is never used"),
+    "robustlab.evaluation.evaluate.x_named_attacks__mutmut_14": ('getattr(attack, "name", "XXXX")', "every Attack has a name (a class attribute, '' unless set): getattr's default is never used"),
 }
 
 # Survivors that only a test on an accelerator can kill: a tensor made on the default device instead of
@@ -200,6 +213,7 @@ NEEDS_GPU: dict[str, str] = {
     "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_113": "dtype=torch.int64, )",
     "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_116": "dtype=torch.bool, device=None)",
     "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_119": "dtype=torch.bool, )",
+    "robustlab.evaluation.evaluate.x_evaluate__mutmut_54": "provenance(seed=seed, wall_time=",  # device "cpu" by default
 }
 
 

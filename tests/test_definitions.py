@@ -27,7 +27,7 @@ from robustlab.attacks.carlini_wagner import next_const
 from robustlab.attacks.cw_objectives import OBJECTIVES
 from robustlab.attacks.square import square_fraction
 from robustlab.errors import RobustlabError
-from robustlab.evaluation import CLEAN, Evaluation, evaluate, wilson_interval
+from robustlab.evaluation import CLEAN, Evaluation, accuracy, evaluate, wilson_interval
 from robustlab.losses import cross_entropy, dlr, get_loss, looks_like_probabilities, margin
 from robustlab.threat import L0, L1, L2, Linf
 from conftest import InputRecorder
@@ -497,6 +497,64 @@ def test_evaluation_names_saves_and_loads_without_a_trained_model(tmp_path):
         evaluate(_Threshold(), x, y, threat=Linf(eps=1.0), attacks={"x": object()})
 
 
+def test_evaluate_passes_its_options_on(tmp_path, capsys):
+    from robustlab.io import header
+
+    x, y = _credit_data()
+    card = {"architecture": "threshold"}
+    ev = evaluate(_Threshold(), x, y, threat=Linf(eps=1.0), attacks={"A": _A}, indices=torch.arange(10) + 100,
+                  batch_size=4, num_classes=2, seed=5, model_card=card)
+    assert [s["index"] for s in ev.samples] == list(range(100, 110))
+    assert ev.passes["clean"]["calls"] == 3  # blocks of 4
+    assert ev.model_card == card and ev.to_dict()["model_card"] == card and ev.to_dict()["version"] == header("fixed")["version"]
+    assert (ev.provenance["seed"], ev.provenance["processes"], ev.provenance["device"]) == (5, 1, "cpu")
+    assert ev.provenance["wall_time_s"] >= 0
+    assert Evaluation.load(ev.save(tmp_path / "ev.json")).model_card == card
+    with pytest.raises(RobustlabError, match="num_classes is 3"):
+        evaluate(_Threshold(), x, y, threat=Linf(eps=1.0), attacks={"A": _A}, num_classes=3)
+    # Defaults: blocks of 256 (257 samples take two clean calls), seed 0, no progress bar.
+    many = torch.zeros(257, 2)
+    many[:, 1] = 0.1
+    ev = evaluate(_Threshold(), many, torch.zeros(257, dtype=torch.long), threat=Linf(eps=1.0), attacks={"A": _A})
+    assert ev.passes["clean"]["calls"] == 2 and ev.provenance["seed"] == 0
+    assert capsys.readouterr().err == ""
+    # The state file: written, of this mode and seed, resumed by default (no attack runs again), redone with
+    # resume=False, refused for another seed.
+    runs = []
+
+    @dataclass(frozen=True, kw_only=True)
+    class Counted(_Breaks):
+        def _run(self, oracle, x, y, *, threat, targets, generator):
+            runs.append(len(x))
+            return super()._run(oracle, x, y, threat=threat, targets=targets, generator=generator)
+
+    state = tmp_path / "state.json"
+    options = dict(threat=Linf(eps=1.0), attacks={"A": Counted(ids=(0, 1))}, state_file=state, seed=3)
+    first = evaluate(_Threshold(), x, y, **options)
+    assert runs == [9] and json.loads(state.read_text())["fingerprint"]["settings"]["mode"] == "fixed"
+    assert evaluate(_Threshold(), x, y, **options).samples == first.samples and runs == [9]
+    assert evaluate(_Threshold(), x, y, **options, resume=False).samples == first.samples and runs == [9, 9]
+    with pytest.raises(RobustlabError, match="belongs to another evaluation"):
+        evaluate(_Threshold(), x, y, **{**options, "seed": 4})
+    # A saved document without provenance or passes (older files) loads with empty ones.
+    path = first.save(tmp_path / "old.json")
+    data = json.loads(path.read_text())
+    del data["provenance"], data["passes"]
+    path.write_text(json.dumps(data))
+    loaded = Evaluation.load(path)
+    assert (loaded.provenance, loaded.passes) == ({}, {})
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Nameless(_Breaks):
+    name = ""
+
+
+def test_evaluation_names_an_attack_without_a_name_by_its_class():
+    x, y = _credit_data()
+    assert list(evaluate(_Threshold(), x, y, threat=Linf(eps=1.0), attacks=[_Nameless(ids=(0,))]).attacks) == ["_Nameless"]
+
+
 def test_evaluation_order_decides_the_credit():
     x, y = _credit_data()
     ev = evaluate(_Threshold(), x, y, threat=Linf(eps=1.0), attacks={"C": _C, "B": _B, "A": _A})
@@ -517,3 +575,10 @@ def test_evaluation_confidence_intervals_hand_table():
     assert (per["B"]["ci_low"], per["B"]["ci_high"]) == pytest.approx((0.3968, 0.8922), abs=1e-4)
     assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
     assert wilson_interval(1, 4, confidence=0.9) == pytest.approx((0.0579, 0.6438), abs=1e-4)
+    # Rounding puts the raw bounds a hair outside [0, 1] here (1 + 2e-16 and -3e-17): they are clipped exactly.
+    assert wilson_interval(12, 12, confidence=0.9)[1] == 1.0 and wilson_interval(0, 5, confidence=0.9)[0] == 0.0
+    # accuracy(): the value, the interval at the confidence asked, the counts; NaN for no samples.
+    assert accuracy(1, 4, confidence=0.9) == {"value": 0.25, "ci_low": wilson_interval(1, 4, confidence=0.9)[0],
+                                              "ci_high": wilson_interval(1, 4, confidence=0.9)[1], "count": 1, "total": 4}
+    empty = accuracy(0, 0)
+    assert all(math.isnan(empty[k]) for k in ("value", "ci_low", "ci_high")) and (empty["count"], empty["total"]) == (0, 0)
