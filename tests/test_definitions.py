@@ -9,6 +9,7 @@ masking) so that a changed constant or a swapped index in the library cannot als
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -543,6 +544,25 @@ def test_evaluate_passes_its_options_on(tmp_path, capsys):
     path.write_text(json.dumps(data))
     loaded = Evaluation.load(path)
     assert (loaded.provenance, loaded.passes) == ({}, {})
+
+
+def test_evaluation_documents_are_read_by_kind_and_progress_is_off_by_default(tmp_path, caplog):
+    x, y = _credit_data()
+    with caplog.at_level(logging.INFO, logger="robustlab"):
+        ev = evaluate(_Threshold(), x, y, threat=Linf(eps=1.0), attacks={"A": _A})
+        assert not [r for r in caplog.records if r.name == "robustlab"]  # no progress by default
+        evaluate(_Threshold(), x, y, threat=Linf(eps=1.0), attacks={"A": _A}, progress=True)
+        assert [r for r in caplog.records if r.name == "robustlab"]  # off a terminal: one line per stage
+    path = ev.save(tmp_path / "ev.json")
+    data = json.loads(path.read_text())
+    # A document written before documents had a kind is read as a fixed-eps evaluation ...
+    del data["kind"]
+    path.write_text(json.dumps(data))
+    assert Evaluation.load(path).samples == json.loads(ev.save(tmp_path / "again.json").read_text())["samples"]
+    # ... and one of another kind is refused.
+    path.write_text(json.dumps({**data, "kind": "minimum-norm"}))
+    with pytest.raises(RobustlabError, match="minimum-norm"):
+        Evaluation.load(path)
 
 
 @dataclass(frozen=True, kw_only=True)
