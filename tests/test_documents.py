@@ -1,5 +1,6 @@
 """Saved documents: strict JSON, atomic writes, a kind and a version, one loader by kind (issue 19 item 4)."""
 
+import hashlib
 import json
 import math
 import os
@@ -11,7 +12,17 @@ import torch
 from robustlab.certify.cli import read_bracket
 from robustlab.errors import RobustlabError
 from robustlab.evaluation import Diagnosis, Evaluation, Finding, MinimumNormEvaluation, TargetedEvaluation
-from robustlab.io import KINDS, dumps, header, load_document, read_document, save_document, save_json, write_atomic
+from robustlab.io import (
+    KINDS,
+    dumps,
+    header,
+    key_digest,
+    load_document,
+    read_document,
+    save_document,
+    save_json,
+    write_atomic,
+)
 from robustlab.models import ModelCard
 from robustlab.report.grid import save_examples
 from robustlab.threat import L1, L2, Linf, ThreatModel
@@ -242,3 +253,12 @@ def test_a_model_card_file_is_a_document_and_refuses_another_kind(tmp_path):
     assert ModelCard.from_json(card.to_json()) == card
     with pytest.raises(RobustlabError, match="not a model card"):
         ModelCard.from_dict({**card.to_dict(), "kind": "fixed", "version": 1})
+
+
+def test_key_digest_names_a_configuration_independently_of_key_order():
+    key = {"seed": 3, "recipe": {"epochs": 2, "lr": 0.1}, "path": Path("/x")}
+    assert key_digest(key) == key_digest(dict(reversed(list(key.items()))))
+    # The cache names written before the helper existed: sha1 of the sorted-key JSON, values as str.
+    text = '{"path": "/x", "recipe": {"epochs": 2, "lr": 0.1}, "seed": 3}'
+    assert key_digest(key, 16) == hashlib.sha1(text.encode()).hexdigest()[:16]
+    assert key_digest({**key, "seed": 4}) != key_digest(key)

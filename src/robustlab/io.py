@@ -31,7 +31,7 @@ from robustlab.errors import RobustlabError
 from robustlab.registry import Registry
 from robustlab.validate import is_int
 
-__all__ = ["KINDS", "DocumentKind", "check_header", "dumps", "file_sha256", "header", "inf_from_json", "jsonable", "load_document", "read_document",
+__all__ = ["KINDS", "DocumentKind", "check_header", "dumps", "file_sha256", "key_digest", "header", "inf_from_json", "jsonable", "load_document", "read_document",
            "read_json", "save_document", "save_json", "save_tensors", "umask_mode", "write_atomic"]
 
 
@@ -228,6 +228,13 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def key_digest(key: Any, length: int = 12) -> str:
+    """A short name for a configuration: the first ``length`` hex digits of the sha1 of ``key`` as
+    JSON with sorted keys (values JSON cannot hold as their ``str``). Caches are named by it, so
+    a changed setting never finds a stale entry."""
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def save_tensors(path: str | os.PathLike[str], tensors: dict[str, Any]) -> Path:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from robustlab.io import key_digest
 from robustlab.reproduce.registry import ReproOptions, register
 from robustlab.threat import L2, Linf
 
@@ -152,10 +152,6 @@ def _load(scale: Scale, options: ReproOptions, split: str, limit: int | None, of
                         seed=options.seed + offset_seed)
 
 
-def _digest(fields: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def _trained(kind: str, scale: Scale, options: ReproOptions, *, method: str = "natural",
              method_options: dict | None = None, eps: float | None = None, samples: int | None = None,
              thermometer: bool = False, start_from: nn.Module | None = None, epochs: int | None = None,
@@ -216,7 +212,7 @@ def _pixelcnn(scale: Scale, options: ReproOptions) -> tuple[str, dict[str, Any]]
 
     key = {"dataset": scale.pixel_dataset, "levels": scale.pixel_levels, "samples": scale.pixel_samples,
            "epochs": scale.pixel_epochs, "seed": options.seed}
-    path = options.model_cache() / f"athalye-pixelcnn-{_digest(key)}.safetensors"
+    path = options.model_cache() / f"athalye-pixelcnn-{key_digest(key)}.safetensors"
     if path.exists():
         return str(path), {"cache": str(path), "cached": True}
     data = _load(scale, options, "train", scale.pixel_samples, offset_seed=1, dataset=scale.pixel_dataset)
@@ -234,7 +230,7 @@ def _gan(scale: Scale, options: ReproOptions) -> tuple[str, dict[str, Any]]:
     data = _load(scale, options, "train", scale.gan_samples)
     key = {"dataset": scale.dataset, "layout": scale.gan_layout, "width": scale.gan_width, "latent": scale.gan_latent,
            "iterations": scale.gan_iterations, "lr": scale.gan_lr, "samples": scale.gan_samples, "seed": options.seed}
-    path = options.model_cache() / f"athalye-gan-{_digest(key)}.safetensors"
+    path = options.model_cache() / f"athalye-gan-{key_digest(key)}.safetensors"
     if path.exists():
         return str(path), {"cache": str(path), "cached": True}
     g = build_generator(tuple(data.x.shape[1:]), layout=scale.gan_layout, width=scale.gan_width,

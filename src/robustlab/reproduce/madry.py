@@ -309,10 +309,10 @@ def _row_flags(models: _Models, kinds: tuple[str, ...], key: dict[str, Any], com
     """``({column: bool[N]}, cached)`` for one row: read from ``<model_cache>/madry-rows/`` when a
     run with the same ``key`` (the row's attack, seed, images and the sha256 of every model it
     involves) stored it, else ``compute()``'s, stored there. A killed run resumes row by row."""
-    from robustlab.io import dumps, read_json, write_atomic
+    from robustlab.io import dumps, key_digest, read_json, write_atomic
 
     key = {**key, "models": {kind: models.identity(kind) for kind in kinds}}
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    digest = key_digest(key, 16)
     path = options.model_cache() / "madry-rows" / f"{digest}.json"
     if path.is_file():
         stored = read_json(path)

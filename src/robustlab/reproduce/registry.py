@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import os
 import time
@@ -14,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from robustlab.errors import RobustlabError
-from robustlab.io import header, save_json, write_atomic
+from robustlab.io import header, key_digest, save_json, write_atomic
 from robustlab.registry import Registry
 
 if TYPE_CHECKING:
@@ -74,7 +72,7 @@ class ReproOptions:
         model. ``seed``: for the stochastic defenses a card lists (see :func:`load_model`)."""
         from robustlab.models import load_model, save_model
 
-        digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        digest = key_digest(key)
         path = self.model_cache() / f"{stem}-{digest}"
         if path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists():
             model, card = load_model(path, map_location=self.device, seed=seed)
@@ -114,7 +112,7 @@ class ReproOptions:
                                   "cached": True, "sha256": card.extra["zoo"]["sha256"],
                                   "train_seconds": card.training.get("seconds"), "training": card.training,
                                   "metrics": card.metrics}
-        digest = hashlib.sha1(json.dumps({"recipe": recipe, "seed": seed}, sort_keys=True).encode()).hexdigest()[:12]
+        digest = key_digest({"recipe": recipe, "seed": seed})
         run_dir = self.model_cache() / "zoo-runs" / f"{name}-seed{seed}-{digest}"
         path = run_dir / "model"
         cached = path.with_suffix(".json").is_file() and path.with_suffix(".safetensors").is_file()
