@@ -209,6 +209,7 @@ class _AutoPGDBase(Attack):
         loss, grad, logits = oracle.loss_and_grad(x_start, lambda z: loss_fn(z, y, loss_targets))
         success = is_adversarial(logits, y, criterion_targets)
         best.update(None, x_start, loss, success)
+        margin_start = difference_of_logits(logits, y, criterion_targets) if halfway else x.new_zeros(n)
         s = _State(
             idx=torch.arange(n, device=x.device), x_clean=x, y=y, loss_targets=loss_targets,
             # As the reference implementation: the first loss increase is counted against 0 (its
@@ -220,10 +221,9 @@ class _AutoPGDBase(Attack):
             increases=torch.zeros(n, dtype=torch.int64, device=x.device), loss_max_at_check=loss,
             halved_at_check=torch.ones(n, dtype=torch.bool, device=x.device),
             topk=x.new_full((n,), _L1_INITIAL_TOPK), sparsity_at_check=x.new_full((n,), float(d)),
-            margin_min=difference_of_logits(logits, y, criterion_targets) if halfway else x.new_zeros(n),
-            margin_halfway=x.new_zeros(n), margin_clean=x.new_ones(n) if margin_clean is None else margin_clean,
+            margin_min=margin_start, margin_halfway=margin_start,
+            margin_clean=x.new_ones(n) if margin_clean is None else margin_clean,
         )
-        s.margin_halfway = s.margin_min
         if self.early_stop:
             s = s.select(~success)
         last_check = 0
