@@ -252,8 +252,7 @@ def run_row(row: Row, images: int, seed: int, batch_size: int, reference_seeds: 
     # earlier seeds' runs reused from ``previous`` count too).
     every_seed: dict[str, Tensor] = {}
     for suite in ("standard", "fast"):
-        seeds = sorted({*suite_seeds.get(suite, []), *(int(k.rsplit("seed", 1)[1]) for k in runs
-                                                     if k.startswith(f"{suite}-seed"))})
+        seeds = sorted(int(k.rsplit("seed", 1)[1]) for k in runs if k.startswith(f"{suite}-seed"))
         if suite in runs and seeds:
             every_seed[suite] = runs[suite]["robust"].clone()
             for extra_seed in seeds:
