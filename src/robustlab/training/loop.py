@@ -404,6 +404,7 @@ class _Run:
             "method": self.method.state_dict(),
             "shuffle_generator": self.generator.get_state(),
             "global_rng": _get_global_rng(self.device),
+            "model_generators": [g.get_state() for g in model_generators(self.model)],
             "history": self.history,
             "best_epoch": self.best_epoch,
             "best_val_acc": self.best_val_acc,
@@ -415,7 +416,8 @@ class _Run:
         ranks = None
         if self.group.world > 1:
             # The ranks' own random streams, so that a resumed run continues each of them.
-            ranks = self.group.gather({"global_rng": _get_global_rng(self.device), "method": self.method.state_dict()})
+            ranks = self.group.gather({"global_rng": _get_global_rng(self.device), "method": self.method.state_dict(),
+                                       "model_generators": [g.get_state() for g in model_generators(self.model)]})
         if not self.group.is_main:
             return
         state = self.state()
@@ -465,6 +467,12 @@ class _Run:
         self.method.load_state_dict(own["method"])
         self.generator.set_state(state["shuffle_generator"])
         _set_global_rng(self.device, own["global_rng"])
+        generators, saved = model_generators(self.model), own.get("model_generators", [])
+        if saved and len(saved) != len(generators):
+            raise RobustlabError(f"cannot resume from {path}: it saved the states of {len(saved)} random generator(s) of "
+                                 f"the model's layers, this model has {len(generators)}")
+        for generator, generator_state in zip(generators, saved):
+            generator.set_state(generator_state)
         self.epoch = state["epoch"]
         self.global_step = state["global_step"]
         self.history = list(state["history"])
@@ -565,6 +573,19 @@ def _forked_global_rng(device: torch.device, seed: int) -> Iterator[None]:
             with torch.cuda.device(cuda[0]):
                 torch.cuda.manual_seed(seed)
         yield
+
+
+def model_generators(model: nn.Module) -> list[torch.Generator]:
+    """The generators the model's layers draw from (a module's ``generator`` attribute: a Bayesian
+    network's weight draws, a neural SDE's noise, a random defense's draws), each once, in module
+    order. Checkpoints save their states, so that a resumed run draws what an uninterrupted one
+    draws; a layer drawing from torch's global RNG is covered by the loop's own fork of it."""
+    found: dict[int, torch.Generator] = {}
+    for module in model.modules():
+        generator = getattr(module, "generator", None)
+        if isinstance(generator, torch.Generator):
+            found.setdefault(id(generator), generator)
+    return list(found.values())
 
 
 def _get_global_rng(device: torch.device) -> dict:
