@@ -137,11 +137,17 @@ def test_state_file_of_another_evaluation_is_refused(digits_mlp, data, tmp_path)
     assert json.loads(state.read_text())["fingerprint"]["settings"]["seed"] == 1
     assert len(fresh.samples) == len(first.samples)
 
+    # A state file written before state files had a kind (a "format" field instead) still resumes.
+    data = json.loads(state.read_text())
+    legacy = {"format": "robustlab-evaluate-state", **{k: v for k, v in data.items() if k != "kind"}}
+    state.write_text(json.dumps(legacy))
+    assert evaluate(digits_mlp, x, y, state_file=state, **{**run, "seed": 1}).samples == fresh.samples
+
     state.write_text("{not json")
     with pytest.raises(RobustlabError, match="cannot read"):
         evaluate(digits_mlp, x, y, state_file=state, **run)
     state.write_text(json.dumps({"samples": []}))
-    with pytest.raises(RobustlabError, match="not a robustlab evaluation state file"):
+    with pytest.raises(RobustlabError, match="no 'kind': not a robustlab document"):
         evaluate(digits_mlp, x, y, state_file=state, **run)
 
 

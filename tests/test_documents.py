@@ -192,9 +192,23 @@ def _reproduction(path, monkeypatch):
     return lambda d: d["reproduction"] == "toy" and d["gap"] is None
 
 
+def _evaluation_state(path):
+    from robustlab.attacks import FGSM
+    from robustlab.evaluation import evaluate
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.stack([torch.ones(16), -torch.ones(16)]))
+        model[1].bias.zero_()
+    x, y = torch.full((2, 1, 4, 4), 0.5), torch.tensor([0, 0])
+    evaluate(model, x, y, threat=Linf(eps=0.1), attacks={"fgsm": FGSM()}, state_file=path)
+    return lambda d: d["shard"] == [0, 2] and d["clean_prediction"] == [0, 0]
+
+
 WRITERS = {"fixed": _fixed, "minimum-norm": _minimum_norm, "targeted": _targeted, "diagnostics": _diagnostics,
            "certification": _certification, "bracket": _bracket, "model-card": _model_card,
-           "attack-summary": _attack_summary, "curve": _curve, "reproduction": _reproduction}
+           "attack-summary": _attack_summary, "curve": _curve, "reproduction": _reproduction,
+           "evaluation-state": _evaluation_state}
 
 
 def test_every_kind_has_a_writer_test():
@@ -208,7 +222,7 @@ def test_each_kind_is_written_with_its_header_and_loaded_by_kind(kind, tmp_path,
     writer = WRITERS[kind]
     check = writer(path, monkeypatch) if kind == "reproduction" else writer(path)
     data = _strict(path)
-    assert {k: data[k] for k in ("kind", "version")} == header(kind) == {"kind": kind, "version": 1}
+    assert {k: data[k] for k in ("kind", "version")} == header(kind) == {"kind": kind, "version": KINDS[kind].version}
     assert check(load_document(path))
     assert check(load_document(path, kind))
     other = "curve" if kind != "curve" else "fixed"

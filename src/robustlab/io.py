@@ -74,6 +74,7 @@ KINDS: Registry[DocumentKind] = Registry("document kind", [
     DocumentKind("attack-summary", 1, "summary of one attack run (summary.json)"),
     DocumentKind("curve", 1, "robust accuracy at a few eps (curve.json of robustlab demo)"),
     DocumentKind("reproduction", 1, "record of a paper reproduction (<name>.json)"),
+    DocumentKind("evaluation-state", 2, "resumable state of an evaluation run (its state file)"),
 ])
 
 
@@ -84,7 +85,10 @@ def header(kind: str) -> dict[str, Any]:
 
 def _legacy_kind(data: dict[str, Any]) -> str | None:
     """The kind of a document written before documents had one, where its content says it:
-    model cards (the zoo ships them) and reproduction records."""
+    model cards (the zoo ships them), reproduction records and evaluation state files (then
+    marked by a ``format`` field)."""
+    if data.get("format") == "robustlab-evaluate-state":
+        return "evaluation-state"
     if "architecture" in data and "arguments" in data:
         return "model-card"
     if "reproduction" in data:

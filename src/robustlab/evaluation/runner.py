@@ -65,14 +65,13 @@ from robustlab._progress import progress_bar
 from robustlab.attacks.base import Attack, AttackResult, check_call, check_inputs, check_logits
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.distributed import all_gather, rank_and_world, shard_range
-from robustlab.io import jsonable, save_json, save_tensors
+from robustlab.io import KINDS, header, jsonable, read_document, save_json, save_tensors
 from robustlab.modes import FrozenEval
 from robustlab.threat import ThreatModel
 
 __all__ = ["Run", "Step", "Table", "block_seed", "fingerprint", "run_blocks"]
 
-STATE_FORMAT = "robustlab-evaluate-state"
-STATE_VERSION = 2  # 2: one runner for the three modes; per-sample passes
+STATE_KIND = "evaluation-state"  # its version (robustlab.io.KINDS), 2: one runner for the three modes; per-sample passes
 
 # Relative tolerance when comparing an attack's reported best distance with the verified one.
 MISMATCH_RTOL = 1e-4
@@ -251,7 +250,7 @@ class Table:
     # -- the state file ------------------------------------------------------------------------
 
     def to_dict(self, fingerprint: dict[str, Any]) -> dict[str, Any]:
-        return {"format": STATE_FORMAT, "version": STATE_VERSION, "fingerprint": fingerprint,
+        return {**header(STATE_KIND), "fingerprint": fingerprint,
                 "shard": [self.start, self.stop], "steps": self.done, "step_keys": self.steps,
                 "num_classes": self.num_classes, "wall_time_s": self.wall_time,
                 "clean_prediction": self.clean_prediction, "forwards": self.forwards, "backwards": self.backwards,
@@ -265,15 +264,10 @@ class Table:
     @classmethod
     def load(cls, path: Path, expected: dict[str, Any], start: int, stop: int) -> Table:
         """Read a state file, refusing one written by another evaluation or for another shard."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RobustlabError(f"cannot read the evaluation state file {path}: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
-            raise RobustlabError(f"{path} is not a robustlab evaluation state file")
-        if data.get("version") != STATE_VERSION:
+        data = read_document(path, STATE_KIND)
+        if data.get("version") != KINDS[STATE_KIND].version:
             raise RobustlabError(f"{path} has state format version {data.get('version')}; this robustlab "
-                                 f"reads version {STATE_VERSION}: start afresh (resume=False; CLI: --no-resume)")
+                                 f"reads version {KINDS[STATE_KIND].version}: start afresh (resume=False; CLI: --no-resume)")
         # Compare after a JSON round trip, so that tuples, inf and float formatting cannot differ.
         found = data["fingerprint"]
         differ = [key for key in expected if found.get(key) != expected[key]]
