@@ -102,6 +102,18 @@ def test_project_respects_other_bounds(norm):
     assert (p < 0).any() and (p > 1).any()
 
 
+def test_linf_box_is_the_ball_intersected_with_the_input_box_and_the_others_have_none():
+    threat = Linf(eps=0.25, bounds=(-1.0, 2.0))
+    x = torch.tensor([[-1.0, -0.9, 0.5, 1.9, 2.0]], dtype=torch.float64)
+    lower, upper = threat.box(x)
+    assert lower.tolist() == [[-1.0, -1.0, 0.25, 1.65, 1.75]] and upper.tolist() == [[-0.75, -0.65, 0.75, 2.0, 2.0]]
+    v = x + torch.tensor([[-3.0, 0.2, -0.1, 0.3, -0.5]], dtype=torch.float64)
+    assert torch.equal(threat.project(x, v), torch.minimum(torch.maximum(v, lower), upper))
+    assert threat.project(x, v).tolist() == [[-1.0, -0.7, 0.4, 2.0, 1.75]]
+    for norm in ("L2", "L1", "L0"):
+        assert make(norm).box(x) is None
+
+
 @pytest.mark.parametrize("norm", list(NORMS))
 def test_threat_operations_accept_an_empty_batch(norm):
     threat = make(norm)

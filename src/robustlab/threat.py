@@ -107,6 +107,11 @@ class ThreatModel:
         """Euclidean projection of ``x_adv`` onto ``{z : ||z - x|| <= eps, lo <= z <= hi}``."""
         raise NotImplementedError
 
+    def box(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The threat set around ``x`` as per-coordinate bounds ``(lower, upper)`` where it is a
+        box (L∞), else ``None``."""
+        return None
+
     def random_init(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """A random point inside the ball ∩ box around each ``x``."""
         raise NotImplementedError
@@ -129,10 +134,16 @@ class Linf(ThreatModel):
     def distance(self, x: Tensor, x_adv: Tensor) -> Tensor:
         return flat(x_adv - x).abs().amax(dim=1) if x.numel() else x.new_zeros(x.shape[0])
 
-    def project(self, x: Tensor, x_adv: Tensor) -> Tensor:
-        # The intersection of two boxes is a box, so clamping is the exact projection.
+    def box(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The threat set around ``x`` as per-coordinate bounds ``(lower, upper)``: the ball and
+        the input box are both boxes, and so is their intersection. ``x_adv.clamp(lower, upper)``
+        is :meth:`project`; attacks that project around the same ``x`` at every step compute the
+        bounds once."""
         lo, hi = self.bounds
-        return torch.minimum(torch.maximum(x_adv, x - self.eps), x + self.eps).clamp(lo, hi)
+        return (x - self.eps).clamp_min(lo), (x + self.eps).clamp_max(hi)
+
+    def project(self, x: Tensor, x_adv: Tensor) -> Tensor:
+        return x_adv.clamp(*self.box(x))
 
     def random_init(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         eps = min(self.eps, self.bounds[1] - self.bounds[0])

@@ -142,6 +142,8 @@ class _State:
     margin_min: Tensor  # smallest margin to the success criterion so far (``give_up``)
     margin_halfway: Tensor  # margin_min halfway through the current give-up window (``give_up``)
     margin_clean: Tensor  # its value at the clean input (``keep_near``; ones when not given)
+    lower: Tensor | None = None  # L∞: the threat set around x_clean as a box (ThreatModel.box), computed once
+    upper: Tensor | None = None
 
     def select(self, keep: Tensor) -> _State:
         selected: dict[str, Any] = {f.name: None if (v := getattr(self, f.name)) is None else v[keep]
@@ -205,6 +207,7 @@ class _AutoPGDBase(Attack):
         # Initial step: 2 eps for L∞ and L2 (Sec. 3), eps for L1 (reference implementation).
         initial_step = (1.0 if l1 else 2.0) * threat.eps
         best = BestIterate.empty(x)
+        box = threat.box(x)
         n, d = x.shape[0], math.prod(x.shape[1:])
         loss, grad, logits = oracle.loss_and_grad(x_start, lambda z: loss_fn(z, y, loss_targets))
         success = is_adversarial(logits, y, criterion_targets)
@@ -223,6 +226,7 @@ class _AutoPGDBase(Attack):
             topk=x.new_full((n,), _L1_INITIAL_TOPK), sparsity_at_check=x.new_full((n,), float(d)),
             margin_min=margin_start, margin_halfway=margin_start,
             margin_clean=x.new_ones(n) if margin_clean is None else margin_clean,
+            lower=None if box is None else box[0], upper=None if box is None else box[1],
         )
         if self.early_stop:
             s = s.select(~success)
@@ -271,12 +275,16 @@ class _AutoPGDBase(Attack):
     def _step(self, s: _State, threat: ThreatModel, *, first: bool) -> Tensor:
         """L∞/L2: a projected steepest-ascent step, then the momentum combination (Algorithm 1).
         L2 projects as the reference implementation does (:func:`_scale_and_clip`)."""
-        project = threat.project if threat.norm == "Linf" else partial(_scale_and_clip, threat)
-        z = project(s.x_clean, s.x_cur + per_sample(s.step, s.x_cur) * threat.steepest_direction(s.grad, s.x_cur))
+        def project(v: Tensor) -> Tensor:
+            if s.lower is not None and s.upper is not None:
+                return v.clamp(s.lower, s.upper)
+            return threat.project(s.x_clean, v) if threat.norm == "Linf" else _scale_and_clip(threat, s.x_clean, v)
+
+        z = project(s.x_cur + per_sample(s.step, s.x_cur) * threat.steepest_direction(s.grad, s.x_cur))
         if first:
             return z
         a = self.momentum
-        return project(s.x_clean, s.x_cur + a * (z - s.x_cur) + (1 - a) * (s.x_cur - s.x_prev))
+        return project(s.x_cur + a * (z - s.x_cur) + (1 - a) * (s.x_cur - s.x_prev))
 
     @staticmethod
     def _l1_step(s: _State, threat: ThreatModel) -> Tensor:

@@ -164,6 +164,7 @@ class ProjectedGradientDescent(LossMixin, Attack):
         x_adv = threat.random_init(x, generator) if self.random_start else x.clone()
         best = BestIterate.empty(x)
         active: Tensor | None = torch.arange(x.shape[0], device=x.device) if self.early_stop else None
+        box = None if self.early_stop else threat.box(x)  # L∞ without compaction: the bounds once
         for _ in range(self.steps):
             if active is None:
                 xa, x0, ya, ta = x_adv, x, y, targets
@@ -173,7 +174,8 @@ class ProjectedGradientDescent(LossMixin, Attack):
             loss, grad, logits = oracle.loss_and_grad(xa, lambda z: loss_fn(z, ya, ta))
             success = is_adversarial(logits, ya, ta)
             best.update(active, xa, loss, success)
-            stepped = threat.project(x0, xa + alpha * threat.steepest_direction(grad, xa))
+            stepped = xa + alpha * threat.steepest_direction(grad, xa)
+            stepped = threat.project(x0, stepped) if box is None else stepped.clamp(*box)
             if active is None:
                 x_adv = stepped
             else:
