@@ -10,6 +10,7 @@ its tables with :func:`register`. Each function takes :class:`ReproOptions`, wri
 from robustlab.reproduce import athalye as _athalye  # noqa: F401
 from robustlab.reproduce import cw as _cw  # noqa: F401
 from robustlab.reproduce import madry as _madry  # noqa: F401
+from robustlab.reproduce import madry_capacity as _madry_capacity  # noqa: F401
 from robustlab.reproduce import tisode as _tisode  # noqa: F401
 from robustlab.reproduce import training_methods as _training_methods  # noqa: F401
 from robustlab.reproduce.registry import (
