@@ -393,6 +393,73 @@ def square_schedule() -> dict[str, Any]:
     return out
 
 
+def square_l2() -> dict[str, Any]:
+    """The reference's L2 pieces: its bump ``eta(s)`` (random transpose undone) and its L2
+    initialisation and first step run with scripted draws (window corners, signs, transposes),
+    so that a test can replay them without pyautoattack's global generator."""
+    from pyautoattack.square import SquareAttack
+
+    def eta_upright(ref: SquareAttack, s: int) -> torch.Tensor:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            flipped = bool(torch.rand([1]) > 0.5)  # eta's only draw, after its deterministic rectangles
+            torch.manual_seed(0)
+            delta = SquareAttack.eta(ref, s)
+        return delta.T if flipped else delta
+
+    class Scripted(SquareAttack):
+        def __init__(self, ints: list[int], choices: list[torch.Tensor], transposes: list[bool], **kw: Any):
+            super().__init__(**kw)
+            self.ints, self.choices, self.transposes = iter(ints), iter(choices), iter(transposes)
+
+        def random_int(self, low=0, high=1, shape=(1,)):  # noqa: B008 - the reference's signature
+            v = next(self.ints)
+            assert low <= v < high, (low, v, high)
+            return torch.tensor([v])
+
+        def random_choice(self, shape):
+            v = next(self.choices)
+            assert list(v.shape) == list(shape), (v.shape, shape)
+            return v
+
+        def eta(self, s):
+            d = eta_upright(self, s)
+            return d.T if next(self.transposes) else d
+
+    bumps = {str(s): eta_upright(SquareAttack(None, norm="L2", eps=1.0, device="cpu"), s).tolist()
+             for s in range(1, 12)}
+    g = torch.Generator().manual_seed(SEED + 1)
+    n, c, h = 2, 2, 11  # init tiles of side 11 // 5 = 2 from 0; step windows of side 5 at p_init = 0.2
+    eps, p_init = 0.5, 0.2
+    x = 0.2 + 0.6 * torch.rand(n, c, h, h, generator=g, dtype=torch.float64)
+    tiles = (h // (h // 5)) ** 2
+    init_signs = (torch.randint(0, 2, (tiles, n, c, 1, 1), generator=g) * 2 - 1).double()
+    init_transposes = torch.randint(0, 2, (tiles,), generator=g).bool().tolist()
+    cases, inits = [], []
+    for corners, transpose in (([1, 4, 3, 2], False), ([1, 4, 3, 2], True), ([5, 0, 5, 0], False)):
+        step_signs = (torch.randint(0, 2, (1, n, c, 1, 1), generator=g) * 2 - 1).double()
+        ref = Scripted(corners, [*init_signs, *step_signs], [*init_transposes, transpose], predict=None,
+                       norm="L2", n_queries=1, eps=eps, p_init=p_init, device="cpu")
+        recorder = Recorder(nn.Identity())
+        ref.predict = lambda z: torch.stack([torch.full((z.shape[0],), 5.0, dtype=z.dtype),  # noqa: B023
+                                             0 * recorder(z).flatten(1)[:, 0]], dim=1)
+        ref.init_hyperparam(x)
+        ref.attack_single_run(x, torch.zeros(n, dtype=torch.long))
+        init, candidate = recorder.inputs
+        inits.append(init)
+        cases.append({"corners": corners, "transpose": transpose, "signs": step_signs[0].flatten(1).tolist(),
+                      "candidate": candidate.tolist()})
+    assert all(torch.equal(init, inits[0]) for init in inits)  # the same scripted start in every case
+    return {
+        "reference": "pyautoattack 0.2.0 SquareAttack(norm='L2'): eta(s) with its random transpose undone; "
+                     "attack_single_run(n_queries=1) with random_int / random_choice / eta's transpose scripted",
+        "bumps": bumps,
+        "config": {"eps": eps, "p_init": p_init, "side": 5, "init_side": h // 5},
+        "x": x.tolist(), "init_signs": init_signs.flatten(2).tolist(), "init_transposes": init_transposes,
+        "init": inits[0].tolist(), "cases": cases,
+    }
+
+
 def generate() -> dict[str, Any]:
     torch.manual_seed(0)
     case = build_case()
@@ -402,6 +469,7 @@ def generate() -> dict[str, Any]:
     results.update(foolbox_cases(case))
     results.update(fab_cases(case))
     results["square_schedule"] = square_schedule()
+    results["square_l2"] = square_l2()
     results.update(cw_cases(case))
     results.update(fmn_cases(case))
     return {"case": case, "results": results}

@@ -60,12 +60,26 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "gradient": ("src/robustlab/attacks/gradient.py",
                  ["tests/test_golden_references.py", "tests/test_attacks.py", "-k",
                   "(pgd or bim or fgsm or restart or kappa or linear_model or hyperparameters) and not much_stronger"]),
+    # Model-free Square tests only (test_black_box.py's digits MLP trains in every mutant's run): the published
+    # schedule and window sides, the golden schedule of the reference, the L2 budget, give_up/keep_near on
+    # constant models, and test_square.py's replays of the algorithm on hand-built models.
     "square": ("src/robustlab/attacks/square.py",
-               ["tests/test_definitions.py", "tests/test_golden_references.py", "tests/test_black_box.py"]),
+               ["tests/test_definitions.py", "tests/test_golden_references.py", "tests/test_black_box.py",
+                "tests/test_square.py", "-k",
+                "square and not (breaks_most or targeted_reaches or leaves_already or starts_from_vertical"
+                " or needs_a_bounded or continues_from or keeps_an_adversarial or start_must_lie)"]),
     # Model-free for the same reason as metrics: the evaluation's crediting, costs, naming and JSON round trip on
     # the hand-made table of test_definitions.py.
     "evaluate": ("src/robustlab/evaluation/evaluate.py", ["tests/test_definitions.py"]),
-    "base": ("src/robustlab/attacks/base.py", ["tests/test_attacks.py"]),
+    # The template's own model-free tests, and test_attacks.py without the digits MLP and with its conformance
+    # suite cut to three attacks (pgd-Linf, fgsm-L2, square-Linf: the template runs the same code for every
+    # attack; all 39 attack-norm pairs take ~50 s per mutant on this machine).
+    "base": ("src/robustlab/attacks/base.py",
+             ["tests/test_attack_template.py", "tests/test_attacks.py", "-k",
+              "not (digits or non_robust or much_stronger or behavioral_bar or restarts_never_lose"
+              " or at_least_as_strong_as_fgsm or targeted_pgd_reaches or pgd_loss_goes_up)"
+              " and ((pgd-Linf and not apgd) or fgsm-L2 or square-Linf or not (apgd or bim- or boundary or cw-"
+              " or ddn or deepfool or fab or fmn or gaussian-noise or hopskipjump or jsma or square- or pgd- or fgsm-))"]),
 }
 
 # Issue 15's six mutations: (name, file, original text, mutated text).

@@ -1,0 +1,529 @@
+"""Square Attack pinned to its published algorithm (issue 15), on hand-built models only.
+
+Andriushchenko, Croce, Flammarion & Hein (ECCV 2020) and the authors' code (pyautoattack 0.2.0,
+``square.py``): the L∞ vertical-stripe start, one random ``k x k`` window per step set to
+``x + eps * s`` with one sign per channel, the L2 bumps and budget redistribution, the margin
+loss (cross-entropy towards the target when targeted), and an update kept only when it lowers
+the loss. The tests replay robustlab's random draws (the same ``torch.Generator`` stream, in the
+documented order) through the formulas written here, so every query the attack makes is
+compared with the one the algorithm prescribes. The L2 bump and the L2 steps are the reference's
+own output (``tests/golden/square_l2.json``, from ``benchmarks/golden_references.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustlab.attacks import Square
+from robustlab.attacks.square import GIVE_UP_CHECKPOINTS, _square_bump
+from robustlab.errors import RobustlabError
+from robustlab.threat import L2, Linf
+from conftest import InputRecorder
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+GOLDEN = json.loads((Path(__file__).parent / "golden" / "square_l2.json").read_text())
+HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def _p(p_init: float, it: int, queries: int, rescale: bool = True) -> float:
+    """``p_selection`` of the paper's code."""
+    it = int(it / queries * 10000) if rescale else it
+    return p_init / 2 ** sum(it > point for point in HALVINGS)
+
+
+def _linear(n: int = 4, c: int = 2, h: int = 8, k: int = 4, seed: int = 0, lead: float = 3.0):
+    """A float64 linear model on ``[n, c, h, h]`` images in which class 0 leads every other by at
+    least ``lead`` at the clean inputs (an L∞ step of 0.05 moves a logit difference by < 0.5, so
+    nothing is ever broken and every sample is queried at every step). Rows on the box edges make
+    the box clip matter."""
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(c * h * h, k)).double()
+    x = torch.rand(n, c, h, h, generator=g, dtype=torch.float64)
+    x[:, :, 0], x[:, :, -1] = 0.0, 1.0
+    with torch.no_grad():
+        model[1].weight.copy_(0.05 * torch.randn(k, c * h * h, generator=g, dtype=torch.float64))
+        model[1].bias.zero_()
+        z = model(x)
+        model[1].bias[0] = lead + float((z[:, 1:] - z[:, :1]).max())
+    return model.eval(), x, torch.zeros(n, dtype=torch.long)
+
+
+def _margin(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    own = z.gather(1, y[:, None]).squeeze(1)
+    return own - z.scatter(1, y[:, None], -math.inf).amax(1)
+
+
+def _objective(name: str, z: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+    """The loss Square minimises, from its definition."""
+    if name == "margin":
+        return _margin(z, y) if t is None else -_margin(z, t)
+    return -F.cross_entropy(z, y, reduction="none") if t is None else F.cross_entropy(z, t, reduction="none")
+
+
+def _signs(shape, g) -> torch.Tensor:
+    return torch.randint(0, 2, shape, generator=g).double() * 2 - 1
+
+
+def _replay_linf(model, x, y, t, *, eps, queries, p_init, seed, loss, start=None, p_init_start=0.1,
+                 rescale=True, lo=0.0, hi=1.0):
+    """Square L∞ written from the paper (Algorithm 2) with robustlab's draws: the queries it must
+    make (one batch per group of samples and step) and its final point, and how often the other
+    loss would have decided otherwise. With ``start``: the samples whose start has a lower loss
+    than the stripes continue from it with ``p_init_start`` (a second group, after the others)."""
+    g = torch.Generator().manual_seed(seed)
+    n, c, h, w = x.shape
+    best = (x + eps * _signs((n, c, 1, w), g)).clamp(lo, hi)  # vertical stripes
+    other = "ce" if loss == "margin" else "margin"
+
+    def losses(points, idx):
+        with torch.no_grad():
+            z = model(points)
+        tt = None if t is None else t[idx]
+        return _objective(loss, z, y[idx], tt), _objective(other, z, y[idx], tt)
+
+    everyone = torch.arange(n)
+    best_loss, best_other = losses(best, everyone)
+    expected, disagreements = [best.clone()], 0
+    groups = [(everyone, p_init)]
+    if start is not None:
+        expected.append(start.clone())
+        value, value_other = losses(start, everyone)
+        warm = value < best_loss
+        best = torch.where(warm[:, None, None, None], start, best)
+        best_loss, best_other = torch.where(warm, value, best_loss), torch.where(warm, value_other, best_other)
+        groups = [(everyone[~warm], p_init), (everyone[warm], p_init_start)]
+    for it in range(queries - 1):
+        for idx, p0 in groups:
+            m = len(idx)
+            if not m:
+                continue
+            side = min(max(round(math.sqrt(_p(p0, it, queries, rescale) * h * w)), 1), min(h, w) - 1)
+            top = torch.randint(0, h - side, (m,), generator=g)
+            left = torch.randint(0, w - side, (m,), generator=g)
+            s = _signs((m, c, 1, 1), g)
+            code = torch.randint(1, 2**c, (m,), generator=g)
+            candidate = best[idx].clone()
+            for j, i in enumerate(idx.tolist()):
+                rows, cols = slice(int(top[j]), int(top[j]) + side), slice(int(left[j]), int(left[j]) + side)
+                new = (x[i, :, rows, cols] + eps * s[j]).clamp(lo, hi)
+                if bool(((new - best[i, :, rows, cols]).abs() < 1e-7).all()):  # would change nothing: other signs
+                    flip = torch.tensor([(int(code[j]) >> ch) & 1 for ch in range(c)], dtype=torch.bool)
+                    new = (x[i, :, rows, cols] + eps * torch.where(flip[:, None, None], -s[j], s[j])).clamp(lo, hi)
+                candidate[j, :, rows, cols] = new
+            expected.append(candidate)
+            value, value_other = losses(candidate, idx)
+            better = value < best_loss[idx]
+            disagreements += int((better != (value_other < best_other[idx])).sum())
+            best[idx] = torch.where(better[:, None, None, None], candidate, best[idx])
+            best_loss[idx] = torch.where(better, value, best_loss[idx])
+            best_other[idx] = torch.where(better, value_other, best_other[idx])
+    return expected, best, disagreements
+
+
+@pytest.mark.parametrize("targeted, loss", [(False, None), (False, "ce"), (True, None), (True, "margin")])
+def test_square_linf_queries_follow_the_published_algorithm(targeted, loss):
+    # Every query: the current best point with one random window set to x + eps * s (one sign
+    # per channel, clipped to the box), the window side from the p schedule, another sign
+    # pattern where the window would not change; kept only where it lowers the loss (margin
+    # untargeted, cross-entropy towards the target targeted, unless `loss` says otherwise).
+    model, x, y = _linear()
+    t = torch.tensor([1, 2, 3, 1]) if targeted else None
+    queries, eps, p_init, seed = 120, 0.05, 0.3, 5
+    recorder = InputRecorder(model)
+    result = Square(queries=queries, p_init=p_init, loss=loss)(recorder, x, y, threat=Linf(eps=eps), targets=t,
+                                                               generator=torch.Generator().manual_seed(seed))
+    name = loss or ("ce" if targeted else "margin")
+    expected, best, disagreements = _replay_linf(model, x, y, t, eps=eps, queries=queries, p_init=p_init,
+                                                 seed=seed, loss=name)
+    calls = recorder.inputs[2:-1]  # after the template's and the attack's clean passes, before the final one
+    assert len(calls) == queries
+    for it, (got, want) in enumerate(zip(calls, expected)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"query {it}")
+    torch.testing.assert_close(result.x_adv, best, rtol=0, atol=0)
+    assert result.extras["queries"].tolist() == [queries + 1] * len(x)
+    assert disagreements > 0  # the other loss would have kept other points: the loss is pinned
+
+
+def test_square_linf_init_is_vertical_stripes_clipped_to_the_box():
+    model, x, y = _linear()
+    recorder = InputRecorder(model)
+    Square(queries=1)(recorder, x, y, threat=Linf(eps=0.05), generator=torch.Generator().manual_seed(3))
+    init = recorder.inputs[2]
+    signs = _signs((4, 2, 1, 8), torch.Generator().manual_seed(3))
+    torch.testing.assert_close(init, (x + 0.05 * signs).clamp(0, 1), rtol=0, atol=0)
+    assert (signs > 0).any() and (signs < 0).any()
+    assert len(recorder.inputs) == 4  # one query: the start; no step
+
+
+def test_square_linf_rounds_the_window_side_and_keeps_one_row_free():
+    # p = 0.3 of 8 x 8 pixels is 19.2, sqrt 4.38: side 4; p_init = 1 gives 8, kept at H - 1 = 7;
+    # a tiny p gives side 1 (at least one pixel).
+    model, x, y = _linear()
+    for p_init, side in ((0.3, 4), (1.0, 7), (0.005, 1)):
+        recorder = InputRecorder(model)
+        Square(queries=2, p_init=p_init)(recorder, x, y, threat=Linf(eps=0.05),
+                                         generator=torch.Generator().manual_seed(1))
+        init, step = recorder.inputs[2:4]
+        changed = (step != init).any(dim=1)
+        for i in range(len(x)):
+            rows = changed[i].any(dim=1).nonzero().squeeze(1)
+            cols = changed[i].any(dim=0).nonzero().squeeze(1)
+            assert int(rows.max() - rows.min()) + 1 <= side and int(cols.max() - cols.min()) + 1 <= side
+        expected, _, _ = _replay_linf(model, x, y, None, eps=0.05, queries=2, p_init=p_init, seed=1, loss="margin")
+        torch.testing.assert_close(step, expected[1], rtol=0, atol=0)
+
+
+def test_square_schedule_not_rescaled_keeps_the_10000_query_scale():
+    # rescale_schedule=False (AutoAttack's Square): p halves after 10 and 50 queries whatever the
+    # budget (16 x 16 images, p_init 0.8: sides 14, 10, 7, where the rescaled 60-query schedule
+    # would be at p_init / 512 after 48 queries).
+    model, x, y = _linear(n=2, h=16)
+    recorder = InputRecorder(model)
+    Square(queries=60, p_init=0.8, rescale_schedule=False)(recorder, x, y, threat=Linf(eps=0.05),
+                                                            generator=torch.Generator().manual_seed(2))
+    sides = [min(max(round(math.sqrt(_p(0.8, it, 60, rescale=False) * 256)), 1), 15) for it in range(59)]
+    assert sides == [14] * 11 + [10] * 40 + [7] * 8
+    expected, _, _ = _replay_linf(model, x, y, None, eps=0.05, queries=60, p_init=0.8, seed=2, loss="margin",
+                                  rescale=False)
+    calls = recorder.inputs[2:-1]
+    assert len(calls) == len(expected)
+    for it, (got, want) in enumerate(zip(calls, expected)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"query {it}")
+
+
+# --- L2: the reference's bump, initialisation and step ------------------------------------------
+
+
+@pytest.mark.parametrize("side", sorted(GOLDEN["bumps"], key=int))
+def test_square_l2_bump_is_the_references(side):
+    torch.testing.assert_close(_square_bump(int(side)), torch.tensor(GOLDEN["bumps"][side], dtype=torch.float64),
+                               rtol=1e-6, atol=1e-7)
+
+
+def _bump(side: int, transpose: bool) -> torch.Tensor:
+    b = torch.tensor(GOLDEN["bumps"][str(side)], dtype=torch.float64)
+    return b.T if transpose else b
+
+
+def _l2_init(x, eps, signs, transposes):
+    """The reference's L2 start (``attack_single_run``): tiles of side ``s = H // 5`` from
+    ``(H - 5 s) // 2``, each a bump (transposed per ``transposes [n, tiles]``) times a sign per
+    channel (``signs [n, c, tiles]``), scaled to norm eps, clipped to [0, 1]."""
+    n, c, h, w = x.shape
+    s = h // 5
+    start = (h - 5 * s) // 2
+    delta = torch.zeros_like(x)
+    tile = 0
+    for a in range(h // s):
+        for b in range(w // s):
+            vh, vw = start + a * s, start + b * s
+            for i in range(n):
+                bump = _bump(s, bool(transposes[i][tile]))
+                rows, cols = min(s, h - vh), min(s, w - vw)
+                if rows > 0 and cols > 0:
+                    delta[i, :, vh:vh + rows, vw:vw + cols] += (bump[:rows, :cols][None]
+                                                                * torch.as_tensor(signs[i])[:, tile, None, None])
+            tile += 1
+    delta = delta / (delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-12)
+    return (x + eps * delta).clamp(0, 1)
+
+
+def _l2_step(x, best, eps, side, corners, signs, transposes):
+    """The reference's L2 step: window 1 at ``corners[i][:2]`` gets its old content (normalised)
+    plus a signed bump, rescaled to carry its mass, window 2's mass and its share of the unused
+    budget; window 2 (``corners[i][2:]``) is emptied; the image is rescaled to norm eps."""
+    n, c = x.shape[:2]
+    delta = best - x
+    out = delta.clone()
+    for i in range(n):
+        vh, vw, vh2, vw2 = corners[i]
+        w1, w2 = (slice(vh, vh + side), slice(vw, vw + side)), (slice(vh2, vh2 + side), slice(vw2, vw2 + side))
+        d = delta[i]
+        norm_w1 = d[:, w1[0], w1[1]].square().sum(dim=(-2, -1), keepdim=True).sqrt()
+        mask = torch.zeros_like(d, dtype=torch.bool)
+        mask[:, w1[0], w1[1]] = True
+        mask[:, w2[0], w2[1]] = True
+        norms_windows = (d * mask).square().sum(dim=(-2, -1), keepdim=True).sqrt()
+        norm_image = d.norm()
+        new = _bump(side, bool(transposes[i]))[None] * torch.as_tensor(signs[i]).view(c, 1, 1)
+        new = new + d[:, w1[0], w1[1]] / (1e-12 + norm_w1)
+        budget = ((eps**2 - norm_image**2).clamp_min(0) / c + norms_windows**2).sqrt()
+        new = new / (1e-12 + new.square().sum(dim=(-2, -1), keepdim=True).sqrt()) * budget
+        out[i, :, w2[0], w2[1]] = 0.0
+        out[i, :, w1[0], w1[1]] = new
+    out = out / (out.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-12)
+    return (x + eps * out).clamp(0, 1)
+
+
+def test_square_l2_formulas_written_here_reproduce_the_reference():
+    # The two functions above, on the draws the reference was given, give what it queried:
+    # they are the reference's algorithm, so the replays below compare robustlab with it.
+    x = torch.tensor(GOLDEN["x"], dtype=torch.float64)
+    n = len(x)
+    eps, side = GOLDEN["config"]["eps"], GOLDEN["config"]["side"]
+    tiles = len(GOLDEN["init_transposes"])
+    signs = torch.tensor(GOLDEN["init_signs"], dtype=torch.float64).permute(1, 2, 0)  # [n, c, tiles]
+    init = _l2_init(x, eps, signs, [GOLDEN["init_transposes"]] * n)
+    assert tiles == 25
+    torch.testing.assert_close(init, torch.tensor(GOLDEN["init"], dtype=torch.float64), rtol=1e-6, atol=1e-7)
+    for case in GOLDEN["cases"]:
+        step = _l2_step(x, init, eps, side, [case["corners"]] * n, case["signs"], [case["transpose"]] * n)
+        torch.testing.assert_close(step, torch.tensor(case["candidate"], dtype=torch.float64), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("size", [11, 14, 17, 24])
+def test_square_l2_init_replays_the_reference_tiling(size):
+    # Tiles of side H // 5 from (H - 5 s) // 2: 11 -> side 2 from 0; 14 -> side 2 from 2, the
+    # seventh tile cut at the border; 17 -> side 3 from 1; 24 -> side 4 from 2, the sixth cut.
+    model, x, y = _linear(n=2, c=3, h=size)
+    recorder = InputRecorder(model)
+    Square(queries=1)(recorder, x, y, threat=L2(eps=0.7), generator=torch.Generator().manual_seed(size))
+    g = torch.Generator().manual_seed(size)
+    s = size // 5
+    signs = _signs((2, 3, size // s, size // s), g).flatten(2)
+    transposes = torch.randint(0, 2, (2, size // s, size // s), generator=g).bool().flatten(1).tolist()
+    want = _l2_init(x, 0.7, signs, transposes)
+    torch.testing.assert_close(recorder.inputs[2], want, rtol=1e-6, atol=1e-7)
+    assert any(any(t) for t in transposes) and not all(all(t) for t in transposes)
+    start = (size - 5 * s) // 2
+    assert bool((want - x)[:, :, :start].eq(0).all()) and bool((want - x)[:, :, :, :start].eq(0).all())
+
+
+def test_square_l2_steps_replay_the_reference_algorithm():
+    # robustlab's L2 start and steps, with its draws read from the same generator stream, equal
+    # the reference's formulas (above) query for query, and a step is kept only where it lowers
+    # the margin.
+    model, x, y = _linear(n=3, c=2, h=11, lead=3.0)
+    eps, queries, p_init, seed = 0.5, 100, 0.8, 4
+    recorder = InputRecorder(model)
+    result = Square(queries=queries, p_init=p_init)(recorder, x, y, threat=L2(eps=eps),
+                                                    generator=torch.Generator().manual_seed(seed))
+    calls = recorder.inputs[2:-1]
+    assert len(calls) == queries
+    g = torch.Generator().manual_seed(seed)
+    n, c, h, w = x.shape
+    s = h // 5
+    signs = _signs((n, c, h // s, w // s), g).flatten(2)
+    transposes = torch.randint(0, 2, (n, h // s, w // s), generator=g).bool().flatten(1).tolist()
+    # The reference's bumps are float32, robustlab's float64: each query is compared at float32's
+    # precision, from robustlab's own previous point.
+    torch.testing.assert_close(calls[0], _l2_init(x, eps, signs, transposes), rtol=1e-6, atol=1e-7)
+    best = calls[0]
+    with torch.no_grad():
+        best_loss = _margin(model(best), y)
+    sides, kept = set(), 0
+    for it, got in enumerate(calls[1:]):
+        side = max(round(math.sqrt(_p(p_init, it, queries) * h * w)), 3)
+        side = min(side + 1 - side % 2, min(h, w) - 1)
+        sides.add(side)
+        corners = torch.stack([torch.randint(0, h - side, (n,), generator=g) for _ in range(4)], dim=1)
+        corners = corners.tolist()  # window 1 (top, left), window 2 (top, left)
+        transpose = torch.randint(0, 2, (n,), generator=g).bool().tolist()
+        step_signs = _signs((n, c, 1, 1), g).flatten(1)
+        want = _l2_step(x, best, eps, side, corners, step_signs, transpose)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7, msg=f"query {it + 1}")
+        with torch.no_grad():
+            value = _margin(model(got), y)
+        better = value < best_loss
+        kept += int(better.sum())
+        best = torch.where(better[:, None, None, None], got, best)
+        best_loss = torch.where(better, value, best_loss)
+    torch.testing.assert_close(result.x_adv, best, rtol=0, atol=0)
+    assert 0 < kept < n * (queries - 1)
+    assert sides == {10, 5, 3}
+
+
+# --- the give-up rule, keep_near and the warm start ---------------------------------------------
+
+
+class _Scripted(nn.Module):
+    """Two logits whose margin follows a script: sample ``i`` (encoded in its pixel level) has margin
+    ``clean[i]`` at the clean passes and ``a[i] - b[i] * log2(q)`` at its ``q``-th query, so every
+    query lowers it and is kept, and its average progress per doubling is exactly ``b[i]``."""
+
+    def __init__(self, clean, a, b):
+        super().__init__()
+        self.clean, self.a, self.b = clean, a, b
+        self.calls: dict[int, int] = {}
+
+    def forward(self, x):
+        ids = (x.flatten(1).mean(dim=1) * 10).round().long()
+        out = []
+        for i in ids.tolist():
+            q = self.calls.get(i, 0)
+            self.calls[i] = q + 1
+            out.append(self.clean[i] if q < 2 else self.a[i] - self.b[i] * math.log2(q - 1))
+        m = torch.tensor(out, dtype=x.dtype)
+        return torch.stack([m, torch.zeros_like(m)], dim=1) + 0 * x.flatten(1)[:, :1]
+
+
+def _expected_stop(clean, a, b, *, queries, give_up, keep_near):
+    """Queries per sample (the clean check included) under the rule of the docstring: at a
+    checkpoint c, stop when m > give_up * r * log2(queries / c), r = (m_1 - m) / log2(c), unless
+    m < keep_near * clean margin; a margin <= 0 stops the search (broken)."""
+    for spent in range(1, queries):
+        m = a - b * math.log2(spent)
+        if m <= 0:
+            return spent + 1
+        if spent in GIVE_UP_CHECKPOINTS:
+            rate = max(a - m, 0) / math.log2(spent)
+            if m > give_up * rate * math.log2(queries / spent) and not (keep_near and m < keep_near * clean):
+                return spent + 1
+    return queries + 1
+
+
+@pytest.mark.parametrize("keep_near", [0.05, None])
+def test_square_give_up_follows_its_formula(keep_near):
+    # give_up = 2, 1000 queries: a sample with margin a - b log2(q) stops at the first checkpoint c
+    # where a > b (2 log2(1000) - log2(c)), i.e. a / b above 13.29 (c = 100), 12.29 (200), 11.29
+    # (400), 10.29 (800); at a / b = 9.9 it reaches the boundary at q = 2^9.9 = 955 (broken).
+    # Sample 5 stays below 5% of its clean margin (kept with keep_near = 0.05); sample 6 makes no
+    # progress; sample 7 little (a - m < 1 at c = 100).
+    ratios = [13.6, 12.6, 11.6, 10.6, 9.9, 13.6, None, 13.4]
+    b = [1.0, 0.5, 2.0, 1.0, 1.0, 1.0, 0.0, 0.1]
+    a = [3.0 if r is None else r * bi for r, bi in zip(ratios, b)]
+    clean = [100 * ai if i == 5 else ai for i, ai in enumerate(a)]
+    n = len(a)
+    x = torch.stack([torch.full((1, 4, 4), i / 10 + 0.1) for i in range(n)])  # sample i at pixel level (i + 1) / 10
+    model = _Scripted([0.0] + clean, [0.0] + a, [0.0] + b)
+    result = Square(queries=1000, give_up=2.0, keep_near=keep_near)(
+        model, x, torch.zeros(n, dtype=torch.long), threat=Linf(eps=0.01), generator=torch.Generator().manual_seed(0))
+    expected = [_expected_stop(clean[i], a[i], b[i], queries=1000, give_up=2.0, keep_near=keep_near)
+                for i in range(n)]
+    assert expected == [101, 201, 401, 801, 2 + int(2**9.9), 1001 if keep_near else 101, 101, 101]
+    assert result.extras["queries"].tolist() == expected
+    assert result.success.tolist() == [i == 4 for i in range(n)]
+
+
+class _Sequence(nn.Module):
+    """Logits that follow a list, call by call (the template's and the attack's clean passes first)."""
+
+    def __init__(self, rows):
+        super().__init__()
+        self.rows, self.calls = rows, 0
+
+    def forward(self, x):
+        row = self.rows[min(self.calls, len(self.rows) - 1)]
+        self.calls += 1
+        return torch.tensor(row, dtype=x.dtype).expand(x.shape[0], 3) + 0 * x.flatten(1)[:, :1]
+
+
+@pytest.mark.parametrize("targeted", [True, False])
+def test_square_keeps_a_query_that_breaks_the_sample_whatever_its_loss(targeted):
+    # The reference keeps a candidate that is adversarial even when its loss is not lower
+    # (``idx_miscl``). Cross-entropy towards target 1: the start [5, 4.9, -10] has CE 0.74 and is
+    # not the target; the first step [0, 0.1, 0.05] has CE 1.05 but is classified as 1.
+    # Untargeted cross-entropy on label 0 (Square minimises -CE): the start [1, 0.9, 0.9] has
+    # CE 1.03; the step [1, 1.01, -10] has CE 0.70 but is misclassified.
+    start, step = ([5.0, 4.9, -10.0], [0.0, 0.1, 0.05]) if targeted else ([1.0, 0.9, 0.9], [1.0, 1.01, -10.0])
+    rows = [start] * 3 + [step] + [start]
+    x, y = torch.full((1, 1, 4, 4), 0.5), torch.tensor([0])
+    recorder = InputRecorder(_Sequence(rows))
+    result = Square(queries=50, loss="ce")(recorder, x, y, threat=Linf(eps=0.1),
+                                           targets=torch.tensor([1]) if targeted else None,
+                                           generator=torch.Generator().manual_seed(0))
+    assert result.extras["queries"].tolist() == [3]  # the clean check, the start, the breaking step
+    torch.testing.assert_close(result.x_adv, recorder.inputs[3], rtol=0, atol=0)
+
+
+def test_square_start_is_not_queried_for_samples_the_stripes_broke():
+    # Sample 0 is broken by its first query (margin -1): it stops there, start or not; sample 1
+    # (margin 5 - log2(q)) queries the start too.
+    model = _Scripted([0.0, 2.0, 6.0], [0.0, -1.0, 5.0], [0.0, 0.0, 1.0])
+    x = torch.stack([torch.full((1, 4, 4), 0.1), torch.full((1, 4, 4), 0.2)])
+    result = Square(queries=10)(model, x, torch.zeros(2, dtype=torch.long), threat=Linf(eps=0.01),
+                                generator=torch.Generator().manual_seed(0), start=x.clone())
+    assert result.extras["queries"].tolist() == [2, 12]
+    assert result.success.tolist() == [True, False]
+    assert not torch.equal(result.x_adv[0], x[0])  # the stripes, not the start
+
+
+def test_square_warm_start_continues_where_the_start_scores_lower_with_smaller_squares():
+    # With start: one more query per sample; a sample whose start has a lower margin than the
+    # stripes continues from it with p_init_start, the others from the stripes with p_init (the
+    # fast protocol's warm start).
+    model, x, y = _linear(n=4, h=16)
+    eps, queries, seed = 0.05, 30, 6
+    with torch.no_grad():
+        towards = (model[1].weight[1] - model[1].weight[0]).view(1, 2, 16, 16).sign()
+    # Samples 0 and 2 start at the steepest L∞ point towards class 1 (far below the stripes'
+    # margin), 1 and 3 at the point away from it (far above).
+    closer = torch.tensor([True, False, True, False])[:, None, None, None]
+    start = torch.where(closer, x + eps * towards, x - eps * towards).clamp(0, 1)
+    recorder = InputRecorder(model)
+    result = Square(queries=queries, p_init=0.8, p_init_start=0.05)(
+        recorder, x, y, threat=Linf(eps=eps), generator=torch.Generator().manual_seed(seed), start=start)
+    assert result.extras["queries"].tolist() == [queries + 2] * 4
+    expected, best, disagreements = _replay_linf(model, x, y, None, eps=eps, queries=queries, p_init=0.8, seed=seed,
+                                                 loss="margin", start=start, p_init_start=0.05)
+    calls = recorder.inputs[2:-1]
+    assert [len(c) for c in calls] == [4, 4] + [2] * (2 * (queries - 1))  # stripes, start, then two groups
+    for it, (got, want) in enumerate(zip(calls, expected)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"query {it}")
+    torch.testing.assert_close(result.x_adv, best, rtol=0, atol=0)
+    # The warm samples' first windows are small (p 0.05 of 256 pixels: side 4), the cold ones' large (14).
+    warm_step, cold_step = calls[3], calls[2]
+    assert ((warm_step != start[[0, 2]]).any(dim=1).sum(dim=(1, 2)) <= 16).all()
+    assert ((cold_step != calls[0][[1, 3]]).any(dim=1).sum(dim=(1, 2)) > 16).all()
+
+
+def test_square_leaves_misclassified_samples_after_one_query():
+    model, x, y = _linear(n=3)
+    wrong = torch.tensor([0, 1, 0])  # sample 1 is already misclassified
+    result = Square(queries=20)(model, x, wrong, threat=Linf(eps=0.05), generator=torch.Generator().manual_seed(0))
+    assert result.extras["queries"].tolist() == [21, 1, 21]
+    torch.testing.assert_close(result.x_adv[1], x[1], rtol=0, atol=0)
+    assert not torch.equal(result.x_adv[0], x[0])
+
+
+def test_square_rejects_unbounded_threats_and_non_images():
+    model, x, y = _linear(n=2)
+    with pytest.raises(RobustlabError, match="bounded"):
+        Square(queries=5)(model, x, y, threat=Linf(eps=math.inf))
+    flat = nn.Sequential(nn.Linear(128, 4)).double()
+    with pytest.raises(RobustlabError, match="images"):
+        Square(queries=5)(flat, x.flatten(1), y, threat=Linf(eps=0.1))
+    narrow = nn.Sequential(nn.Flatten(), nn.Linear(16, 4)).double()
+    with pytest.raises(RobustlabError, match="H, W >= 2"):
+        Square(queries=5)(narrow, x[:, :, :1, :8].contiguous(), y, threat=Linf(eps=0.1))
+    assert Square(queries=2)(nn.Sequential(nn.Flatten(), nn.Linear(8, 4)).double(), x[:, :, :2, :2].contiguous(),
+                             y, threat=Linf(eps=0.1)).x_adv.shape == (2, 2, 2, 2)
+
+
+def test_square_many_channels_flip_only_the_first_62():
+    # The replacement sign pattern is coded on at most 62 channels (an int64 draw); more channels run too.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64 * 9, 3)).double()
+    x = torch.rand(2, 64, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    result = Square(queries=20, p_init=0.1)(model, x, y, threat=Linf(eps=0.05),
+                                            generator=torch.Generator().manual_seed(1))
+    assert (result.distance <= 0.05 + 1e-12).all() and result.extras["queries"].max() <= 21
+
+
+@pytest.mark.parametrize("options, keyword", [
+    ({"queries": True}, "queries"), ({"queries": 0}, "queries"), ({"queries": 1.0}, "queries"),
+    ({"give_up": 0.0}, "give_up"), ({"give_up": -1.0}, "give_up"), ({"give_up": math.inf}, "give_up"),
+    ({"give_up": True}, "give_up"), ({"give_up": "2"}, "give_up"), ({"give_up": math.nan}, "give_up"),
+    ({"give_up": 2.0, "keep_near": False}, "keep_near"), ({"give_up": 2.0, "keep_near": "0.5"}, "keep_near"),
+    ({"p_init": 0.0}, "p_init"), ({"p_init": 1.01}, "p_init"),
+    ({"p_init_start": 0.0}, "p_init_start"), ({"p_init_start": 1.5}, "p_init_start"),
+    ({"loss": "dlr-x"}, "loss"),
+])
+def test_square_hyperparameters_are_validated(options, keyword):
+    with pytest.raises(RobustlabError, match=keyword):
+        Square(**options)
+
+
+@pytest.mark.parametrize("options", [{"queries": 1}, {"give_up": 2, "keep_near": 0.5}, {"give_up": 1e-3},
+                                     {"p_init": 1.0, "p_init_start": 1.0}, {"loss": "ce"}, {"loss": "margin"}])
+def test_square_accepts_its_valid_hyperparameters(options):
+    Square(**options)
