@@ -98,7 +98,8 @@ def _place_bump(bump: Tensor, top: Tensor, left: Tensor, transpose: Tensor, h: i
 
 @dataclass(frozen=True, kw_only=True)
 class SquareAttack(Attack):
-    """Square Attack: random search over square-shaped updates, accepted when they lower the loss.
+    """Square Attack: random search over square-shaped updates, accepted when they lower the loss
+    (or break the sample, as in the reference code).
 
     Score-based: it sees only the model's logits (no gradient, ``backwards == 0``). Inputs are
     images ``[N, C, H, W]`` with ``H, W >= 2``. Samples run in parallel; each query goes only to
@@ -256,15 +257,19 @@ class SquareAttack(Attack):
     @staticmethod
     def _evaluate(oracle: ModelOracle, objective: Loss, x_best: Tensor, y: Tensor, targets: Tensor | None,
                   todo: Tensor, candidates: Tensor, loss_min: Tensor, margin: Tensor, queries: Tensor) -> None:
-        """Query ``candidates`` for the samples ``todo`` and keep those that lower the loss
-        (updates ``x_best``, ``loss_min``, ``margin`` and ``queries`` in place)."""
+        """Query ``candidates`` for the samples ``todo`` and keep those that lower the loss or are
+        adversarial (margin <= 0, whatever their loss: the reference code's ``idx_miscl``; with the
+        cross-entropy a success need not lower it). Updates ``x_best``, ``loss_min`` (only where
+        the loss is lower), ``margin`` and ``queries`` in place."""
         t = None if targets is None else targets[todo]
         logits = oracle.logits(candidates)
         loss = objective(logits, y[todo], t)
+        new_margin = difference_of_logits(logits, y[todo], t)
         better = loss < loss_min[todo]
-        x_best[todo] = torch.where(per_sample(better, candidates), candidates, x_best[todo])
+        keep = better | (new_margin <= 0)
+        x_best[todo] = torch.where(per_sample(keep, candidates), candidates, x_best[todo])
         loss_min[todo] = torch.where(better, loss, loss_min[todo])
-        margin[todo] = torch.where(better, difference_of_logits(logits, y[todo], t), margin[todo])
+        margin[todo] = torch.where(keep, new_margin, margin[todo])
         queries[todo] += 1
 
     # -- L∞ ---------------------------------------------------------------------------------
