@@ -330,18 +330,33 @@ def collect(name: str, functions: list[str] | None = None) -> dict:
     }
 
 
-def recheck(name: str, result: dict, functions: list[str] | None = None) -> None:
+def recheck(name: str, result: dict, functions: list[str] | None = None, deselect: str | None = None) -> None:
     """Run the survivors of an earlier run again against the current tests (added since): each
     survivor is applied with ``mutmut apply`` to the scratch copy of the source and the module's
     test selection runs on it (not the equivalent and GPU-only ones, which no test here can kill).
-    Marks each survivor ``killed_by_current_tests``."""
+    Marks each survivor ``killed_by_current_tests``. ``deselect``: a ``-k`` expression of tests
+    left out (tests of a source change made after the run, which fail on the run's source).
+    The selection must pass on the run's unmutated source first: a test that fails there would
+    count every survivor as killed."""
     path, tests = MODULES[name]
+    if deselect:
+        if "-k" in tests:
+            i = tests.index("-k")
+            tests = [*tests[:i + 1], f"({tests[i + 1]}) and not ({deselect})", *tests[i + 2:]]
+        else:
+            tests = [*tests, "-k", f"not ({deselect})"]
+        result["recheck_deselected"] = deselect
     work = WORK / _scratch_name(name, functions)
     shutil.rmtree(work / "tests", ignore_errors=True)
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__", ".hypothesis"))
     original = (work / path).read_text()
     env = dict(os.environ, PYTHONPATH=str(work / "src"),
                ROBUSTLAB_DATA=os.environ.get("ROBUSTLAB_DATA", "/work/shared/data"))
+    baseline = subprocess.run([_python(), "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=work,
+                              env=env, capture_output=True, text=True)
+    if baseline.returncode != 0:
+        raise SystemExit(f"the current tests fail on the run's unmutated source ({path}); deselect the tests of "
+                         f"later source changes (--recheck-deselect):\n{baseline.stdout[-2000:]}")
     for survivor in result["survivors"]:
         if "equivalent" in survivor or survivor.get("needs_gpu"):
             continue  # no test on this machine can kill it
@@ -428,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--issue15", action="store_true", help="run only the six mutations of issue 15")
     parser.add_argument("--max-children", type=int, default=1)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run of the modules")
+    parser.add_argument("--recheck-deselect", metavar="EXPR",
+                        help="with --recheck: a -k expression of tests to leave out (tests of a later source change)")
     parser.add_argument("--recheck", action="store_true",
                         help="with --collect: run the survivors again against the current tests")
     parser.add_argument("--functions", nargs="+", metavar="NAME",
@@ -456,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             result["command"] = earlier.get("command", "?") + " (collected again)"
             result["interrupted"] = result["checked"] < result["mutants"]
             if args.recheck:
-                recheck(name, result, args.functions)
+                recheck(name, result, args.functions, args.recheck_deselect)
         else:
             result = run_module(name, args.max_children, resume=args.resume, functions=args.functions)
         result.setdefault("command", command)

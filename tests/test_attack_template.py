@@ -47,7 +47,7 @@ def test_difference_of_logits_and_success_by_hand():
     assert is_adversarial(LOGITS, y).tolist() == [False, True, True]
     assert is_adversarial(LOGITS, y, t).tolist() == [False, True, True]
     assert is_adversarial(LOGITS, y, torch.tensor([1, 3, 0])).tolist() == [False, False, False]
-    with pytest.raises(RobustlabError, match="at least 2 classes, got 1"):
+    with pytest.raises(RobustlabError, match="^this attack needs a model with at least 2 classes, got 1$"):
         difference_of_logits(LOGITS[:, :1], torch.zeros(3, dtype=torch.long))
 
 
@@ -103,7 +103,7 @@ def test_resolve_targets_modes_by_hand():
     assert counts[0] == 0 and (counts[1:] > 600).all()
     empty = resolve_targets("random", torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
     assert empty.shape == (0,)
-    with pytest.raises(RobustlabError, match="at least 2 classes"):
+    with pytest.raises(RobustlabError, match="^random targets need at least 2 classes$"):
         resolve_targets("random", torch.zeros(3, 1), torch.zeros(3, dtype=torch.long))
 
 
@@ -116,14 +116,15 @@ def test_given_targets_of_any_integer_dtype_become_int64(dtype):
 
 
 @pytest.mark.parametrize("targets, words", [
-    (torch.tensor([1.0, 0.0, 0.0]), "integer class indices, got dtype torch.float32"),
-    (torch.tensor([True, False, False]), "integer"),
-    (torch.tensor([1, 0]), r"shape \(3,\), got \(2,\)"),
-    (torch.tensor([[1, 0, 0]]), "shape"),
-    (torch.tensor([4, 0, 0]), r"\[0, 4\); got values in \[0, 4\]"),
-    (torch.tensor([1, -1, 0]), r"got values in \[-1, 1\]"),
-    (torch.tensor([1, 2, 0]), "equals the true label"),
-    ("most-likely", "unknown target mode 'most-likely'"),
+    (torch.tensor([1.0, 0.0, 0.0]), "^targets must be integer class indices, got dtype torch.float32$"),
+    (torch.tensor([True, False, False]), "^targets must be integer class indices, got dtype torch.bool$"),
+    (torch.tensor([1, 0]), r"^targets must have shape \(3,\), got \(2,\)$"),
+    (torch.tensor([[1, 0, 0]]), r"^targets must have shape \(3,\), got \(1, 3\)$"),
+    (torch.tensor([4, 0, 0]), r"^targets must lie in \[0, 4\); got values in \[0, 4\]$"),
+    (torch.tensor([1, -1, 0]), r"^targets must lie in \[0, 4\); got values in \[-1, 1\]$"),
+    (torch.tensor([1, 2, 0]), "^a target equals the true label for some samples; targeted attacks need t != y$"),
+    ("most-likely", r"^unknown target mode 'most-likely'; give a tensor of classes or one of "
+                    r"\('least-likely', 'most-confusing', 'random'\)$"),
 ])
 def test_given_targets_are_checked(targets, words):
     with pytest.raises(RobustlabError, match=words):
@@ -143,9 +144,10 @@ def test_check_call_refuses_inference_mode_and_another_dtype():
         made = torch.rand(4, 2)
     out = check_call(model, made)
     assert not out.is_inference() and torch.equal(out, made)
-    with torch.inference_mode(), pytest.raises(RobustlabError, match="inference_mode"):
+    with torch.inference_mode(), pytest.raises(RobustlabError, match=r"^called under torch\.inference_mode\(\), where no gradient.*where it needs them\)$"):
         check_call(model, x)
-    with pytest.raises(RobustlabError, match=r"x has dtype torch.float64 but the model's parameters are torch.float32"):
+    with pytest.raises(RobustlabError, match=r"^x has dtype torch.float64 but the model's parameters are torch.float32; cast one to the other "
+                       r"\(x.to\(torch.float32\) or model.to\(torch.float64\)\).*centred on$"):
         check_call(model, x.double())
     # A model with parameters of two dtypes, or none, is not second-guessed; nor are integer inputs.
     mixed = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 3).double())
@@ -182,7 +184,7 @@ def test_check_inputs_clamps_float_noise_and_returns_int64_labels():
     cx, cy = check_inputs(x, torch.tensor([1, 0], dtype=torch.int32), threat)
     assert cx.tolist() == [[-1.0, 0.0], [1.0, 2.0]] and cy.dtype == torch.int64 and cy.tolist() == [1, 0]
     for bad in (-1.0 - 1.1e-5, 2.0 + 1.1e-5):
-        with pytest.raises(RobustlabError, match=r"outside the threat model's bounds \(-1.0, 2.0\)"):
+        with pytest.raises(RobustlabError, match=r"^x lies outside the threat model's bounds \(-1.0, 2.0\): values in .*Normalize\)$"):
             check_inputs(torch.tensor([[0.0, bad]]), torch.tensor([0]), threat)
     # Empty batches pass.
     cx, cy = check_inputs(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), threat)
@@ -190,20 +192,26 @@ def test_check_inputs_clamps_float_noise_and_returns_int64_labels():
 
 
 @pytest.mark.parametrize("x, y, threat, words", [
-    (torch.rand(2, 3), torch.tensor([0, 1]), "Linf", "not the string 'Linf'"),
-    (torch.rand(2, 3), torch.tensor([0, 1]), 0.1, "got float"),
-    (torch.rand(2, 3).tolist(), torch.tensor([0, 1]), Linf(eps=0.1), "torch tensors"),
-    (torch.rand(2, 3), [0, 1], Linf(eps=0.1), "torch tensors"),
-    (torch.ones(2, 3, dtype=torch.long), torch.tensor([0, 1]), Linf(eps=0.1), r"floating-point.*\(0.0, 1.0\)"),
-    (torch.rand(3), torch.tensor([0, 1, 2]), Linf(eps=0.1), "at least 2 dimensions"),
-    (torch.rand(2, 3), torch.tensor([[0, 1]]), Linf(eps=0.1), r"y must have shape \[2\]"),
-    (torch.rand(2, 3), torch.tensor([0, 1, 1]), Linf(eps=0.1), r"y must have shape \[2\]"),
-    (torch.rand(2, 3), torch.tensor([0.0, 1.0]), Linf(eps=0.1), "integer class indices"),
+    (torch.rand(2, 3), torch.tensor([0, 1]), "Linf",
+     r"^threat must be a robustlab\.threat\.ThreatModel with a budget, e\.g\. Linf\(eps=0\.3\) or "
+     r"robustlab\.threat\.threat_model\('Linf', eps\), not the string 'Linf'$"),
+    (torch.rand(2, 3), torch.tensor([0, 1]), 0.1, r"^threat must be a robustlab\.threat\.ThreatModel, got float$"),
+    (torch.rand(2, 3).tolist(), torch.tensor([0, 1]), Linf(eps=0.1), "^x and y must be torch tensors$"),
+    (torch.rand(2, 3), [0, 1], Linf(eps=0.1), "^x and y must be torch tensors$"),
+    (torch.ones(2, 3, dtype=torch.long), torch.tensor([0, 1]), Linf(eps=0.1),
+     r"^x must be a floating-point tensor, got dtype torch.int64 \(scale integer images to \(0.0, 1.0\)\)$"),
+    (torch.rand(3), torch.tensor([0, 1, 2]), Linf(eps=0.1),
+     r"^x must be a batch \[N, \.\.\.\] with at least 2 dimensions, got shape \(3,\)$"),
+    (torch.rand(2, 3), torch.tensor([[0, 1]]), Linf(eps=0.1), r"^y must have shape \[2\] \(one label per input.*, got \(1, 2\)$"),
+    (torch.rand(2, 3), torch.tensor([0, 1, 1]), Linf(eps=0.1), r"^y must have shape \[2\] .*the same N\), got \(3,\)$"),
+    (torch.rand(2, 3), torch.tensor([0.0, 1.0]), Linf(eps=0.1),
+     r"^y must hold integer class indices \(labels\), got dtype torch.float32$"),
     (torch.rand(2, 3), torch.tensor([0j, 1j]), Linf(eps=0.1), "integer class indices"),
     (torch.rand(2, 3), torch.tensor([True, False]), Linf(eps=0.1), "integer class indices"),
-    (torch.rand(2, 3), torch.tensor([0, -2]), Linf(eps=0.1), "negative label -2"),
-    (torch.tensor([[0.5, math.nan]]), torch.tensor([0]), Linf(eps=0.1), "NaN or inf"),
-    (torch.tensor([[0.5, -math.inf]]), torch.tensor([0]), Linf(eps=0.1), "NaN or inf"),
+    (torch.rand(2, 3), torch.tensor([0, -2]), Linf(eps=0.1),
+     r"^labels must lie in \[0, number of classes\); got a negative label -2$"),
+    (torch.tensor([[0.5, math.nan]]), torch.tensor([0]), Linf(eps=0.1), "^x contains NaN or inf$"),
+    (torch.tensor([[0.5, -math.inf]]), torch.tensor([0]), Linf(eps=0.1), "^x contains NaN or inf$"),
 ])
 def test_check_inputs_names_the_problem(x, y, threat, words):
     with pytest.raises(RobustlabError, match=words):
@@ -214,17 +222,18 @@ def test_check_logits_names_the_problem():
     y = torch.tensor([0, 2, 1])
     check_logits(LOGITS, y)
     check_logits(LOGITS, y, 4)
-    with pytest.raises(RobustlabError, match=r"logits of shape \[N, K\], got \(3, 4, 1\)"):
+    with pytest.raises(RobustlabError, match=r"^the model must return logits of shape \[N, K\], got \(3, 4, 1\)$"):
         check_logits(LOGITS[:, :, None], y)
-    with pytest.raises(RobustlabError, match="4 outputs but num_classes is 5"):
+    with pytest.raises(RobustlabError, match=r"^the model has 4 outputs but num_classes is 5: .*number of classes$"):
         check_logits(LOGITS, y, 5)
-    with pytest.raises(RobustlabError, match=r"labels must lie in \[0, 4\).*got \[0, 4\]"):
+    with pytest.raises(RobustlabError, match=r"^labels must lie in \[0, 4\) for a model with 4 outputs; got \[0, 4\]$"):
         check_logits(LOGITS, torch.tensor([0, 4, 1]))
-    with pytest.raises(RobustlabError, match=r"got \[-1, 2\]"):
+    with pytest.raises(RobustlabError, match=r"^labels must lie in \[0, 4\) for a model with 4 outputs; got \[-1, 2\]$"):
         check_logits(LOGITS, torch.tensor([0, 2, -1]))
     nan = LOGITS.clone()
     nan[1, 2] = nan[2, 0] = math.nan
-    with pytest.raises(RobustlabError, match="NaN logits for 2 of 3 inputs .first at position 1."):
+    with pytest.raises(RobustlabError, match=r"^the model returned NaN logits for 2 of 3 inputs \(first at position 1\); a NaN row has no "
+                       r"predicted class$"):
         check_logits(nan, y)
     with pytest.raises(RobustlabError, match="returns a tuple of 1 items"):
         check_logits((LOGITS,), y)
@@ -237,7 +246,8 @@ def _entry_point(logits):  # like Attack.__call__: check_logits is called one le
 
 @pytest.mark.skipif("MUTANT_UNDER_TEST" in os.environ, reason="mutmut's trampolines add stack frames")
 def test_probability_warning_points_at_the_users_call():
-    with pytest.warns(ProbabilityOutputWarning, match="remove the final softmax") as record:
+    with pytest.warns(ProbabilityOutputWarning, match=r"^the model's outputs look like probabilities \(non-negative rows summing to 1\); attacks and "
+                      r"losses expect logits: remove the final softmax\. .* See `") as record:
         _entry_point(LOGITS.softmax(1)); line = inspect.currentframe().f_lineno  # noqa: E702
     assert (record[0].filename, record[0].lineno) == (__file__, line)
     with warnings.catch_warnings():
@@ -251,10 +261,13 @@ def test_check_start_names_the_problem():
     start = x + torch.tensor([[0.1], [-0.05], [0.0]])
     out = check_start(x, start.requires_grad_(), threat)
     assert not out.requires_grad and torch.equal(out, start)
-    for bad, words in ((start.detach().tolist(), "start must be a tensor like x, got list"),
-                       (x[:2], r"x's shape, dtype and device \(3, 2\)"), (x.double(), "float64"),
-                       (x.index_put((torch.tensor(1),), torch.tensor(math.nan)), "NaN or infinite"),
-                       (x + torch.tensor([[0.0], [0.2], [-0.2]]), "outside .* for 2 of 3 samples")):
+    shape = r"^start must have x's shape, dtype and device \(3, 2\), torch.float32, cpu; got "
+    for bad, words in ((start.detach().tolist(), "^start must be a tensor like x, got list$"),
+                       (x[:2], shape + r"\(2, 2\), torch.float32, cpu$"),
+                       (x.double(), shape + r"\(3, 2\), torch.float64, cpu$"),
+                       (x.index_put((torch.tensor(1),), torch.tensor(math.nan)), "^start holds NaN or infinite values$"),
+                       (x + torch.tensor([[0.0], [0.2], [-0.2]]),
+                        r"^start lies outside Linf\(eps=0.1.*\) around x for 2 of 3 samples$")):
         with pytest.raises(RobustlabError, match=words):
             check_start(x, bad, threat)
 
@@ -364,11 +377,11 @@ def test_call_refuses_a_start_it_cannot_take_and_a_norm_it_does_not_support():
     class NoStart(_Push):
         takes_start = False
 
-    with pytest.raises(RobustlabError, match="NoStart does not take start points"):
+    with pytest.raises(RobustlabError, match=r"^NoStart does not take start points \(start=\.\.\.\)$"):
         NoStart()(model, x, y, threat=Linf(eps=0.1), start=x)
     with pytest.raises(RobustlabError, match="outside"):
         _Push()(model, x, y, threat=Linf(eps=0.1), start=x + 0.2)
-    with pytest.raises(RobustlabError, match=r"_Push supports the norms \['L2', 'Linf'\], not L1"):
+    with pytest.raises(RobustlabError, match=r"^_Push supports the norms \['L2', 'Linf'\], not L1$"):
         from robustlab.threat import L1
         _Push()(model, x, y, threat=L1(eps=0.1))
 
@@ -384,7 +397,8 @@ def test_call_refuses_an_attack_whose_points_leave_the_threat_set():
             return x_adv
 
     x = torch.tensor([[0.45, 0.2]], dtype=torch.float64)
-    with pytest.raises(RuntimeError, match=r"outside .* \(max distance 1\); this is a bug") as info:
+    with pytest.raises(RuntimeError, match=r"^Broken produced points outside Linf\(eps=0\.1, bounds=\(0\.0, 5\.0\)\) after projection "
+                                          r"\(max distance 1\); this is a bug in the attack$") as info:
         Broken()(_TwoClass(), x, torch.tensor([0]), threat=Unprojected(eps=0.1, bounds=(0.0, 5.0)))
     assert "Broken produced points" in str(info.value)
 
@@ -407,6 +421,7 @@ def test_config_is_json_friendly_and_result_defaults():
                           loss=torch.zeros(2), predictions=torch.zeros(2))
     assert (result.forwards, result.backwards, result.extras, result.margin, result.targets) == (0, 0, {}, None, None)
     assert result.success_rate == 0.5
+    assert _Push()._final_loss(torch.empty(3, 2, device="meta"), None, None).device.type == "meta"
     with pytest.raises(NotImplementedError):
         Attack._run(_Push(), None, None, None, threat=None, targets=None, generator=None)
     assert (Attack.name, Attack.norms, Attack.minimum_norm, Attack.takes_start) == ("", frozenset(), False, False)

@@ -208,6 +208,31 @@ def test_square_l2_bump_is_the_references(side):
                                rtol=1e-6, atol=1e-7)
 
 
+def _eta_float64(s: int) -> torch.Tensor:
+    """The reference's ``eta(s)`` (with ``eta_rectangles``) transcribed in float64: nested
+    rectangles weighted ``1 / (k + 1)^2`` on each half, the bottom half negated, unit norm."""
+
+    def rectangles(x: int, y: int) -> torch.Tensor:
+        delta = torch.zeros(x, y, dtype=torch.float64)
+        corner = [x // 2, y // 2]
+        for k in range(max(x // 2 + 1, y // 2 + 1)):
+            delta[max(corner[0], 0):min(corner[0] + 2 * k + 1, x), max(corner[1], 0):min(corner[1] + 2 * k + 1, y)] \
+                += 1.0 / (k + 1) ** 2
+            corner = [corner[0] - 1, corner[1] - 1]
+        return delta / delta.norm() if x else delta
+
+    delta = torch.cat([rectangles(s // 2, s), -rectangles(s - s // 2, s)])
+    return delta / delta.norm()
+
+
+@pytest.mark.parametrize("side", range(1, 12))
+def test_square_l2_bump_in_float64_is_the_formula(side):
+    # The golden bumps are the reference's float32; robustlab computes them in float64.
+    bump = _square_bump(side)
+    assert bump.dtype == torch.float64
+    torch.testing.assert_close(bump, _eta_float64(side), rtol=1e-12, atol=1e-14)
+
+
 def _bump(side: int, transpose: bool) -> torch.Tensor:
     b = torch.tensor(GOLDEN["bumps"][str(side)], dtype=torch.float64)
     return b.T if transpose else b
@@ -507,6 +532,17 @@ def test_square_many_channels_flip_only_the_first_62():
     result = Square(queries=20, p_init=0.1)(model, x, y, threat=Linf(eps=0.05),
                                             generator=torch.Generator().manual_seed(1))
     assert (result.distance <= 0.05 + 1e-12).all() and result.extras["queries"].max() <= 21
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_square_steps_stay_on_the_device_of_x(norm):
+    # Every tensor the start and the steps make is on x's device (the "meta" device here, so that
+    # no accelerator is needed: one CPU tensor in the mix is an error there).
+    x = torch.empty(2, 3, 11, 11, device="meta")
+    threat = Linf(eps=0.1) if norm == "Linf" else L2(eps=0.5)
+    init = (Square._init_linf if norm == "Linf" else Square._init_l2)(x, threat, None)
+    step = (Square._step_linf if norm == "Linf" else Square._step_l2)(x, init, 0.1, threat, None)
+    assert init.device.type == step.device.type == "meta" and step.shape == x.shape
 
 
 @pytest.mark.parametrize("options, keyword", [
