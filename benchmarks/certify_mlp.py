@@ -199,7 +199,7 @@ def run_bracket(name, model, x, y, index, args) -> dict:
     attacks = {"fmn": build_attack("fmn", steps=args.fmn_steps), "fab": build_attack("fab", restarts=args.fab_restarts),
                "cw-linf": build_attack("cw-linf"), "deepfool": build_attack("deepfool")}
     start = time.perf_counter()
-    result = bracket(model, xs, ys, norm="Linf", attacks=attacks, time_limit=args.time_limit,
+    result = bracket(model, xs, ys, threat=threat_model("Linf", math.inf), attacks=attacks, time_limit=args.time_limit,
                      generator=torch.Generator().manual_seed(args.seed))
     bracket_seconds = time.perf_counter() - start
     start = time.perf_counter()
@@ -244,7 +244,8 @@ def out_of_reach(name, model, x, y, index, args) -> dict:
                                                   generator=torch.Generator().manual_seed(args.seed))
     upper = torch.where(fmn.success, fmn.distance, torch.full_like(fmn.distance, math.inf))
     crown = [float(v) for v in _certified(model, xs, ys, upper)]
-    res = MILPVerifier(time_limit=args.wide_time_limit).minimal_perturbation(model, xs, ys, norm="Linf", upper=upper,
+    res = MILPVerifier(time_limit=args.wide_time_limit).minimal_perturbation(model, xs, ys, threat=threat_model("Linf", math.inf),
+                                                                             upper=upper,
                                                                              lower=torch.tensor(crown))
     rows = [{"test_index": i, "status": res.status[k], "milp_lower": res.lower[k], "milp_upper": res.upper[k],
              "fmn": float(upper[k]), "crown": crown[k], "unstable": res.unstable[k], "seconds": res.seconds[k]}
@@ -256,7 +257,8 @@ def out_of_reach(name, model, x, y, index, args) -> dict:
 def _certified(model, x, y, upper):
     from robustlab.certify import certified_radius
 
-    return certified_radius(CROWN(), model, x, y, eps_max=upper.clamp(max=1.0), steps=16)
+    return certified_radius(CROWN(), model, x, y, threat=threat_model("Linf", math.inf), eps_max=upper.clamp(max=1.0),
+                            steps=16)
 
 
 def _median(values):

@@ -11,7 +11,7 @@ from torch import nn
 
 from robustlab.certify import CROWN, IBP
 from robustlab.errors import RobustlabError
-from robustlab.threat import threat_model
+from robustlab.threat import Linf, threat_model
 from robustlab.training import METHODS, Batch, TrainConfig, load_checkpoint, train
 from robustlab.training.certified import (
     CERTIFIED_METHODS,
@@ -137,9 +137,9 @@ def test_worst_case_logits_match_the_certifiers(digits, digits_mlp):
     x, y = x[:64], y[:64]
     threat = threat_model("Linf", EPS)
     with torch.no_grad():
-        ibp = worst_case_logits(digits_mlp, x, y, EPS, beta=0.0)
-        crown_ibp = worst_case_logits(digits_mlp, x, y, EPS, beta=1.0)
-        mixed = worst_case_logits(digits_mlp, x, y, EPS, beta=0.25)
+        ibp = worst_case_logits(digits_mlp, x, y, threat=threat, beta=0.0)
+        crown_ibp = worst_case_logits(digits_mlp, x, y, threat=threat, beta=1.0)
+        mixed = worst_case_logits(digits_mlp, x, y, threat=threat, beta=0.25)
     assert torch.all(ibp.gather(1, y[:, None]) == 0)
     margins = IBP()(digits_mlp, x, y, threat=threat).margins
     finite = torch.isfinite(margins)
@@ -158,7 +158,7 @@ def test_loss_is_finite_and_differentiable(digits, beta):
     x, y, _, _ = digits
     x, y = x[:32].double(), y[:32]
     model = make_mlp(hidden=16).double().train()
-    out = certified_loss(model, x, y, eps=0.1, kappa=0.5, beta=beta)
+    out = certified_loss(model, x, y, threat=Linf(0.1), kappa=0.5, beta=beta)
     assert out.worst_logits is not None and torch.isfinite(out.loss)
     params = list(model.parameters())
     grads = torch.autograd.grad(out.loss, params)
@@ -174,7 +174,7 @@ def test_loss_is_finite_and_differentiable(digits, beta):
         with torch.no_grad():
             for p, d in zip(params, direction):
                 p.add_(sign * h * d)
-            value = certified_loss(model, x, y, eps=0.1, kappa=0.5, beta=beta).loss
+            value = certified_loss(model, x, y, threat=Linf(0.1), kappa=0.5, beta=beta).loss
             for p, d in zip(params, direction):
                 p.sub_(sign * h * d)
         return value
@@ -188,7 +188,7 @@ def test_robust_term_is_skipped_at_eps_zero_or_kappa_one(digits):
     model = make_mlp()
     plain = nn.functional.cross_entropy(model(x[:20]), y[:20])
     for eps, kappa in [(0.0, 0.5), (0.1, 1.0)]:
-        out = certified_loss(model, x[:20], y[:20], eps=eps, kappa=kappa)
+        out = certified_loss(model, x[:20], y[:20], threat=Linf(0.1), eps=eps, kappa=kappa)
         assert out.worst_logits is None and torch.equal(out.loss, plain)
 
 

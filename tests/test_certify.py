@@ -17,13 +17,15 @@ from robustlab.attacks import build_attack
 from robustlab.certify import CROWN, CROWNIBP, IBP, AlphaCROWN, certified_radius
 from robustlab.certify.bracket import bracket
 from robustlab.certify.cli import add_certify_parser, read_bracket
-from robustlab.certify.milp import MILPVerifier
+from robustlab.certify.milp import MILPResult, MILPVerifier
 from robustlab.errors import RobustlabError
 from robustlab.io import save_document
 from robustlab.models import MLP, Normalize, PreActBlock
 from robustlab.threat import L1, L2, Linf
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+UNBOUNDED = Linf(math.inf)
 
 CERTIFIERS = {
     "ibp": IBP(),
@@ -351,8 +353,8 @@ def test_milp_on_a_custom_forward_equals_its_sequential_twin(digits, tiny_mlp):
 
     _, _, x, y = digits
     x, y = x[:2], y[:2]
-    exact = MILPVerifier(time_limit=120).minimal_perturbation(tiny_mlp, x, y, norm="Linf")
-    traced = MILPVerifier(time_limit=120).minimal_perturbation(Custom(tiny_mlp).eval(), x, y, norm="Linf")
+    exact = MILPVerifier(time_limit=120).minimal_perturbation(tiny_mlp, x, y, threat=UNBOUNDED)
+    traced = MILPVerifier(time_limit=120).minimal_perturbation(Custom(tiny_mlp).eval(), x, y, threat=UNBOUNDED)
     assert exact.status == traced.status == ["optimal", "optimal"]
     assert traced.lower == pytest.approx(exact.lower, rel=1e-6)
 
@@ -360,12 +362,13 @@ def test_milp_on_a_custom_forward_equals_its_sequential_twin(digits, tiny_mlp):
 def test_milp_names_the_branching_it_cannot_encode():
     model = branch_net()
     with pytest.raises(RobustlabError, match=r"sum of branches at 'add'"):
-        MILPVerifier().minimal_perturbation(model, _inputs(1), model(_inputs(1)).argmax(1))
+        MILPVerifier().minimal_perturbation(model, _inputs(1), model(_inputs(1)).argmax(1), threat=UNBOUNDED)
 
 
 def test_milp_rejects_max_pool():
     with pytest.raises(RobustlabError, match="affine layers and ReLU only"):
-        MILPVerifier().minimal_perturbation(small_cnn(), _inputs(1), small_cnn()(_inputs(1)).argmax(1))
+        MILPVerifier().minimal_perturbation(small_cnn(), _inputs(1), small_cnn()(_inputs(1)).argmax(1),
+                                            threat=UNBOUNDED)
 
 
 # -- exact MILP ----------------------------------------------------------------------------
@@ -400,8 +403,9 @@ def test_milp_minimal_linf_between_crown_and_attacks(digits, tiny_mlp):
     fmn = _attack_distance(build_attack("fmn", steps=100), tiny_mlp, x, y, unbounded)
     deepfool = _attack_distance(build_attack("deepfool"), tiny_mlp, x, y, unbounded)
     upper = torch.minimum(fmn, deepfool)
-    certified = certified_radius(CROWN(), tiny_mlp, x, y, eps_max=upper.clamp(max=1.0), steps=12)
-    result = MILPVerifier(time_limit=60).minimal_perturbation(tiny_mlp, x, y, upper=upper, lower=certified)
+    certified = certified_radius(CROWN(), tiny_mlp, x, y, threat=unbounded, eps_max=upper.clamp(max=1.0), steps=12)
+    result = MILPVerifier(time_limit=60).minimal_perturbation(tiny_mlp, x, y, threat=unbounded, upper=upper,
+                                                                lower=certified)
     for i in range(len(y)):
         if result.status[i] == "misclassified":
             continue
@@ -415,8 +419,8 @@ def test_milp_minimal_linf_between_crown_and_attacks(digits, tiny_mlp):
     # Verification at eps agrees with the minimal distance on either side of it.
     i = next(i for i in range(len(y)) if result.status[i] == "optimal")
     verifier = MILPVerifier(time_limit=60)
-    below = verifier.verify(tiny_mlp, x[i:i + 1], y[i:i + 1], eps=result.lower[i] * 0.97)
-    above = verifier.verify(tiny_mlp, x[i:i + 1], y[i:i + 1], eps=result.lower[i] * 1.03)
+    below = verifier.verify(tiny_mlp, x[i:i + 1], y[i:i + 1], threat=Linf(result.lower[i] * 0.97))
+    above = verifier.verify(tiny_mlp, x[i:i + 1], y[i:i + 1], threat=Linf(result.lower[i] * 1.03))
     assert below.status == ["robust"] and below.upper[0] < 0
     assert above.status == ["not-robust"] and above.counterexample_ok == [True]
     assert int(tiny_mlp(above.counterexample[0][None]).argmax()) != int(y[i])
@@ -426,7 +430,7 @@ def test_milp_minimal_l1_below_attack(digits, tiny_mlp):
     _, _, x, y = digits
     x, y = x[10:12], y[10:12]
     fmn = _attack_distance(build_attack("fmn", steps=100), tiny_mlp, x, y, L1(eps=math.inf))
-    result = MILPVerifier(time_limit=60).minimal_perturbation(tiny_mlp, x, y, norm="L1", upper=fmn)
+    result = MILPVerifier(time_limit=60).minimal_perturbation(tiny_mlp, x, y, threat=L1(math.inf), upper=fmn)
     for i in range(2):
         assert result.status[i] == "optimal"
         assert result.lower[i] <= fmn[i] + 1e-4
@@ -435,7 +439,7 @@ def test_milp_minimal_l1_below_attack(digits, tiny_mlp):
 
 def test_milp_timeout_gives_an_interval_not_a_hang(digits, digits_mlp):
     _, _, x, y = digits
-    result = MILPVerifier(time_limit=1e-3).minimal_perturbation(digits_mlp, x[:2], y[:2])
+    result = MILPVerifier(time_limit=1e-3).minimal_perturbation(digits_mlp, x[:2], y[:2], threat=UNBOUNDED)
     for i in range(2):
         assert result.status[i] in ("timeout", "misclassified", "optimal")
         assert result.lower[i] <= result.upper[i]
@@ -444,7 +448,7 @@ def test_milp_timeout_gives_an_interval_not_a_hang(digits, digits_mlp):
 
 def test_bracket_is_consistent_and_renders(digits, tiny_mlp):
     _, _, x, y = digits
-    table = bracket(tiny_mlp, x[20:23], y[20:23], time_limit=60, bisection_steps=10)
+    table = bracket(tiny_mlp, x[20:23], y[20:23], threat=UNBOUNDED, time_limit=60, bisection_steps=10)
     assert len(table.rows) == 3 and table.summary["all_consistent"]
     for row in table.rows:
         if row["exact"] is not None:
@@ -463,7 +467,7 @@ def test_cli_parser_builds():
 def test_certify_json_is_strict_and_reads_back_infinite_distances(digits, tiny_mlp, tmp_path):
     _, _, x, y = digits
     # Gaussian noise of sigma 1/255 never flips this model: the attack upper bound is infinite.
-    table = bracket(tiny_mlp, x[20:21], y[20:21], attacks={"noise": build_attack("gaussian-noise", sigma=1.0)},
+    table = bracket(tiny_mlp, x[20:21], y[20:21], threat=UNBOUNDED, attacks={"noise": build_attack("gaussian-noise", sigma=1.0)},
                     time_limit=0.5, bisection_steps=4)
     assert table.rows[0]["upper"] == math.inf and table.rows[0]["dist_noise"] == math.inf
     save_document(tmp_path / "bracket.json", "bracket", {"rows": table.rows, "summary": table.summary,
@@ -490,3 +494,41 @@ def test_certifiers_refuse_x_of_another_dtype_and_inference_mode(certifier):
     with torch.inference_mode(), pytest.raises(RobustlabError, match="inference_mode"):
         certifier(model, x, y, threat=Linf(eps=0.1))
     assert certifier(model, x, y, threat=Linf(eps=0.1)).certified.shape == (2,)
+
+
+def test_milp_is_a_certifier_agreeing_with_verify_and_never_looser_than_crown(digits, tiny_mlp):
+    from robustlab.certify import CERTIFIERS, Certifier
+
+    _, _, x, y = digits
+    x, y, threat = x[:5], y[:5], Linf(eps=0.04)
+    verifier = MILPVerifier(time_limit=60)
+    assert isinstance(verifier, Certifier) and CERTIFIERS["milp"] is MILPVerifier
+    result = verifier(tiny_mlp, x, y, threat=threat)
+    statuses = result.extras["milp"]  # what verify() returns for these samples
+    assert result.method == "milp" and result.margins.shape == (5, 10) and torch.equal(result.eps, torch.full((5,), 0.04))
+    assert isinstance(statuses, MILPResult) and len(statuses.status) == 5
+    assert result.certified.tolist() == [s == "robust" for s in statuses.status]
+    assert result.clean_correct.tolist() == [s != "misclassified" for s in statuses.status]
+    assert bool((result.certified == (result.margin > 0) & result.clean_correct).all())
+    for i, status in enumerate(statuses.status):
+        if status == "robust":  # every target solved: the smallest margin is minus verify's upper bound
+            assert float(result.margin[i]) == pytest.approx(-statuses.upper[i], rel=1e-5, abs=1e-6)
+    # Exact: a margin lower bound at least CROWN's (up to float32 vs float64), and certifies a superset.
+    crown = CROWN()(tiny_mlp, x, y, threat=threat)
+    finite = torch.isfinite(crown.margins) & torch.isfinite(result.margins)
+    assert bool((result.margins[finite] >= crown.margins[finite] - 1e-4).all())
+    assert bool((crown.certified <= result.certified).all())
+    assert 0 < int(result.certified.sum()) < int(result.clean_correct.sum())  # some proved, some broken
+    with pytest.raises(RobustlabError, match="Linf and L1"):
+        verifier(tiny_mlp, x, y, threat=L2(eps=0.5))
+
+
+def test_distance_outputs_take_an_unbounded_threat(digits, tiny_mlp):
+    _, _, x, y = digits
+    x, y = x[:2], y[:2]
+    with pytest.raises(RobustlabError, match=r"unbounded: pass Linf\(math.inf"):
+        MILPVerifier().minimal_perturbation(tiny_mlp, x, y, threat=Linf(0.1))
+    with pytest.raises(RobustlabError, match=r"certified_radius .*not eps=0.1"):
+        certified_radius(CROWN(), tiny_mlp, x, y, threat=Linf(0.1))
+    with pytest.raises(RobustlabError, match="not the string 'Linf'"):
+        bracket(tiny_mlp, x, y, threat="Linf")

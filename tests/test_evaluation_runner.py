@@ -39,8 +39,8 @@ def run_mode(mode: str, model, x, y, **kwargs):
         return evaluate(model, x, y, attacks={"fgsm": FGSM(), "pgd": PGD(steps=3)}, **kwargs)
     if mode == "minimum-norm":
         return evaluate_minimum_norm(model, x, y, attacks={"ddn": DDN(steps=6), "fmn": FMN(steps=4)},
-                                     norm="L2", **kwargs)
-    return evaluate_targeted(model, x, y, attack=DDN(steps=4), norm="L2", **kwargs)
+                                     threat=L2(math.inf), **kwargs)
+    return evaluate_targeted(model, x, y, attack=DDN(steps=4), threat=L2(math.inf), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -422,14 +422,16 @@ def test_threat_given_as_a_name_is_a_clear_error(threat, message, digits_mlp, da
 
 
 @pytest.mark.parametrize("mode", ["minimum-norm", "targeted"])
-def test_unbounded_modes_refuse_bad_norms(mode, digits_mlp, data):
+def test_unbounded_modes_refuse_bad_threats(mode, digits_mlp, data):
     x, y = data
     fn = evaluate_minimum_norm if mode == "minimum-norm" else evaluate_targeted
     kwargs = {"attacks": [DDN(steps=2)]} if mode == "minimum-norm" else {"attack": DDN(steps=2)}
-    with pytest.raises(RobustlabError, match="unknown norm 'L7'"):
-        fn(digits_mlp, x, y, norm="L7", **kwargs)
-    with pytest.raises(RobustlabError, match="give the norm as a name"):
-        fn(digits_mlp, x, y, norm=L2(eps=1.0), **kwargs)
+    with pytest.raises(RobustlabError, match="not the string 'L7'"):
+        fn(digits_mlp, x, y, threat="L7", **kwargs)
+    with pytest.raises(RobustlabError, match="got float"):
+        fn(digits_mlp, x, y, threat=1.0, **kwargs)
+    with pytest.raises(RobustlabError, match=r"runs unbounded|is unbounded: pass L2\(math.inf"):
+        fn(digits_mlp, x, y, threat=L2(eps=1.0), **kwargs)
 
 
 # --- valid edge cases give correct results ----------------------------------------------------------

@@ -25,9 +25,11 @@ from robustlab.evaluation import (
     evaluate_targeted,
 )
 from robustlab.report.markdown import minimum_norm_markdown, targeted_markdown
-from robustlab.threat import L2
+from robustlab.threat import L2, Linf
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+UNBOUNDED_L2 = L2(math.inf)
 
 N = 60  # the first 60 test digits (two of them misclassified by the MLP) ...
 EPS_GRID = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 100.0]
@@ -47,7 +49,7 @@ def batch(digits, digits_mlp):
 def l2_eval(digits_mlp, batch):
     x, y = batch
     attacks = {"deepfool": DeepFool(), "ddn": DDN(steps=20), "fmn": FMN(steps=20)}
-    return evaluate_minimum_norm(digits_mlp, x, y, attacks=attacks, norm="L2", batch_size=25, seed=0,
+    return evaluate_minimum_norm(digits_mlp, x, y, attacks=attacks, threat=UNBOUNDED_L2, batch_size=25, seed=0,
                                  indices=torch.arange(100, 100 + N + 1))
 
 
@@ -55,7 +57,7 @@ def l2_eval(digits_mlp, batch):
 def weak_eval(digits_mlp, batch):
     """A one-step DeepFool without overshoot: it fails on a good share of the samples (inf)."""
     x, y = batch
-    return evaluate_minimum_norm(digits_mlp, x, y, attacks=[DeepFool(steps=1, overshoot=0.0)], norm="L2")
+    return evaluate_minimum_norm(digits_mlp, x, y, attacks=[DeepFool(steps=1, overshoot=0.0)], threat=UNBOUNDED_L2)
 
 
 def clean_correct(ev: MinimumNormEvaluation) -> list[dict]:
@@ -162,7 +164,7 @@ def test_bounded_run_breaks_every_sample_whose_unbounded_distance_fits(digits_ml
     """Running the same attack with a bounded threat at eps succeeds wherever the unbounded
     run found a distance <= eps (the template's projection onto the ball is then a no-op)."""
     x, y = batch
-    mn = evaluate_minimum_norm(digits_mlp, x, y, attacks=[attack], norm="L2")
+    mn = evaluate_minimum_norm(digits_mlp, x, y, attacks=[attack], threat=UNBOUNDED_L2)
     keep = torch.tensor([s["clean_prediction"] == s["label"] for s in mn.samples])
     distance = torch.tensor(mn.distances(attack.name))[keep]
     for eps in [0.3, float(distance.median()), 0.7]:
@@ -178,7 +180,7 @@ def test_bounded_run_breaks_every_sample_whose_unbounded_distance_fits(digits_ml
 
 def test_batch_size_does_not_change_the_results(digits_mlp, batch, l2_eval):
     x, y = batch
-    small = evaluate_minimum_norm(digits_mlp, x, y, attacks={"deepfool": DeepFool()}, norm="L2", batch_size=7)
+    small = evaluate_minimum_norm(digits_mlp, x, y, attacks={"deepfool": DeepFool()}, threat=UNBOUNDED_L2, batch_size=7)
     # equal up to float rounding (BLAS sums in a different order for other batch shapes)
     assert small.distances("deepfool") == pytest.approx(l2_eval.distances("deepfool"), rel=1e-4)
 
@@ -225,7 +227,7 @@ class BoastfulDeepFool(DeepFool):
 def test_reported_distances_that_disagree_warn_and_the_verified_ones_are_used(digits_mlp, batch, l2_eval):
     x, y = batch
     with pytest.warns(DistanceMismatchWarning, match="boastful"):
-        ev = evaluate_minimum_norm(digits_mlp, x, y, attacks=[BoastfulDeepFool()], norm="L2")
+        ev = evaluate_minimum_norm(digits_mlp, x, y, attacks=[BoastfulDeepFool()], threat=UNBOUNDED_L2)
     assert ev.distances("boastful") == pytest.approx(l2_eval.distances("deepfool"), rel=1e-4)
     assert ev.metrics["reported_distance_mismatches"]["boastful"] == len(clean_correct(ev))
 
@@ -236,23 +238,23 @@ def test_reported_distances_that_disagree_warn_and_the_verified_ones_are_used(di
 def test_bad_input(digits_mlp, batch):
     x, y = batch
     with pytest.raises(RobustlabError, match="minimum-norm"):
-        evaluate_minimum_norm(digits_mlp, x, y, attacks=[PGD(steps=2)], norm="Linf")
+        evaluate_minimum_norm(digits_mlp, x, y, attacks=[PGD(steps=2)], threat=Linf(math.inf))
     with pytest.raises(RobustlabError, match="minimum-norm"):
-        evaluate_targeted(digits_mlp, x, y, attack=FGSM(), norm="Linf")
-    with pytest.raises(RobustlabError, match="unknown norm"):
-        evaluate_minimum_norm(digits_mlp, x, y, attacks=[DeepFool()], norm="L3")
-    with pytest.raises(RobustlabError, match="unknown norm"):
-        evaluate_targeted(digits_mlp, x, y, attack=DeepFool(), norm="l7")
+        evaluate_targeted(digits_mlp, x, y, attack=FGSM(), threat=Linf(math.inf))
+    with pytest.raises(RobustlabError, match="not the string 'L2'"):
+        evaluate_minimum_norm(digits_mlp, x, y, attacks=[DeepFool()], threat="L2")
+    with pytest.raises(RobustlabError, match=r"unbounded: pass L2\(math.inf.*not eps=0.5"):
+        evaluate_targeted(digits_mlp, x, y, attack=DeepFool(), threat=L2(0.5))
     with pytest.raises(RobustlabError, match="supports the norms"):
-        evaluate_minimum_norm(digits_mlp, x, y, attacks=[DDN(steps=2)], norm="Linf")
+        evaluate_minimum_norm(digits_mlp, x, y, attacks=[DDN(steps=2)], threat=Linf(math.inf))
     with pytest.raises(RobustlabError, match="not a robustlab Attack"):
-        evaluate_minimum_norm(digits_mlp, x, y, attacks=[lambda *a, **k: None], norm="L2")
+        evaluate_minimum_norm(digits_mlp, x, y, attacks=[lambda *a, **k: None], threat=UNBOUNDED_L2)
     with pytest.raises(RobustlabError, match="reserved"):
-        evaluate_minimum_norm(digits_mlp, x, y, attacks={BEST: DeepFool()}, norm="L2")
+        evaluate_minimum_norm(digits_mlp, x, y, attacks={BEST: DeepFool()}, threat=UNBOUNDED_L2)
     with pytest.raises(RobustlabError, match="batch_size"):
-        evaluate_minimum_norm(digits_mlp, x, y, attacks=[DeepFool()], norm="L2", batch_size=0)
+        evaluate_minimum_norm(digits_mlp, x, y, attacks=[DeepFool()], threat=UNBOUNDED_L2, batch_size=0)
     with pytest.raises(RobustlabError, match="same N"):
-        evaluate_minimum_norm(digits_mlp, x, y[:-1], attacks=[DeepFool()], norm="L2")
+        evaluate_minimum_norm(digits_mlp, x, y[:-1], attacks=[DeepFool()], threat=UNBOUNDED_L2)
 
 
 def test_bad_queries(l2_eval):
@@ -266,9 +268,9 @@ def test_bad_queries(l2_eval):
 
 def test_empty_batch(digits_mlp, batch):
     x, y = batch
-    ev = evaluate_minimum_norm(digits_mlp, x[:0], y[:0], attacks=[DeepFool()], norm="L2")
+    ev = evaluate_minimum_norm(digits_mlp, x[:0], y[:0], attacks=[DeepFool()], threat=UNBOUNDED_L2)
     assert ev.samples == [] and math.isnan(ev.robust_accuracy_at(0.5))
-    tev = evaluate_targeted(digits_mlp, x[:0], y[:0], attack=DeepFool(), norm="L2")
+    tev = evaluate_targeted(digits_mlp, x[:0], y[:0], attack=DeepFool(), threat=UNBOUNDED_L2)
     assert tev.samples == [] and tev.metrics["runs"] == 0
 
 
@@ -311,12 +313,12 @@ def check_cases(ev: TargetedEvaluation, k: int) -> None:
 def test_targeted_protocol_on_a_linear_three_class_model():
     model, x, y = linear_three_class()
     box = (-10.0, 10.0)
-    ev = evaluate_targeted(model, x, y, attack=DeepFool(), norm="L2", bounds=box)
+    ev = evaluate_targeted(model, x, y, attack=DeepFool(), threat=L2(math.inf, bounds=box))
     check_cases(ev, 3)
     assert ev.num_classes == 3 and ev.metrics["cases"]["best"]["success_rate"] == 1.0
     # The best case is the untargeted minimal distance: on a linear model DeepFool finds the
     # nearest of the two boundaries exactly (up to its overshoot) in both modes.
-    untargeted = evaluate_minimum_norm(model, x, y, attacks=[DeepFool()], norm="L2", bounds=box)
+    untargeted = evaluate_minimum_norm(model, x, y, attacks=[DeepFool()], threat=L2(math.inf, bounds=box))
     best = torch.tensor(ev.case_distances("best"))
     torch.testing.assert_close(best, torch.tensor(untargeted.distances(), dtype=best.dtype), rtol=1e-4, atol=1e-6)
     # Each targeted distance is at least the distance to the pairwise boundary z_t = z_y.
@@ -330,7 +332,7 @@ def test_targeted_protocol_on_a_linear_three_class_model():
 @pytest.fixture(scope="module")
 def digits_targeted(digits_mlp, batch):
     x, y = batch
-    return evaluate_targeted(digits_mlp, x[:15], y[:15], attack=DDN(steps=20), norm="L2", batch_size=64, seed=3)
+    return evaluate_targeted(digits_mlp, x[:15], y[:15], attack=DDN(steps=20), threat=UNBOUNDED_L2, batch_size=64, seed=3)
 
 
 def test_targeted_protocol_on_the_digits_mlp(digits_targeted):
@@ -345,9 +347,9 @@ def test_targeted_protocol_on_the_digits_mlp(digits_targeted):
 
 def test_targeted_average_case_is_seeded(digits_mlp, batch, digits_targeted):
     x, y = batch
-    a = evaluate_targeted(digits_mlp, x[:15], y[:15], attack=DeepFool(), norm="L2", seed=3)
-    b = evaluate_targeted(digits_mlp, x[:15], y[:15], attack=DeepFool(), norm="L2", seed=3, batch_size=5)
-    c = evaluate_targeted(digits_mlp, x[:15], y[:15], attack=DeepFool(), norm="L2", seed=4)
+    a = evaluate_targeted(digits_mlp, x[:15], y[:15], attack=DeepFool(), threat=UNBOUNDED_L2, seed=3)
+    b = evaluate_targeted(digits_mlp, x[:15], y[:15], attack=DeepFool(), threat=UNBOUNDED_L2, seed=3, batch_size=5)
+    c = evaluate_targeted(digits_mlp, x[:15], y[:15], attack=DeepFool(), threat=UNBOUNDED_L2, seed=4)
     targets = [s["random_target"] for s in a.samples]
     assert targets == [s["random_target"] for s in b.samples] == [s["random_target"] for s in digits_targeted.samples]
     assert targets != [s["random_target"] for s in c.samples]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -27,7 +27,7 @@ from torch import Tensor
 from robustlab._tensors import flat, per_sample
 from robustlab.errors import RobustlabError
 
-__all__ = ["ThreatModel", "Linf", "L2", "L1", "L0", "threat_model", "NORMS"]
+__all__ = ["ThreatModel", "Linf", "L2", "L1", "L0", "threat_model", "require_unbounded", "NORMS"]
 
 # Bisection steps for the L2 and L1 projections onto ball ∩ box: 2**-50 relative precision.
 _BISECTION_STEPS = 50
@@ -82,6 +82,11 @@ class ThreatModel:
 
     def with_eps(self, eps: float) -> ThreatModel:
         return type(self)(eps=eps, bounds=self.bounds)
+
+    def with_bounds(self, bounds: tuple[float, float]) -> ThreatModel:
+        """The same threat model on another input box (e.g. the one a model card declares)."""
+        low, high = bounds
+        return replace(self, bounds=(low, high))
 
     def __str__(self) -> str:
         return f"{self.norm}(eps={self.eps:g}, bounds={self.bounds})"
@@ -348,3 +353,24 @@ def threat_model(norm: str, eps: float, bounds: tuple[float, float] = (0.0, 1.0)
     if key is None:
         raise RobustlabError(f"unknown norm {norm!r}; choose one of {sorted(NORMS)}")
     return NORMS[key](eps=eps, bounds=bounds)
+
+
+def require_unbounded(threat: object, what: str) -> ThreatModel:
+    """``threat`` itself if it is an unbounded :class:`ThreatModel` (``eps = math.inf``: only the
+    box applies), else a clear error naming ``what``.
+
+    This is how the functions whose *output* is a distance take their threat model (minimum-norm
+    and targeted evaluation, the certified radius, the exact minimal perturbation, the bracket):
+    its norm says how distances are measured and its box bounds the inputs. A finite ``eps``
+    would be ignored there, so it is refused rather than silently dropped."""
+    if isinstance(threat, str):
+        raise RobustlabError(f"{what} takes an unbounded threat model, e.g. L2(math.inf) or "
+                             f"robustlab.threat.threat_model({threat!r}, math.inf), not the string {threat!r}")
+    if not isinstance(threat, ThreatModel):
+        raise RobustlabError(f"{what} takes threat=ThreatModel, unbounded (e.g. robustlab.threat.L2(math.inf)); "
+                             f"got {type(threat).__name__}")
+    if not threat.unbounded:
+        raise RobustlabError(f"{what} measures each sample's minimal distance, so its threat model is unbounded: pass "
+                             f"{threat.norm}(math.inf, bounds={threat.bounds}) (threat.with_eps(math.inf)), "
+                             f"not eps={threat.eps:g}")
+    return threat

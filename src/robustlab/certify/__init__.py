@@ -3,7 +3,6 @@ per-sample bracket (certified lower bound <= exact minimal perturbation <= attac
 """
 
 from robustlab.certify.certifiers import (
-    CERTIFIERS,
     CROWN,
     CROWNIBP,
     IBP,
@@ -14,13 +13,19 @@ from robustlab.certify.certifiers import (
     certified_radius,
 )
 from robustlab.certify.graph import SUPPORTED
+from robustlab.certify.milp import MILPVerifier
 from robustlab.certify.trace import parse_model
+from robustlab.registry import Registry
+
+#: The certifiers by name (``robustlab certify --methods``): bound propagation and the exact MILP.
+CERTIFIERS: Registry[type[Certifier]] = Registry("certifier", (IBP, CROWN, CROWNIBP, AlphaCROWN, MILPVerifier))
 
 __all__ = [
     "CROWN",
     "CERTIFIERS",
     "CROWNIBP",
     "IBP",
+    "MILPVerifier",
     "SUPPORTED",
     "AlphaCROWN",
     "CertResult",

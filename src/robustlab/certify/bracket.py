@@ -29,7 +29,7 @@ from robustlab.attacks.base import Attack
 from robustlab.certify.certifiers import CROWN, Certifier, certified_radius
 from robustlab.certify.milp import MILPVerifier
 from robustlab.errors import RobustlabError
-from robustlab.threat import threat_model
+from robustlab.threat import ThreatModel, require_unbounded
 
 __all__ = ["Bracket", "bracket", "default_attacks"]
 
@@ -83,19 +83,21 @@ def bracket(
     x: Tensor,
     y: Tensor,
     *,
-    norm: str = "Linf",
+    threat: ThreatModel,
     certifier: Certifier | None = None,
     attacks: Mapping[str, Attack] | None = None,
     time_limit: float = 60.0,
     lp_tighten: bool = False,
     bisection_steps: int = 16,
-    bounds: tuple[float, float] = (0.0, 1.0),
     tol: float = 1e-4,
     generator: torch.Generator | None = None,
 ) -> Bracket:
-    """Lower, exact and upper bound on the minimal ``norm`` perturbation of each sample.
+    """Lower, exact and upper bound on the minimal perturbation of each sample.
 
     Args:
+        threat: the unbounded threat model (``eps = math.inf``, e.g. ``Linf(math.inf)``; see
+            :func:`~robustlab.threat.require_unbounded`): its norm (Linf or L1) measures the
+            perturbation, its box bounds the inputs.
         certifier: bound propagation for the lower bound (default :class:`CROWN`).
         attacks: name -> minimum-norm attack (default :func:`default_attacks`).
         time_limit: MILP seconds per sample.
@@ -106,28 +108,29 @@ def bracket(
     Cost: one unbounded run per attack, ``bisection_steps + 1`` certifier calls, and per
     sample one MILP per wrong class (each bounded by the best so far).
     """
+    require_unbounded(threat, "bracket")
+    norm = threat.norm
     certifier = certifier or CROWN()
     attacks = dict(attacks) if attacks is not None else default_attacks(norm)
-    low, high = bounds
-    unbounded = threat_model(norm, math.inf, (low, high))
     n = x.shape[0]
     per_attack: dict[str, list[float]] = {}
     attack_seconds = {}
     for name, attack in attacks.items():
         start = time.perf_counter()
-        result = attack(model, x, y, threat=unbounded, generator=generator)
+        result = attack(model, x, y, threat=threat, generator=generator)
         dist = torch.where(result.success, result.distance, torch.full_like(result.distance, math.inf))
         per_attack[name] = dist.tolist()
         attack_seconds[name] = time.perf_counter() - start
     upper = torch.tensor([min(per_attack[a][i] for a in per_attack) if per_attack else math.inf for i in range(n)],
                          dtype=x.dtype)
     start = time.perf_counter()
-    width = (bounds[1] - bounds[0]) * (1 if norm == "Linf" else x[0].numel())
-    lower = certified_radius(certifier, model, x, y, norm=norm, bounds=bounds,
-                             eps_max=upper.clamp(max=width), steps=bisection_steps)
+    low, high = threat.bounds
+    width = (high - low) * (1 if norm == "Linf" else x[0].numel())
+    lower = certified_radius(certifier, model, x, y, threat=threat, eps_max=upper.clamp(max=width),
+                             steps=bisection_steps)
     certify_seconds = time.perf_counter() - start
     exact = MILPVerifier(time_limit=time_limit, lp_tighten=lp_tighten).minimal_perturbation(
-        model, x, y, norm=norm, upper=upper, lower=lower, bounds=bounds)
+        model, x, y, threat=threat, upper=upper, lower=lower)
     rows: list[dict[str, Any]] = []
     for i in range(n):
         distances = {a: per_attack[a][i] for a in per_attack}

@@ -26,8 +26,7 @@ from robustlab.certify.graph import AffineFunction, AffineOp, Op, check_graph, r
 from robustlab.certify.trace import parse_model
 from robustlab.errors import RobustlabError
 from robustlab.modes import FrozenEval
-from robustlab.registry import Registry
-from robustlab.threat import ThreatModel
+from robustlab.threat import ThreatModel, require_unbounded
 
 __all__ = [
     "CROWN",
@@ -39,6 +38,8 @@ __all__ = [
     "Prepared",
     "certified_accuracy",
     "certified_radius",
+    "check_certify_inputs",
+    "eps_per_sample",
     "prepare",
 ]
 
@@ -128,16 +129,17 @@ def check_graph_with_head(model: nn.Module, ops: list[Op], weight: Tensor, bias:
     return check_graph(model, [*ops, AffineOp([head], ["output"])], x)
 
 
-def _check_inputs(x: Tensor, y: Tensor, threat: ThreatModel) -> tuple[Tensor, Tensor]:
-    """The attacks' :func:`~robustlab.attacks.base.check_inputs` (``x`` clamped to the box, ``y``
-    as int64), plus the norms bound propagation supports."""
+def check_certify_inputs(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> tuple[Tensor, Tensor]:
+    """The attacks' checks (:func:`~robustlab.attacks.base.check_inputs`: ``x`` clamped to the
+    box, ``y`` as int64; :func:`~robustlab.attacks.base.check_call`: ``x`` of the model's dtype,
+    not under inference_mode), plus the norms bound propagation supports."""
     x, y = check_inputs(x, y, threat)
     if threat.norm not in ("Linf", "L2", "L1"):
         raise RobustlabError(f"certification supports the norms Linf, L2 and L1, not {threat.norm}")
-    return x, y
+    return check_call(model, x), y
 
 
-def _eps_tensor(eps: float | Tensor, x: Tensor) -> Tensor:
+def eps_per_sample(eps: float | Tensor, x: Tensor) -> Tensor:
     eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
     eps_t = eps_t.expand(x.shape[0]).clone() if eps_t.dim() == 0 else eps_t.reshape(-1)
     if eps_t.shape[0] != x.shape[0] or bool((eps_t < 0).any()) or not bool(torch.isfinite(eps_t).all()):
@@ -147,17 +149,20 @@ def _eps_tensor(eps: float | Tensor, x: Tensor) -> Tensor:
 
 @dataclass(frozen=True, kw_only=True)
 class Certifier:
-    """Base class: a frozen configuration; :meth:`__call__` certifies a batch."""
+    """Base class: a frozen configuration; :meth:`__call__` certifies a batch.
+
+    Bound-propagation subclasses implement :meth:`_bound`; the exact
+    :class:`~robustlab.certify.milp.MILPVerifier` overrides :meth:`__call__`."""
 
     batch_size: int = 256
     name: ClassVar[str] = ""  # the key in CERTIFIERS
     method = ""
 
-    def margins(self, prepared: Prepared, x: Tensor, y: Tensor, eps: Tensor, norm: str,
-                bounds: tuple[float, float]) -> Tensor:
-        """``[N, K]`` margin lower bounds (``+inf`` at ``y``) for a prepared model."""
+    def margins(self, prepared: Prepared, x: Tensor, y: Tensor, eps: Tensor, threat: ThreatModel) -> Tensor:
+        """``[N, K]`` margin lower bounds (``+inf`` at ``y``) for a prepared model, over the balls
+        of radii ``eps [N]`` in ``threat``'s norm and box."""
         spec = margin_spec(y, prepared.weight.shape[0], x.dtype)
-        inputs = InputSet(x, eps, norm, bounds)
+        inputs = InputSet(x, eps, threat.norm, threat.bounds)
         values = self._bound(prepared, spec, inputs)
         return values.masked_fill(spec.abs().sum(-1) == 0, math.inf)
 
@@ -168,10 +173,9 @@ class Certifier:
                  eps: float | Tensor | None = None) -> CertResult:
         """Certify ``x [N, ...]`` with labels ``y [N]`` against ``threat`` (or per-sample radii
         ``eps [N]`` in ``threat``'s norm and box)."""
-        x, y = _check_inputs(x, y, threat)
-        x = check_call(model, x)  # the attacks' checks: x of the model's dtype, not under inference_mode
+        x, y = check_certify_inputs(model, x, y, threat)
         start = time.perf_counter()
-        eps_t = _eps_tensor(threat.eps if eps is None else eps, x)
+        eps_t = eps_per_sample(threat.eps if eps is None else eps, x)
         with FrozenEval(model), torch.no_grad():
             out = []
             for i in range(0, max(x.shape[0], 1), self.batch_size):
@@ -181,7 +185,7 @@ class Certifier:
                 prepared = prepare(model, xb)
                 if yb.numel() and (int(yb.min()) < 0 or int(yb.max()) >= prepared.weight.shape[0]):
                     raise RobustlabError(f"labels must lie in [0, {prepared.weight.shape[0]})")
-                margins = self.margins(prepared, xb, yb, eps_t[i:i + self.batch_size], threat.norm, threat.bounds)
+                margins = self.margins(prepared, xb, yb, eps_t[i:i + self.batch_size], threat)
                 correct = prepared.logits.argmax(1) == yb
                 out.append((margins, correct))
         if out:
@@ -256,35 +260,30 @@ class AlphaCROWN(CROWN):
     alpha_steps: int = 30
 
 
-#: The bound-propagation certifiers by name (``robustlab certify --methods``).
-CERTIFIERS: Registry[type[Certifier]] = Registry("certifier", (IBP, CROWN, CROWNIBP, AlphaCROWN))
-
-
 def certified_radius(
     certifier: Certifier,
     model: nn.Module,
     x: Tensor,
     y: Tensor,
     *,
-    norm: str = "Linf",
-    bounds: tuple[float, float] = (0.0, 1.0),
+    threat: ThreatModel,
     eps_max: float | Tensor = 1.0,
     steps: int = 20,
 ) -> Tensor:
-    """``[N]`` the largest radius certified by ``certifier``, by per-sample bisection on
+    """``[N]`` the largest radius certified by ``certifier`` in ``threat``'s norm and box (an
+    unbounded threat model, ``eps = math.inf``: the radius is the output, see
+    :func:`~robustlab.threat.require_unbounded`), by per-sample bisection on
     ``[0, eps_max]`` (a number or ``[N]``, e.g. an attack's distances: the certified radius
     cannot exceed them; ``steps`` halvings: precision ``eps_max / 2**steps``); 0 for misclassified
     samples. Every returned radius was itself certified (the lower end of the bracket), so it
     is a sound lower bound on the minimal adversarial perturbation.
 
     Cost: ``steps + 1`` certifier calls."""
-    from robustlab.threat import threat_model
-
-    width = (bounds[1] - bounds[0]) * (1 if norm == "Linf" else x[0].numel())
+    require_unbounded(threat, "certified_radius")
+    low, high = threat.bounds
+    width = (high - low) * (1 if threat.norm == "Linf" else x[0].numel())
     hi = torch.as_tensor(eps_max, dtype=x.dtype).expand(x.shape[0]).clone().clamp(max=width)
     hi = torch.where(hi > 0, hi, torch.full_like(hi, 1e-12))
-    low, high = bounds
-    threat = threat_model(norm, float(hi.max()) if hi.numel() else 1.0, (low, high))
     lo = x.new_zeros(x.shape[0])
     top = certifier(model, x, y, threat=threat, eps=hi)
     lo = torch.where(top.certified, hi, lo)

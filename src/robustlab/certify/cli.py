@@ -18,14 +18,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from robustlab.certify.certifiers import CERTIFIERS, Certifier
+from robustlab.certify import CERTIFIERS, Certifier, MILPVerifier
 from robustlab.errors import RobustlabError
 from robustlab.io import load_document, save_document
 
 __all__ = ["add_certify_parser", "bracket_from_dict", "certify_command", "read_bracket"]
 
-def _certifier(name: str, batch_size: int) -> Certifier:
-    return CERTIFIERS.lookup(name)(batch_size=batch_size)
+def _certifier(name: str, batch_size: int, *, time_limit: float, lp_tighten: bool) -> Certifier:
+    """The registered certifier ``name``; the MILP takes --time-limit and --lp-tighten."""
+    kind = CERTIFIERS.lookup(name)
+    if issubclass(kind, MILPVerifier):
+        return kind(time_limit=time_limit, lp_tighten=lp_tighten)
+    return kind(batch_size=batch_size)
 
 
 def certify_command(args: argparse.Namespace) -> int:
@@ -54,22 +58,22 @@ def certify_command(args: argparse.Namespace) -> int:
         )
     model.eval()
     dataset = data.name
-    bounds = tuple(card.input_bounds)
+    unbounded = threat_model(args.norm, math.inf, tuple(card.input_bounds))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"model": str(args.model), "model_card": card.to_dict(), "dataset": dataset, "samples": len(data), "norm": args.norm,
                      "certified_accuracy": {}, "seconds": {}}
     for method in methods:
-        certifier = _certifier(method, args.batch_size)
+        certifier = _certifier(method, args.batch_size, time_limit=args.time_limit, lp_tighten=args.lp_tighten)
         for eps in eps_values:
             start = time.perf_counter()
-            result = certifier(model, data.x, data.y, threat=threat_model(args.norm, eps, bounds))
+            result = certifier(model, data.x, data.y, threat=unbounded.with_eps(eps))
             results["certified_accuracy"].setdefault(method, {})[f"{eps:g}"] = result.certified_accuracy
             results["seconds"].setdefault(method, {})[f"{eps:g}"] = round(time.perf_counter() - start, 3)
     if args.bracket:
         n = min(args.bracket, len(data))
-        table = bracket(model, data.x[:n], data.y[:n], norm=args.norm, time_limit=args.time_limit,
-                        lp_tighten=args.lp_tighten, bounds=bounds)
+        table = bracket(model, data.x[:n], data.y[:n], threat=unbounded, time_limit=args.time_limit,
+                        lp_tighten=args.lp_tighten)
         (out / "bracket.md").write_text(table.markdown())
         save_document(out / "bracket.json", "bracket", {"rows": table.rows, "summary": table.summary})
         results["bracket"] = table.summary
@@ -118,8 +122,9 @@ def add_certify_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--bracket", type=nonnegative_int, default=0, metavar="N",
                    help="also compute certified <= exact (MILP) <= attack on the first N samples")
-    p.add_argument("--time-limit", type=positive_float, default=60.0, help="MILP seconds per sample")
-    p.add_argument("--lp-tighten", action="store_true", help="tighten MILP bounds by an LP per unstable neuron")
+    p.add_argument("--time-limit", type=positive_float, default=60.0, help="MILP seconds per sample (milp, --bracket)")
+    p.add_argument("--lp-tighten", action="store_true",
+                   help="tighten MILP bounds by an LP per unstable neuron (milp, --bracket)")
     p.add_argument("--out", default="certify-report")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=certify_command)

@@ -38,17 +38,18 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from robustlab.certify.bounds import InputSet, crown_bounds, margin_spec
-from robustlab.certify.certifiers import Prepared, prepare
+from robustlab.certify.certifiers import Certifier, CertResult, Prepared, check_certify_inputs, eps_per_sample, prepare
 from robustlab.certify.graph import AffineOp, MaxPoolOp, ReLUOp
 from robustlab.errors import RobustlabError
 from robustlab.modes import FrozenEval
+from robustlab.threat import ThreatModel, require_unbounded
 
 __all__ = ["MILPResult", "MILPVerifier", "dense_layers"]
 
@@ -219,8 +220,13 @@ class _Problem:
 
 
 @dataclass(frozen=True, kw_only=True)
-class MILPVerifier:
+class MILPVerifier(Certifier):
     """Exact verification and minimal adversarial perturbation (Linf, L1) by MILP.
+
+    A :class:`~robustlab.certify.certifiers.Certifier`: ``verifier(model, x, y, *, threat)``
+    returns a :class:`~robustlab.certify.certifiers.CertResult` whose margins are the MILP's
+    bounds (exact where the solver finished); :meth:`verify` gives the per-sample statuses and
+    counterexamples behind it, :meth:`minimal_perturbation` the exact minimal distance.
 
     Args:
         time_limit: seconds per sample (all targets together); a sample that runs out gets the
@@ -229,14 +235,17 @@ class MILPVerifier:
             binaries and a tighter relaxation).
         margin: ``z_t - z_j >= margin`` encodes "classified as t" without ties (1e-4, as in
             the reference's recipe).
+        batch_size: unused (each sample is its own MILP); kept from :class:`Certifier`.
     """
 
+    name: ClassVar[str] = "milp"
+    method = "milp"
     time_limit: float = 60.0
     lp_tighten: bool = False
     margin: float = _MARGIN
 
     # -- shared set-up ------------------------------------------------------------------
-    def _setup(self, model: nn.Module, x: Tensor, y: Tensor, norm: str, radius: float, bounds: tuple[float, float]
+    def _setup(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, radius: float
                ) -> tuple[Layers, Layers, np.ndarray, np.ndarray]:
         """Double-precision copy, dense layers, bounds on the domain of radius ``radius``."""
         model64 = copy.deepcopy(model).double().eval()
@@ -244,7 +253,7 @@ class MILPVerifier:
         with torch.no_grad():
             prepared = prepare(model64, x64)
             layers = dense_layers(prepared)
-            inputs = InputSet(x64, torch.tensor([radius], dtype=torch.float64), norm, bounds)
+            inputs = InputSet(x64, torch.tensor([radius], dtype=torch.float64), threat.norm, threat.bounds)
             spec = margin_spec(y.reshape(1), prepared.weight.shape[0], torch.float64)
             _, pre = crown_bounds(prepared.ops, prepared.weight, prepared.bias, spec, inputs, intermediate="crown")
         relus = [op for op in prepared.ops if isinstance(op, ReLUOp)]
@@ -289,33 +298,37 @@ class MILPVerifier:
         x: Tensor,
         y: Tensor,
         *,
-        norm: str = "Linf",
+        threat: ThreatModel,
         upper: Tensor | None = None,
         lower: Tensor | None = None,
-        bounds: tuple[float, float] = (0.0, 1.0),
     ) -> MILPResult:
-        """Minimal ``norm`` ("Linf" or "L1") perturbation per sample of ``x [N, ...]``.
+        """Minimal perturbation per sample of ``x [N, ...]`` in ``threat``'s norm ("Linf" or
+        "L1") and box; ``threat`` is unbounded (``eps = math.inf``,
+        :func:`~robustlab.threat.require_unbounded`), since the distance is the output.
 
         ``upper [N]`` (e.g. an attack's distances, ``inf`` where it failed) restricts the
         domain, which makes the bounds and the MILP far tighter; ``lower [N]`` (e.g. a certified
         radius) is used as the lower end of the interval for a sample that times out.
         """
+        require_unbounded(threat, "MILPVerifier.minimal_perturbation")
+        norm = threat.norm
         if norm not in ("Linf", "L1"):
             raise RobustlabError(f"exact minimal perturbation supports Linf and L1 (L2 needs MIQP), not {norm}")
         out = MILPResult([], [], [], [], [], [], [], norm=norm)
-        full = (bounds[1] - bounds[0]) * (1 if norm == "Linf" else x[0].numel())
+        full = (threat.bounds[1] - threat.bounds[0]) * (1 if norm == "Linf" else x[0].numel())
         with FrozenEval(model):
             for i in range(x.shape[0]):
                 start = time.perf_counter()
                 ub = math.inf if upper is None else float(upper[i])
                 lb_hint = 0.0 if lower is None else float(lower[i])
-                self._minimal_one(model, x[i], int(y[i]), norm, ub, lb_hint, full, bounds, start, out)
+                self._minimal_one(model, x[i], int(y[i]), threat, ub, lb_hint, full, start, out)
                 out.seconds.append(time.perf_counter() - start)
         return out
 
-    def _minimal_one(self, model: nn.Module, x: Tensor, y: int, norm: str, ub: float, lb_hint: float, full: float,
-                     bounds: tuple[float, float], start: float, out: MILPResult) -> None:
+    def _minimal_one(self, model: nn.Module, x: Tensor, y: int, threat: ThreatModel, ub: float, lb_hint: float,
+                     full: float, start: float, out: MILPResult) -> None:
         deadline = start + self.time_limit
+        norm = threat.norm
         if self._predicts(model, x, y):
             out.status.append("misclassified")
             out.lower.append(0.0)
@@ -325,7 +338,7 @@ class MILPVerifier:
             out.unstable.append(0)
             return
         radius = min(full, ub * (1 + 1e-3) + 1e-6) if math.isfinite(ub) else full
-        layers, pre_bounds, x_lower, x_upper = self._setup(model, x.unsqueeze(0), torch.tensor([y]), norm, radius, bounds)
+        layers, pre_bounds, x_lower, x_upper = self._setup(model, x.unsqueeze(0), torch.tensor([y]), threat, radius)
         if self.lp_tighten:
             pre_bounds = self._tighten(layers, pre_bounds, x_lower, x_upper, deadline)
         problem = _Problem(layers, pre_bounds, x_lower, x_upper)
@@ -377,7 +390,7 @@ class MILPVerifier:
         out.unstable.append(problem.unstable)
         point = None
         if best_point is not None:
-            lo, hi = bounds
+            lo, hi = threat.bounds
             point = torch.from_numpy(np.clip(best_point, lo, hi)).to(x.dtype).reshape(x.shape)
             diff = (point.double() - x.double()).reshape(-1)
             best = float(diff.abs().max() if norm == "Linf" else diff.abs().sum())
@@ -394,24 +407,62 @@ class MILPVerifier:
             out.upper.append(min(best, ub))
 
     # -- verification at eps ---------------------------------------------------------------
-    def verify(self, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "Linf",
-               bounds: tuple[float, float] = (0.0, 1.0)) -> MILPResult:
-        """Decide per sample whether every point of the ``eps``-ball (Linf or L1) ∩ box is
-        classified ``y``: "robust", "not-robust" (with a forward-checked counterexample) or
-        "timeout". ``upper`` is an upper bound on ``max_{x', t != y} z_t - z_y`` (< 0: robust)."""
-        if norm not in ("Linf", "L1"):
-            raise RobustlabError(f"MILP verification supports Linf and L1, not {norm}")
-        out = MILPResult([], [], [], [], [], [], [], norm=norm)
+    def verify(self, model: nn.Module, x: Tensor, y: Tensor, *, threat: ThreatModel) -> MILPResult:
+        """Decide per sample whether every point of ``threat``'s ball (Linf or L1, radius
+        ``threat.eps``) ∩ box is classified ``y``: "robust", "not-robust" (with a forward-checked
+        counterexample) or "timeout". ``upper`` is an upper bound on ``max_{x', t != y} z_t - z_y``
+        (< 0: robust)."""
+        return self._verify(model, x, y, threat, [threat.eps] * x.shape[0])[0]
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, threat: ThreatModel,
+                 eps: float | Tensor | None = None) -> CertResult:
+        """The :class:`~robustlab.certify.certifiers.Certifier` contract: certify ``x [N, ...]``
+        with labels ``y [N]`` against ``threat`` (or per-sample radii ``eps [N]`` in its norm
+        and box). ``margins [N, K]`` are lower bounds on ``z_y - z_j``: exact where the
+        target's MILP finished, the solver's dual bound where it timed out, ``-inf`` for the
+        targets not examined (after a counterexample or the time limit) and for samples
+        misclassified clean. Certified exactly where :meth:`verify` says "robust";
+        ``extras["milp"]`` holds that :class:`MILPResult`."""
+        x, y = check_certify_inputs(model, x, y, threat)
+        if threat.norm not in ("Linf", "L1"):
+            raise RobustlabError(f"MILP verification supports Linf and L1, not {threat.norm}")
+        start = time.perf_counter()
+        eps_t = eps_per_sample(threat.eps if eps is None else eps, x)
+        with FrozenEval(model), torch.no_grad():
+            logits = model(x)
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1]):
+            raise RobustlabError(f"labels must lie in [0, {logits.shape[1]})")
+        result, margins = self._verify(model, x, y, threat, eps_t.tolist(), logits.shape[1])
+        margins = margins.to(x.dtype)
+        margin = margins.amin(dim=1) if margins.numel() else x.new_zeros(x.shape[0])
+        correct = torch.tensor([s != "misclassified" for s in result.status], dtype=torch.bool)
+        certified = (margin > 0) & correct
+        return CertResult(certified, margins, margin, eps_t, threat.norm, self.method, correct,
+                          time.perf_counter() - start, extras={"milp": result})
+
+    def _verify(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, eps: list[float],
+                classes: int | None = None) -> tuple[MILPResult, Tensor]:
+        """:meth:`verify` at per-sample radii, and the ``[N, K]`` margin lower bounds (float64)."""
+        if threat.norm not in ("Linf", "L1"):
+            raise RobustlabError(f"MILP verification supports Linf and L1, not {threat.norm}")
+        out = MILPResult([], [], [], [], [], [], [], norm=threat.norm)
+        rows = []
         with FrozenEval(model):
             for i in range(x.shape[0]):
                 start = time.perf_counter()
-                self._verify_one(model, x[i], int(y[i]), eps, norm, bounds, start, out)
+                rows.append(self._verify_one(model, x[i], int(y[i]), eps[i], threat, start, out, classes))
                 out.seconds.append(time.perf_counter() - start)
-        return out
+        margins = torch.stack(rows) if rows else torch.zeros((0, classes or 0), dtype=torch.float64)
+        return out, margins
 
-    def _verify_one(self, model: nn.Module, x: Tensor, y: int, eps: float, norm: str, bounds: tuple[float, float],
-                    start: float, out: MILPResult) -> None:
+    def _verify_one(self, model: nn.Module, x: Tensor, y: int, eps: float, threat: ThreatModel, start: float,
+                    out: MILPResult, classes: int | None) -> Tensor:
+        """Append sample ``x``'s outcome to ``out``; return its ``[K]`` margin lower bounds."""
         deadline = start + self.time_limit
+        with torch.no_grad():
+            order = model(x.unsqueeze(0))[0].argsort(descending=True).tolist()
+        margins = torch.full((classes or len(order),), -math.inf, dtype=torch.float64)
+        margins[y] = math.inf
         if self._predicts(model, x, y):
             out.status.append("misclassified")
             out.lower.append(math.inf)
@@ -419,13 +470,13 @@ class MILPVerifier:
             out.counterexample.append(x.clone())
             out.counterexample_ok.append(True)
             out.unstable.append(0)
-            return
-        layers, pre_bounds, x_lower, x_upper = self._setup(model, x.unsqueeze(0), torch.tensor([y]), norm, eps, bounds)
+            return margins
+        layers, pre_bounds, x_lower, x_upper = self._setup(model, x.unsqueeze(0), torch.tensor([y]), threat, eps)
         if self.lp_tighten:
             pre_bounds = self._tighten(layers, pre_bounds, x_lower, x_upper, deadline)
         problem = _Problem(layers, pre_bounds, x_lower, x_upper)
         n = x.numel()
-        if norm == "L1":
+        if threat.norm == "L1":
             x0 = x.detach().double().reshape(-1).numpy()
             s = [problem._add_var(0.0, eps) for _ in range(n)]
             for i in range(n):
@@ -434,8 +485,6 @@ class MILPVerifier:
             problem.add_row(s, [1.0] * n, -math.inf, eps)
         out.unstable.append(problem.unstable)
         a_last, b_last = layers[-1]
-        with torch.no_grad():
-            order = model(x.unsqueeze(0))[0].argsort(descending=True).tolist()
         upper_bound, worst, timed_out = -math.inf, -math.inf, False
         for target in (c for c in order if c != y):
             remaining = deadline - time.perf_counter()
@@ -445,11 +494,19 @@ class MILPVerifier:
             weights = a_last[target] - a_last[y]
             const = b_last[target] - b_last[y]
             res = problem.solve({k: -v for k, v in problem.output_row(weights).items()}, time_limit=remaining)
+            if res.status == 0:
+                target_upper = -float(res.fun) + const
+            else:
+                timed_out = True
+                dual = getattr(res, "mip_dual_bound", None)
+                target_upper = -float(dual) + const if dual is not None and np.isfinite(dual) else math.inf
+            upper_bound = max(upper_bound, target_upper)
+            margins[target] = -target_upper
             if res.x is not None:
                 value = -float(res.fun) + const
                 worst = max(worst, value)
                 if value > 0:
-                    lo, hi = bounds
+                    lo, hi = threat.bounds
                     point = torch.from_numpy(np.clip(res.x[:n], lo, hi)).to(x.dtype).reshape(x.shape)
                     if self._predicts(model, point, y):
                         out.status.append("not-robust")
@@ -457,13 +514,7 @@ class MILPVerifier:
                         out.upper.append(math.inf)
                         out.counterexample.append(point)
                         out.counterexample_ok.append(True)
-                        return
-            if res.status == 0:
-                upper_bound = max(upper_bound, -float(res.fun) + const)
-            else:
-                timed_out = True
-                dual = getattr(res, "mip_dual_bound", None)
-                upper_bound = max(upper_bound, -float(dual) + const if dual is not None and np.isfinite(dual) else math.inf)
+                        return margins
         out.counterexample.append(None)
         out.counterexample_ok.append(None)
         out.lower.append(worst)
@@ -473,7 +524,7 @@ class MILPVerifier:
         elif timed_out:
             out.status.append("timeout")
         else:
-            # Optimum >= 0 but no strictly misclassified point (a tie at the boundary).
             # The optimum is >= 0 but no solver point was confirmed misclassified by a forward
             # pass (a tie at the decision boundary, or round-off): say so rather than guess.
             out.status.append("unconfirmed")
+        return margins

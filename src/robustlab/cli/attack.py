@@ -30,11 +30,11 @@ def run(args: argparse.Namespace) -> int:
     from robustlab.report.grid import save_examples
 
     out = check_out_folder(args.out)
-    threat(args.norm, args.eps, (0.0, 1.0))  # a bad --norm or --eps fails before the model and data are loaded
+    requested = threat(args.norm, args.eps)  # a bad --norm or --eps fails before the model and data are loaded
     request = ModelRequest.from_args(args)
     model, card, data, device = load_defended_model(request)
     (attack,) = wrap_attacks({"attack": parse_attack(args.attack)}, bpda=request.bpda, eot=request.eot).values()
-    threat_model = threat(args.norm, args.eps, tuple(card.input_bounds))
+    threat_model = requested.with_bounds(tuple(card.input_bounds))
     generator = torch.Generator(device=device).manual_seed(args.seed)
     outputs: dict[str, list[torch.Tensor]] = {k: [] for k in ("x_adv", "success", "distance", "predictions", "clean")}
     start = time.perf_counter()

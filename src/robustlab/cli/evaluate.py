@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from robustlab.cli.options import add_attack_options, check_out_file, check_out_
 from robustlab.cli.tables import accuracy_rows, print_table
 from robustlab.documentation import docs_pointer
 from robustlab.errors import RobustlabError
+from robustlab.threat import ThreatModel
 
 MODES = ("fixed", "minimum-norm", "targeted")
 
@@ -84,18 +86,18 @@ def _evaluate_unbounded(args: argparse.Namespace) -> int:
     try:
         model, card, data, on = load_defended_model(request)
         attacks = wrap_attacks(_named([parse_attack(spec) for spec in args.attack]), bpda=request.bpda, eot=request.eot)
-        bounds = tuple(card.input_bounds)
+        unbounded = threat(args.norm, math.inf, tuple(card.input_bounds))
         x, y = data.x.to(on), data.y.to(on)
         out = Path(args.out)
         common = dict(batch_size=args.batch_size, seed=args.seed, indices=data.indices, num_classes=data.num_classes,
                       model_card=card.to_dict(), progress=not args.quiet, **_run_state(args, out, sharded))
         ev: MinimumNormEvaluation | TargetedEvaluation
         if args.mode == "minimum-norm":
-            ev = evaluate_minimum_norm(model, x, y, attacks=attacks, norm=args.norm, bounds=bounds, **common)
+            ev = evaluate_minimum_norm(model, x, y, attacks=attacks, threat=unbounded, **common)
         else:
             if len(attacks) != 1:
                 raise RobustlabError("--mode targeted runs the C&W protocol with exactly one --attack")
-            ev = evaluate_targeted(model, x, y, attack=next(iter(attacks.values())), norm=args.norm, bounds=bounds,
+            ev = evaluate_targeted(model, x, y, attack=next(iter(attacks.values())), threat=unbounded,
                                    **common)
         if sharded and distributed.rank_and_world()[0] != 0:
             return 0
@@ -126,21 +128,21 @@ def _evaluate_fixed(args: argparse.Namespace) -> int:
 
     if args.eps is None:
         raise RobustlabError("--eps is required for a fixed-budget evaluation (or use --mode minimum-norm)")
-    threat(args.norm, args.eps, (0.0, 1.0))  # a bad --norm or --eps fails before the model and data are loaded
+    requested = threat(args.norm, args.eps)  # a bad --norm or --eps fails before the model and data are loaded
     request = ModelRequest.from_args(args)
     suite = args.suite
     if not suite and not args.attack:
         if args.diagnose:
             if request.bpda or request.eot is not None:
                 raise RobustlabError("--bpda and --eot wrap attacks; the diagnostics alone examine the model as it is")
-            return _diagnose(request, args.norm, args.eps, Path(args.out))
+            return _diagnose(request, requested, Path(args.out))
         suite = DEFAULT_SUITE
     sharded = distributed.launched_distributed()
     if sharded:
         request = dataclasses.replace(request, device=str(distributed.init_process_group(device(request.device))))
     try:
         model, card, data, on = load_defended_model(request)
-        threat_model = threat(args.norm, args.eps, tuple(card.input_bounds))
+        threat_model = requested.with_bounds(tuple(card.input_bounds))
         attacks = build_suite(suite, threat_model, data.num_classes) if suite else {}
         attacks = wrap_attacks(_named([parse_attack(spec) for spec in args.attack or []], attacks),
                                bpda=request.bpda, eot=request.eot)
@@ -162,7 +164,7 @@ def _evaluate_fixed(args: argparse.Namespace) -> int:
     _store_run(args, ev, data, card)
     if not args.diagnose:
         return 0
-    return _diagnose(request, args.norm, args.eps, out, evaluated=(model, data, threat_model))
+    return _diagnose(request, requested, out, evaluated=(model, data, threat_model))
 
 
 def _named(attacks: list[Any], named: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -177,16 +179,17 @@ def _named(attacks: list[Any], named: dict[str, Any] | None = None) -> dict[str,
     return out
 
 
-def _diagnose(request: ModelRequest, norm: str, eps: float, out: Path,
+def _diagnose(request: ModelRequest, requested: ThreatModel, out: Path,
               evaluated: tuple[torch.nn.Module, Any, Any] | None = None) -> int:
     """The gradient-masking checks on the evaluated samples (``evaluated``: the model, data and
-    threat model of the evaluation just run; else loaded here); exit status 1 if any check fails."""
+    threat model of the evaluation just run; else loaded here, ``requested`` on the card's box);
+    exit status 1 if any check fails."""
     from robustlab.evaluation import diagnose
     from robustlab.io import save_json
 
     if evaluated is None:
         model, card, data, _ = load_defended_model(request)
-        threat_model = threat(norm, eps, tuple(card.input_bounds))
+        threat_model = requested.with_bounds(tuple(card.input_bounds))
     else:
         model, data, threat_model = evaluated
     on = next(iter(model.parameters()), torch.empty(0)).device

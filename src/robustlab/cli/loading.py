@@ -15,6 +15,7 @@ import torch
 
 from robustlab.cli.options import defense_names, eps_value, key_values, parse_defense
 from robustlab.errors import RobustlabError
+from robustlab.threat import ThreatModel
 
 
 def device(name: Any) -> torch.device:
@@ -39,9 +40,11 @@ def device(name: Any) -> torch.device:
     return device
 
 
-def threat(norm: str, eps: float | str, bounds: tuple[float, float]) -> Any:
-    """The threat model of --norm and --eps on ``bounds``; an eps given as text (set
-    programmatically rather than parsed) is read as the option would read it."""
+def threat(norm: str, eps: float | str, bounds: tuple[float, float] = (0.0, 1.0)) -> ThreatModel:
+    """The threat model of --norm and --eps on ``bounds`` (the commands build it once, before any
+    model is loaded, and move it onto the model card's box with ``with_bounds``); an eps given
+    as text (set programmatically rather than parsed) is read as the option would read it.
+    The one place the command line turns option strings into a threat model."""
     from robustlab.threat import threat_model
 
     if isinstance(eps, str):

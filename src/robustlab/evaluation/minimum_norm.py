@@ -33,7 +33,7 @@ from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.provenance import provenance
 from robustlab.evaluation.runner import Run, Step, run_blocks
 from robustlab.io import header, inf_from_json, read_document, save_json
-from robustlab.threat import ThreatModel, threat_model
+from robustlab.threat import ThreatModel, require_unbounded
 from robustlab.validate import is_number
 
 __all__ = ["BEST", "DistanceMismatchWarning", "MinimumNormEvaluation", "evaluate_minimum_norm", "distance_statistics"]
@@ -56,14 +56,6 @@ def check_minimum_norm(attack: Any, key: str, threat: ThreatModel) -> None:
         )
     if threat.norm not in attack.norms:
         raise RobustlabError(f"{key!r} ({type(attack).__name__}) supports the norms {sorted(attack.norms)}, not {threat.norm}")
-
-
-def unbounded_threat(norm: str, bounds: tuple[float, float]) -> ThreatModel:
-    """The threat model ``norm`` with ``eps = inf`` (only the box applies); clear error for an unknown norm."""
-    if isinstance(norm, ThreatModel):
-        raise RobustlabError("give the norm as a name ('L2', 'Linf', 'L1', 'L0'); minimum-norm evaluation is unbounded")
-    low, high = bounds
-    return threat_model(norm, math.inf, (low, high))
 
 
 def warn_mismatch(name: str, count: int, total: int, stacklevel: int = 3) -> None:
@@ -296,8 +288,7 @@ def evaluate_minimum_norm(
     y: Tensor,
     *,
     attacks: Sequence[Attack] | Mapping[str, Attack],
-    norm: str,
-    bounds: tuple[float, float] = (0.0, 1.0),
+    threat: ThreatModel,
     batch_size: int = 256,
     seed: int = 0,
     indices: Tensor | None = None,
@@ -315,12 +306,13 @@ def evaluate_minimum_norm(
     :func:`~robustlab.evaluation.evaluate`.
 
     Args:
-        x, y: ``[N, ...]`` inputs inside ``bounds`` and ``[N]`` integer labels, on the model's device.
-        attacks: minimum-norm attacks (``attack.minimum_norm``) supporting ``norm``; a mapping
+        x, y: ``[N, ...]`` inputs inside ``threat.bounds`` and ``[N]`` integer labels, on the model's device.
+        attacks: minimum-norm attacks (``attack.minimum_norm``) supporting ``threat.norm``; a mapping
             names them, a sequence is named by each attack's ``name``. Each runs on every
             clean-correct sample (not as a cascade: every attack's own curve is exact).
-        norm: ``"L2"``, ``"Linf"``, ``"L1"`` or ``"L0"``; the attacks run under
-            ``threat_model(norm, math.inf, bounds)``.
+        threat: the unbounded threat model the attacks run under (``eps = math.inf``, e.g.
+            ``L2(math.inf)``; :func:`~robustlab.threat.require_unbounded`): its norm (``L2``, ``Linf``, ``L1`` or
+            ``L0``) measures the distances, its box bounds the inputs.
         seed: each attack gets one generator per block of ``batch_size`` samples, seeded from
             ``seed``, the attack's name and the block's first position, as in :func:`evaluate`.
         indices: ``[N]`` integer indices in the original split (default ``arange``).
@@ -336,7 +328,7 @@ def evaluate_minimum_norm(
     named = named_attacks(attacks)
     if BEST in named:
         raise RobustlabError(f"{BEST!r} is reserved for the best-of-attacks column; name the attack differently")
-    threat = unbounded_threat(norm, bounds)
+    require_unbounded(threat, "evaluate_minimum_norm")
     for key, attack in named.items():
         check_minimum_norm(attack, key, threat)
     run = run_blocks(model, x, y, threat=threat, attacks=named, steps=lambda k: [Step(n, a) for n, a in named.items()],

@@ -28,14 +28,13 @@ from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.minimum_norm import (
     check_minimum_norm,
     median_of,
-    unbounded_threat,
     verified,
     warn_mismatch,
 )
 from robustlab.evaluation.provenance import provenance
 from robustlab.evaluation.runner import Step, block_seed, run_blocks
 from robustlab.io import header, inf_from_json, read_document, save_json
-from robustlab.threat import ThreatModel
+from robustlab.threat import ThreatModel, require_unbounded
 
 __all__ = ["CASES", "TargetedEvaluation", "evaluate_targeted"]
 
@@ -135,8 +134,7 @@ def evaluate_targeted(
     y: Tensor,
     *,
     attack: Attack,
-    norm: str,
-    bounds: tuple[float, float] = (0.0, 1.0),
+    threat: ThreatModel,
     batch_size: int = 256,
     seed: int = 0,
     indices: Tensor | None = None,
@@ -154,10 +152,11 @@ def evaluate_targeted(
     :func:`~robustlab.evaluation.evaluate`.
 
     Args:
-        x, y: ``[N, ...]`` inputs inside ``bounds`` and ``[N]`` integer labels, on the model's device.
-        attack: a minimum-norm attack supporting ``norm`` (e.g. ``CarliniWagnerL2``, ``DDN``,
-            ``FMN``, ``DeepFool``, ``JSMA``), run under ``threat_model(norm, math.inf, bounds)``
-            with explicit target tensors.
+        x, y: ``[N, ...]`` inputs inside ``threat.bounds`` and ``[N]`` integer labels, on the model's device.
+        attack: a minimum-norm attack supporting ``threat.norm`` (e.g. ``CarliniWagnerL2``, ``DDN``,
+            ``FMN``, ``DeepFool``, ``JSMA``), run under ``threat`` with explicit target tensors.
+        threat: the unbounded threat model (``eps = math.inf``, e.g. ``L2(math.inf)``;
+            :func:`~robustlab.threat.require_unbounded`).
         batch_size: samples per block. Each block is attacked in ``K - 1`` steps, step ``j``
             towards the classes ``(y + j) % K``: at most ``batch_size`` rows per attack call.
         seed: the call of step ``j`` on a block draws from a generator seeded from ``seed``, the
@@ -175,7 +174,7 @@ def evaluate_targeted(
     forward per run whose success the attack's bookkeeping contradicts; recorded per sample and
     in ``passes``.
     """
-    threat = unbounded_threat(norm, bounds)
+    require_unbounded(threat, "evaluate_targeted")
     name = attack.name if isinstance(attack, Attack) and attack.name else "attack"
     check_minimum_norm(attack, name, threat)
 

@@ -60,6 +60,7 @@ from robustlab.certify.bounds import InputSet, crown_bounds, ibp_bounds, margin_
 from robustlab.certify.certifiers import Prepared, prepare
 from robustlab.errors import RobustlabError
 from robustlab.modes import ModuleMode
+from robustlab.threat import ThreatModel, threat_model
 from robustlab.training.methods import (
     METHODS,
     Batch,
@@ -136,6 +137,12 @@ class CertifiedTrainingOptions:
         for name, value in weights.items():
             object.__setattr__(self, name, value)
 
+    @property
+    def threat(self) -> ThreatModel:
+        """The threat model trained against at the end of the ramp: ``eps`` in ``norm`` on ``bounds``
+        (the options keep them as plain fields: they are the method's ``NAME:key=value`` options)."""
+        return threat_model(self.norm, self.eps, self.bounds)
+
     def to_dict(self) -> dict:
         """Plain Python (for checkpoints and JSON)."""
         return asdict(self)
@@ -198,24 +205,23 @@ def worst_case_logits(
     model: nn.Module | Prepared,
     x: Tensor,
     y: Tensor,
-    eps: float | Tensor,
     *,
+    threat: ThreatModel,
+    eps: float | Tensor | None = None,
     beta: float = 0.0,
-    norm: str = "Linf",
-    bounds: tuple[float, float] = (0.0, 1.0),
 ) -> Tensor:
-    """``-m [N, K]``: minus the lower bounds of the margins ``z_y - z_j`` over the threat set of
-    radius ``eps`` (a number or ``[N]``), with ``m = beta * m_CROWN-IBP + (1 - beta) * m_IBP``
+    """``-m [N, K]``: minus the lower bounds of the margins ``z_y - z_j`` over ``threat`` (its
+    norm, Linf, L2 or L1, and box; radius ``threat.eps`` or ``eps``, a number or ``[N]``, as a
+    certifier's ``eps``), with ``m = beta * m_CROWN-IBP + (1 - beta) * m_IBP``
     (``beta = 0``: pure IBP, one bound computation only; ``beta = 1``: pure CROWN-IBP). Entry
     ``y`` is 0. Differentiable in the model's parameters when gradients are enabled; the bounds
     are those of the eval-mode network. ``model`` may be an already prepared model (a
     :class:`~robustlab.certify.certifiers.Prepared` on the same input shape)."""
     prepared = model if isinstance(model, Prepared) else _prepare_for_training(model, x)
-    eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+    eps_t = torch.as_tensor(threat.eps if eps is None else eps, dtype=x.dtype, device=x.device)
     eps_t = eps_t.expand(x.shape[0]) if eps_t.dim() == 0 else eps_t.reshape(-1)
     spec = margin_spec(y, prepared.weight.shape[0], x.dtype)
-    low, high = bounds
-    inputs = InputSet(x, eps_t, norm, (low, high))
+    inputs = InputSet(x, eps_t, threat.norm, threat.bounds)
     bound: Tensor | float = 0
     if beta < 1:
         bound = (1 - beta) * ibp_bounds(prepared.ops, prepared.weight, prepared.bias, spec, inputs)
@@ -230,21 +236,21 @@ def certified_loss(
     x: Tensor,
     y: Tensor,
     *,
-    eps: float,
+    threat: ThreatModel,
     kappa: float,
+    eps: float | None = None,
     beta: float = 0.0,
-    norm: str = "Linf",
-    bounds: tuple[float, float] = (0.0, 1.0),
     prepared: Prepared | None = None,
 ) -> CertifiedLoss:
     """``kappa * CE(model(x), y) + (1 - kappa) * CE(worst_case_logits, y)`` (mean over the
-    batch). The clean forward runs in the model's current mode; the robust term is skipped
-    (``worst_logits = None``) when ``eps == 0`` or ``kappa == 1``."""
+    batch) over ``threat`` at radius ``eps`` (default ``threat.eps``; the ramp passes its
+    current radius). The clean forward runs in the model's current mode; the robust term is
+    skipped (``worst_logits = None``) when ``eps == 0`` or ``kappa == 1``."""
+    eps = threat.eps if eps is None else eps
     clean = model(x)
     if eps == 0 or kappa == 1:
         return CertifiedLoss(F.cross_entropy(clean, y), clean, None)
-    worst = worst_case_logits(model if prepared is None else prepared, x, y, eps, beta=beta, norm=norm,
-                              bounds=bounds)
+    worst = worst_case_logits(model if prepared is None else prepared, x, y, threat=threat, eps=eps, beta=beta)
     loss = kappa * F.cross_entropy(clean, y) + (1 - kappa) * F.cross_entropy(worst, y)
     return CertifiedLoss(loss, clean, worst)
 
@@ -305,8 +311,8 @@ class _CertifiedMethod(TrainingMethod):
         prepared = None
         if values.eps > 0 and values.kappa < 1:
             prepared = self._prepared_for(model, x)
-        out = certified_loss(model, x, y, eps=values.eps, kappa=values.kappa, beta=values.beta,
-                             norm=self.options.norm, bounds=self.options.bounds, prepared=prepared)
+        out = certified_loss(model, x, y, threat=self.options.threat, eps=values.eps, kappa=values.kappa,
+                             beta=values.beta, prepared=prepared)
         self.last = values
         self.step += 1
         return LossOutput(out.loss, out.clean_logits)
