@@ -138,3 +138,56 @@ def test_distill_checkpoints_and_resumes(tmp_path, digits):
         assert torch.equal(a, b)
     with pytest.raises(RobustlabError, match="temperature"):
         distill(_mlp(0), _mlp(1), x, y, temperature=30, config=config, checkpoint_dir=tmp_path)
+
+
+def _saved_teacher(tmp_path, digits, temperature: float):
+    """A small registered MLP trained as the teacher at ``temperature`` and saved with its card, as
+    ``robustlab train --method distillation-teacher`` saves it."""
+    from robustlab.models import ModelCard, build_model, save_model
+
+    x_train, y_train, _, _ = digits
+    arguments = {"input_shape": [1, 8, 8], "num_classes": 10, "hidden": [32]}
+    teacher = build_model("mlp", seed=0, **arguments)
+    config = _config(epochs=2, method="distillation-teacher", method_options={"temperature": temperature})
+    train(teacher, x_train[:300], y_train[:300], config=config)
+    card = ModelCard(architecture="mlp", arguments=arguments, dataset="digits",
+                     training={"method": config.method, "config": config.to_dict()})
+    save_model(teacher, tmp_path / "teacher", card)
+    return tmp_path / "teacher", arguments
+
+
+def test_student_from_a_saved_teacher_trains_as_distill_does(tmp_path, digits):
+    """The option teacher=PATH (how `robustlab train` and the zoo's mnist-distilled run the second
+    stage) gives bitwise the student distill() trains from the same teacher module."""
+    from robustlab.models import build_model, load_model
+
+    x_train, y_train, _, _ = digits
+    path, arguments = _saved_teacher(tmp_path, digits, 20.0)
+    config = _config(epochs=2, method="distillation-student", method_options={"temperature": 20.0, "teacher": str(path)})
+    from_option = build_model("mlp", seed=0, **arguments)
+    train(from_option, x_train[:300], y_train[:300], config=config)
+    teacher, _ = load_model(path)
+    from_module = distill(teacher, build_model("mlp", seed=0, **arguments), x_train[:300], y_train[:300],
+                          temperature=20.0, config=_config(epochs=2), train_teacher=False,
+                          shared_init=False).student_model
+    for a, b in zip(from_option.state_dict().values(), from_module.state_dict().values()):
+        assert torch.equal(a, b)
+    # Teeth: the student learnt from the teacher (not left at its initialisation).
+    untrained = build_model("mlp", seed=0, **arguments)
+    assert not torch.equal(untrained.state_dict()["fc1.weight"], from_option.state_dict()["fc1.weight"])
+
+
+def test_saved_teacher_of_another_temperature_or_two_teachers_are_refused(tmp_path, digits):
+    from robustlab.models import load_model
+    from robustlab.training.distillation import DistillationStudentMethod
+
+    x_train, y_train, _, _ = digits
+    path, _ = _saved_teacher(tmp_path, digits, 20.0)
+    config = _config(epochs=1, method="distillation-student", method_options={"temperature": 100.0, "teacher": str(path)})
+    with pytest.raises(RobustlabError, match="trained at temperature 20"):
+        DistillationStudentMethod(config)
+    same = _config(epochs=1, method="distillation-student", method_options={"temperature": 20.0, "teacher": str(path)})
+    with pytest.raises(RobustlabError, match="give one"):
+        DistillationStudentMethod(same, teacher=load_model(path)[0])
+    with pytest.raises(RobustlabError, match="teacher"):
+        _config(method="distillation-student", method_options={"teacher": 3})

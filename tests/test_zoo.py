@@ -204,6 +204,56 @@ def test_tiny_recipe_rebuilds_to_its_card(tmp_path):
     assert shipped.metrics["standard"]["robust_accuracy"] < shipped.metrics["clean_accuracy"] - 0.1
 
 
+def _smoke_train(name: str, run_dir, batches: int = 2) -> list[str]:
+    """``robustlab train`` on ``name``'s recipe as `robustlab zoo train` runs it, shrunk to one epoch
+    of ``batches`` batches (a stratified subset); returns the argv (rerun it to resume)."""
+    recipe = zoo.recipe(name)
+    argv = ["train", "--config", str(zoo.recipe_path(name)), "--out", str(run_dir), "--epochs", "1",
+            "--limit", str(batches * recipe.get("batch_size", 128)), "--quiet"]
+    if recipe.get("eps_warmup_epochs"):
+        argv += ["--eps-warmup-epochs", "0"]
+    assert main(argv) == 0
+    return argv
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in zoo.recipes() if n != "mnist-tiny"])
+def test_every_recipe_trains_checkpoints_resumes_and_publishes(name, tmp_path, monkeypatch):
+    """Each recipe, shrunk to 2 batches (the full runs take hours): `robustlab train` writes its
+    checkpoint and model, a rerun resumes instead of training again, and publish writes a card
+    whose weights load_model rebuilds into the same network (the `standard` suite on 2 images).
+    A recipe that loads another zoo model (mnist-distilled's teacher) gets a shrunk one published
+    first, into a temporary zoo."""
+    from robustlab.models import load_model
+    from robustlab.zoo.build import publish
+
+    if locate(zoo.recipe(name)["dataset"]) is None:
+        pytest.skip(f"needs {zoo.recipe(name)['dataset']} (ROBUSTLAB_DATA)")
+    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path / "zoo")
+    teacher = zoo.recipe(name).get("options", {}).get("teacher", "")
+    with torch_threads(1):
+        if teacher.startswith(zoo.PREFIX):
+            source = teacher[len(zoo.PREFIX):]
+            _smoke_train(source, tmp_path / source)
+            publish(source, tmp_path / source, out_dir=tmp_path / "zoo", images=2)
+        run_dir = tmp_path / name
+        argv = _smoke_train(name, run_dir)
+        checkpoint = run_dir / "checkpoints" / "last.ckpt"
+        assert checkpoint.is_file() and (run_dir / "model.safetensors").is_file()
+        written = checkpoint.stat().st_mtime_ns
+        assert main(argv) == 0  # resumes after its only epoch: nothing trained again
+        assert checkpoint.stat().st_mtime_ns == written
+        assert len((run_dir / "checkpoints" / "metrics.jsonl").read_text().splitlines()) == 1
+        card = publish(name, run_dir, out_dir=tmp_path / "out", images=2)
+    assert card.extra["zoo"]["sha256"] == file_sha256(tmp_path / "out" / f"{name}.safetensors")
+    assert card.training["recipe"] == zoo.recipe(name) and card.metrics["standard"]["images"] == 2
+    published, _ = load_model(tmp_path / "out" / name)
+    trained, _ = load_model(run_dir / "model")
+    assert published.state_dict().keys() == trained.state_dict().keys()
+    for key, value in trained.state_dict().items():
+        assert torch.equal(published.state_dict()[key], value), key
+
+
 @pytest.mark.parametrize("document", ["README.md", "docs/zoo.md", "docs/results.md"])
 def test_documents_carry_the_current_zoo_table(document):
     from pathlib import Path

@@ -19,9 +19,14 @@ registered methods, so they get its checkpoints, resumption, schedules and progr
   holding an ``[N, K]`` table the loop has no index into.
 
 The temperature is the methods' option (``TrainConfig.method_options={"temperature": T}``,
-default :data:`DEFAULT_TEMPERATURE`). The teacher is a module, not configuration: :func:`distill`
-builds the student method with it and hands it to :func:`train` (``method=``); built from a
-config alone, ``"distillation-student"`` refuses to start (it has no teacher).
+default :data:`DEFAULT_TEMPERATURE`). The student's teacher is either a module, which
+:func:`distill` builds the student method with and hands to :func:`train` (``method=``), or the
+student's option ``teacher``: a saved teacher (a robustlab checkpoint path or ``zoo:NAME``, read as
+``--model`` is), so that ``robustlab train --method distillation-student --option
+teacher=PATH`` (and a zoo recipe) runs the second stage from configuration alone. A teacher whose
+card says it was trained as ``"distillation-teacher"`` at another temperature is refused. Both
+stages from one initialisation, as C&W: train the two with the same architecture and seed.
+Without a teacher, ``"distillation-student"`` refuses to start.
 
 **Numerics.** Soft labels are computed as ``exp(log_softmax(Z / T))`` in float64, never as a
 log of a softmax; the student's loss uses ``log_softmax`` of its own tempered logits. After
@@ -56,8 +61,10 @@ __all__ = [
     "DistillationOptions",
     "DistillationResult",
     "DistillationStudentMethod",
+    "DistillationStudentOptions",
     "DistillationTeacherMethod",
     "distill",
+    "load_teacher",
     "logit_norms",
     "soft_labels",
 ]
@@ -111,6 +118,38 @@ def soft_labels(
     return torch.cat(parts).float()
 
 
+@dataclass(frozen=True)
+class DistillationStudentOptions(DistillationOptions):
+    """The temperature and ``teacher``: the trained teacher, a robustlab checkpoint path or
+    ``zoo:NAME`` (None: the teacher module is passed to the method, as :func:`distill` does)."""
+
+    teacher: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.teacher is not None and (not isinstance(self.teacher, str) or not self.teacher):
+            raise RobustlabError(f"the distillation student's teacher must be a checkpoint path or zoo:NAME, got "
+                                 f"{self.teacher!r}")
+
+
+def load_teacher(spec: str, temperature: float) -> nn.Module:
+    """The saved teacher ``spec`` (checkpoint path or ``zoo:NAME``) on the CPU, in eval mode, its
+    parameters frozen; refused when its card says it was trained by ``"distillation-teacher"`` at
+    a temperature other than ``temperature``."""
+    from robustlab.models.loading import resolve_model
+
+    teacher, card = resolve_model(spec)
+    config = (card.training or {}).get("config") or {}
+    if config.get("method") == DistillationTeacherMethod.name:
+        trained_at = (config.get("method_options") or {}).get("temperature", DEFAULT_TEMPERATURE)
+        if float(trained_at) != temperature:
+            raise RobustlabError(f"the teacher {spec} was trained at temperature {trained_at:g}; the student's is "
+                                 f"{temperature:g} (defensive distillation uses one T for both stages)")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
 class DistillationTeacherMethod(TrainingMethod):
     """Teacher stage: cross-entropy on ``softmax(Z / T)`` with the hard labels.
 
@@ -130,23 +169,28 @@ class DistillationStudentMethod(TrainingMethod):
     """Student stage: soft-label cross-entropy ``-sum_k p_k log softmax(Z / T)_k`` against the
     frozen teacher's ``p = softmax(Z_teacher / T)`` (computed in float64 from ``log_softmax``).
 
-    Built by :func:`distill` with its ``teacher``. The teacher runs in eval mode without
-    gradient; its parameters are never updated. Cost per batch: 1 forward and 1 backward pass
-    of the student, 1 forward pass of the teacher.
+    Built by :func:`distill` with its ``teacher`` module, or from the option ``teacher`` (a saved
+    teacher, see :func:`load_teacher`). The teacher runs in eval mode without gradient; its
+    parameters are never updated. Cost per batch: 1 forward and 1 backward pass of the student,
+    1 forward pass of the teacher.
     """
 
     name = "distillation-student"
-    Options = DistillationOptions
+    Options = DistillationStudentOptions
 
     def __init__(self, config: TrainConfig, *, device: str | torch.device = "cpu",
                  teacher: nn.Module | None = None) -> None:
-        if teacher is None:
-            raise RobustlabError(
-                "the 'distillation-student' method needs a teacher; train students with "
-                "robustlab.training.distill(teacher, student, ...)"
-            )
         super().__init__(config, device=device)
-        self.teacher = teacher
+        saved = self.options.teacher
+        if teacher is not None and saved is not None:
+            raise RobustlabError(f"the 'distillation-student' method got a teacher module and the option "
+                                 f"teacher={saved!r}; give one")
+        if teacher is None and saved is None:
+            raise RobustlabError(
+                "the 'distillation-student' method needs a teacher: the option teacher=PATH (a saved "
+                "teacher, or zoo:NAME), or robustlab.training.distill(teacher, student, ...)"
+            )
+        self.teacher = teacher if teacher is not None else load_teacher(saved, self.options.temperature).to(self.device)
 
     def loss(self, model: nn.Module, x_train: Tensor, batch: Batch) -> LossOutput:
         temperature = self.options.temperature

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 LABELS = {
     "catastrophic-overfitting": "broken on purpose: robust to FGSM, not to PGD (a test case for evaluations)",
     "masked": "its training's own attack overstates its robustness (a test case for evaluations)",
+    "stage": "an intermediate model another zoo recipe loads (not a defense of its own)",
+    "stochastic": "random predictions: its card's attacks see one draw per forward pass, without EOT",
     "test": "a tiny model for the end-to-end test of the zoo's build, not a useful classifier",
 }
 
@@ -48,6 +50,21 @@ CATALOG: dict[str, Entry] = {
     "mnist-jacobian": Entry("kw-small, Jacobian regularization (weight 0.01, one projection)", eps=0.3),
     "mnist-crown-ibp": Entry("kw-small, CROWN-IBP certified training at eps 0.4 for 0.3", eps=0.3,
                              certify=("ibp", "crown")),
+    "mnist-distilled-teacher": Entry(
+        "small-cnn (C&W's MNIST net), the teacher of defensive distillation: trained at T = 100 on hard labels "
+        "(mnist-distilled's first stage)", eps=0.3, labels=("stage",)),
+    "mnist-distilled": Entry("small-cnn, defensive distillation at T = 100 (Papernot et al.; C&W's re-implementation), "
+                             "deployed at T = 1", eps=0.3),
+    "mnist-odenet": Entry("ODENet (Yan et al.), 64 channels, Euler 0.1, Gaussian-noise training", eps=0.3),
+    "mnist-tisode": Entry("TisODE (Yan et al.), 64 channels, Euler 0.05, steady-state term, Gaussian-noise training",
+                          eps=0.3),
+    "mnist-tisode-fdn": Entry("TisODE with feature denoising (non-local means after the stem), as mnist-tisode",
+                              eps=0.3),
+    "mnist-tisode-ird": Entry("TisODE behind input randomization (random resize and pad), as mnist-tisode; stochastic",
+                              eps=0.3, labels=("stochastic",)),
+    "cifar10-natural": Entry("WRN-16-2, natural training (the CIFAR-10 baseline: not robust)", eps=8 / 255),
+    "cifar10-pgd": Entry("WRN-16-2, PGD adversarial training (Madry et al.), 7 steps of 2/255", eps=8 / 255),
+    "cifar10-trades": Entry("WRN-16-2, TRADES (beta 6), 10 steps of 0.007", eps=8 / 255),
     "mnist-tiny": Entry("a 2-layer MLP trained for a few hundred steps on 3000 images (for the zoo's own test)",
                         eps=0.05, images=50, labels=("test",), certify=("ibp", "crown")),
 }
