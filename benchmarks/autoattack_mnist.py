@@ -37,6 +37,7 @@ import common
 
 from robustlab.data import load_dataset
 from robustlab.evaluation import build_suite, evaluate
+from robustlab.settings import RunSettings
 from robustlab.threat import Linf
 
 TARGET_TIME_RATIO = 0.5
@@ -46,8 +47,7 @@ def robustlab_run(model: nn.Module, x: Tensor, y: Tensor, eps: float, batch_size
     """``bool[N]`` robust per sample, from the per-sample table of the standard suite (each
     attack's success is a fresh forward pass on its adversarial images)."""
     threat = Linf(eps=eps)
-    evaluation = evaluate(model, x, y, threat=threat, attacks=build_suite("standard", threat, 10), cascade=True,
-                          batch_size=batch_size, seed=seed)
+    evaluation = evaluate(model, x, y, threat=threat, attacks=build_suite("standard", threat, 10), cascade=True, settings=RunSettings(seed=seed, batch_size=batch_size))
     return torch.tensor([s["broken_by"] is None for s in evaluation.samples])
 
 

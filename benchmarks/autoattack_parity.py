@@ -30,6 +30,7 @@ import zoo_models
 
 from robustlab.data import load_dataset
 from robustlab.evaluation import build_suite, evaluate
+from robustlab.settings import RunSettings
 from robustlab.threat import threat_model
 
 ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -55,7 +56,7 @@ def robustlab_robust(model, x, y, norm, eps, seed, attacks, batch_size):
     out = {}
     for name in attacks:
         start = time.perf_counter()
-        ev = evaluate(model, x, y, threat=threat, attacks={name: suite[name]}, batch_size=batch_size, seed=seed)
+        ev = evaluate(model, x, y, threat=threat, attacks={name: suite[name]}, settings=RunSettings(seed=seed, batch_size=batch_size))
         out[name] = (torch.tensor([s["broken_by"] is None for s in ev.samples]), time.perf_counter() - start)
     return out
 

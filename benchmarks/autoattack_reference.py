@@ -34,6 +34,7 @@ import zoo_models
 
 from robustlab.data import load_dataset
 from robustlab.evaluation import build_suite, evaluate
+from robustlab.settings import RunSettings
 from robustlab.threat import threat_model
 
 # Targets of issue 14 for `fast` against the reference.
@@ -140,8 +141,7 @@ def _check_and_record(counting, x, y, x_adv, todo, robust, broken_by, attack, ro
 def run_robustlab(suite: str, counting: CountingModel, x: Tensor, y: Tensor, row: Row, seed: int, batch_size: int
                   ) -> tuple[Tensor, dict[str, int]]:
     threat = threat_model(row.norm, row.eps)
-    ev = evaluate(counting, x, y, threat=threat, attacks=build_suite(suite, threat, 10), cascade=True,
-                  batch_size=batch_size, seed=seed)
+    ev = evaluate(counting, x, y, threat=threat, attacks=build_suite(suite, threat, 10), cascade=True, settings=RunSettings(seed=seed, batch_size=batch_size))
     broken_by: dict[str, int] = {}
     for s in ev.samples:
         if s["broken_by"] not in (None, "clean"):

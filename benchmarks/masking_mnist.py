@@ -44,6 +44,7 @@ from robustlab.models import (
     load_model,
     save_model,
 )
+from robustlab.settings import RunSettings
 from robustlab.threat import Linf
 from robustlab.training import TrainConfig, train
 
@@ -70,14 +71,13 @@ def trained(name: str, args: argparse.Namespace, config: TrainConfig, *, input_c
 
 
 def robust_accuracy(model: nn.Module, attack: Attack, x: Tensor, y: Tensor, seed: int = 0) -> float:
-    ev = evaluate(model, x, y, threat=Linf(eps=EPS), attacks={attack.name: attack}, batch_size=250, seed=seed)
+    ev = evaluate(model, x, y, threat=Linf(eps=EPS), attacks={attack.name: attack}, settings=RunSettings(seed=seed, batch_size=250))
     return round(100 * ev.metrics["robust_accuracy"]["value"], 1)
 
 
 def suite_accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     threat = Linf(eps=EPS)
-    ev = evaluate(model, x, y, threat=threat, attacks=build_suite("standard", threat, 10), cascade=True,
-                  batch_size=250)
+    ev = evaluate(model, x, y, threat=threat, attacks=build_suite("standard", threat, 10), cascade=True, settings=RunSettings(batch_size=250))
     return round(100 * ev.metrics["robust_accuracy"]["value"], 1)
 
 

@@ -57,6 +57,7 @@ import common
 from robustlab.attacks import PGD
 from robustlab.data import load_dataset
 from robustlab.models import ModelCard, build_model, load_model, save_model
+from robustlab.settings import RunSettings
 from robustlab.threat import Linf
 from robustlab.training import METHODS, TrainConfig, train
 from robustlab.training.methods import method_generator
@@ -358,7 +359,7 @@ def _race_result(method: str, config: TrainConfig, model: nn.Module, curve: list
         from robustlab.evaluation.suites import build_suite
 
         evaluation = evaluate(model, *suite_xy, threat=Linf(EPS), attacks=build_suite(args.suite, Linf(EPS), 10),
-                              cascade=True, seed=args.seed, batch_size=len(suite_xy[1]))
+                              cascade=True, settings=RunSettings(seed=args.seed, batch_size=len(suite_xy[1])))
         metrics = evaluation.metrics
         suite = {"name": args.suite, "images": metrics["samples"], "clean": metrics["clean_accuracy"]["value"],
                  "robust": metrics["robust_accuracy"]["value"], "broken_by": metrics["broken_by"]}

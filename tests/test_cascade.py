@@ -20,6 +20,7 @@ from robustlab.evaluation import CLEAN, SUITES, build_suite, evaluate
 from robustlab.evaluation.runner import block_seed
 from robustlab.evaluation.distributed import close, init_process_group, shard_range
 from robustlab.evaluation.suites import suite_spec
+from robustlab.settings import RunSettings
 from robustlab.threat import Linf
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -63,9 +64,9 @@ def count_pgd_calls(monkeypatch):
 def test_cascade_worst_case_equals_the_minimum_over_its_attacks(digits_mlp, data):
     # Deterministic attacks, so that running on fewer samples cannot change any sample's result.
     x, y = data
-    full = evaluate(digits_mlp, x, y, threat=THREAT, attacks=attacks(random_start=False), batch_size=16)
-    cascade = evaluate(digits_mlp, x, y, threat=THREAT, attacks=attacks(random_start=False), batch_size=16,
-                       cascade=True)
+    full = evaluate(digits_mlp, x, y, threat=THREAT, attacks=attacks(random_start=False), settings=RunSettings(batch_size=16))
+    cascade = evaluate(digits_mlp, x, y, threat=THREAT, attacks=attacks(random_start=False),
+                       cascade=True, settings=RunSettings(batch_size=16))
     m = full.metrics
     assert m["robust_accuracy"]["value"] < m["clean_accuracy"]["value"] - 0.3  # the attacks really break it
     assert cascade.metrics["robust_accuracy"] == m["robust_accuracy"]
@@ -87,7 +88,7 @@ def test_cascade_worst_case_equals_the_minimum_over_its_attacks(digits_mlp, data
 @pytest.mark.parametrize("cascade", [True, False])
 def test_killed_run_resumes_to_the_same_table(digits_mlp, data, tmp_path, count_pgd_calls, cascade):
     x, y = data
-    run = dict(threat=THREAT, attacks=attacks(), batch_size=16, seed=5, cascade=cascade)
+    run = dict(threat=THREAT, attacks=attacks(), settings=RunSettings(seed=5, batch_size=16), cascade=cascade)
     reference = evaluate(digits_mlp, x, y, **run)
     calls_in_full_run = count_pgd_calls["done"]
     assert calls_in_full_run >= 4
@@ -113,7 +114,7 @@ def test_killed_run_resumes_to_the_same_table(digits_mlp, data, tmp_path, count_
 def test_state_file_of_another_evaluation_is_refused(digits_mlp, data, tmp_path):
     x, y = data
     state = tmp_path / "state.json"
-    run = dict(threat=THREAT, attacks=attacks(), batch_size=16, seed=0)
+    run = dict(threat=THREAT, attacks=attacks(), settings=RunSettings(seed=0, batch_size=16))
     first = evaluate(digits_mlp, x, y, state_file=state, **run)
 
     other_model = copy.deepcopy(digits_mlp)
@@ -124,7 +125,7 @@ def test_state_file_of_another_evaluation_is_refused(digits_mlp, data, tmp_path)
         "data": ((digits_mlp, x.flip(0), y.flip(0)), run),
         "threat": ((digits_mlp, x, y), {**run, "threat": Linf(eps=0.2)}),
         "attacks": ((digits_mlp, x, y), {**run, "attacks": {"fgsm": FGSM(), "pgd": PGD(steps=4)}}),
-        "settings": ((digits_mlp, x, y), {**run, "seed": 1}),
+        "settings": ((digits_mlp, x, y), {**run, "settings": RunSettings(seed=1, batch_size=16)}),
     }
     for what, (args, kwargs) in cases.items():
         with pytest.raises(RobustlabError, match=f"another evaluation \\(different {what}\\)"):
@@ -133,7 +134,7 @@ def test_state_file_of_another_evaluation_is_refused(digits_mlp, data, tmp_path)
     with pytest.raises(RobustlabError, match="different attacks"):
         evaluate(digits_mlp, x, y, state_file=state, **{**run, "attacks": dict(reversed(attacks().items()))})
 
-    fresh = evaluate(digits_mlp, x, y, state_file=state, resume=False, **{**run, "seed": 1})
+    fresh = evaluate(digits_mlp, x, y, state_file=state, resume=False, **{**run, "settings": RunSettings(seed=1, batch_size=16)})
     assert json.loads(state.read_text())["fingerprint"]["settings"]["seed"] == 1
     assert len(fresh.samples) == len(first.samples)
 
@@ -141,7 +142,7 @@ def test_state_file_of_another_evaluation_is_refused(digits_mlp, data, tmp_path)
     data = json.loads(state.read_text())
     legacy = {"format": "robustlab-evaluate-state", **{k: v for k, v in data.items() if k != "kind"}}
     state.write_text(json.dumps(legacy))
-    assert evaluate(digits_mlp, x, y, state_file=state, **{**run, "seed": 1}).samples == fresh.samples
+    assert evaluate(digits_mlp, x, y, state_file=state, **{**run, "settings": RunSettings(seed=1, batch_size=16)}).samples == fresh.samples
 
     state.write_text("{not json")
     with pytest.raises(RobustlabError, match="cannot read"):
@@ -183,8 +184,8 @@ def _shard_worker(rank: int, world: int, port: int, model, x, y, out: str) -> No
     torch.set_num_threads(1)
     init_process_group(torch.device("cpu"))
     try:
-        ev = evaluate(model, x, y, threat=THREAT, attacks=attacks(), batch_size=16, seed=3, cascade=True,
-                      distributed=True, state_file=Path(out) / "state.json")
+        ev = evaluate(model, x, y, threat=THREAT, attacks=attacks(), cascade=True,
+                      distributed=True, state_file=Path(out) / "state.json", settings=RunSettings(seed=3, batch_size=16))
         ev.save(Path(out) / f"rank{rank}.json")
     finally:
         close()
@@ -193,7 +194,7 @@ def _shard_worker(rank: int, world: int, port: int, model, x, y, out: str) -> No
 @pytest.mark.slow  # about 10 s: two fresh interpreters import torch
 def test_two_process_gloo_run_equals_single_process(digits_mlp, data, tmp_path):
     x, y = data
-    single = evaluate(digits_mlp, x, y, threat=THREAT, attacks=attacks(), batch_size=16, seed=3, cascade=True)
+    single = evaluate(digits_mlp, x, y, threat=THREAT, attacks=attacks(), cascade=True, settings=RunSettings(seed=3, batch_size=16))
     mp.spawn(_shard_worker, args=(2, _free_port(), digits_mlp, x, y, str(tmp_path)), nprocs=2, join=True)
     expected = json.loads(json.dumps(single.to_dict()["samples"]).replace("Infinity", "null"))
     for rank in range(2):
@@ -275,8 +276,8 @@ def test_fast_breaks_every_sample_standard_breaks(digits_mlp, data):
     threat = Linf(eps=0.05)
     broken = {}
     for name in ("standard", "fast"):
-        ev = evaluate(digits_mlp, x[:48], y[:48], threat=threat, attacks=SUITES[name](threat, 10), batch_size=48,
-                      cascade=True, seed=0)
+        ev = evaluate(digits_mlp, x[:48], y[:48], threat=threat, attacks=SUITES[name](threat, 10),
+                      cascade=True, settings=RunSettings(seed=0, batch_size=48))
         broken[name] = {s["index"] for s in ev.samples if s["broken_by"] not in (None, "clean")}
         robust = sum(s["broken_by"] is None for s in ev.samples)
         assert 5 <= robust and len(broken[name]) >= 5
@@ -285,8 +286,8 @@ def test_fast_breaks_every_sample_standard_breaks(digits_mlp, data):
 
 def test_quick_suite_breaks_a_non_robust_model(digits_mlp, data):
     x, y = data
-    ev = evaluate(digits_mlp, x[:48], y[:48], threat=THREAT, attacks=SUITES["quick"](THREAT, 10), batch_size=16,
-                  cascade=True)
+    ev = evaluate(digits_mlp, x[:48], y[:48], threat=THREAT, attacks=SUITES["quick"](THREAT, 10),
+                  cascade=True, settings=RunSettings(batch_size=16))
     m = ev.metrics
     assert set(ev.attacks) == {"apgd-ce", "apgd-t"}
     assert m["robust_accuracy"]["value"] < m["clean_accuracy"]["value"] - 0.4

@@ -30,6 +30,7 @@ from robustlab.attacks.square import square_fraction
 from robustlab.errors import RobustlabError
 from robustlab.evaluation import CLEAN, Evaluation, accuracy, evaluate, wilson_interval
 from robustlab.losses import cross_entropy, dlr, get_loss, looks_like_probabilities, margin
+from robustlab.settings import RunSettings
 from robustlab.threat import L0, L1, L2, Linf
 from conftest import InputRecorder
 
@@ -449,7 +450,7 @@ _C = _Breaks(ids=(2, 3, 4, 5), to=0.7)  # 0.6
 def test_evaluation_credits_the_first_attack_in_order(cascade):
     x, y = _credit_data()
     ev = evaluate(_Threshold(), x, y, threat=Linf(eps=1.0), attacks={"A": _A, "B": _B, "C": _C},
-                  cascade=cascade, batch_size=4)
+                  cascade=cascade, settings=RunSettings(batch_size=4))
     broken = [s["broken_by"] for s in ev.samples]
     assert broken == ["A", "A", "A", "B", "C", CLEAN, None, None, None, None]
     assert [s["distance"] for s in ev.samples][:6] == pytest.approx([0.8, 0.8, 0.8, 0.7, 0.6, 0.0])
@@ -475,7 +476,7 @@ def test_evaluation_credits_the_first_attack_in_order(cascade):
 def test_evaluation_names_saves_and_loads_without_a_trained_model(tmp_path):
     x, y = _credit_data()
     # A sequence is named by each attack's registry name, a repeated one numbered from 2.
-    ev = evaluate(_Threshold(), x, y, threat=Linf(eps=1.0), attacks=[_A, _B], seed=3)
+    ev = evaluate(_Threshold(), x, y, threat=Linf(eps=1.0), attacks=[_A, _B], settings=RunSettings(seed=3))
     assert list(ev.attacks) == ["breaks", "breaks-2"]
     assert [s["broken_by"] for s in ev.samples] == ["breaks"] * 3 + ["breaks-2", None, CLEAN] + [None] * 4
     assert [s["index"] for s in ev.samples] == list(range(10)) and [s["label"] for s in ev.samples] == [0] * 10
@@ -503,8 +504,7 @@ def test_evaluate_passes_its_options_on(tmp_path, capsys):
 
     x, y = _credit_data()
     card = {"architecture": "threshold"}
-    ev = evaluate(_Threshold(), x, y, threat=Linf(eps=1.0), attacks={"A": _A}, indices=torch.arange(10) + 100,
-                  batch_size=4, num_classes=2, seed=5, model_card=card)
+    ev = evaluate(_Threshold(), x, y, threat=Linf(eps=1.0), attacks={"A": _A}, indices=torch.arange(10) + 100, num_classes=2, model_card=card, settings=RunSettings(seed=5, batch_size=4))
     assert [s["index"] for s in ev.samples] == list(range(100, 110))
     assert ev.passes["clean"]["calls"] == 3  # blocks of 4
     assert ev.model_card == card and ev.to_dict()["model_card"] == card and ev.to_dict()["version"] == header("fixed")["version"]
@@ -530,13 +530,14 @@ def test_evaluate_passes_its_options_on(tmp_path, capsys):
             return super()._run(oracle, x, y, threat=threat, targets=targets, generator=generator)
 
     state = tmp_path / "state.json"
-    options = dict(threat=Linf(eps=1.0), attacks={"A": Counted(ids=(0, 1))}, state_file=state, seed=3)
+    options = dict(threat=Linf(eps=1.0), attacks={"A": Counted(ids=(0, 1))}, state_file=state,
+                   settings=RunSettings(seed=3))
     first = evaluate(_Threshold(), x, y, **options)
     assert runs == [9] and json.loads(state.read_text())["fingerprint"]["settings"]["mode"] == "fixed"
     assert evaluate(_Threshold(), x, y, **options).samples == first.samples and runs == [9]
     assert evaluate(_Threshold(), x, y, **options, resume=False).samples == first.samples and runs == [9, 9]
     with pytest.raises(RobustlabError, match="belongs to another evaluation"):
-        evaluate(_Threshold(), x, y, **{**options, "seed": 4})
+        evaluate(_Threshold(), x, y, **{**options, "settings": RunSettings(seed=4)})
     # A saved document without provenance or passes (older files) loads with empty ones.
     path = first.save(tmp_path / "old.json")
     data = json.loads(path.read_text())
@@ -551,7 +552,7 @@ def test_evaluation_documents_are_read_by_kind_and_progress_is_off_by_default(tm
     with caplog.at_level(logging.INFO, logger="robustlab"):
         ev = evaluate(_Threshold(), x, y, threat=Linf(eps=1.0), attacks={"A": _A})
         assert not [r for r in caplog.records if r.name == "robustlab"]  # no progress by default
-        evaluate(_Threshold(), x, y, threat=Linf(eps=1.0), attacks={"A": _A}, progress=True)
+        evaluate(_Threshold(), x, y, threat=Linf(eps=1.0), attacks={"A": _A}, settings=RunSettings(progress=True))
         assert [r for r in caplog.records if r.name == "robustlab"]  # off a terminal: one line per stage
     path = ev.save(tmp_path / "ev.json")
     data = json.loads(path.read_text())

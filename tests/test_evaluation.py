@@ -15,6 +15,7 @@ from robustlab.errors import RobustlabError
 from robustlab.evaluation import CLEAN, Evaluation, accuracy, evaluate, wilson_interval
 from robustlab.models import build_model
 from robustlab.report import evaluation_markdown
+from robustlab.settings import RunSettings
 from robustlab.threat import Linf
 from robustlab.training import TrainConfig, train
 
@@ -94,7 +95,7 @@ def test_cascade_runs_later_attacks_only_on_unbroken_samples(digits_model):
 
 def test_json_round_trip_and_markdown(digits_model, tmp_path):
     model, test = digits_model
-    ev = evaluate(model, test.x[:40], test.y[:40], threat=Linf(eps=0.05), attacks=[PGD(steps=5)], seed=3)
+    ev = evaluate(model, test.x[:40], test.y[:40], threat=Linf(eps=0.05), attacks=[PGD(steps=5)], settings=RunSettings(seed=3))
     path = ev.save(tmp_path / "ev.json")
     data = json.loads(path.read_text())
     assert data["threat"] == {"norm": "Linf", "eps": 0.05, "bounds": [0.0, 1.0]}
@@ -108,7 +109,7 @@ def test_json_round_trip_and_markdown(digits_model, tmp_path):
 
 def test_same_seed_same_evaluation(digits_model):
     model, test = digits_model
-    runs = [evaluate(model, test.x[:50], test.y[:50], threat=Linf(eps=0.05), attacks=[PGD(steps=3)], seed=7).samples
+    runs = [evaluate(model, test.x[:50], test.y[:50], threat=Linf(eps=0.05), attacks=[PGD(steps=3)], settings=RunSettings(seed=7)).samples
             for _ in range(2)]
     assert runs[0] == runs[1]
 

@@ -20,6 +20,7 @@ from robustlab.errors import RobustlabError
 from robustlab.evaluation import CLEAN, evaluate, evaluate_minimum_norm, evaluate_targeted
 from robustlab.evaluation import runner as runner_module
 from robustlab.evaluation.distributed import shard_range
+from robustlab.settings import RunSettings
 from robustlab.threat import L2, Linf
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -31,9 +32,9 @@ BATCH = {"fixed": 16, "minimum-norm": 16, "targeted": 8}
 INTERRUPTED = {"fixed": PGD, "minimum-norm": DDN, "targeted": DDN}
 
 
-def run_mode(mode: str, model, x, y, **kwargs):
-    kwargs.setdefault("batch_size", BATCH[mode])
-    kwargs.setdefault("seed", 5)
+def run_mode(mode: str, model, x, y, *, seed=5, batch_size=None, device=None, **kwargs):
+    kwargs["settings"] = RunSettings(seed=seed, batch_size=BATCH[mode] if batch_size is None else batch_size,
+                                     device=device)
     if mode == "fixed":
         kwargs.setdefault("threat", Linf(eps=0.1))
         return evaluate(model, x, y, attacks={"fgsm": FGSM(), "pgd": PGD(steps=3)}, **kwargs)
@@ -288,18 +289,18 @@ class SignSteps(Attack):
 def test_per_sample_passes_are_exact_where_a_call_treats_its_samples_alike(digits_mlp, data):
     x, y = data
     attacks = {"one": SignSteps(steps=1), "three": SignSteps(steps=3)}
-    ev = evaluate(digits_mlp, x, y, threat=Linf(eps=0.1), attacks=attacks, batch_size=16)
+    ev = evaluate(digits_mlp, x, y, threat=Linf(eps=0.1), attacks=attacks, settings=RunSettings(batch_size=16))
     for s in ev.samples:
         if s["broken_by"] != CLEAN:  # clean forward; per call two template forwards plus one per step
             assert (s["forwards"], s["backwards"]) == (1 + (2 + 1) + (2 + 3), 1 + 3)
     assert ev.passes["steps"]["three"]["backwards"] == 3 * ev.passes["steps"]["three"]["samples"]
     assert ev.passes["steps"]["three"]["calls"] == 3 and ev.passes["clean"]["calls"] == 3
-    cascade = evaluate(digits_mlp, x, y, threat=Linf(eps=0.1), attacks=attacks, batch_size=16, cascade=True)
+    cascade = evaluate(digits_mlp, x, y, threat=Linf(eps=0.1), attacks=attacks, cascade=True, settings=RunSettings(batch_size=16))
     assert {s["backwards"] for s in cascade.samples if s["broken_by"] == "one"} == {1}  # "three" skipped them
     assert cascade.passes["backwards"] < ev.passes["backwards"]
     # An uneven call is shared out in whole passes that still add up.
     model = Counting(copy.deepcopy(digits_mlp))
-    uneven = evaluate(model, x, y, threat=Linf(eps=0.1), attacks={"odd": SignSteps(steps=2, extra=True)}, batch_size=16)
+    uneven = evaluate(model, x, y, threat=Linf(eps=0.1), attacks={"odd": SignSteps(steps=2, extra=True)}, settings=RunSettings(batch_size=16))
     assert sum(s["forwards"] for s in uneven.samples) == uneven.passes["forwards"] == model.forwards
     attacked = [s["forwards"] for s in uneven.samples if s["broken_by"] != CLEAN]
     assert set(attacked) <= {1 + 4, 1 + 5} and attacked.count(1 + 5) == 3  # one extra forward per call
@@ -544,14 +545,13 @@ def test_a_warm_step_gets_the_earlier_steps_nearest_points(digits_mlp, data, mon
 
     monkeypatch.setattr(SquareAttack, "_run", square_run)
     monkeypatch.setattr(PGD, "__call__", pgd_call)
-    evaluate(digits_mlp, x, y, threat=Linf(eps=0.1), attacks=_warm_suite(), batch_size=16, cascade=True, seed=1)
+    evaluate(digits_mlp, x, y, threat=Linf(eps=0.1), attacks=_warm_suite(), cascade=True, settings=RunSettings(seed=1, batch_size=16))
     assert len(seen) == len(pgd_results) == 3
     for start, pgd in zip(seen, pgd_results):
         # PGD's points of the samples it did not break, in order: the only earlier step.
         assert start is not None and torch.equal(start, pgd.x_adv[~pgd.success])
     seen.clear()
-    evaluate(digits_mlp, x, y, threat=Linf(eps=0.1), attacks={"pgd": PGD(steps=2), "square": SquareAttack(queries=40)},
-             batch_size=16, cascade=True, seed=1)
+    evaluate(digits_mlp, x, y, threat=Linf(eps=0.1), attacks={"pgd": PGD(steps=2), "square": SquareAttack(queries=40)}, cascade=True, settings=RunSettings(seed=1, batch_size=16))
     assert seen and all(start is None for start in seen)  # AutoAttack's Square: always cold
 
 
@@ -561,8 +561,7 @@ def test_killed_run_with_a_warm_step_resumes_to_the_same_table(digits_mlp, data,
     x, y = batch("fixed", data)
 
     def run(**kwargs):
-        return evaluate(digits_mlp, x, y, threat=Linf(eps=0.1), attacks=_warm_suite(), batch_size=16, cascade=True,
-                        seed=3, **kwargs)
+        return evaluate(digits_mlp, x, y, threat=Linf(eps=0.1), attacks=_warm_suite(), cascade=True, **kwargs, settings=RunSettings(seed=3, batch_size=16))
 
     full = run()
     counter = calls(SquareAttack)
@@ -587,3 +586,33 @@ def test_killed_run_with_a_warm_step_resumes_to_the_same_table(digits_mlp, data,
     counter.update(done=0, fail_after=math.inf)
     with pytest.raises(RobustlabError, match="warm-start points"):
         run(state_file=state)
+
+
+# --- run settings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seed": 1.5}, r"seed must be an integer, got 1.5"),
+    ({"seed": True}, r"seed must be an integer"),
+    ({"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
+    ({"batch_size": 8.0}, r"batch_size must be a positive integer"),
+    ({"progress": 1}, r"progress must be True or False"),
+    ({"device": "gpu7"}, r"unknown device 'gpu7'"),
+])
+def test_run_settings_refuse_bad_values(kwargs, message):
+    with pytest.raises(RobustlabError, match=message):
+        RunSettings(**kwargs)
+
+
+def test_run_settings_device_must_be_where_the_inputs_are(digits_mlp, data, tmp_path):
+    x, y = data
+    assert RunSettings() == RunSettings(seed=0, batch_size=256, progress=False, device=None)
+    assert RunSettings(device="cpu").device == "cpu"
+    with pytest.raises(RobustlabError, match=r"device 'cuda' but the inputs are on cpu"):
+        run_mode("fixed", digits_mlp, x[:8], y[:8], state_file=tmp_path / "state.json", device="cuda")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RobustlabError, match="settings must be a robustlab.settings.RunSettings, got dict"):
+        evaluate(digits_mlp, x[:8], y[:8], threat=Linf(eps=0.1), attacks=[FGSM()], settings={"seed": 1})
+    # The device the inputs are on is accepted, with or without an index.
+    ev = run_mode("fixed", digits_mlp, x[:8], y[:8], device="cpu")
+    assert len(ev.samples) == 8

@@ -25,6 +25,7 @@ from robustlab.evaluation import (
     evaluate_targeted,
 )
 from robustlab.report.markdown import minimum_norm_markdown, targeted_markdown
+from robustlab.settings import RunSettings
 from robustlab.threat import L2, Linf
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -49,8 +50,8 @@ def batch(digits, digits_mlp):
 def l2_eval(digits_mlp, batch):
     x, y = batch
     attacks = {"deepfool": DeepFool(), "ddn": DDN(steps=20), "fmn": FMN(steps=20)}
-    return evaluate_minimum_norm(digits_mlp, x, y, attacks=attacks, threat=UNBOUNDED_L2, batch_size=25, seed=0,
-                                 indices=torch.arange(100, 100 + N + 1))
+    return evaluate_minimum_norm(digits_mlp, x, y, attacks=attacks, threat=UNBOUNDED_L2,
+                                 indices=torch.arange(100, 100 + N + 1), settings=RunSettings(seed=0, batch_size=25))
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +181,7 @@ def test_bounded_run_breaks_every_sample_whose_unbounded_distance_fits(digits_ml
 
 def test_batch_size_does_not_change_the_results(digits_mlp, batch, l2_eval):
     x, y = batch
-    small = evaluate_minimum_norm(digits_mlp, x, y, attacks={"deepfool": DeepFool()}, threat=UNBOUNDED_L2, batch_size=7)
+    small = evaluate_minimum_norm(digits_mlp, x, y, attacks={"deepfool": DeepFool()}, threat=UNBOUNDED_L2, settings=RunSettings(batch_size=7))
     # equal up to float rounding (BLAS sums in a different order for other batch shapes)
     assert small.distances("deepfool") == pytest.approx(l2_eval.distances("deepfool"), rel=1e-4)
 
@@ -252,7 +253,7 @@ def test_bad_input(digits_mlp, batch):
     with pytest.raises(RobustlabError, match="reserved"):
         evaluate_minimum_norm(digits_mlp, x, y, attacks={BEST: DeepFool()}, threat=UNBOUNDED_L2)
     with pytest.raises(RobustlabError, match="batch_size"):
-        evaluate_minimum_norm(digits_mlp, x, y, attacks=[DeepFool()], threat=UNBOUNDED_L2, batch_size=0)
+        evaluate_minimum_norm(digits_mlp, x, y, attacks=[DeepFool()], threat=UNBOUNDED_L2, settings=RunSettings(batch_size=0))
     with pytest.raises(RobustlabError, match="same N"):
         evaluate_minimum_norm(digits_mlp, x, y[:-1], attacks=[DeepFool()], threat=UNBOUNDED_L2)
 
@@ -332,7 +333,7 @@ def test_targeted_protocol_on_a_linear_three_class_model():
 @pytest.fixture(scope="module")
 def digits_targeted(digits_mlp, batch):
     x, y = batch
-    return evaluate_targeted(digits_mlp, x[:15], y[:15], attack=DDN(steps=20), threat=UNBOUNDED_L2, batch_size=64, seed=3)
+    return evaluate_targeted(digits_mlp, x[:15], y[:15], attack=DDN(steps=20), threat=UNBOUNDED_L2, settings=RunSettings(seed=3, batch_size=64))
 
 
 def test_targeted_protocol_on_the_digits_mlp(digits_targeted):
@@ -347,9 +348,9 @@ def test_targeted_protocol_on_the_digits_mlp(digits_targeted):
 
 def test_targeted_average_case_is_seeded(digits_mlp, batch, digits_targeted):
     x, y = batch
-    a = evaluate_targeted(digits_mlp, x[:15], y[:15], attack=DeepFool(), threat=UNBOUNDED_L2, seed=3)
-    b = evaluate_targeted(digits_mlp, x[:15], y[:15], attack=DeepFool(), threat=UNBOUNDED_L2, seed=3, batch_size=5)
-    c = evaluate_targeted(digits_mlp, x[:15], y[:15], attack=DeepFool(), threat=UNBOUNDED_L2, seed=4)
+    a = evaluate_targeted(digits_mlp, x[:15], y[:15], attack=DeepFool(), threat=UNBOUNDED_L2, settings=RunSettings(seed=3))
+    b = evaluate_targeted(digits_mlp, x[:15], y[:15], attack=DeepFool(), threat=UNBOUNDED_L2, settings=RunSettings(seed=3, batch_size=5))
+    c = evaluate_targeted(digits_mlp, x[:15], y[:15], attack=DeepFool(), threat=UNBOUNDED_L2, settings=RunSettings(seed=4))
     targets = [s["random_target"] for s in a.samples]
     assert targets == [s["random_target"] for s in b.samples] == [s["random_target"] for s in digits_targeted.samples]
     assert targets != [s["random_target"] for s in c.samples]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from robustlab._progress import StageLog, progress_bar
+from robustlab.settings import RunSettings
 
 
 def test_off_a_terminal_a_stage_is_one_log_line(caplog):
@@ -37,6 +38,6 @@ def test_an_evaluation_logs_one_line_not_one_per_batch(caplog, digits, digits_ml
 
     caplog.set_level(logging.INFO, logger="robustlab")
     _, _, x, y = digits
-    evaluate(digits_mlp, x[:64], y[:64], threat=Linf(eps=0.1), attacks={"fgsm": FGSM()}, batch_size=8, progress=True)
+    evaluate(digits_mlp, x[:64], y[:64], threat=Linf(eps=0.1), attacks={"fgsm": FGSM()}, settings=RunSettings(batch_size=8, progress=True))
     lines = [r.getMessage() for r in caplog.records if r.name == "robustlab" and " sample in " in r.getMessage()]
     assert len(lines) == 1 and "64/64 sample" in lines[0], lines  # 8 batches, one line

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from robustlab.cli import main
 from robustlab.errors import RobustlabError
 from robustlab.models.loading import resolve_model
+from robustlab.settings import RunSettings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -79,7 +80,7 @@ def test_evaluate_a_factory_with_a_state_dict_records_what_was_loaded(user_files
     assert document["model_card"]["arguments"]["input_shape"] == [1, 8, 8]
     # The same numbers as the trained model evaluated in process: the weights were loaded.
     data = load_dataset("digits", split="test", limit=80, seed=0)
-    expected = evaluate(digits_mlp, data.x, data.y, threat=Linf(eps=0.1), attacks={"pgd": PGD(steps=10)}, seed=0)
+    expected = evaluate(digits_mlp, data.x, data.y, threat=Linf(eps=0.1), attacks={"pgd": PGD(steps=10)}, settings=RunSettings(seed=0))
     for key in ("clean_accuracy", "robust_accuracy"):
         assert document["metrics"][key]["value"] == expected.metrics[key]["value"]
     assert document["metrics"]["clean_accuracy"]["value"] > 0.9

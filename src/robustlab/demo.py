@@ -16,6 +16,7 @@ from robustlab.io import save_document
 from robustlab.models import ModelCard, build_model, save_model
 from robustlab.report import evaluation_markdown, write_report
 from robustlab.report.grid import save_examples
+from robustlab.settings import RunSettings
 from robustlab.threat import Linf
 from robustlab.training import TrainConfig, train
 
@@ -41,8 +42,8 @@ def run_demo(out: Path, *, seed: int = 0, progress: bool = True) -> dict[str, An
 
     threat = Linf(eps=EPS)
     attacks = {"noise(sigma=25)": GaussianNoise(sigma=25.0), "fgsm": FGSM(), "pgd-20x2": PGD(steps=20, restarts=2)}
-    ev = evaluate(model, test.x, test.y, threat=threat, attacks=attacks, seed=seed, indices=test.indices,
-                  model_card=card.to_dict(), progress=progress)
+    ev = evaluate(model, test.x, test.y, threat=threat, attacks=attacks, settings=RunSettings(seed=seed, progress=progress),
+                  indices=test.indices, model_card=card.to_dict())
     ev.save(out / "evaluation.json")
 
     curve = {}

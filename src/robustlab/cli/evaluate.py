@@ -17,6 +17,7 @@ from robustlab.cli.options import add_attack_options, check_out_file, check_out_
 from robustlab.cli.tables import accuracy_rows, print_table
 from robustlab.documentation import docs_pointer
 from robustlab.errors import RobustlabError
+from robustlab.settings import RunSettings
 from robustlab.threat import ThreatModel
 
 MODES = ("fixed", "minimum-norm", "targeted")
@@ -89,8 +90,8 @@ def _evaluate_unbounded(args: argparse.Namespace) -> int:
         unbounded = threat(args.norm, math.inf, tuple(card.input_bounds))
         x, y = data.x.to(on), data.y.to(on)
         out = Path(args.out)
-        common = dict(batch_size=args.batch_size, seed=args.seed, indices=data.indices, num_classes=data.num_classes,
-                      model_card=card.to_dict(), progress=not args.quiet, **_run_state(args, out, sharded))
+        common = dict(settings=_settings(args, on), indices=data.indices, num_classes=data.num_classes,
+                      model_card=card.to_dict(), **_run_state(args, out, sharded))
         ev: MinimumNormEvaluation | TargetedEvaluation
         if args.mode == "minimum-norm":
             ev = evaluate_minimum_norm(model, x, y, attacks=attacks, threat=unbounded, **common)
@@ -111,6 +112,11 @@ def _evaluate_unbounded(args: argparse.Namespace) -> int:
     print(f"wrote {out}/{args.mode}.json and {out}/report.md")
     _store_run(args, ev, data, card)
     return 0
+
+
+def _settings(args: argparse.Namespace, on: torch.device) -> RunSettings:
+    """--seed, --batch-size and --quiet, on the device the model and data were loaded to."""
+    return RunSettings(seed=args.seed, batch_size=args.batch_size, progress=not args.quiet, device=str(on))
 
 
 def _run_state(args: argparse.Namespace, out: Path, sharded: bool) -> dict[str, Any]:
@@ -148,9 +154,9 @@ def _evaluate_fixed(args: argparse.Namespace) -> int:
                                bpda=request.bpda, eot=request.eot)
         out = Path(args.out)
         ev = evaluate(model, data.x.to(on), data.y.to(on), threat=threat_model, attacks=attacks,
-                      cascade=bool(suite) if args.cascade is None else args.cascade, batch_size=args.batch_size,
-                      seed=args.seed, indices=data.indices, num_classes=data.num_classes, model_card=card.to_dict(),
-                      progress=not args.quiet, **_run_state(args, out, sharded))
+                      cascade=bool(suite) if args.cascade is None else args.cascade, settings=_settings(args, on),
+                      indices=data.indices, num_classes=data.num_classes, model_card=card.to_dict(),
+                      **_run_state(args, out, sharded))
         if sharded and distributed.rank_and_world()[0] != 0:
             return 0
     finally:

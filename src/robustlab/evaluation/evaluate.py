@@ -20,6 +20,7 @@ from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.provenance import provenance
 from robustlab.evaluation.runner import Run, Step, run_blocks
 from robustlab.io import header, read_document, save_json
+from robustlab.settings import RunSettings
 from robustlab.threat import ThreatModel
 
 __all__ = ["CLEAN", "Evaluation", "evaluate"]
@@ -126,13 +127,11 @@ def evaluate(
     *,
     threat: ThreatModel,
     attacks: Sequence[Attack] | Mapping[str, Attack],
-    batch_size: int = 256,
-    seed: int = 0,
+    settings: RunSettings = RunSettings(),
     cascade: bool = False,
     indices: Tensor | None = None,
     num_classes: int | None = None,
     model_card: dict[str, Any] | None = None,
-    progress: bool = False,
     state_file: str | Path | None = None,
     resume: bool = True,
     distributed: bool = False,
@@ -155,8 +154,10 @@ def evaluate(
         indices: ``[N]`` integer indices of the samples in their original split (default ``arange``).
         num_classes: the number of classes the labels and attacks were set up for (e.g. the
             suite's); the model must have that many outputs. Default: whatever the model has.
-        seed: each attack gets one generator per block of ``batch_size`` samples, seeded from
-            ``seed``, the attack's name and the block's first position
+        settings: seed, batch size, progress bar and the device the inputs must be on
+            (:class:`~robustlab.settings.RunSettings`; default: seed 0, blocks of 256, no
+            progress bar, any device). Each attack gets one generator per block of
+            ``batch_size`` samples, seeded from ``seed``, the attack's name and the block's first position
             (:func:`~robustlab.evaluation.runner.block_seed`): results do not depend on which other
             attacks ran (without cascade), on resuming, or on sharding; they do depend on ``batch_size``.
         state_file: write the per-sample state there after every block and attack, and resume
@@ -173,9 +174,9 @@ def evaluate(
     """
     named = named_attacks(attacks)
     run = run_blocks(model, x, y, threat=threat, attacks=named, steps=lambda k: [Step(n, a) for n, a in named.items()],
-                     mode="fixed", indices=indices, num_classes=num_classes, batch_size=batch_size, seed=seed,
-                     cascade=cascade, state_file=state_file, resume=resume, distributed=distributed, progress=progress)
-    record = provenance(seed=seed, device=x.device, wall_time=run.table.wall_time)
+                     mode="fixed", indices=indices, num_classes=num_classes, settings=settings,
+                     cascade=cascade, state_file=state_file, resume=resume, distributed=distributed)
+    record = provenance(seed=settings.seed, device=x.device, wall_time=run.table.wall_time)
     record["processes"] = run.processes
     return Evaluation(
         threat=threat,

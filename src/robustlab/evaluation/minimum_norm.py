@@ -33,6 +33,7 @@ from robustlab.evaluation.metrics import accuracy
 from robustlab.evaluation.provenance import provenance
 from robustlab.evaluation.runner import Run, Step, run_blocks
 from robustlab.io import header, inf_from_json, read_document, save_json
+from robustlab.settings import RunSettings
 from robustlab.threat import ThreatModel, require_unbounded
 from robustlab.validate import is_number
 
@@ -289,12 +290,10 @@ def evaluate_minimum_norm(
     *,
     attacks: Sequence[Attack] | Mapping[str, Attack],
     threat: ThreatModel,
-    batch_size: int = 256,
-    seed: int = 0,
+    settings: RunSettings = RunSettings(),
     indices: Tensor | None = None,
     num_classes: int | None = None,
     model_card: dict[str, Any] | None = None,
-    progress: bool = False,
     state_file: str | Path | None = None,
     resume: bool = True,
     distributed: bool = False,
@@ -313,7 +312,8 @@ def evaluate_minimum_norm(
         threat: the unbounded threat model the attacks run under (``eps = math.inf``, e.g.
             ``L2(math.inf)``; :func:`~robustlab.threat.require_unbounded`): its norm (``L2``, ``Linf``, ``L1`` or
             ``L0``) measures the distances, its box bounds the inputs.
-        seed: each attack gets one generator per block of ``batch_size`` samples, seeded from
+        settings: seed, batch size, progress bar and device (:class:`~robustlab.settings.RunSettings`):
+            each attack gets one generator per block of ``batch_size`` samples, seeded from
             ``seed``, the attack's name and the block's first position, as in :func:`evaluate`.
         indices: ``[N]`` integer indices in the original split (default ``arange``).
         num_classes: if given, the model must have that many outputs.
@@ -332,8 +332,8 @@ def evaluate_minimum_norm(
     for key, attack in named.items():
         check_minimum_norm(attack, key, threat)
     run = run_blocks(model, x, y, threat=threat, attacks=named, steps=lambda k: [Step(n, a) for n, a in named.items()],
-                     mode="minimum-norm", indices=indices, num_classes=num_classes, batch_size=batch_size, seed=seed,
-                     verify=True, state_file=state_file, resume=resume, distributed=distributed, progress=progress)
+                     mode="minimum-norm", indices=indices, num_classes=num_classes, settings=settings,
+                     verify=True, state_file=state_file, resume=resume, distributed=distributed)
     table = run.table
     samples: list[dict[str, Any]] = []
     for i, (label, index) in enumerate(zip(run.labels, run.indices)):
@@ -352,7 +352,7 @@ def evaluate_minimum_norm(
         mismatched = sum(1 for s in samples if s["attacks"][name].get("mismatch"))
         if mismatched:
             warn_mismatch(name, mismatched, table.step_cost[name]["samples"])
-    record = provenance(seed=seed, device=x.device, wall_time=table.wall_time)
+    record = provenance(seed=settings.seed, device=x.device, wall_time=table.wall_time)
     record["processes"] = run.processes
     return MinimumNormEvaluation(
         threat=threat,

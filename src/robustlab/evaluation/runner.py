@@ -67,6 +67,7 @@ from robustlab.errors import RobustlabError
 from robustlab.evaluation.distributed import all_gather, rank_and_world, shard_range
 from robustlab.io import KINDS, header, jsonable, read_document, save_json, save_tensors
 from robustlab.modes import FrozenEval
+from robustlab.settings import RunSettings
 from robustlab.threat import ThreatModel
 
 __all__ = ["Run", "Step", "Table", "block_seed", "fingerprint", "run_blocks"]
@@ -104,12 +105,10 @@ class Step:
 # -- checks and model passes -----------------------------------------------------------------
 
 
-def check_run(x: Tensor, y: Tensor, threat: ThreatModel, *, batch_size: int, indices: Any,
-              num_classes: int | None) -> Tensor:
-    """Check what every mode is given before any model pass; return the ``[N]`` int64 indices."""
+def check_run(x: Tensor, y: Tensor, threat: ThreatModel, *, indices: Any, num_classes: int | None) -> Tensor:
+    """Check what every mode is given before any model pass (the batch size and seed were
+    checked by :class:`~robustlab.settings.RunSettings`); return the ``[N]`` int64 indices."""
     check_inputs(x, y, threat)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise RobustlabError(f"batch_size must be a positive integer, got {batch_size!r}")
     n = x.shape[0]
     if num_classes is not None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
@@ -362,19 +361,20 @@ def run_blocks(
     mode: str,
     indices: Any = None,
     num_classes: int | None = None,
-    batch_size: int = 256,
-    seed: int = 0,
+    settings: RunSettings = RunSettings(),
     cascade: bool = False,
     verify: bool = False,
     state_file: str | Path | None = None,
     resume: bool = True,
     distributed: bool = False,
-    progress: bool = False,
 ) -> Run:
     """Check the inputs, then work through the blocks of this process's shard and return the table.
 
     Args:
         attacks: the named attacks (fingerprinted for the state file).
+        settings: the seed and batch size (blocks of ``batch_size`` samples, generators seeded
+            from ``seed``; both fingerprinted), the progress bar (rank 0 only) and the device
+            the inputs must be on (:class:`~robustlab.settings.RunSettings`).
         steps: given the model's number of classes ``K`` (``None`` when there are no samples),
             the attack steps of every block, in order.
         mode: the evaluation mode's name (fingerprinted: a state file of another mode is refused).
@@ -389,8 +389,12 @@ def run_blocks(
     hash of the data and weights, and with a state file one JSON write of the shard's table per
     step.
     """
+    if not isinstance(settings, RunSettings):
+        raise RobustlabError(f"settings must be a robustlab.settings.RunSettings, got {type(settings).__name__}")
+    batch_size, seed = settings.batch_size, settings.seed
     x = check_call(model, x)  # the template's checks: not under inference_mode, x of the model's dtype
-    indices = check_run(x, y, threat, batch_size=batch_size, indices=indices, num_classes=num_classes)
+    indices = check_run(x, y, threat, indices=indices, num_classes=num_classes)
+    settings.check_device(x)
     n = x.shape[0]
     rank, world = rank_and_world() if distributed else (0, 1)
     start, stop = shard_range(n, batch_size, rank, world)
@@ -413,7 +417,7 @@ def run_blocks(
     else:
         table = Table.fresh(start, stop, batch_size)
     runner.clean_pass(table, num_classes, world)
-    runner.attack(table, steps(table.num_classes), progress=progress and rank == 0, desc=mode)
+    runner.attack(table, steps(table.num_classes), progress=settings.progress and rank == 0, desc=mode)
     if world > 1:
         table = Table.concat(all_gather(table))
     return Run(table=table, labels=y.tolist(), indices=indices.tolist(), processes=world)

@@ -34,6 +34,7 @@ from robustlab.evaluation.minimum_norm import (
 from robustlab.evaluation.provenance import provenance
 from robustlab.evaluation.runner import Step, block_seed, run_blocks
 from robustlab.io import header, inf_from_json, read_document, save_json
+from robustlab.settings import RunSettings
 from robustlab.threat import ThreatModel, require_unbounded
 
 __all__ = ["CASES", "TargetedEvaluation", "evaluate_targeted"]
@@ -135,12 +136,10 @@ def evaluate_targeted(
     *,
     attack: Attack,
     threat: ThreatModel,
-    batch_size: int = 256,
-    seed: int = 0,
+    settings: RunSettings = RunSettings(),
     indices: Tensor | None = None,
     num_classes: int | None = None,
     model_card: dict[str, Any] | None = None,
-    progress: bool = False,
     state_file: str | Path | None = None,
     resume: bool = True,
     distributed: bool = False,
@@ -157,9 +156,10 @@ def evaluate_targeted(
             ``FMN``, ``DeepFool``, ``JSMA``), run under ``threat`` with explicit target tensors.
         threat: the unbounded threat model (``eps = math.inf``, e.g. ``L2(math.inf)``;
             :func:`~robustlab.threat.require_unbounded`).
-        batch_size: samples per block. Each block is attacked in ``K - 1`` steps, step ``j``
+        settings: seed, batch size, progress bar and device (:class:`~robustlab.settings.RunSettings`).
+            ``batch_size``: samples per block. Each block is attacked in ``K - 1`` steps, step ``j``
             towards the classes ``(y + j) % K``: at most ``batch_size`` rows per attack call.
-        seed: the call of step ``j`` on a block draws from a generator seeded from ``seed``, the
+            ``seed``: the call of step ``j`` on a block draws from a generator seeded from ``seed``, the
             step's name (``"ATTACK/target+j"``) and the block's first position, as in
             :func:`evaluate`; the average-case targets are drawn for all ``N`` samples (attacked or
             not, so the draw for a sample does not depend on the others, nor on ``batch_size``)
@@ -186,13 +186,13 @@ def evaluate_targeted(
         return [Step(f"{name}/target+{j}", attack, target_offset=j) for j in range(1, k)]
 
     run = run_blocks(model, x, y, threat=threat, attacks={name: attack}, steps=steps, mode="targeted",
-                     indices=indices, num_classes=num_classes, batch_size=batch_size, seed=seed, verify=True,
-                     state_file=state_file, resume=resume, distributed=distributed, progress=progress)
+                     indices=indices, num_classes=num_classes, settings=settings, verify=True,
+                     state_file=state_file, resume=resume, distributed=distributed)
     table, k = run.table, run.table.num_classes
     n = len(run.labels)
     random_targets = [None] * n
     if k is not None:
-        draw = torch.randint(1, k, (n,), generator=torch.Generator().manual_seed(block_seed(seed, "random-target", 0)))
+        draw = torch.randint(1, k, (n,), generator=torch.Generator().manual_seed(block_seed(settings.seed, "random-target", 0)))
         random_targets = ((torch.tensor(run.labels, dtype=torch.int64) + draw) % k).tolist()
     samples = []
     mismatches = 0
@@ -217,7 +217,7 @@ def evaluate_targeted(
     runs = sum(c["samples"] for c in table.step_cost.values())
     if mismatches:
         warn_mismatch(attack.name or type(attack).__name__, mismatches, runs)
-    record = provenance(seed=seed, device=x.device, wall_time=table.wall_time)
+    record = provenance(seed=settings.seed, device=x.device, wall_time=table.wall_time)
     record["processes"] = run.processes
     return TargetedEvaluation(
         threat=threat,

@@ -344,6 +344,7 @@ def suite_accuracy(model: nn.Module, x: Tensor, y: Tensor, scale: Scale, *, eps:
     cascade; for a stochastic model each attack is wrapped in EOT with ``scale.eot_draws``."""
     from robustlab.attacks import EOT
     from robustlab.evaluation import build_suite, evaluate
+    from robustlab.settings import RunSettings
 
     if scale.suite is None:
         raise RobustlabError("suite_accuracy needs a suite: scale.suite is None")
@@ -351,7 +352,7 @@ def suite_accuracy(model: nn.Module, x: Tensor, y: Tensor, scale: Scale, *, eps:
     suite = build_suite(scale.suite, threat, num_classes=10)
     if stochastic:
         suite = {f"eot-{key}": EOT(attack, draws=scale.eot_draws) for key, attack in suite.items()}
-    evaluation = evaluate(model, x, y, threat=threat, attacks=suite, batch_size=scale.eval_batch, seed=seed,
+    evaluation = evaluate(model, x, y, threat=threat, attacks=suite, settings=RunSettings(seed=seed, batch_size=scale.eval_batch),
                           cascade=True)
     return 100.0 * evaluation.metrics["robust_accuracy"]["value"]
 

@@ -176,6 +176,7 @@ def _get_model(label: str, scale: Scale, options: ReproOptions, train_data) -> t
 def _evaluate(model: nn.Module, x: Tensor, y: Tensor, scale: Scale, seed: int) -> dict[str, Any]:
     from robustlab.attacks import PGD
     from robustlab.evaluation import build_suite, evaluate
+    from robustlab.settings import RunSettings
 
     def flags(attack, eps: float, row_seed: int) -> Tensor:
         return robust_correct(model, attack, x, y, threat=Linf(eps), targets=None, seed=row_seed, chunk=scale.chunk)
@@ -196,7 +197,7 @@ def _evaluate(model: nn.Module, x: Tensor, y: Tensor, scale: Scale, seed: int) -
         n = min(scale.suite_images, len(y))
         threat = Linf(scale.eps)
         evaluation = evaluate(model, x[:n], y[:n], threat=threat, attacks=build_suite("standard", threat, 10),
-                              cascade=True, seed=seed, batch_size=scale.chunk)
+                              cascade=True, settings=RunSettings(seed=seed, batch_size=scale.chunk))
         metrics = evaluation.metrics
         result["suite"] = {"images": n, "robust": metrics["robust_accuracy"]["value"],
                            "pgd40_same_images": float(pgd40[:n].float().mean()), "broken_by": metrics["broken_by"]}

@@ -29,6 +29,7 @@ from robustlab.evaluation.provenance import provenance
 from robustlab.evaluation.suites import SUITES
 from robustlab.io import file_sha256
 from robustlab.models.checkpoint import ModelCard, checkpoint_paths, load_model, save_model
+from robustlab.settings import RunSettings
 from robustlab.threat import threat_model
 from robustlab.training import checkpoint as training_checkpoint
 from robustlab.zoo import MODELS_DIR, entry, recipe, recipe_path
@@ -106,6 +107,10 @@ def tensors_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+#: Seed and batch size of the suites a card records (publish and remeasure use the same).
+CARD_SETTINGS = RunSettings(seed=0, batch_size=250)
+
+
 @torch.no_grad()
 def correct_predictions(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> Tensor:
     """``bool[N]``: the model's prediction equals the label."""
@@ -114,18 +119,18 @@ def correct_predictions(model: nn.Module, x: Tensor, y: Tensor, batch_size: int 
                       for i in range(0, len(x), batch_size)])
 
 
-def _suite_metrics(name, model, x, y, threat, num_classes, suite, state_dir, batch_size, seed, progress) -> dict:
+def _suite_metrics(name, model, x, y, threat, num_classes, suite, state_dir, settings: RunSettings) -> dict:
     """A card's entry for ``suite`` on ``x``, resumable: the state file in ``state_dir`` is named
     after the weights, so a retrained model never resumes another model's evaluation."""
     logger.info("%s: %s suite on the first %d test images", name, suite, len(x))
     state_file = Path(state_dir) / f"{suite}-{len(x)}-{tensors_digest(model)[:12]}-state.json"
     start = time.perf_counter()
     ev = evaluate(model, x, y, threat=threat, attacks=build_suite(suite, threat, num_classes), cascade=True,
-                  batch_size=batch_size, seed=seed, state_file=state_file, resume=True, progress=progress)
+                  settings=settings, state_file=state_file, resume=True)
     robust = ev.metrics["robust_accuracy"]
     return {"robust_accuracy": robust["value"], "ci_low": robust["ci_low"], "ci_high": robust["ci_high"],
             "clean_accuracy": ev.metrics["clean_accuracy"]["value"], "images": len(x), "first_images": True, "broken_by": ev.metrics.get("broken_by"),
-            "seconds_last_run": round(time.perf_counter() - start, 1), "seed": seed, "batch_size": batch_size}
+            "seconds_last_run": round(time.perf_counter() - start, 1), "seed": settings.seed, "batch_size": settings.batch_size}
 
 
 def _certified(model, x, y, threat, methods, batch_size) -> dict:
@@ -143,7 +148,7 @@ def _certified(model, x, y, threat, methods, batch_size) -> dict:
 
 
 def publish(name: str, run_dir: str | Path, *, out_dir: str | Path = MODELS_DIR, data_dir: str | None = None,
-            images: int | None = None, batch_size: int = 250, seed: int = 0, progress: bool = False) -> ModelCard:
+            images: int | None = None, settings: RunSettings = CARD_SETTINGS) -> ModelCard:
     """Evaluate the model trained from ``name``'s recipe in ``run_dir`` and write its weights and
     card as ``out_dir/NAME.safetensors`` / ``.json``. Returns the card.
 
@@ -151,7 +156,9 @@ def publish(name: str, run_dir: str | Path, *, out_dir: str | Path = MODELS_DIR,
     robust accuracy under the ``standard`` suite (and ``fast`` where robustlab has it) on the
     first ``images`` test images (default: the catalog's) at the catalog's threat model, as a
     resumable cascade (state in ``run_dir``); certified accuracy with the catalog's methods on
-    the same images. The card's ``extra["zoo"]`` holds the sha256 of the weights.
+    the same images. The card's ``extra["zoo"]`` holds the sha256 of the weights. ``settings``:
+    the suites' seed and batch size (recorded in the card) and progress bar; default
+    :data:`CARD_SETTINGS`.
     """
     run_dir = Path(run_dir)
     info = entry(name)
@@ -177,9 +184,9 @@ def publish(name: str, run_dir: str | Path, *, out_dir: str | Path = MODELS_DIR,
     for suite in CARD_SUITES:
         if suite in SUITES:
             metrics[suite] = _suite_metrics(name, model, x[:images], y[:images], threat, test.num_classes, suite,
-                                            run_dir, batch_size, seed, progress)
+                                            run_dir, settings)
     if info.certify:
-        metrics["certified"] = _certified(model, x[:images], y[:images], threat, info.certify, batch_size)
+        metrics["certified"] = _certified(model, x[:images], y[:images], threat, info.certify, settings.batch_size)
     seconds, epochs = training_seconds(run_dir)
     training = dict(run_card.training)
     training.update({"recipe": recipe(name), "recipe_file": f"robustlab/zoo/recipes/{name}.toml",
@@ -201,7 +208,7 @@ def publish(name: str, run_dir: str | Path, *, out_dir: str | Path = MODELS_DIR,
 
 
 def remeasure(name: str, suites: tuple[str, ...], *, models_dir: str | Path = MODELS_DIR, data_dir: str | None = None,
-              workdir: str | Path, batch_size: int = 250, seed: int = 0, progress: bool = False) -> ModelCard:
+              workdir: str | Path, settings: RunSettings = CARD_SETTINGS) -> ModelCard:
     """Measure ``suites`` again on a published model and rewrite those entries of its card (after
     a suite's protocol changed); the weights, their hash and every other entry stay as they are.
     Same images, seed and batch size as :func:`publish`; resumable (state in ``workdir``)."""
@@ -220,7 +227,7 @@ def remeasure(name: str, suites: tuple[str, ...], *, models_dir: str | Path = MO
     state_dir.mkdir(parents=True, exist_ok=True)
     for suite in suites:
         card.metrics[suite] = _suite_metrics(name, model, test.x[:images], test.y[:images], threat, test.num_classes,
-                                             suite, state_dir, batch_size, seed, progress)
+                                             suite, state_dir, settings)
     card_path = checkpoint_paths(weights)[1]
     card.save(card_path)
     return card

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from robustlab.errors import RobustlabError
@@ -87,7 +88,7 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from robustlab import zoo
-    from robustlab.zoo.build import publish, train_recipe
+    from robustlab.zoo.build import CARD_SETTINGS, publish, train_recipe
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -100,7 +101,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"{name}: trained in {run_dir} ({time.perf_counter() - start:.0f} s in this run)", flush=True)
         start = time.perf_counter()
         card = publish(name, run_dir, out_dir=args.out or zoo.MODELS_DIR, data_dir=args.data_dir,
-                       images=args.images, progress=not args.quiet)
+                       images=args.images, settings=replace(CARD_SETTINGS, progress=not args.quiet))
         print(f"{name}: evaluated in {time.perf_counter() - start:.0f} s; "
               + json.dumps({k: card.metrics.get(k) for k in ("clean_accuracy", "standard", "fast", "certified")
                             if k in card.metrics}), flush=True)
@@ -109,13 +110,13 @@ def _train(args: argparse.Namespace) -> int:
 
 def _remeasure(args: argparse.Namespace) -> int:
     from robustlab import zoo
-    from robustlab.zoo.build import remeasure
+    from robustlab.zoo.build import CARD_SETTINGS, remeasure
 
     for name in args.names:
         zoo.entry(name)
     for name in args.names:
         card = remeasure(name, tuple(args.suites), models_dir=args.out or zoo.MODELS_DIR, data_dir=args.data_dir,
-                         workdir=args.workdir, progress=not args.quiet)
+                         workdir=args.workdir, settings=replace(CARD_SETTINGS, progress=not args.quiet))
         print(f"{name}: " + json.dumps({suite: card.metrics[suite] for suite in args.suites}), flush=True)
     return 0
 
