@@ -15,8 +15,8 @@ from robustlab.reproduce.madry_capacity import FINDINGS, METHODS, _trend
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 #: Test-only size: scikit-learn digits (no download), one epoch, a few attack steps.
-TINY = {"dataset": "digits", "widths": (1, 2), "train_samples": 300, "epochs": 1, "batch_size": 64, "train_steps": 2,
-        "train_step_size": 0.15, "attack_steps": 3, "attack_step_size": 0.1, "loss_images": 32, "chunk": 16}
+TINY = {"dataset": "digits", "widths": (1, 2), "train_samples": 300, "epochs": 1, "eps_warmup_epochs": 0.5,
+        "batch_size": 64, "train_steps": 2, "train_step_size": 0.15, "attack_steps": 3, "attack_step_size": 0.1, "loss_images": 32, "chunk": 16}
 
 
 def test_madry_cnn_widths_follow_the_capacity_scale():
