@@ -6,6 +6,7 @@ saves what it ends with, and the assertions run here, in the parent.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -127,7 +128,19 @@ def _worker(rank: int, port: int, out: str, data: tuple[Tensor, ...]) -> None:
         mma = METHODS["mma"](config, device=device)
         train(resumed, x, y, config=config, device=device, checkpoint_dir=out_dir / "mma-killed", distributed=True,
               method=mma)
+        # Natural training with data augmentation and Dropout, killed after epoch 1 and resumed.
+        config = dataclasses.replace(natural_config(), augment="crop-flip", robust_eval_samples=0)
+        augmented = mlp(dropout=0.2)
+        train(augmented, x, y, config=config, device=device, checkpoint_dir=out_dir / "augment-whole", distributed=True)
+        with pytest.raises(_Stop):
+            train(mlp(dropout=0.2), x, y, config=config, device=device, checkpoint_dir=out_dir / "augment-killed",
+                  distributed=True, on_epoch_end=_stop_after_first_epoch)
+        augmented_resumed = mlp(dropout=0.2)
+        train(augmented_resumed, x, y, config=config, device=device, checkpoint_dir=out_dir / "augment-killed",
+              distributed=True)
         torch.save({
+            "augment_whole": augmented.state_dict(),
+            "augment_resumed": augmented_resumed.state_dict(),
             "natural_weights": model.state_dict(),
             "natural_history": natural.history,
             "natural_best_epoch": natural.best_epoch,
@@ -260,6 +273,16 @@ def test_killed_and_resumed_two_rank_mma_run_is_exact(two_ranks):
         for name, value in rank["mma_whole"].items():
             assert torch.equal(rank["mma_resumed"][name], value), name
     assert torch.equal(ranks[0]["mma_resumed_eps"], ranks[0]["mma_whole_eps"])
+
+
+def test_killed_and_resumed_two_rank_augmented_run_is_exact(two_ranks):
+    out, _, ranks = two_ranks
+    for rank in ranks:
+        for name, value in rank["augment_whole"].items():
+            assert torch.equal(rank["augment_resumed"][name], value), name
+    # Each rank draws its shard's crops and flips from a stream of its own, saved in the checkpoint.
+    saved = load_checkpoint(out / "augment-whole" / "last.ckpt")["distributed"]["ranks"]
+    assert not torch.equal(saved[0]["augment_generator"], saved[1]["augment_generator"])
 
 
 @pytest.mark.slow

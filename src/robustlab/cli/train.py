@@ -130,12 +130,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     for f in _config_fields():
         choices = f.metadata.get("choices")
         option: dict[str, Any] = {"default": None, "help": _help(f, choices)}
-        if types[f.name] is bool:
+        kind = types[f.name]
+        if type(None) in typing.get_args(kind):  # X | None: an option of type X, not given = the default None
+            (kind,) = (arg for arg in typing.get_args(kind) if arg is not type(None))
+        if kind is bool:
             option.update(action="store_true")
-        elif typing.get_origin(types[f.name]) is tuple:
-            option.update(type=typing.get_args(types[f.name])[0], nargs="+")
+        elif typing.get_origin(kind) is tuple:
+            option.update(type=typing.get_args(kind)[0], nargs="+")
         else:
-            option.update(type=_STRICTER_TYPES.get(f.name, types[f.name]))
+            option.update(type=_STRICTER_TYPES.get(f.name, kind))
         if isinstance(choices, dict):  # a registry: too many names for the usage line
             option.update(choices=sorted(choices), metavar=f.name.upper())
         elif choices is not None:

@@ -7,6 +7,7 @@ ours is ever pickled.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -54,16 +55,21 @@ def check_resumable(stored: dict, config: TrainConfig, path: Path) -> None:
     """Raise unless ``config`` equals the config ``stored`` in checkpoint ``path``.
 
     Every field counts: each one changes the trajectory of training, so resuming under a
-    different value would silently produce a run that matches neither configuration.
+    different value would silently produce a run that matches neither configuration. A field
+    the stored config lacks (a checkpoint written before the field existed, or one that
+    :meth:`TrainConfig.to_dict` leaves out at its default) counts as holding its default.
     """
     current = config.to_dict()
     differences = []
-    for name, value in current.items():
-        old = stored.get(name, "<missing>")
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        old, value = stored.get(f.name, default), current.get(f.name, default)
         if isinstance(old, list):
             old = tuple(old)
         if old != value:
-            differences.append(f"{name}: checkpoint has {old!r}, now {value!r}")
+            differences.append(f"{f.name}: checkpoint has {old!r}, now {value!r}")
+    differences += [f"{name}: a setting this robustlab does not know (checkpoint has {stored[name]!r})"
+                    for name in sorted(set(stored) - set(TrainConfig.field_names()))]
     if differences:
         raise RobustlabError(
             f"cannot resume from {path}: it was written with a different training "

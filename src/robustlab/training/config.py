@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from robustlab.errors import RobustlabError
 from robustlab.threat import NORMS, ThreatModel, threat_model
+from robustlab.training.augment import AUGMENTATIONS
 from robustlab.training.methods import BN_MODES, METHODS
 from robustlab.validate import is_int, is_number
 
@@ -28,10 +29,13 @@ def _require_float(name: str, value: object) -> float:
     return float(value)
 
 
-def _require_choice(name: str, value: object, choices) -> None:
-    if value not in choices:
+def _require_choice(name: str, value: object, choices, *, optional: bool = False) -> None:
+    """``value`` must be one of ``choices`` (or None where ``optional``)."""
+    if optional and value is None:
+        return
+    if not isinstance(value, str) or value not in choices:
         raise RobustlabError(
-            f"TrainConfig.{name} must be one of {sorted(choices)}, got {value!r}"
+            f"TrainConfig.{name} must be one of {sorted(choices)}{' or None' if optional else ''}, got {value!r}"
         )
 
 
@@ -73,6 +77,17 @@ class TrainConfig:
       start, step ``2.5 eps / steps``) on the first ``robust_eval_samples`` validation examples
       (0: off); the best checkpoint is then the one with the highest robust accuracy.
     - ``mixed_precision``: float16 autocast with a gradient scaler on CUDA; ignored on CPU.
+
+    ``augment``: the data augmentation of every training batch, a name in
+    :data:`robustlab.training.augment.AUGMENTATIONS` (``"crop-flip"``: random crops of the
+    4-pixel zero-padded image and random horizontal flips, per example, the standard CIFAR-10
+    augmentation), or ``None`` (the default): none. It is applied on the training device before
+    the method's inner maximization, from a generator derived from ``seed``.
+
+    Fields added after configurations were first stored (metadata ``"omit_default"``) are left
+    out of :meth:`to_dict` while they hold their default, so every configuration stored before
+    them (checkpoints, model cards, the reproductions' cache keys) still reads as the same
+    configuration; :meth:`from_dict` fills them in.
     """
 
     # Each field's metadata: "help", one line for `robustlab train --help` (which derives an option
@@ -105,6 +120,9 @@ class TrainConfig:
         "help": "validation samples for the PGD robust accuracy of each epoch (0: off)"})
     robust_eval_steps: int = field(default=10, metadata={"help": "PGD steps of the robust validation"})
     mixed_precision: bool = field(default=False, metadata={"help": "float16 autocast on CUDA (ignored on CPU)"})
+    augment: str | None = field(default=None, metadata={
+        "help": "data augmentation of each training batch, before the method's attack (none by default)",
+        "choices": AUGMENTATIONS, "omit_default": True})
 
     def __post_init__(self) -> None:
         _require_int("epochs", self.epochs, 1)
@@ -112,7 +130,7 @@ class TrainConfig:
         _require_int("seed", self.seed, 0)
         for f in fields(self):
             if "choices" in f.metadata:
-                _require_choice(f.name, getattr(self, f.name), f.metadata["choices"])
+                _require_choice(f.name, getattr(self, f.name), f.metadata["choices"], optional=f.default is None)
         self.lr = _require_float("lr", self.lr)
         if self.lr <= 0:
             raise RobustlabError(f"TrainConfig.lr must be > 0, got {self.lr}")
@@ -201,8 +219,24 @@ class TrainConfig:
         return values
 
     def to_dict(self) -> dict:
-        """Plain-Python form (safe to store in a checkpoint and to write as JSON)."""
-        return asdict(self)
+        """Plain-Python form (safe to store in a checkpoint and to write as JSON), without the
+        ``"omit_default"`` fields that hold their default (see the class docstring)."""
+        data = asdict(self)
+        for f in fields(self):
+            if f.metadata.get("omit_default") and data[f.name] == f.default:
+                del data[f.name]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """The configuration :meth:`to_dict` gave (also after a JSON round trip); fields it lacks
+        take their defaults, unknown keys are refused."""
+        if not isinstance(data, dict):
+            raise RobustlabError(f"a TrainConfig is read from a dict, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(cls.field_names()))
+        if unknown:
+            raise RobustlabError(f"unknown TrainConfig field(s) {unknown}; valid: {sorted(cls.field_names())}")
+        return cls(**data)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

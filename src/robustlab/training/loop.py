@@ -21,6 +21,7 @@ from robustlab.errors import RobustlabError
 from robustlab.models.adapters import output_error
 from robustlab.threat import ThreatModel
 from robustlab.training import checkpoint as ckpt
+from robustlab.training.augment import AUGMENTATIONS, check_augmentable
 from robustlab.training.config import TrainConfig
 from robustlab.training.distributed import (
     LocalGroup,
@@ -87,6 +88,11 @@ def train(
     and an existing ``last.ckpt`` written under the same config, training continues after
     its epoch; on CPU the final weights are bitwise those of an uninterrupted run.
 
+    With ``config.augment`` (see :mod:`robustlab.training.augment`), each training batch is
+    augmented on ``device``, once, before the method's ``make_inputs`` (and its replays), from a
+    generator of its own derived from ``config.seed`` (one per rank) and saved in each checkpoint;
+    ``train_x`` must then be images ``[N, C, H, W]``.
+
     Randomness that uses torch's global generator (dropout) runs inside
     ``torch.random.fork_rng``, started from a state derived from ``config.seed`` and saved
     in each checkpoint: runs are reproducible whatever the caller's global RNG state, and
@@ -131,12 +137,14 @@ def train(
     check_batches(len(train_x), config.batch_size, group.world)
 
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-    shuffle_seed, global_seed, method_seed = _derive_seeds(config.seed)
+    shuffle_seed, global_seed, method_seed, augment_seed = _derive_seeds(config.seed)
     threat = config.threat_model()
     if threat is not None:
         _check_in_box(train_x, threat, "train_x")
         if val is not None:
             _check_in_box(val[0], threat, "val_x")
+    if config.augment is not None:
+        check_augmentable(config.augment, train_x, None if threat is None else threat.bounds)
 
     with _forked_global_rng(device, rank_seed(global_seed, group.rank)):
         _check_model_outputs(model, train_x, train_y, val, device)
@@ -144,7 +152,7 @@ def train(
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
         group.broadcast_module(model)
         run = _Run(model, config, device, num_train=len(train_x), shuffle_seed=shuffle_seed, method=method,
-                   group=group, method_seed=method_seed,
+                   group=group, method_seed=method_seed, augment_seed=augment_seed,
                    data=ckpt.data_fingerprint(dataset, train_x, train_y))
         last = None if checkpoint_dir is None else checkpoint_dir / ckpt.LAST
         stored = _read_last(last, group) if resume else None
@@ -190,7 +198,8 @@ class _Run:
     """The mutable state of one run: everything a checkpoint holds."""
 
     def __init__(self, model, config: TrainConfig, device, *, num_train: int, shuffle_seed: int,
-                 method: Method | None = None, group=None, method_seed: int = 0, data: dict | None = None):
+                 method: Method | None = None, group=None, method_seed: int = 0, augment_seed: int = 0,
+                 data: dict | None = None):
         self.model = model
         self.config = config
         self.device = device
@@ -211,6 +220,10 @@ class _Run:
         self.amp = config.mixed_precision and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.generator = torch.Generator().manual_seed(shuffle_seed)
+        # The augmentation's own stream, on the training device, one per rank (as the method's).
+        self.augment = None if config.augment is None else AUGMENTATIONS.lookup(config.augment)
+        self.augment_generator = None if self.augment is None else \
+            torch.Generator(device=device).manual_seed(rank_seed(augment_seed, self.group.rank))
         self.epoch = 0
         self.global_step = 0
         self.history: list[dict] = []
@@ -302,6 +315,8 @@ class _Run:
                 start, stop = self.group.shard(len(batch_index))
                 index = batch_index[start:stop]
                 x = x_all[index].to(self.device)
+                if self.augment is not None and self.augment_generator is not None:
+                    x = self.augment(x, self.augment_generator)  # once: a replaying method replays the augmented batch
                 y = y_all[index].to(self.device)
                 index = index.to(self.device)
                 for _ in range(self.replays):
@@ -391,7 +406,7 @@ class _Run:
         return robust.item() / n
 
     def state(self) -> dict:
-        return {
+        state = {
             "config": self.config.to_dict(),
             "epoch": self.epoch,
             "global_step": self.global_step,
@@ -410,6 +425,13 @@ class _Run:
             "best_val_acc": self.best_val_acc,
             "best_val_robust_acc": self.best_val_robust_acc,
         }
+        state.update(self._augment_state())
+        return state
+
+    def _augment_state(self) -> dict:
+        """The augmentation generator's state (nothing without augmentation: such checkpoints are
+        those written before augmentation existed)."""
+        return {} if self.augment_generator is None else {"augment_generator": self.augment_generator.get_state()}
 
     def write_checkpoints(self, directory: Path) -> None:
         """On rank 0; a collective, so every rank calls it."""
@@ -417,7 +439,8 @@ class _Run:
         if self.group.world > 1:
             # The ranks' own random streams, so that a resumed run continues each of them.
             ranks = self.group.gather({"global_rng": _get_global_rng(self.device), "method": self.method.state_dict(),
-                                       "model_generators": [g.get_state() for g in model_generators(self.model)]})
+                                       "model_generators": [g.get_state() for g in model_generators(self.model)],
+                                       **self._augment_state()})
         if not self.group.is_main:
             return
         state = self.state()
@@ -466,6 +489,8 @@ class _Run:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.method.load_state_dict(own["method"])
         self.generator.set_state(state["shuffle_generator"])
+        if self.augment_generator is not None:  # check_resumable has checked that the run augmented too
+            self.augment_generator.set_state(own["augment_generator"])
         _set_global_rng(self.device, own["global_rng"])
         generators, saved = model_generators(self.model), own.get("model_generators", [])
         if saved and len(saved) != len(generators):
@@ -548,12 +573,15 @@ def _check_model_outputs(model, train_x, train_y, val, device) -> None:
         )
 
 
-def _derive_seeds(seed: int) -> tuple[int, int, int]:
-    """Independent seeds for the shuffling generator, the forked global RNG and a method's own
-    generator (the one :func:`~robustlab.training.methods.method_generator` seeds)."""
+def _derive_seeds(seed: int) -> tuple[int, int, int, int]:
+    """Independent seeds for the shuffling generator, the forked global RNG, a method's own
+    generator (the one :func:`~robustlab.training.methods.method_generator` seeds) and the data
+    augmentation's generator."""
     generator = torch.Generator().manual_seed(seed)
     shuffle, global_rng, method = torch.randint(0, 2**62, (3,), generator=generator).tolist()
-    return shuffle, global_rng, method
+    # A draw of its own after the others, so that they stay what they were before augmentation existed.
+    augment = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return shuffle, global_rng, method, augment
 
 
 def _cuda_index(device: torch.device) -> int:

@@ -62,9 +62,11 @@ CATALOG: dict[str, Entry] = {
                               eps=0.3),
     "mnist-tisode-ird": Entry("TisODE behind input randomization (random resize and pad), as mnist-tisode; stochastic",
                               eps=0.3, labels=("stochastic",)),
-    "cifar10-natural": Entry("WRN-16-2, natural training (the CIFAR-10 baseline: not robust)", eps=8 / 255),
-    "cifar10-pgd": Entry("WRN-16-2, PGD adversarial training (Madry et al.), 7 steps of 2/255", eps=8 / 255),
-    "cifar10-trades": Entry("WRN-16-2, TRADES (beta 6), 10 steps of 0.007", eps=8 / 255),
+    "cifar10-natural": Entry("WRN-16-2, natural training with crop-flip augmentation (the CIFAR-10 baseline: not "
+                             "robust)", eps=8 / 255),
+    "cifar10-pgd": Entry("WRN-16-2, PGD adversarial training (Madry et al.), 7 steps of 2/255, crop-flip augmentation",
+                         eps=8 / 255),
+    "cifar10-trades": Entry("WRN-16-2, TRADES (beta 6), 10 steps of 0.007, crop-flip augmentation", eps=8 / 255),
     "mnist-tiny": Entry("a 2-layer MLP trained for a few hundred steps on 3000 images (for the zoo's own test)",
                         eps=0.05, images=50, labels=("test",), certify=("ibp", "crown")),
 }
