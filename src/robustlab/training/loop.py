@@ -419,7 +419,7 @@ class _Run:
             "method": self.method.state_dict(),
             "shuffle_generator": self.generator.get_state(),
             "global_rng": _get_global_rng(self.device),
-            "model_generators": [g.get_state() for g in model_generators(self.model)],
+            "model_generators": [g.get_state() for g in _model_generators(self.model)],
             "history": self.history,
             "best_epoch": self.best_epoch,
             "best_val_acc": self.best_val_acc,
@@ -439,7 +439,7 @@ class _Run:
         if self.group.world > 1:
             # The ranks' own random streams, so that a resumed run continues each of them.
             ranks = self.group.gather({"global_rng": _get_global_rng(self.device), "method": self.method.state_dict(),
-                                       "model_generators": [g.get_state() for g in model_generators(self.model)],
+                                       "model_generators": [g.get_state() for g in _model_generators(self.model)],
                                        **self._augment_state()})
         if not self.group.is_main:
             return
@@ -492,7 +492,7 @@ class _Run:
         if self.augment_generator is not None:  # check_resumable has checked that the run augmented too
             self.augment_generator.set_state(own["augment_generator"])
         _set_global_rng(self.device, own["global_rng"])
-        generators, saved = model_generators(self.model), own.get("model_generators", [])
+        generators, saved = _model_generators(self.model), own.get("model_generators", [])
         if saved and len(saved) != len(generators):
             raise RobustlabError(f"cannot resume from {path}: it saved the states of {len(saved)} random generator(s) of "
                                  f"the model's layers, this model has {len(generators)}")
@@ -603,7 +603,7 @@ def _forked_global_rng(device: torch.device, seed: int) -> Iterator[None]:
         yield
 
 
-def model_generators(model: nn.Module) -> list[torch.Generator]:
+def _model_generators(model: nn.Module) -> list[torch.Generator]:
     """The generators the model's layers draw from (a module's ``generator`` attribute: a Bayesian
     network's weight draws, a neural SDE's noise, a random defense's draws), each once, in module
     order. Checkpoints save their states, so that a resumed run draws what an uninterrupted one
