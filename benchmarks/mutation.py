@@ -64,8 +64,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     # schedule and window sides, the golden schedule of the reference, the L2 budget, give_up/keep_near on
     # constant models, and test_square.py's replays of the algorithm on hand-built models.
     "square": ("src/robustlab/attacks/square.py",
-               ["tests/test_definitions.py", "tests/test_golden_references.py", "tests/test_black_box.py",
-                "tests/test_square.py", "-k",
+               ["tests/test_square.py", "tests/test_definitions.py", "tests/test_golden_references.py",
+                "tests/test_black_box.py", "-k",
                 "square and not (breaks_most or targeted_reaches or leaves_already or starts_from_vertical"
                 " or needs_a_bounded or continues_from or keeps_an_adversarial or start_must_lie)"]),
     # Model-free for the same reason as metrics: the evaluation's crediting, costs, naming and JSON round trip on
@@ -212,6 +212,29 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.evaluation.evaluate.x_named_attacks__mutmut_8": ('getattr(attack, "name", None)', "every Attack has a name (a class attribute, '' unless set): getattr's default is never used"),
     "robustlab.evaluation.evaluate.x_named_attacks__mutmut_11": ('getattr(attack, "name", )', "every Attack has a name (a class attribute, '' unless set): getattr's default is never used"),
     "robustlab.evaluation.evaluate.x_named_attacks__mutmut_14": ('getattr(attack, "name", "XXXX")', "every Attack has a name (a class attribute, '' unless set): getattr's default is never used"),
+    # attacks/square.py
+    "robustlab.attacks.square.xǁSquareAttackǁ_init_linf__mutmut_4": ("threat.eps / _random_signs", "the signs are +-1: eps / s == eps * s"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_step_linf__mutmut_110": ("threat.eps / signs), x_best)", "the signs are +-1: eps / s == eps * s"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_step_linf__mutmut_51": ("x + threat.eps / signs) - x_best", "the signs are +-1: eps / s == eps * s"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_step_l2__mutmut_108": ("bump / _random_signs", "the signs are +-1: b / s == b * s"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_init_l2__mutmut_95": ("pattern[:, None] / signs", "the signs are +-1: b / s == b * s"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_step_linf__mutmut_52": ("<= _UNCHANGED_TOL", "differs only on an exact tie with the tolerance"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_126": ("going = margin >= 0", "a sample is searched only where margin > 0 anyway (searched = going & (margin > 0))"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_139": ("spent <= self.queries", "spent is at most queries - 1 in the loop"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_146": ("going = ~((margin", "a given-up sample's margin no longer moves and its threshold s * r * log2(Q / c) only falls at later checkpoints, so it stays given up; broken samples are not searched either way"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_150": ("(margin >= self.give_up", "differs only on an exact tie with the threshold"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_objective__mutmut_19": ("get_loss(loss, ) if loss", "the margin capped at 0 differs only at adversarial points, which are kept whatever their loss and end the search"),
+    "robustlab.attacks.square.x__rectangle_bump__mutmut_57": ("clamp_min(1.000000000001)", "a rectangle's norm is at least 1 (its centre carries 1 + 1/4 + ...) and exactly 1 only for the 1x1 one, which _square_bump renormalises to -1"),
+    # attacks/base.py (the template)
+    "robustlab.attacks.base.x_check_logits__mutmut_8": ("(isinstance(logits, Tensor)) or True", "logits is a Tensor on this line: the line above raised otherwise"),
+    "robustlab.attacks.base.x_check_logits__mutmut_10": ("type(None).__name__", "logits is a Tensor on this line: the line above raised otherwise"),
+    "robustlab.attacks.base.x_check_inputs__mutmut_47": ("x_min <= lo - _BOX_TOLERANCE", "differs only on an exact tie with the tolerance"),
+    "robustlab.attacks.base.x_check_inputs__mutmut_49": ("x_max >= hi + _BOX_TOLERANCE", "differs only on an exact tie with the tolerance"),
+    "robustlab.attacks.base.x_resolve_targets__mutmut_21": ('float("-INF")', "Python parses -INF and -inf alike"),
+    "robustlab.attacks.base.x_resolve_targets__mutmut_33": ("(n) or True", "for n == 0 a draw of shape (0,) is the same empty offset"),
+    "robustlab.attacks.base.xǁAttackǁ__call____mutmut_23": ("isinstance(y, Tensor) or y.is_inference()", "y is a Tensor here (check_inputs returned it), and a clone of a normal tensor is the same labels"),
+    "robustlab.attacks.base.xǁModelOracleǁlosses_and_grads__mutmut_22": ("retain_graph=i <= len(losses) - 1", "keeping the graph after the last backward only frees it later: the same gradients"),
+    "robustlab.attacks.base.xǁModelOracleǁlosses_and_grads__mutmut_23": ("retain_graph=i < len(losses) + 1", "keeping the graph after the last backward only frees it later: the same gradients"),
 }
 
 # Survivors that only a test on an accelerator can kill: a tensor made on the default device instead of
@@ -228,6 +251,9 @@ NEEDS_GPU: dict[str, str] = {
     "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_116": "dtype=torch.bool, device=None)",
     "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_119": "dtype=torch.bool, )",
     "robustlab.evaluation.evaluate.x_evaluate__mutmut_54": "provenance(seed=seed, wall_time=",  # device "cpu" by default
+    # given targets on the CPU for labels on an accelerator ("meta" cannot show it: the range checks read values)
+    "robustlab.attacks.base.x_resolve_targets__mutmut_54": "targets.to(device=None, dtype=torch.int64)",
+    "robustlab.attacks.base.x_resolve_targets__mutmut_56": "targets.to(dtype=torch.int64)",
 }
 
 

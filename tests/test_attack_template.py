@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import math
 import os
+import re
 import warnings
 from typing import Any
 
@@ -29,6 +30,7 @@ from robustlab.attacks.base import (
     project_rounding_inward,
     resolve_targets,
 )
+from robustlab.documentation import docs_pointer
 from robustlab.errors import ProbabilityOutputWarning, RobustlabError
 from robustlab.threat import L2, Linf
 
@@ -105,6 +107,11 @@ def test_resolve_targets_modes_by_hand():
     assert empty.shape == (0,)
     with pytest.raises(RobustlabError, match="^random targets need at least 2 classes$"):
         resolve_targets("random", torch.zeros(3, 1), torch.zeros(3, dtype=torch.long))
+    # Two classes: the other one.
+    assert resolve_targets("random", torch.zeros(3, 2), torch.tensor([0, 1, 1])).tolist() == [1, 0, 0]
+    # Drawn on the labels' device ("meta" here: a CPU draw added to them is an error there).
+    meta = resolve_targets("random", torch.empty(3, 4, device="meta"), torch.zeros(3, dtype=torch.long, device="meta"))
+    assert meta.device.type == "meta"
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16, torch.uint8])
@@ -165,8 +172,13 @@ def test_low_precision_projection_rounds_towards_x(dtype, threat):
     out = project_rounding_inward(threat, x, wild.to(dtype))
     assert out.dtype == dtype
     projected = threat.project(x.float(), wild.to(dtype).float())
-    # Every coordinate at most as far from x as float32's projection, and within one rounding step of it.
+    # Every coordinate at most as far from x as float32's projection, and within one rounding step of it;
+    # exactly: the projection rounded to the dtype, moved one step towards x where rounding went outward.
     assert ((out.float() - x.float()).abs() <= (projected - x.float()).abs()).all()
+    rounded = projected.to(dtype)
+    outward = (rounded.float() - x.float()).abs() > (projected - x.float()).abs()
+    assert torch.equal(out, torch.where(outward, torch.nextafter(rounded, x), rounded))
+    assert outward.any() and (~outward).any() and (rounded.float() == projected).any()
     step = torch.finfo(dtype).eps * projected.abs().clamp_min(1e-3)
     assert ((out.float() - projected).abs() <= 2 * step).all()
     assert threat.contains(x.float(), out.float()).all()
@@ -183,8 +195,10 @@ def test_check_inputs_clamps_float_noise_and_returns_int64_labels():
     x = torch.tensor([[-1.0 - 0.9e-5, 0.0], [1.0, 2.0 + 0.9e-5]])
     cx, cy = check_inputs(x, torch.tensor([1, 0], dtype=torch.int32), threat)
     assert cx.tolist() == [[-1.0, 0.0], [1.0, 2.0]] and cy.dtype == torch.int64 and cy.tolist() == [1, 0]
-    for bad in (-1.0 - 1.1e-5, 2.0 + 1.1e-5):
-        with pytest.raises(RobustlabError, match=r"^x lies outside the threat model's bounds \(-1.0, 2.0\): values in .*Normalize\)$"):
+    for bad, values in ((-1.0 - 1.1e-5, "[-1, 0]"), (2.0 + 1.1e-5, "[0, 2]")):
+        message = (f"x lies outside the threat model's bounds (-1.0, 2.0): values in {values}. Inputs must be in the "
+                   "model's input domain; put mean/std normalization inside the model (robustlab.models.Normalize)")
+        with pytest.raises(RobustlabError, match=f"^{re.escape(message)}$"):
             check_inputs(torch.tensor([[0.0, bad]]), torch.tensor([0]), threat)
     # Empty batches pass.
     cx, cy = check_inputs(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), threat)
@@ -246,8 +260,10 @@ def _entry_point(logits):  # like Attack.__call__: check_logits is called one le
 
 @pytest.mark.skipif("MUTANT_UNDER_TEST" in os.environ, reason="mutmut's trampolines add stack frames")
 def test_probability_warning_points_at_the_users_call():
-    with pytest.warns(ProbabilityOutputWarning, match=r"^the model's outputs look like probabilities \(non-negative rows summing to 1\); attacks and "
-                      r"losses expect logits: remove the final softmax\. .* See `") as record:
+    message = ("the model's outputs look like probabilities (non-negative rows summing to 1); attacks and losses "
+               "expect logits: remove the final softmax. Margin-based losses saturate on probabilities and make the "
+               f"model look robust. See `{docs_pointer('diagnostics', 'probabilities')}`")
+    with pytest.warns(ProbabilityOutputWarning, match=f"^{re.escape(message)}$") as record:
         _entry_point(LOGITS.softmax(1)); line = inspect.currentframe().f_lineno  # noqa: E702
     assert (record[0].filename, record[0].lineno) == (__file__, line)
     with warnings.catch_warnings():
@@ -366,6 +382,25 @@ def test_call_passes_start_and_targets_and_handles_empty_batches():
     with torch.inference_mode():
         y_inference = torch.tensor([0, 0])
     assert attack(model, x, y_inference, threat=Linf(eps=0.1)).success.shape == (2,)
+    # Random targets come from the call's generator.
+    result = attack(model, torch.rand(50, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
+                    torch.zeros(50, dtype=torch.long), threat=Linf(eps=0.1), targets="random",
+                    generator=torch.Generator().manual_seed(4))
+    offset = torch.randint(1, 2, (50,), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(result.targets, offset % 2)
+    model3 = nn.Sequential(nn.Linear(2, 3)).double()
+    result = _Push(shift=0.0)(model3, x.repeat(20, 1), torch.zeros(40, dtype=torch.long), threat=Linf(eps=0.1),
+                              targets="random", generator=torch.Generator().manual_seed(4))
+    offset = torch.randint(1, 3, (40,), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(result.targets, offset % 3) and len(set(result.targets.tolist())) == 2
+    # The margin of a targeted result is the targeted one (3 classes: not the untargeted one).
+    with torch.no_grad():
+        z = model3(result.x_adv)
+    torch.testing.assert_close(result.margin, difference_of_logits(z, torch.zeros(40, dtype=torch.long), result.targets))
+    assert not torch.allclose(result.margin, difference_of_logits(z, torch.zeros(40, dtype=torch.long)))
+    # The call checks x's dtype against the model's before anything else.
+    with pytest.raises(RobustlabError, match="^x has dtype torch.float32 but the model's parameters are torch.float64"):
+        attack(model, x.float(), y, threat=Linf(eps=0.1))
 
 
 def test_call_refuses_a_start_it_cannot_take_and_a_norm_it_does_not_support():

@@ -92,6 +92,7 @@ def _replay_linf(model, x, y, t, *, eps, queries, p_init, seed, loss, start=None
     everyone = torch.arange(n)
     best_loss, best_other = losses(best, everyone)
     expected, disagreements = [best.clone()], 0
+    _replay_linf.resampled = 0
     groups = [(everyone, p_init)]
     if start is not None:
         expected.append(start.clone())
@@ -115,6 +116,7 @@ def _replay_linf(model, x, y, t, *, eps, queries, p_init, seed, loss, start=None
                 rows, cols = slice(int(top[j]), int(top[j]) + side), slice(int(left[j]), int(left[j]) + side)
                 new = (x[i, :, rows, cols] + eps * s[j]).clamp(lo, hi)
                 if bool(((new - best[i, :, rows, cols]).abs() < 1e-7).all()):  # would change nothing: other signs
+                    _replay_linf.resampled += 1
                     flip = torch.tensor([(int(code[j]) >> ch) & 1 for ch in range(c)], dtype=torch.bool)
                     new = (x[i, :, rows, cols] + eps * torch.where(flip[:, None, None], -s[j], s[j])).clamp(lo, hi)
                 candidate[j, :, rows, cols] = new
@@ -134,7 +136,7 @@ def test_square_linf_queries_follow_the_published_algorithm(targeted, loss):
     # per channel, clipped to the box), the window side from the p schedule, another sign
     # pattern where the window would not change; kept only where it lowers the loss (margin
     # untargeted, cross-entropy towards the target targeted, unless `loss` says otherwise).
-    model, x, y = _linear()
+    model, x, y = _linear(c=3)  # 3 channels: the other sign patterns are 1 of 7, coded on 3 bits
     t = torch.tensor([1, 2, 3, 1]) if targeted else None
     queries, eps, p_init, seed = 120, 0.05, 0.3, 5
     recorder = InputRecorder(model)
@@ -149,7 +151,9 @@ def test_square_linf_queries_follow_the_published_algorithm(targeted, loss):
         torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"query {it}")
     torch.testing.assert_close(result.x_adv, best, rtol=0, atol=0)
     assert result.extras["queries"].tolist() == [queries + 1] * len(x)
+    assert result.extras["queries"].dtype == torch.int64
     assert disagreements > 0  # the other loss would have kept other points: the loss is pinned
+    assert _replay_linf.resampled > 0  # windows that would not have changed were given other signs
 
 
 def test_square_linf_init_is_vertical_stripes_clipped_to_the_box():
@@ -460,14 +464,14 @@ def test_square_keeps_a_query_that_breaks_the_sample_whatever_its_loss(targeted)
 
 
 def test_square_start_is_not_queried_for_samples_the_stripes_broke():
-    # Sample 0 is broken by its first query (margin -1): it stops there, start or not; sample 1
-    # (margin 5 - log2(q)) queries the start too.
-    model = _Scripted([0.0, 2.0, 6.0], [0.0, -1.0, 5.0], [0.0, 0.0, 1.0])
-    x = torch.stack([torch.full((1, 4, 4), 0.1), torch.full((1, 4, 4), 0.2)])
-    result = Square(queries=10)(model, x, torch.zeros(2, dtype=torch.long), threat=Linf(eps=0.01),
+    # Sample 0 is broken by its first query (margin -1): it stops there, start or not; samples 1
+    # (margin 5 - log2(q)) and 2 (0.5 - 0.01 log2(q), close to the boundary) query the start too.
+    model = _Scripted([0.0, 2.0, 6.0, 1.0], [0.0, -1.0, 5.0, 0.5], [0.0, 0.0, 1.0, 0.01])
+    x = torch.stack([torch.full((1, 4, 4), 0.1), torch.full((1, 4, 4), 0.2), torch.full((1, 4, 4), 0.3)])
+    result = Square(queries=10)(model, x, torch.zeros(3, dtype=torch.long), threat=Linf(eps=0.01),
                                 generator=torch.Generator().manual_seed(0), start=x.clone())
-    assert result.extras["queries"].tolist() == [2, 12]
-    assert result.success.tolist() == [True, False]
+    assert result.extras["queries"].tolist() == [2, 12, 12]
+    assert result.success.tolist() == [True, False, False]
     assert not torch.equal(result.x_adv[0], x[0])  # the stripes, not the start
 
 
@@ -507,17 +511,38 @@ def test_square_leaves_misclassified_samples_after_one_query():
     assert result.extras["queries"].tolist() == [21, 1, 21]
     torch.testing.assert_close(result.x_adv[1], x[1], rtol=0, atol=0)
     assert not torch.equal(result.x_adv[0], x[0])
+    # Targeted, success is the target: sample 1 (label 1, classified 0) is searched towards target 2;
+    # sample 2 (label 1, classified 0 = its target) is done.
+    result = Square(queries=20)(model, x, torch.tensor([0, 1, 1]), targets=torch.tensor([3, 2, 0]),
+                                threat=Linf(eps=0.05), generator=torch.Generator().manual_seed(0))
+    assert result.extras["queries"].tolist() == [21, 21, 1]
+
+
+def test_square_counts_a_tie_as_broken():
+    # Margin 0 (the label ties with another class) is a success for the search, as in the
+    # reference (it searches only margin > 0): one query, x returned. A tie after the start
+    # also ends the search before the given start is queried.
+    x, y = torch.full((1, 1, 4, 4), 0.5), torch.tensor([0])
+    tie = Square(queries=20)(_Sequence([[1.0, 1.0, -5.0]]), x, y, threat=Linf(eps=0.1),
+                             generator=torch.Generator().manual_seed(0))
+    assert tie.extras["queries"].tolist() == [1] and torch.equal(tie.x_adv, x)
+    rows = [[1.0, 0.0, -5.0]] * 2 + [[1.0, 1.0, -5.0]] + [[3.0, 0.0, -5.0]]
+    late = Square(queries=20)(_Sequence(rows), x, y, threat=Linf(eps=0.1), generator=torch.Generator().manual_seed(0),
+                              start=x.clone())
+    assert late.extras["queries"].tolist() == [2]
 
 
 def test_square_rejects_unbounded_threats_and_non_images():
     model, x, y = _linear(n=2)
-    with pytest.raises(RobustlabError, match="bounded"):
+    with pytest.raises(RobustlabError, match=r"^Square Attack searches at a fixed budget; it needs a bounded threat "
+                                             r"model \(finite eps\)$"):
         Square(queries=5)(model, x, y, threat=Linf(eps=math.inf))
     flat = nn.Sequential(nn.Linear(128, 4)).double()
-    with pytest.raises(RobustlabError, match="images"):
+    with pytest.raises(RobustlabError, match=r"^Square Attack needs images \[N, C, H, W\] with H, W >= 2, got shape "
+                                             r"\(2, 128\)$"):
         Square(queries=5)(flat, x.flatten(1), y, threat=Linf(eps=0.1))
     narrow = nn.Sequential(nn.Flatten(), nn.Linear(16, 4)).double()
-    with pytest.raises(RobustlabError, match="H, W >= 2"):
+    with pytest.raises(RobustlabError, match=r"got shape \(2, 2, 1, 8\)$"):
         Square(queries=5)(narrow, x[:, :, :1, :8].contiguous(), y, threat=Linf(eps=0.1))
     assert Square(queries=2)(nn.Sequential(nn.Flatten(), nn.Linear(8, 4)).double(), x[:, :, :2, :2].contiguous(),
                              y, threat=Linf(eps=0.1)).x_adv.shape == (2, 2, 2, 2)
