@@ -225,6 +225,13 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_150": ("(margin >= self.give_up", "differs only on an exact tie with the threshold"),
     "robustlab.attacks.square.xǁSquareAttackǁ_objective__mutmut_19": ("get_loss(loss, ) if loss", "the margin capped at 0 differs only at adversarial points, which are kept whatever their loss and end the search"),
     "robustlab.attacks.square.x__rectangle_bump__mutmut_57": ("clamp_min(1.000000000001)", "a rectangle's norm is at least 1 (its centre carries 1 + 1/4 + ...) and exactly 1 only for the 1x1 one, which _square_bump renormalises to -1"),
+    "robustlab.attacks.square.x__place_bump__mutmut_2": ("side = bump.shape[1]", "the bump is square"),
+    "robustlab.attacks.square.x__random_signs__mutmut_9": ("torch.randint(2, shape", "randint(high) is randint(0, high)"),
+    "robustlab.attacks.square.x__rectangle_bump__mutmut_49": ("+= 2.0 / (k + 1) ** 2", "doubling every weight is undone by the normalisation (exactly: a power of 2)"),
+    "robustlab.attacks.square.x__windows__mutmut_20": ("torch.randint(w - side, (n,)", "randint(high) is randint(0, high)"),
+    "robustlab.attacks.square.x__windows__mutmut_7": ("torch.randint(h - side, (n,)", "randint(high) is randint(0, high)"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_init_l2__mutmut_75": ("torch.randint(2, (n, h // side", "randint(high) is randint(0, high)"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_step_l2__mutmut_84": ("torch.randint(2, (n,)", "randint(high) is randint(0, high)"),
     # attacks/base.py (the template)
     "robustlab.attacks.base.x_check_logits__mutmut_8": ("(isinstance(logits, Tensor)) or True", "logits is a Tensor on this line: the line above raised otherwise"),
     "robustlab.attacks.base.x_check_logits__mutmut_10": ("type(None).__name__", "logits is a Tensor on this line: the line above raised otherwise"),
@@ -356,7 +363,8 @@ def collect(name: str, functions: list[str] | None = None) -> dict:
     }
 
 
-def recheck(name: str, result: dict, functions: list[str] | None = None, deselect: str | None = None) -> None:
+def recheck(name: str, result: dict, functions: list[str] | None = None, deselect: str | None = None,
+            only: list[str] | None = None) -> None:
     """Run the survivors of an earlier run again against the current tests (added since): each
     survivor is applied with ``mutmut apply`` to the scratch copy of the source and the module's
     test selection runs on it (not the equivalent and GPU-only ones, which no test here can kill).
@@ -365,6 +373,9 @@ def recheck(name: str, result: dict, functions: list[str] | None = None, deselec
     The selection must pass on the run's unmutated source first: a test that fails there would
     count every survivor as killed."""
     path, tests = MODULES[name]
+    if only:  # the tests written since the run; the others already ran on every mutant
+        tests = [*only, *tests[tests.index("-k"):]] if "-k" in tests else list(only)
+        result["recheck_tests"] = only
     if deselect:
         if "-k" in tests:
             i = tests.index("-k")
@@ -471,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run of the modules")
     parser.add_argument("--recheck-deselect", metavar="EXPR",
                         help="with --recheck: a -k expression of tests to leave out (tests of a later source change)")
+    parser.add_argument("--recheck-only", nargs="+", metavar="TEST",
+                        help="with --recheck: run only these test files (those written since the run; faster)")
     parser.add_argument("--recheck", action="store_true",
                         help="with --collect: run the survivors again against the current tests")
     parser.add_argument("--functions", nargs="+", metavar="NAME",
@@ -499,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
             result["command"] = earlier.get("command", "?") + " (collected again)"
             result["interrupted"] = result["checked"] < result["mutants"]
             if args.recheck:
-                recheck(name, result, args.functions, args.recheck_deselect)
+                recheck(name, result, args.functions, args.recheck_deselect, args.recheck_only)
         else:
             result = run_module(name, args.max_children, resume=args.resume, functions=args.functions)
         result.setdefault("command", command)

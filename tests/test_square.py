@@ -445,22 +445,28 @@ class _Sequence(nn.Module):
         return torch.tensor(row, dtype=x.dtype).expand(x.shape[0], 3) + 0 * x.flatten(1)[:, :1]
 
 
-@pytest.mark.parametrize("targeted", [True, False])
-def test_square_keeps_a_query_that_breaks_the_sample_whatever_its_loss(targeted):
-    # The reference keeps a candidate that is adversarial even when its loss is not lower
-    # (``idx_miscl``). Cross-entropy towards target 1: the start [5, 4.9, -10] has CE 0.74 and is
-    # not the target; the first step [0, 0.1, 0.05] has CE 1.05 but is classified as 1.
-    # Untargeted cross-entropy on label 0 (Square minimises -CE): the start [1, 0.9, 0.9] has
-    # CE 1.03; the step [1, 1.01, -10] has CE 0.70 but is misclassified.
-    start, step = ([5.0, 4.9, -10.0], [0.0, 0.1, 0.05]) if targeted else ([1.0, 0.9, 0.9], [1.0, 1.01, -10.0])
-    rows = [start] * 3 + [step] + [start]
+@pytest.mark.parametrize("targeted, start, step, kept", [
+    (True, [5.0, 4.9, -10.0], [0.0, 0.1, 0.05], True),
+    (False, [1.0, 0.9, 0.9], [1.0, 1.01, -10.0], True),
+    (False, [1.0, 0.9, 0.9], [1.0, 1.0, -5.0], True),
+    (False, [1.0, 0.9, 0.9], [1.0, 0.5, -5.0], False),
+])
+def test_square_keeps_a_query_that_breaks_the_sample_whatever_its_loss(targeted, start, step, kept):
+    # The reference keeps a candidate that is adversarial (margin <= 0) even when its loss is not
+    # lower (``idx_miscl``), and only then. Cross-entropy towards target 1: the start [5, 4.9, -10]
+    # has CE 0.74 and is not the target; the step [0, 0.1, 0.05] has CE 1.05 but is classified as 1.
+    # Untargeted cross-entropy on label 0 (Square minimises -CE): the start [1, 0.9, 0.9] has CE
+    # 1.03; the steps [1, 1.01, -10] (misclassified), [1, 1, -5] (a tie: margin 0) and [1, 0.5, -5]
+    # (margin 0.5, not adversarial) have CE 0.70, 0.69 and 0.48: only the first two are kept.
+    rows = [start] * 3 + [step] + [[5.0, 0.0, 0.0]]  # then points far from the boundary with a worse loss
     x, y = torch.full((1, 1, 4, 4), 0.5), torch.tensor([0])
     recorder = InputRecorder(_Sequence(rows))
     result = Square(queries=50, loss="ce")(recorder, x, y, threat=Linf(eps=0.1),
                                            targets=torch.tensor([1]) if targeted else None,
                                            generator=torch.Generator().manual_seed(0))
-    assert result.extras["queries"].tolist() == [3]  # the clean check, the start, the breaking step
-    torch.testing.assert_close(result.x_adv, recorder.inputs[3], rtol=0, atol=0)
+    # The clean check, the start, the breaking step; or the whole budget from the start.
+    assert result.extras["queries"].tolist() == [3 if kept else 51]
+    torch.testing.assert_close(result.x_adv, recorder.inputs[3 if kept else 2], rtol=0, atol=0)
 
 
 def test_square_start_is_not_queried_for_samples_the_stripes_broke():
