@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -232,6 +233,12 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.attacks.square.x__windows__mutmut_7": ("torch.randint(h - side, (n,)", "randint(high) is randint(0, high)"),
     "robustlab.attacks.square.xǁSquareAttackǁ_init_l2__mutmut_75": ("torch.randint(2, (n, h // side", "randint(high) is randint(0, high)"),
     "robustlab.attacks.square.xǁSquareAttackǁ_step_l2__mutmut_84": ("torch.randint(2, (n,)", "randint(high) is randint(0, high)"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_init_l2__mutmut_107": ("clamp_min(1.000000000001), delta)", "the start's norm before scaling is sqrt(tiles x channels) >= 5"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_init_l2__mutmut_42": ("tile.clamp(None, size // side - 1)", "pixels before the first tile (negative tile index) are zeroed by the valid mask whatever tile they read"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_objective__mutmut_14": ('(loss == "margin") and False', "the margin capped at 0 differs only at adversarial points, which are kept whatever their loss and end the search"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_objective__mutmut_21": ('loss == "XXmarginXX"', "the margin capped at 0 differs only at adversarial points, which are kept whatever their loss and end the search"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_objective__mutmut_22": ('loss == "MARGIN"', "the margin capped at 0 differs only at adversarial points, which are kept whatever their loss and end the search"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_155": ("& (margin > near)", "differs only on an exact tie with keep_near times the clean margin"),
     # attacks/base.py (the template)
     "robustlab.attacks.base.x_check_logits__mutmut_8": ("(isinstance(logits, Tensor)) or True", "logits is a Tensor on this line: the line above raised otherwise"),
     "robustlab.attacks.base.x_check_logits__mutmut_10": ("type(None).__name__", "logits is a Tensor on this line: the line above raised otherwise"),
@@ -258,6 +265,11 @@ NEEDS_GPU: dict[str, str] = {
     "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_116": "dtype=torch.bool, device=None)",
     "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_119": "dtype=torch.bool, )",
     "robustlab.evaluation.evaluate.x_evaluate__mutmut_54": "provenance(seed=seed, wall_time=",  # device "cpu" by default
+    # Square's bookkeeping made on the default device (the template cannot run on "meta": it reads values)
+    "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_21": "dtype=torch.int64, device=None)",
+    "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_24": "dtype=torch.int64, )",
+    "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_85": "dtype=torch.bool, device=None)",
+    "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_88": "dtype=torch.bool, )",
     # given targets on the CPU for labels on an accelerator ("meta" cannot show it: the range checks read values)
     "robustlab.attacks.base.x_resolve_targets__mutmut_54": "targets.to(device=None, dtype=torch.int64)",
     "robustlab.attacks.base.x_resolve_targets__mutmut_56": "targets.to(dtype=torch.int64)",
@@ -363,12 +375,31 @@ def collect(name: str, functions: list[str] | None = None) -> dict:
     }
 
 
+def mark(result: dict) -> None:
+    """Mark a recorded result's survivors again from ``EQUIVALENT`` and ``NEEDS_GPU`` (entries
+    added after a recheck), and recount; what the recheck found is kept."""
+    for entry in result["survivors"]:
+        added = [line for line in entry["diff"].splitlines() if line.startswith("+")]
+        text, why = EQUIVALENT.get(entry["mutant"], (None, None))
+        if text is not None and any(text in line for line in added):
+            entry["equivalent"] = why
+        gpu = NEEDS_GPU.get(entry["mutant"])
+        if gpu is not None and any(gpu in line for line in added):
+            entry["needs_gpu"] = True
+    equivalent = sum("equivalent" in e for e in result["survivors"])
+    result["equivalent"] = equivalent
+    result["needs_gpu"] = sum(bool(e.get("needs_gpu")) for e in result["survivors"])
+    checked = result["checked"]
+    result["score_without_equivalent"] = result["killed"] / (checked - equivalent) if checked > equivalent else None
+
+
 def recheck(name: str, result: dict, functions: list[str] | None = None, deselect: str | None = None,
-            only: list[str] | None = None) -> None:
+            only: list[str] | None = None, jobs: int = 1) -> None:
     """Run the survivors of an earlier run again against the current tests (added since): each
     survivor is applied with ``mutmut apply`` to the scratch copy of the source and the module's
     test selection runs on it (not the equivalent and GPU-only ones, which no test here can kill).
-    Marks each survivor ``killed_by_current_tests``. ``deselect``: a ``-k`` expression of tests
+    Marks each survivor ``killed_by_current_tests``. ``jobs``: workers, each on a copy of the
+    scratch directory. ``deselect``: a ``-k`` expression of tests
     left out (tests of a source change made after the run, which fail on the run's source).
     The selection must pass on the run's unmutated source first: a test that fails there would
     count every survivor as killed."""
@@ -394,18 +425,29 @@ def recheck(name: str, result: dict, functions: list[str] | None = None, deselec
     if baseline.returncode != 0:
         raise SystemExit(f"the current tests fail on the run's unmutated source ({path}); deselect the tests of "
                          f"later source changes (--recheck-deselect):\n{baseline.stdout[-2000:]}")
-    for survivor in result["survivors"]:
-        if "equivalent" in survivor or survivor.get("needs_gpu"):
-            continue  # no test on this machine can kill it
-        try:
-            subprocess.run([_python(), "-m", "mutmut", "apply", survivor["mutant"]], cwd=work, env=env,
-                           capture_output=True, text=True, check=True)
-            r = subprocess.run([_python(), "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=work,
-                               env=env, capture_output=True, text=True)
-            survivor["killed_by_current_tests"] = r.returncode != 0
-        finally:
-            (work / path).write_text(original)
-        print(f"  {survivor['mutant']}: {'killed' if survivor['killed_by_current_tests'] else 'survives'}", flush=True)
+    todo = [s for s in result["survivors"] if "equivalent" not in s and not s.get("needs_gpu")]  # others: no test here
+
+    def check(chunk: list[dict], copy: Path) -> None:  # each worker applies mutants in a copy of its own
+        copy_env = dict(env, PYTHONPATH=str(copy / "src"))
+        for survivor in chunk:
+            try:
+                subprocess.run([_python(), "-m", "mutmut", "apply", survivor["mutant"]], cwd=copy, env=copy_env,
+                               capture_output=True, text=True, check=True)
+                r = subprocess.run([_python(), "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=copy,
+                                   env=copy_env, capture_output=True, text=True)
+                survivor["killed_by_current_tests"] = r.returncode != 0
+            finally:
+                (copy / path).write_text(original)
+            print(f"  {survivor['mutant']}: {'killed' if survivor['killed_by_current_tests'] else 'survives'}", flush=True)
+
+    copies = [work] + [work.with_name(f"{work.name}-job{i}") for i in range(1, jobs)]
+    for copy in copies[1:]:
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(work, copy, symlinks=True)
+    with ThreadPoolExecutor(len(copies)) as pool:
+        list(pool.map(check, [todo[i::len(copies)] for i in range(len(copies))], copies))
+    for copy in copies[1:]:
+        shutil.rmtree(copy, ignore_errors=True)
     rechecked = [s for s in result["survivors"] if "killed_by_current_tests" in s]
     result["killed_after_recheck"] = result["killed"] + sum(s["killed_by_current_tests"] for s in rechecked)
     result["score_after_recheck"] = result["killed_after_recheck"] / result["checked"] if result["checked"] else None
@@ -484,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --recheck: a -k expression of tests to leave out (tests of a later source change)")
     parser.add_argument("--recheck-only", nargs="+", metavar="TEST",
                         help="with --recheck: run only these test files (those written since the run; faster)")
+    parser.add_argument("--mark", action="store_true",
+                        help="only mark the recorded survivors again from EQUIVALENT and NEEDS_GPU (added since)")
+    parser.add_argument("--recheck-jobs", type=int, default=1, help="with --recheck: parallel workers")
     parser.add_argument("--recheck", action="store_true",
                         help="with --collect: run the survivors again against the current tests")
     parser.add_argument("--functions", nargs="+", metavar="NAME",
@@ -505,14 +550,17 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.modules or list(MODULES):
         print(f"mutating {MODULES[name][0]} ...", flush=True)
         key = name if not args.functions else f"{name}:{','.join(args.functions)}"
-        if args.collect:
+        if args.mark:
+            result = load()["modules"][key]
+            mark(result)
+        elif args.collect:
             earlier = load()["modules"].get(key, {})
             result = collect(name, args.functions)
             result["wall_s"] = earlier.get("wall_s")
             result["command"] = earlier.get("command", "?") + " (collected again)"
             result["interrupted"] = result["checked"] < result["mutants"]
             if args.recheck:
-                recheck(name, result, args.functions, args.recheck_deselect, args.recheck_only)
+                recheck(name, result, args.functions, args.recheck_deselect, args.recheck_only, args.recheck_jobs)
         else:
             result = run_module(name, args.max_children, resume=args.resume, functions=args.functions)
         result.setdefault("command", command)

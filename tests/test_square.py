@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks import Square
-from robustlab.attacks.square import GIVE_UP_CHECKPOINTS, _square_bump
+from robustlab.attacks.square import GIVE_UP_CHECKPOINTS, _square_bump, square_fraction
 from robustlab.errors import RobustlabError
 from robustlab.threat import L2, Linf
 from conftest import InputRecorder
@@ -154,6 +154,15 @@ def test_square_linf_queries_follow_the_published_algorithm(targeted, loss):
     assert result.extras["queries"].dtype == torch.int64
     assert disagreements > 0  # the other loss would have kept other points: the loss is pinned
     assert _replay_linf.resampled > 0  # windows that would not have changed were given other signs
+
+
+@pytest.mark.parametrize("queries", [7, 300, 999, 9999])
+def test_square_fraction_on_budgets_that_do_not_divide_10000(queries):
+    # p_selection rescales int(it / n_queries * 10000): at 9999 queries, query 6000 is at 6000.6 on
+    # the 10000-query scale (p_init / 128), not past 6000.
+    assert [square_fraction(0.8, it, queries) for it in range(queries)] == [_p(0.8, it, queries) for it in range(queries)]
+    if queries == 9999:
+        assert square_fraction(0.8, 6000, 9999) == 0.8 / 128
 
 
 def test_square_linf_init_is_vertical_stripes_clipped_to_the_box():
@@ -308,9 +317,9 @@ def test_square_l2_formulas_written_here_reproduce_the_reference():
         torch.testing.assert_close(step, torch.tensor(case["candidate"], dtype=torch.float64), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("size", [11, 14, 17, 24])
+@pytest.mark.parametrize("size", [8, 11, 14, 17, 24])
 def test_square_l2_init_replays_the_reference_tiling(size):
-    # Tiles of side H // 5 from (H - 5 s) // 2: 11 -> side 2 from 0; 14 -> side 2 from 2, the
+    # Tiles of side H // 5 from (H - 5 s) // 2: 8 -> side 1 from 1; 11 -> side 2 from 0; 14 -> side 2 from 2, the
     # seventh tile cut at the border; 17 -> side 3 from 1; 24 -> side 4 from 2, the sixth cut.
     model, x, y = _linear(n=2, c=3, h=size)
     recorder = InputRecorder(model)
@@ -508,6 +517,29 @@ def test_square_warm_start_continues_where_the_start_scores_lower_with_smaller_s
     warm_step, cold_step = calls[3], calls[2]
     assert ((warm_step != start[[0, 2]]).any(dim=1).sum(dim=(1, 2)) <= 16).all()
     assert ((cold_step != calls[0][[1, 3]]).any(dim=1).sum(dim=(1, 2)) > 16).all()
+
+
+def test_square_targeted_warm_start_scores_the_start_by_the_targeted_loss():
+    # Targeted: the start is scored by the cross-entropy towards the target, like every query.
+    # Samples 0, 2 (target 1) start at the steepest L∞ point towards class 1; samples 1, 3 (targets
+    # 2, 3) at the point away from class 1, not towards their target.
+    model, x, y = _linear(n=4, h=16)
+    eps, queries, seed = 0.05, 20, 7
+    t = torch.tensor([1, 2, 1, 3])
+    with torch.no_grad():
+        towards = (model[1].weight[1] - model[1].weight[0]).view(1, 2, 16, 16).sign()
+    start = torch.where(torch.tensor([True, False, True, False])[:, None, None, None], x + eps * towards,
+                        x - eps * towards).clamp(0, 1)
+    recorder = InputRecorder(model)
+    result = Square(queries=queries, p_init=0.8, p_init_start=0.05)(
+        recorder, x, y, threat=Linf(eps=eps), targets=t, generator=torch.Generator().manual_seed(seed), start=start)
+    expected, best, _ = _replay_linf(model, x, y, t, eps=eps, queries=queries, p_init=0.8, seed=seed, loss="ce",
+                                     start=start, p_init_start=0.05)
+    calls = recorder.inputs[2:-1]
+    assert [len(c) for c in calls] == [len(e) for e in expected] and len(calls[2]) == 2  # two warm, two cold
+    for it, (got, want) in enumerate(zip(calls, expected)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"query {it}")
+    torch.testing.assert_close(result.x_adv, best, rtol=0, atol=0)
 
 
 def test_square_leaves_misclassified_samples_after_one_query():
