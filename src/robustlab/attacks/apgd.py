@@ -276,9 +276,9 @@ class _AutoPGDBase(Attack):
         """L∞/L2: a projected steepest-ascent step, then the momentum combination (Algorithm 1).
         L2 projects as the reference implementation does (:func:`_scale_and_clip`)."""
         def project(v: Tensor) -> Tensor:
-            if s.lower is not None and s.upper is not None:
+            if s.lower is not None and s.upper is not None:  # L∞: the box, computed once
                 return v.clamp(s.lower, s.upper)
-            return threat.project(s.x_clean, v) if threat.norm == "Linf" else _scale_and_clip(threat, s.x_clean, v)
+            return _scale_and_clip(threat, s.x_clean, v)
 
         z = project(s.x_cur + per_sample(s.step, s.x_cur) * threat.steepest_direction(s.grad, s.x_cur))
         if first:
