@@ -366,6 +366,22 @@ def test_give_up_keeps_exactly_the_samples_whose_rate_of_progress_reaches_the_bo
     assert result.backwards == 2 * (1 + first)
 
 
+@pytest.mark.parametrize("make_attack", [lambda: APGD(steps=100, loss="margin", give_up=1.0),
+                                         lambda: APGDT(steps=100, n_target_classes=1, give_up=1.0)], ids=["apgd", "apgd-t"])
+@pytest.mark.parametrize("start, stays", [(1.025, True), (1.035, False)])
+def test_give_up_boundary_is_the_recent_rate_times_the_steps_left(make_attack, start, stays):
+    # The margin falls by exactly 0.01 per forward call (25 calls before the first checkpoint's
+    # verdict: the template's clean check, the start, 22 steps and one more), so at the first
+    # checkpoint (step 22 of 100) it is start - 0.25, its rate over the window's second half
+    # (steps 11-22) is 0.01 and 78 steps are left: with safety 1 a sample leaves exactly when its
+    # margin there exceeds 0.78. 0.775 stays (and runs every step), 0.785 leaves; half a step
+    # either side of the boundary, so a rate, a window or a count of steps left off by one moves it.
+    x = torch.tensor([[start / 10, 0.0]])
+    y = torch.zeros(1, dtype=torch.int64)
+    result = make_attack()(_Descending(), x, y, threat=Linf(eps=1e-9, bounds=(-10.0, 10.0)), generator=gen())
+    assert result.backwards == (100 if stays else 1 + checkpoints(100)[0])
+
+
 def test_give_up_keeps_the_success_set_on_a_trained_model(digits_mlp, digits_test):
     x, y = digits_test
     threat = Linf(eps=0.1)
