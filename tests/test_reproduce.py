@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from robustlab.cli import main
+from robustlab.data import locate
 from robustlab.errors import RobustlabError
 from robustlab.reproduce import REPRODUCTIONS, ReproOptions, run_reproduction
 from robustlab.reproduce.cw import targeted_cases
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 CW_TABLES = ("cw-table3", "cw-table4", "cw-table6")
 
 #: Test-only size: scikit-learn digits (no download), a small MLP, a few attack steps.
-TINY = {"dataset": "digits", "model": "mlp", "model_args": {"hidden": [64]}, "train_samples": None, "epochs": 5,
+TINY = {"zoo_natural": None, "zoo_distilled": None, "dataset": "digits", "model": "mlp", "model_args": {"hidden": [64]}, "train_samples": None, "epochs": 5,
         "lr": 3e-3, "cw_l2": {"binary_search_steps": 2, "max_iterations": 20, "learning_rate": 0.1},
         "cw_l0": {"max_iterations": 10, "learning_rate": 0.1}, "cw_linf": {"max_iterations": 10},
         "fgsm_grid": (0.1, 0.3, 1.0), "bim_grid": (0.1, 0.3), "bim_steps": 3}
@@ -60,6 +61,31 @@ def test_tiny_run_writes_json_and_markdown_with_the_paper_column(name, tmp_path,
     if name == "cw-table6":
         assert "mean_logit_l1_distilled" in record["diagnostics"]
         assert "fails (Sec. VIII)" in markdown
+
+
+def test_default_attacks_the_zoo_natural_model():
+    from robustlab.reproduce.cw import CPU_SCALE, FULL_SCALE
+
+    assert CPU_SCALE.zoo_natural == "mnist-natural"
+    assert FULL_SCALE.zoo_natural is None and FULL_SCALE.zoo_distilled is None  # --full trains C&W's CNN
+
+
+@pytest.mark.skipif(locate("mnist") is None, reason="needs MNIST (ROBUSTLAB_DATA)")
+def test_zoo_models_are_attacked_as_shipped(tmp_path):
+    """mnist-tiny (a small MLP) stands for both zoo models: loaded as shipped, nothing trained."""
+    from robustlab import zoo
+
+    tiny = {**TINY, "dataset": "mnist", "zoo_natural": "mnist-tiny", "zoo_distilled": "mnist-tiny"}
+    result = run_reproduction("cw-table6", ReproOptions(images=1, out=tmp_path, cache_dir=tmp_path / "models",
+                                                        overrides=tiny))
+    for info in (result.record["model"], result.record["natural_model"]):
+        assert info["source"] == "zoo:mnist-tiny" and not info["trained_here"]
+        assert info["sha256"] == zoo.card("mnist-tiny").extra["zoo"]["sha256"]
+        assert 0.8 < info["test_accuracy"] < 0.95  # its card: 88.6% on the first 1000 test images
+    assert "zoo:mnist-tiny as shipped" in result.markdown and "Models trained here" not in result.markdown
+    assert not (tmp_path / "models").exists()
+    with pytest.raises(RobustlabError, match="trained on 'mnist'"):
+        run_reproduction("cw-table4", ReproOptions(images=1, out=tmp_path, overrides={**tiny, "dataset": "digits"}))
 
 
 def test_model_cache_is_reused(tmp_path, cache):
