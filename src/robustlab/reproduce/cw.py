@@ -402,11 +402,10 @@ def _model_lines(name: str, info: dict) -> str:
             f"{info.get('train_seconds', '?')} s)")
 
 
-def _settings_lines(scale: Scale, options: ReproOptions, n_images: int) -> str:
+def _settings_lines(scale: Scale, options: ReproOptions, n_images: int, kinds: tuple[str, ...] = ("natural",)) -> str:
     where = "paper scale (--full)" if options.full else "CPU scale"
     samples = "all training" if scale.train_samples is None else f"{scale.train_samples}"
-    trained_here = [kind for kind, zoo in (("natural", scale.zoo_natural), ("distilled", scale.zoo_distilled))
-                    if zoo is None]
+    trained_here = [kind for kind in kinds if (scale.zoo_natural if kind == "natural" else scale.zoo_distilled) is None]
     training = (f" Models trained here ({', '.join(trained_here)}): {scale.dataset} {scale.model}, trained on "
                 f"{samples} images for {scale.epochs} epoch(s), {scale.optimizer} lr {scale.lr}." if trained_here else "")
     return (f"- Scale: {where}.{training} {n_images} correctly classified test images x 9 targets.\n"
@@ -538,7 +537,7 @@ def table6(options: ReproOptions) -> tuple[dict, str]:
           "Each cell: mean distance in the attack's norm (success rate); mean over successes only.\n\n"
           + _attack_table(rows) + "\n\n" + _model_lines("Distilled", info) + "\n"
           + _model_lines("Natural (for comparison)", natural_info) + "\n"
-          + _settings_lines(scale, options, len(y)) + "\n" + "\n".join(f"- {n}" for n in notes)
+          + _settings_lines(scale, options, len(y), ("distilled", "natural")) + "\n" + "\n".join(f"- {n}" for n in notes)
           + f"\n- Paper numbers: {PAPER_SOURCE}.")
     record = {"paper": PAPER, "paper_source": PAPER_SOURCE, "scale": asdict(scale), "full": options.full,
               "overrides": options.overrides, "images": len(y), "model": info, "natural_model": natural_info,

@@ -50,6 +50,8 @@ CATALOG: dict[str, Entry] = {
     "mnist-jacobian": Entry("kw-small, Jacobian regularization (weight 0.01, one projection)", eps=0.3),
     "mnist-crown-ibp": Entry("kw-small, CROWN-IBP certified training at eps 0.4 for 0.3", eps=0.3,
                              certify=("ibp", "crown")),
+    "mnist-natural-cnn": Entry("small-cnn (C&W's MNIST net), natural training with C&W's recipe (SGD, 50 epochs): the "
+                               "model of the C&W tables, mnist-distilled's undefended twin", eps=0.3),
     "mnist-distilled-teacher": Entry(
         "small-cnn (C&W's MNIST net), the teacher of defensive distillation: trained at T = 100 on hard labels "
         "(mnist-distilled's first stage)", eps=0.3, labels=("stage",)),
