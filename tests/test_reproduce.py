@@ -63,13 +63,6 @@ def test_tiny_run_writes_json_and_markdown_with_the_paper_column(name, tmp_path,
         assert "fails (Sec. VIII)" in markdown
 
 
-def test_default_attacks_the_zoo_natural_model():
-    from robustlab.reproduce.cw import CPU_SCALE, FULL_SCALE
-
-    assert CPU_SCALE.zoo_natural == "mnist-natural"
-    assert FULL_SCALE.zoo_natural is None and FULL_SCALE.zoo_distilled is None  # --full trains C&W's CNN
-
-
 @pytest.mark.skipif(locate("mnist") is None, reason="needs MNIST (ROBUSTLAB_DATA)")
 def test_zoo_models_are_attacked_as_shipped(tmp_path):
     """mnist-tiny (a small MLP) stands for both zoo models: loaded as shipped, nothing trained."""
