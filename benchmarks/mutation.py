@@ -81,6 +81,18 @@ MODULES: dict[str, tuple[str, list[str]]] = {
               " or at_least_as_strong_as_fgsm or targeted_pgd_reaches or pgd_loss_goes_up)"
               " and ((pgd-Linf and not apgd) or fgsm-L2 or square-Linf or not (apgd or bim- or boundary or cw-"
               " or ddn or deepfool or fab or fmn or gaussian-noise or hopskipjump or jsma or square- or pgd- or fgsm-))"]),
+    # FAB / FAB-T and DeepFool without the digits MLP (it trains in every mutant's run): the replays of the
+    # published algorithms on a fixed tanh network (test_fab_definitions.py, test_deepfool.py), the projections
+    # against scipy, the linear models' closed forms, the golden files of the references (pyautoattack, Foolbox),
+    # and test_attacks.py's conformance cases of these attacks.
+    "fab": ("src/robustlab/attacks/fab.py",
+            ["tests/test_fab_definitions.py", "tests/test_fab.py", "tests/test_golden_references.py",
+             "tests/test_attacks.py", "-k", "fab and not (digit or l1_breaks or more_steps or reaches_the_target or only_the_samples"
+             " or non_robust or much_stronger or behavioral_bar or restarts_never_lose or at_least_as_strong_as_fgsm)"]),
+    "deepfool": ("src/robustlab/attacks/deepfool.py",
+                 ["tests/test_deepfool.py", "tests/test_minimum_norm.py", "tests/test_golden_references.py",
+                  "tests/test_attacks.py", "-k", "deepfool and not (digit or unbounded_l2 or smaller_perturbations or reach_the_target"
+                  " or non_robust or much_stronger or behavioral_bar or restarts_never_lose or at_least_as_strong_as_fgsm)"]),
 }
 
 # Issue 15's six mutations: (name, file, original text, mutated text).

@@ -121,3 +121,32 @@ class InputRecorder(nn.Module):
         self.inputs.append(x.detach().clone())
         return self.model(x)
 
+
+
+def tanh_net(seed: int = 0, d: int = 6, k: int = 4) -> nn.Module:
+    """A fixed smooth float64 network ``d -> 12 (tanh) -> k`` with N(0, 1) weights drawn from
+    ``seed``: attacks that linearise it (DeepFool, FAB) need several steps, and tests replay them."""
+    g = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Linear(d, 12), nn.Tanh(), nn.Linear(12, k)).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return net.eval()
+
+
+def unit_box_inputs(seed: int = 1, n: int = 8, d: int = 6) -> torch.Tensor:
+    """``n`` float64 points in ``[0, 1]^d``, some with a coordinate on a face of the box."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, d, generator=g, dtype=torch.float64)
+    x[::3, 0] = 0.0
+    x[1::3, 1] = 1.0
+    return x
+
+
+def linear_model(weight: list[list[float]], bias: list[float]) -> nn.Module:
+    """A float64 ``nn.Linear`` with the given weight rows (one per class) and biases."""
+    model = nn.Linear(len(weight[0]), len(weight)).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor(weight, dtype=torch.float64))
+        model.bias.copy_(torch.tensor(bias, dtype=torch.float64))
+    return model
