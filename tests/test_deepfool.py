@@ -180,3 +180,20 @@ def test_coordinates_pushed_out_of_the_box_are_left_out(norm):
     x = torch.tensor([[1.0, 1.0, 0.0]], dtype=torch.float64)
     result = DeepFool(steps=1, overshoot=0.0)(model, x, LABEL, threat=threat)
     torch.testing.assert_close(result.x_adv, torch.tensor([[1.0, 1.0, 0.5]], dtype=torch.float64))
+
+
+def test_a_sample_counts_as_broken_past_the_tie_margin_of_its_own_logits():
+    # Z_0 = x_2 (the logit scale: 0 or 10), Z_1 = x_2 + x_0 - 1: from x_0 = 1 - gap one step with
+    # overshoot 1e-5 leaves Z_1 ahead by lead = 1e-5 * gap. The search counts a sample as broken
+    # only past a tie by 1e-5 of its largest |logit| (at least 1e-5): gaps 0.5 and 5 stay below
+    # (scales 1 and 10), gaps 1.5 and 20 pass; the first two are misclassified all the same.
+    model = linear_model([[0, 0, 1], [1, 0, 1]], [0, -1])
+    gap = torch.tensor([0.5, 1.5, 5.0, 20.0], dtype=torch.float64)
+    scale = torch.tensor([0.0, 0.0, 10.0, 10.0], dtype=torch.float64)
+    x = torch.stack([1 - gap, torch.zeros(4, dtype=torch.float64), scale], dim=1)
+    y = torch.zeros(4, dtype=torch.int64)
+    result = DeepFool(steps=1, overshoot=1e-5)(model, x, y, threat=L2(eps=math.inf, bounds=(-30.0, 30.0)))
+    # The step: gap / (||w||^2 + 1e-8) along w = (1, 0, 0), lengthened by 1 + overshoot.
+    torch.testing.assert_close(result.x_adv[:, 0], 1 - gap + (1 + 1e-5) * gap / (1 + 1e-8), rtol=0, atol=1e-12)
+    assert result.extras["best_distance"].isfinite().tolist() == [False, True, False, True]
+    assert result.extras["iterations"].dtype == torch.int64

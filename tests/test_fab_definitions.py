@@ -17,7 +17,7 @@ import torch
 
 from robustlab.attacks import FAB, FABT
 from robustlab.attacks.fab import hyperplane_projection
-from robustlab.threat import L2, NORMS
+from robustlab.threat import L2, NORMS, Linf
 from conftest import InputRecorder, linear_model, tanh_net, unit_box_inputs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -246,6 +246,29 @@ def test_fab_t_rounds_follow_autoattack(norm, eps):
         first = model(x).scatter(1, y[:, None], -math.inf).argmax(1)
     assert any(t not in (-1, int(f)) for t, f in zip(targets, first)), targets
     assert not result.success.all()
+
+
+def test_fab_t_on_one_sample_is_fab_t_in_a_batch():
+    model, x, y = net_case()
+    threat = Linf(eps=0.12, bounds=(0.0, 1.0))
+    batch = FABT(steps=4, n_target_classes=3)(model, x, y, threat=threat)
+    assert (batch.extras["target"] >= 0).any()
+    for i in range(len(x)):
+        alone = FABT(steps=4, n_target_classes=3)(model, x[i:i + 1], y[i:i + 1], threat=threat)
+        assert alone.extras["target"].tolist() == [int(batch.extras["target"][i])], i
+        torch.testing.assert_close(alone.extras["best_distance"][0], batch.extras["best_distance"][i])
+
+
+def test_fab_t_with_given_targets_is_targeted_fab():
+    # Explicit targets replace the ranked classes: targeted FAB towards them, restarts included.
+    model, x, y = net_case()
+    with torch.no_grad():
+        targets = model(x).argmin(1)
+    threat = L2(eps=math.inf, bounds=(0.0, 1.0))
+    fab_t = FABT(steps=4, restarts=2)(model, x, y, threat=threat, targets=targets, generator=gen(3))
+    fab = FAB(steps=4, restarts=2)(model, x, y, threat=threat, targets=targets, generator=gen(3))
+    assert torch.equal(fab_t.x_adv, fab.x_adv) and fab.success.any()
+    assert torch.equal(fab_t.predictions[fab_t.success], targets[fab_t.success])
 
 
 def test_fab_t_with_unbounded_eps_stops_at_the_first_adversarial_round():
