@@ -261,11 +261,41 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.attacks.base.xǁAttackǁ__call____mutmut_23": ("isinstance(y, Tensor) or y.is_inference()", "y is a Tensor here (check_inputs returned it), and a clone of a normal tensor is the same labels"),
     "robustlab.attacks.base.xǁModelOracleǁlosses_and_grads__mutmut_22": ("retain_graph=i <= len(losses) - 1", "keeping the graph after the last backward only frees it later: the same gradients"),
     "robustlab.attacks.base.xǁModelOracleǁlosses_and_grads__mutmut_23": ("retain_graph=i < len(losses) + 1", "keeping the graph after the last backward only frees it later: the same gradients"),
+    # attacks/deepfool.py (run on the source of ce8e237)
+    "robustlab.attacks.deepfool.xǁDeepFoolǁ_run__mutmut_28": ("range(self.steps + 2)", "the loop always ends at step == steps (the break there): the extra round is never reached"),
+    "robustlab.attacks.deepfool.xǁDeepFoolǁ_candidate_classes__mutmut_12": ("topk(count, )", "topk's default dim is the last, 1 for [N, K] logits"),
+    "robustlab.attacks.deepfool.x__clearly_adversarial__mutmut_32": ("is_adversarial(logits, None, targets)", "a lead past the margin already means misclassified (target winning); untargeted, `pred != None` is True"),
+    "robustlab.attacks.deepfool.x__clearly_adversarial__mutmut_33": ("is_adversarial(logits, labels, None)", "a target leading past the margin is the prediction, and targets equal to the labels are rejected: misclassified too"),
+    "robustlab.attacks.deepfool.x__clearly_adversarial__mutmut_36": ("is_adversarial(logits, labels, )", "a target leading past the margin is the prediction, and targets equal to the labels are rejected: misclassified too"),
+    "robustlab.attacks.deepfool.x__clearly_adversarial__mutmut_37": ("(lead >= _TIE_MARGIN", "differs only on an exact tie of the lead with the margin"),
+    "robustlab.attacks.deepfool.xǁDeepFoolǁ_step__mutmut_64": ("closer = dist <= best_dist", "differs only on an exact tie of two candidates' distances"),
+    # attacks/fab.py (run on the source of ce8e237)
+    "robustlab.attacks.fab.x__amounts_l1__mutmut_4": ("w_abs.sort(descending=True)", "sort's default dim is the last, 1 for [M, D]"),
+    "robustlab.attacks.fab.x__amounts_l1__mutmut_20": ("(filled <= c[:, None])", "on an exact tie (a full cap covers c exactly) that coordinate counts as full and the next gets (c - filled) / w = 0: the same amounts"),
+    "robustlab.attacks.fab.x__amounts_l1__mutmut_97": ("c[:, None] >= 0", "where c == 0 every amount is 0 already (nothing is filled, the partial amount is 0 / w)"),
+    "robustlab.attacks.fab.x__amounts_l2__mutmut_8": ("w_abs >= 0, caps", "a coordinate with w_i = 0 has weight 0 in the capped sum (no kink, wherever its knot lies) and gets amount 0 below"),
+    "robustlab.attacks.fab.x__closest_boundary__mutmut_5": ("(labels[:, None] - torch.arange", "the same other classes in another order: the nearest differs only on an exact tie of distances"),
+    "robustlab.attacks.fab.xǁFABTargetedǁ_run__mutmut_39": ("topk(rounds, )", "topk's default dim is the last, 1 for [N, K] logits"),
+    "robustlab.attacks.fab.x__amounts_linf__mutmut_8": ("torch.where(w_abs >= 0, caps", "a coordinate with w_i = 0 has weight 0 in the capped sum (no kink, wherever its knot lies) and direction sign(w_i) = 0"),
+    "robustlab.attacks.fab.x__closest_boundary__mutmut_68": ("dim=2) - _MIN_DUAL)", "moves each distance by about 2e-12 relatively: the nearest class changes only where two distances agree to 1e-12"),
+    "robustlab.attacks.fab.xǁFABTargetedǁ_run__mutmut_61": ("best.distance < threat.eps", "differs only on an exact tie of a distance with eps"),
 }
 
 # Survivors that only a test on an accelerator can kill: a tensor made on the default device instead of
 # x's (CPU either way here; attacks cannot run on the "meta" device, they need values). mutant -> added line.
 NEEDS_GPU: dict[str, str] = {
+    "robustlab.attacks.deepfool.xǁDeepFoolǁ_run__mutmut_9": "dtype=torch.bool, device=None)",
+    "robustlab.attacks.deepfool.xǁDeepFoolǁ_run__mutmut_12": "dtype=torch.bool, )",
+    "robustlab.attacks.deepfool.xǁDeepFoolǁ_run__mutmut_16": "dtype=torch.int64, device=None)",
+    "robustlab.attacks.deepfool.xǁDeepFoolǁ_run__mutmut_19": "dtype=torch.int64, )",
+    "robustlab.attacks.deepfool.xǁDeepFoolǁ_run__mutmut_22": "arange(n, device=None)",
+    "robustlab.attacks.deepfool.xǁDeepFoolǁ_run__mutmut_24": "arange(n, )",
+    "robustlab.attacks.fab.x__amounts_l1__mutmut_71": "arange(d, device=None)",
+    "robustlab.attacks.fab.x__amounts_l1__mutmut_73": "arange(d, )",
+    "robustlab.attacks.fab.x__closest_boundary__mutmut_8": "arange(1, k, device=None)",
+    "robustlab.attacks.fab.x__closest_boundary__mutmut_11": "arange(1, k, )",
+    "robustlab.attacks.fab.x__closest_boundary__mutmut_81": "arange(m, device=None)",
+    "robustlab.attacks.fab.x__closest_boundary__mutmut_83": "arange(m, )",
     "robustlab.attacks.apgd.xǁAutoPGDǁ_run__mutmut_9": "device=None)",
     "robustlab.attacks.apgd.xǁAutoPGDǁ_run__mutmut_13": "dtype=torch.int64, )",
     "robustlab.attacks.apgd.xǁAutoPGDǁ_run__mutmut_19": "arange(x.shape[0], device=None)",

@@ -303,6 +303,18 @@ def test_the_first_step_goes_to_the_nearest_boundary_in_the_dual_norm(norm, step
     assert result.success.all()
 
 
+def test_targeted_fab_attacks_a_misclassified_sample_until_its_target_wins():
+    # Both points are the origin, classified 0, given the label 1: untargeted they would count as
+    # broken already; targeted, the one with target 3 is attacked (g = Z_3 - Z_0, the strongest
+    # other class: one L2 step eta (0.13, 0.13, 0)), the one with target 0 is at its target.
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    y, targets = torch.ones(2, dtype=torch.int64), torch.tensor([3, 0])
+    result = FAB(steps=1, eta=1.2)(FOUR, x, y, threat=L2(eps=math.inf, bounds=FAR), targets=targets)
+    torch.testing.assert_close(result.x_adv, torch.tensor([[0.156, 0.156, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64))
+    assert result.success.tolist() == [True, True]
+    assert result.extras["best_distance"][1].item() == 0.0
+
+
 def test_fab_t_linearises_the_target_against_the_label():
     # FAB-T's first round targets class 2 (the highest wrong clean logit, -0.1), along
     # Z_2 - Z_0 = <(0.3, 0.3, 0.3), x> - 0.1, though class 3's boundary is nearer in L2.
@@ -387,6 +399,7 @@ def test_restart_directions_are_uniform_for_linf_and_gaussian_for_l2_and_l1():
 def test_restarts_are_drawn_from_the_generator():
     model, x, y = net_case()
     threat = L2(eps=math.inf, bounds=(0.0, 1.0))
-    a, b, c = (FAB(steps=3, restarts=3)(model, x, y, threat=threat, generator=gen(s)) for s in (5, 5, 6))
-    assert torch.equal(a.x_adv, b.x_adv)
-    assert not torch.equal(a.x_adv, c.x_adv)
+    for attack in (FAB(steps=3, restarts=3), FABT(steps=3, restarts=3, n_target_classes=2)):
+        a, b, c = (attack(model, x, y, threat=threat, generator=gen(s)) for s in (5, 5, 6))
+        assert torch.equal(a.x_adv, b.x_adv)
+        assert not torch.equal(a.x_adv, c.x_adv)
