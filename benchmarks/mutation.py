@@ -268,6 +268,8 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.attacks.deepfool.x__clearly_adversarial__mutmut_33": ("is_adversarial(logits, labels, None)", "a target leading past the margin is the prediction, and targets equal to the labels are rejected: misclassified too"),
     "robustlab.attacks.deepfool.x__clearly_adversarial__mutmut_36": ("is_adversarial(logits, labels, )", "a target leading past the margin is the prediction, and targets equal to the labels are rejected: misclassified too"),
     "robustlab.attacks.deepfool.x__clearly_adversarial__mutmut_37": ("(lead >= _TIE_MARGIN", "differs only on an exact tie of the lead with the margin"),
+    "robustlab.attacks.deepfool.xǁDeepFoolǁ_step__mutmut_44": ("(x <= lo) & (w <= 0)", "a coordinate with zero gradient is zero whether masked or not"),
+    "robustlab.attacks.deepfool.xǁDeepFoolǁ_step__mutmut_48": ("(x >= hi) & (w >= 0)", "a coordinate with zero gradient is zero whether masked or not"),
     "robustlab.attacks.deepfool.xǁDeepFoolǁ_step__mutmut_64": ("closer = dist <= best_dist", "differs only on an exact tie of two candidates' distances"),
     # attacks/fab.py (run on the source of ce8e237)
     "robustlab.attacks.fab.x__amounts_l1__mutmut_4": ("w_abs.sort(descending=True)", "sort's default dim is the last, 1 for [M, D]"),

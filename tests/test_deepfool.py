@@ -154,6 +154,15 @@ def test_one_step_onto_the_nearest_linearised_boundary_among_the_candidates(norm
     assert over.success.all() and over.extras["iterations"].tolist() == [1]
 
 
+def test_l2_distances_are_measured_in_the_l2_norm():
+    # Logits (0, -0.2, -0.1, -0.13) at 0 with w = (1, 0, 0), (0.3, 0.3, 0.3), (0.5, 0.5, 0): L2
+    # distances 0.2, 0.192, 0.184, so class 3 is nearest (any p > 2 would favour class 1, whose
+    # w has a single coordinate); the step 0.13 w_3 / ||w_3||^2 = (0.13, 0.13, 0).
+    model = linear_model([[0, 0, 0], [1, 0, 0], [0.3, 0.3, 0.3], [0.5, 0.5, 0]], [0, -0.2, -0.1, -0.13])
+    result = DeepFool(steps=1, overshoot=0.0)(model, ORIGIN, LABEL, threat=L2(eps=math.inf, bounds=FAR))
+    torch.testing.assert_close(result.x_adv, torch.tensor([[0.13, 0.13, 0.0]], dtype=torch.float64))
+
+
 def test_l2_step_is_along_w_and_linf_step_along_its_sign():
     # Two classes, Z_1 - Z_0 = <w, x> - 1 with w = (2, -1, 0.5); from 0 the boundary is 1 away in
     # <w, .>: L2 step w / ||w||^2, L∞ step sign(w) / ||w||_1.
