@@ -38,6 +38,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "benchmarks" / ".cache" / "mutation"
 
+_MIN_NORM_TESTS = ["tests/test_golden_references.py", "tests/test_definitions.py", "tests/test_minimum_norm.py",
+                   "tests/test_attacks.py", "-k",
+                   "(fmn or ddn) and not (digits or break or smaller_perturbations or reach_the_target"
+                   " or quantizes or l1_threat or failed_samples or non_robust or much_stronger or behavioral_bar)"]
+
 # module -> (file, the tests that pin it)
 MODULES: dict[str, tuple[str, list[str]]] = {
     "losses": ("src/robustlab/losses.py", ["tests/test_definitions.py", "tests/test_golden_references.py"]),
@@ -93,6 +98,17 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                  ["tests/test_deepfool.py", "tests/test_minimum_norm.py", "tests/test_golden_references.py",
                   "tests/test_attacks.py", "-k", "deepfool and not (digit or unbounded_l2 or smaller_perturbations or reach_the_target"
                   " or non_robust or much_stronger or behavioral_bar or restarts_never_lose or at_least_as_strong_as_fgsm)"]),
+    # The minimum-norm attacks without the digits MLP (it trains in every mutant's run): the golden FMN replay
+    # and DDN trajectory of the references, Algorithm 1's norm update, the linear-model oracles, the
+    # conformance suite of test_attacks.py on its tiny untrained model, and the hyperparameter checks.
+    "fmn": ("src/robustlab/attacks/fmn.py", ["tests/test_fmn_ddn_definitions.py", *_MIN_NORM_TESTS]),
+    "ddn": ("src/robustlab/attacks/ddn.py", ["tests/test_fmn_ddn_definitions.py", *_MIN_NORM_TESTS]),
+    # The objectives against their closed forms and signs (hypothesis and hand-made logits) and the golden C&W L2
+    # trajectory of torchattacks (f6 with and without kappa); nothing trains.
+    "cw_objectives": ("src/robustlab/attacks/cw_objectives.py",
+                      ["tests/test_carlini_wagner.py", "tests/test_definitions.py", "tests/test_golden_references.py",
+                       "tests/test_cw_definitions.py", "-k",
+                       "objective or probability or f1_and or f6 or cw_l2_loss or cw_l2_matches or cw_defin"]),
 }
 
 # Issue 15's six mutations: (name, file, original text, mutated text).

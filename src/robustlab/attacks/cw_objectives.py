@@ -146,11 +146,14 @@ KAPPA_OBJECTIVES = frozenset({"f6"})
 
 
 def objective_floor(name: str, kappa: float = 0.0) -> float:
-    """The smallest value objective ``name`` can take. The attacks subtract it, so that their
+    """The infimum of objective ``name`` (f3's is ``softplus(-1) - log 2``: its margin is one of
+    probabilities, at least -1). The attacks subtract it, so that their
     loss is non-negative as in the authors' code (for f6 this gives ``max(m + kappa, 0)``) and
     abort-early's relative test ``loss > 0.9999 * previous`` means "less than 0.01% progress"."""
     if name == "f6":
         return -kappa
+    if name == "f3":  # softplus(m) - log 2 of a probability margin m >= -1
+        return math.log1p(math.exp(-1.0)) - _LOG2
     return 0.0 if name in ("f2", "f4") else -_LOG2
 
 
