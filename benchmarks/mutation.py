@@ -109,6 +109,13 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                       ["tests/test_carlini_wagner.py", "tests/test_definitions.py", "tests/test_golden_references.py",
                        "tests/test_cw_definitions.py", "-k",
                        "objective or probability or f1_and or f6 or cw_l2_loss or cw_l2_matches or cw_defin"]),
+    # C&W: the replays of the authors' L2 search (tanh in two boxes, clip, project; targeted, kappa, abort-early,
+    # ten steps), the golden torchattacks trajectories and the binary-search hand tables; the linear-model
+    # tests of test_carlini_wagner.py are left out (30 s, and the replays pin the same encodings).
+    "carlini_wagner": ("src/robustlab/attacks/carlini_wagner.py",
+                       ["tests/test_cw_definitions.py", "tests/test_golden_references.py", "tests/test_definitions.py",
+                        "tests/test_carlini_wagner.py", "-k",
+                        "cw_defin or cw_l2_matches or cw_binary or cw_l2_loss or binary_search_follows"]),
 }
 
 # Issue 15's six mutations: (name, file, original text, mutated text).
@@ -297,6 +304,18 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.attacks.fab.x__amounts_linf__mutmut_8": ("torch.where(w_abs >= 0, caps", "a coordinate with w_i = 0 has weight 0 in the capped sum (no kink, wherever its knot lies) and direction sign(w_i) = 0"),
     "robustlab.attacks.fab.x__closest_boundary__mutmut_68": ("dim=2) - _MIN_DUAL)", "moves each distance by about 2e-12 relatively: the nearest class changes only where two distances agree to 1e-12"),
     "robustlab.attacks.fab.xǁFABTargetedǁ_run__mutmut_61": ("best.distance < threat.eps", "differs only on an exact tie of a distance with eps"),
+    # attacks/fmn.py (FMN and the minimum-norm bookkeeping)
+    "robustlab.attacks.fmn.x__project_l0__mutmut_6": ("magnitude.argsort(descending=True)", "argsort's default dim is the last, 1 for [N, P]"),
+    "robustlab.attacks.fmn.x__project_l1__mutmut_6": ("v.abs().sort(descending=True)", "sort's default dim is the last, 1 for [N, D]"),
+    "robustlab.attacks.fmn.x__project_l1__mutmut_17": ("device=v.device, dtype=None)", "an int64 j (1..D, exact) divides the float cumsum to the same floats"),
+    "robustlab.attacks.fmn.x__project_l1__mutmut_21": ("device=v.device, )", "an int64 j (1..D, exact) divides the float cumsum to the same floats"),
+    "robustlab.attacks.fmn.x_farthest_corner__mutmut_9": ("x - lo >= hi - x", "at a tie both corners are equally far"),
+    "robustlab.attacks.fmn.xǁMinimumNormBestǁupdate__mutmut_3": ("(distance <= self.distance)", "an exact tie of distances (FMN projects onto the best norm's sphere, so they occur): either iterate is a smallest success, at the same distance"),
+    "robustlab.attacks.fmn.xǁMinimumNormBestǁupdate__mutmut_9": ("(margin <= self.margin)", "an exact tie of margins: either failed iterate is as close to the boundary"),
+    # attacks/ddn.py
+    "robustlab.attacks.ddn.x__descent_loss__mutmut_9": ("F.cross_entropy(logits, labels, )", "the mean scales every gradient by 1 / N, which the normalisation removes (the loss value is not used); it differs only for a gradient norm in [1e-12, N 1e-12], where the fallback direction takes over"),
+    "robustlab.attacks.ddn.x__descent_loss__mutmut_17": ("F.cross_entropy(logits, targets, )", "the mean scales every gradient by 1 / N, which the normalisation removes (the loss value is not used); it differs only for a gradient norm in [1e-12, N 1e-12], where the fallback direction takes over"),
+    "robustlab.attacks.ddn.xǁDecoupledDirectionNormǁ_run__mutmut_88": ("norm(dim=1) <= 1e-12", "differs only on an exact tie of the gradient norm with 1e-12"),
 }
 
 # Survivors that only a test on an accelerator can kill: a tensor made on the default device instead of
@@ -333,6 +352,16 @@ NEEDS_GPU: dict[str, str] = {
     # given targets on the CPU for labels on an accelerator ("meta" cannot show it: the range checks read values)
     "robustlab.attacks.base.x_resolve_targets__mutmut_54": "targets.to(device=None, dtype=torch.int64)",
     "robustlab.attacks.base.x_resolve_targets__mutmut_56": "targets.to(dtype=torch.int64)",
+    # DDN's fallback direction drawn on the default device
+    "robustlab.attacks.ddn.xǁDecoupledDirectionNormǁ_run__mutmut_15": "generator=generator, device=None, dtype=x.dtype)",
+    "robustlab.attacks.ddn.xǁDecoupledDirectionNormǁ_run__mutmut_19": "randn(x.shape, generator=generator, dtype=x.dtype)",
+    # FMN's projections and bookkeeping made on the default device
+    "robustlab.attacks.fmn.x__project_l0__mutmut_13": "arange(magnitude.shape[1], device=None)",
+    "robustlab.attacks.fmn.x__project_l0__mutmut_15": "arange(magnitude.shape[1], )",
+    "robustlab.attacks.fmn.x__project_l1__mutmut_16": "device=None, dtype=v.dtype)",
+    "robustlab.attacks.fmn.x__project_l1__mutmut_20": "arange(1, v.shape[1] + 1, dtype=v.dtype)",
+    "robustlab.attacks.fmn.xǁMinimumNormBestǁstart__mutmut_18": "dtype=torch.bool, device=None)",
+    "robustlab.attacks.fmn.xǁMinimumNormBestǁstart__mutmut_21": "dtype=torch.bool, ))",
 }
 
 

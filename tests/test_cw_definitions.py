@@ -8,9 +8,12 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
+from robustlab.attacks import CWL2
 from robustlab.attacks.cw_objectives import OBJECTIVES, get_objective, objective_floor
 from robustlab.errors import RobustlabError
+from robustlab.threat import L2
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -73,3 +76,126 @@ def test_probability_objectives_are_computed_in_at_least_float32(name):
     assert got.dtype == torch.float32
     expected = OBJECTIVES[name](z.double(), y, t)
     torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-7)
+
+
+# --- C&W L2 replayed from the paper and the authors' l2_attack.py ---------------------------------
+
+
+def _tiny_mlp(features: int = 8, classes: int = 3, seed: int = 0, scale: float = 2.0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(features, 10), nn.Tanh(), nn.Linear(10, classes)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return model.eval()
+
+
+def _l2_case(n=5, bounds=(0.0, 1.0), seed=0):
+    model = _tiny_mlp(seed=seed)
+    lo, hi = bounds
+    x = lo + (hi - lo) * torch.rand(n, 8, generator=torch.Generator().manual_seed(seed + 100), dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def _confident_success(z: torch.Tensor, y: int, t: int | None, kappa: float) -> bool:
+    """The authors' ``compare``: the target wins with its logit lowered by kappa (untargeted: some
+    other class beats the true logit raised by kappa)."""
+    z = z.clone()
+    if t is None:
+        z[y] += kappa
+        return int(z.argmax()) != y
+    z[t] -= kappa
+    return int(z.argmax()) == t
+
+
+def replay_cw_l2(model, x, y, t, *, steps, iterations, const, lr, kappa, abort, box, bounds):
+    """One sample at a time: Adam (torch.optim.Adam) on ``||x' - x||² + c max(Z_other - Z_t + kappa, 0)``
+    through the box encoding, the authors' binary search and abort-early; returns the smallest
+    confident success per sample, the c that found it, and the returned point."""
+    lo, hi = bounds
+    out_x = x.clone()
+    out_d = torch.full((len(x),), math.inf, dtype=x.dtype)
+    out_c = torch.full((len(x),), math.nan, dtype=torch.float64)
+    for i in range(len(x)):
+        xi, yi, ti = x[i:i + 1], int(y[i]), None if t is None else int(t[i])
+        c, lower, upper = const, 0.0, 1e10
+        last = xi
+        for step in range(steps):
+            if steps >= 10 and step == steps - 1:
+                c = upper
+            if box == "tanh":
+                v = torch.atanh((2 * (xi - lo) / (hi - lo) - 1) * 0.999999).requires_grad_()
+                image_of = lambda v: lo + (hi - lo) * (torch.tanh(v) + 1) / 2  # noqa: E731
+            else:
+                v = xi.clone().requires_grad_()
+                image_of = (lambda v: v.clamp(lo, hi)) if box == "clip" else (lambda v: v)
+            adam = torch.optim.Adam([v], lr=lr)
+            succeeded, previous = False, math.inf
+            for it in range(iterations):
+                image = image_of(v)
+                z = model(image)[0]
+                cls = yi if ti is None else ti
+                others = torch.cat([z[:cls], z[cls + 1:]]).max()
+                margin = z[cls] - others if ti is None else others - z[cls]
+                hinge = (margin + kappa).clamp(min=0)
+                dist2 = ((v if box == "clip" else image) - xi).pow(2).sum()
+                loss = dist2 + c * hinge
+                image_d = image.detach()
+                last = image_d
+                if _confident_success(z.detach(), yi, ti, kappa):
+                    succeeded = True
+                    d = float((image_d - xi).norm())
+                    if d < out_d[i]:
+                        out_d[i], out_x[i], out_c[i] = d, image_d[0], c
+                if abort and it % max(1, iterations // 10) == 0:
+                    if float(loss.detach()) > 0.9999 * previous:
+                        break
+                    previous = float(loss.detach())
+                adam.zero_grad()
+                loss.backward()
+                adam.step()
+                if box == "project":
+                    with torch.no_grad():
+                        v.clamp_(lo, hi)
+            if succeeded:
+                upper = min(upper, c)
+            else:
+                lower = max(lower, c)
+            c = (lower + upper) / 2 if upper < 1e9 else (c if succeeded else c * 10)
+        if not math.isfinite(out_d[i]):
+            out_x[i] = last[0]
+    return out_x, out_d, out_c
+
+
+@pytest.mark.parametrize(
+    "box,bounds,targeted,kappa,abort,steps",
+    [
+        pytest.param("tanh", (0.0, 1.0), False, 0.0, True, 4, id="tanh-untargeted-abort"),
+        pytest.param("tanh", (-1.0, 2.0), True, 0.5, False, 10, id="tanh-box-targeted-kappa-10-steps"),
+        pytest.param("clip", (0.0, 1.0), False, 0.0, False, 3, id="clip"),
+        pytest.param("project", (0.0, 1.0), True, 0.0, True, 3, id="project"),
+        # Fewer than 10 iterations: abort-early checks at every step (max(1, 8 // 10)).
+        pytest.param("tanh", (0.0, 1.0), False, 0.0, True, 3, id="tanh-abort-every-step"),
+    ],
+)
+def test_cw_l2_follows_the_authors_search(box, bounds, targeted, kappa, abort, steps, request):
+    # Several c per sample (x10 until a success, then bisection; with 10 steps the last one uses
+    # c = upper), Adam restarted at each c, abort-early, the confident success, the smallest L2.
+    model, x, y = _l2_case(bounds=bounds)
+    t = (y + 1) % 3 if targeted else None
+    iterations = 8 if request.node.callspec.id == "tanh-abort-every-step" else 20
+    const, lr = 0.05, 0.05
+    attack = CWL2(binary_search_steps=steps, max_iterations=iterations, initial_const=const, learning_rate=lr,
+                  confidence=kappa, abort_early=abort, box=box)
+    result = attack(model, x, y, threat=L2(eps=math.inf, bounds=bounds), targets=t)
+    x_ref, d_ref, c_ref = replay_cw_l2(model, x, y, t, steps=steps, iterations=iterations, const=const, lr=lr,
+                                       kappa=kappa, abort=abort, box=box, bounds=bounds)
+    torch.testing.assert_close(result.extras["best_distance"], d_ref, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(result.extras["best_const"], c_ref.double(), rtol=1e-12, atol=0, equal_nan=True)
+    torch.testing.assert_close(result.x_adv, x_ref, rtol=1e-7, atol=1e-9)
+    found = torch.isfinite(d_ref)
+    assert found.any()
+    if iterations == 20:
+        assert len(set(c_ref[found].tolist())) > 1  # the search moved c

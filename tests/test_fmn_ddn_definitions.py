@@ -31,7 +31,8 @@ from torch import nn
 
 from robustlab.attacks import DDN, FMN
 from robustlab.attacks.fmn import cosine_schedule
-from robustlab.threat import NORMS, L2
+from robustlab.errors import RobustlabError
+from robustlab.threat import L2, NORMS
 from conftest import InputRecorder
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -121,7 +122,8 @@ def _corner_distance(x: torch.Tensor, bounds, norm: str) -> torch.Tensor:
     return _distance(torch.maximum(x - lo, hi - x), norm)
 
 
-def replay_fmn(model, x, y, t, norm, steps, *, alpha=(1.0, 0.01), gamma=(0.05, 0.001), bounds=(0.0, 1.0)):
+def replay_fmn(model, x, y, t, norm, steps, *, alpha=(1.0, 0.01), gamma=(0.05, 0.001), bounds=(0.0, 1.0),
+               eps_trace=None):
     """FMN from the paper (robustlab's documented eps rule before the first success): the iterates
     ``x + delta_k``, the best distance and the returned point per sample."""
     n = x.shape[0]
@@ -161,6 +163,8 @@ def replay_fmn(model, x, y, t, norm, steps, *, alpha=(1.0, 0.01), gamma=(0.05, 0
             eps = torch.where(adv, torch.minimum(eps * (1 - g_k), best), grow)
         found |= adv
         eps = torch.minimum(eps, worst)
+        if eps_trace is not None:
+            eps_trace.append(eps)
         delta = delta - a * g / g.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
         delta = _project(delta, eps, norm)
         delta = (x + delta).clamp(lo, hi) - x
@@ -206,12 +210,39 @@ def test_fmn_iterates_follow_algorithm_1(norm, targeted):
 
 
 def test_fmn_l0_iterates_follow_the_integer_eps_rule_and_count_pixels():
-    # 2 channels x 36 pixels: eps passes 20, where floor(eps (1 +- gamma)) moves it by more than one
-    # pixel, and the projection keeps both channels of a pixel together.
+    # 2 channels x 36 pixels; the projection keeps both channels of a pixel together.
     result = _check_fmn("L0", (2, 6, 6), steps=40, scale=0.3)
     assert result.success.any()
     changed = (result.x_adv != case((2, 6, 6), scale=0.3)[1])
     assert (changed.sum(1) == 2).any()  # both channels of some pixel moved
+
+
+class _Sum(nn.Module):
+    """Two classes; class 1 wins once ``w . x > 4``, ``w`` in [0.06, 0.1] (distinct: no ties in the
+    pixels' order): some 25 of 72 features must change."""
+
+    w = 0.06 + 0.04 * torch.rand(72, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+
+    def forward(self, x):
+        s = x.flatten(1) @ self.w - 4.0
+        return torch.stack([torch.zeros_like(s), s], dim=1)
+
+
+def test_fmn_l0_eps_moves_by_floor_of_eps_times_one_plus_or_minus_gamma():
+    # With gamma 0.3 (annealed to 0.1) and some 25 pixels needed, floor(eps (1 + gamma)) and
+    # floor(eps (1 - gamma)) move eps by more than one pixel, up before the first success, down after.
+    x = 0.5 * torch.rand(3, 2, 6, 6, generator=gen(5), dtype=torch.float64)
+    y = torch.zeros(3, dtype=torch.int64)
+    recorder = InputRecorder(_Sum())
+    steps = 40
+    result = FMN(steps=steps, gamma=0.3, final_gamma=0.1)(recorder, x, y, threat=NORMS["L0"](eps=math.inf))
+    trace = []
+    iterates, best, best_x = replay_fmn(_Sum(), x, y, None, "L0", steps, gamma=(0.3, 0.1), eps_trace=trace)
+    torch.testing.assert_close(torch.stack(recorder.inputs[1:steps + 1]), torch.stack(iterates), rtol=1e-9, atol=1e-12)
+    _check_best(result, best, best_x)
+    assert result.success.all()
+    moves = torch.stack(trace).diff(dim=0)
+    assert (moves > 1).any() and (moves < -1).any()
 
 
 @pytest.mark.parametrize("norm", ["L2", "Linf"])
@@ -369,3 +400,123 @@ def test_ddn_steps_along_a_fixed_random_direction_where_the_gradient_vanishes():
     assert (u @ u.T - torch.eye(3, dtype=torch.float64)).abs().max() > 0.01  # one direction per sample
     assert torch.equal(runs[0], runs[1])  # drawn from the generator: the same seed, the same run
     assert not torch.allclose(runs[0], runs[2])
+    # The direction is the generator's first normal draw in x's shape and dtype, normalised per sample
+    # (the step descends along it: delta = -alpha u, rescaled to eps).
+    draw = torch.randn(x.shape, generator=gen(0), dtype=x.dtype)
+    torch.testing.assert_close(deltas[1] / norms[1, :, None], -draw / draw.norm(dim=1, keepdim=True),
+                               rtol=1e-12, atol=1e-14)
+
+
+class _DeadBelowZero(nn.Module):
+    """Two classes, logits ``(0, relu(x_0))``: no gradient where ``x_0 < 0``, along ``e_0`` elsewhere."""
+
+    def forward(self, x):
+        return torch.stack([torch.zeros_like(x[:, 0]), torch.relu(x[:, 0])], dim=1)
+
+
+def test_ddn_falls_back_per_sample_where_the_gradient_vanishes():
+    # One sample without gradient, one with: the first takes a random unit step, the second its
+    # normalised gradient step (lowering x_0 raises the cross-entropy of its class 1), both rescaled
+    # to eps (grown by 1 + gamma: neither was adversarial).
+    x = torch.tensor([[-0.5, 0.1, 0.2, 0.3], [0.3, 0.1, 0.2, 0.3]], dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    recorder = InputRecorder(_DeadBelowZero())
+    DDN(steps=2, init_norm=0.5)(recorder, x, y, threat=L2(eps=math.inf, bounds=(-100.0, 100.0)), generator=gen(0))
+    step = recorder.inputs[2] - x
+    torch.testing.assert_close(step.norm(dim=1), torch.full((2,), 0.5 * 1.05, dtype=torch.float64))
+    torch.testing.assert_close(step[1], torch.tensor([-0.5 * 1.05, 0, 0, 0], dtype=torch.float64))
+    assert step[0, 1:].abs().max() > 1e-3  # not along e_0: a random direction
+
+
+# --- FMN: the returned point of a failed sample, L0 on features, bad hyperparameters ------------
+
+
+class _Bowl(nn.Module):
+    """Two classes, never class 1: the margin ``1 + 4 (x_0 - 0.5)^2`` is smallest at ``x_0 = 0.5``."""
+
+    def forward(self, x):
+        m = 1 + 4 * (x[:, 0] - 0.5) ** 2 + 0 * x.sum(1)
+        return torch.stack([m, torch.zeros_like(m)], dim=1)
+
+
+def test_fmn_failed_sample_returns_its_lowest_margin_iterate_not_its_last():
+    # Constant steps of 0.3 along x_0 bounce around the bottom of the bowl (0.9, 0.6, 0.3, 0.6, ...):
+    # the lowest margin is met first at 0.6 (or 0.45), never improved on, and the last iterate is worse.
+    x = torch.tensor([[0.9, 0.2, 0.4], [0.15, 0.5, 0.5], [0.7, 0.1, 0.9]], dtype=torch.float64)
+    y = torch.zeros(3, dtype=torch.int64)
+    recorder = InputRecorder(_Bowl())
+    steps = 7
+    result = FMN(steps=steps, step_size=0.3, final_step_size=0.3)(recorder, x, y, threat=L2(eps=math.inf))
+    iterates, best, best_x = replay_fmn(_Bowl(), x, y, None, "L2", steps, alpha=(0.3, 0.3))
+    torch.testing.assert_close(torch.stack(recorder.inputs[1:steps + 1]), torch.stack(iterates), rtol=1e-9, atol=1e-12)
+    assert not result.success.any() and torch.isinf(best).all()
+    torch.testing.assert_close(result.x_adv, best_x, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(result.x_adv, iterates[-1])
+
+
+class _OneFeature(nn.Module):
+    """Two classes on features: class 1 wins once ``x_0 + 0.2 x_1`` exceeds 0.6."""
+
+    def forward(self, x):
+        s = x[:, 0] + 0.2 * x[:, 1] - 0.6
+        return torch.stack([torch.zeros_like(s), s], dim=1)
+
+
+def test_fmn_l0_on_features_follows_the_integer_eps_rule_down_to_zero():
+    # One changed feature breaks each sample: eps goes 2 -> 1 -> 0 on successes (min(eps - 1, floor,
+    # best), never below 0), the next iterate is x itself, then eps grows back to 1: the replay on
+    # [N, D] inputs.
+    x = torch.tensor([[0.3, 0.2, 0.5, 0.1], [0.1, 0.9, 0.2, 0.3]], dtype=torch.float64)
+    y = torch.zeros(2, dtype=torch.int64)
+    recorder = InputRecorder(_OneFeature())
+    steps = 6
+    result = FMN(steps=steps)(recorder, x, y, threat=NORMS["L0"](eps=math.inf))
+    iterates, best, best_x = replay_fmn(_OneFeature(), x, y, None, "L0", steps)
+    torch.testing.assert_close(torch.stack(recorder.inputs[1:steps + 1]), torch.stack(iterates), rtol=1e-9, atol=1e-12)
+    assert torch.equal(iterates[3], x)  # eps 2, 1 (successes), then 0: no feature may change
+    assert result.success.all()
+    torch.testing.assert_close(result.extras["best_distance"], torch.ones(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"steps": 0}, "steps must be a positive integer, got 0"),
+        ({"step_size": 0.0}, "step_size must be a positive finite number, got 0.0"),
+        ({"final_step_size": -1.0}, "final_step_size must be a positive finite number, got -1.0"),
+        ({"step_size": math.inf}, "step_size must be a positive finite number, got inf"),
+        ({"gamma": 0.0}, r"gamma must lie in \(0, 1\), got 0.0"),
+        ({"gamma": 1.0}, r"gamma must lie in \(0, 1\), got 1.0"),
+        ({"final_gamma": 1.0}, r"final_gamma must lie in \(0, 1\), got 1.0"),
+    ],
+)
+def test_fmn_rejects_bad_hyperparameters_by_name(options, message):
+    with pytest.raises(RobustlabError, match=f"^{message}$"):
+        FMN(**options)
+
+
+def test_fmn_accepts_the_smallest_valid_hyperparameters():
+    FMN(steps=1, step_size=1e-9, final_step_size=1e-9, gamma=1e-9, final_gamma=0.999)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"steps": 0}, "steps must be a positive integer, got 0"),
+        ({"init_norm": 0.0}, "init_norm must be a positive finite number, got 0.0"),
+        ({"step_size": math.inf}, "step_size must be a positive finite number, got inf"),
+        ({"final_step_size": -1.0}, "final_step_size must be a positive finite number, got -1.0"),
+        ({"gamma": 0.0}, r"gamma must lie in \(0, 1\), got 0.0"),
+        ({"gamma": 1.0}, r"gamma must lie in \(0, 1\), got 1.0"),
+        ({"levels": 1}, "levels must be an integer >= 2 or None, got 1"),
+        ({"levels": 2.5}, "levels must be an integer >= 2 or None, got 2.5"),
+    ],
+)
+def test_ddn_rejects_bad_hyperparameters_by_name(options, message):
+    with pytest.raises(RobustlabError, match=f"^{message}$"):
+        DDN(**options)
+
+
+def test_ddn_accepts_the_smallest_valid_hyperparameters():
+    DDN(steps=1, init_norm=1e-9, step_size=1e-9, final_step_size=1e-9, gamma=1e-9, levels=2)
+    DDN(gamma=0.999)
