@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import json
 import os
 import re
@@ -309,6 +310,7 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.attacks.fmn.x__project_l1__mutmut_6": ("v.abs().sort(descending=True)", "sort's default dim is the last, 1 for [N, D]"),
     "robustlab.attacks.fmn.x__project_l1__mutmut_17": ("device=v.device, dtype=None)", "an int64 j (1..D, exact) divides the float cumsum to the same floats"),
     "robustlab.attacks.fmn.x__project_l1__mutmut_21": ("device=v.device, )", "an int64 j (1..D, exact) divides the float cumsum to the same floats"),
+    "robustlab.attacks.fmn.x__project_l1__mutmut_30": ("/ j) >= 0", "at equality, u_j = (cumsum_j - eps) / j, the threshold from j equals the one from j - 1 ((j - 1) u_j = cumsum_{j-1} - eps): the same theta"),
     "robustlab.attacks.fmn.x_farthest_corner__mutmut_9": ("x - lo >= hi - x", "at a tie both corners are equally far"),
     "robustlab.attacks.fmn.xǁMinimumNormBestǁupdate__mutmut_3": ("(distance <= self.distance)", "an exact tie of distances (FMN projects onto the best norm's sphere, so they occur): either iterate is a smallest success, at the same distance"),
     "robustlab.attacks.fmn.xǁMinimumNormBestǁupdate__mutmut_9": ("(margin <= self.margin)", "an exact tie of margins: either failed iterate is as close to the boundary"),
@@ -316,6 +318,10 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.attacks.ddn.x__descent_loss__mutmut_9": ("F.cross_entropy(logits, labels, )", "the mean scales every gradient by 1 / N, which the normalisation removes (the loss value is not used); it differs only for a gradient norm in [1e-12, N 1e-12], where the fallback direction takes over"),
     "robustlab.attacks.ddn.x__descent_loss__mutmut_17": ("F.cross_entropy(logits, targets, )", "the mean scales every gradient by 1 / N, which the normalisation removes (the loss value is not used); it differs only for a gradient norm in [1e-12, N 1e-12], where the fallback direction takes over"),
     "robustlab.attacks.ddn.xǁDecoupledDirectionNormǁ_run__mutmut_88": ("norm(dim=1) <= 1e-12", "differs only on an exact tie of the gradient norm with 1e-12"),
+    # attacks/cw_objectives.py
+    "robustlab.attacks.cw_objectives.x__softplus_minus_log2__mutmut_13": ("m >= _SOFTPLUS_SWITCH", "at m = 20 exactly both formulas give softplus(20) - log 2 (to the last bits)"),
+    "robustlab.attacks.cw_objectives.x__split__mutmut_20": ('float("-INF")', "Python parses -INF and -inf alike"),
+    **{f"robustlab.attacks.cw_objectives.x_f{k}__mutmut_1": ("kappa: float = 1.0", f"f{k} does not use kappa") for k in (1, 2, 3, 4, 5, 7)},
 }
 
 # Survivors that only a test on an accelerator can kill: a tensor made on the default device instead of
@@ -379,7 +385,11 @@ def _scratch(name: str) -> Path:
 
 
 def _scratch_name(name: str, functions: list[str] | None) -> str:
-    return name if not functions else name + "-" + "-".join(f.replace(".", "_") for f in functions)
+    if not functions:
+        return name
+    joined = "-".join(f.replace(".", "_") for f in functions)
+    # Many functions make a directory name longer than the file system allows: name it by a digest.
+    return name + "-" + (joined if len(joined) <= 150 else hashlib.sha1(joined.encode()).hexdigest()[:12])
 
 
 def mutant_globs(name: str, functions: list[str]) -> list[str]:

@@ -5,6 +5,7 @@ least float32. Nothing here trains a model."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -76,6 +77,31 @@ def test_probability_objectives_are_computed_in_at_least_float32(name):
     assert got.dtype == torch.float32
     expected = OBJECTIVES[name](z.double(), y, t)
     torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_objectives_do_not_warn():
+    z = torch.tensor([[0.0, 3.0, -1.0], [2.0, 1.0, 0.5]], dtype=torch.float64)
+    y, t = torch.tensor([0, 2]), torch.tensor([1, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for fn in OBJECTIVES.values():
+            fn(z, y, t)
+            fn(z, y)
+
+
+def test_f7_at_margins_beyond_the_switch_to_softplus():
+    # softplus(m) - log 2 for logit margins of +-50 (above 20 it is computed as softplus(m) - log 2).
+    z = torch.tensor([[50.0, 0.0], [0.0, 50.0]], dtype=torch.float64)
+    y = torch.tensor([0, 0])
+    expected = torch.tensor([50 + math.log1p(math.exp(-50)) - LOG2, math.log1p(math.exp(-50)) - LOG2],
+                            dtype=torch.float64)
+    torch.testing.assert_close(OBJECTIVES["f7"](z, y), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_f6_default_confidence_is_zero():
+    # max(Z_y - max_{i != y} Z_i, -kappa) with kappa = 0: a misclassification by 3 is clipped to 0.
+    z = torch.tensor([[0.0, 3.0]], dtype=torch.float64)
+    assert float(OBJECTIVES["f6"](z, torch.tensor([0]))) == 0.0
 
 
 # --- C&W L2 replayed from the paper and the authors' l2_attack.py ---------------------------------
