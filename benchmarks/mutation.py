@@ -311,6 +311,7 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.attacks.fmn.x__project_l1__mutmut_17": ("device=v.device, dtype=None)", "an int64 j (1..D, exact) divides the float cumsum to the same floats"),
     "robustlab.attacks.fmn.x__project_l1__mutmut_21": ("device=v.device, )", "an int64 j (1..D, exact) divides the float cumsum to the same floats"),
     "robustlab.attacks.fmn.x__project_l1__mutmut_30": ("/ j) >= 0", "at equality, u_j = (cumsum_j - eps) / j, the threshold from j equals the one from j - 1 ((j - 1) u_j = cumsum_{j-1} - eps): the same theta"),
+    "robustlab.attacks.fmn.xǁFastMinimumNormǁ_adapt_eps__mutmut_13": ("torch.minimum(eps + 1, (eps * (1 - gamma)).floor())", "L0's eps is an integer and gamma > 0, so floor(eps (1 - gamma)) <= eps - 1 already: the eps -+ 1 term never decides (at eps = 0 both give 0 after the clamp)"),
     "robustlab.attacks.fmn.x_farthest_corner__mutmut_9": ("x - lo >= hi - x", "at a tie both corners are equally far"),
     "robustlab.attacks.fmn.xǁMinimumNormBestǁupdate__mutmut_3": ("(distance <= self.distance)", "an exact tie of distances (FMN projects onto the best norm's sphere, so they occur): either iterate is a smallest success, at the same distance"),
     "robustlab.attacks.fmn.xǁMinimumNormBestǁupdate__mutmut_9": ("(margin <= self.margin)", "an exact tie of margins: either failed iterate is as close to the boundary"),

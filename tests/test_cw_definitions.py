@@ -116,10 +116,14 @@ def _tiny_mlp(features: int = 8, classes: int = 3, seed: int = 0, scale: float =
     return model.eval()
 
 
-def _l2_case(n=5, bounds=(0.0, 1.0), seed=0):
+def _l2_case(n=5, bounds=(0.0, 1.0), seed=0, at_bounds=False):
+    """A tiny MLP, inputs in the box (with ``at_bounds``, features 0 and 1 exactly at lo and hi, as
+    image pixels often are) and the labels it gives them."""
     model = _tiny_mlp(seed=seed)
     lo, hi = bounds
     x = lo + (hi - lo) * torch.rand(n, 8, generator=torch.Generator().manual_seed(seed + 100), dtype=torch.float64)
+    if at_bounds:
+        x[:, 0], x[:, 1] = lo, hi
     with torch.no_grad():
         y = model(x).argmax(1)
     return model, x, y
@@ -199,8 +203,11 @@ def replay_cw_l2(model, x, y, t, *, steps, iterations, const, lr, kappa, abort, 
     "box,bounds,targeted,kappa,abort,steps",
     [
         pytest.param("tanh", (0.0, 1.0), False, 0.0, True, 4, id="tanh-untargeted-abort"),
-        pytest.param("tanh", (-1.0, 2.0), True, 0.5, False, 10, id="tanh-box-targeted-kappa-10-steps"),
+        pytest.param("tanh", (-1.0, 2.0), True, 1.0, False, 10, id="tanh-box-targeted-kappa-10-steps"),
         pytest.param("clip", (0.0, 1.0), False, 0.0, False, 3, id="clip"),
+        # Features exactly at the bounds: clip's gradient (the authors' tf.clip_by_value, torch.clamp)
+        # passes there, so they can move inwards; abort-early reads the per-sample distance ||v - x||².
+        pytest.param("clip", (0.0, 1.0), True, 0.0, True, 3, id="clip-at-bounds-abort"),
         pytest.param("project", (0.0, 1.0), True, 0.0, True, 3, id="project"),
         # Fewer than 10 iterations: abort-early checks at every step (max(1, 8 // 10)).
         pytest.param("tanh", (0.0, 1.0), False, 0.0, True, 3, id="tanh-abort-every-step"),
@@ -209,7 +216,8 @@ def replay_cw_l2(model, x, y, t, *, steps, iterations, const, lr, kappa, abort, 
 def test_cw_l2_follows_the_authors_search(box, bounds, targeted, kappa, abort, steps, request):
     # Several c per sample (x10 until a success, then bisection; with 10 steps the last one uses
     # c = upper), Adam restarted at each c, abort-early, the confident success, the smallest L2.
-    model, x, y = _l2_case(bounds=bounds)
+    at_bounds = request.node.callspec.id == "clip-at-bounds-abort"
+    model, x, y = _l2_case(bounds=bounds, at_bounds=at_bounds)
     t = (y + 1) % 3 if targeted else None
     iterations = 8 if request.node.callspec.id == "tanh-abort-every-step" else 20
     const, lr = 0.05, 0.05
@@ -223,5 +231,7 @@ def test_cw_l2_follows_the_authors_search(box, bounds, targeted, kappa, abort, s
     torch.testing.assert_close(result.x_adv, x_ref, rtol=1e-7, atol=1e-9)
     found = torch.isfinite(d_ref)
     assert found.any()
-    if iterations == 20:
+    if iterations == 20 and not at_bounds:
         assert len(set(c_ref[found].tolist())) > 1  # the search moved c
+    if at_bounds:  # some feature at a bound moved inwards
+        assert ((result.x_adv[:, :2] - x[:, :2]).abs() > 1e-3).any()

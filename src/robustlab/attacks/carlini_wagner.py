@@ -174,14 +174,16 @@ class _TanhEncoding(_Encoding):
 
 class _ClipEncoding(_Encoding):
     """Clipped descent: minimise ``||v - x||² + c f(clip(v))``; coordinates outside the box get
-    no gradient from ``f``."""
+    no gradient from ``f``. Coordinates on its boundary do, as through the authors'
+    ``tf.clip_by_value`` (and ``torch.clamp``): else a pixel starting exactly at 0 or 1, as most
+    MNIST pixels do, would never move."""
 
     def image(self, v: Tensor) -> Tensor:
         return v.clamp(self.lo, self.hi)
 
     def distance_and_grad(self, v: Tensor, image: Tensor, x: Tensor, grad_f: Tensor) -> tuple[Tensor, Tensor]:
         delta = v - x
-        inside = (v > self.lo) & (v < self.hi)
+        inside = (v >= self.lo) & (v <= self.hi)
         return flat(delta).pow(2).sum(dim=1), 2 * delta + grad_f * inside
 
 
