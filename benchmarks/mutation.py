@@ -117,6 +117,19 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                        ["tests/test_cw_definitions.py", "tests/test_golden_references.py", "tests/test_definitions.py",
                         "tests/test_carlini_wagner.py", "-k",
                         "cw_defin or cw_l2_matches or cw_binary or cw_l2_loss or binary_search_follows"]),
+    # The suites' composition (which attacks, in which order, with which hyperparameters) is model-free:
+    # test_cascade.py's suite tests without the two that attack the digits MLP, and the suites' whole tables.
+    "suites": ("src/robustlab/evaluation/suites.py",
+               ["tests/test_cascade.py", "tests/test_evaluation_tables.py", "-k", "suite and not breaks"]),
+    # The unbounded modes and the block runner on tests/test_evaluation_tables.py: a scripted attack on a model
+    # whose logits are its inputs, so that every distance, credit, per-sample pass and call seed is known by
+    # hand (the digits MLP of test_minimum_norm_evaluation.py and test_evaluation_runner.py would time every
+    # mutant out).
+    "minimum_norm": ("src/robustlab/evaluation/minimum_norm.py", ["tests/test_evaluation_tables.py"]),
+    "targeted": ("src/robustlab/evaluation/targeted.py", ["tests/test_evaluation_tables.py"]),
+    # Run with --functions on the functions that compute the table (seeding, crediting, cost, resume), not on
+    # the input checks, the fingerprint or the warm-start point files (its 974 mutants take hours here).
+    "runner": ("src/robustlab/evaluation/runner.py", ["tests/test_evaluation_tables.py"]),
 }
 
 # Issue 15's six mutations: (name, file, original text, mutated text).
@@ -323,6 +336,29 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.attacks.cw_objectives.x__softplus_minus_log2__mutmut_13": ("m >= _SOFTPLUS_SWITCH", "at m = 20 exactly both formulas give softplus(20) - log 2 (to the last bits)"),
     "robustlab.attacks.cw_objectives.x__split__mutmut_20": ('float("-INF")', "Python parses -INF and -inf alike"),
     **{f"robustlab.attacks.cw_objectives.x_f{k}__mutmut_1": ("kappa: float = 1.0", f"f{k} does not use kappa") for k in (1, 2, 3, 4, 5, 7)},
+    # evaluation/minimum_norm.py
+    "robustlab.evaluation.minimum_norm.xǁMinimumNormEvaluationǁcurve__mutmut_6": (
+        "isinstance(eps_grid, Tensor)) and False", "iterating a 1-D tensor gives 0-d tensors, and float() of each is tolist()'s float"),
+    "robustlab.evaluation.minimum_norm.x__check_eps__mutmut_5": ("finite=None", "is_number tests `not finite`: None is False there"),
+    "robustlab.evaluation.minimum_norm.x__round_up__mutmut_1": ("if value < 0:", "only called with the largest finite best distance > 0 (default_eps_grid)"),
+    "robustlab.evaluation.minimum_norm.x__round_up__mutmut_3": ("return 1.0", "only called with the largest finite best distance > 0 (default_eps_grid)"),
+    # evaluation/targeted.py
+    "robustlab.evaluation.targeted.x_evaluate_targeted__mutmut_70": ("random_targets = None", "read only in the loop over the samples; it stays None only when k is None, i.e. there are none"),
+    "robustlab.evaluation.targeted.x_evaluate_targeted__mutmut_97": ("dtype=None)", "torch.tensor of Python ints is int64 already (an empty list gives [] either way)"),
+    "robustlab.evaluation.targeted.x_evaluate_targeted__mutmut_99": ("torch.tensor(run.labels, )", "torch.tensor of Python ints is int64 already (an empty list gives [] either way)"),
+    # evaluation/runner.py (the functions that compute the table)
+    "robustlab.evaluation.runner.x_cross_check__mutmut_26": ("topk(2, )", "topk's default dim is the last, 1 for [N, K] logits"),
+    "robustlab.evaluation.runner.x_cross_check__mutmut_41": (") < MISMATCH_RTOL", "differs only on an exact tie of the gap with the tolerance"),
+    "robustlab.evaluation.runner.x__disagrees__mutmut_9": (">= MISMATCH_RTOL", "differs only on an exact tie with the tolerance"),
+    "robustlab.evaluation.runner.x__shares__mutmut_11": ("(m + r)", "the shares are zipped with the call's m samples: only the first m are read, the same"),
+    "robustlab.evaluation.runner.xǁTableǁconcat__mutmut_21": ("parts[1].num_classes", "every rank gets the same number of classes from the clean pass (gathered)"),
+    "robustlab.evaluation.runner.xǁTableǁconcat__mutmut_24": ("set_steps(parts[1].steps)", "the ranks run the same steps; if one differs, either order raises"),
+    "robustlab.evaluation.runner.xǁTableǁconcat__mutmut_28": ("p.start + merged.start", "merged.start is 0: the first shard starts at sample 0"),
+    "robustlab.evaluation.runner.xǁTableǁconcat__mutmut_29": ("p.stop + merged.start", "merged.start is 0: the first shard starts at sample 0"),
+    "robustlab.evaluation.runner.xǁ_Runnerǁattack__mutmut_2": ("not table.steps or not table.results", "set_steps sets steps and results together: both are empty or neither"),
+    "robustlab.evaluation.runner.xǁ_Runnerǁattack__mutmut_87": ("self._attackable(table, i, None)", "while step j runs on a block, the steps from j on have not (their results there are None): all steps or the first j give the same answer"),
+    "robustlab.evaluation.runner.xǁ_Runnerǁattack__mutmut_107": ("track=any(warm[j - 1:])", "extra tracking is unobservable: the points are read only by a later warm step, and saved only while one is to come, when both track"),
+    "robustlab.evaluation.runner.xǁ_Runnerǁattack__mutmut_50": ('"warm_start", None)', "the flags are only read as truth values, where None is False"),
 }
 
 # Survivors that only a test on an accelerator can kill: a tensor made on the default device instead of
@@ -351,6 +387,13 @@ NEEDS_GPU: dict[str, str] = {
     "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_116": "dtype=torch.bool, device=None)",
     "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_119": "dtype=torch.bool, )",
     "robustlab.evaluation.evaluate.x_evaluate__mutmut_54": "provenance(seed=seed, wall_time=",  # device "cpu" by default
+    "robustlab.evaluation.minimum_norm.x_evaluate_minimum_norm__mutmut_119": "provenance(seed=settings.seed, wall_time=",
+    "robustlab.evaluation.targeted.x_evaluate_targeted__mutmut_201": "provenance(seed=settings.seed, wall_time=",
+    "robustlab.evaluation.runner.x_cross_check__mutmut_32": "torch.tensor(flipped, device=None)",
+    "robustlab.evaluation.runner.x_cross_check__mutmut_34": "torch.tensor(flipped, )",
+    "robustlab.evaluation.runner.xǁ_Runnerǁ_call__mutmut_4": "torch.tensor(alive, device=None)",
+    "robustlab.evaluation.runner.xǁ_Runnerǁ_call__mutmut_6": "torch.tensor(alive, )",
+    "robustlab.evaluation.runner.xǁ_Runnerǁ_call__mutmut_11": "torch.Generator(device=None)",
     # Square's bookkeeping made on the default device (the template cannot run on "meta": it reads values)
     "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_21": "dtype=torch.int64, device=None)",
     "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_24": "dtype=torch.int64, )",
