@@ -9,6 +9,7 @@ targeted protocol use (``benchmarks/mutation.py``).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -120,8 +121,9 @@ def _minimum_norm(**kwargs):
     kwargs.setdefault("settings", RunSettings(seed=7, batch_size=3))
     with pytest.warns(DistanceMismatchWarning, match=r"^B: for 2 of 6 samples the attack's own best_distance disagrees "
                       r"with the verified distance .* See `robustlab docs diagnostics#distance-mismatch`$") as record:
+        line = inspect.currentframe().f_lineno + 1
         ev = evaluate_minimum_norm(_Logits(), x, y, attacks={"A": _A, "B": _B}, threat=THREAT, **kwargs)
-    assert {w.filename for w in record} == {__file__}  # pointing at the caller
+    assert [(w.filename, w.lineno) for w in record] == [(__file__, line)]  # pointing at the caller
     return ev
 
 
@@ -419,6 +421,9 @@ def test_the_merged_table_of_three_shards_is_the_single_process_table(monkeypatc
         assert (merged.forwards, merged.backwards) == (single.forwards, single.backwards)
         assert merged.passes == single.passes and merged.clean_prediction == single.clean_prediction
         assert merged.wall_time > 0 and run.processes == 3 and run.labels == y.tolist()  # wall time: the slowest shard's
+    # No samples: no rank learns a number of classes, and the merged table is empty.
+    empty = group.run(lambda rank: run_blocks(_Logits(), x[:0], y[:0], distributed=True, **options))
+    assert [(run.table.num_classes, run.table.stop, run.labels) for run in empty] == [(None, 0, [])] * 3
     other = Table.fresh(3, 6, 3)
     other.set_steps(["A"])
     with pytest.raises(RobustlabError, match=r"^the shards ran different steps: \['A'\] and \['A', 'B'\]$"):
@@ -548,8 +553,9 @@ def _targeted(**kwargs):
     x, y = _data()
     kwargs.setdefault("settings", RunSettings(seed=11, batch_size=3))
     with pytest.warns(DistanceMismatchWarning, match=r"^script: for 1 of 12 samples") as record:
+        line = inspect.currentframe().f_lineno + 1
         ev = evaluate_targeted(_Logits(), x, y, attack=_T, threat=THREAT, **kwargs)
-    assert {w.filename for w in record} == {__file__}
+    assert [(w.filename, w.lineno) for w in record] == [(__file__, line)]
     return ev
 
 
@@ -758,6 +764,8 @@ def test_targeted_protocol_names_steps_resumes_and_takes_two_classes(tmp_path):
         evaluate_targeted(_Logits(), x, y, attack=named, threat=L2(1.0))
     with pytest.raises(RobustlabError, match=r"^'script' \(_Fixed\) is a fixed-budget attack"):
         evaluate_targeted(_Logits(), x, y, attack=_Fixed(), threat=THREAT)
+    with pytest.raises(RobustlabError, match=r"^'attack' is not a robustlab Attack \(got object\)$"):
+        evaluate_targeted(_Logits(), x, y, attack=object(), threat=THREAT)
 
 
 @dataclass(frozen=True, kw_only=True)
