@@ -821,3 +821,50 @@ def test_targeted_options_reach_the_runner(tmp_path, monkeypatch):
     for shard in results:
         assert _comparable(shard)["samples"] == _comparable(_targeted())["samples"]
         assert shard.provenance["processes"] == 2
+
+
+class _Probabilities(nn.Module):
+    def forward(self, x):
+        return (x[:, 1:] * 1.0).softmax(dim=1)
+
+
+class _NaNFor6(nn.Module):
+    """The logits of sample 6 are NaN (only the rank holding it sees them)."""
+
+    def forward(self, x):
+        return torch.where((x[:, :1] == 6), math.nan, x[:, 1:] * 1.0)
+
+
+def test_clean_pass_checks_point_at_the_caller_and_reach_every_rank(tmp_path, monkeypatch):
+    from test_evaluation_runner import FakeGroup
+
+    from robustlab.errors import ProbabilityOutputWarning
+
+    x, y = _data()
+    with pytest.warns(ProbabilityOutputWarning) as record:
+        line = inspect.currentframe().f_lineno + 1
+        evaluate_minimum_norm(_Probabilities(), x, y, attacks={"S": _Silent()}, threat=THREAT)
+    assert (__file__, line) in [(w.filename, w.lineno) for w in record]
+    # A resumed run checks the classes the state file recorded.
+    state = tmp_path / "state.json"
+    run = dict(attacks={"S": _Silent()}, threat=THREAT, state_file=state)
+    first = evaluate_minimum_norm(_Logits(), x, y, **run)
+    assert evaluate_minimum_norm(_Logits(), x, y, num_classes=3, **run).samples == first.samples
+    with pytest.raises(RobustlabError, match=r"^the model has 3 outputs \(says the state file\) but num_classes is 4$"):
+        evaluate_minimum_norm(_Logits(), x, y, num_classes=4, **run)
+    # Bad logits on one rank's shard are an error on every rank, before anything is attacked.
+    group = FakeGroup(2)
+    monkeypatch.setattr(runner_module, "rank_and_world", group.rank_and_world)
+    monkeypatch.setattr(runner_module, "all_gather", group.all_gather)
+
+    def attempt(rank):
+        try:
+            evaluate_minimum_norm(_NaNFor6(), x, y, attacks={"S": _Silent(tag="S")}, threat=THREAT, distributed=True,
+                                  settings=RunSettings(batch_size=3))
+        except RobustlabError as exc:
+            return str(exc)
+        return None
+
+    CALLS.clear()
+    errors = group.run(attempt)
+    assert len(errors) == 2 and errors[0] == errors[1] and "NaN" in errors[0] and CALLS == []
