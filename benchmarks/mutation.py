@@ -317,6 +317,11 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.attacks.fab.xǁFABTargetedǁ_run__mutmut_39": ("topk(rounds, )", "topk's default dim is the last, 1 for [N, K] logits"),
     "robustlab.attacks.fab.x__amounts_linf__mutmut_8": ("torch.where(w_abs >= 0, caps", "a coordinate with w_i = 0 has weight 0 in the capped sum (no kink, wherever its knot lies) and direction sign(w_i) = 0"),
     "robustlab.attacks.fab.x__closest_boundary__mutmut_68": ("dim=2) - _MIN_DUAL)", "moves each distance by about 2e-12 relatively: the nearest class changes only where two distances agree to 1e-12"),
+    "robustlab.attacks.fab.x__solve_capped_sum__mutmut_18": ("torch.where(weights >= 0, weights * knots", "a zero weight comes with an inf knot (L∞, L2): its NaN (0 * inf) sorts past the last positive weight, where it is never passed and free_after = 0 marks infeasibility anyway"),
+    "robustlab.attacks.fab.x__solve_capped_sum__mutmut_39": ("torch.where(free >= 0, knots * free", "free = 0 only past the last positive weight: a finite knot gives 0 either way; an inf knot's NaN is never passed, and free_after = 0 marks infeasibility anyway"),
+    "robustlab.attacks.fab.x__solve_capped_sum__mutmut_45": ("(value_at_knot <= c[:, None])", "differs only where c equals the value at a knot exactly (both give that knot then, but at the box's farthest corner)"),
+    "robustlab.attacks.fab.xǁFastAdaptiveBoundaryǁ_step__mutmut_45": ("clamp(None, self.alpha_max)", "a ratio of norms is never negative"),
+    "robustlab.attacks.fab.x__merge__mutmut_3": ("(found.distance <= best.distance[index])", "differs only on an exact tie of distances (the target of the earlier round is kept)"),
     "robustlab.attacks.fab.xǁFABTargetedǁ_run__mutmut_61": ("best.distance < threat.eps", "differs only on an exact tie of a distance with eps"),
     # attacks/fmn.py (FMN and the minimum-norm bookkeeping)
     "robustlab.attacks.fmn.x__project_l0__mutmut_6": ("magnitude.argsort(descending=True)", "argsort's default dim is the last, 1 for [N, P]"),

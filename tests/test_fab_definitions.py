@@ -17,6 +17,7 @@ import torch
 
 from robustlab.attacks import FAB, FABT
 from robustlab.attacks.fab import hyperplane_projection
+from robustlab.errors import RobustlabError
 from robustlab.threat import L2, NORMS, Linf
 from conftest import InputRecorder, linear_model, tanh_net, unit_box_inputs
 
@@ -403,3 +404,29 @@ def test_restarts_are_drawn_from_the_generator():
         a, b, c = (attack(model, x, y, threat=threat, generator=gen(s)) for s in (5, 5, 6))
         assert torch.equal(a.x_adv, b.x_adv)
         assert not torch.equal(a.x_adv, c.x_adv)
+
+
+def test_a_targeted_sample_short_of_its_target_keeps_the_iterate_closest_to_it():
+    # Target 1 from the origin (label 0): the box stops the step at x_0 = 0.05, short of the
+    # boundary Z_1 = Z_0 at 0.2. The iterate's targeted margin max_{j != 1} Z_j - Z_1 = 0.15 is
+    # below the clean point's 0.2, so it is returned (the untargeted clean margin, 0.1, is not the
+    # one to compare with).
+    result = FAB(steps=1)(FOUR, ORIGIN, LABEL, threat=L2(eps=math.inf, bounds=(-1.0, 0.05)), targets=torch.tensor([1]))
+    assert not result.success.any()
+    torch.testing.assert_close(result.x_adv, torch.tensor([[0.05, 0.0, 0.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [({"steps": 0}, "steps must be a positive integer"), ({"restarts": 0}, "restarts must be a positive integer")],
+)
+def test_bad_counts_are_named_in_the_error(options, message):
+    with pytest.raises(RobustlabError, match=f"^{message}"):
+        FAB(**options)
+
+
+def test_the_ends_of_the_hyperparameter_ranges_are_valid():
+    # alpha_max in [0, 1] (0: no bias towards x; 1: no cap), eta >= 1 (1: no overshoot).
+    for options in ({"alpha_max": 0.0}, {"alpha_max": 1.0}, {"eta": 1.0}):
+        FAB(**options)
+        FABT(**options)
