@@ -543,7 +543,7 @@ def mark(result: dict) -> None:
 
 
 def recheck(name: str, result: dict, functions: list[str] | None = None, deselect: str | None = None,
-            only: list[str] | None = None, jobs: int = 1) -> None:
+            only: list[str] | None = None, jobs: int = 1, skip: list[str] | None = None) -> None:
     """Run the survivors of an earlier run again against the current tests (added since): each
     survivor is applied with ``mutmut apply`` to the scratch copy of the source and the module's
     test selection runs on it (not the equivalent and GPU-only ones, which no test here can kill).
@@ -575,6 +575,10 @@ def recheck(name: str, result: dict, functions: list[str] | None = None, deselec
         raise SystemExit(f"the current tests fail on the run's unmutated source ({path}); deselect the tests of "
                          f"later source changes (--recheck-deselect):\n{baseline.stdout[-2000:]}")
     todo = [s for s in result["survivors"] if "equivalent" not in s and not s.get("needs_gpu")]  # others: no test here
+    if skip:  # functions rechecked by a --functions run of their own (faster: mutmut runs only the tests reaching them)
+        globs = mutant_globs(name, skip)
+        todo = [s for s in todo if not any(fnmatch.fnmatchcase(s["mutant"], g) for g in globs)]
+        result["recheck_skipped_functions"] = skip
 
     def check(chunk: list[dict], copy: Path) -> None:  # each worker applies mutants in a copy of its own
         copy_env = dict(env, PYTHONPATH=str(copy / "src"))
@@ -678,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mark", action="store_true",
                         help="only mark the recorded survivors again from EQUIVALENT and NEEDS_GPU (added since)")
     parser.add_argument("--recheck-jobs", type=int, default=1, help="with --recheck: parallel workers")
+    parser.add_argument("--recheck-skip", nargs="+", metavar="NAME",
+                        help="with --recheck: leave out the survivors of these functions (run with --functions instead)")
     parser.add_argument("--recheck", action="store_true",
                         help="with --collect: run the survivors again against the current tests")
     parser.add_argument("--functions", nargs="+", metavar="NAME",
@@ -709,7 +715,8 @@ def main(argv: list[str] | None = None) -> int:
             result["command"] = earlier.get("command", "?") + " (collected again)"
             result["interrupted"] = result["checked"] < result["mutants"]
             if args.recheck:
-                recheck(name, result, args.functions, args.recheck_deselect, args.recheck_only, args.recheck_jobs)
+                recheck(name, result, args.functions, args.recheck_deselect, args.recheck_only, args.recheck_jobs,
+                        args.recheck_skip)
         else:
             result = run_module(name, args.max_children, resume=args.resume, functions=args.functions)
         result.setdefault("command", command)
