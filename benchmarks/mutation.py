@@ -331,6 +331,7 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.attacks.fab.x_hyperplane_projection__mutmut_18": ("w = w / flip[:, None]", "flip is +-1"),
     "robustlab.attacks.fab.x_hyperplane_projection__mutmut_28": ("torch.where(w >= 0, upper", "a coordinate with w_i = 0 moves by direction sign(w_i) = 0 times its amount: its cap does not matter"),
     "robustlab.attacks.fab.x_hyperplane_projection__mutmut_36": ("torch.where(w <= 0, -lower", "a coordinate with w_i = 0 moves by direction sign(w_i) = 0 times its amount: its cap does not matter"),
+    "robustlab.attacks.fab.xǁFastAdaptiveBoundaryǁ_random_start__mutmut_56": ("return (x - per_sample(radius, x) * u)", "the direction u is symmetric: the start has the same law"),
     "robustlab.attacks.fab.xǁFABTargetedǁ_run__mutmut_61": ("best.distance < threat.eps", "differs only on an exact tie of a distance with eps"),
     # attacks/fmn.py (FMN and the minimum-norm bookkeeping)
     "robustlab.attacks.fmn.x__project_l0__mutmut_6": ("magnitude.argsort(descending=True)", "argsort's default dim is the last, 1 for [N, P]"),
@@ -390,6 +391,10 @@ NEEDS_GPU: dict[str, str] = {
     "robustlab.attacks.fab.x__closest_boundary__mutmut_8": "arange(1, k, device=None)",
     "robustlab.attacks.fab.x__closest_boundary__mutmut_11": "arange(1, k, )",
     "robustlab.attacks.fab.x__closest_boundary__mutmut_81": "arange(m, device=None)",
+    "robustlab.attacks.fab.xǁFastAdaptiveBoundaryǁ_random_start__mutmut_18": "device=None, dtype=x.dtype) - 1",
+    "robustlab.attacks.fab.xǁFastAdaptiveBoundaryǁ_random_start__mutmut_22": "generator=generator, dtype=x.dtype) - 1",
+    "robustlab.attacks.fab.xǁFastAdaptiveBoundaryǁ_random_start__mutmut_28": "randn(x.shape, generator=generator, device=None, dtype=x.dtype)",
+    "robustlab.attacks.fab.xǁFastAdaptiveBoundaryǁ_random_start__mutmut_32": "randn(x.shape, generator=generator, dtype=x.dtype)",
     "robustlab.attacks.fab.x__closest_boundary__mutmut_83": "arange(m, )",
     "robustlab.attacks.apgd.xǁAutoPGDǁ_run__mutmut_9": "device=None)",
     "robustlab.attacks.apgd.xǁAutoPGDǁ_run__mutmut_13": "dtype=torch.int64, )",

@@ -430,3 +430,17 @@ def test_the_ends_of_the_hyperparameter_ranges_are_valid():
     for options in ({"alpha_max": 0.0}, {"alpha_max": 1.0}, {"eta": 1.0}):
         FAB(**options)
         FABT(**options)
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_restarts_stay_in_the_box_and_in_the_dtype_of_x(norm):
+    # Every point queried lies in the box, the random starts included (x on the faces of [0, 1]);
+    # a half-precision model gets half-precision restarts (draws in x's dtype).
+    model, x, y = net_case()
+    recorder = InputRecorder(model)
+    FAB(steps=2, restarts=3)(recorder, x, y, threat=NORMS[norm](eps=math.inf, bounds=(0.0, 1.0)), generator=gen())
+    assert all(((q >= 0) & (q <= 1)).all() for q in recorder.inputs)
+    half = linear_model([[0.0] * 4, [1.0] * 4], [0, -1.0]).half()
+    x, y = torch.zeros(2, 4, dtype=torch.float16), torch.zeros(2, dtype=torch.int64)
+    result = FAB(steps=2, restarts=2)(half, x, y, threat=NORMS[norm](eps=math.inf, bounds=(-1.0, 1.0)), generator=gen())
+    assert result.x_adv.dtype == torch.float16 and result.success.all()
