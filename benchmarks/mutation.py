@@ -332,6 +332,7 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.attacks.fab.x_hyperplane_projection__mutmut_28": ("torch.where(w >= 0, upper", "a coordinate with w_i = 0 moves by direction sign(w_i) = 0 times its amount: its cap does not matter"),
     "robustlab.attacks.fab.x_hyperplane_projection__mutmut_36": ("torch.where(w <= 0, -lower", "a coordinate with w_i = 0 moves by direction sign(w_i) = 0 times its amount: its cap does not matter"),
     "robustlab.attacks.fab.xǁFastAdaptiveBoundaryǁ_random_start__mutmut_56": ("return (x - per_sample(radius, x) * u)", "the direction u is symmetric: the start has the same law"),
+    "robustlab.attacks.fab.x_hyperplane_projection__mutmut_37": ("torch.where(w < 1, -lower", "reached only for w_i <= 0: it differs at w_i = 0, which moves by direction sign(w_i) = 0 times its amount"),
     "robustlab.attacks.fab.xǁFABTargetedǁ_run__mutmut_61": ("best.distance < threat.eps", "differs only on an exact tie of a distance with eps"),
     # attacks/fmn.py (FMN and the minimum-norm bookkeeping)
     "robustlab.attacks.fmn.x__project_l0__mutmut_6": ("magnitude.argsort(descending=True)", "argsort's default dim is the last, 1 for [N, P]"),
