@@ -347,6 +347,7 @@ def test_killed_run_resumes_at_its_first_unfinished_step(tmp_path, caplog, monke
                               settings=RunSettings(seed=7, batch_size=3, progress=True), state_file=state)
     saved = json.loads(state.read_text())
     assert saved["steps"] == [3, 2, 1] and saved["step_keys"] == ["A", "B"] and saved["shard"] == [0, 7]
+    assert saved["wall_time_s"] > 0
     assert saved["results"]["A"]["reported"][4] == "inf"  # strict JSON
     CALLS.clear()
     CRASH.clear()
@@ -360,6 +361,7 @@ def test_killed_run_resumes_at_its_first_unfinished_step(tmp_path, caplog, monke
     assert [re.sub(r"in [0-9.]+ s", "in T s", line) for line in lines] == \
         ["minimum-norm: 9/14 sample in T s (step=B)", "minimum-norm: 14/14 sample in T s (step=B)"]
     assert CALLS == every_call[3:]  # B on block 1, then block 2: the same calls with the same seeds
+    assert resumed.provenance["wall_time_s"] >= round(saved["wall_time_s"], 3)  # the killed session's time counts
     assert _comparable(resumed) == _comparable(full)
     CALLS.clear()
     assert _comparable(_minimum_norm(state_file=state)) == _comparable(full) and CALLS == []
@@ -369,6 +371,9 @@ def test_killed_run_resumes_at_its_first_unfinished_step(tmp_path, caplog, monke
     with pytest.raises(RobustlabError, match=r"belongs to another evaluation \(different settings\)"):
         evaluate_minimum_norm(_Logits(), *_data(), settings=RunSettings(seed=8, batch_size=3), **run)
     data = json.loads(state.read_text())
+    state.write_text(json.dumps({**data, "shard": [0, 6]}))
+    with pytest.raises(RobustlabError, match=r"belongs to another evaluation \(different shard \(samples 0:6, not 0:7\)\)"):
+        evaluate_minimum_norm(_Logits(), *_data(), settings=RunSettings(seed=7, batch_size=3), **run)
     state.write_text(json.dumps({**data, "step_keys": ["B", "A"]}))
     with pytest.raises(RobustlabError, match=r"lists the steps \['B', 'A'\], not \['A', 'B'\]: start afresh$"):
         evaluate_minimum_norm(_Logits(), *_data(), settings=RunSettings(seed=7, batch_size=3), **run)
@@ -515,7 +520,19 @@ def test_a_warm_step_starts_from_the_earlier_steps_nearest_points(tmp_path):
     with pytest.raises(Interrupted):
         evaluate(_Logits(), x, y, cascade=True, state_file=state, **run)
     assert json.loads(state.read_text())["points_file"] == "state.json.points-1-2.pt"
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["state.json.points-1-2.pt"]  # the earlier ones removed
     CRASH.clear()
+    # The points file missing, or holding other points: refused, not silently restarted from the clean points.
+    points = tmp_path / "state.json.points-1-2.pt"
+    saved_points = points.read_bytes()
+    points.unlink()
+    with pytest.raises(RobustlabError, match=r"lacks the warm-start points of block 1 after step 2 "
+                                             r"\(state.json.points-1-2.pt\): start afresh"):
+        evaluate(_Logits(), x, y, cascade=True, state_file=state, **run)
+    torch.save({"x": torch.zeros(2, 4), "margin": torch.zeros(2)}, points)
+    with pytest.raises(RobustlabError, match=r"^state.json.points-1-2.pt does not hold the points of block 1"):
+        evaluate(_Logits(), x, y, cascade=True, state_file=state, **run)
+    points.write_bytes(saved_points)
     STARTS.clear()
     resumed = evaluate(_Logits(), x, y, cascade=True, state_file=state, **run)
     assert STARTS == expected[1:] and _comparable(resumed) == _comparable(ev)
