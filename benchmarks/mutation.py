@@ -377,6 +377,7 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.evaluation.runner.xǁ_Runnerǁattack__mutmut_87": ("self._attackable(table, i, None)", "while step j runs on a block, the steps from j on have not (their results there are None): all steps or the first j give the same answer"),
     "robustlab.evaluation.runner.xǁ_Runnerǁattack__mutmut_107": ("track=any(warm[j - 1:])", "extra tracking is unobservable: the points are read only by a later warm step, and saved only while one is to come, when both track"),
     "robustlab.evaluation.runner.xǁ_Runnerǁclean_pass__mutmut_32": ("table.forwards[i] = 1", "the clean pass runs only on a fresh table, whose counts are all 0"),
+    "robustlab.evaluation.runner.xǁ_Runnerǁsave__mutmut_27": ("unlink(missing_ok=None)", "the state names a points file only once written, and a resumed run refuses a missing one before it saves"),
     "robustlab.evaluation.runner.xǁ_Runnerǁattack__mutmut_50": ('"warm_start", None)', "the flags are only read as truth values, where None is False"),
 }
 

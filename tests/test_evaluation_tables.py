@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import re
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -140,7 +141,9 @@ _TABLE = [
 
 
 def test_minimum_norm_table_credits_costs_and_seeds_by_hand():
+    start = time.perf_counter()
     ev = _minimum_norm()
+    assert 0 < ev.provenance["wall_time_s"] <= time.perf_counter() - start + 0.001
     assert [s["attacks"]["A"]["distance"] for s in ev.samples] == [r[0] for r in _TABLE]
     assert [s["attacks"]["B"]["distance"] for s in ev.samples] == [r[1] for r in _TABLE]
     assert [s["distance"] for s in ev.samples] == [r[2] for r in _TABLE]
@@ -348,10 +351,14 @@ def test_killed_run_resumes_at_its_first_unfinished_step(tmp_path, caplog, monke
     assert saved["steps"] == [3, 2, 1] and saved["step_keys"] == ["A", "B"] and saved["shard"] == [0, 7]
     assert saved["wall_time_s"] > 0
     assert saved["results"]["A"]["reported"][4] == "inf"  # strict JSON
+    state.write_text(json.dumps({**saved, "wall_time_s": 1000.0}))  # as if the killed session had run long
     CALLS.clear()
     CRASH.clear()
+    start = time.perf_counter()
     with caplog.at_level(logging.INFO, logger="robustlab"):
         resumed = _minimum_norm(state_file=state, settings=RunSettings(seed=7, batch_size=3, progress=True))
+    # The wall time adds this session's to the killed one's.
+    assert 1000 < resumed.provenance["wall_time_s"] <= 1000 + time.perf_counter() - start + 0.01
     # Progress (off a terminal, a line per stage; on one, a bar that goes when done) counts sample-steps:
     # 9 of 14 done when killed, resumed from there.
     assert bars == [dict(total=14, desc="minimum-norm", unit="sample", disable=False, leave=False, initial=0),
@@ -360,15 +367,20 @@ def test_killed_run_resumes_at_its_first_unfinished_step(tmp_path, caplog, monke
     assert [re.sub(r"in [0-9.]+ s", "in T s", line) for line in lines] == \
         ["minimum-norm: 9/14 sample in T s (step=B)", "minimum-norm: 14/14 sample in T s (step=B)"]
     assert CALLS == every_call[3:]  # B on block 1, then block 2: the same calls with the same seeds
-    assert resumed.provenance["wall_time_s"] >= round(saved["wall_time_s"], 3)  # the killed session's time counts
     assert _comparable(resumed) == _comparable(full)
     CALLS.clear()
     assert _comparable(_minimum_norm(state_file=state)) == _comparable(full) and CALLS == []
     assert json.loads(state.read_text())["fingerprint"]["settings"]["mode"] == "minimum-norm"
     assert _comparable(_minimum_norm(state_file=state, resume=False)) == _comparable(full) and CALLS == every_call
     run = dict(attacks={"A": _A, "B": _B}, threat=THREAT, state_file=state)
-    with pytest.raises(RobustlabError, match=r"belongs to another evaluation \(different settings\)"):
-        evaluate_minimum_norm(_Logits(), *_data(), settings=RunSettings(seed=8, batch_size=3), **run)
+    with pytest.raises(RobustlabError, match=r"belongs to another evaluation \(different model, settings\); delete it, "
+                                             r"give another state file, or start afresh \(resume=False; CLI: --no-resume\)$"):
+        evaluate_minimum_norm(_Probabilities(), *_data(), settings=RunSettings(seed=8, batch_size=3), **run)
+    # A document of another kind given as the state file.
+    other = _minimum_norm().save(tmp_path / "evaluation.json")
+    with pytest.raises(RobustlabError, match=r"is not a resumable state of an evaluation run .*kind=.minimum-norm"):
+        evaluate_minimum_norm(_Logits(), *_data(), settings=RunSettings(seed=7, batch_size=3),
+                              **{**run, "state_file": other})
     data = json.loads(state.read_text())
     state.write_text(json.dumps({**data, "shard": [0, 6]}))
     with pytest.raises(RobustlabError, match=r"belongs to another evaluation \(different shard \(samples 0:6, not 0:7\)\)"):
