@@ -378,6 +378,12 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.evaluation.runner.xǁ_Runnerǁattack__mutmut_107": ("track=any(warm[j - 1:])", "extra tracking is unobservable: the points are read only by a later warm step, and saved only while one is to come, when both track"),
     "robustlab.evaluation.runner.xǁ_Runnerǁclean_pass__mutmut_32": ("table.forwards[i] = 1", "the clean pass runs only on a fresh table, whose counts are all 0"),
     "robustlab.evaluation.runner.xǁ_Runnerǁsave__mutmut_27": ("unlink(missing_ok=None)", "the state names a points file only once written, and a resumed run refuses a missing one before it saves"),
+    "robustlab.evaluation.runner.xǁ_Runnerǁsave__mutmut_29": ("unlink(missing_ok=False)", "the state names a points file only once written, and a resumed run refuses a missing one before it saves"),
+    "robustlab.evaluation.runner.xǁ_Runnerǁ_start_block__mutmut_8": ("new_full((hi + lo,)", "a longer margin vector: only its first hi - lo entries, the block's rows, are ever read"),
+    "robustlab.evaluation.runner.xǁ_Runnerǁ_start_block__mutmut_14": ("(path is not None) or True", "a block starts past step 0 only when resumed, from a state file: path is never None here"),
+    "robustlab.evaluation.runner.xǁ_Runnerǁ_start_block__mutmut_18": ("path is None and name is None", "a block starts past step 0 only when resumed, from a state file: path is never None here"),
+    "robustlab.evaluation.runner.xǁ_Runnerǁ_start_block__mutmut_28": ("weights_only=None)", "torch.load's default is weights_only=True (torch >= 2.6)"),
+    "robustlab.evaluation.runner.xǁ_Runnerǁ_start_block__mutmut_31": ("map_location=self.x.device, )", "torch.load's default is weights_only=True (torch >= 2.6)"),
     "robustlab.evaluation.runner.xǁ_Runnerǁattack__mutmut_50": ('"warm_start", None)', "the flags are only read as truth values, where None is False"),
 }
 
@@ -418,6 +424,8 @@ NEEDS_GPU: dict[str, str] = {
     "robustlab.evaluation.runner.xǁ_Runnerǁ_call__mutmut_4": "torch.tensor(alive, device=None)",
     "robustlab.evaluation.runner.xǁ_Runnerǁ_call__mutmut_6": "torch.tensor(alive, )",
     "robustlab.evaluation.runner.xǁ_Runnerǁ_call__mutmut_11": "torch.Generator(device=None)",
+    "robustlab.evaluation.runner.xǁ_Runnerǁ_start_block__mutmut_27": "map_location=None, weights_only=True)",
+    "robustlab.evaluation.runner.xǁ_Runnerǁ_start_block__mutmut_30": "torch.load(path.with_name(name), weights_only=True)",
     # Square's bookkeeping made on the default device (the template cannot run on "meta": it reads values)
     "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_21": "dtype=torch.int64, device=None)",
     "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_24": "dtype=torch.int64, )",

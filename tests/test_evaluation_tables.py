@@ -9,10 +9,12 @@ targeted protocol use (``benchmarks/mutation.py``).
 
 from __future__ import annotations
 
+import fractions
 import inspect
 import json
 import logging
 import math
+import pickle
 import re
 import time
 from dataclasses import dataclass
@@ -543,7 +545,17 @@ def test_a_warm_step_starts_from_the_earlier_steps_nearest_points(tmp_path):
     torch.save({"x": torch.zeros(2, 4), "margin": torch.zeros(2)}, points)
     with pytest.raises(RobustlabError, match=r"^state.json.points-1-2.pt does not hold the points of block 1"):
         evaluate(_Logits(), x, y, cascade=True, state_file=state, **run)
+    # Loaded as weights only: a points file holding any other object is not unpickled.
+    torch.save({"x": torch.zeros(3, 4), "margin": torch.zeros(3), "other": fractions.Fraction(1, 3)}, points)
+    with pytest.raises(pickle.UnpicklingError):
+        evaluate(_Logits(), x, y, cascade=True, state_file=state, **run)
     points.write_bytes(saved_points)
+    # A state naming no points file (or another one) is refused even where the right file lies.
+    saved_state = state.read_text()
+    state.write_text(json.dumps({**json.loads(saved_state), "points_file": None}))
+    with pytest.raises(RobustlabError, match="lacks the warm-start points of block 1"):
+        evaluate(_Logits(), x, y, cascade=True, state_file=state, **run)
+    state.write_text(saved_state)
     STARTS.clear()
     resumed = evaluate(_Logits(), x, y, cascade=True, state_file=state, **run)
     assert STARTS == expected[1:] and _comparable(resumed) == _comparable(ev)
