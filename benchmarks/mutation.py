@@ -385,6 +385,10 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.evaluation.runner.xǁ_Runnerǁ_start_block__mutmut_28": ("weights_only=None)", "torch.load's default is weights_only=True (torch >= 2.6)"),
     "robustlab.evaluation.runner.xǁ_Runnerǁ_start_block__mutmut_31": ("map_location=self.x.device, )", "torch.load's default is weights_only=True (torch >= 2.6)"),
     "robustlab.evaluation.runner.xǁ_Runnerǁattack__mutmut_50": ('"warm_start", None)', "the flags are only read as truth values, where None is False"),
+    # attacks/carlini_wagner.py (C&W L2's core, run with --functions on the source of 885b1e7)
+    "robustlab.attacks.carlini_wagner.x__confident__mutmut_13": ("(logits.shape[0], 2)", "scatter_add reads src only where the [N, 1] index has entries: the first column, the same shift"),
+    "robustlab.attacks.carlini_wagner.xǁ_TanhEncodingǁdistance_and_grad__mutmut_2": ("super().distance_and_grad(None,", "the base class ignores v (it works on the image)"),
+    "robustlab.attacks.carlini_wagner.xǁ_Smallestǁoffer__mutmut_3": ("(distance <= self.distance[rows])", "an exact tie of distances: either iterate is a smallest success, at the same distance"),
 }
 
 # Survivors that only a test on an accelerator can kill: a tensor made on the default device instead of
@@ -434,6 +438,11 @@ NEEDS_GPU: dict[str, str] = {
     # given targets on the CPU for labels on an accelerator ("meta" cannot show it: the range checks read values)
     "robustlab.attacks.base.x_resolve_targets__mutmut_54": "targets.to(device=None, dtype=torch.int64)",
     "robustlab.attacks.base.x_resolve_targets__mutmut_56": "targets.to(dtype=torch.int64)",
+    # C&W L2's search constants made on the default device
+    "robustlab.attacks.carlini_wagner.xǁ_Smallestǁempty__mutmut_7": "dtype=torch.float64, device=None)",
+    "robustlab.attacks.carlini_wagner.xǁ_Smallestǁempty__mutmut_11": "dtype=torch.float64, )",
+    "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL2ǁ_run__mutmut_7": "dtype=torch.float64, device=None)",
+    "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL2ǁ_run__mutmut_11": "dtype=torch.float64, )",
     # DDN's fallback direction drawn on the default device
     "robustlab.attacks.ddn.xǁDecoupledDirectionNormǁ_run__mutmut_15": "generator=generator, device=None, dtype=x.dtype)",
     "robustlab.attacks.ddn.xǁDecoupledDirectionNormǁ_run__mutmut_19": "randn(x.shape, generator=generator, dtype=x.dtype)",

@@ -235,3 +235,30 @@ def test_cw_l2_follows_the_authors_search(box, bounds, targeted, kappa, abort, s
         assert len(set(c_ref[found].tolist())) > 1  # the search moved c
     if at_bounds:  # some feature at a bound moved inwards
         assert ((result.x_adv[:, :2] - x[:, :2]).abs() > 1e-3).any()
+
+
+class _Linear2(nn.Module):
+    """Two classes with ``Z_0 - Z_1 = w . x`` (``||w|| = 1``)."""
+
+    w = torch.tensor([0.6, 0.8, 0.0, 0.0], dtype=torch.float64)
+
+    def forward(self, x):
+        s = x @ self.w
+        return torch.stack([s, torch.zeros_like(s)], dim=1)
+
+
+def test_cw_l2_last_of_ten_steps_tries_the_upper_bound_or_1e10():
+    # ||delta||² + c max(w . (x + delta), 0) is minimised at delta = -c w / 2 while the margin m0 = w . x
+    # stays positive: the sample is broken only for c > 2 m0 = 40. From c = 1e-6, x10 per failure:
+    # steps 0-7 fail (up to 10), step 8 succeeds at 100, and the last step repeats c = upper = 100
+    # (a no-op: the same run again). Where no upper bound was found yet, the last step tries 1e10.
+    x = torch.tensor([[12.0, 16.0, 1.0, -1.0], [0.3, 0.4, 0.0, 0.0]], dtype=torch.float64)  # m0 = 20, 0.5
+    y = torch.zeros(2, dtype=torch.int64)
+    bounds, steps = (-100.0, 100.0), 10
+    attack = CWL2(binary_search_steps=steps, max_iterations=20, initial_const=1e-6, learning_rate=0.05)
+    result = attack(_Linear2(), x, y, threat=L2(eps=math.inf, bounds=bounds))
+    x_ref, d_ref, c_ref = replay_cw_l2(_Linear2(), x, y, None, steps=steps, iterations=20, const=1e-6, lr=0.05,
+                                       kappa=0.0, abort=True, box="tanh", bounds=bounds)
+    torch.testing.assert_close(result.extras["best_const"], c_ref, rtol=1e-12, atol=0, equal_nan=True)
+    torch.testing.assert_close(result.extras["best_distance"], d_ref, rtol=1e-7, atol=1e-9)
+    assert float(c_ref[0]) == pytest.approx(100.0)

@@ -356,7 +356,7 @@ def test_ddn_uses_its_hyperparameters():
     assert result.success.any()
 
 
-def test_ddn_quantizes_to_levels_of_the_box():
+def test_ddn_rounds_to_levels_of_the_box():
     # A box that does not start at 0, and 5 levels: every iterate after the first lies on the grid
     # lo + k (hi - lo) / 4, rounded to the nearest level.
     bounds = (-1.0, 2.0)
