@@ -388,6 +388,9 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     # attacks/carlini_wagner.py (C&W L2's core, run with --functions on the source of 885b1e7)
     "robustlab.attacks.carlini_wagner.x__confident__mutmut_13": ("(logits.shape[0], 2)", "scatter_add reads src only where the [N, 1] index has entries: the first column, the same shift"),
     "robustlab.attacks.carlini_wagner.xǁ_TanhEncodingǁdistance_and_grad__mutmut_2": ("super().distance_and_grad(None,", "the base class ignores v (it works on the image)"),
+    "robustlab.attacks.carlini_wagner.x_next_const__mutmut_38": ("upper <= _UPPER_KNOWN", "differs only on an exact tie of the upper bound with 1e9"),
+    "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL2ǁ_descend__mutmut_117": ("keep = ~(loss >= _ABORT_RATIO * previous)", "differs only on an exact tie of the loss with 0.9999 times the previous one"),
+    "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL2ǁ_descend__mutmut_121": ("if not bool(None):", "compacting with an all-true mask keeps every row, in order: the same state"),
     "robustlab.attacks.carlini_wagner.xǁ_Smallestǁoffer__mutmut_3": ("(distance <= self.distance[rows])", "an exact tie of distances: either iterate is a smallest success, at the same distance"),
 }
 
@@ -441,6 +444,10 @@ NEEDS_GPU: dict[str, str] = {
     # C&W L2's search constants made on the default device
     "robustlab.attacks.carlini_wagner.xǁ_Smallestǁempty__mutmut_7": "dtype=torch.float64, device=None)",
     "robustlab.attacks.carlini_wagner.xǁ_Smallestǁempty__mutmut_11": "dtype=torch.float64, )",
+    "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL2ǁ_descend__mutmut_18": "dtype=torch.bool, device=None)",
+    "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL2ǁ_descend__mutmut_21": "dtype=torch.bool, )",
+    "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL2ǁ_descend__mutmut_25": "arange(x.shape[0], device=None)",
+    "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL2ǁ_descend__mutmut_27": "arange(x.shape[0], )",
     "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL2ǁ_run__mutmut_7": "dtype=torch.float64, device=None)",
     "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL2ǁ_run__mutmut_11": "dtype=torch.float64, )",
     # DDN's fallback direction drawn on the default device

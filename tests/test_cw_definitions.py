@@ -203,14 +203,15 @@ def replay_cw_l2(model, x, y, t, *, steps, iterations, const, lr, kappa, abort, 
     "box,bounds,targeted,kappa,abort,steps",
     [
         pytest.param("tanh", (0.0, 1.0), False, 0.0, True, 4, id="tanh-untargeted-abort"),
-        pytest.param("tanh", (-1.0, 2.0), True, 1.0, False, 10, id="tanh-box-targeted-kappa-10-steps"),
+        pytest.param("tanh", (-1.0, 2.0), True, 1.0, True, 10, id="tanh-box-targeted-kappa-10-steps"),
         pytest.param("clip", (0.0, 1.0), False, 0.0, False, 3, id="clip"),
         # Features exactly at the bounds: clip's gradient (the authors' tf.clip_by_value, torch.clamp)
         # passes there, so they can move inwards; abort-early reads the per-sample distance ||v - x||².
         pytest.param("clip", (0.0, 1.0), True, 0.0, True, 3, id="clip-at-bounds-abort"),
         pytest.param("project", (0.0, 1.0), True, 0.0, True, 3, id="project"),
-        # Fewer than 10 iterations: abort-early checks at every step (max(1, 8 // 10)).
+        # Fewer than 10 iterations: abort-early checks at every step (max(1, 8 // 10)); 15 // 10 too.
         pytest.param("tanh", (0.0, 1.0), False, 0.0, True, 3, id="tanh-abort-every-step"),
+        pytest.param("tanh", (0.0, 1.0), True, 0.0, True, 3, id="tanh-abort-every-step-15"),
     ],
 )
 def test_cw_l2_follows_the_authors_search(box, bounds, targeted, kappa, abort, steps, request):
@@ -219,7 +220,7 @@ def test_cw_l2_follows_the_authors_search(box, bounds, targeted, kappa, abort, s
     at_bounds = request.node.callspec.id == "clip-at-bounds-abort"
     model, x, y = _l2_case(bounds=bounds, at_bounds=at_bounds)
     t = (y + 1) % 3 if targeted else None
-    iterations = 8 if request.node.callspec.id == "tanh-abort-every-step" else 20
+    iterations = {"tanh-abort-every-step": 8, "tanh-abort-every-step-15": 15}.get(request.node.callspec.id, 20)
     const, lr = 0.05, 0.05
     attack = CWL2(binary_search_steps=steps, max_iterations=iterations, initial_const=const, learning_rate=lr,
                   confidence=kappa, abort_early=abort, box=box)
@@ -262,3 +263,12 @@ def test_cw_l2_last_of_ten_steps_tries_the_upper_bound_or_1e10():
     torch.testing.assert_close(result.extras["best_const"], c_ref, rtol=1e-12, atol=0, equal_nan=True)
     torch.testing.assert_close(result.extras["best_distance"], d_ref, rtol=1e-7, atol=1e-9)
     assert float(c_ref[0]) == pytest.approx(100.0)
+
+
+def test_cw_l2_keeps_float32_inputs_in_float32():
+    model, x, y = _l2_case()
+    model, x = model.float(), x.float()
+    result = CWL2(binary_search_steps=2, max_iterations=5, initial_const=1.0)(model, x, y, threat=L2(eps=math.inf))
+    assert result.x_adv.dtype == torch.float32
+    assert result.extras["best_distance"].dtype == torch.float32
+    assert result.extras["best_const"].dtype == torch.float32
