@@ -116,10 +116,10 @@ def _tiny_mlp(features: int = 8, classes: int = 3, seed: int = 0, scale: float =
     return model.eval()
 
 
-def _l2_case(n=5, bounds=(0.0, 1.0), seed=0, at_bounds=False):
+def _l2_case(n=5, bounds=(0.0, 1.0), seed=0, at_bounds=False, classes=3):
     """A tiny MLP, inputs in the box (with ``at_bounds``, features 0 and 1 exactly at lo and hi, as
     image pixels often are) and the labels it gives them."""
-    model = _tiny_mlp(seed=seed)
+    model = _tiny_mlp(seed=seed, classes=classes)
     lo, hi = bounds
     x = lo + (hi - lo) * torch.rand(n, 8, generator=torch.Generator().manual_seed(seed + 100), dtype=torch.float64)
     if at_bounds:
@@ -145,6 +145,7 @@ def replay_cw_l2(model, x, y, t, *, steps, iterations, const, lr, kappa, abort, 
     through the box encoding, the authors' binary search and abort-early; returns the smallest
     confident success per sample, the c that found it, and the returned point."""
     lo, hi = bounds
+    calls = 0
     out_x = x.clone()
     out_d = torch.full((len(x),), math.inf, dtype=x.dtype)
     out_c = torch.full((len(x),), math.nan, dtype=torch.float64)
@@ -166,6 +167,7 @@ def replay_cw_l2(model, x, y, t, *, steps, iterations, const, lr, kappa, abort, 
             for it in range(iterations):
                 image = image_of(v)
                 z = model(image)[0]
+                calls += 1
                 cls = yi if ti is None else ti
                 others = torch.cat([z[:cls], z[cls + 1:]]).max()
                 margin = z[cls] - others if ti is None else others - z[cls]
@@ -196,7 +198,7 @@ def replay_cw_l2(model, x, y, t, *, steps, iterations, const, lr, kappa, abort, 
             c = (lower + upper) / 2 if upper < 1e9 else (c if succeeded else c * 10)
         if not math.isfinite(out_d[i]):
             out_x[i] = last[0]
-    return out_x, out_d, out_c
+    return out_x, out_d, out_c, calls
 
 
 @pytest.mark.parametrize(
@@ -212,27 +214,36 @@ def replay_cw_l2(model, x, y, t, *, steps, iterations, const, lr, kappa, abort, 
         # Fewer than 10 iterations: abort-early checks at every step (max(1, 8 // 10)); 15 // 10 too.
         pytest.param("tanh", (0.0, 1.0), False, 0.0, True, 3, id="tanh-abort-every-step"),
         pytest.param("tanh", (0.0, 1.0), True, 0.0, True, 3, id="tanh-abort-every-step-15"),
+        # A large c: abort-early's relative test on ||x' - x||² + c (f - floor) hinges on the floor
+        # (0 for f6 at kappa 0, -kappa otherwise); 5 classes, so the target must beat every other by kappa.
+        pytest.param("tanh", (0.0, 1.0), False, 0.0, True, 2, id="tanh-large-c-abort"),
+        pytest.param("tanh", (0.0, 1.0), False, 0.0, True, 2, id="tanh-large-c-abort-100"),
+        pytest.param("tanh", (0.0, 1.0), True, 0.5, True, 3, id="tanh-large-c-kappa-abort-5-classes"),
     ],
 )
 def test_cw_l2_follows_the_authors_search(box, bounds, targeted, kappa, abort, steps, request):
     # Several c per sample (x10 until a success, then bisection; with 10 steps the last one uses
     # c = upper), Adam restarted at each c, abort-early, the confident success, the smallest L2.
     at_bounds = request.node.callspec.id == "clip-at-bounds-abort"
-    model, x, y = _l2_case(bounds=bounds, at_bounds=at_bounds)
-    t = (y + 1) % 3 if targeted else None
-    iterations = {"tanh-abort-every-step": 8, "tanh-abort-every-step-15": 15}.get(request.node.callspec.id, 20)
-    const, lr = 0.05, 0.05
+    case_id = request.node.callspec.id
+    classes = 5 if case_id.endswith("5-classes") else 3
+    model, x, y = _l2_case(bounds=bounds, at_bounds=at_bounds, classes=classes, seed=2 if classes == 5 else 0)
+    t = (y + 1) % classes if targeted else None
+    iterations = {"tanh-abort-every-step": 8, "tanh-abort-every-step-15": 15,
+                  "tanh-large-c-abort-100": 100}.get(request.node.callspec.id, 20)
+    const, lr = (1e3 if "large-c" in case_id else 0.05), 0.05
     attack = CWL2(binary_search_steps=steps, max_iterations=iterations, initial_const=const, learning_rate=lr,
                   confidence=kappa, abort_early=abort, box=box)
     result = attack(model, x, y, threat=L2(eps=math.inf, bounds=bounds), targets=t)
-    x_ref, d_ref, c_ref = replay_cw_l2(model, x, y, t, steps=steps, iterations=iterations, const=const, lr=lr,
-                                       kappa=kappa, abort=abort, box=box, bounds=bounds)
+    x_ref, d_ref, c_ref, calls = replay_cw_l2(model, x, y, t, steps=steps, iterations=iterations, const=const,
+                                              lr=lr, kappa=kappa, abort=abort, box=box, bounds=bounds)
+    assert result.backwards == calls  # every abort-early decision as the replay's
     torch.testing.assert_close(result.extras["best_distance"], d_ref, rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(result.extras["best_const"], c_ref.double(), rtol=1e-12, atol=0, equal_nan=True)
     torch.testing.assert_close(result.x_adv, x_ref, rtol=1e-7, atol=1e-9)
     found = torch.isfinite(d_ref)
     assert found.any()
-    if iterations == 20 and not at_bounds:
+    if iterations == 20 and not at_bounds and "large-c" not in case_id:
         assert len(set(c_ref[found].tolist())) > 1  # the search moved c
     if at_bounds:  # some feature at a bound moved inwards
         assert ((result.x_adv[:, :2] - x[:, :2]).abs() > 1e-3).any()
@@ -258,7 +269,7 @@ def test_cw_l2_last_of_ten_steps_tries_the_upper_bound_or_1e10():
     bounds, steps = (-100.0, 100.0), 10
     attack = CWL2(binary_search_steps=steps, max_iterations=20, initial_const=1e-6, learning_rate=0.05)
     result = attack(_Linear2(), x, y, threat=L2(eps=math.inf, bounds=bounds))
-    x_ref, d_ref, c_ref = replay_cw_l2(_Linear2(), x, y, None, steps=steps, iterations=20, const=1e-6, lr=0.05,
+    x_ref, d_ref, c_ref, _ = replay_cw_l2(_Linear2(), x, y, None, steps=steps, iterations=20, const=1e-6, lr=0.05,
                                        kappa=0.0, abort=True, box="tanh", bounds=bounds)
     torch.testing.assert_close(result.extras["best_const"], c_ref, rtol=1e-12, atol=0, equal_nan=True)
     torch.testing.assert_close(result.extras["best_distance"], d_ref, rtol=1e-7, atol=1e-9)
@@ -272,3 +283,20 @@ def test_cw_l2_keeps_float32_inputs_in_float32():
     assert result.x_adv.dtype == torch.float32
     assert result.extras["best_distance"].dtype == torch.float32
     assert result.extras["best_const"].dtype == torch.float32
+
+
+class _Trailing(nn.Module):
+    """Three classes, logits ``(0, s, s - 1)`` with ``s = x_0``: class 2 always trails class 1 by 1."""
+
+    def forward(self, x):
+        s = x[:, 0]
+        return torch.stack([torch.zeros_like(s), s, s - 1], dim=1)
+
+
+def test_cw_l2_confident_success_needs_the_target_ahead_of_every_class_by_kappa():
+    # The target (1) leads the true class (0) by 5 but class 2 by 1 only: with kappa 2 no point is a
+    # confident success (the authors' compare lowers the target's logit by kappa), so none is recorded.
+    x = torch.tensor([[5.0, 0.0, 0.0]])
+    result = CWL2(binary_search_steps=2, max_iterations=10, confidence=2.0)(
+        _Trailing(), x, torch.tensor([0]), threat=L2(eps=math.inf, bounds=(-10.0, 10.0)), targets=torch.tensor([1]))
+    assert torch.isinf(result.extras["best_distance"]).all()
