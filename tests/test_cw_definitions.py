@@ -300,3 +300,18 @@ def test_cw_l2_confident_success_needs_the_target_ahead_of_every_class_by_kappa(
     result = CWL2(binary_search_steps=2, max_iterations=10, confidence=2.0)(
         _Trailing(), x, torch.tensor([0]), threat=L2(eps=math.inf, bounds=(-10.0, 10.0)), targets=torch.tensor([1]))
     assert torch.isinf(result.extras["best_distance"]).all()
+
+
+def test_cw_l2_abort_early_measures_progress_of_the_loss_above_its_floor():
+    # ||x' - x||² + c (f6 - 0) on a linear model (m0 = 0.5, c = 1, lr 0.01): the loss falls to 0.25 and
+    # stalls; between the checks at 60 and 70 it falls by 7.6e-5, more than 0.01% of itself (2.5e-5), so
+    # the search goes on and stops at 80, where it rises. Measured on the loss plus any constant (a wrong
+    # floor: + c log 2 for another objective's), the same fall is under 0.01% and it would stop at 70.
+    x = torch.tensor([[0.3, 0.4, 0.0, 0.0]], dtype=torch.float64)
+    y = torch.zeros(1, dtype=torch.int64)
+    bounds = (-1.0, 1.0)
+    result = CWL2(binary_search_steps=1, max_iterations=100, initial_const=1.0, learning_rate=0.01)(
+        _Linear2(), x, y, threat=L2(eps=math.inf, bounds=bounds))
+    *_, calls = replay_cw_l2(_Linear2(), x, y, None, steps=1, iterations=100, const=1.0, lr=0.01, kappa=0.0,
+                             abort=True, box="tanh", bounds=bounds)
+    assert result.backwards == calls == 81
