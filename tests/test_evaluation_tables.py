@@ -920,3 +920,55 @@ def test_clean_pass_checks_reach_every_rank(tmp_path, monkeypatch):
     CALLS.clear()
     errors = group.run(attempt)
     assert len(errors) == 2 and errors[0] == errors[1] and "NaN" in errors[0] and CALLS == []
+
+
+def test_bad_run_inputs_are_refused_before_any_model_pass():
+    x, y = _data()
+    run = dict(attacks={"A": _A}, threat=THREAT)
+    for bad in (True, 1, 3.0):
+        with pytest.raises(RobustlabError, match=rf"^num_classes must be an integer >= 2, got {bad!r}$"):
+            evaluate_minimum_norm(_Logits(), x, y, num_classes=bad, **run)
+    with pytest.raises(RobustlabError, match=r"^labels must lie in \[0, 2\) for num_classes=2; got a label 2$"):
+        evaluate_minimum_norm(_Logits(), x, y, num_classes=2, **run)
+    with pytest.raises(RobustlabError, match=r"^indices must be integers \(positions in the original split\), "
+                                             r"got dtype torch.float32$"):
+        evaluate_minimum_norm(_Logits(), x, y, indices=torch.arange(7.0), **run)
+    with pytest.raises(RobustlabError, match=r"^indices must be integers .*got dtype torch.bool$"):
+        evaluate_minimum_norm(_Logits(), x, y, indices=torch.ones(7, dtype=torch.bool), **run)
+    with pytest.raises(RobustlabError, match=r"^indices must have shape \[7\] \(one per sample\), got \(6,\)$"):
+        evaluate_minimum_norm(_Logits(), x, y, indices=torch.arange(6), **run)
+    with pytest.raises(RobustlabError, match=r"^settings must be a robustlab.settings.RunSettings, got dict$"):
+        evaluate_minimum_norm(_Logits(), x, y, settings={"seed": 0}, **run)
+    assert CALLS == []
+    # Indices as a list, of any integer dtype, are kept as int64 positions.
+    with pytest.warns(DistanceMismatchWarning):
+        ev = evaluate_minimum_norm(_Logits(), x, y, indices=[10, 11, 12, 13, 14, 15, 16], attacks={"A": _A, "B": _B},
+                                   threat=THREAT)
+    assert [s["index"] for s in ev.samples] == list(range(10, 17))
+
+
+@pytest.mark.filterwarnings("ignore::robustlab.errors.DistanceMismatchWarning")  # raised in the ranks' threads
+def test_ranks_must_hold_the_same_data_and_only_rank_0_reports_progress(monkeypatch, caplog):
+    from test_evaluation_runner import FakeGroup
+
+    group = FakeGroup(2)
+    monkeypatch.setattr(runner_module, "rank_and_world", group.rank_and_world)
+    monkeypatch.setattr(runner_module, "all_gather", group.all_gather)
+
+    def attempt(rank, differ):
+        x, y = _data()
+        if differ and rank:
+            x[0, 3] += 0.5
+        try:
+            return evaluate_minimum_norm(_Logits(), x, y, attacks={"A": _A, "B": _B}, threat=THREAT, distributed=True,
+                                         settings=RunSettings(seed=7, batch_size=3, progress=True))
+        except RobustlabError as exc:
+            return str(exc)
+
+    assert group.run(lambda rank: attempt(rank, True)) == ["the ranks of the process group hold different data or "
+                                                            "model weights; every rank must load the same ones"] * 2
+    with caplog.at_level(logging.INFO, logger="robustlab"):
+        results = group.run(lambda rank: attempt(rank, False))
+    assert all(r.provenance["processes"] == 2 for r in results)
+    assert [re.sub(r"in [0-9.]+ s", "in T s", r.getMessage()) for r in caplog.records if r.name == "robustlab"] == \
+        ["minimum-norm: 12/12 sample in T s (step=B)"]  # rank 0 alone, on its shard: blocks 0 and 1
