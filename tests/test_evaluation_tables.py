@@ -972,3 +972,42 @@ def test_ranks_must_hold_the_same_data_and_only_rank_0_reports_progress(monkeypa
     assert all(r.provenance["processes"] == 2 for r in results)
     assert [re.sub(r"in [0-9.]+ s", "in T s", r.getMessage()) for r in caplog.records if r.name == "robustlab"] == \
         ["minimum-norm: 12/12 sample in T s (step=B)"]  # rank 0 alone, on its shard: blocks 0 and 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class _WithCallable(_Script):
+    hook: object = None  # configured by its repr, which carries the object's address
+
+
+def test_fingerprint_and_run_blocks_defaults(tmp_path):
+    from robustlab.evaluation.runner import Step, fingerprint, run_blocks
+
+    x, y = _data()
+    idx = torch.arange(7)
+    linear = nn.Linear(4, 3)
+
+    def fp(model=linear, x=x, y=y, idx=idx, attacks=None, settings=None):
+        return fingerprint(model, x, y, idx, threat=THREAT, attacks=attacks or {"A": _A}, settings=settings or {"seed": 0})
+
+    base = fp()
+    assert base["threat"] == THREAT.to_dict() and base["attacks"] == [["A", _A.config()]]
+    assert base["settings"] == {"seed": 0}
+    changed = nn.Linear(4, 3)
+    changed.load_state_dict(linear.state_dict())
+    with torch.no_grad():
+        changed.bias[0] += 1
+    assert fp(changed)["model"] != base["model"] and fp(changed)["data"] == base["data"]
+    assert fp(x=x + 0.5)["data"] != base["data"] and fp(idx=idx + 1)["data"] != base["data"]
+    # Two hooks that differ only by their address fingerprint alike (a resumed process has new addresses).
+    hooks = [fp(attacks={"H": _WithCallable(hook=lambda z: z)}) for _ in range(2)]
+    assert "0x" in repr(_WithCallable(hook=lambda z: z).config()["hook"]) and hooks[0] == hooks[1]
+    # run_blocks: resumes by default; checks the device and the model's dtype.
+    options = dict(threat=THREAT, attacks={"A": _A}, steps=lambda k: [Step("A", _A)], mode="minimum-norm",
+                   state_file=tmp_path / "state.json")
+    first = run_blocks(_Logits(), x, y, **options)
+    CALLS.clear()
+    assert run_blocks(_Logits(), x, y, **options).table.results == first.table.results and CALLS == []
+    with pytest.raises(RobustlabError, match="the run settings say device 'meta' but the inputs are on cpu"):
+        run_blocks(_Logits(), x, y, settings=RunSettings(device="meta"), **{**options, "state_file": None})
+    with pytest.raises(RobustlabError, match="x has dtype torch.float32 but the model's parameters are torch.float64"):
+        run_blocks(nn.Linear(4, 3).double(), x, y, **{**options, "state_file": None})
