@@ -142,9 +142,11 @@ _TABLE = [
 ]
 
 
-def test_minimum_norm_table_credits_costs_and_seeds_by_hand():
+def test_minimum_norm_table_credits_costs_and_seeds_by_hand(caplog):
     start = time.perf_counter()
-    ev = _minimum_norm()
+    with caplog.at_level(logging.INFO, logger="robustlab"):
+        ev = _minimum_norm()
+    assert not [r for r in caplog.records if r.name == "robustlab"]  # no progress unless asked for
     assert 0 < ev.provenance["wall_time_s"] <= time.perf_counter() - start + 0.001
     assert [s["attacks"]["A"]["distance"] for s in ev.samples] == [r[0] for r in _TABLE]
     assert [s["attacks"]["B"]["distance"] for s in ev.samples] == [r[1] for r in _TABLE]
@@ -352,6 +354,7 @@ def test_killed_run_resumes_at_its_first_unfinished_step(tmp_path, caplog, monke
     saved = json.loads(state.read_text())
     assert saved["steps"] == [3, 2, 1] and saved["step_keys"] == ["A", "B"] and saved["shard"] == [0, 7]
     assert saved["wall_time_s"] > 0
+    assert saved["fingerprint"]["settings"] == {"mode": "minimum-norm", "seed": 7, "batch_size": 3, "cascade": False}
     assert saved["results"]["A"]["reported"][4] == "inf"  # strict JSON
     state.write_text(json.dumps({**saved, "wall_time_s": 1000.0}))  # as if the killed session had run long
     CALLS.clear()
