@@ -1002,8 +1002,10 @@ def test_fingerprint_and_run_blocks_defaults(tmp_path):
     assert fp(changed)["model"] != base["model"] and fp(changed)["data"] == base["data"]
     assert fp(x=x + 0.5)["data"] != base["data"] and fp(idx=idx + 1)["data"] != base["data"]
     # Two hooks that differ only by their address fingerprint alike (a resumed process has new addresses).
-    hooks = [fp(attacks={"H": _WithCallable(hook=lambda z: z)}) for _ in range(2)]
-    assert "0x" in repr(_WithCallable(hook=lambda z: z).config()["hook"]) and hooks[0] == hooks[1]
+    hooks = [lambda z: z, lambda z: z]  # both alive: two addresses
+    configs = [_WithCallable(hook=h).config()["hook"] for h in hooks]
+    assert configs[0] != configs[1] and " at 0x" in configs[0]
+    assert fp(attacks={"H": _WithCallable(hook=hooks[0])}) == fp(attacks={"H": _WithCallable(hook=hooks[1])})
     # run_blocks: resumes by default; checks the device and the model's dtype.
     options = dict(threat=THREAT, attacks={"A": _A}, steps=lambda k: [Step("A", _A)], mode="minimum-norm",
                    state_file=tmp_path / "state.json")
