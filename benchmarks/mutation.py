@@ -390,6 +390,7 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.evaluation.runner.xǁ_Runnerǁ__init____mutmut_7": ("self.time_before = 1.0", "clean_pass sets it from the table before anything reads it"),
     "robustlab.evaluation.runner.x__jsonable_config__mutmut_10": ("0x[0-9a-fa-f]+", "Python writes addresses in lowercase hex"),
     "robustlab.evaluation.runner.x_check_run__mutmut_24": ("(isinstance(indices, Tensor)) and False", "torch.as_tensor of a tensor is that tensor"),
+    "robustlab.evaluation.runner.x__jsonable_config__mutmut_12": ('"XXXX", v)', "any fixed replacement makes two addresses alike"),
     "robustlab.evaluation.runner.xǁ_Runnerǁattack__mutmut_50": ('"warm_start", None)', "the flags are only read as truth values, where None is False"),
     # attacks/carlini_wagner.py (C&W L2's core, run with --functions on the source of 885b1e7)
     "robustlab.attacks.carlini_wagner.x__confident__mutmut_13": ("(logits.shape[0], 2)", "scatter_add reads src only where the [N, 1] index has entries: the first column, the same shift"),
