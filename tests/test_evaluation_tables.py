@@ -1012,6 +1012,9 @@ def test_fingerprint_and_run_blocks_defaults(tmp_path):
     first = run_blocks(_Logits(), x, y, **options)
     CALLS.clear()
     assert run_blocks(_Logits(), x, y, **options).table.results == first.table.results and CALLS == []
+    # Indices are positions: the same ones in another integer dtype are the same run.
+    again = run_blocks(_Logits(), x, y, indices=torch.arange(7, dtype=torch.int32), **options)
+    assert again.indices == list(range(7)) and CALLS == []
     with pytest.raises(RobustlabError, match="the run settings say device 'meta' but the inputs are on cpu"):
         run_blocks(_Logits(), x, y, settings=RunSettings(device="meta"), **{**options, "state_file": None})
     with pytest.raises(RobustlabError, match="x has dtype torch.float32 but the model's parameters are torch.float64"):
