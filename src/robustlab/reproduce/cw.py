@@ -7,7 +7,8 @@ the scale's training fields (C&W's CNN ``small-cnn``), once, and caches it. The 
 to attack ``zoo:mnist-natural-cnn`` and ``zoo:mnist-distilled`` (C&W's network with their recipes)
 and will by default once the zoo ships them; they do not attack ``zoo:mnist-natural``: on that
 smaller network (kw-small, 98.8%) C&W L2's best-case mean is 0.93 against the paper's 1.36 (our
-CPU-trained small-cnn: 1.35), a property of the network, not of the attack (measured at 4e071d0).
+CPU-trained small-cnn: 1.26 and 1.35 in two trainings), a property of the network, not of the
+attack (measured at 4e071d0 and 28086a0).
 
 Protocol (Sec. V-C, ``../shared/reference/algorithms.md`` §1(b)): every image is attacked towards
 each of the 9 other classes. *Best case*: the easiest target (success if any target succeeds;
