@@ -91,3 +91,10 @@ def test_zoo_table_evaluates_the_shipped_models_and_lists_the_untrained(tmp_path
     # Teeth: PGD at the card's eps bites (the tiny model is not robust).
     assert tiny["ours"]["grid"]["0.05"] < tiny["ours"]["clean"] - 0.1
     assert 0 <= tiny["ours"]["pgd40"] <= tiny["ours"]["clean"]
+    # The fast suite over the grid (50 images): at least as strong as 3 PGD steps at each eps.
+    fast = tiny["ours"]["grid_fast"]
+    assert fast["images"] == 50 and list(fast["robust"]) == ["0.02", "0.05"]
+    assert all(fast["robust"][e] <= tiny["ours"]["grid"][e] for e in fast["robust"])
+    assert fast["robust"]["0.05"] < fast["robust"]["0.02"] <= tiny["ours"]["clean"]
+    assert fast["avg_rob_acc"] == pytest.approx(sum(fast["robust"].values()) / 2)
+    assert "`fast` at eps 0.02 / 0.05" in result.markdown
