@@ -285,6 +285,31 @@ def test_x_of_another_dtype_than_the_model_is_refused_naming_both(name, x_dtype,
     assert str(x_dtype) in str(error.value) and str(model_dtype) in str(error.value)
 
 
+@pytest.mark.parametrize("name", ATTACK_NAMES)
+def test_a_model_labels_or_generator_on_another_device_than_x_are_refused_naming_both(name):
+    """No GPU here: the meta device stands in for one. Each mismatch is a clear error before any
+    model call, not torch's message from inside the attack."""
+    x, y = _batch(torch.float32)
+    norm = _first_norm(name)
+    threat = NORMS[norm](eps=EPS[norm])
+    with pytest.raises(RobustlabError, match=r"^x is on cpu but the model's parameters are on meta: move one"):
+        _attack(name)(_tiny().to("meta"), x, y, threat=threat)
+    with pytest.raises(RobustlabError, match=r"^x is on cpu and y on meta"):
+        _attack(name)(_tiny(), x, y.to("meta"), threat=threat)
+    with pytest.raises(RobustlabError, match=r"^generator must be a torch.Generator or None, got int"):
+        _attack(name)(_tiny(), x, y, threat=threat, generator=0)
+
+
+def test_a_generator_on_another_device_type_than_the_inputs_is_refused():
+    from robustlab.attacks.base import check_generator
+
+    with pytest.raises(RobustlabError, match=r"^the generator is on cpu but the inputs are on meta: make it there, "
+                                             r"torch.Generator\(device='meta'\)"):
+        check_generator(torch.Generator(), torch.empty(2, 3, device="meta"))
+    check_generator(torch.Generator(), torch.empty(2, 3))
+    check_generator(None, torch.empty(2, 3, device="meta"))
+
+
 @pytest.mark.parametrize("name,norm", ATTACK_CASES)
 def test_every_attack_runs_on_a_float16_model_inside_the_threat_set(name, norm):
     """Valid input: the result is float16, lies in the threat set exactly (checked in float64),

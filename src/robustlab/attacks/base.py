@@ -196,7 +196,8 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 def check_call(model: nn.Module, x: Tensor) -> Tensor:
     """Checks shared by every entry point that runs ``model`` on ``x``: not under
-    ``torch.inference_mode()`` (attacks and training need gradients), and ``x`` of the dtype of
+    ``torch.inference_mode()`` (attacks and training need gradients), ``x`` on the device of the
+    model's parameters (where they all share one), and ``x`` of the dtype of
     the model's floating parameters (robustlab never casts silently: rounding ``x`` to a lower
     precision would move the clean point). Returns ``x``, as a normal tensor if it was an
     inference tensor (one made under ``inference_mode``)."""
@@ -205,6 +206,12 @@ def check_call(model: nn.Module, x: Tensor) -> Tensor:
                              "outside (torch.no_grad() around it is fine: robustlab enables gradients where it needs them)")
     if isinstance(x, Tensor) and x.is_inference():
         x = x.clone()
+    if isinstance(model, nn.Module) and isinstance(x, Tensor):
+        devices = {p.device for p in model.parameters()}
+        if len(devices) == 1 and x.device not in devices:
+            (device,) = devices
+            raise RobustlabError(f"x is on {x.device} but the model's parameters are on {device}: move one to the "
+                                 f"other (x.to({str(device)!r}) or model.to({str(x.device)!r}))")
     if isinstance(model, nn.Module) and isinstance(x, Tensor) and x.is_floating_point():
         dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
         if len(dtypes) == 1 and x.dtype not in dtypes:
@@ -214,6 +221,19 @@ def check_call(model: nn.Module, x: Tensor) -> Tensor:
                 f"(x.to({dtype}) or model.to({x.dtype})): robustlab does not cast silently, since rounding x moves "
                 "the clean point the threat set is centred on")
     return x
+
+
+def check_generator(generator: object, x: Tensor) -> None:
+    """``generator`` must be ``None`` or a :class:`torch.Generator` on the device type of ``x``:
+    torch draws a CUDA tensor only from a CUDA generator, so a CPU generator with CUDA inputs
+    would fail inside the attack with torch's own message."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise RobustlabError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if generator.device.type != x.device.type:
+        raise RobustlabError(f"the generator is on {generator.device} but the inputs are on {x.device}: make it there, "
+                             f"torch.Generator(device={str(x.device)!r}).manual_seed(seed)")
 
 
 def project_rounding_inward(threat: ThreatModel, x: Tensor, x_adv: Tensor) -> Tensor:
@@ -257,6 +277,8 @@ def check_inputs(x: Tensor, y: Tensor, threat: ThreatModel) -> tuple[Tensor, Ten
                              f"got {tuple(y.shape)}")
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise RobustlabError(f"y must hold integer class indices (labels), got dtype {y.dtype}")
+    if y.device != x.device:
+        raise RobustlabError(f"x is on {x.device} and y on {y.device}: put both on the model's device (y.to(x.device))")
     if y.numel() and int(y.min()) < 0:
         raise RobustlabError(f"labels must lie in [0, number of classes); got a negative label {int(y.min())}")
     if not torch.isfinite(x).all():
@@ -359,6 +381,7 @@ class Attack:
         start: Tensor | None = None,
     ) -> AttackResult:
         x, y = check_inputs(check_call(model, x), y, threat)
+        check_generator(generator, x)
         if start is not None:
             if not self.takes_start:
                 raise RobustlabError(f"{type(self).__name__} does not take start points (start=...)")
