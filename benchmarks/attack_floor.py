@@ -38,7 +38,7 @@ def bare_loop(model: nn.Module, x: Tensor, y: Tensor, steps: int, step: float,
               generator: torch.Generator | None = None) -> Tensor:
     """The textbook L∞ PGD loop at eps ``EPS``: a random start, then per step one forward, one
     backward, a signed step and the projection; nothing else (the floor for any library)."""
-    delta = (torch.rand(x.shape, generator=generator) * 2 - 1) * EPS
+    delta = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * EPS
     x_adv = (x + delta).clamp(0, 1)
     for _ in range(steps):
         x_adv.requires_grad_(True)
@@ -55,14 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=500)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="where the model and images live: cpu (default) or cuda[:N]")
     p.add_argument("--out", type=Path, default=common.BENCH_DIR / "results" / "attack_floor.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     model, _ = zoo_models.get(args.model)
+    model.to(device)
     data = load_dataset("mnist", split="test", limit=args.images)
-    x, y = data.x.contiguous(), data.y
+    x, y = data.x.contiguous().to(device), data.y.to(device)
     threat = Linf(eps=EPS)
-    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    gen = lambda: torch.Generator(device=device).manual_seed(0)  # noqa: E731
     runners = {
         "bare loop, 40 steps": lambda: bare_loop(model, x, y, 40, 0.01),
         "robustlab PGD-40": lambda: PGD(steps=40, step_size=0.01)(model, x, y, threat=threat, generator=gen()),
@@ -80,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     for repeat in range(args.repeats):
         for name, fn in runners.items():
             with common.OtherLoad() as load:
+                common.synchronize(device)
                 start = time.perf_counter()
                 fn()
+                common.synchronize(device)
                 times[name].append(time.perf_counter() - start)
             if load.cores is not None:
                 loads.append(load.cores)
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
               "median_seconds": {k: round(v, 3) for k, v in median.items()},
               "ratios": {k: round(v, 3) for k, v in ratios.items()},
               "other_load_cores_mean": round(statistics.mean(loads), 2) if loads else None,
-              "provenance": common.provenance(args.threads)}
+              "provenance": common.provenance(args.threads, device)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({"median_seconds": report["median_seconds"], "ratios": report["ratios"]}, indent=1))

@@ -99,7 +99,7 @@ def run_reference(counting: CountingModel, x: Tensor, y: Tensor, row: Row, seed:
     forward each) is subtracted from the pass count."""
     from pyautoattack import AutoAttack, autoattack
 
-    adversary = AutoAttack(counting, norm=row.norm, eps=row.eps, seed=seed, version="standard")
+    adversary = AutoAttack(counting, norm=row.norm, eps=row.eps, seed=seed, version="standard", device=x.device)
     attacks = list(adversary.attacks_to_run)
     robust = common.predict(counting.model, x) == y
     broken_by: list[str | None] = [None if r else "clean" for r in robust.tolist()]
@@ -167,13 +167,15 @@ def run_torchattacks(counting: CountingModel, x: Tensor, y: Tensor, row: Row, se
     return robust, {"autoattack": sum(b == "autoattack" for b in broken_by)}, broken_by
 
 
-def measure(name: str, fn, counting: CountingModel) -> dict[str, Any]:
+def measure(name: str, fn, counting: CountingModel, device: torch.device) -> dict[str, Any]:
     counting.reset()
     with common.OtherLoad() as load:
+        common.synchronize(device)
         start = time.perf_counter()
         robust, *extra = fn()
+        common.synchronize(device)
         seconds = time.perf_counter() - start
-    out = {"robust": robust, "seconds": seconds, "forwards": counting.forwards, "backwards": counting.backwards,
+    out = {"robust": robust.cpu(), "seconds": seconds, "forwards": counting.forwards, "backwards": counting.backwards,
            "passes": counting.forwards + counting.backwards, "other_load_cores": load.cores}
     if extra:
         out["broken_by"], out["per_sample"] = extra
@@ -201,11 +203,13 @@ def _reused(previous: dict[str, Any], suites: list[str], x: Tensor) -> dict[str,
 def run_row(row: Row, images: int, seed: int, batch_size: int, reference_seeds: list[int],
             suites: list[str], previous: dict[str, Any] | None = None,
             suite_seeds: dict[str, list[int]] | None = None, retime_reference: bool = False,
-            torchattacks: bool = False) -> dict[str, Any]:
+            torchattacks: bool = False, device: torch.device | None = None) -> dict[str, Any]:
+    device = device or torch.device("cpu")
     model, card = zoo_models.get(row.model)
+    model.to(device)
     dataset = zoo_models.RECIPES[row.model].dataset
     data = load_dataset(dataset, split="test", limit=images, seed=seed)
-    x, y = data.x.contiguous(), data.y
+    x, y = data.x.contiguous().to(device), data.y.to(device)
     counting = CountingModel(model).eval()
     clean = common.predict(model, x) == y
     common.log(f"[{row.model} {row.norm} eps={row.eps:.4g}] {len(x)} images, clean {int(clean.sum())}")
@@ -219,25 +223,27 @@ def run_row(row: Row, images: int, seed: int, batch_size: int, reference_seeds: 
             # verdicts must be the reused ones (the same seed gives the same run).
             reused = runs["reference"]
             reused_reference_seconds = reused["seconds"]
-            runs["reference"] = measure("reference", lambda: run_reference(counting, x, y, row, seed, batch_size), counting)
+            runs["reference"] = measure("reference", lambda: run_reference(counting, x, y, row, seed, batch_size), counting,
+                                        device)
             if not torch.equal(runs["reference"]["robust"], reused["robust"]):
                 raise SystemExit(f"{row.model} {row.norm}: the reference's verdicts differ from the reused run's")
     else:
-        runs = {"reference": measure("reference", lambda: run_reference(counting, x, y, row, seed, batch_size), counting)}
+        runs = {"reference": measure("reference", lambda: run_reference(counting, x, y, row, seed, batch_size), counting,
+                                     device)}
     for suite in suites:
-        runs[suite] = measure(suite, lambda: run_robustlab(suite, counting, x, y, row, seed, batch_size), counting)
+        runs[suite] = measure(suite, lambda: run_robustlab(suite, counting, x, y, row, seed, batch_size), counting, device)
     suite_seeds = suite_seeds or {}
     for suite, extra_seeds in suite_seeds.items():
         for extra_seed in extra_seeds:
             runs[f"{suite}-seed{extra_seed}"] = measure(f"{suite} seed {extra_seed}", lambda: run_robustlab(
-                suite, counting, x, y, row, extra_seed, batch_size), counting)
+                suite, counting, x, y, row, extra_seed, batch_size), counting, device)
     if torchattacks:
         runs["torchattacks"] = measure("torchattacks", lambda: run_torchattacks(counting, x, y, row, seed, batch_size),
-                                       counting)
+                                       counting, device)
     if previous is None:
         for extra_seed in reference_seeds:
             runs[f"reference-seed{extra_seed}"] = measure(f"reference seed {extra_seed}", lambda: run_reference(
-                counting, x, y, row, extra_seed, batch_size), counting)
+                counting, x, y, row, extra_seed, batch_size), counting, device)
     runs = {name: runs[name] for name in ("reference", "standard", "fast", *sorted(runs)) if name in runs}
     ref = runs["reference"]["robust"]
     # Samples whose verdict changes with the reference's seed: what no protocol can be held to.
@@ -349,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run torchattacks' AutoAttack (version standard, the same seed): its robust accuracy, "
                         "time and passes beside the reference's")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="where the model and images live: cpu (default) or cuda[:N]")
     p.add_argument("--suites", nargs="*", default=["standard", "fast"], choices=["standard", "fast"],
                    help="the robustlab suites to run with --seed (default both; none: only the extra seeds, the "
                         "rest reused by --reuse-reference)")
@@ -381,12 +388,12 @@ def main(argv: list[str] | None = None) -> int:
             previous = found[0]
         results.append(run_row(row, images, args.seed, args.batch_size, args.reference_seeds, args.suites, previous,
                                {"standard": args.standard_seeds, "fast": args.fast_seeds}, args.retime_reference,
-                               args.torchattacks))
+                               args.torchattacks, torch.device(args.device)))
         report = {"benchmark": "autoattack_reference",
                   "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
                   "settings": {"seed": args.seed, "batch_size": args.batch_size,
                                "targets": {"time_ratio": TIME_TARGET, "pass_ratio": PASS_TARGET}},
-                  "results": results, "provenance": {**common.provenance(args.threads),
+                  "results": results, "provenance": {**common.provenance(args.threads, args.device),
                                                      "pyautoattack": common.version_of("pyautoattack")}}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1) + "\n")

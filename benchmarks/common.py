@@ -259,7 +259,23 @@ def git_revision() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def provenance(threads: int) -> dict[str, Any]:
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the work queued on ``device``: CUDA kernels run asynchronously, so a timer read
+    without this measures the launches, not the work."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device | str) -> str:
+    """``"cpu"``, or the GPU's name with the device, e.g. ``"NVIDIA H100 80GB HBM3 (cuda:0)"``."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return f"{torch.cuda.get_device_name(index)} (cuda:{index})"
+
+
+def provenance(threads: int, device: torch.device | str = "cpu") -> dict[str, Any]:
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "robustlab": robustlab.__version__,
@@ -272,6 +288,6 @@ def provenance(threads: int) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": threads,
         "torch_interop_threads": torch.get_num_interop_threads(),
-        "device": "cpu",
+        "device": device_name(device),
         "peers": {module: version_of(dist) for module, dist in PEERS.items()},
     }
