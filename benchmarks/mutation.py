@@ -115,8 +115,18 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     # tests of test_carlini_wagner.py are left out (30 s, and the replays pin the same encodings).
     "carlini_wagner": ("src/robustlab/attacks/carlini_wagner.py",
                        ["tests/test_cw_definitions.py", "tests/test_golden_references.py", "tests/test_definitions.py",
-                        "tests/test_carlini_wagner.py", "-k",
-                        "cw_defin or cw_l2_matches or cw_binary or cw_l2_loss or binary_search_follows"]),
+                        "tests/test_carlini_wagner.py", "tests/test_attacks.py", "-k",
+                        "cw_defin or cw_l2_matches or cw_binary or cw_l2_loss or binary_search_follows"
+                        " or cw_l0_linf_defin or cw_l0_counts or bad_hyperparameters or single_class"
+                        " or ((cw-l0 or cw-linf or cw-l2) and not (eot or bpda or same_generator or digits))"]),
+    # JSMA without the digits MLP (it trains in every mutant's run): the replays of Papernot et al.'s pairwise
+    # search (tests/test_jsma_definitions.py), the pruned pair search against the exhaustive one, the hyperparameter
+    # checks and test_attacks.py's conformance cases on its tiny untrained model.
+    "jsma": ("src/robustlab/attacks/jsma.py",
+             ["tests/test_jsma_definitions.py", "tests/test_minimum_norm.py", "tests/test_attacks.py", "-k",
+              "jsma_defin or pruned_pair_search or (jsma and not (few_features or decrease_features or untargeted_jsma"
+              " or batched_over or without_room or digits or non_robust or much_stronger or behavioral_bar"
+              " or restarts_never_lose or at_least_as_strong_as_fgsm or eot or bpda or same_generator))"]),
     # The suites' composition (which attacks, in which order, with which hyperparameters) is model-free:
     # test_cascade.py's suite tests without the two that attack the digits MLP, and the suites' whole tables.
     "suites": ("src/robustlab/evaluation/suites.py",
