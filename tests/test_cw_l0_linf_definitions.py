@@ -304,6 +304,20 @@ def test_cw_l0_freezes_pixels_as_the_authors_loop():
     assert frozen[:11].max() == 6 and frozen[8] == 1 and frozen[9] == 2
 
 
+def test_cw_l0_freeze_cap_is_computed_in_float64_as_the_authors():
+    # 2500 changed pixels: the authors stop once did >= .3 * 2500 ** .5 = 15.0 (Python floats); in float32,
+    # 0.3 * 50 rounds to 15.000001 and would let a 16th pixel be frozen.
+    g = torch.Generator().manual_seed(1)
+    x = torch.zeros(1, 1, 50, 50, dtype=torch.float64)
+    image = 1e-3 + 1e-3 * torch.rand(1, 1, 50, 50, generator=g, dtype=torch.float64)  # scores below 0.01
+    grad = torch.rand(1, 1, 50, 50, generator=g, dtype=torch.float64)
+    solver = _solver(x, torch.ones(1, 1, 50, 50, dtype=torch.float64))
+    CWL0()._tighten(solver, image, grad, 1.0)
+    expected = authors_freeze(image[0].flatten(1).T, grad[0].flatten(1).T, torch.ones(2500), 1.0)
+    assert solver.mask.flatten().tolist() == expected.tolist()
+    assert int((solver.mask == 0).sum()) == 15
+
+
 def test_cw_l0_freezes_features_of_flat_inputs_one_by_one():
     # [N, D] inputs: each feature is a pixel; the 3 changed features have scores 1e-4, 2e-4 (below the limit)
     # and 0.5: cap ceil(0.3 sqrt 3) = 1 freezes the lowest one only.
