@@ -626,3 +626,51 @@ def test_square_hyperparameters_are_validated(options, keyword):
                                      {"p_init": 1.0, "p_init_start": 1.0}, {"loss": "ce"}, {"loss": "margin"}])
 def test_square_accepts_its_valid_hyperparameters(options):
     Square(**options)
+
+
+class _Trap(nn.Module):
+    """Two classes on 1x4x4 images, margin ``f(m) = min(0.1 + 10 |m - 0.01|, 0.9 - 3 m)`` of the
+    mean pixel ``m``. Clean images at 0.25 (margin 0.15), eps 0.25: the start at 0.01 everywhere
+    has margin 0.1 and is a trap for single-pixel steps (the warm search's squares), while from
+    any vertical stripes (margin 0.2 or more, or already broken) larger windows raising the mean
+    past 0.3 break it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(()))  # a parameter, so that the attack sees a float32 model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean(dim=(1, 2, 3))
+        f = torch.minimum(0.1 + 10 * (m - 0.01).abs(), 0.9 - 3 * m)
+        return torch.stack([f, torch.zeros_like(f)], dim=1) + 0 * self.unused
+
+
+def test_square_cold_search_near_breaks_what_the_warm_search_from_a_trap_cannot():
+    model, n, queries = _Trap(), 16, 100
+    x, y, start = torch.full((n, 1, 4, 4), 0.25), torch.zeros(n, dtype=torch.long), torch.full((n, 1, 4, 4), 0.01)
+    threat = Linf(eps=0.25)
+
+    def run(**kw):
+        return Square(queries=queries, p_init=0.8, rescale_schedule=False, **kw)(
+            model, x, y, threat=threat, generator=torch.Generator().manual_seed(3), start=start)
+
+    warm = run()
+    trapped = ~warm.success  # stripes not broken: all scored worse than the start and continued from it
+    assert 0 < int(trapped.sum()) < n
+    assert torch.equal(warm.x_adv[trapped], start[trapped]) and (warm.extras["queries"][trapped] == queries + 2).all()
+    # The start's margin is 2/3 of the clean one: a threshold above that searches them once more,
+    # from their stripes; the better end is kept.
+    both = run(cold_search_near=0.8)
+    assert both.success.all()
+    assert ((both.extras["queries"][trapped] > queries + 2) & (both.extras["queries"][trapped] <= 2 * queries + 1)).all()
+    assert torch.equal(both.x_adv[~trapped], warm.x_adv[~trapped])  # the others' search is the same
+    assert torch.equal(both.extras["queries"][~trapped], warm.extras["queries"][~trapped])
+    # A threshold below the start's fraction changes nothing.
+    below = run(cold_search_near=0.5)
+    assert torch.equal(below.x_adv, warm.x_adv) and torch.equal(below.extras["queries"], warm.extras["queries"])
+
+
+@pytest.mark.parametrize("value", [0, -0.1, 1.5, True, "0.3"])
+def test_square_cold_search_near_must_be_a_fraction(value):
+    with pytest.raises(RobustlabError, match="cold_search_near must be None or a fraction"):
+        Square(cold_search_near=value)
