@@ -263,9 +263,8 @@ def test_fast_suite_is_the_documented_protocol():
     assert spec["apgd-t"][1]["early_stop"] is True
     assert spec["square"][1]["give_up"] > 0 and spec["square"][1]["queries"] == 5001
     assert spec["square"][1]["keep_near"] == 0.06
-    assert spec["square"][1]["warm_start"] is True and spec["square"][1]["cold_search_near"] == 0.3
+    assert spec["square"][1]["warm_start"] is True
     assert suite_spec("fast", "L2", 10)[2][2]["warm_start"] is False
-    assert suite_spec("fast", "L2", 10)[2][2]["cold_search_near"] is None
     assert suite_spec("fast", "L2", 3)[1][2]["n_target_classes"] == 2
     assert suite_spec("fast", "L2", 2)[1][2]["n_target_classes"] == 1
     assert [key for key, _, _ in suite_spec("fast", "L1", 10)] == ["apgd-ce", "apgd-t"]

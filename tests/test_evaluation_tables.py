@@ -708,8 +708,7 @@ def test_suite_tables_are_the_documented_protocols(norm, k):
         [("apgd-t", "apgd-t", _apgd(targets=min(9, k - 1))), ("fab-t", "fab-t", _apgd(targets=min(9, k - 1)))]
     fast = [("apgd-ce", "apgd", _apgd("ce", **_FAST_APGD)),
             ("apgd-t", "apgd-t", {**_apgd(targets=min(4, k - 1)), "ranking": "linear", **_FAST_APGD})] + \
-        ([] if l1 else [("square", "square", {**_FAST_SQUARE, "warm_start": norm == "Linf",
-                                              "cold_search_near": 0.3 if norm == "Linf" else None})])
+        ([] if l1 else [("square", "square", {**_FAST_SQUARE, "warm_start": norm == "Linf"})])
     quick = [("apgd-ce", "apgd", _apgd("ce", steps=20)), ("apgd-t", "apgd-t", _apgd(steps=20, targets=min(3, k - 1)))]
     for name, table in [("standard", standard), ("thorough", thorough), ("fast", fast), ("quick", quick)]:
         assert suite_spec(name, norm, k) == table, name
