@@ -273,13 +273,13 @@ class BoundaryAttack(_DecisionBased):
         factor = self.step_adaptation
         full, rate = spherical_history.full(), spherical_history.rate()
         up, down = full & (rate > 0.5), full & (rate < 0.2)
-        scale = torch.where(up, factor, torch.where(down, 1 / factor, 1.0))
-        spherical.mul_(scale)
-        source.mul_(scale)
+        # In the steps' own dtype: a float32 factor 1 / 1.5 would round float64 steps.
+        for steps in (spherical, source):
+            steps.copy_(torch.where(up, steps * factor, torch.where(down, steps / factor, steps)))
         spherical_history.clear(up | down)
         full, rate = step_history.full(), step_history.rate()
         up, down = full & (rate > 0.25), full & (rate < 0.1)
-        source.mul_(torch.where(up, factor, torch.where(down, 1 / factor, 1.0)))
+        source.copy_(torch.where(up, source * factor, torch.where(down, source / factor, source)))
         step_history.clear(up | down)
 
 
