@@ -146,6 +146,26 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     # Run with --functions on the functions that compute the table (seeding, crediting, cost, resume), not on
     # the input checks, the fingerprint or the warm-start point files (its 974 mutants take hours here).
     "runner": ("src/robustlab/evaluation/runner.py", ["tests/test_evaluation_tables.py", "-k", "not point_at_the_caller"]),
+    # Boundary Attack and HopSkipJump on hand-built half-spaces (test_decision_definitions.py: Foolbox's proposals,
+    # queues and walk, hsja.py's initialisation, bisections, gradient estimate and schedules), the linear-model
+    # oracles of test_black_box.py and the conformance cases of test_attacks.py; not the digits MLP's tests.
+    "decision": ("src/robustlab/attacks/decision.py",
+                 ["tests/test_decision_definitions.py", "tests/test_attacks.py", "tests/test_black_box.py", "-k",
+                  "(boundary or hopskipjump or decision or without_an_adversarial_start) and not (square or digits"
+                  " or non_robust or much_stronger or behavioral_bar or start_from_the_init_attack"
+                  " or return_already_adversarial or rejects_a_budget_smaller)"]),
+    # The wrappers on hand-built models (test_composition_definitions.py: BPDA's oracle and mode, EOT's averages,
+    # the ensemble's per-sample choice, transfer's surrogates, the reparameterization's Adam replay) and the
+    # model-free checks of test_composition.py; not its digits-MLP tests (they train in every mutant's run).
+    "composition": ("src/robustlab/attacks/composition.py",
+                    ["tests/test_composition_definitions.py", "tests/test_composition.py", "-k",
+                     "composition_definitions or single_draw_eot_warns or bad_settings_are_rejected"
+                     " or rejects_bad_members"]),
+    # Gaussian noise without a trained model: the conformance cases of test_attacks.py on its tiny untrained model,
+    # the documented scale, and the 0-255 scale, clamping and augmentation of test_ode.py / test_ode_training.py.
+    "noise": ("src/robustlab/attacks/noise.py",
+              ["tests/test_noise_definitions.py", "tests/test_attacks.py", "tests/test_ode.py", "tests/test_ode_training.py",
+               "-k", "gaussian and not (digits or behavioral_bar or much_stronger or non_robust)"]),
 }
 
 # Issue 15's six mutations: (name, file, original text, mutated text).
@@ -413,6 +433,13 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL2ǁ_descend__mutmut_117": ("keep = ~(loss >= _ABORT_RATIO * previous)", "differs only on an exact tie of the loss with 0.9999 times the previous one"),
     "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL2ǁ_descend__mutmut_121": ("if not bool(None):", "compacting with an all-true mask keeps every row, in order: the same state"),
     "robustlab.attacks.carlini_wagner.xǁ_Smallestǁoffer__mutmut_3": ("(distance <= self.distance[rows])", "an exact tie of distances: either iterate is a smallest success, at the same distance"),
+    # attacks/noise.py
+    "robustlab.attacks.noise.x_random_gaussian_noise__mutmut_24": (
+        "<= probability", "differs only for a uniform draw exactly equal to probability (2^-24 per float32 draw)"),
+    "robustlab.attacks.noise.x_random_gaussian_noise__mutmut_35": (
+        "[choice] / noisy", "sigma / True is sigma; sigma / False = inf only where torch.where then keeps x"),
+    "robustlab.attacks.noise.xǁGaussianNoiseǁ_run__mutmut_63": (
+        "if self.draws >= 1:", "with draws = 1 every sample takes the one draw already"),
 }
 
 # Survivors that only a test on an accelerator can kill: a tensor made on the default device instead of
@@ -481,6 +508,16 @@ NEEDS_GPU: dict[str, str] = {
     "robustlab.attacks.fmn.x__project_l1__mutmut_20": "arange(1, v.shape[1] + 1, dtype=v.dtype)",
     "robustlab.attacks.fmn.xǁMinimumNormBestǁstart__mutmut_18": "dtype=torch.bool, device=None)",
     "robustlab.attacks.fmn.xǁMinimumNormBestǁstart__mutmut_21": "dtype=torch.bool, ))",
+    # Gaussian noise drawn, and its sigmas and bookkeeping made, on the default device
+    **{f"robustlab.attacks.noise.x_add_gaussian_noise__mutmut_{n}": text for n, text in (
+        (5, "device=None)"), (8, "dtype=x.dtype, )"), (19, "device=None, dtype=x.dtype)"),
+        (23, "generator=generator, dtype=x.dtype)"))},
+    **{f"robustlab.attacks.noise.x_random_gaussian_noise__mutmut_{n}": text for n, text in (
+        (20, "device=None)"), (23, "generator=generator, )"), (29, "device=None)"), (33, "generator=generator, )"),
+        (38, "device=None)"), (41, "dtype=x.dtype, )"))},
+    **{f"robustlab.attacks.noise.xǁGaussianNoiseǁ_run__mutmut_{n}": text for n, text in (
+        (12, "device=None)"), (15, "dtype=torch.bool, )"), (21, "device=None, dtype=x.dtype)"),
+        (25, "generator=generator, dtype=x.dtype)"))},
 }
 
 
