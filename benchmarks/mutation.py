@@ -433,6 +433,38 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL2ǁ_descend__mutmut_117": ("keep = ~(loss >= _ABORT_RATIO * previous)", "differs only on an exact tie of the loss with 0.9999 times the previous one"),
     "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL2ǁ_descend__mutmut_121": ("if not bool(None):", "compacting with an all-true mask keeps every row, in order: the same state"),
     "robustlab.attacks.carlini_wagner.xǁ_Smallestǁoffer__mutmut_3": ("(distance <= self.distance[rows])", "an exact tie of distances: either iterate is a smallest success, at the same distance"),
+    # attacks/decision.py
+    "robustlab.attacks.decision.xǁHopSkipJumpǁ_estimate_direction__mutmut_21": (
+        "max(2, m * features)", "differs only for one sample of one feature, whose unit estimate is +-1 whatever draws the chunking makes"),
+    "robustlab.attacks.decision.xǁHopSkipJumpǁ_estimate_direction__mutmut_84": (
+        "(probes - origin) * scale", "scales each sample's u by delta^2 instead of 1: the estimate is normalised per sample"),
+    "robustlab.attacks.decision.xǁHopSkipJumpǁ_estimate_direction__mutmut_104": (
+        "hit.to(None) * 2 - 1", "phi in int64: the same +-1, and the sums are float"),
+    "robustlab.attacks.decision.xǁHopSkipJumpǁ_estimate_direction__mutmut_126": (
+        "* evaluations", "a positive factor per estimate, which is then normalised"),
+    "robustlab.attacks.decision.xǁHopSkipJumpǁ_boundary_search__mutmut_5": (
+        "if (m) or True else", "for no rows, amax over dim 1 of a [0, d] tensor is the empty tensor the else branch makes"),
+    "robustlab.attacks.decision.xǁHopSkipJumpǁ_boundary_search__mutmut_11": (
+        "x.new_zeros(1)", "for no rows the loop never runs, and the final point broadcasts the one radius to 0 rows"),
+    "robustlab.attacks.decision.xǁHopSkipJumpǁ_run__mutmut_204": (
+        "new_distance <= best_distance[todo]", "differs only on an exact tie of two iterates' distances, either a closest point"),
+    # attacks/composition.py
+    "robustlab.attacks.composition.xǁMinimumNormEnsembleǁ_run__mutmut_12": ('float("INF")', "Python parses INF and inf alike"),
+    "robustlab.attacks.composition.xǁMinimumNormEnsembleǁ_run__mutmut_67": ('float("INF")', "Python parses INF and inf alike"),
+    "robustlab.attacks.composition.xǁMinimumNormEnsembleǁ_run__mutmut_16": (
+        "dtype=None, device=x.device)", "torch.full infers int64 from the integer fill value -1"),
+    "robustlab.attacks.composition.xǁMinimumNormEnsembleǁ_run__mutmut_20": (
+        "-1, device=x.device)", "torch.full infers int64 from the integer fill value -1"),
+    "robustlab.attacks.composition.xǁReparameterizationǁ__post_init____mutmut_34": (
+        "finite=None)", "is_number reads finite as a truth value: None is falsy like False"),
+    "robustlab.attacks.composition.xǁReparameterizationǁ_run__mutmut_34": ('float("INF")', "Python parses INF and inf alike"),
+    "robustlab.attacks.composition.xǁReparameterizationǁ_run__mutmut_73": ('float("INF")', "Python parses INF and inf alike"),
+    "robustlab.attacks.composition.xǁReparameterizationǁ_run__mutmut_75": (
+        "is_adversarial(logits, None, targets)", "targeted: the labels are unused; untargeted: every candidate counts as a "
+        "success, and since untargeted success is margin > 0 the best iterate (success, then margin) is the same"),
+    **{f"robustlab.attacks.composition.xǁReparameterizationǁ_run__mutmut_{n}": (
+        f"zero_grad(set_to_none={flag})", "z's gradient zeroed instead of freed before each backward: the same values")
+       for n, flag in ((46, "None"), (47, "False"))},
     # attacks/noise.py
     "robustlab.attacks.noise.x_random_gaussian_noise__mutmut_24": (
         "<= probability", "differs only for a uniform draw exactly equal to probability (2^-24 per float32 draw)"),
@@ -518,6 +550,18 @@ NEEDS_GPU: dict[str, str] = {
     **{f"robustlab.attacks.noise.xǁGaussianNoiseǁ_run__mutmut_{n}": text for n, text in (
         (12, "device=None)"), (15, "dtype=torch.bool, )"), (21, "device=None, dtype=x.dtype)"),
         (25, "generator=generator, dtype=x.dtype)"))},
+    # HopSkipJump's probe directions drawn on the default device
+    **{f"robustlab.attacks.decision.xǁHopSkipJumpǁ_estimate_direction__mutmut_{n}": text for n, text in (
+        (51, "device=None, dtype=x_adv.dtype)"), (55, "generator=generator, dtype=x_adv.dtype)"),
+        (61, "device=None, dtype=x_adv.dtype)"), (65, "generator=generator, dtype=x_adv.dtype)"))},
+    # the ensemble's bookkeeping made on the default device
+    **{f"robustlab.attacks.composition.xǁMinimumNormEnsembleǁ_run__mutmut_{n}": text for n, text in (
+        (5, "device=None)"), (8, 'float("inf"), )'), (17, "device=None)"), (21, "dtype=torch.int64, )"))},
+    **{f"robustlab.attacks.decision.xǁHopSkipJumpǁ_boundary_search__mutmut_{n}": text for n, text in (
+        (86, "torch.arange(m, device=None)"), (88, "torch.arange(m, )"))},
+    # Boundary Attack's orthogonal noise drawn on the default device
+    "robustlab.attacks.decision.xǁBoundaryAttackǁ_proposals__mutmut_18": "device=None, dtype=x.dtype)",
+    "robustlab.attacks.decision.xǁBoundaryAttackǁ_proposals__mutmut_22": "generator=generator, dtype=x.dtype)",
 }
 
 

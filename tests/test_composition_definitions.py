@@ -12,6 +12,8 @@ penalty on the distance beyond eps, keeping the best projected point as the real
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -32,7 +34,8 @@ from robustlab.attacks.composition import (
     _LogitEnsemble,
     bpda_mode,
 )
-from robustlab.errors import RobustlabError
+from robustlab.documentation import docs_pointer
+from robustlab.errors import RobustlabError, SingleDrawEOTWarning
 from robustlab.losses import margin
 from robustlab.models.preprocessing import InputTransformDefense
 from robustlab.threat import L2, Linf
@@ -101,6 +104,13 @@ class Scripted(Attack):
 W = torch.tensor([[1.0, -1.0, 0.5], [0.5, 2.0, -1.0]])  # [2 features, 3 classes]
 
 
+def assert_passed_on(call: dict, x: Tensor, y: Tensor, threat, targets: Tensor | None, generator) -> None:
+    """The wrapped attack got the wrapper's inputs, threat, targets and generator, unchanged."""
+    assert torch.equal(call["x"], x) and torch.equal(call["y"], y) and call["threat"] == threat
+    assert (call["targets"] is None) if targets is None else torch.equal(call["targets"], targets)
+    assert call["generator"] is generator
+
+
 # --- BPDA --------------------------------------------------------------------------------------------------------
 
 
@@ -139,12 +149,16 @@ def test_bpda_oracle_differentiates_the_approximation_at_the_real_forward_value(
 def test_bpda_hands_the_wrapped_attack_a_bpda_oracle_and_needs_a_defense():
     defended = Rounding(Linear(W))
     inner = Scripted(shift=0.1)
-    x, y = torch.tensor([[0.2, 0.3]], dtype=D), torch.tensor([2])
-    result = BPDA(inner)(defended, x, y, threat=L2(eps=1.0, bounds=(-5.0, 5.0)), generator=gen())
+    x, y, targets, g = torch.tensor([[0.2, 0.3]], dtype=D), torch.tensor([2]), torch.tensor([0]), gen()
+    threat = L2(eps=1.0, bounds=(-5.0, 5.0))
+    result = BPDA(inner)(defended, x, y, threat=threat, targets=targets, generator=g)
     (call,) = inner.calls
     assert isinstance(call["oracle"], _BPDAOracle) and call["oracle"].model is defended
+    assert_passed_on(call, x, y, threat, targets, g)
     torch.testing.assert_close(result.x_adv, x + 0.1)
-    with pytest.raises(RobustlabError, match=r"BPDA found no robustlab\.models\.preprocessing\.InputTransformDefense"):
+    with pytest.raises(RobustlabError, match=r"^BPDA found no robustlab\.models\.preprocessing\.InputTransformDefense "
+                       r"inside the model; wrap the non-differentiable layer in one \(subclass it with transform\(\) and "
+                       r"approximation\(\)\)$"):
         BPDA(Scripted())(Linear(W), x, y, threat=L2(eps=1.0, bounds=(-5.0, 5.0)))
 
 
@@ -181,11 +195,32 @@ def test_eot_oracle_averages_losses_gradients_and_logits_over_fresh_draws():
 def test_eot_hands_the_wrapped_attack_an_averaging_oracle():
     inner = Scripted()
     model = Counting(W)
-    x, y = torch.tensor([[0.2, 0.3]], dtype=D), torch.tensor([0])
-    EOT(inner, draws=5)(model, x, y, threat=Linf(eps=0.1, bounds=(-5.0, 5.0)))
+    x, y, targets, g = torch.tensor([[0.2, 0.3]], dtype=D), torch.tensor([0]), torch.tensor([2]), gen()
+    threat = Linf(eps=0.1, bounds=(-5.0, 5.0))
+    EOT(inner, draws=5)(model, x, y, threat=threat, targets=targets, generator=g)
     (call,) = inner.calls
     assert isinstance(call["oracle"], _EOTOracle) and call["oracle"].draws == 5
     assert call["oracle"].base.model is model
+    assert_passed_on(call, x, y, threat, targets, g)
+
+
+def test_single_draw_eot_warns_with_its_whole_text():
+    with pytest.warns(SingleDrawEOTWarning) as caught:
+        EOT(PGD(), draws=1)
+    (warning,) = caught
+    assert str(warning.message) == (
+        "EOT with draws=1 averages nothing: each step follows the gradient of a single random draw. Use tens of "
+        f"draws (Athalye et al. use 30). See `{docs_pointer('diagnostics', 'eot')}`")
+    assert docs_pointer("diagnostics", "eot") == "robustlab docs diagnostics#eot"
+
+
+@pytest.mark.skipif("MUTANT_UNDER_TEST" in os.environ, reason="mutmut's trampolines add stack frames")
+def test_single_draw_eot_warning_points_at_the_caller():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        EOT(PGD(), draws=1)
+    (warning,) = caught
+    assert warning.filename == __file__
 
 
 @pytest.mark.parametrize("build,match", [
@@ -235,8 +270,26 @@ def test_minimum_norm_ensemble_keeps_the_smallest_success_first_attack_on_ties()
     assert result.extras["best_attack"].tolist() == [1, 1, 0, -1, 0]
     assert result.extras["best_distance"].tolist() == [0.9, 0.6, 0.8, math.inf, 0.7]
     torch.testing.assert_close(result.x_adv, torch.stack([b[0], b[1], a[2], a[3], a[4]]))  # no success: the first's
-    assert first.calls[0]["generator"] is g and second.calls[0]["generator"] is g
+    threat = L2(eps=math.inf, bounds=(-5, 5))
+    for attack in (first, second):
+        (call,) = attack.calls
+        assert type(call["oracle"]) is ModelOracle and isinstance(call["oracle"].model, FirstFeature)
+        assert_passed_on(call, x, y, threat, None, g)
     assert result.forwards == 5 * 2 + 2 * 5  # one success check per sample and attack, and the template's two
+
+
+def test_minimum_norm_ensemble_judges_targeted_success_against_the_targets():
+    model = Linear(torch.tensor([[0.0, 1.0, -1.0], [0.0, 0.0, 0.0]]))  # class 1 for x_0 > 0, class 2 for x_0 < 0
+    x, y = torch.zeros(2, 2, dtype=D), torch.zeros(2, dtype=torch.int64)
+    targets = torch.tensor([2, 1])
+    towards = Scripted(outputs=torch.tensor([[0.5, 0.0], [0.5, 0.0]], dtype=D))  # class 1: the target of sample 1
+    away = Scripted(outputs=torch.tensor([[-0.9, 0.0], [-0.1, 0.0]], dtype=D))  # class 2: the target of sample 0
+    threat = L2(eps=math.inf, bounds=(-5, 5))
+    g = gen()
+    result = MinimumNormEnsemble((towards, away))(model, x, y, threat=threat, targets=targets, generator=g)
+    assert result.extras["best_attack"].tolist() == [1, 0]
+    assert result.extras["best_distance"].tolist() == pytest.approx([0.9, 0.5])
+    assert_passed_on(towards.calls[0], x, y, threat, targets, g)
 
 
 def test_minimum_norm_ensemble_projects_each_output_before_judging_it():
@@ -258,9 +311,10 @@ def test_minimum_norm_ensemble_norms_config_and_checks():
     assert ensemble.norms == frozenset({"L2"}) == ddn.norms & fmn.norms
     assert MinimumNormEnsemble((fmn,)).norms == fmn.norms
     assert ensemble.config() == {"attack": "minimum-norm-ensemble", "attacks": [ddn.config(), fmn.config()]}
-    with pytest.raises(RobustlabError, match="MinimumNormEnsemble needs a non-empty tuple of attacks"):
+    with pytest.raises(RobustlabError, match="^MinimumNormEnsemble needs a non-empty tuple of attacks$"):
         MinimumNormEnsemble([ddn])
-    with pytest.raises(RobustlabError, match="minimum-norm robustlab attacks only, got ProjectedGradientDescent"):
+    with pytest.raises(RobustlabError, match="^MinimumNormEnsemble takes minimum-norm robustlab attacks only, got "
+                       "ProjectedGradientDescent: the distance of a fixed-budget attack is not a minimum$"):
         MinimumNormEnsemble((ddn, PGD()))
     with pytest.raises(RobustlabError, match="minimum-norm robustlab attacks only, got str"):
         MinimumNormEnsemble(("ddn",))
@@ -279,8 +333,12 @@ def test_transfer_crafts_on_the_surrogates_and_judges_on_the_target():
     target, a, b = FirstFeature(), Linear(W), Linear(2 * W)
     x, y = torch.tensor([[0.3, 0.0], [0.45, 0.0]], dtype=D), torch.tensor([0, 0])
     inner = Scripted(shift=0.1)
-    result = TransferAttack(inner, surrogates=a)(target, x, y, threat=Linf(eps=0.2, bounds=(-5, 5)), generator=gen())
+    threat, g = Linf(eps=0.2, bounds=(-5, 5)), gen()
+    result = TransferAttack(inner, surrogates=a)(target, x, y, threat=threat, generator=g)
     assert inner.calls[-1]["oracle"].model is a
+    assert_passed_on(inner.calls[-1], x, y, threat, None, g)
+    TransferAttack(inner, surrogates=a)(target, x, y, threat=threat, targets=torch.tensor([1, 1]), generator=g)
+    assert_passed_on(inner.calls[-1], x, y, threat, torch.tensor([1, 1]), g)
     assert result.success.tolist() == [False, True] and result.forwards == 2 * 2 and result.backwards == 0
     assert result.extras["surrogate_forwards"] == 4 and result.extras["surrogate_backwards"] == 0
     surrogate_success = (((x + 0.1) @ W.to(D)).argmax(1) != y).tolist()
@@ -289,7 +347,8 @@ def test_transfer_crafts_on_the_surrogates_and_judges_on_the_target():
     TransferAttack(inner, surrogates=[a, b])(target, x, y, threat=Linf(eps=0.2, bounds=(-5, 5)))
     ensemble = inner.calls[-1]["oracle"].model
     assert isinstance(ensemble, _LogitEnsemble) and list(ensemble.members) == [a, b]
-    with pytest.raises(RobustlabError, match="a surrogate is the target model itself"):
+    with pytest.raises(RobustlabError, match=r"^a surrogate is the target model itself: that is a white-box attack, "
+                       r"not transfer$"):
         TransferAttack(inner, surrogates=[a, target])(target, x, y, threat=Linf(eps=0.2, bounds=(-5, 5)))
 
 
@@ -299,7 +358,7 @@ def test_transfer_settings():
     assert attack.surrogates == (a,)
     assert TransferAttack(PGD(), surrogates=[a, a]).surrogates == (a, a)
     assert attack.config() == {"attack": "transfer", "inner": PGD(steps=2).config(), "surrogates": ["Linear"]}
-    with pytest.raises(RobustlabError, match="TransferAttack needs at least one surrogate model"):
+    with pytest.raises(RobustlabError, match=r"^TransferAttack needs at least one surrogate model$"):
         TransferAttack(PGD())
     with pytest.raises(RobustlabError, match=r"surrogates must be nn\.Modules, got function"):
         TransferAttack(PGD(), surrogates=[a, lambda z: z])
@@ -342,7 +401,9 @@ def test_reparameterization_replays_adam_on_the_latent_with_the_hinge_penalty(ta
     decoder = lambda z: z @ basis  # noqa: E731
     encoder = lambda x: x @ basis.T / 1.25  # noqa: E731
     classifier = Linear(torch.tensor([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0], [0.5, 0.0, 1.0]]))
-    real = nn.Sequential(classifier)  # the defended model: here the classifier itself, judged on its own
+    # The defended model: here a copy of the classifier (not the same module: the template restores the attacked
+    # model's state, so only a separate classifier shows whether the attack froze it).
+    real = Linear(classifier.weight.detach().clone())
     x = torch.tensor([[0.5, 0.1, 0.3], [0.2, 0.6, 0.1], [0.9, 0.2, 0.4]], dtype=D)
     with torch.no_grad():
         y = classifier(x).argmax(1)
@@ -362,17 +423,17 @@ def test_reparameterization_restores_a_frozen_classifier_as_it_was():
     classifier = Linear(W.T)
     classifier.weight.requires_grad_(False)
     attack = Reparameterization(decoder=lambda z: z, encoder=lambda x: x, classifier=classifier, steps=1)
-    attack(classifier, torch.zeros(1, 3, dtype=D), torch.tensor([0]), threat=L2(eps=0.1, bounds=(-1, 1)))
-    assert not classifier.weight.requires_grad
+    attack(Linear(W.T), torch.zeros(1, 3, dtype=D), torch.tensor([0]), threat=L2(eps=0.1, bounds=(-1, 1)))
+    assert not classifier.weight.requires_grad and classifier.weight.grad is None
 
 
 def test_reparameterization_settings():
     c = Linear(W)
     ok = {"decoder": lambda z: z, "encoder": lambda x: x, "classifier": c}
     Reparameterization(**ok, steps=1, step_size=math.inf, penalty=1e-9)
-    config = Reparameterization(**ok, steps=3).config()
-    assert config["attack"] == "reparameterization" and config["steps"] == 3 and config["classifier"] == "Linear"
-    assert config["decoder"] == repr(ok["decoder"]) and config["encoder"] == repr(ok["encoder"])
+    assert Reparameterization(**ok, steps=3).config() == {
+        "attack": "reparameterization", "decoder": repr(ok["decoder"]), "encoder": repr(ok["encoder"]),
+        "classifier": "Linear", "steps": 3, "step_size": 0.1, "penalty": 10.0}
     for bad, match in [({"decoder": None}, "decoder must be callable"), ({"encoder": 3}, "encoder must be callable"),
                        ({"classifier": lambda x: x}, "classifier must be an nn.Module, got function"),
                        ({"steps": 0}, "steps must be a positive integer, got 0"),
@@ -381,5 +442,22 @@ def test_reparameterization_settings():
                        ({"step_size": "1"}, "step_size must be a positive number")]:
         with pytest.raises(RobustlabError, match=match):
             Reparameterization(**{**ok, **bad})
-    with pytest.raises(RobustlabError, match="needs a bounded threat model"):
+    with pytest.raises(RobustlabError, match="^Reparameterization penalises distances beyond eps; it needs a bounded "
+                       "threat model$"):
         Reparameterization(**ok)(c, torch.zeros(1, 2, dtype=D), torch.tensor([0]), threat=L2(eps=math.inf))
+
+
+def test_reparameterization_keeps_the_best_point_as_the_real_model_judges_it_against_the_targets():
+    # A decoder that walks a fixed path (the latent has no effect): the candidates are the path's points. Class
+    # of a point: its largest coordinate (the real model's logits are the point). Target 2: the first point is
+    # class 1 (neither the label nor the target, margin -2), the second class 0 (margin -0.2): neither is adversarial,
+    # so the higher margin wins; counting the first as a success (it is misclassified) would keep it.
+    path = iter(torch.tensor([[[1.0, 2.0, 0.0], [1.0, 2.0, 0.0]], [[1.0, 0.5, 0.8], [1.0, 0.5, 0.8]]], dtype=D))
+    decoder = lambda z: next(path) + 0 * z.sum()  # noqa: E731
+    x = torch.zeros(2, 3, dtype=D)
+    real = Linear(torch.eye(3))
+    attack = Reparameterization(decoder=decoder, encoder=lambda v: v[:, :1], classifier=Linear(torch.eye(3)), steps=2)
+    result = attack(real, x, torch.zeros(2, dtype=torch.int64), threat=Linf(eps=5.0, bounds=(-5.0, 5.0)),
+                    targets=torch.tensor([2, 2]))
+    torch.testing.assert_close(result.x_adv, torch.tensor([[1.0, 0.5, 0.8]] * 2, dtype=D))
+    assert result.extras == {"classifier_forwards": 4, "classifier_backwards": 4}  # samples x steps

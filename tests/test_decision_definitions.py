@@ -94,6 +94,8 @@ def test_uniform_noise_is_drawn_in_the_box():
 @pytest.mark.parametrize("norm,bounds,gamma,bisections", [
     ("L2", (0.0, 1.0), 1.0, 6),  # theta = 8^-1.5: log2(22.6) = 4.5
     ("L2", (0.0, 1.0), 4.0, 4),  # theta = 4 / 22.6: log2(5.66) = 2.5
+    ("L2", (0.0, 3.0), 1.0, 6),  # the L2 blend's gap is 1 whatever the box
+    ("Linf", (-1.0, 2.0), 1.0, 9),  # hi - lo = 3: log2(192) = 7.6
     ("Linf", (0.0, 1.0), 1.0, 7),  # theta = 1 / 64: log2(64) = 6
     ("Linf", (0.0, 3.0), 1.0, 9),  # the radius starts at most at hi - lo = 3: log2(192) = 7.6
     ("Linf", (0.0, 0.5), 1.0, 7),  # ... and at least at 1
@@ -204,7 +206,8 @@ class _Scripted(Attack):
     calls: list = field(default_factory=list)
 
     def _run(self, oracle, x, y, *, threat, targets, generator) -> tuple[Tensor, dict[str, Any]]:
-        self.calls.append({"oracle": oracle, "x": x.clone(), "y": y.clone(), "threat": threat, "targets": targets})
+        self.calls.append({"oracle": oracle, "x": x.clone(), "y": y.clone(), "threat": threat, "targets": targets,
+                           "generator": generator})
         return x + self.shift, {}
 
 
@@ -220,8 +223,10 @@ def test_init_attack_runs_unbounded_on_the_samples_without_a_start():
     attack = BoundaryAttack(init_draws=1, init_attack=init)
     oracle = ModelOracle(model)
     decide = _Decisions(oracle, y, torch.tensor([1, 1, 1, 1]))
-    start, found, clean = attack._initialise(decide, x, threat, gen())
+    g = gen()
+    start, found, clean = attack._initialise(decide, x, threat, g)
     (call,) = init.calls
+    assert call["generator"] is g
     assert call["oracle"] is oracle and call["threat"] == L2(eps=math.inf, bounds=(0.0, 1.0))
     assert torch.equal(call["x"], x[[0, 2, 3]]) and call["y"].tolist() == [0, 0, 0] and call["targets"].tolist() == [1, 1, 1]
     assert clean.tolist() == [False, True, False, False]
@@ -487,6 +492,16 @@ def test_boundary_search_in_linf_bisects_the_radius_to_theta_times_the_distance_
     assert empty.shape == (0, 2)
 
 
+def test_boundary_search_in_linf_measures_the_radius_from_x():
+    model = threshold_model(0.3)
+    decide = _Decisions(ModelOracle(model), torch.zeros(1, dtype=torch.int64), None)
+    out = HopSkipJump._boundary_search(decide, torch.tensor([0]), torch.tensor([[0.2, 0.2]], dtype=D),
+                                       torch.tensor([[0.6, 0.2]], dtype=D), True, 0.1)
+    # r in [0, 0.4], threshold 0.04; adversarial iff min(0.6, 0.2 + r) > 0.3: 0.2 hit, 0.1 miss, 0.15 hit, 0.125 hit.
+    torch.testing.assert_close(out, torch.tensor([[0.325, 0.2]], dtype=D))
+    assert decide.queries.tolist() == [4]
+
+
 def test_boundary_search_in_linf_keeps_theta_as_the_threshold_beyond_distance_1():
     model = threshold_model(0.3)
     decide = _Decisions(ModelOracle(model), torch.zeros(1, dtype=torch.int64), None)
@@ -513,37 +528,39 @@ def reference_gradient(model, x_adv, y, delta, u_draws, bounds):
 
 
 @pytest.mark.parametrize("linf", [False, True], ids=["L2", "Linf"])
-@pytest.mark.parametrize("chunk_elements", [2**22, 24], ids=["one-chunk", "chunks"])
+@pytest.mark.parametrize("chunk_elements", [2**22, 40, 16, 5], ids=["one-chunk", "chunks-of-2", "chunks-of-1", "floor"])
 def test_gradient_estimate_is_hsjas_baseline_corrected_mean(linf, chunk_elements, monkeypatch):
     monkeypatch.setattr(decision, "_CHUNK_ELEMENTS", chunk_elements)
     w = torch.tensor([1.0, -2.0, 0.5, 1.0], dtype=D)
     model = Halfspace(w, -1.0)
-    x_adv = torch.tensor([[0.6, 0.05, 0.3, 0.9], [0.2, 0.3, 0.9, 0.99], [0.1, 0.1, 0.1, 0.1]], dtype=D)
+    x_adv = torch.tensor([[0.6, 0.05, 0.3, 0.9], [0.2, 0.3, 0.9, 0.99], [0.1, 0.1, 0.1, 0.1], [0.9, 0.0, 0.9, 0.9]],
+                         dtype=D)
     x_adv[0] += (1.0 - x_adv[0] @ w) * w / w.norm() ** 2  # on the boundary
     x_adv[1] += (1.0 - x_adv[1] @ w) * w / w.norm() ** 2 + 1e-3 * w / w.norm()  # just inside class 1
-    # sample 2: far inside class 0, every probe agrees (unanimous: the baseline is not subtracted)
-    y = torch.tensor([0, 1, 0])
-    delta = torch.tensor([0.1, 0.05, 0.01], dtype=D)
+    # samples 2 and 3: far inside class 0 and class 1, every probe agrees (unanimous: no baseline), -1 and +1
+    y = torch.tensor([0, 1, 0, 0])
+    delta = torch.tensor([0.1, 0.05, 0.01, 0.01], dtype=D)
     evaluations = 7
-    decide = _Decisions(ModelOracle(model), torch.tensor([9, 0, 1, 0]), None)
-    idx = torch.tensor([1, 2, 3])
+    decide = _Decisions(ModelOracle(model), torch.tensor([9, 0, 1, 0, 0]), None)
+    idx = torch.tensor([1, 2, 3, 4])
     estimate = HopSkipJump._estimate_direction(decide, idx, x_adv, delta, evaluations, linf, L2(eps=math.inf), gen(4))
-    assert decide.queries.tolist() == [0, 7, 7, 7]
-    # The draws, in robustlab's order: per chunk of b evaluations, [3, b, 4] normal (L2) or uniform in [-1, 1]
-    # (L-inf), each row normalised to unit L2 norm.
-    chunk = max(1, min(evaluations, chunk_elements // (3 * 4)))
+    assert decide.queries.tolist() == [0, 7, 7, 7, 7]
+    # The draws, in robustlab's order: per chunk of b evaluations (as many as fit in _CHUNK_ELEMENTS, at least
+    # one), [4, b, 4] normal (L2) or uniform in [-1, 1] (L-inf), each row normalised to unit L2 norm.
+    chunk = {2**22: 7, 40: 2, 16: 1, 5: 1}[chunk_elements]
     g = gen(4)
     parts = []
     for begin in range(0, evaluations, chunk):
         b = min(chunk, evaluations - begin)
-        u = 2 * torch.rand(3, b, 4, generator=g, dtype=D) - 1 if linf else torch.randn(3, b, 4, generator=g, dtype=D)
+        u = 2 * torch.rand(4, b, 4, generator=g, dtype=D) - 1 if linf else torch.randn(4, b, 4, generator=g, dtype=D)
         parts.append(u / u.norm(dim=2, keepdim=True))
     u = torch.cat(parts, dim=1)
-    for i in range(3):
+    for i in range(4):
         expected = reference_gradient(model, x_adv[i], y[i], delta[i], u[i], (0.0, 1.0))
         torch.testing.assert_close(estimate[i], expected, rtol=0, atol=1e-12)
-    probes = (x_adv[2] + delta[2] * u[2]).clip(0, 1)
-    assert not adv(model, probes, y[2].expand(7)).any()
+    for i, hit in ((2, False), (3, True)):
+        probes = (x_adv[i] + delta[i] * u[i]).clip(0, 1)
+        assert (adv(model, probes, y[i].expand(7)) == hit).all()
 
 
 def test_gradient_estimate_points_along_the_normal_of_a_halfspace():
@@ -563,15 +580,16 @@ def test_geometric_step_halves_until_adversarial():
     model = threshold_model(0.3)
     decide = _Decisions(ModelOracle(model), torch.zeros(4, dtype=torch.int64), None)
     threat = L2(eps=math.inf, bounds=(0.0, 1.0))
-    x_adv = torch.tensor([[0.5, 0.5], [0.3 + 1e-9, 0.5], [0.95, 0.5]], dtype=D)
-    direction = torch.tensor([[-1.0, 0.0], [-1.0, 0.0], [1.0, 0.0]], dtype=D)
-    size = torch.tensor([0.4, 0.4, 1.0], dtype=D)
-    out = HopSkipJump._geometric_step(decide, torch.tensor([0, 1, 3]), x_adv, direction, size, threat)
+    x_adv = torch.tensor([[0.5, 0.5], [0.3 + 1e-9, 0.5], [0.95, 0.5], [0.5, 0.1]], dtype=D)
+    direction = torch.tensor([[-1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [-0.6, 0.8]], dtype=D)
+    size = torch.tensor([0.4, 0.4, 1.0, 0.4], dtype=D)
+    out = HopSkipJump._geometric_step(decide, torch.tensor([0, 1, 3, 2]), x_adv, direction, size, threat)
     # Sample 0: 0.1 miss, 0.3 miss (not > 0.3), 0.4 hit. Sample 1: every step leaves the class within
-    # 20 halvings (0.4 / 2^19 > 1e-9): it stays. Sample 3: 1.95 clipped to 1.0, hit at once.
-    torch.testing.assert_close(out, torch.tensor([[0.4, 0.5], [0.3 + 1e-9, 0.5], [1.0, 0.5]], dtype=D))
-    assert decide.queries.tolist() == [3, 20, 0, 1]
-    assert size.tolist() == [0.4, 0.4, 1.0]  # not halved in place
+    # 20 halvings (0.4 / 2^19 > 1e-9): it stays. Sample 3: 1.95 clipped to 1.0, hit at once. Sample 2:
+    # 0.5 - 0.4 * 0.6 = 0.26 miss, 0.5 - 0.2 * 0.6 = 0.38 hit.
+    torch.testing.assert_close(out, torch.tensor([[0.4, 0.5], [0.3 + 1e-9, 0.5], [1.0, 0.5], [0.38, 0.26]], dtype=D))
+    assert decide.queries.tolist() == [3, 20, 2, 1]
+    assert size.tolist() == [0.4, 0.4, 1.0, 0.4]  # not halved in place
 
 
 @pytest.mark.parametrize("max_queries,steps", [(700, 5), (260, 50)], ids=["steps", "budget"])
@@ -616,7 +634,10 @@ def test_hopskipjump_follows_hsjas_schedules(max_queries, steps, monkeypatch):
                          steps=steps)
     result = attack(model, x, y, threat=threat, generator=gen(1))
     first = calls.pop(0)
-    assert first["what"] == "search" and first["idx"] == [0, 2] and first["theta"] == theta and not first["linf"]
+    assert first["what"] == "search" and first["idx"] == [0, 2] and first["theta"] == theta and first["linf"] is False
+    start_distance = (first["x_adv"] - x[[0, 2]]).flatten(1).norm(dim=1)
+    torch.testing.assert_close(result.extras["initial_distance"], torch.stack([start_distance[0], x.new_zeros(()),
+                                                                               start_distance[1]]))
     bisections = math.ceil(math.log2(27)) + 1
     iterates, t, ran = [first["out"]], 0, {0: 0, 2: 0}
     while calls:
@@ -655,8 +676,8 @@ def test_hopskipjump_follows_hsjas_schedules(max_queries, steps, monkeypatch):
 
 
 def test_hopskipjump_in_linf_steps_along_the_sign_and_scales_delta_by_d():
-    calls = []
-    estimate, step = HopSkipJump._estimate_direction, HopSkipJump._geometric_step
+    calls, searches = [], []
+    estimate, step, search = HopSkipJump._estimate_direction, HopSkipJump._geometric_step, HopSkipJump._boundary_search
 
     def spy_estimate(decide, idx, x_adv, delta, evaluations, linf, threat, generator):
         out = estimate(decide, idx, x_adv, delta, evaluations, linf, threat, generator)
@@ -667,9 +688,14 @@ def test_hopskipjump_in_linf_steps_along_the_sign_and_scales_delta_by_d():
         calls.append(("step", direction.clone(), size.clone()))
         return step(decide, idx, x_adv, direction, size, threat)
 
+    def spy_search(decide, idx, x, x_adv, linf, theta):
+        searches.append(linf)
+        return search(decide, idx, x, x_adv, linf, theta)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(HopSkipJump, "_estimate_direction", staticmethod(spy_estimate))
         mp.setattr(HopSkipJump, "_geometric_step", staticmethod(spy_step))
+        mp.setattr(HopSkipJump, "_boundary_search", staticmethod(spy_search))
         w = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=D)
         model = Halfspace(w, -1.0)
         x = torch.full((1, 4), 0.1, dtype=D)
@@ -677,6 +703,7 @@ def test_hopskipjump_in_linf_steps_along_the_sign_and_scales_delta_by_d():
         attack(model, x, torch.zeros(1, dtype=torch.int64), threat=Linf(eps=math.inf, bounds=(0.0, 2.0)),
                generator=gen(2))
     theta = 1 / 16
+    assert searches == [True] * 4  # the first search, then one per iteration, all over the L-inf radius
     assert [c[0] for c in calls] == ["estimate", "step"] * 3
     for t in (1, 2, 3):
         (_, x_adv, delta, linf, out), (_, direction, size) = calls[2 * t - 2], calls[2 * t - 1]
@@ -685,3 +712,45 @@ def test_hopskipjump_in_linf_steps_along_the_sign_and_scales_delta_by_d():
         torch.testing.assert_close(delta, torch.full_like(delta, 0.2) if t == 1 else 4 * theta * distance)
         torch.testing.assert_close(direction, out.sign())
         torch.testing.assert_close(size, distance / math.sqrt(t))
+
+
+def test_hopskipjump_runs_an_iteration_exactly_when_its_worst_case_fits():
+    """Iteration t runs iff queries + B_t + 20 halvings + the bisections <= max_queries."""
+    model = Halfspace(torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=D), -1.0)
+    x, y = torch.full((1, 4), 0.1, dtype=D), torch.zeros(1, dtype=torch.int64)
+    before = []
+    estimate = HopSkipJump._estimate_direction
+
+    def spy(decide, idx, x_adv, delta, evaluations, linf, threat, generator):
+        before.append((int(decide.queries[0]), evaluations))
+        return estimate(decide, idx, x_adv, delta, evaluations, linf, threat, generator)
+
+    bisections = math.ceil(math.log2(8)) + 1
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(HopSkipJump, "_estimate_direction", staticmethod(spy))
+        HopSkipJump(max_queries=5000, init_draws=20, initial_evaluations=20, steps=4)(
+            model, x, y, threat=L2(eps=math.inf), generator=gen(2))
+        queries, evaluations = before[2]  # the third iteration's
+        fits = queries + evaluations + 20 + bisections
+        for budget, iterations in ((fits, 3), (fits - 1, 2)):
+            before.clear()
+            HopSkipJump(max_queries=budget, init_draws=20, initial_evaluations=20, steps=3)(
+                model, x, y, threat=L2(eps=math.inf), generator=gen(2))
+            assert len(before) == iterations
+
+
+@pytest.mark.parametrize("make", [lambda: BoundaryAttack(max_queries=400), lambda: HopSkipJump(max_queries=600)],
+                         ids=["boundary", "hopskipjump"])
+def test_decision_attacks_walk_to_the_target_class_not_the_nearest(make):
+    # Class 1 lies just beyond x_0 = 0.6, class 2 beyond x_1 = 0.9; x = (0.5, 0.5) is class 0.
+    class Regions(nn.Module):
+        def forward(self, z: Tensor) -> Tensor:
+            z = z.to(D)
+            return torch.stack([torch.zeros_like(z[:, 0]), 20 * (z[:, 0] - 0.6), 20 * (z[:, 1] - 0.9)], dim=1)
+
+    x = torch.full((2, 2), 0.5, dtype=D)
+    y = torch.zeros(2, dtype=torch.int64)
+    result = make()(Regions(), x, y, threat=L2(eps=math.inf), targets=torch.tensor([2, 1]), generator=gen(3))
+    assert result.success.all()
+    assert Regions()(result.x_adv).argmax(1).tolist() == [2, 1]
+
