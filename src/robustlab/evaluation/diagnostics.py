@@ -258,8 +258,8 @@ def _input_gradient(ctx: _Context) -> Tensor:
 
 def _zero_gradients(ctx: _Context) -> Finding:
     grad = _input_gradient(ctx)
-    nan = float((~torch.isfinite(flat(grad))).any(1).float().mean())
-    zero = float((flat(grad) == 0).all(1).float().mean())
+    nan = _fraction((~torch.isfinite(flat(grad))).any(1))
+    zero = _fraction((flat(grad) == 0).all(1))
     numbers = {"nan_fraction": nan, "zero_fraction": zero}
     if nan > 0:
         return Finding("zero-gradients", "fail", f"{100 * nan:.1f}% of input gradients contain NaN or inf", numbers)
@@ -314,8 +314,14 @@ def _non_differentiable(ctx: _Context, directions: int = 4, h: float = 1e-3) -> 
 # --- the five warning signs ---------------------------------------------------------------------
 
 
+def _fraction(mask: Tensor) -> float:
+    """The fraction of ``True`` in ``mask`` (NaN if empty), in float64: a float32 mean puts 9 of 10 just below
+    0.9 and 1 of 20 just above 0.05, so a threshold would fire on a fraction exactly at it."""
+    return int(mask.sum()) / mask.numel() if mask.numel() else math.nan
+
+
 def _percent(robust: Tensor) -> float:
-    return round(100.0 * float(robust.float().mean()), 2)
+    return round(100.0 * _fraction(robust), 2)
 
 
 def _compare(check: str, weaker: str, weaker_robust: Tensor, ctx: _Context, numbers: dict[str, Any], what: str
@@ -357,7 +363,7 @@ def _unbounded(ctx: _Context) -> Finding:
     whole_box = Linf(eps=hi - lo, bounds=ctx.threat.bounds)
     result = ctx.run("unbounded", PGD(steps=max(ctx.steps, 100), step_size=(hi - lo) / 20), whole_box)
     correct = ctx.correct
-    rate = 100.0 * float(result.success[correct].float().mean()) if bool(correct.any()) else math.nan
+    rate = 100.0 * _fraction(result.success[correct])
     numbers = {"success_rate": rate, "eps": hi - lo}
     if math.isnan(rate):
         return Finding("unbounded", "skip", "no correctly classified sample", numbers)
@@ -370,8 +376,8 @@ def _unbounded(ctx: _Context) -> Finding:
 
 
 def _random_sampling(ctx: _Context) -> Finding:
-    """Uniform draws in ball ∩ box (for L∞ every other draw a random vertex of the cube) around
-    the samples the white-box attacks failed on."""
+    """Uniform draws in ball ∩ box (for L∞ every other draw of each sample a random vertex of the
+    cube) around the samples the white-box attacks failed on."""
     survivors = ctx.white_box().nonzero().flatten()
     numbers: dict[str, Any] = {"white_box_survivors": int(survivors.numel()), "draws_per_sample": ctx.random_samples}
     if survivors.numel() == 0:
@@ -388,7 +394,10 @@ def _random_sampling(ctx: _Context) -> Finding:
         if ctx.threat.norm == "Linf":
             signs = torch.randint(0, 2, xs.shape, generator=g, device=xs.device).to(xs.dtype) * 2 - 1
             vertices = ctx.threat.project(xs, xs + ctx.threat.eps * signs)
-            odd = (torch.arange(xs.shape[0], device=xs.device) % 2 == 1).view(-1, *[1] * (xs.dim() - 1))
+            # the draw's number for its sample (rows are samples x draws): odd draws are vertices, whatever
+            # the chunking (numbering the rows instead gave no vertex to even samples when draws == 1)
+            draw = start + torch.arange(xs.shape[0], device=xs.device) % draws
+            odd = (draw % 2 == 1).view(-1, *[1] * (xs.dim() - 1))
             noisy = torch.where(odd, vertices, noisy)
         with torch.no_grad():
             wrong = ctx.model(noisy).argmax(1) != y.repeat_interleave(draws)
@@ -429,7 +438,7 @@ def _loss_rises(ctx: _Context) -> Finding:
     with torch.no_grad():
         clean = F.cross_entropy(ctx.model(ctx.x), ctx.y, reduction="none")
         attacked = F.cross_entropy(ctx.model(pgd.x_adv), ctx.y, reduction="none")
-    rose = float((attacked > clean + 1e-6)[ctx.correct].float().mean()) if bool(ctx.correct.any()) else math.nan
+    rose = _fraction((attacked > clean + 1e-6)[ctx.correct])
     numbers = {"fraction_rose": rose, "clean_loss": float(clean.mean()), "attacked_loss": float(attacked.mean())}
     if math.isnan(rose):
         return Finding("loss-rises", "skip", "no correctly classified sample", numbers)
