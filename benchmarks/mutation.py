@@ -166,6 +166,24 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "noise": ("src/robustlab/attacks/noise.py",
               ["tests/test_noise_definitions.py", "tests/test_attacks.py", "tests/test_ode.py", "tests/test_ode_training.py",
                "-k", "gaussian and not (digits or behavioral_bar or much_stronger or non_robust)"]),
+    # The detector-aware loss, the weight search and the metrics with rejection: test_lid.py's scripted search
+    # (its other tests fit a LID detector on a trained model, which would time every mutant out).
+    "rejection": ("src/robustlab/evaluation/rejection.py",
+                  ["tests/test_rejection_definitions.py", "tests/test_lid.py", "-k", "definitions or binary_searches"]),
+    # The shards' arithmetic and the process-group helpers: test_cascade.py's shard test and the sharded runs of
+    # test_evaluation_tables.py (a process group of threads standing in for rank_and_world and all_gather; the
+    # gloo runs of test_cascade.py and test_evaluation_runner.py spawn fresh interpreters and attack the digits MLP).
+    "distributed": ("src/robustlab/evaluation/distributed.py",
+                    ["tests/test_distributed_definitions.py", "tests/test_cascade.py::test_shard_ranges_cover_whole_blocks_once",
+                     "tests/test_evaluation_tables.py", "-k", "not point_at_the_caller"]),
+    # The record as the evaluations write it: test_evaluation_tables.py's tables and test_definitions.py's.
+    "provenance": ("src/robustlab/evaluation/provenance.py",
+                   ["tests/test_evaluation_tables.py", "tests/test_definitions.py", "-k", "not point_at_the_caller"]),
+    # The gradient-masking checks on scripted attacks and hand-made models (test_diagnostics_definitions.py; every
+    # other test of diagnose attacks the digits MLP, which trains in every mutant's run), and the eval-mode test.
+    "diagnostics": ("src/robustlab/evaluation/diagnostics.py",
+                    ["tests/test_diagnostics_definitions.py",
+                     "tests/test_diagnostics.py::test_the_model_runs_in_eval_mode_and_its_mode_is_restored"]),
 }
 
 # Issue 15's six mutations: (name, file, original text, mutated text).
@@ -472,6 +490,36 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
         "[choice] / noisy", "sigma / True is sigma; sigma / False = inf only where torch.where then keeps x"),
     "robustlab.attacks.noise.xǁGaussianNoiseǁ_run__mutmut_63": (
         "if self.draws >= 1:", "with draws = 1 every sample takes the one draw already"),
+    # evaluation/rejection.py
+    "robustlab.evaluation.rejection.x_detector_aware_loss__mutmut_20": ("is_number(weight, finite=None)", "a non-finite weight is refused by the next clause (math.isfinite) with the same message"),
+    "robustlab.evaluation.rejection.x_detector_aware_loss__mutmut_22": ("is_number(weight, )", "a non-finite weight is refused by the next clause (math.isfinite) with the same message"),
+    "robustlab.evaluation.rejection.x_detector_aware_loss__mutmut_23": ("is_number(weight, finite=True)", "a non-finite weight is refused by the next clause (math.isfinite) with the same message"),
+    "robustlab.evaluation.rejection.x_detector_aware_loss__mutmut_64": ('float("INF")', "Python parses INF and inf alike"),
+    "robustlab.evaluation.rejection.x_rejection_metrics__mutmut_53": ("if (fooled.any()) or True else", "the mean over no fooled sample is NaN too"),
+    "robustlab.evaluation.rejection.x_rejection_metrics__mutmut_57": ('float("NAN")', "Python parses NAN and nan alike"),
+    # evaluation/diagnostics.py
+    "robustlab.evaluation.diagnostics.x__black_box__mutmut_49": ("                       )", "the skip's numbers are {} exactly when there are no candidates, and {} is the default"),
+    # evaluation/diagnostics.py, the second run (on the fixed source of random-sampling and the fractions)
+    "robustlab.evaluation.diagnostics.x__zero_gradients__mutmut_87": ('{101 * nan:.1f}', 'the pass branch is reached only with nan == 0'),
+    "robustlab.evaluation.diagnostics.x__non_differentiable__mutmut_22": ('ctx.generator("XXfinite-differencesXX")', "another fixed key: still a generator of this purpose's own, seeded from the seed"),
+    "robustlab.evaluation.diagnostics.x__non_differentiable__mutmut_23": ('ctx.generator("FINITE-DIFFERENCES")', "another fixed key: still a generator of this purpose's own, seeded from the seed"),
+    "robustlab.evaluation.diagnostics.x__non_differentiable__mutmut_35": ('device=ctx.x.device, dtype=None)', 'a float32 direction is a unit direction to 6e-8, the same one for autograd and the differences'),
+    "robustlab.evaluation.diagnostics.x__non_differentiable__mutmut_39": ('device=ctx.x.device, )', 'a float32 direction is a unit direction to 6e-8, the same one for autograd and the differences'),
+    "robustlab.evaluation.diagnostics.x__non_differentiable__mutmut_141": ('if cosine <= 0.5:', 'differs only on an exact tie of the cosine with 0.5'),
+    "robustlab.evaluation.diagnostics.x__non_differentiable__mutmut_158": ('if cosine <= 0.9:', 'differs only on an exact tie of the cosine with 0.9'),
+    "robustlab.evaluation.diagnostics.x__loss_rises__mutmut_30": ('(attacked >= clean + 1e-6)', 'differs only on an exact tie of the attacked loss with the clean loss + 1e-6'),
+    "robustlab.evaluation.diagnostics.xǁ_Contextǁis_stochastic__mutmut_11": ('spread >= 1e-5', 'differs only on an exact tie of the spread with the threshold'),
+    "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_26": ('ctx.generator("XXrandom-samplingXX")', "another fixed key: still a generator of this purpose's own, seeded from the seed"),
+    "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_27": ('ctx.generator("RANDOM-SAMPLING")', "another fixed key: still a generator of this purpose's own, seeded from the seed"),
+    "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_44": ('4097 // max(1', 'chunking changes how the draws are batched (so which random numbers each gets), not their number or law'),
+    "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_49": ('4096 // max(2, x.shape[0])', 'chunking changes how the draws are batched (so which random numbers each gets), not their number or law'),
+    "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_82": ('.to(None) * 2 - 1', 'integer +-1 signs times the float eps give the same floats'),
+    "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_88": ('torch.randint(2, xs.shape', 'randint(high) is randint(0, high)'),
+    "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_95": ('.to(xs.dtype) * 3 - 1', 'signs -1 and 2: the projection onto the L-inf ball takes 2 eps back to eps, the same vertices'),
+    "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_102": ('xs - ctx.threat.eps * signs', 'the signs are symmetric: the vertices have the same law'),
+    "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_103": ('ctx.threat.eps / signs', 'the signs are +-1: eps / s == eps * s'),
+    "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_105": ('draw = start - torch.arange', 'start - j and start + j have the same parity: the same draws are vertices'),
+    "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_118": ('(draw % 2 != 1)', 'the even draws instead of the odd ones: still every other draw of each sample a vertex'),
 }
 
 # Survivors that only a test on an accelerator can kill: a tensor made on the default device instead of
@@ -562,6 +610,22 @@ NEEDS_GPU: dict[str, str] = {
     # Boundary Attack's orthogonal noise drawn on the default device
     "robustlab.attacks.decision.xǁBoundaryAttackǁ_proposals__mutmut_18": "device=None, dtype=x.dtype)",
     "robustlab.attacks.decision.xǁBoundaryAttackǁ_proposals__mutmut_22": "generator=generator, dtype=x.dtype)",
+    # the adaptive attack's search state made on the default device
+    "robustlab.evaluation.rejection.x_adaptive_attack__mutmut_26": "dtype=torch.bool, device=None)",
+    "robustlab.evaluation.rejection.x_adaptive_attack__mutmut_29": "dtype=torch.bool, )",
+    "robustlab.evaluation.rejection.x_adaptive_attack__mutmut_34": "dtype=x.dtype, device=None)",
+    "robustlab.evaluation.rejection.x_adaptive_attack__mutmut_38": "dtype=x.dtype, )",
+    # the diagnostics' per-purpose generator made on the default device
+    "robustlab.evaluation.diagnostics.xǁ_Contextǁgenerator__mutmut_2": "torch.Generator(device=None)",
+    # the diagnostics' draws and their bookkeeping made on the default device
+    "robustlab.evaluation.diagnostics.x__non_differentiable__mutmut_34": 'generator=g, device=None, dtype=ctx.x.dtype)',
+    "robustlab.evaluation.diagnostics.x__non_differentiable__mutmut_38": 'randn(ctx.x.shape, generator=g, dtype=ctx.x.dtype)',
+    "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_32": 'dtype=torch.bool, device=None)',
+    "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_35": 'dtype=torch.bool, )',
+    "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_87": 'generator=g, device=None).to(xs.dtype)',
+    "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_92": 'generator=g, ).to(xs.dtype)',
+    "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_108": 'arange(xs.shape[0], device=None)',
+    "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_110": 'arange(xs.shape[0], ) % draws',
 }
 
 

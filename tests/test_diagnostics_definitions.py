@@ -579,6 +579,13 @@ def test_non_differentiable_compares_autograd_with_central_differences(signs, ve
     }[verdict]
 
 
+def test_the_stochastic_check_runs_its_two_passes_once():
+    x, y = torch.full((4, 1), 0.25, dtype=torch.float64), torch.zeros(4, dtype=torch.int64)
+    Ramp.calls = 0
+    diagnosis = diagnose(Ramp(), x, y, threat=THREAT, checks=("stochastic", "non-differentiable"))
+    assert Ramp.calls == 1 + 2 + 1 + 2 * 4 and diagnosis.verdict == "pass"  # the finding is reused, not measured again
+
+
 def test_non_differentiable_at_the_box_edge_clamps_the_finite_difference():
     x, y = torch.ones(4, 1, dtype=torch.float64), torch.zeros(4, dtype=torch.int64)  # at the top of the box
     finding = check("non-differentiable", x, y, threat=Linf(eps=EPS, bounds=(-1.0, 1.0)), model=Ramp())
@@ -586,6 +593,47 @@ def test_non_differentiable_at_the_box_edge_clamps_the_finite_difference():
     # the point up the slope is clamped back to x: one of the two sides of the difference is lost
     assert finding.numbers["finite_difference_scale"] == pytest.approx(derivative / 2, rel=1e-3)
     assert finding.numbers["autograd_scale"] == pytest.approx(derivative, rel=1e-9)
+
+
+def test_non_differentiable_at_the_bottom_of_the_box_clamps_too():
+    x, y = -torch.ones(4, 1, dtype=torch.float64), torch.zeros(4, dtype=torch.int64)
+    finding = check("non-differentiable", x, y, threat=Linf(eps=EPS, bounds=(-1.0, 1.0)), model=Ramp())
+    derivative = 3 * torch.sigmoid(torch.tensor(-3.0, dtype=torch.float64)).item()
+    # one-sided: half the derivative, up to the curvature's s f''/4 (0.3% here); unclamped it would be all of it
+    assert finding.numbers["finite_difference_scale"] == pytest.approx(derivative / 2, rel=1e-2)
+
+
+def test_finite_differences_step_a_thousandth_of_the_box_along_seeded_unit_directions():
+    x = torch.rand(3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 100 + 50
+    y = torch.tensor([0, 1, 2])
+    threat = Linf(eps=8.0, bounds=(0.0, 255.0))  # the step is 1e-3 x 255
+    seen = []
+    for global_seed, seed in [(1, 3), (2, 3), (1, 4)]:
+        model = Recorder()
+        with torch.random.fork_rng():
+            torch.manual_seed(global_seed)
+            finding = check("non-differentiable", x, y, threat=threat, model=model, seed=seed)
+        assert finding.verdict == "pass" and finding.numbers["cosine"] > 0.99  # <gradient, d> against the differences
+        points = torch.stack(model.seen[4:])  # after the clean pass, the two of the stochastic check, the gradient
+        assert points.shape == (8, 3, 5)  # 4 directions, up and down
+        up, down = points[0::2] - x, points[1::2] - x
+        assert torch.allclose(up, -down) and torch.allclose(up.norm(dim=2), torch.full((4, 3), 0.255, dtype=torch.float64))
+        seen.append(points)
+    assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], seen[2])  # the seed's draws, not the global RNG
+
+
+class SmallRamp(nn.Module):
+    """Logits ``[0, 1e-10 x]``: directional derivatives near 5e-11, so each vector of 16 has a norm near 2e-10,
+    between the cosine's eps (1e-12) and torch's default (1e-8)."""
+
+    def forward(self, x):
+        return torch.cat([torch.zeros_like(x), 1e-10 * x], dim=1)
+
+
+def test_the_cosine_of_small_derivatives_is_not_damped():
+    x, y = torch.full((4, 1), 0.25, dtype=torch.float64), torch.zeros(4, dtype=torch.int64)
+    finding = check("non-differentiable", x, y, model=SmallRamp())
+    assert finding.verdict == "pass" and finding.numbers["cosine"] == pytest.approx(1.0, abs=1e-2)
 
 
 class Flat(nn.Module):
@@ -652,8 +700,9 @@ def test_the_diagnosis_is_the_worst_finding_and_its_documents():
     assert diagnosis("fail", "skip").verdict == "fail"
     d = Diagnosis([Finding("one-step", "warn", "a", {"x": 1}), Finding("unbounded", "pass", "b")], THREAT)
     assert d["unbounded"].message == "b"
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError) as missing:
         d["more-steps"]
+    assert missing.value.args == ("more-steps",)
     assert d.findings[0].docs == "robustlab docs diagnostics#one-step"
     assert d.to_dict() == {
         "kind": "diagnostics", "version": d.to_dict()["version"], "threat": THREAT.to_dict(), "verdict": "warn",
