@@ -149,3 +149,30 @@ def test_jsma_bad_hyperparameters_are_rejected_with_their_message(options, messa
 def test_jsma_edge_hyperparameters_are_accepted():
     JSMA(variant="f", theta=1.0, max_distortion=1.0, search_margin=0.0)
     JSMA(theta=-1.0, max_distortion=1e-9, search_margin=0.999)
+
+
+class _Linear(nn.Module):
+    """Two classes: ``Z_1 = w . x - b = -Z_0``."""
+
+    def __init__(self, w, b):
+        super().__init__()
+        self.w, self.b = torch.tensor(w, dtype=torch.float64), b
+
+    def forward(self, x):
+        s = x.flatten(1) @ self.w - self.b
+        return torch.stack([-s, s], dim=1)
+
+
+@pytest.mark.parametrize("theta", [1.0, -1.0])
+def test_jsma_searches_only_features_with_more_room_than_the_margin(theta):
+    # Feature 0 has exactly search_margin (0.01) of room left in the direction of theta: it is not searched
+    # (strictly below hi - margin, as torchattacks' x < 0.99), although it has the largest saliency; the one pair
+    # allowed (max_distortion 0.5 of 4 features) is then (1, 2), the first of the tied best pairs.
+    sign = 1.0 if theta > 0 else -1.0
+    model = _Linear([sign * 5.0, sign * 4.0, sign * 1.0, sign * 1.0], 10.0 if theta > 0 else -1.0)
+    x = torch.tensor([[0.99, 0.2, 0.2, 0.2]] if theta > 0 else [[0.01, 0.8, 0.8, 0.8]], dtype=torch.float64)
+    y, t = torch.tensor([0]), torch.tensor([1])
+    result = JSMA(theta=theta, max_distortion=0.5)(model, x, y, threat=L0(eps=math.inf), targets=t)
+    moved = 1.0 if theta > 0 else 0.0
+    assert result.x_adv.tolist() == [[float(x[0, 0]), moved, moved, float(x[0, 3])]]
+    assert result.success.all()
