@@ -22,6 +22,7 @@ Slow (minutes per module on 2 shared cores), hence outside CI and the test suite
 from __future__ import annotations
 
 import argparse
+import ast
 import fnmatch
 import hashlib
 import json
@@ -520,6 +521,9 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_103": ('ctx.threat.eps / signs', 'the signs are +-1: eps / s == eps * s'),
     "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_105": ('draw = start - torch.arange', 'start - j and start + j have the same parity: the same draws are vertices'),
     "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_118": ('(draw % 2 != 1)', 'the even draws instead of the odd ones: still every other draw of each sample a vertex'),
+    # attacks/carlini_wagner.py, C&W L0 and L∞ (run with --functions on the source of 4fb02b3)
+    "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL0ǁ_tighten__mutmut_59": ("(first_above + 1).to(None)", "torch.minimum promotes the int64 count to the float64 cap: the same values"),
+    "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL0ǁ_tighten__mutmut_62": ("valid.sum(dim=1).to(None)", "torch.minimum promotes the int64 count to the float64 cap: the same values"),
 }
 
 # Survivors that only a test on an accelerator can kill: a tensor made on the default device instead of
@@ -578,6 +582,8 @@ NEEDS_GPU: dict[str, str] = {
     "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL2ǁ_descend__mutmut_27": "arange(x.shape[0], )",
     "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL2ǁ_run__mutmut_7": "dtype=torch.float64, device=None)",
     "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL2ǁ_run__mutmut_11": "dtype=torch.float64, )",
+    "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL0ǁ_tighten__mutmut_67": "arange(score.shape[1], device=None)",
+    "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL0ǁ_tighten__mutmut_69": "arange(score.shape[1], )",
     # DDN's fallback direction drawn on the default device
     "robustlab.attacks.ddn.xǁDecoupledDirectionNormǁ_run__mutmut_15": "generator=generator, device=None, dtype=x.dtype)",
     "robustlab.attacks.ddn.xǁDecoupledDirectionNormǁ_run__mutmut_19": "randn(x.shape, generator=generator, dtype=x.dtype)",
@@ -750,6 +756,36 @@ def mark(result: dict) -> None:
     result["score_without_equivalent"] = result["killed"] / (checked - equivalent) if checked > equivalent else None
 
 
+def apply_mutant(source: str, mutant: str, diff: str) -> str:
+    """``source`` with the mutant (its ``mutmut show`` diff, as recorded) applied to the function the mutant
+    names. Not ``mutmut apply``: mutmut 3.8.1 patches the first function of the file with the method's name,
+    whatever its class (``CarliniWagnerL0._mask``'s mutant lands in ``_WarmStartedRounds._mask``), so a recheck of
+    a method whose name recurs in the module ran the wrong mutant."""
+    qualified = mutant.rpartition(".")[2].rsplit("__mutmut_", 1)[0]
+    cls, _, func = qualified.removeprefix("x").partition("ǁ")[2].partition("ǁ") if "ǁ" in qualified else (
+        "", "", qualified.removeprefix("x_"))
+    tree = ast.parse(source)
+    scope = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls).body if cls else tree.body
+    node = next(n for n in scope if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == func)
+    lines = source.splitlines(keepends=True)
+    start, end = node.lineno - 1, node.end_lineno
+    indent = " " * node.col_offset
+    body = [line.removeprefix(indent) for line in lines[start:end]]
+    header, _, rest = diff.split("\n@@", 1)[1].partition("\n")
+    if "\n@@" in rest:
+        raise SystemExit(f"{mutant}: a diff of more than one hunk")
+    hunk = rest.splitlines()
+    old = [h[1:].rstrip() for h in hunk if h[:1] in (" ", "-")]
+    new = [h[1:] + "\n" for h in hunk if h[:1] in (" ", "+")]
+    # The hunk's lines (context and removed) located in the function's source, dedented; exactly once.
+    at = [i for i in range(len(body) - len(old) + 1) if [line.rstrip() for line in body[i:i + len(old)]] == old]
+    if len(at) != 1:
+        raise SystemExit(f"{mutant}: its diff matches the source of {qualified} {len(at)} times (header{header})")
+    body[at[0]:at[0] + len(old)] = new
+    return "".join(lines[:start]) + "".join(indent + line if line.strip() else line for line in body) + "".join(
+        lines[end:])
+
+
 def recheck(name: str, result: dict, functions: list[str] | None = None, deselect: str | None = None,
             only: list[str] | None = None, jobs: int = 1, skip: list[str] | None = None) -> None:
     """Run the survivors of an earlier run again against the current tests (added since): each
@@ -792,8 +828,7 @@ def recheck(name: str, result: dict, functions: list[str] | None = None, deselec
         copy_env = dict(env, PYTHONPATH=str(copy / "src"))
         for survivor in chunk:
             try:
-                subprocess.run([_python(), "-m", "mutmut", "apply", survivor["mutant"]], cwd=copy, env=copy_env,
-                               capture_output=True, text=True, check=True)
+                (copy / path).write_text(apply_mutant(original, survivor["mutant"], survivor["diff"]))
                 r = subprocess.run([_python(), "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=copy,
                                    env=copy_env, capture_output=True, text=True)
                 survivor["killed_by_current_tests"] = r.returncode != 0
@@ -893,7 +928,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recheck-skip", nargs="+", metavar="NAME",
                         help="with --recheck: leave out the survivors of these functions (run with --functions instead)")
     parser.add_argument("--recheck", action="store_true",
-                        help="with --collect: run the survivors again against the current tests")
+                        help="run the recorded survivors again against the current tests (with --collect: the "
+                             "survivors collected again)")
     parser.add_argument("--functions", nargs="+", metavar="NAME",
                         help="only the mutants of these functions (f or Class.method) of the one module named")
     parser.add_argument("--collect", action="store_true",
@@ -913,12 +949,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.modules or list(MODULES):
         print(f"mutating {MODULES[name][0]} ...", flush=True)
         key = name if not args.functions else f"{name}:{','.join(args.functions)}"
-        if args.mark:
+        if args.mark or (args.recheck and not args.collect):
             result = load()["modules"][key]
             mark(result)
+            if args.recheck:
+                recheck(name, result, args.functions, args.recheck_deselect, args.recheck_only, args.recheck_jobs,
+                        args.recheck_skip)
         elif args.collect:
             earlier = load()["modules"].get(key, {})
             result = collect(name, args.functions)
+            result["tests"] = earlier.get("tests", result["tests"])  # the selection the run used
             result["wall_s"] = earlier.get("wall_s")
             result["command"] = earlier.get("command", "?") + " (collected again)"
             result["interrupted"] = result["checked"] < result["mutants"]

@@ -66,6 +66,205 @@ class _Box:
         return self.lo + (self.hi - self.lo) * (torch.tanh(w) + 1) / 2
 
 
+# --- the pieces, against the authors' code at their edges ------------------------------------------
+
+
+def _solver(x, mask, tau=None):
+    from robustlab.attacks.carlini_wagner import _Adam, _Solver
+
+    n = x.shape[0]
+    return _Solver(rows=torch.arange(n), x=x, y=torch.zeros(n, dtype=torch.int64), t=None, start=x, w=x,
+                   adam=_Adam.fresh(x, 0.1), const=x.new_ones(n), steps=torch.zeros(n, dtype=torch.int64),
+                   mask=mask, tau=x.new_ones(n) if tau is None else tau)
+
+
+def authors_freeze(delta, grad, valid, width):
+    """``l0_attack.py``'s loop on one sample: ``delta``, ``grad`` ``[P, C]``, ``valid`` ``[P]`` (0/1); returns
+    the new ``valid``."""
+    equal_count = int((delta.abs().amax(dim=1) >= 1e-4 * width).sum())
+    total_change = delta.sum(dim=1).abs() * grad.abs().sum(dim=1)
+    valid = valid.clone()
+    did = 0
+    for e in total_change.argsort(stable=True).tolist():
+        if valid[e]:
+            did += 1
+            valid[e] = 0
+            if total_change[e] > 0.01:
+                break
+            if did >= 0.3 * equal_count ** 0.5:
+                break
+    return valid
+
+
+def test_cw_l0_freezes_pixels_as_the_authors_loop():
+    # Random scores with 0..400 changed pixels (up to ceil(0.3 sqrt(400)) = 6 frozen; none changed: one frozen),
+    # unchanged pixels moved by round-off only (as through tanh and back: distinct scores, no ties), some pixels
+    # frozen already, a score of exactly 0.01 (frozen, and not the last: the authors stop *after* a pixel
+    # scoring above 0.01), and a sample with every pixel frozen (finished).
+    g = torch.Generator().manual_seed(0)
+    n, c, side = 12, 2, 20
+    width = 2.0
+    x = torch.rand(n, c, side, side, generator=g, dtype=torch.float64) * width - 1
+    delta = 1e-9 * torch.rand(n, c, side, side, generator=g, dtype=torch.float64)
+    grad = torch.randn(n, c, side, side, generator=g, dtype=torch.float64)
+    mask = torch.ones(n, 1, side, side, dtype=torch.float64)
+    for i in range(n):
+        k = [1, 2, 11, 12, 13, 50, 100, 400, 0, 30, 30, 5][i]
+        where = torch.randperm(side * side, generator=g)[:k]
+        d = delta[i].flatten(1)
+        d[:, where] = 1e-3 * torch.rand(c, k, generator=g, dtype=torch.float64)
+        if i % 3 == 0:  # some scores above the limit
+            d[:, where[: k // 2]] *= 50
+        mask[i].view(-1)[torch.randperm(side * side, generator=g)[: 3 * i]] = 0
+    # Sample 9: 30 changed pixels (cap ceil(0.3 sqrt 30) = 2), the lowest score exactly 0.01 = |0.005 + 0| (1 + 1).
+    x[9], mask[9] = 0.0, 0.0  # x = 0: image - x is delta exactly
+    mask[9].view(-1)[:30] = 1.0
+    delta[9] = 0.0
+    delta[9].view(c, -1)[0, :30] = 0.005 * torch.linspace(1, 2, 30, dtype=torch.float64)
+    grad[9].view(c, -1)[:, :30] = 1.0
+    mask[11] = 0.0
+    delta *= mask
+    image = x + delta
+    solver = _solver(x, mask.clone())
+    finished = CWL0()._tighten(solver, image, grad, width)
+    assert finished.tolist() == [False] * 11 + [True]
+    for i in range(n):
+        expected = authors_freeze((image[i] - x[i]).flatten(1).T, grad[i].flatten(1).T, mask[i].flatten(), width)
+        assert solver.mask[i].flatten().tolist() == expected.tolist(), i
+    frozen = (mask - solver.mask).flatten(1).sum(1)
+    assert frozen[:11].max() == 6 and frozen[8] == 1 and frozen[9] == 2
+
+
+def test_cw_l0_freeze_cap_is_computed_in_float64_as_the_authors():
+    # 2500 changed pixels: the authors stop once did >= .3 * 2500 ** .5 = 15.0 (Python floats); in float32,
+    # 0.3 * 50 rounds to 15.000001 and would let a 16th pixel be frozen.
+    g = torch.Generator().manual_seed(1)
+    x = torch.zeros(1, 1, 50, 50, dtype=torch.float64)
+    image = 1e-3 + 1e-3 * torch.rand(1, 1, 50, 50, generator=g, dtype=torch.float64)  # scores below 0.01
+    grad = torch.rand(1, 1, 50, 50, generator=g, dtype=torch.float64)
+    solver = _solver(x, torch.ones(1, 1, 50, 50, dtype=torch.float64))
+    CWL0()._tighten(solver, image, grad, 1.0)
+    expected = authors_freeze(image[0].flatten(1).T, grad[0].flatten(1).T, torch.ones(2500), 1.0)
+    assert solver.mask.flatten().tolist() == expected.tolist()
+    assert int((solver.mask == 0).sum()) == 15
+
+
+def test_cw_l0_freezes_features_of_flat_inputs_one_by_one():
+    # [N, D] inputs: each feature is a pixel; the 3 changed features have scores 1e-4, 2e-4 (below the limit)
+    # and 0.5: cap ceil(0.3 sqrt 3) = 1 freezes the lowest one only.
+    x = torch.zeros(1, 5, dtype=torch.float64)
+    image = torch.tensor([[0.0, 0.1, 0.2, 0.5, 0.0]], dtype=torch.float64)
+    grad = torch.tensor([[3.0, 1e-3, 1e-3, 1.0, 0.0]], dtype=torch.float64)
+    solver = _solver(x, torch.ones_like(x))
+    assert not CWL0()._tighten(solver, image, grad, 1.0).any()
+    assert solver.mask.tolist() == [[1.0, 0.0, 1.0, 1.0, 1.0]] or solver.mask.tolist() == [[0.0, 1.0, 1.0, 1.0, 1.0]]
+    assert solver.mask.shape == x.shape
+
+
+def test_cw_l0_snaps_pixels_moved_less_than_the_authors_tolerance():
+    # A pixel counts as changed when some channel moved by >= 1e-4 (the authors' "equal" is |d| < 1e-4), scaled
+    # by the box width: 2.5e-4 in a box of width 2.5 is changed, 2.4999e-4 is not.
+    width = 2.5
+    x = torch.zeros(1, 2, 1, 3, dtype=torch.float64)
+    image = x.clone()
+    image[0, 1, 0, 0] = 2.5e-4  # one channel at the tolerance: the pixel (both channels) kept
+    image[0, 0, 0, 1] = 2.4999e-4  # below in both channels: reset
+    image[0, 1, 0, 1] = -2.4999e-4
+    image[0, 0, 0, 2] = -0.3
+    snapped = CWL0()._snap(image, x, width)
+    assert torch.equal(snapped[..., 0], image[..., 0]) and torch.equal(snapped[..., 2], image[..., 2])
+    assert torch.equal(snapped[..., 1], x[..., 1])
+    flat_x = torch.zeros(1, 3, dtype=torch.float64)
+    flat_image = torch.tensor([[1e-4, 0.99e-4, -1e-4]], dtype=torch.float64)
+    assert CWL0()._snap(flat_image, flat_x, 1.0).tolist() == [[1e-4, 0.0, -1e-4]]
+    # Away from 0: the move image - x is what counts (2^-20 is below the tolerance, 2^-13 above).
+    x = torch.full((1, 3), 0.25, dtype=torch.float64)
+    image = x + torch.tensor([[2.0**-20, -(2.0**-13), 0.0]], dtype=torch.float64)
+    assert CWL0()._snap(image, x, 1.0).tolist() == [[0.25, 0.25 - 2.0**-13, 0.25]]
+
+
+def test_cw_l0_and_linf_works_below_the_authors_thresholds():
+    hinge = torch.tensor([0.0, 0.99e-4, 1e-4, 0.5], dtype=torch.float64)
+    assert CWL0()._works(hinge, torch.zeros(4), torch.ones(4)).tolist() == [True, True, False, False]
+    # L∞: c hinge + penalty < 1e-4 c (the authors' loss < .0001 * CONST).
+    const = torch.tensor([2.0, 2.0, 2.0, 0.5], dtype=torch.float64)
+    penalty = torch.tensor([1e-4, 0.0, 2e-4, 0.0], dtype=torch.float64)
+    hinge = torch.tensor([0.0, 0.5e-4, 0.0, 0.99e-4], dtype=torch.float64)
+    assert CWLinf()._works(hinge, penalty, const).tolist() == [True, True, False, True]
+    assert not bool(CWLinf()._works(torch.zeros(1), torch.tensor([1e-4]), torch.tensor([1.0])))
+
+
+def test_cw_linf_penalty_and_its_gradient():
+    # sum_i max(|delta_i| - tau, 0); its gradient sign(delta_i) where |delta_i| > tau (tf.maximum(0, e) passes
+    # no gradient at e = 0).
+    delta = torch.tensor([[0.3, -0.5, 0.2, -0.25], [0.1, -0.1, 0.0, 0.05]], dtype=torch.float64)
+    tau = torch.tensor([0.25, 0.05], dtype=torch.float64)
+    penalty, grad = CWLinf()._penalty(delta, tau)
+    torch.testing.assert_close(penalty, torch.tensor([0.05 + 0.25, 0.05 + 0.05], dtype=torch.float64))
+    assert grad.tolist() == [[1.0, -1.0, 0.0, 0.0], [1.0, -1.0, 0.0, 0.0]]
+    l0_penalty, l0_grad = CWL0()._penalty(delta, tau)
+    torch.testing.assert_close(l0_penalty, delta.pow(2).sum(1))
+    torch.testing.assert_close(l0_grad, 2 * delta)
+
+
+def test_cw_linf_shrinks_tau_and_stops_at_a_256th_of_the_box():
+    # tau <- decrease * min(tau, max |delta|); finished once tau <= (hi - lo) / 256: in a box of width 256,
+    # tau = 0.5 * 2 = 1 stops (at the tie), 0.5 * 2.25 does not.
+    x = torch.full((3, 2), 0.5, dtype=torch.float64)
+    image = x + torch.tensor([[2.0, -1.0], [-2.25, 0.0], [3.0, 0.0]], dtype=torch.float64)  # exact in float64
+    solver = _solver(x, torch.ones_like(x), tau=torch.tensor([10.0, 10.0, 1.5], dtype=torch.float64))
+    finished = CWLinf(decrease_factor=0.5)._tighten(solver, image, image, 256.0)
+    assert solver.tau.tolist() == [1.0, 1.125, 0.75]
+    assert finished.tolist() == [True, False, True]
+
+
+# --- hyperparameters ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: CWL0(max_iterations=0), "max_iterations must be a positive integer, got 0"),
+        (lambda: CWL0(max_iterations=True), "max_iterations must be a positive integer, got True"),
+        (lambda: CWL0(max_iterations=2.0), "max_iterations must be a positive integer, got 2.0"),
+        (lambda: CWL0(learning_rate=0.0), "learning_rate must be a positive finite number, got 0.0"),
+        (lambda: CWL0(learning_rate=math.inf), "learning_rate must be a positive finite number, got inf"),
+        (lambda: CWLinf(initial_const=-1.0), "initial_const (c) must be a positive finite number, got -1.0"),
+        (lambda: CWLinf(initial_const="1"), "initial_const (c) must be a positive finite number, got '1'"),
+        (lambda: CWL0(largest_const=math.inf), "largest_const must be a positive finite number, got inf"),
+        (lambda: CWL0(largest_const=math.nan), "largest_const must be a positive finite number, got nan"),
+        (lambda: CWL0(confidence=math.inf), "confidence (kappa) must be a finite number >= 0, got inf"),
+        (lambda: CWLinf(confidence=-1e-9), "confidence (kappa) must be a finite number >= 0, got -1e-09"),
+        (lambda: CWLinf(confidence=None), "confidence (kappa) must be a finite number >= 0, got None"),
+        (lambda: CWLinf(max_iterations=0), "max_iterations must be a positive integer, got 0"),
+        (lambda: CWLinf(decrease_factor=0.0), "decrease_factor must lie in (0, 1), got 0.0"),
+        (lambda: CWLinf(decrease_factor=1), "decrease_factor must lie in (0, 1), got 1"),
+        (lambda: CWLinf(decrease_factor="0.5"), "decrease_factor must lie in (0, 1), got '0.5'"),
+        (lambda: CWL2(binary_search_steps=0), "binary_search_steps must be a positive integer, got 0"),
+        (lambda: CWL2(max_iterations=0), "max_iterations must be a positive integer, got 0"),
+        (lambda: CWL2(initial_const=0.0), "initial_const (c) must be a positive finite number, got 0.0"),
+        (lambda: CWL2(learning_rate=-1.0), "learning_rate must be a positive finite number, got -1.0"),
+        (lambda: CWL2(confidence=-1.0), "confidence (kappa) must be a finite number >= 0, got -1.0"),
+        (lambda: CWL2(box="sigmoid"), "unknown box encoding 'sigmoid'; choose one of ['tanh', 'clip', 'project']"),
+        (lambda: CWL2(objective="f2", confidence=1e-3),
+         "confidence (kappa) is defined for objective 'f6' only, not 'f2'"),
+    ],
+)
+def test_cw_bad_hyperparameters_are_rejected_with_their_message(make, message):
+    with pytest.raises(RobustlabError) as info:
+        make()
+    assert str(info.value) == message
+
+
+def test_cw_edge_hyperparameters_are_accepted():
+    CWL0(max_iterations=1, learning_rate=1e-300, initial_const=1e-300, largest_const=1e300, confidence=0)
+    CWLinf(max_iterations=1, confidence=0.0, decrease_factor=1e-9)
+    CWLinf(decrease_factor=0.999999)
+    CWL2(binary_search_steps=1, max_iterations=1, confidence=0.0, objective="f2")
+    for box in ("tanh", "clip", "project"):
+        CWL2(box=box, confidence=2.0)
+
+
 # --- C&W L0 ---------------------------------------------------------------------------------------
 
 
@@ -235,196 +434,30 @@ def test_cw_linf_follows_the_authors_search(shape, bounds, targeted, kappa, cons
     assert torch.isfinite(d_ref).any() and len(taus) > len(x)  # several rounds of shrinking tau
 
 
-# --- the pieces, against the authors' code at their edges ------------------------------------------
+class _Affine2(nn.Module):
+    """Two classes, ``Z_1 - Z_0 = w . x``."""
+
+    w = torch.tensor([1.0, -1.0, 0.5, 0.5, 1.0, -1.0], dtype=torch.float64)
+
+    def forward(self, x):
+        s = x.flatten(1) @ self.w
+        return torch.stack([torch.zeros_like(s), s], dim=1)
 
 
-def _solver(x, mask, tau=None):
-    from robustlab.attacks.carlini_wagner import _Adam, _Solver
-
-    n = x.shape[0]
-    return _Solver(rows=torch.arange(n), x=x, y=torch.zeros(n, dtype=torch.int64), t=None, start=x, w=x,
-                   adam=_Adam.fresh(x, 0.1), const=x.new_ones(n), steps=torch.zeros(n, dtype=torch.int64),
-                   mask=mask, tau=x.new_ones(n) if tau is None else tau)
-
-
-def authors_freeze(delta, grad, valid, width):
-    """``l0_attack.py``'s loop on one sample: ``delta``, ``grad`` ``[P, C]``, ``valid`` ``[P]`` (0/1); returns
-    the new ``valid``."""
-    equal_count = int((delta.abs().amax(dim=1) >= 1e-4 * width).sum())
-    total_change = delta.sum(dim=1).abs() * grad.abs().sum(dim=1)
-    valid = valid.clone()
-    did = 0
-    for e in total_change.argsort(stable=True).tolist():
-        if valid[e]:
-            did += 1
-            valid[e] = 0
-            if total_change[e] > 0.01:
-                break
-            if did >= 0.3 * equal_count ** 0.5:
-                break
-    return valid
-
-
-def test_cw_l0_freezes_pixels_as_the_authors_loop():
-    # Random scores with 0..400 changed pixels (up to ceil(0.3 sqrt(400)) = 6 frozen; none changed: one frozen),
-    # unchanged pixels moved by round-off only (as through tanh and back: distinct scores, no ties), some pixels
-    # frozen already, a score of exactly 0.01 (frozen, and not the last: the authors stop *after* a pixel
-    # scoring above 0.01), and a sample with every pixel frozen (finished).
-    g = torch.Generator().manual_seed(0)
-    n, c, side = 12, 2, 20
-    width = 2.0
-    x = torch.rand(n, c, side, side, generator=g, dtype=torch.float64) * width - 1
-    delta = 1e-9 * torch.rand(n, c, side, side, generator=g, dtype=torch.float64)
-    grad = torch.randn(n, c, side, side, generator=g, dtype=torch.float64)
-    mask = torch.ones(n, 1, side, side, dtype=torch.float64)
-    for i in range(n):
-        k = [1, 2, 11, 12, 13, 50, 100, 400, 0, 30, 30, 5][i]
-        where = torch.randperm(side * side, generator=g)[:k]
-        d = delta[i].flatten(1)
-        d[:, where] = 1e-3 * torch.rand(c, k, generator=g, dtype=torch.float64)
-        if i % 3 == 0:  # some scores above the limit
-            d[:, where[: k // 2]] *= 50
-        mask[i].view(-1)[torch.randperm(side * side, generator=g)[: 3 * i]] = 0
-    # Sample 9: 30 changed pixels (cap ceil(0.3 sqrt 30) = 2), the lowest score exactly 0.01 = |0.005 + 0| (1 + 1).
-    x[9], mask[9] = 0.0, 0.0  # x = 0: image - x is delta exactly
-    mask[9].view(-1)[:30] = 1.0
-    delta[9] = 0.0
-    delta[9].view(c, -1)[0, :30] = 0.005 * torch.linspace(1, 2, 30, dtype=torch.float64)
-    grad[9].view(c, -1)[:, :30] = 1.0
-    mask[11] = 0.0
-    delta *= mask
-    image = x + delta
-    solver = _solver(x, mask.clone())
-    finished = CWL0()._tighten(solver, image, grad, width)
-    assert finished.tolist() == [False] * 11 + [True]
-    for i in range(n):
-        expected = authors_freeze((image[i] - x[i]).flatten(1).T, grad[i].flatten(1).T, mask[i].flatten(), width)
-        assert solver.mask[i].flatten().tolist() == expected.tolist(), i
-    frozen = (mask - solver.mask).flatten(1).sum(1)
-    assert frozen[:11].max() == 6 and frozen[8] == 1 and frozen[9] == 2
-
-
-def test_cw_l0_freeze_cap_is_computed_in_float64_as_the_authors():
-    # 2500 changed pixels: the authors stop once did >= .3 * 2500 ** .5 = 15.0 (Python floats); in float32,
-    # 0.3 * 50 rounds to 15.000001 and would let a 16th pixel be frozen.
-    g = torch.Generator().manual_seed(1)
-    x = torch.zeros(1, 1, 50, 50, dtype=torch.float64)
-    image = 1e-3 + 1e-3 * torch.rand(1, 1, 50, 50, generator=g, dtype=torch.float64)  # scores below 0.01
-    grad = torch.rand(1, 1, 50, 50, generator=g, dtype=torch.float64)
-    solver = _solver(x, torch.ones(1, 1, 50, 50, dtype=torch.float64))
-    CWL0()._tighten(solver, image, grad, 1.0)
-    expected = authors_freeze(image[0].flatten(1).T, grad[0].flatten(1).T, torch.ones(2500), 1.0)
-    assert solver.mask.flatten().tolist() == expected.tolist()
-    assert int((solver.mask == 0).sum()) == 15
-
-
-def test_cw_l0_freezes_features_of_flat_inputs_one_by_one():
-    # [N, D] inputs: each feature is a pixel; the 3 changed features have scores 1e-4, 2e-4 (below the limit)
-    # and 0.5: cap ceil(0.3 sqrt 3) = 1 freezes the lowest one only.
-    x = torch.zeros(1, 5, dtype=torch.float64)
-    image = torch.tensor([[0.0, 0.1, 0.2, 0.5, 0.0]], dtype=torch.float64)
-    grad = torch.tensor([[3.0, 1e-3, 1e-3, 1.0, 0.0]], dtype=torch.float64)
-    solver = _solver(x, torch.ones_like(x))
-    assert not CWL0()._tighten(solver, image, grad, 1.0).any()
-    assert solver.mask.tolist() == [[1.0, 0.0, 1.0, 1.0, 1.0]] or solver.mask.tolist() == [[0.0, 1.0, 1.0, 1.0, 1.0]]
-    assert solver.mask.shape == x.shape
-
-
-def test_cw_l0_snaps_pixels_moved_less_than_the_authors_tolerance():
-    # A pixel counts as changed when some channel moved by >= 1e-4 (the authors' "equal" is |d| < 1e-4), scaled
-    # by the box width: 2.5e-4 in a box of width 2.5 is changed, 2.4999e-4 is not.
-    width = 2.5
-    x = torch.zeros(1, 2, 1, 3, dtype=torch.float64)
-    image = x.clone()
-    image[0, 1, 0, 0] = 2.5e-4  # one channel at the tolerance: the pixel (both channels) kept
-    image[0, 0, 0, 1] = 2.4999e-4  # below in both channels: reset
-    image[0, 1, 0, 1] = -2.4999e-4
-    image[0, 0, 0, 2] = -0.3
-    snapped = CWL0()._snap(image, x, width)
-    assert torch.equal(snapped[..., 0], image[..., 0]) and torch.equal(snapped[..., 2], image[..., 2])
-    assert torch.equal(snapped[..., 1], x[..., 1])
-    flat_x = torch.zeros(1, 3, dtype=torch.float64)
-    flat_image = torch.tensor([[1e-4, 0.99e-4, -1e-4]], dtype=torch.float64)
-    assert CWL0()._snap(flat_image, flat_x, 1.0).tolist() == [[1e-4, 0.0, -1e-4]]
-
-
-def test_cw_l0_and_linf_works_below_the_authors_thresholds():
-    hinge = torch.tensor([0.0, 0.99e-4, 1e-4, 0.5], dtype=torch.float64)
-    assert CWL0()._works(hinge, torch.zeros(4), torch.ones(4)).tolist() == [True, True, False, False]
-    # L∞: c hinge + penalty < 1e-4 c (the authors' loss < .0001 * CONST).
-    const = torch.tensor([2.0, 2.0, 2.0, 0.5], dtype=torch.float64)
-    penalty = torch.tensor([1e-4, 0.0, 2e-4, 0.0], dtype=torch.float64)
-    hinge = torch.tensor([0.0, 0.5e-4, 0.0, 0.99e-4], dtype=torch.float64)
-    assert CWLinf()._works(hinge, penalty, const).tolist() == [True, True, False, True]
-    assert not bool(CWLinf()._works(torch.zeros(1), torch.tensor([1e-4]), torch.tensor([1.0])))
-
-
-def test_cw_linf_penalty_and_its_gradient():
-    # sum_i max(|delta_i| - tau, 0); its gradient sign(delta_i) where |delta_i| > tau (tf.maximum(0, e) passes
-    # no gradient at e = 0).
-    delta = torch.tensor([[0.3, -0.5, 0.2, -0.25], [0.1, -0.1, 0.0, 0.05]], dtype=torch.float64)
-    tau = torch.tensor([0.25, 0.05], dtype=torch.float64)
-    penalty, grad = CWLinf()._penalty(delta, tau)
-    torch.testing.assert_close(penalty, torch.tensor([0.05 + 0.25, 0.05 + 0.05], dtype=torch.float64))
-    assert grad.tolist() == [[1.0, -1.0, 0.0, 0.0], [1.0, -1.0, 0.0, 0.0]]
-    l0_penalty, l0_grad = CWL0()._penalty(delta, tau)
-    torch.testing.assert_close(l0_penalty, delta.pow(2).sum(1))
-    torch.testing.assert_close(l0_grad, 2 * delta)
-
-
-def test_cw_linf_shrinks_tau_and_stops_at_a_256th_of_the_box():
-    # tau <- decrease * min(tau, max |delta|); finished once tau <= (hi - lo) / 256: in a box of width 256,
-    # tau = 0.5 * 2 = 1 stops (at the tie), 0.5 * 2.25 does not.
-    x = torch.zeros(3, 2, dtype=torch.float64)
-    image = torch.tensor([[2.0, -1.0], [-2.25, 0.0], [3.0, 0.0]], dtype=torch.float64)
-    solver = _solver(x, torch.ones_like(x), tau=torch.tensor([10.0, 10.0, 1.5], dtype=torch.float64))
-    finished = CWLinf(decrease_factor=0.5)._tighten(solver, image, image, 256.0)
-    assert solver.tau.tolist() == [1.0, 1.125, 0.75]
-    assert finished.tolist() == [True, False, True]
-
-
-# --- hyperparameters ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "make,message",
-    [
-        (lambda: CWL0(max_iterations=0), "max_iterations must be a positive integer, got 0"),
-        (lambda: CWL0(max_iterations=True), "max_iterations must be a positive integer, got True"),
-        (lambda: CWL0(max_iterations=2.0), "max_iterations must be a positive integer, got 2.0"),
-        (lambda: CWL0(learning_rate=0.0), "learning_rate must be a positive finite number, got 0.0"),
-        (lambda: CWL0(learning_rate=math.inf), "learning_rate must be a positive finite number, got inf"),
-        (lambda: CWLinf(initial_const=-1.0), "initial_const (c) must be a positive finite number, got -1.0"),
-        (lambda: CWLinf(initial_const="1"), "initial_const (c) must be a positive finite number, got '1'"),
-        (lambda: CWL0(largest_const=math.inf), "largest_const must be a positive finite number, got inf"),
-        (lambda: CWL0(largest_const=math.nan), "largest_const must be a positive finite number, got nan"),
-        (lambda: CWL0(confidence=math.inf), "confidence (kappa) must be a finite number >= 0, got inf"),
-        (lambda: CWLinf(confidence=-1e-9), "confidence (kappa) must be a finite number >= 0, got -1e-09"),
-        (lambda: CWLinf(confidence=None), "confidence (kappa) must be a finite number >= 0, got None"),
-        (lambda: CWLinf(max_iterations=0), "max_iterations must be a positive integer, got 0"),
-        (lambda: CWLinf(decrease_factor=0.0), "decrease_factor must lie in (0, 1), got 0.0"),
-        (lambda: CWLinf(decrease_factor=1), "decrease_factor must lie in (0, 1), got 1"),
-        (lambda: CWLinf(decrease_factor="0.5"), "decrease_factor must lie in (0, 1), got '0.5'"),
-        (lambda: CWL2(binary_search_steps=0), "binary_search_steps must be a positive integer, got 0"),
-        (lambda: CWL2(max_iterations=0), "max_iterations must be a positive integer, got 0"),
-        (lambda: CWL2(initial_const=0.0), "initial_const (c) must be a positive finite number, got 0.0"),
-        (lambda: CWL2(learning_rate=-1.0), "learning_rate must be a positive finite number, got -1.0"),
-        (lambda: CWL2(confidence=-1.0), "confidence (kappa) must be a finite number >= 0, got -1.0"),
-        (lambda: CWL2(box="sigmoid"), "unknown box encoding 'sigmoid'; choose one of ['tanh', 'clip', 'project']"),
-        (lambda: CWL2(objective="f2", confidence=1e-3),
-         "confidence (kappa) is defined for objective 'f6' only, not 'f2'"),
-    ],
-)
-def test_cw_bad_hyperparameters_are_rejected_with_their_message(make, message):
-    with pytest.raises(RobustlabError) as info:
-        make()
-    assert str(info.value) == message
-
-
-def test_cw_edge_hyperparameters_are_accepted():
-    CWL0(max_iterations=1, learning_rate=1e-300, initial_const=1e-300, largest_const=1e300, confidence=0)
-    CWLinf(max_iterations=1, confidence=0.0, decrease_factor=1e-9)
-    CWLinf(decrease_factor=0.999999)
-    CWL2(binary_search_steps=1, max_iterations=1, confidence=0.0, objective="f2")
-    for box in ("tanh", "clip", "project"):
-        CWL2(box=box, confidence=2.0)
+def test_cw_linf_stops_once_tau_is_a_256th_of_the_box():
+    # Two points 0.002 and 0.02 from the boundary of an affine model (L∞ distances 4e-4 and 4e-3), in the box
+    # [-1, 3]: tau halves from success to success until it is <= (hi - lo) / 256 = 1/64 (li_attack.py's
+    # `while tau > 1./256` on its box of width 1), where the sample stops with its last success.
+    g = torch.Generator().manual_seed(3)
+    w = _Affine2.w
+    x = 2 * torch.rand(2, 6, generator=g, dtype=torch.float64)
+    x = x + ((-torch.tensor([2e-3, 0.02], dtype=torch.float64) - x @ w) / (w @ w))[:, None] * w
+    y, bounds = torch.zeros(2, dtype=torch.int64), (-1.0, 3.0)
+    options = {"iterations": 15, "lr": 0.05, "const": 0.1, "largest": 20.0, "kappa": 0.0, "decrease": 0.5}
+    result = CWLinf(max_iterations=15, learning_rate=0.05, initial_const=0.1, largest_const=20.0, decrease_factor=0.5)(
+        _Affine2(), x, y, threat=Linf(eps=math.inf, bounds=bounds))
+    x_ref, d_ref, calls, taus = replay_cw_linf(_Affine2(), x, y, None, bounds=bounds, **options)
+    assert result.backwards == calls
+    torch.testing.assert_close(result.extras["best_distance"], d_ref, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(result.x_adv, x_ref, rtol=1e-7, atol=1e-9)
+    assert result.success.all() and sum(t <= 4 / 256 for t in taus) == 2  # both stopped by the tau rule
