@@ -149,6 +149,25 @@ def test_cw_l0_freeze_cap_is_computed_in_float64_as_the_authors():
     assert int((solver.mask == 0).sum()) == 15
 
 
+def test_cw_l0_counts_changed_pixels_with_the_authors_tolerance():
+    # 11 pixels moved by 1e-3 and one by exactly 1e-4 (hi - lo) = 2e-4 (changed: the authors' "equal" is
+    # |d| < 1e-4 on their box of width 1): 12 changed, ceil(0.3 sqrt 12) = 2 frozen; with that pixel moved by
+    # 1e-4 only (equal), 11 changed and 1 frozen.
+    g = torch.Generator().manual_seed(2)
+    x = torch.zeros(2, 1, 4, 4, dtype=torch.float64)
+    delta = torch.zeros_like(x)
+    delta.view(2, -1)[:, :11] = 1e-3 * (1 + torch.rand(2, 11, generator=g, dtype=torch.float64))
+    delta.view(2, -1)[:, 11] = torch.tensor([2e-4, 1e-4], dtype=torch.float64)
+    delta.view(2, -1)[:, 12:] = 1e-9 * torch.rand(2, 4, generator=g, dtype=torch.float64)
+    grad = torch.rand(2, 1, 4, 4, generator=g, dtype=torch.float64)  # every score below 0.01
+    solver = _solver(x, torch.ones_like(x))
+    CWL0()._tighten(solver, x + delta, grad, 2.0)
+    for i in range(2):
+        expected = authors_freeze(delta[i].flatten(1).T, grad[i].flatten(1).T, torch.ones(16), 2.0)
+        assert solver.mask[i].flatten().tolist() == expected.tolist()
+    assert (solver.mask == 0).flatten(1).sum(1).tolist() == [2, 1]
+
+
 def test_cw_l0_freezes_features_of_flat_inputs_one_by_one():
     # [N, D] inputs: each feature is a pixel; the 3 changed features have scores 1e-4, 2e-4 (below the limit)
     # and 0.5: cap ceil(0.3 sqrt 3) = 1 freezes the lowest one only.
