@@ -524,6 +524,8 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     # attacks/carlini_wagner.py, C&W L0 and L∞ (run with --functions on the source of 4fb02b3)
     "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL0ǁ_tighten__mutmut_59": ("(first_above + 1).to(None)", "torch.minimum promotes the int64 count to the float64 cap: the same values"),
     "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL0ǁ_tighten__mutmut_62": ("valid.sum(dim=1).to(None)", "torch.minimum promotes the int64 count to the float64 cap: the same values"),
+    "robustlab.attacks.carlini_wagner.xǁ_WarmStartedRoundsǁ_run__mutmut_49": ("steps=torch.zeros(n, dtype=None,", "step counts kept in float32 are exact (below 2^24) and compare with max_iterations alike"),
+    "robustlab.attacks.carlini_wagner.xǁ_WarmStartedRoundsǁ_run__mutmut_52": ("steps=torch.zeros(n, device=x.device)", "step counts kept in float32 are exact (below 2^24) and compare with max_iterations alike"),
 }
 
 # Survivors that only a test on an accelerator can kill: a tensor made on the default device instead of
@@ -584,6 +586,12 @@ NEEDS_GPU: dict[str, str] = {
     "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL2ǁ_run__mutmut_11": "dtype=torch.float64, )",
     "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL0ǁ_tighten__mutmut_67": "arange(score.shape[1], device=None)",
     "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL0ǁ_tighten__mutmut_69": "arange(score.shape[1], )",
+    "robustlab.attacks.carlini_wagner.xǁ_WarmStartedRoundsǁ_run__mutmut_36": "rows=torch.arange(n, device=None)",
+    "robustlab.attacks.carlini_wagner.xǁ_WarmStartedRoundsǁ_run__mutmut_38": "rows=torch.arange(n, )",
+    "robustlab.attacks.carlini_wagner.xǁ_WarmStartedRoundsǁ_run__mutmut_50": "dtype=torch.int64, device=None)",
+    "robustlab.attacks.carlini_wagner.xǁ_WarmStartedRoundsǁ_run__mutmut_53": "steps=torch.zeros(n, dtype=torch.int64, )",
+    "robustlab.attacks.carlini_wagner.xǁ_WarmStartedRoundsǁ_run__mutmut_62": "dtype=torch.bool, device=None), x.clone()",
+    "robustlab.attacks.carlini_wagner.xǁ_WarmStartedRoundsǁ_run__mutmut_65": "dtype=torch.bool, ), x.clone()",
     # DDN's fallback direction drawn on the default device
     "robustlab.attacks.ddn.xǁDecoupledDirectionNormǁ_run__mutmut_15": "generator=generator, device=None, dtype=x.dtype)",
     "robustlab.attacks.ddn.xǁDecoupledDirectionNormǁ_run__mutmut_19": "randn(x.shape, generator=generator, dtype=x.dtype)",
@@ -819,6 +827,7 @@ def recheck(name: str, result: dict, functions: list[str] | None = None, deselec
         raise SystemExit(f"the current tests fail on the run's unmutated source ({path}); deselect the tests of "
                          f"later source changes (--recheck-deselect):\n{baseline.stdout[-2000:]}")
     todo = [s for s in result["survivors"] if "equivalent" not in s and not s.get("needs_gpu")]  # others: no test here
+    todo = [s for s in todo if not s.get("killed_by_current_tests")]  # killed at an earlier recheck: tests only grow
     if skip:  # functions rechecked by a --functions run of their own (faster: mutmut runs only the tests reaching them)
         globs = mutant_globs(name, skip)
         todo = [s for s in todo if not any(fnmatch.fnmatchcase(s["mutant"], g) for g in globs)]

@@ -168,6 +168,22 @@ def test_cw_l0_counts_changed_pixels_with_the_authors_tolerance():
     assert (solver.mask == 0).flatten(1).sum(1).tolist() == [2, 1]
 
 
+def test_cw_l0_stops_freezing_after_the_first_pixel_above_the_limit_per_sample():
+    # 16 changed pixels each (cap ceil(0.3 * 4) = 2): no score above 0.01 -> 2 frozen; every score above -> 1
+    # frozen (the first one, then stop); the rule is per sample, whatever the other samples of the batch hold.
+    g = torch.Generator().manual_seed(4)
+    x = torch.zeros(3, 1, 4, 4, dtype=torch.float64)
+    delta = 1e-3 * (1 + torch.rand(3, 1, 4, 4, generator=g, dtype=torch.float64))
+    grad = (1 + torch.rand(3, 1, 4, 4, generator=g, dtype=torch.float64)) * torch.tensor([1.0, 100.0, 1.0]).view(3, 1, 1, 1)
+    grad[2].view(-1)[delta[2].view(-1).argmax()] = 100.0  # one score above the limit, not the lowest
+    solver = _solver(x, torch.ones_like(x))
+    CWL0()._tighten(solver, x + delta, grad, 1.0)
+    for i in range(3):
+        expected = authors_freeze(delta[i].flatten(1).T, grad[i].flatten(1).T, torch.ones(16), 1.0)
+        assert solver.mask[i].flatten().tolist() == expected.tolist()
+    assert (solver.mask == 0).flatten(1).sum(1).tolist() == [2, 1, 2]
+
+
 def test_cw_l0_freezes_features_of_flat_inputs_one_by_one():
     # [N, D] inputs: each feature is a pixel; the 3 changed features have scores 1e-4, 2e-4 (below the limit)
     # and 0.5: cap ceil(0.3 sqrt 3) = 1 freezes the lowest one only.
