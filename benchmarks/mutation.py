@@ -524,6 +524,7 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     # attacks/carlini_wagner.py, C&W L0 and L∞ (run with --functions on the source of 4fb02b3)
     "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL0ǁ_tighten__mutmut_59": ("(first_above + 1).to(None)", "torch.minimum promotes the int64 count to the float64 cap: the same values"),
     "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL0ǁ_tighten__mutmut_62": ("valid.sum(dim=1).to(None)", "torch.minimum promotes the int64 count to the float64 cap: the same values"),
+    "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL0ǁ_tighten__mutmut_63": ("valid.sum(dim=None).to(cap.dtype)", "a count past a sample's valid pixels re-freezes frozen ones (scored inf, sorted last): valid & ~freeze is the same"),
     "robustlab.attacks.carlini_wagner.xǁ_WarmStartedRoundsǁ_run__mutmut_49": ("steps=torch.zeros(n, dtype=None,", "step counts kept in float32 are exact (below 2^24) and compare with max_iterations alike"),
     "robustlab.attacks.carlini_wagner.xǁ_WarmStartedRoundsǁ_run__mutmut_52": ("steps=torch.zeros(n, device=x.device)", "step counts kept in float32 are exact (below 2^24) and compare with max_iterations alike"),
 }

@@ -253,6 +253,31 @@ def test_cw_linf_shrinks_tau_and_stops_at_a_256th_of_the_box():
     assert finished.tolist() == [True, False, True]
 
 
+class _Constant(nn.Module):
+    """Logits that do not depend on the input (but are differentiable in it)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.tensor(logits, dtype=torch.float64)
+
+    def forward(self, x):
+        return self.logits + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("attack,threat", [(CWL0, L0(eps=math.inf)), (CWLinf, Linf(eps=math.inf))],
+                         ids=["l0", "linf"])
+@pytest.mark.parametrize("targeted", [False, True], ids=["untargeted", "targeted"])
+def test_cw_l0_linf_success_needs_the_argmax_not_only_a_small_hinge(attack, threat, targeted):
+    # The hinge (kappa 0) is 1e-5 < 1e-4 at every point, but the true class keeps the lead (untargeted), or a third
+    # class does (targeted): no step works (the authors' compare on the argmax), the rounds fail.
+    logits = [[1e-5, 0.0, -1.0]] if not targeted else [[0.0, 1.0, 1.0 - 1e-5]]
+    x, y = torch.full((1, 4), 0.5, dtype=torch.float64), torch.tensor([0])
+    result = attack(max_iterations=2, initial_const=1.0, largest_const=4.0, confidence=0.0)(
+        _Constant(logits), x, y, threat=threat, targets=torch.tensor([2]) if targeted else None)
+    assert not result.success.any() and torch.isinf(result.extras["best_distance"]).all()
+    assert result.backwards == 4  # two steps at c = 1, two at c = 2: c = 4 is largest_const
+
+
 # --- hyperparameters ---------------------------------------------------------------------------------
 
 
