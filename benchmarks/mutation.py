@@ -467,6 +467,8 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
         "x.new_zeros(1)", "for no rows the loop never runs, and the final point broadcasts the one radius to 0 rows"),
     "robustlab.attacks.decision.xǁHopSkipJumpǁ_run__mutmut_204": (
         "new_distance <= best_distance[todo]", "differs only on an exact tie of two iterates' distances, either a closest point"),
+    "robustlab.attacks.decision.xǁBoundaryAttackǁ_adapt__mutmut_30": (
+        "(rate >= 0.25)", "the rate over 30 outcomes is a multiple of 1/30, never exactly 0.25"),
     # attacks/composition.py
     "robustlab.attacks.composition.xǁMinimumNormEnsembleǁ_run__mutmut_12": ('float("INF")', "Python parses INF and inf alike"),
     "robustlab.attacks.composition.xǁMinimumNormEnsembleǁ_run__mutmut_67": ('float("INF")', "Python parses INF and inf alike"),
@@ -641,6 +643,11 @@ NEEDS_GPU: dict[str, str] = {
     "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_92": 'generator=g, ).to(xs.dtype)',
     "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_108": 'arange(xs.shape[0], device=None)',
     "robustlab.evaluation.diagnostics.x__random_sampling__mutmut_110": 'arange(xs.shape[0], ) % draws',
+    # the decision attacks' uniform noise and success histories made on the default device
+    "robustlab.attacks.decision.x__uniform_box__mutmut_7": "device=None, dtype=like.dtype)",
+    "robustlab.attacks.decision.x__uniform_box__mutmut_11": "generator=generator, dtype=like.dtype)",
+    **{f"robustlab.attacks.decision.xǁ_Historyǁ__init____mutmut_{n}": text for n, text in (
+        (5, "device=None)"), (9, "dtype=torch.bool, )"), (13, "device=None)"), (16, "dtype=torch.int64, )"))},
 }
 
 

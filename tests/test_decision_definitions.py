@@ -115,7 +115,8 @@ def test_boundary_budget_covers_the_initialisation():
     model = Halfspace(torch.zeros(3, dtype=D), -1.0)
     x, y = torch.full((1, 3), 0.5, dtype=D), torch.zeros(1, dtype=torch.int64)
     BoundaryAttack(max_queries=1 + 4 + 10, init_draws=4)(model, x, y, threat=L2(eps=math.inf))
-    with pytest.raises(RobustlabError, match=r"max_queries=14 is too small.*15 queries.*3 features.*init_draws=4"):
+    with pytest.raises(RobustlabError, match=r"^max_queries=14 is too small: finding and refining a starting point may take 15 queries for inputs "
+                       r"of 3 features \(init_draws=4\); raise max_queries or lower init_draws$"):
         BoundaryAttack(max_queries=14, init_draws=4)(model, x, y, threat=L2(eps=math.inf))
 
 
