@@ -461,3 +461,15 @@ def test_reparameterization_keeps_the_best_point_as_the_real_model_judges_it_aga
                     targets=torch.tensor([2, 2]))
     torch.testing.assert_close(result.x_adv, torch.tensor([[1.0, 0.5, 0.8]] * 2, dtype=D))
     assert result.extras == {"classifier_forwards": 4, "classifier_backwards": 4}  # samples x steps
+
+
+def test_reparameterization_keeps_a_point_of_the_target_class_over_a_higher_misclassified_one():
+    # The first point is of the target class (adversarial, margin 1); the second is misclassified as another class
+    # with a margin of -0.2: the adversarial one is kept, though judging success against the labels only would
+    # count both and prefer neither by success.
+    path = iter(torch.tensor([[[0.0, 0.0, 1.0]], [[1.0, 0.5, 0.8]]], dtype=D))
+    decoder = lambda z: next(path) + 0 * z.sum()  # noqa: E731
+    attack = Reparameterization(decoder=decoder, encoder=lambda v: v[:, :1], classifier=Linear(torch.eye(3)), steps=2)
+    result = attack(Linear(torch.eye(3)), torch.zeros(1, 3, dtype=D), torch.tensor([1]),
+                    threat=Linf(eps=5.0, bounds=(-5.0, 5.0)), targets=torch.tensor([2]))
+    torch.testing.assert_close(result.x_adv, torch.tensor([[0.0, 0.0, 1.0]], dtype=D))
