@@ -150,3 +150,14 @@ def linear_model(weight: list[list[float]], bias: list[float]) -> nn.Module:
         model.weight.copy_(torch.tensor(weight, dtype=torch.float64))
         model.bias.copy_(torch.tensor(bias, dtype=torch.float64))
     return model
+
+
+def random_mlp(features: int, classes: int = 3, seed: int = 0, scale: float = 2.0) -> nn.Module:
+    """A float64 MLP ``features -> 10 (tanh) -> classes`` with N(0, scale^2) weights drawn from
+    ``seed``, in eval mode: the model of the attacks' sample-by-sample replays."""
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(features, 10), nn.Tanh(), nn.Linear(10, classes)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return model.eval()

@@ -15,6 +15,7 @@ from robustlab.attacks import CWL2
 from robustlab.attacks.cw_objectives import OBJECTIVES, get_objective, objective_floor
 from robustlab.errors import RobustlabError
 from robustlab.threat import L2
+from conftest import random_mlp
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -107,19 +108,10 @@ def test_f6_default_confidence_is_zero():
 # --- C&W L2 replayed from the paper and the authors' l2_attack.py ---------------------------------
 
 
-def _tiny_mlp(features: int = 8, classes: int = 3, seed: int = 0, scale: float = 2.0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(features, 10), nn.Tanh(), nn.Linear(10, classes)).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(scale * torch.randn(p.shape, generator=g, dtype=torch.float64))
-    return model.eval()
-
-
 def _l2_case(n=5, bounds=(0.0, 1.0), seed=0, at_bounds=False, classes=3):
     """A tiny MLP, inputs in the box (with ``at_bounds``, features 0 and 1 exactly at lo and hi, as
     image pixels often are) and the labels it gives them."""
-    model = _tiny_mlp(seed=seed, classes=classes)
+    model = random_mlp(8, classes=classes, seed=seed)
     lo, hi = bounds
     x = lo + (hi - lo) * torch.rand(n, 8, generator=torch.Generator().manual_seed(seed + 100), dtype=torch.float64)
     if at_bounds:

@@ -18,21 +18,13 @@ from torch import nn
 from robustlab.attacks import CWL0, CWL2, CWLinf
 from robustlab.errors import RobustlabError
 from robustlab.threat import L0, Linf
+from conftest import random_mlp
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def _tiny_mlp(features: int, classes: int = 3, seed: int = 0, scale: float = 2.0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(features, 10), nn.Tanh(), nn.Linear(10, classes)).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(scale * torch.randn(p.shape, generator=g, dtype=torch.float64))
-    return model.eval()
-
-
 def _case(shape, n=4, bounds=(0.0, 1.0), seed=0, classes=3):
-    model = _tiny_mlp(math.prod(shape), classes=classes, seed=seed)
+    model = random_mlp(math.prod(shape), classes=classes, seed=seed)
     lo, hi = bounds
     g = torch.Generator().manual_seed(seed + 100)
     x = lo + (hi - lo) * torch.rand(n, *shape, generator=g, dtype=torch.float64)

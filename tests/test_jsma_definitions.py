@@ -13,17 +13,9 @@ from torch import nn
 from robustlab.attacks import JSMA
 from robustlab.errors import RobustlabError
 from robustlab.threat import L0
+from conftest import random_mlp
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def _tiny_mlp(features: int, classes: int, seed: int = 0, scale: float = 0.5) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(features, 10), nn.Tanh(), nn.Linear(10, classes)).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(scale * torch.randn(p.shape, generator=g, dtype=torch.float64))
-    return model.eval()
 
 
 def replay_jsma(model, x, y, goal, *, targeted, variant, theta, max_distortion, search_margin, bounds):
@@ -80,7 +72,7 @@ def replay_jsma(model, x, y, goal, *, targeted, variant, theta, max_distortion, 
 
 def _case(n, shape, classes, bounds, seed=0):
     lo, hi = bounds
-    model = _tiny_mlp(math.prod(shape), classes, seed=seed)
+    model = random_mlp(math.prod(shape), classes, seed=seed, scale=0.5)
     g = torch.Generator().manual_seed(seed + 10)
     x = lo + (hi - lo) * torch.rand(n, *shape, generator=g, dtype=torch.float64)
     x.view(n, -1)[:, :3] = torch.tensor([lo, hi, hi - 0.005 * (hi - lo)], dtype=torch.float64)  # at, near the bounds
