@@ -366,19 +366,7 @@ def replay_cw_l0(model, x, y, t, *, iterations, lr, const, largest, kappa, bound
             solution = torch.where((moved.reshape(valid.shape[1:]))[None], nimg, xi)
             if valid.sum() == 0:
                 break
-            equal_count = int(moved.sum())
-            total_change = pix(delta).sum(dim=1).abs() * pix(grad).abs().sum(dim=1)
-            flat_valid = valid.flatten().clone()
-            did = 0
-            for e in total_change.argsort(stable=True).tolist():
-                if flat_valid[e]:
-                    did += 1
-                    flat_valid[e] = 0
-                    if total_change[e] > 0.01:
-                        break
-                    if did >= 0.3 * equal_count ** 0.5:
-                        break
-            valid = flat_valid.reshape(valid.shape)
+            valid = authors_freeze(pix(delta), pix(grad), valid.flatten(), width).reshape(valid.shape)
             masks.append(valid)
             prev = nimg
         if solution is not None:
