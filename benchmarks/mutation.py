@@ -5,7 +5,7 @@
     python benchmarks/mutation.py --issue15            # only the six mutations of issue 15
     python benchmarks/mutation.py apgd --functions _AutoPGDBase._descend AutoPGD._run   # some functions
 
-mutmut 3 (``pip install mutmut``; 3.8.1 used) mutates one module at a time in a scratch copy
+mutmut 3 (3.8.1, installed with the peers: ``benchmarks/requirements-peers.txt``) mutates one module at a time in a scratch copy
 (``benchmarks/.cache/mutation/<module>/``) and runs, for each mutant, only the tests of that
 module's selection that reach the mutated function. A mutant is *killed* when a test fails (or
 times out), *survives* when all pass, and has *no tests* when none of the selection reaches it
