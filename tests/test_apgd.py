@@ -333,17 +333,17 @@ def test_give_up_drops_at_the_first_checkpoint_exactly_the_stuck_samples_above_k
 
 
 class _Descending(nn.Module):
-    """Two classes; the margin of sample i is ``10 * x_i0 - 0.01 * t`` after ``t`` forward calls:
-    it falls by 0.01 per APGD step whatever the step does (the perturbation budget moves it by
-    at most 10 eps)."""
+    """Two classes; the margin of sample i is ``10 * x_i0 - 0.01 * min(t, stop)`` after ``t`` forward
+    calls: it falls by 0.01 per APGD step whatever the step does (the perturbation budget moves it
+    by at most 10 eps), up to call ``stop``."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop: float = math.inf) -> None:
         super().__init__()
-        self.calls = 0
+        self.calls, self.stop = 0, stop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        margin = 10 * x[:, 0] - 0.01 * self.calls
+        margin = 10 * x[:, 0] - 0.01 * min(self.calls, self.stop)
         return torch.stack([margin, torch.zeros_like(margin)], dim=1)
 
 
@@ -380,6 +380,24 @@ def test_give_up_boundary_is_the_recent_rate_times_the_steps_left(make_attack, s
     y = torch.zeros(1, dtype=torch.int64)
     result = make_attack()(_Descending(), x, y, threat=Linf(eps=1e-9, bounds=(-10.0, 10.0)), generator=gen())
     assert result.backwards == (100 if stays else 1 + checkpoints(100)[0])
+
+
+def test_give_up_rate_is_measured_from_the_middle_of_the_first_window():
+    # 50 steps: the first checkpoint is 11, so the first window's second half starts at step 11 // 2 = 5
+    # (the window starts at step 0). The margin falls by 0.01 per forward call up to call 9 (step 6 here)
+    # and then stays: from step 5 to 11 it fell 0.01, a rate of 0.01 / 6 per step, which over the 39 steps
+    # left reaches 0.065 > the margin 0.12 - 0.09 = 0.03: the sample stays, and leaves at the second
+    # checkpoint (21), whose window saw no progress. Measured from step 6 the rate would be 0 and it would
+    # leave at step 11 already.
+    assert checkpoints(50)[:2] == (11, 21)
+    x, y = torch.tensor([[0.012, 0.0]]), torch.zeros(1, dtype=torch.int64)
+    threat = Linf(eps=1e-9, bounds=(-10.0, 10.0))
+    result = APGD(steps=50, loss="margin", give_up=1.0)(_Descending(stop=9), x, y, threat=threat, generator=gen())
+    assert not result.success.any()
+    assert result.backwards == 1 + 21
+    # The fall ending one call earlier (step 5), the second half of the window sees none: it leaves at 11.
+    result = APGD(steps=50, loss="margin", give_up=1.0)(_Descending(stop=8), x, y, threat=threat, generator=gen())
+    assert result.backwards == 1 + 11
 
 
 def test_give_up_keeps_the_success_set_on_a_trained_model(digits_mlp, digits_test):
@@ -461,6 +479,8 @@ def test_registry_and_aliases():
         (lambda: APGD(keep_near=0.1), "keep_near"),
         (lambda: APGD(give_up=2.0, keep_near=1.0), "keep_near"),
         (lambda: APGDT(give_up=2.0, keep_near=True), "keep_near"),
+        (lambda: APGD(give_up=2.0, keep_near=0.0), "keep_near"),
+        (lambda: APGD(give_up=2.0, keep_near="0.1"), "keep_near"),
     ],
 )
 def test_bad_hyperparameters_are_rejected(make, keyword):
