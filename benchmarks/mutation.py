@@ -540,6 +540,16 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.attacks.carlini_wagner.xǁCarliniWagnerL0ǁ_tighten__mutmut_63": ("valid.sum(dim=None).to(cap.dtype)", "a count past a sample's valid pixels re-freezes frozen ones (scored inf, sorted last): valid & ~freeze is the same"),
     "robustlab.attacks.carlini_wagner.xǁ_WarmStartedRoundsǁ_run__mutmut_49": ("steps=torch.zeros(n, dtype=None,", "step counts kept in float32 are exact (below 2^24) and compare with max_iterations alike"),
     "robustlab.attacks.carlini_wagner.xǁ_WarmStartedRoundsǁ_run__mutmut_52": ("steps=torch.zeros(n, device=x.device)", "step counts kept in float32 are exact (below 2^24) and compare with max_iterations alike"),
+    # attacks/jsma.py (the whole-file run of 2026-12-05 23:39 UTC)
+    'robustlab.attacks.jsma.x__best_of__mutmut_22': ('rows = max(2, _PAIR_CHUNK', 'the rows per chunk only bound the temporaries: at least 2 instead of 1 changes nothing below 2**22 / F**2 < 1, i.e. F > 2048, where it only costs memory'),
+    'robustlab.attacks.jsma.x__best_of__mutmut_30': ('range(0, m, )', 'chunks starting at every row overlap and write the same values again (slower, same result)'),
+    'robustlab.attacks.jsma.x__pick_pairs__mutmut_119': ('features / 4)', 'an integer count is at most F / 4 exactly when it is at most F // 4'),
+    'robustlab.attacks.jsma.x__pick_pairs__mutmut_142': ('.to(torch.uint8), stable=True)', "sort's default dim is the last, 1 for [M, F]"),
+    'robustlab.attacks.jsma.x__pick_pairs__mutmut_144': ('.to(None)', 'Tensor.to(None) returns the bool tensor itself, which sorts stably with False (kept) first as uint8 does'),
+    'robustlab.attacks.jsma.x__pick_pairs__mutmut_32': ('a.topk(seeds, ).indices', "topk's default dim is the last, 1 for [M, F]"),
+    'robustlab.attacks.jsma.x__pick_pairs__mutmut_38': ('.topk(seeds, largest=False)', "topk's default dim is the last, 1 for [M, F]"),
+    'robustlab.attacks.jsma.xǁJacobianSaliencyMapǁ_run__mutmut_3': ('self.theta >= 0', 'theta = 0 is refused by __post_init__'),
+    'robustlab.attacks.jsma.xǁJacobianSaliencyMapǁ_run__mutmut_52': ('range(max_pairs + 2)', 'the loop always breaks at step == max_pairs, before the extra iteration'),
 }
 
 # Survivors that only a test on an accelerator can kill: a tensor made on the default device instead of
@@ -665,6 +675,20 @@ NEEDS_GPU: dict[str, str] = {
     "robustlab.attacks.decision.x__uniform_box__mutmut_11": "generator=generator, dtype=like.dtype)",
     **{f"robustlab.attacks.decision.xǁ_Historyǁ__init____mutmut_{n}": text for n, text in (
         (5, "device=None)"), (9, "dtype=torch.bool, )"), (13, "device=None)"), (16, "dtype=torch.int64, )"))},
+    'robustlab.attacks.jsma.x__best_of__mutmut_5': 'dtype=torch.int64, device=None)',
+    'robustlab.attacks.jsma.x__best_of__mutmut_8': 'dtype=torch.int64, )',
+    'robustlab.attacks.jsma.x__best_of__mutmut_13': 'dtype=a.dtype, device=None)',
+    'robustlab.attacks.jsma.x__best_of__mutmut_16': 'dtype=a.dtype, )',
+    'robustlab.attacks.jsma.x__pick_pairs__mutmut_124': 'dtype=torch.int64, device=None)',
+    'robustlab.attacks.jsma.x__pick_pairs__mutmut_127': 'dtype=torch.int64, )',
+    'robustlab.attacks.jsma.x__pick_pairs__mutmut_150': 'arange(width, device=None)',
+    'robustlab.attacks.jsma.x__pick_pairs__mutmut_152': 'arange(width, )',
+    'robustlab.attacks.jsma.xǁJacobianSaliencyMapǁ_random_targets__mutmut_13': 'generator=generator, device=None)',
+    'robustlab.attacks.jsma.xǁJacobianSaliencyMapǁ_random_targets__mutmut_18': 'generator=generator, )',
+    'robustlab.attacks.jsma.xǁJacobianSaliencyMapǁ_run__mutmut_33': 'dtype=torch.bool, device=None)',
+    'robustlab.attacks.jsma.xǁJacobianSaliencyMapǁ_run__mutmut_36': 'dtype=torch.bool, )',
+    'robustlab.attacks.jsma.xǁJacobianSaliencyMapǁ_run__mutmut_40': 'arange(x.shape[0], device=None)',
+    'robustlab.attacks.jsma.xǁJacobianSaliencyMapǁ_run__mutmut_42': 'arange(x.shape[0], )',
 }
 
 

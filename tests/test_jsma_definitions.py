@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks import JSMA
+from robustlab.attacks.jsma import _best_of, _pick_pairs
 from robustlab.errors import RobustlabError
 from robustlab.threat import L0
 from conftest import random_mlp
@@ -155,16 +156,120 @@ class _Linear(nn.Module):
         return torch.stack([-s, s], dim=1)
 
 
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), (-1.0, 3.0)], ids=["unit-box", "box-width-4"])
 @pytest.mark.parametrize("theta", [1.0, -1.0])
-def test_jsma_searches_only_features_with_more_room_than_the_margin(theta):
-    # Feature 0 has exactly search_margin (0.01) of room left in the direction of theta: it is not searched
-    # (strictly below hi - margin, as torchattacks' x < 0.99), although it has the largest saliency; the one pair
-    # allowed (max_distortion 0.5 of 4 features) is then (1, 2), the first of the tied best pairs.
-    sign = 1.0 if theta > 0 else -1.0
-    model = _Linear([sign * 5.0, sign * 4.0, sign * 1.0, sign * 1.0], 10.0 if theta > 0 else -1.0)
-    x = torch.tensor([[0.99, 0.2, 0.2, 0.2]] if theta > 0 else [[0.01, 0.8, 0.8, 0.8]], dtype=torch.float64)
-    y, t = torch.tensor([0]), torch.tensor([1])
-    result = JSMA(theta=theta, max_distortion=0.5)(model, x, y, threat=L0(eps=math.inf), targets=t)
-    moved = 1.0 if theta > 0 else 0.0
-    assert result.x_adv.tolist() == [[float(x[0, 0]), moved, moved, float(x[0, 3])]]
+def test_jsma_searches_only_features_with_more_room_than_the_margin(theta, bounds):
+    # Feature 0 has exactly search_margin (0.01) of the box width of room left in the direction of theta: it is
+    # not searched (strictly inside hi - margin * (hi - lo), as torchattacks' x < 0.99 on [0, 1]), although it has
+    # the largest saliency; the one pair allowed (max_distortion 0.5 of 4 features) is then (1, 2), the first of
+    # the tied best pairs. On a box of width 4 the room is 0.04, not 0.01 or 0.01 * (hi + lo).
+    lo, hi = bounds
+    width, sign = hi - lo, (1.0 if theta > 0 else -1.0)
+    w = [sign * 5.0, sign * 4.0, sign * 1.0, sign * 1.0]
+    edge = hi - 0.01 * width if theta > 0 else lo + 0.01 * width
+    start, moved = (lo + 0.2 * width, hi) if theta > 0 else (lo + 0.8 * width, lo)
+    before, after = [edge, start, start, start], [edge, moved, moved, start]
+    bias = (sum(a * b for a, b in zip(w, before)) + sum(a * b for a, b in zip(w, after))) / 2  # flips between them
+    x = torch.tensor([before], dtype=torch.float64)
+    result = JSMA(theta=theta, max_distortion=0.5)(_Linear(w, bias), x, torch.tensor([0]),
+                                                   threat=L0(eps=math.inf, bounds=bounds), targets=torch.tensor([1]))
+    assert result.x_adv.tolist() == [after]
     assert result.success.all()
+
+
+def test_untargeted_jsma_on_two_classes_aims_at_the_other_class():
+    # The random wrong class of a two-class model is the other one (offsets drawn from 1..K-1 = {1}).
+    x = torch.tensor([[0.2, 0.2, 0.2, 0.2]], dtype=torch.float64)
+    model = _Linear([5.0, 4.0, 1.0, 1.0], 5.0)  # class 0 at x; moving features 0 and 1 to 1 flips it
+    result = JSMA(max_distortion=0.5)(model, x, torch.tensor([0]), threat=L0(eps=math.inf),
+                                      generator=torch.Generator().manual_seed(0))
+    assert result.success.all()
+    assert result.x_adv.tolist() == [[1.0, 1.0, 0.2, 0.2]]
+
+
+def test_jsma_stops_with_a_failure_when_no_pair_qualifies():
+    # Every feature already at the upper bound: the search set is empty at the first step, so the attack ends
+    # there and returns the image unchanged, unbroken (the gradients of that step taken, nothing more).
+    x = torch.ones(2, 4, dtype=torch.float64)
+    result = JSMA(max_distortion=1.0)(_Linear([5.0, 4.0, 1.0, 1.0], 20.0), x, torch.tensor([0, 0]),
+                                      threat=L0(eps=math.inf), targets=torch.tensor([1, 1]))
+    assert not result.success.any()
+    assert torch.equal(result.x_adv, x)
+    assert torch.equal(result.extras["changed_features"], torch.tensor([0, 0]))
+    assert result.backwards == 2 * 2
+
+
+def test_jsma_full_pair_search_is_exact_beyond_float32_integers():
+    # 4100 features: a flat pair index p * F + q passes 2 ** 24 from p = 4092, where float32 no longer holds
+    # every integer; the best pair (4095, 4099) has flat index 4096 * 4100 - 1, which a float division would
+    # round up to row 4096.
+    k = 4100
+    a, b = torch.zeros(1, k), torch.zeros(1, k)
+    a[0, [4095, 4099]], b[0, [4095, 4099]] = 1.0, -1.0
+    p, q, top = _best_of(a, b)
+    assert (int(p), int(q), float(top)) == (4095, 4099, 4.0)
+
+
+def _definition_of_pruning(alpha, beta, searchable, increase):
+    """Per row, from ``_pick_pairs``' docstring: the signed gradients, the best seed pair's score ``L`` (seeds:
+    the top 8 features by ``a`` and by ``-b``), the kept features (searchable, ``relu(a_p + max a) * relu(-(b_p +
+    min b))`` at least ``L``; max and min over the row's search set) and whether the row is searched pruned
+    (``L > 0`` and at most ``max(2, F // 4)`` features kept)."""
+    sign = 1.0 if increase else -1.0
+    rows = []
+    for i in range(alpha.shape[0]):
+        s = searchable[i]
+        a = torch.where(s, sign * alpha[i], -math.inf)
+        b = sign * beta[i]
+        seeds = set(a.topk(8).indices.tolist()) | set(torch.where(s, b, math.inf).topk(8, largest=False).indices.tolist())
+        lower = max([float(((a[p] + a[q]).clamp(min=0) * (-(b[p] + b[q])).clamp(min=0)))
+                     for p in seeds for q in seeds if p != q])
+        a_max, b_min = a[s].max(), b[s].min()
+        kept = [p for p in range(len(a)) if bool(s[p])
+                and float((a[p] + a_max).clamp(min=0) * (-(b[p] + b_min)).clamp(min=0)) >= lower]
+        rows.append((a, b, kept, lower > 0 and len(kept) <= max(2, len(a) // 4)))
+    return rows
+
+
+@pytest.mark.parametrize("features", [8, 12, 64])
+@pytest.mark.parametrize("increase", [True, False])
+def test_pruned_pair_search_runs_on_exactly_the_features_its_bound_keeps(monkeypatch, features, increase):
+    # The pruning is exact whatever it keeps (test_minimum_norm.py compares the pairs with an exhaustive search);
+    # here its own rule is pinned, through the arguments of the pair searches: the rows searched pruned and, for
+    # each, exactly its kept features (in increasing order, the signed gradients as they are); the other rows
+    # searched in full. Rows on scales from 0.05 to 20 (a row's max and min are not the batch's; bounds below 1),
+    # and one row where no pair qualifies with few features searchable (L = 0: a full search).
+    import robustlab.attacks.jsma as jsma
+
+    calls = []
+    real = jsma._best_of
+    monkeypatch.setattr(jsma, "_best_of", lambda a, b, index=None: calls.append((a, b, index)) or real(a, b, index))
+    g = torch.Generator().manual_seed(features + 2 * increase)
+    m = 40
+    scale = torch.logspace(math.log10(0.05), math.log10(20.0), m)[:, None]
+    alpha = scale * torch.randn(m, features, generator=g)
+    beta = -0.5 * alpha + scale * torch.randn(m, features, generator=g)
+    searchable = torch.rand(m, features, generator=g) < 0.85
+    alpha[0] = -(1.0 if increase else -1.0) * alpha[0].abs()  # no pair with alpha_pq > 0 (decreasing: < 0)
+    searchable[0] = torch.arange(features) < max(2, features // 4)
+    _pick_pairs(alpha, beta, searchable, increase)
+    rows = _definition_of_pruning(alpha, beta, searchable, increase)
+    pruned = [i for i, row in enumerate(rows) if row[3]]
+    full = [i for i, row in enumerate(rows) if not row[3]]
+    assert 0 in full and len(pruned) >= 5 and len(full) >= 2
+    if features > 8:  # max(2, F // 4) = 2 keeps only the best pair's two features at F = 8
+        assert len({len(rows[i][2]) for i in pruned}) >= 2  # rows of different widths in one pruned search
+    expected_calls = [c for c in (pruned, full) if c]
+    assert len(calls) == len(expected_calls)
+    if pruned:
+        a_kept, b_kept, index = calls[0]
+        assert a_kept.shape == (len(pruned), max(len(rows[i][2]) for i in pruned))
+        for j, i in enumerate(pruned):
+            a, b, kept, _ = rows[i]
+            slots = torch.isfinite(a_kept[j])
+            assert index[j][slots].tolist() == kept
+            assert torch.equal(a_kept[j][slots], a[kept]) and torch.equal(b_kept[j][slots], b[kept])
+    a_full, b_full, index = calls[-1]
+    assert index is None
+    assert torch.equal(a_full, torch.stack([rows[i][0] for i in full]))
+    assert torch.equal(b_full, torch.stack([rows[i][1] for i in full]))
