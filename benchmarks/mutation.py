@@ -304,6 +304,13 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_282": ("i - 1 < self.steps", "giving up after the last iterate changes nothing: the loop ends there"),
     "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_284": ("i + 1 <= self.steps", "giving up after the last iterate changes nothing: the loop ends there"),
     "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_287": ("s.margin_min >= give_up", "differs only on an exact tie of the smallest margin with give_up times the clean margin"),
+    # AutoPGDTargeted._run on the current source (the run of 2026-12-05 23:46 UTC; its earlier numbers above are of fcd3ed0)
+    "robustlab.attacks.apgd.xǁAutoPGDTargetedǁ_run__mutmut_103": ('dtype=None, device=x.device)', 'torch.full infers int64 from the integer fill value -1'),
+    "robustlab.attacks.apgd.xǁAutoPGDTargetedǁ_run__mutmut_107": ('-1, device=x.device)', 'torch.full infers int64 from the integer fill value -1'),
+    "robustlab.attacks.apgd.xǁAutoPGDTargetedǁ_run__mutmut_114": ('dtype=None, device=x.device)', 'torch.full infers int64 from the integer fill value -1'),
+    "robustlab.attacks.apgd.xǁAutoPGDTargetedǁ_run__mutmut_118": ('-1, device=x.device)', 'torch.full infers int64 from the integer fill value -1'),
+    "robustlab.attacks.apgd.xǁAutoPGDTargetedǁ_run__mutmut_62": ('argsort(descending=True)', "argsort's default dim is the last, 1 for [N, K]"),
+    "robustlab.attacks.apgd.xǁAutoPGDTargetedǁ_run__mutmut_75": ('(self.keep_near is None) and False', 'the clean margin is read only with keep_near set'),
     # attacks/apgd.py, the same functions on the rate rule of f638290 (the run of 2026-12-05 23:28 UTC)
     "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_29": ("self.give_up or 1.0", "the safety factor is read only at give-up checkpoints, which exist only when give_up is set"),
     "robustlab.attacks.apgd.xǁ_AutoPGDBaseǁ_descend__mutmut_74": ("if (halfway) or True else", "the smallest margin is read only at give-up checkpoints, which exist only when give_up is set"),
@@ -689,6 +696,12 @@ NEEDS_GPU: dict[str, str] = {
     'robustlab.attacks.jsma.xǁJacobianSaliencyMapǁ_run__mutmut_36': 'dtype=torch.bool, )',
     'robustlab.attacks.jsma.xǁJacobianSaliencyMapǁ_run__mutmut_40': 'arange(x.shape[0], device=None)',
     'robustlab.attacks.jsma.xǁJacobianSaliencyMapǁ_run__mutmut_42': 'arange(x.shape[0], )',
+    "robustlab.attacks.apgd.xǁAutoPGDTargetedǁ_run__mutmut_104": 'dtype=torch.int64, device=None)',
+    "robustlab.attacks.apgd.xǁAutoPGDTargetedǁ_run__mutmut_108": 'dtype=torch.int64, )',
+    "robustlab.attacks.apgd.xǁAutoPGDTargetedǁ_run__mutmut_115": 'dtype=torch.int64, device=None)',
+    "robustlab.attacks.apgd.xǁAutoPGDTargetedǁ_run__mutmut_119": 'dtype=torch.int64, )',
+    "robustlab.attacks.apgd.xǁAutoPGDTargetedǁ_run__mutmut_124": 'arange(n, device=None)',
+    "robustlab.attacks.apgd.xǁAutoPGDTargetedǁ_run__mutmut_126": 'arange(n, )',
 }
 
 

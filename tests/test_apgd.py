@@ -715,13 +715,18 @@ def test_apgd_t_with_given_targets_passes_every_option_to_targeted_apgd():
     x = torch.rand(10, 6, generator=g, dtype=torch.float64)
     y = model(x).argmax(1).detach()
     t = (y + 2) % 5
-    options = dict(steps=12, restarts=2, rho=0.3, momentum=0.6, early_stop=True)
+    options = dict(steps=12, restarts=2, rho=0.3, momentum=0.6, early_stop=True, give_up=2.0, keep_near=0.5)
     threat = Linf(eps=0.08)
     given = APGDT(**options)(model, x, y, threat=threat, targets=t, generator=gen(1))
     expected = APGD(**options, loss=_dlr_or_margin)(model, x, y, threat=threat, targets=t, generator=gen(1))
-    assert 0 < int(given.success.sum()) < len(x)  # some broken, some run every step and both restarts
+    assert 0 < int(given.success.sum()) < len(x)  # some broken, some run on
     assert torch.equal(given.x_adv, expected.x_adv)
     assert (given.forwards, given.backwards) == (expected.forwards, expected.backwards)
+    # give_up and keep_near both change the run here (the counts of the same attack without keep_near, and
+    # without either), so the equality above checks that both are passed on.
+    for other in (dict(options, keep_near=None), dict(options, give_up=None, keep_near=None)):
+        assert APGD(**other, loss=_dlr_or_margin)(model, x, y, threat=threat, targets=t, generator=gen(1)).backwards \
+            != expected.backwards
 
 
 def test_l1_checkpoints_every_4_percent_of_the_steps():
