@@ -557,6 +557,9 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     'robustlab.attacks.jsma.x__pick_pairs__mutmut_38': ('.topk(seeds, largest=False)', "topk's default dim is the last, 1 for [M, F]"),
     'robustlab.attacks.jsma.xǁJacobianSaliencyMapǁ_run__mutmut_3': ('self.theta >= 0', 'theta = 0 is refused by __post_init__'),
     'robustlab.attacks.jsma.xǁJacobianSaliencyMapǁ_run__mutmut_52': ('range(max_pairs + 2)', 'the loop always breaks at step == max_pairs, before the extra iteration'),
+    # attacks/decision.py, the functions of the run of 2026-12-05 23:50 UTC
+    'robustlab.attacks.decision.xǁBoundaryAttackǁ_run__mutmut_116': ('threat.distance(x[todo], candidate) <= threat', 'differs only on an exact tie of distances: a candidate is moved strictly towards x (source step > 0) after a step on the sphere'),
+    'robustlab.attacks.decision.xǁBoundaryAttackǁ_run__mutmut_73': ('step -= 1', 'step is read only as step % update_stats_every == 0, which holds for -k exactly when for k'),
 }
 
 # Survivors that only a test on an accelerator can kill: a tensor made on the default device instead of
@@ -702,6 +705,12 @@ NEEDS_GPU: dict[str, str] = {
     "robustlab.attacks.apgd.xǁAutoPGDTargetedǁ_run__mutmut_119": 'dtype=torch.int64, )',
     "robustlab.attacks.apgd.xǁAutoPGDTargetedǁ_run__mutmut_124": 'arange(n, device=None)',
     "robustlab.attacks.apgd.xǁAutoPGDTargetedǁ_run__mutmut_126": 'arange(n, )',
+    'robustlab.attacks.decision.xǁBoundaryAttackǁ_run__mutmut_53': '_History(n, 100, None)',
+    'robustlab.attacks.decision.xǁBoundaryAttackǁ_run__mutmut_61': '_History(n, 30, None)',
+    'robustlab.attacks.decision.xǁ_DecisionBasedǁ_initialise__mutmut_5': 'arange(n, device=None)',
+    'robustlab.attacks.decision.xǁ_DecisionBasedǁ_initialise__mutmut_7': 'arange(n, )',
+    'robustlab.attacks.decision.xǁ_Decisionsǁ__init____mutmut_5': 'dtype=torch.int64, device=None)',
+    'robustlab.attacks.decision.xǁ_Decisionsǁ__init____mutmut_8': 'dtype=torch.int64, )',
 }
 
 
