@@ -560,6 +560,11 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     # attacks/decision.py, the functions of the run of 2026-12-05 23:50 UTC
     'robustlab.attacks.decision.xǁBoundaryAttackǁ_run__mutmut_116': ('threat.distance(x[todo], candidate) <= threat', 'differs only on an exact tie of distances: a candidate is moved strictly towards x (source step > 0) after a step on the sphere'),
     'robustlab.attacks.decision.xǁBoundaryAttackǁ_run__mutmut_73': ('step -= 1', 'step is read only as step % update_stats_every == 0, which holds for -k exactly when for k'),
+    # attacks/carlini_wagner.py, the functions of the run of 2026-12-05 23:59 UTC
+    'robustlab.attacks.carlini_wagner.x__check_positive__mutmut_4': ('finite=None)', 'the range check 0 < value < inf already refuses inf and nan, with the same message'),
+    'robustlab.attacks.carlini_wagner.x__check_positive__mutmut_6': ('is_number(value, )', 'the range check 0 < value < inf already refuses inf and nan, with the same message'),
+    'robustlab.attacks.carlini_wagner.x__check_positive__mutmut_7': ('finite=True)', 'the range check 0 < value < inf already refuses inf and nan, with the same message'),
+    'robustlab.attacks.carlini_wagner.xǁ_Adamǁreset__mutmut_2': ('.to(None)', 'a bool mask multiplies the moments as its float copy does'),
 }
 
 # Survivors that only a test on an accelerator can kill: a tensor made on the default device instead of

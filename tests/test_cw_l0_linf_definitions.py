@@ -501,3 +501,22 @@ def test_cw_linf_stops_once_tau_is_a_256th_of_the_box():
     torch.testing.assert_close(result.extras["best_distance"], d_ref, rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(result.x_adv, x_ref, rtol=1e-7, atol=1e-9)
     assert result.success.all() and sum(t <= 4 / 256 for t in taus) == 2  # both stopped by the tau rule
+
+
+@pytest.mark.parametrize("attack,threat", [
+    (lambda: CWL0(max_iterations=15, learning_rate=0.1, initial_const=0.3, largest_const=20.0), L0(eps=math.inf)),
+    (lambda: CWLinf(max_iterations=15, learning_rate=0.05, initial_const=0.1, largest_const=20.0), Linf(eps=math.inf)),
+], ids=["l0", "linf"])
+def test_targeted_cw_l0_linf_give_each_sample_the_result_it_gets_alone(attack, threat):
+    # The samples of a batch finish at different rounds; those left keep their own targets (and everything else):
+    # each sample's result in the batch is the one it gets when attacked alone.
+    model, x, y = _case((6,), n=6, classes=4, seed=2)
+    t = (y + 1 + torch.arange(6) % 3) % 4
+    batch = attack()(model, x, y, threat=threat, targets=t)
+    costs = []
+    for i in range(len(x)):
+        alone = attack()(model, x[i:i + 1], y[i:i + 1], threat=threat, targets=t[i:i + 1])
+        torch.testing.assert_close(batch.x_adv[i:i + 1], alone.x_adv, rtol=1e-9, atol=1e-12)
+        assert bool(batch.success[i]) == bool(alone.success[0])
+        costs.append(alone.backwards)
+    assert batch.success.any() and len(set(costs)) > 2  # they do finish at different steps
