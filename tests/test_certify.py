@@ -261,6 +261,25 @@ def test_crown_at_least_as_tight_as_ibp(build):
         assert (alpha[finite] >= crown[finite] - 1e-6).all()
 
 
+@pytest.mark.parametrize("build", [small_cnn, residual_net], ids=["cnn", "resnet"])
+def test_crown_in_memory_bounded_chunks_gives_the_bounds_of_one_batch(build, monkeypatch):
+    # CROWN holds [samples, rows, features] back-substitutions (23 GB for 250 MNIST images on kw-small):
+    # it cuts the batch to stay within _CROWN_MEMORY; per-sample bounds do not depend on the cut.
+    from robustlab.certify import certifiers
+
+    model = build()
+    x = _inputs(5)
+    y = model(x).argmax(1)
+    threat = Linf(eps=0.02)
+    whole = [c(model, x, y, threat=threat).margins for c in (CROWN(), AlphaCROWN(alpha_steps=5))]
+    monkeypatch.setattr(certifiers, "_CROWN_MEMORY", 1)  # one sample per chunk
+    for certifier, expected in zip((CROWN(), AlphaCROWN(alpha_steps=5)), whole):
+        torch.testing.assert_close(certifier(model, x, y, threat=threat).margins, expected, rtol=1e-6, atol=1e-6)
+    prepared = certifiers.prepare(model, x[:1])
+    per_sample = certifiers._crown_bytes_per_sample(prepared.ops, 10, "crown", 4)
+    assert per_sample > certifiers._crown_bytes_per_sample(prepared.ops, 10, "ibp", 4) > 0
+
+
 def test_crown_certifies_more_than_ibp_and_never_broken_by_pgd(digits, digits_mlp):
     _, _, x, y = digits
     x, y = x[:100], y[:100]
