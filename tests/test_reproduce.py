@@ -81,6 +81,18 @@ def test_zoo_models_are_attacked_as_shipped(tmp_path):
         run_reproduction("cw-table4", ReproOptions(images=1, out=tmp_path, overrides={**tiny, "dataset": "digits"}))
 
 
+def test_the_default_scale_attacks_cws_network_from_the_zoo():
+    # C&W's small-cnn with their recipes (natural; distilled at T = 100), as shipped; --full trains the paper's.
+    from robustlab import zoo
+    from robustlab.reproduce import cw
+
+    assert (cw.CPU_SCALE.zoo_natural, cw.CPU_SCALE.zoo_distilled) == ("mnist-natural-cnn", "mnist-distilled")
+    assert cw.FULL_SCALE.zoo_natural is None and cw.FULL_SCALE.zoo_distilled is None
+    for name in ("mnist-natural-cnn", "mnist-distilled"):
+        assert name in zoo.names() and zoo.recipe(name)["model"] == "small-cnn"
+    assert zoo.recipe("mnist-distilled")["options"]["temperature"] == cw.CPU_SCALE.temperature
+
+
 def test_model_cache_is_reused(tmp_path, cache):
     options = ReproOptions(images=1, out=tmp_path, cache_dir=cache, overrides=TINY)
     run_reproduction("cw-table4", options)
