@@ -269,13 +269,12 @@ def _crown_bytes_per_sample(ops: list[Op], outputs: int, intermediate: str, elem
             else:
                 yield op
 
-    rows, widest, largest = outputs, 1, 0
+    widest, largest = 1, 0
     for op in flat(ops):
         widest = max(widest, math.prod(op.in_shape), math.prod(op.out_shape))
         if not isinstance(op, AffineOp) and intermediate == "crown":
             largest = max(largest, 2 * math.prod(op.in_shape) * widest)
-    largest = max(largest, rows * widest)
-    return 4 * largest * element_size
+    return 4 * max(largest, outputs * widest) * element_size
 
 
 @dataclass(frozen=True, kw_only=True)
