@@ -448,3 +448,19 @@ def test_restarts_stay_in_the_box_and_in_the_dtype_of_x(norm):
     x, y = torch.zeros(2, 4, dtype=torch.float16), torch.zeros(2, dtype=torch.int64)
     result = FAB(steps=2, restarts=2)(half, x, y, threat=NORMS[norm](eps=math.inf, bounds=(-1.0, 1.0)), generator=gen())
     assert result.x_adv.dtype == torch.float16 and result.success.all()
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_random_starts_come_from_the_given_generator(norm):
+    # The restarts' random starts (uniform in the L∞ ball, Gaussian directions in L2) are drawn from the call's
+    # generator only: the same generator gives the same result whatever the global RNG's state.
+    model, x, y = net_case()
+    threat = NORMS[norm](eps=math.inf)
+    attack = FAB(steps=2, restarts=4)
+    results = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        results.append(attack(model, x, y, threat=threat, generator=gen(7)))
+    assert torch.equal(results[0].x_adv, results[1].x_adv)
+    other = attack(model, x, y, threat=threat, generator=gen(8))
+    assert not torch.equal(other.x_adv, results[0].x_adv)  # the restarts do draw from it
