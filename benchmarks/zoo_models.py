@@ -66,9 +66,22 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+def dataset(name: str) -> str:
+    """The dataset of the model ``name`` (a recipe here, or ``zoo:NAME``, a model of robustlab's zoo)."""
+    if name.startswith("zoo:"):
+        from robustlab import zoo
+
+        return str(zoo.recipe(name.removeprefix("zoo:"))["dataset"])
+    return RECIPES[name].dataset
+
+
 def get(name: str, workdir: Path = common.DEFAULT_WORKDIR, data_dir: str | None = None) -> tuple[nn.Module, ModelCard]:
-    """The model ``name`` in eval mode, read back from its safetensors file (trained first if
-    it is not cached)."""
+    """The model ``name`` in eval mode: ``zoo:NAME`` from robustlab's zoo as shipped; else read back
+    from its safetensors file (trained first if it is not cached)."""
+    if name.startswith("zoo:"):
+        from robustlab import zoo
+
+        return zoo.load(name.removeprefix("zoo:")), zoo.card(name.removeprefix("zoo:"))
     recipe = RECIPES[name]
     stem = workdir / name
     if not stem.with_name(stem.name + ".safetensors").exists():
