@@ -271,10 +271,17 @@ def test_crown_in_memory_bounded_chunks_gives_the_bounds_of_one_batch(build, mon
     x = _inputs(5)
     y = model(x).argmax(1)
     threat = Linf(eps=0.02)
+    chunks = []
+    real = certifiers.crown_bounds
+    monkeypatch.setattr(certifiers, "crown_bounds", lambda ops, w, b, spec, part, **kw: chunks.append(len(part.x))
+                        or real(ops, w, b, spec, part, **kw))
     whole = [c(model, x, y, threat=threat).margins for c in (CROWN(), AlphaCROWN(alpha_steps=5))]
+    assert chunks == [5, 5]  # small enough for one chunk each
+    chunks.clear()
     monkeypatch.setattr(certifiers, "_CROWN_MEMORY", 1)  # one sample per chunk
     for certifier, expected in zip((CROWN(), AlphaCROWN(alpha_steps=5)), whole):
         torch.testing.assert_close(certifier(model, x, y, threat=threat).margins, expected, rtol=1e-6, atol=1e-6)
+    assert chunks == [1] * 10
     prepared = certifiers.prepare(model, x[:1])
     per_sample = certifiers._crown_bytes_per_sample(prepared.ops, 10, "crown", 4)
     assert per_sample > certifiers._crown_bytes_per_sample(prepared.ops, 10, "ibp", 4) > 0
