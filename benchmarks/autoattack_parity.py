@@ -8,7 +8,7 @@ the samples one library broke and the other did not, set against the same count 
 seeds of the reference itself (the seed-to-seed variation).
 
     ROBUSTLAB_DATA=/work/shared/data python benchmarks/autoattack_parity.py \\
-        --model mnist-fastfgsm-madry --images 100 --seeds 0 1 2
+        --model mnist-fastfgsm-madry --images 100 --seeds 0 1 2   # or --model zoo:NAME (a zoo model)
 
 Benchmark code: it reseeds global generators (pyautoattack draws from them).
 """
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     logging.getLogger("auto-attack").setLevel(logging.ERROR)
     model, card = zoo_models.get(args.model)
-    dataset = zoo_models.RECIPES[args.model].dataset
+    dataset = zoo_models.dataset(args.model)
     data = load_dataset(dataset, split="test", limit=args.images)
     x, y = data.x.contiguous(), data.y
     clean = common.predict(model, x) == y
@@ -85,8 +85,10 @@ def main(argv=None) -> int:
         torch.manual_seed(seed)
         runs["reference"][seed] = reference_robust(model, x, y, args.norm, args.eps, seed, args.attacks, args.batch_size)
         runs["robustlab"][seed] = robustlab_robust(model, x, y, args.norm, args.eps, seed, args.attacks, args.batch_size)
-    report = {"model": args.model, "images": len(x), "clean": int(clean.sum()), "norm": args.norm, "eps": args.eps,
-              "seeds": args.seeds, "attacks": {}}
+    report = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+              "model": args.model, "images": len(x), "clean": int(clean.sum()), "norm": args.norm, "eps": args.eps,
+              "seeds": args.seeds, "attacks": {},
+              "provenance": {**common.provenance(args.threads), "pyautoattack": common.version_of("pyautoattack")}}
     for name in args.attacks:
         ref = {s: runs["reference"][s][name][0] for s in args.seeds}
         ours = {s: runs["robustlab"][s][name][0] for s in args.seeds}

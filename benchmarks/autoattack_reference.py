@@ -17,6 +17,7 @@ Benchmark code: it reseeds global generators (pyautoattack draws from them) and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -145,10 +146,13 @@ def _check_and_record(counting, x, y, x_adv, todo, robust, broken_by, attack, ro
         broken_by[i] = attack
 
 
-def run_robustlab(suite: str, counting: CountingModel, x: Tensor, y: Tensor, row: Row, seed: int, batch_size: int
-                  ) -> tuple[Tensor, dict[str, int]]:
+def run_robustlab(suite: str, counting: CountingModel, x: Tensor, y: Tensor, row: Row, seed: int, batch_size: int,
+                  square: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, int]]:
     threat = threat_model(row.norm, row.eps)
-    ev = evaluate(counting, x, y, threat=threat, attacks=build_suite(suite, threat, 10), cascade=True, settings=RunSettings(seed=seed, batch_size=batch_size))
+    attacks = build_suite(suite, threat, 10)
+    if square and "square" in attacks:  # a variant of the suite's Square (--fast-square)
+        attacks["square"] = dataclasses.replace(attacks["square"], **square)
+    ev = evaluate(counting, x, y, threat=threat, attacks=attacks, cascade=True, settings=RunSettings(seed=seed, batch_size=batch_size))
     broken_by: dict[str, int] = {}
     for s in ev.samples:
         if s["broken_by"] not in (None, "clean"):
@@ -210,7 +214,8 @@ def _reused(previous: dict[str, Any], suites: list[str], x: Tensor) -> dict[str,
 def run_row(row: Row, images: int, seed: int, batch_size: int, reference_seeds: list[int],
             suites: list[str], previous: dict[str, Any] | None = None,
             suite_seeds: dict[str, list[int]] | None = None, retime_reference: bool = False,
-            torchattacks: bool = False, device: torch.device | None = None) -> dict[str, Any]:
+            torchattacks: bool = False, device: torch.device | None = None,
+            fast_square: dict[str, Any] | None = None) -> dict[str, Any]:
     device = device or torch.device("cpu")
     model, card = zoo_models.get(row.model)
     model.to(device)
@@ -224,6 +229,8 @@ def run_row(row: Row, images: int, seed: int, batch_size: int, reference_seeds: 
     reused_reference_seconds = None
     if previous is not None:
         runs = _reused(previous, suites, x)
+        if fast_square:  # the earlier seeds of `fast` ran another Square
+            runs = {name: run for name, run in runs.items() if not name.startswith("fast-seed")}
         reference_seeds = list(previous.get("reference_seeds", [seed]))[1:]
         if retime_reference:
             # The reference again, in this process and under this load, for the time ratio; its
@@ -237,13 +244,15 @@ def run_row(row: Row, images: int, seed: int, batch_size: int, reference_seeds: 
     else:
         runs = {"reference": measure("reference", lambda: run_reference(counting, x, y, row, seed, batch_size), counting,
                                      device)}
+    square = {"fast": fast_square}
     for suite in suites:
-        runs[suite] = measure(suite, lambda: run_robustlab(suite, counting, x, y, row, seed, batch_size), counting, device)
+        runs[suite] = measure(suite, lambda: run_robustlab(suite, counting, x, y, row, seed, batch_size, square.get(suite)),
+                              counting, device)
     suite_seeds = suite_seeds or {}
     for suite, extra_seeds in suite_seeds.items():
         for extra_seed in extra_seeds:
             runs[f"{suite}-seed{extra_seed}"] = measure(f"{suite} seed {extra_seed}", lambda: run_robustlab(
-                suite, counting, x, y, row, extra_seed, batch_size), counting, device)
+                suite, counting, x, y, row, extra_seed, batch_size, square.get(suite)), counting, device)
     if torchattacks:
         runs["torchattacks"] = measure("torchattacks", lambda: run_torchattacks(counting, x, y, row, seed, batch_size),
                                        counting, device)
@@ -374,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retime-reference", action="store_true",
                    help="with --reuse-reference: run the reference again (its first seed) in this process, for a time "
                         "ratio measured under the same load; its verdicts are checked against the reused ones")
+    p.add_argument("--fast-square", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="measure a variant of fast: these fields of its SquareAttack replaced (a JSON value each, e.g. "
+                        "cold_search_near=0.2); recorded in the result's settings")
     p.add_argument("--out", type=Path, default=common.BENCH_DIR / "results" / "autoattack_reference.json")
     p.add_argument("--render", type=Path, nargs="+",
                    help="only print the Markdown table of these result files together (runs nothing)")
@@ -381,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         print(markdown([r for path in args.render for r in json.loads(path.read_text())["results"]]))
         return 0
+    fast_square = {}
+    for item in args.fast_square:
+        field, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--fast-square takes FIELD=VALUE, got {item!r}")
+        fast_square[field] = json.loads(value)
     torch.set_num_threads(args.threads)
     logging.getLogger("auto-attack").setLevel(logging.ERROR)
     results = []
@@ -396,10 +414,10 @@ def main(argv: list[str] | None = None) -> int:
             previous = found[0]
         results.append(run_row(row, images, args.seed, args.batch_size, args.reference_seeds, args.suites, previous,
                                {"standard": args.standard_seeds, "fast": args.fast_seeds}, args.retime_reference,
-                               args.torchattacks, torch.device(args.device)))
+                               args.torchattacks, torch.device(args.device), fast_square))
         report = {"benchmark": "autoattack_reference",
                   "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-                  "settings": {"seed": args.seed, "batch_size": args.batch_size,
+                  "settings": {"seed": args.seed, "batch_size": args.batch_size, "fast_square": fast_square,
                                "targets": {"time_ratio": TIME_TARGET, "pass_ratio": PASS_TARGET}},
                   "results": results, "provenance": {**common.provenance(args.threads, args.device),
                                                      "pyautoattack": common.version_of("pyautoattack")}}

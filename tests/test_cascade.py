@@ -264,7 +264,9 @@ def test_fast_suite_is_the_documented_protocol():
     assert spec["square"][1]["give_up"] > 0 and spec["square"][1]["queries"] == 5001
     assert spec["square"][1]["keep_near"] == 0.06
     assert spec["square"][1]["warm_start"] is True
-    assert suite_spec("fast", "L2", 10)[2][2]["warm_start"] is False
+    assert spec["square"][1]["cold_search_near"] == 0.3 and spec["square"][1]["cold_search_queries"] == 2000
+    l2_square = suite_spec("fast", "L2", 10)[2][2]
+    assert not {"warm_start", "cold_search_near", "cold_search_queries"} & set(l2_square)  # L2: Square's own start
     assert suite_spec("fast", "L2", 3)[1][2]["n_target_classes"] == 2
     assert suite_spec("fast", "L2", 2)[1][2]["n_target_classes"] == 1
     assert [key for key, _, _ in suite_spec("fast", "L1", 10)] == ["apgd-ce", "apgd-t"]

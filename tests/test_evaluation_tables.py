@@ -688,6 +688,7 @@ def _apgd(loss=None, steps=100, restarts=1, targets=None, **extra):
 
 _FAST_APGD = {"early_stop": True, "give_up": 2.0, "keep_near": 0.15}
 _FAST_SQUARE = {"queries": 5001, "p_init": 0.8, "rescale_schedule": False, "give_up": 2.0, "keep_near": 0.06}
+_FAST_SQUARE_LINF = {"warm_start": True, "cold_search_near": 0.3, "cold_search_queries": 2000}
 _AA_SQUARE = {"queries": 5001, "p_init": 0.8, "rescale_schedule": False}
 
 
@@ -708,7 +709,7 @@ def test_suite_tables_are_the_documented_protocols(norm, k):
         [("apgd-t", "apgd-t", _apgd(targets=min(9, k - 1))), ("fab-t", "fab-t", _apgd(targets=min(9, k - 1)))]
     fast = [("apgd-ce", "apgd", _apgd("ce", **_FAST_APGD)),
             ("apgd-t", "apgd-t", {**_apgd(targets=min(4, k - 1)), "ranking": "linear", **_FAST_APGD})] + \
-        ([] if l1 else [("square", "square", {**_FAST_SQUARE, "warm_start": norm == "Linf"})])
+        ([] if l1 else [("square", "square", {**_FAST_SQUARE, **_FAST_SQUARE_LINF} if norm == "Linf" else _FAST_SQUARE)])
     quick = [("apgd-ce", "apgd", _apgd("ce", steps=20)), ("apgd-t", "apgd-t", _apgd(steps=20, targets=min(3, k - 1)))]
     for name, table in [("standard", standard), ("thorough", thorough), ("fast", fast), ("quick", quick)]:
         assert suite_spec(name, norm, k) == table, name

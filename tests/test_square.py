@@ -674,3 +674,70 @@ def test_square_cold_search_near_breaks_what_the_warm_search_from_a_trap_cannot(
 def test_square_cold_search_near_must_be_a_fraction(value):
     with pytest.raises(RobustlabError, match="cold_search_near must be None or a fraction"):
         Square(cold_search_near=value)
+
+
+def test_square_cold_search_queries_runs_the_first_queries_of_the_cold_search():
+    # The cap stops the second, cold search after its first `cap` queries (the initialisation,
+    # already evaluated, among them): each trapped sample that the whole cold search broke within
+    # them ends as there, with the same queries; the others stop at the cap, unbroken.
+    model, n, queries, cap = _Trap(), 16, 100, 3
+    x, y, start = torch.full((n, 1, 4, 4), 0.25), torch.zeros(n, dtype=torch.long), torch.full((n, 1, 4, 4), 0.01)
+    threat = Linf(eps=0.25)
+
+    def run(**kw):
+        return Square(queries=queries, p_init=0.8, rescale_schedule=False, cold_search_near=0.8, **kw)(
+            model, x, y, threat=threat, generator=torch.Generator().manual_seed(3), start=start)
+
+    whole, capped = run(), run(cold_search_queries=cap)
+    cold_spent = whole.extras["queries"] - (queries + 2)  # the warm search ran to its end on the trapped samples
+    trapped = cold_spent > 0
+    within = trapped & (cold_spent <= cap - 1)
+    assert 0 < int(within.sum()) < int(trapped.sum())  # the cap cuts some searches and not others
+    assert torch.equal(capped.x_adv[within], whole.x_adv[within]) and capped.success[within].all()
+    assert torch.equal(capped.extras["queries"][within], whole.extras["queries"][within])
+    cut = trapped & ~within
+    assert (capped.extras["queries"][cut] == queries + 2 + cap - 1).all() and not capped.success[cut].any()
+    assert torch.equal(capped.x_adv[~trapped], whole.x_adv[~trapped])
+
+
+@pytest.mark.parametrize("options", [{"cold_search_queries": 10}, {"cold_search_near": 0.3, "cold_search_queries": 0},
+                                     {"cold_search_near": 0.3, "cold_search_queries": 5001},
+                                     {"cold_search_near": 0.3, "cold_search_queries": True},
+                                     {"cold_search_near": 0.3, "cold_search_queries": 10.0}])
+def test_square_cold_search_queries_must_be_a_budget_with_cold_search_near(options):
+    with pytest.raises(RobustlabError, match="cold_search_queries must be None or a number of queries"):
+        Square(**options)
+
+
+class _Falling(nn.Module):
+    """Two classes, margin ``0.999 - 2 mean(x)``: every step of :class:`_Creep` lowers it by 0.002."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([0.999 - 2 * m, torch.zeros_like(m)], dim=1)
+
+
+class _Creep(Square):
+    """Square whose every step adds 0.001 to each pixel: a search whose margin falls linearly."""
+
+    @staticmethod
+    def _step_linf(x, x_best, p, threat, generator):
+        return x_best + 0.001
+
+
+@pytest.mark.parametrize("budget, steps", [(None, 500), (200, 99)])
+def test_square_gives_up_against_what_is_left_of_its_budget(budget, steps):
+    # Margin 0.999 - 0.002 j after j steps. At the checkpoint of 100 queries (99 steps, margin 0.801,
+    # progress r = 0.198 / log2(100) per doubling) the rule with s = 10 gives up when
+    # 0.801 > 10 r log2(budget / 100): not with the whole budget of 5000 queries (threshold 1.7),
+    # which runs on and breaks the sample after 500 steps, but with 200 (threshold 0.30).
+    from robustlab.attacks.base import ModelOracle
+
+    attack = _Creep(queries=5000, give_up=10.0)
+    x = torch.zeros(1, 1, 4, 4)
+    y, queries = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.int64)
+    margin, loss = torch.full((1,), 0.999), torch.full((1,), 0.999)
+    attack._search(ModelOracle(_Falling()), attack._objective(None), x, y, None, x.clone(), loss, margin, queries,
+                   torch.zeros(1, dtype=torch.bool), torch.zeros(1), Linf(eps=1.0), None, budget=budget)
+    assert int(queries) == steps
+    assert float(margin) == pytest.approx(0.999 - 0.002 * steps, abs=1e-4)

@@ -163,9 +163,14 @@ class SquareAttack(Attack):
             the same ``give_up``); the better of the two ends is kept. Our option: the two
             searches break different images near the boundary. On the zoo's ``mnist-trades``,
             after ``fast``'s gradient attacks, the warm search broke 17 of the 908 survivors and
-            warm plus cold (0.3) 21, every image ``standard`` broke there, for 71% more queries;
-            on the benchmark's natural, PGD and TRADES rows it added 49-100% to ``fast``'s passes
-            and broke nothing more, so ``fast`` leaves it off.
+            warm plus cold (0.3) 21, every image ``standard`` broke there, for 71% more queries.
+        cold_search_queries: ``None`` (the whole budget) or the queries of that cold search, the
+            initialisation included: it runs the first ones of the whole cold search (the same
+            ``p`` schedule), and ``give_up`` judges against what is left of this budget. Our
+            option: the images only the cold search broke on the benchmark models fell after
+            500-1800 of its queries, and capped at 2000 the cold search costs ``fast`` 10% more
+            passes where the whole one cost 44% (``benchmarks/README.md``, "The reference
+            AutoAttack").
 
     A call may give ``start``, points of the threat set ``[N, C, H, W]``: each sample continues
     from its start where that scores a lower margin than the initialisation, with
@@ -175,8 +180,9 @@ class SquareAttack(Attack):
     (``benchmarks/README.md``, "The reference AutoAttack").
 
     ``extras["queries"]``: ``[N]`` queries per sample, the clean check included (at most
-    ``queries + 1``; with ``start``, one more, and ``queries - 1`` more for a ``cold_search_near``
-    search); a sample misclassified from the start costs 1 and is returned unchanged.
+    ``queries + 1``; with ``start``, one more, and ``queries - 1`` (``cold_search_queries - 1``)
+    more for a ``cold_search_near`` search); a sample misclassified from the start costs 1 and is
+    returned unchanged.
 
     Cost: ``sum(extras["queries"])`` forwards (with ``start``, one more per sample), no backward,
     plus the template's two forwards.
@@ -194,6 +200,7 @@ class SquareAttack(Attack):
     warm_start: bool = False
     p_init_start: float = 0.1
     cold_search_near: float | None = None
+    cold_search_queries: int | None = None
 
     takes_start = True
 
@@ -212,6 +219,12 @@ class SquareAttack(Attack):
                                                   or not 0 < self.cold_search_near <= 1):
             raise RobustlabError(f"cold_search_near must be None or a fraction of the clean margin in (0, 1], "
                                  f"got {self.cold_search_near!r}")
+        if self.cold_search_queries is not None and (isinstance(self.cold_search_queries, bool)
+                                                     or not isinstance(self.cold_search_queries, int)
+                                                     or not 1 <= self.cold_search_queries <= self.queries
+                                                     or self.cold_search_near is None):
+            raise RobustlabError(f"cold_search_queries must be None or a number of queries in [1, queries={self.queries}], "
+                                 f"with cold_search_near set; got {self.cold_search_queries!r}")
         for name in ("p_init", "p_init_start"):
             if not 0 < getattr(self, name) <= 1:
                 raise RobustlabError(f"{name} must lie in (0, 1], got {getattr(self, name)!r}")
@@ -263,7 +276,7 @@ class SquareAttack(Attack):
                 x_cold, loss_cold, margin_cold, queries_cold = cold[0][again], cold[1][again], cold[2][again], queries[again]
                 self._search(oracle, objective, x[again], y[again], None if targets is None else targets[again], x_cold,
                              loss_cold, margin_cold, queries_cold, torch.zeros_like(from_start[again]), near[again], threat,
-                             generator)
+                             generator, budget=self.cold_search_queries or self.queries)
                 queries[again] = queries_cold
                 take = (margin_cold <= 0) | (loss_cold < loss_min[again])
                 keep = again[take]
@@ -272,18 +285,21 @@ class SquareAttack(Attack):
 
     def _search(self, oracle: ModelOracle, objective: Loss, x: Tensor, y: Tensor, targets: Tensor | None, x_best: Tensor,
                 loss_min: Tensor, margin: Tensor, queries: Tensor, from_start: Tensor, near: Tensor, threat: ThreatModel,
-                generator: torch.Generator | None) -> None:
+                generator: torch.Generator | None, budget: int | None = None) -> None:
         """The random search from ``x_best`` (updated in place with ``loss_min``, ``margin`` and
-        ``queries``): ``queries - 1`` steps at most, the samples ``from_start`` with the smaller
-        squares of ``p_init_start``, each stopping when broken or, with ``give_up``, given up."""
+        ``queries``): ``budget - 1`` steps at most (``queries - 1`` by default; a smaller budget
+        runs the first steps of the full search, its ``p`` schedule unchanged), the samples
+        ``from_start`` with the smaller squares of ``p_init_start``, each stopping when broken or,
+        with ``give_up``, given up (judged against what is left of ``budget``)."""
+        budget = budget or self.queries
         step = self._step_linf if threat.norm == "Linf" else self._step_l2
         going = margin > 0  # still searched: not broken and not given up
         first_margin = margin.clone()
-        for iteration in range(self.queries - 1):
+        for iteration in range(budget - 1):
             spent = iteration + 1  # queries on perturbed points so far, the initialisation included
-            if self.give_up is not None and spent in GIVE_UP_CHECKPOINTS and spent < self.queries:
+            if self.give_up is not None and spent in GIVE_UP_CHECKPOINTS and spent < budget:
                 rate = (first_margin - margin).clamp_min(0) / math.log2(spent)
-                going &= ~((margin > self.give_up * rate * math.log2(self.queries / spent)) & (margin >= near))
+                going &= ~((margin > self.give_up * rate * math.log2(budget / spent)) & (margin >= near))
             searched = going & (margin > 0)
             if not bool(searched.any()):
                 break
