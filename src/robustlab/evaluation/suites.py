@@ -40,9 +40,10 @@ and importing this module never does.
      few hundred queries what a cold search breaks in thousands; and each sample gives up when
      its margin cannot plausibly reach the boundary within the budget (``give_up`` =
      ``FAST_SQUARE_GIVE_UP``, see :class:`~robustlab.attacks.SquareAttack`). The warm and the
-     cold search break different images near the boundary: on the zoo's ``mnist-trades`` and
-     ``mnist-mma`` the reference's cold Square breaks images in 10 of 10 seeds that the warm
-     search alone breaks in 6 (``benchmarks/autoattack_misses.py``). So a sample the warm search
+     cold search break different images near the boundary: attacked alone with ten seeds, ``fast``
+     with the warm search only broke an image of the zoo's ``mnist-trades`` in 6 where the
+     reference's cold Square broke it in 10, and one of ``mnist-mma`` in 0 against 6
+     (``benchmarks/autoattack_misses.py``; 8 and 1 now). So a sample the warm search
      leaves unbroken, from a start below ``FAST_SQUARE_COLD_NEAR`` (0.3) of its clean margin, is
      searched again from Square's own start for at most ``FAST_SQUARE_COLD_QUERIES`` (2000)
      queries (``cold_search_near``, ``cold_search_queries``): 10% more passes on the benchmark
