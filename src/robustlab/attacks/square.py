@@ -167,7 +167,7 @@ class SquareAttack(Attack):
         cold_search_queries: ``None`` (the whole budget) or the queries of that cold search, the
             initialisation included: it runs the first ones of the whole cold search (the same
             ``p`` schedule), and ``give_up`` judges against what is left of this budget. Our
-            option: the images only the cold search broke on the benchmark models fell after
+            option: the images only the cold search broke on the benchmark models mostly fell after
             500-1800 of its queries, and capped at 2000 the cold search costs ``fast`` 10% more
             passes where the whole one cost 44% (``benchmarks/README.md``, "The reference
             AutoAttack").
@@ -276,7 +276,7 @@ class SquareAttack(Attack):
                 x_cold, loss_cold, margin_cold, queries_cold = cold[0][again], cold[1][again], cold[2][again], queries[again]
                 self._search(oracle, objective, x[again], y[again], None if targets is None else targets[again], x_cold,
                              loss_cold, margin_cold, queries_cold, torch.zeros_like(from_start[again]), near[again], threat,
-                             generator, budget=self.cold_search_queries or self.queries)
+                             generator, budget=self.cold_search_queries)
                 queries[again] = queries_cold
                 take = (margin_cold <= 0) | (loss_cold < loss_min[again])
                 keep = again[take]
