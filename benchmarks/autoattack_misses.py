@@ -3,12 +3,12 @@
 
 In the benchmark's run an image's fate under a random search (Square) depends on the seed and on the other
 images of its batch, and two seeds of the reference are too few to tell a lottery from a weakness. Here each
-image the reference broke and a seed of `fast` did not (and each the other way) is attacked alone by both, with seeds
-``0 .. N-1``: the frequencies say whether `fast` breaks it less often than the reference, or both only
-sometimes.
+image the reference broke and a seed of `fast` did not (and each the other way) is attacked alone by both,
+with seeds ``0 .. N-1``: the frequencies say whether `fast` breaks it less often than the reference, or both
+only sometimes.
 
-    ROBUSTLAB_DATA=/work/shared/data python benchmarks/autoattack_misses.py \\
-        benchmarks/results/autoattack_reference_zoo2.json --seeds 10 --out benchmarks/results/autoattack_misses_zoo2.json
+    ROBUSTLAB_DATA=/work/shared/data python benchmarks/autoattack_misses.py benchmarks/results/autoattack_reference_zoo2.json \\
+        benchmarks/results/autoattack_reference.json --seeds 10 --out benchmarks/results/autoattack_misses.json
 
 Benchmark code: it reseeds global generators (pyautoattack draws from them) and prints.
 """
