@@ -361,6 +361,13 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "robustlab.attacks.square.xǁSquareAttackǁ_objective__mutmut_21": ('loss == "XXmarginXX"', "the margin capped at 0 differs only at adversarial points, which are kept whatever their loss and end the search"),
     "robustlab.attacks.square.xǁSquareAttackǁ_objective__mutmut_22": ('loss == "MARGIN"', "the margin capped at 0 differs only at adversarial points, which are kept whatever their loss and end the search"),
     "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_155": ("& (margin > near)", "differs only on an exact tie with keep_near times the clean margin"),
+    # Square's search loop, moved into _search by the cold search (issue 14; run of 2026-12-06)
+    "robustlab.attacks.square.xǁSquareAttackǁ_search__mutmut_11": ("going = margin >= 0", "a sample is searched only where margin > 0 anyway (searched = going & (margin > 0))"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_search__mutmut_24": ("spent <= budget", "spent is at most budget - 1 in the loop (the condition was dead and is removed since)"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_search__mutmut_31": ("going = ~((margin", "a given-up sample's margin no longer moves and its threshold s * r * log2(budget / c) only falls at later checkpoints, so it stays given up; broken samples are not searched either way"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_search__mutmut_35": ("(margin >= self.give_up", "differs only on an exact tie with the threshold"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_search__mutmut_40": ("& (margin > near)", "differs only on an exact tie with keep_near times the clean margin"),
+    "robustlab.attacks.square.xǁSquareAttackǁ_search__mutmut_47": ("return", "nothing follows the loop: return and break end _search alike"),
     # attacks/base.py (the template)
     "robustlab.attacks.base.x_check_logits__mutmut_8": ("(isinstance(logits, Tensor)) or True", "logits is a Tensor on this line: the line above raised otherwise"),
     "robustlab.attacks.base.x_check_logits__mutmut_10": ("type(None).__name__", "logits is a Tensor on this line: the line above raised otherwise"),
@@ -617,6 +624,8 @@ NEEDS_GPU: dict[str, str] = {
     "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_24": "dtype=torch.int64, )",
     "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_85": "dtype=torch.bool, device=None)",
     "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_88": "dtype=torch.bool, )",
+    "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_86": "dtype=torch.bool, device=None)",
+    "robustlab.attacks.square.xǁSquareAttackǁ_run__mutmut_89": "dtype=torch.bool, )",
     # given targets on the CPU for labels on an accelerator ("meta" cannot show it: the range checks read values)
     "robustlab.attacks.base.x_resolve_targets__mutmut_54": "targets.to(device=None, dtype=torch.int64)",
     "robustlab.attacks.base.x_resolve_targets__mutmut_56": "targets.to(dtype=torch.int64)",

@@ -709,6 +709,89 @@ def test_square_cold_search_queries_must_be_a_budget_with_cold_search_near(optio
         Square(**options)
 
 
+@pytest.mark.parametrize("options", [{"cold_search_near": 1.0}, {"cold_search_near": 0.3, "cold_search_queries": 1},
+                                     {"cold_search_near": 0.3, "cold_search_queries": 5000}])
+def test_square_cold_search_accepts_the_ends_of_its_ranges(options):
+    Square(**options)
+
+
+# Scripted logits for one sample and the cold search's two ends (untargeted cross-entropy on label
+# 0, which Square minimises as -CE). Calls: 0 the template's clean pass, 1 the clean check (margin
+# 2), 2 the stripes [3, 0, 0] (CE 0.10), 3 the start [1, 0.9, 0.9] (CE 1.03, margin 0.1, below
+# 0.5 x 2: the sample continues from it), 4-5 the warm steps [5, 0, 0] (CE 0.01, rejected), 6-7
+# the cold search's two steps (queries = 3), then the template's passes.
+_CLEAN, _STRIPES, _START, _FAR = [2.0, 0.0, 0.0], [3.0, 0.0, 0.0], [1.0, 0.9, 0.9], [5.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("cold, kept, queries", [
+    ([[1.0, 1.01, -10.0]], 6, 6),  # broken (CE 0.70, not lower than the warm end's): taken, the search ends
+    ([[1.0, 1.0, -5.0]], 6, 6),  # a tie, margin 0 (CE 0.69): broken too, taken
+    ([_FAR, _FAR], 3, 7),  # unbroken and worse than the warm end: the start is kept
+    ([_START, _FAR], 3, 7),  # the same loss as the warm end: not lower, the start is kept
+    ([[1.0, 0.95, 0.95], _FAR], 6, 7),  # unbroken with a lower loss (CE 1.07): taken
+])
+def test_square_keeps_the_better_end_of_the_warm_and_cold_searches(cold, kept, queries):
+    recorder = InputRecorder(_Sequence([_CLEAN, _CLEAN, _STRIPES, _START, _FAR, _FAR, *cold, _FAR]))
+    x, y = torch.full((1, 1, 4, 4), 0.5), torch.tensor([0])
+    result = Square(queries=3, loss="ce", cold_search_near=0.5)(
+        recorder, x, y, threat=Linf(eps=0.1), generator=torch.Generator().manual_seed(0), start=x.clone())
+    assert result.extras["queries"].tolist() == [queries]
+    torch.testing.assert_close(result.x_adv, recorder.inputs[kept], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rows, queries", [
+    ([_CLEAN, _CLEAN, _STRIPES, _START, [1.0, 1.0, -5.0]], 4),  # the warm search ended on a tie: broken
+    ([_CLEAN, _CLEAN, _STRIPES, [1.0, 0.0, 0.0], _FAR, _FAR], 5),  # start margin exactly 0.5 x 2: not below
+])
+def test_square_cold_search_skips_broken_samples_and_starts_not_below_the_threshold(rows, queries):
+    x, y = torch.full((1, 1, 4, 4), 0.5), torch.tensor([0])
+    result = Square(queries=3, loss="ce", cold_search_near=0.5)(
+        _Sequence(rows + [_FAR]), x, y, threat=Linf(eps=0.1), generator=torch.Generator().manual_seed(0),
+        start=x.clone())
+    assert result.extras["queries"].tolist() == [queries]
+
+
+def test_square_cold_search_is_targeted_when_the_attack_is():
+    # Target 1, cross-entropy towards it. The cold step [0, 1, 2] is misclassified (an untargeted
+    # success) but not the target (targeted margin 1) and has a higher CE (1.41) than the warm end,
+    # the start [1, 0.9, 0] (0.92, margin 0.1): the start is kept.
+    rows = [_CLEAN, _CLEAN, _STRIPES, [1.0, 0.9, 0.0], _FAR, _FAR, [0.0, 1.0, 2.0], _FAR, _FAR]
+    recorder = InputRecorder(_Sequence(rows))
+    x, y = torch.full((1, 1, 4, 4), 0.5), torch.tensor([0])
+    result = Square(queries=3, cold_search_near=0.5)(
+        recorder, x, y, threat=Linf(eps=0.1), targets=torch.tensor([1]), generator=torch.Generator().manual_seed(0),
+        start=x.clone())
+    assert result.extras["queries"].tolist() == [7]
+    torch.testing.assert_close(result.x_adv, recorder.inputs[3], rtol=0, atol=0)
+
+
+def test_square_cold_search_steps_from_its_own_stripes():
+    # The cold search starts from the stripes with their loss: its first step (a 7x7 window on the
+    # 8x8 image, p = 0.8) scores worse (CE 0.01 against 0.10) and is rejected, so its second (p =
+    # 0.8 / 64: one pixel) changes the stripes in one pixel, not the rejected point.
+    recorder = InputRecorder(_Sequence([_CLEAN, _CLEAN, _STRIPES, _START, _FAR, _FAR, _FAR, _FAR, _FAR]))
+    x, y = torch.full((1, 1, 8, 8), 0.5), torch.tensor([0])
+    Square(queries=3, loss="ce", cold_search_near=0.5)(
+        recorder, x, y, threat=Linf(eps=0.1), generator=torch.Generator().manual_seed(0), start=x.clone())
+    stripes, first, second = recorder.inputs[2], recorder.inputs[6], recorder.inputs[7]
+    assert int((first != stripes).sum()) >= 7 and int((second != stripes).sum()) == 1
+
+
+def test_square_gives_up_in_each_search_against_its_own_budget():
+    # give_up = 1e-9: a sample still unbroken at the checkpoint of 100 queries stops there, in the
+    # warm search (the trapped samples make no progress from the start: 3 + 99 queries) and again
+    # in the cold one, with the same rule (broken within its 99 steps, or stopped at 201 queries).
+    model, n = _Trap(), 16
+    x, y, start = torch.full((n, 1, 4, 4), 0.25), torch.zeros(n, dtype=torch.long), torch.full((n, 1, 4, 4), 0.01)
+    result = Square(queries=200, p_init=0.8, rescale_schedule=False, give_up=1e-9, cold_search_near=0.8)(
+        model, x, y, threat=Linf(eps=0.25), generator=torch.Generator().manual_seed(2), start=start)
+    queries, success = result.extras["queries"], result.success
+    trapped = queries > 102
+    stopped = trapped & ~success
+    assert 0 < int(stopped.sum()) < int(trapped.sum())
+    assert (queries[stopped] == 201).all() and (queries[trapped & success] < 201).all()
+
+
 class _Falling(nn.Module):
     """Two classes, margin ``0.999 - 2 mean(x)``: every step of :class:`_Creep` lowers it by 0.002."""
 

@@ -297,7 +297,7 @@ class SquareAttack(Attack):
         first_margin = margin.clone()
         for iteration in range(budget - 1):
             spent = iteration + 1  # queries on perturbed points so far, the initialisation included
-            if self.give_up is not None and spent in GIVE_UP_CHECKPOINTS and spent < budget:
+            if self.give_up is not None and spent in GIVE_UP_CHECKPOINTS:
                 rate = (first_margin - margin).clamp_min(0) / math.log2(spent)
                 going &= ~((margin > self.give_up * rate * math.log2(budget / spent)) & (margin >= near))
             searched = going & (margin > 0)
