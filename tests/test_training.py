@@ -480,3 +480,43 @@ def test_progress_bar_and_logging_never_print(small, capsys, caplog):
         train(make_mlp(), x, y, config=TrainConfig(epochs=2, **FAST), progress=True)
     assert capsys.readouterr().out == ""
     assert sum("epoch" in r.getMessage() for r in caplog.records) == 2
+
+
+def _small_cnn() -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(4 * 6 * 6, 10)).double()
+
+
+def test_channels_last_trains_the_same_weights_in_the_channels_last_format(digits):
+    x, y = digits[0][:256].double().repeat(1, 3, 1, 1), digits[1][:256]  # three channels: the formats differ
+    settings = dict(epochs=2, seed=3, schedule="constant", **FAST)
+    plain, fast = _small_cnn(), _small_cnn()
+    seen: list[bool] = []
+
+    def record(module, args):
+        if module.training:
+            seen.append(args[0].is_contiguous(memory_format=torch.channels_last)
+                        and module.weight.is_contiguous(memory_format=torch.channels_last))
+
+    fast[0].register_forward_pre_hook(record)
+    train(plain, x, y, config=TrainConfig(**settings))
+    train(fast, x, y, config=TrainConfig(channels_last=True, **settings))
+    assert len(seen) == 2 * math.ceil(256 / 64) and all(seen)  # every training batch and the weights, channels-last
+    for (name, a), b in zip(plain.state_dict().items(), fast.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=name)  # float64: only summation order differs
+        assert b.is_contiguous(), name  # returned in the default format (safetensors needs it)
+
+
+def test_channels_last_is_a_bool_for_images_and_absent_from_stored_configs_by_default(digits, tmp_path):
+    assert "channels_last" not in TrainConfig().to_dict()  # checkpoints and cards written before it still match
+    assert TrainConfig.from_dict(TrainConfig(channels_last=True).to_dict()).channels_last is True
+    with pytest.raises(RobustlabError, match="TrainConfig.channels_last must be a bool, got 1"):
+        TrainConfig(channels_last=1)
+    model = nn.Sequential(nn.Linear(64, 10))
+    with pytest.raises(RobustlabError, match=r"channels_last needs images \[N, C, H, W\], got train_x of shape "
+                                             r"\(64, 64\)"):
+        train(model, digits[0][:64].flatten(1), digits[1][:64], config=TrainConfig(channels_last=True),
+              checkpoint_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

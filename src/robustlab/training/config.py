@@ -84,6 +84,12 @@ class TrainConfig:
     augmentation), or ``None`` (the default): none. It is applied on the training device before
     the method's inner maximization, from a generator derived from ``seed``.
 
+    ``channels_last``: train with the model's 4-d weights and every training batch in the
+    channels-last memory format (``[N, C, H, W]`` images only), which oneDNN's CPU convolutions
+    run faster (a WRN-16-2 step on CIFAR-10: about 1.25 s instead of 1.5 s on one thread of the
+    shared VM). The values computed are the same up to floating-point summation order; the model
+    is returned in the default format.
+
     Fields added after configurations were first stored (metadata ``"omit_default"``) are left
     out of :meth:`to_dict` while they hold their default, so every configuration stored before
     them (checkpoints, model cards, the reproductions' cache keys) still reads as the same
@@ -123,6 +129,9 @@ class TrainConfig:
     augment: str | None = field(default=None, metadata={
         "help": "data augmentation of each training batch, before the method's attack (none by default)",
         "choices": AUGMENTATIONS, "omit_default": True})
+    channels_last: bool = field(default=False, metadata={
+        "help": "keep the model's weights and each batch in the channels-last memory format while training (images "
+                "only; faster convolutions on CPU)", "omit_default": True})
 
     def __post_init__(self) -> None:
         _require_int("epochs", self.epochs, 1)
@@ -163,8 +172,9 @@ class TrainConfig:
             raise RobustlabError("TrainConfig.eps_warmup_epochs needs a threat model (TrainConfig.threat)")
         _require_int("robust_eval_samples", self.robust_eval_samples, 0)
         _require_int("robust_eval_steps", self.robust_eval_steps, 1)
-        if not isinstance(self.mixed_precision, bool):
-            raise RobustlabError(f"TrainConfig.mixed_precision must be a bool, got {self.mixed_precision!r}")
+        for name in ("mixed_precision", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise RobustlabError(f"TrainConfig.{name} must be a bool, got {getattr(self, name)!r}")
         if not isinstance(self.method_options, dict):
             raise RobustlabError(
                 f"TrainConfig.method_options must be a dict of option names to values, got {self.method_options!r}"

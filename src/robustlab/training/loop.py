@@ -132,7 +132,12 @@ def train(
     train_x = check_call(model, train_x)
     if val is not None:
         val = (check_call(model, val[0]), val[1])
+    if config.channels_last and train_x.dim() != 4:
+        raise RobustlabError(f"TrainConfig.channels_last needs images [N, C, H, W], got train_x of shape "
+                             f"{tuple(train_x.shape)}")
     model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # a documented keyword the stubs omit
     group = ProcessGroup(device) if distributed else LocalGroup()
     check_batches(len(train_x), config.batch_size, group.world)
 
@@ -176,6 +181,8 @@ def train(
                     on_epoch_end(dict(record))
         finally:
             model.eval()
+            if config.channels_last:
+                model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     return TrainResult(list(run.history), run.best_epoch, run.best_val_acc, run.best_val_robust_acc)
 
 
@@ -317,6 +324,8 @@ class _Run:
                 x = x_all[index].to(self.device)
                 if self.augment is not None and self.augment_generator is not None:
                     x = self.augment(x, self.augment_generator)  # once: a replaying method replays the augmented batch
+                if self.config.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 y = y_all[index].to(self.device)
                 index = index.to(self.device)
                 for _ in range(self.replays):
