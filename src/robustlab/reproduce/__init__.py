@@ -8,6 +8,7 @@ its tables with :func:`register`. Each function takes :class:`ReproOptions`, wri
 
 # Importing the modules registers their tables.
 from robustlab.reproduce import athalye as _athalye  # noqa: F401
+from robustlab.reproduce import bilateral as _bilateral  # noqa: F401
 from robustlab.reproduce import cw as _cw  # noqa: F401
 from robustlab.reproduce import madry as _madry  # noqa: F401
 from robustlab.reproduce import madry_capacity as _madry_capacity  # noqa: F401
