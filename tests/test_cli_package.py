@@ -54,12 +54,12 @@ def test_every_train_config_field_is_set_from_its_option():
                      "--weight-decay", "0", "--nesterov", "--schedule", "step", "--milestones", "0.3", "0.6",
                      "--gamma", "0.5", "--seed", "7", "--method", "pgd", "--option", "steps=3", "--norm", "L2",
                      "--eps", "0.5", "--eps-warmup-epochs", "1", "--bn-mode", "train", "--robust-eval-samples", "0",
-                     "--robust-eval-steps", "4", "--mixed-precision", "--augment", "crop-flip")
+                     "--robust-eval-steps", "4", "--mixed-precision", "--augment", "crop-flip", "--channels-last")
     assert config == TrainConfig(epochs=3, batch_size=32, optimizer="sgd", lr=0.05, momentum=0.5, weight_decay=0.0,
                                  nesterov=True, schedule="step", milestones=(0.3, 0.6), gamma=0.5, seed=7,
                                  method="pgd", method_options={"steps": 3}, threat={"norm": "L2", "eps": 0.5},
                                  eps_warmup_epochs=1.0, bn_mode="train", robust_eval_samples=0,
-                                 robust_eval_steps=4, mixed_precision=True, augment="crop-flip")
+                                 robust_eval_steps=4, mixed_precision=True, augment="crop-flip", channels_last=True)
     # Every TrainConfig field was given a value other than its default above.
     changed = {f.name for f in dataclasses.fields(TrainConfig)
                if getattr(config, f.name) != getattr(TrainConfig(), f.name)}

@@ -86,9 +86,9 @@ class TrainConfig:
 
     ``channels_last``: train with the model's 4-d weights and every training batch in the
     channels-last memory format (``[N, C, H, W]`` images only), which oneDNN's CPU convolutions
-    run faster (a WRN-16-2 step on CIFAR-10: about 1.25 s instead of 1.5 s on one thread of the
-    shared VM). The values computed are the same up to floating-point summation order; the model
-    is returned in the default format.
+    run faster for some networks (a WRN-16-2 step on CIFAR-10: 0.93 instead of 1.18 CPU seconds
+    on one thread; the ODE networks run slower: docs/zoo.md). The values computed are the same up
+    to floating-point summation order; the model is returned in the default format.
 
     Fields added after configurations were first stored (metadata ``"omit_default"``) are left
     out of :meth:`to_dict` while they hold their default, so every configuration stored before
