@@ -60,3 +60,20 @@ def test_the_table_attacks_the_shipped_models_and_lists_the_untrained(tmp_path, 
 def test_unknown_columns_are_refused(tmp_path):
     with pytest.raises(RobustlabError, match=r"unknown bilateral-mnist columns \['CW7'\]"):
         run_reproduction("bilateral-mnist", ReproOptions(out=tmp_path, overrides={"columns": ("CW7",)}))
+
+
+def test_standard_is_run_here_where_the_card_has_other_images(tmp_path, monkeypatch):
+    # 40 images: the card's `standard` is on 50, so the suite runs here on the same 40 as the attacks.
+    from robustlab import zoo
+    from robustlab.data import locate
+
+    if locate("mnist") is None:
+        pytest.skip("needs MNIST (ROBUSTLAB_DATA)")
+    monkeypatch.setattr(zoo, "names", lambda: ["mnist-tiny"])
+    overrides = {"zoo": ("mnist-tiny",), "eps": 0.05, "columns": ("FGSM", "CE7"), "chunk": 40}
+    result = run_reproduction("bilateral-mnist", ReproOptions(images=40, out=tmp_path, overrides=overrides))
+    ours = result.record["rows"][0]["ours"]
+    standard = ours["standard"]
+    assert not standard["from_card"] and standard["images"] == 40
+    assert standard["robust"] <= ours["CE7"] + 0.05 and sum(standard["broken_by"].values()) > 0
+    assert "| mnist-tiny | - |" in result.markdown and "(40) |" in result.markdown
