@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from robustlab import zoo
+from robustlab.data import locate
 from robustlab.errors import RobustlabError
 from robustlab.models import build_model
 from robustlab.models.ode import ODEBlock, logits_and_steady_state, ode_gradient_check
@@ -215,7 +217,7 @@ def test_diagnostics_pass_on_a_trained_tisode(digits):
 
 
 # -- reproductions -----------------------------------------------------------------------------------------------
-TINY = {"dataset": "digits", "train_samples": 96, "epochs": 1, "batch_size": 48, "lr": 1e-2, "channels": 4,
+TINY = {"zoo": False, "dataset": "digits", "train_samples": 96, "epochs": 1, "batch_size": 48, "lr": 1e-2, "channels": 4,
         "seeds": 2, "steady_from_epoch": 0, "pgd_steps": 2, "eot_draws": 2, "suite": "quick", "suite_images": 6,
         "fgsm_eps": (0.3,), "pgd": ((0.3, 0.1),), "suite_eps": (0.3,)}
 
@@ -300,3 +302,48 @@ def test_tisode_table1_smoke_trains_naturally(tmp_path):
     assert "56.4 ± 5.6" in result.markdown
     with pytest.raises(RobustlabError, match="overrides"):
         run_reproduction("tisode-table1", ReproOptions(out=tmp_path, overrides={"bogus": 1}))
+
+
+def test_every_row_maps_to_the_zoo_model_of_its_network_and_training():
+    """The zoo model of each row has the row's architecture, denoising / randomization and
+    training (natural for Table 1, Gaussian noise, with the steady-state term for TisODE, after)."""
+    from robustlab.reproduce.tisode import FDN, MODELS, ZOO_MODELS
+
+    assert set(ZOO_MODELS[True]) == set(MODELS) and set(ZOO_MODELS[False]) == {"CNN", "ODENet"}
+    for noise, rows in ZOO_MODELS.items():
+        for label, name in rows.items():
+            recipe, (architecture, arguments) = zoo.recipe(name), MODELS[label]
+            assert recipe["model"] == architecture, name
+            assert ("denoise=" + FDN in recipe.get("model_arg", "")) == ("denoise" in arguments), name
+            assert (recipe.get("defense") == ["resize-pad"]) == bool(arguments.get("input_randomization")), name
+            method = ("tisode" if architecture == "tisode" else "gaussian-noise") if noise else "natural"
+            assert recipe["method"] == method, name
+            assert recipe["dataset"] == "mnist" and recipe.get("model_arg", "").count("channels") == 0, name
+
+
+@pytest.mark.skipif(locate("mnist") is None, reason="needs MNIST (ROBUSTLAB_DATA)")
+def test_tables_attack_the_zoo_models_by_default(tmp_path):
+    """The default scale reads the shipped zoo model of each row (no training) and attacks the
+    first test images, the cards' images."""
+    from robustlab.data import load_dataset
+    from robustlab.reproduce import ReproOptions, run_reproduction
+    from robustlab.reproduce.tisode import CPU_SCALE
+
+    assert CPU_SCALE.zoo and CPU_SCALE.seeds == 1 and CPU_SCALE.images == 1000
+    small = {"models": ("ODENet",), "sigmas": (100.0,), "fgsm_eps": (0.3,), "pgd": ((0.3, 0.1),), "pgd_steps": 2,
+             "suite": "quick", "suite_images": 4, "eval_batch": 8}
+    options = ReproOptions(images=8, out=tmp_path, cache_dir=tmp_path / "cache", overrides=small)
+    result = run_reproduction("tisode-table2", options)
+    record = result.record["training"]["ODENet"][0]
+    card = zoo.card("mnist-odenet")
+    assert record["source"] == "zoo:mnist-odenet" and not record["trained_here"]
+    assert record["sha256"] == card.extra["zoo"]["sha256"] and record["steady_state"] is None
+    assert not (tmp_path / "cache").exists() and result.record["train_samples"] is None
+    test = load_dataset("mnist", split="test")
+    with torch.no_grad():
+        correct = (zoo.load("mnist-odenet")(test.x[:8]).argmax(1) == test.y[:8]).float().mean()
+    assert result.record["results"]["ODENet"]["clean"]["mean"] == round(100 * float(correct), 2)
+    assert "`mnist-odenet` (as shipped" in result.markdown and "first 8 test images" in result.markdown
+
+    with pytest.raises(RobustlabError, match="no natural-trained model"):
+        run_reproduction("tisode-table1", ReproOptions(out=tmp_path, overrides={"models": ("TisODE",)}))

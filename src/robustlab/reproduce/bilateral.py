@@ -128,16 +128,12 @@ def _row(name: str, scale: Scale, options: ReproOptions, x: Tensor, y: Tensor, s
           "CPU: the shipped zoo models, the first 1000 test images, about 1-2 min per model on one core; --retrain: "
           "rebuilt from their recipes")
 def tables(options: ReproOptions) -> tuple[dict, str]:
-    from robustlab.data import load_dataset
 
     scale = options.scale(Scale(), Scale(images=10000), OVERRIDABLE, "bilateral-mnist")
     unknown = [c for c in scale.columns if c not in COLUMNS]
     if unknown:
         raise RobustlabError(f"unknown bilateral-mnist columns {unknown}; choose from {list(COLUMNS)}")
-    test = load_dataset("mnist", split="test", data_dir=options.data_dir)
-    if scale.images > len(test.y):
-        raise RobustlabError(f"{scale.images} test images requested, mnist has {len(test.y)}")
-    x, y = test.x[:scale.images].to(options.device), test.y[:scale.images].to(options.device)
+    x, y = options.first_test_images("mnist", scale.images)
     rows = [_row(name, scale, options, x, y, options.seed * 1000 + 20 * position)
             for position, name in enumerate(scale.zoo)]
     notes = _notes(rows, scale)

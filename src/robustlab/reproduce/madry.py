@@ -232,14 +232,6 @@ def _load_split(scale: Scale, options: ReproOptions, split: str, limit: int | No
     return load_dataset(scale.dataset, split=split, data_dir=options.data_dir, limit=limit, seed=options.seed)
 
 
-def _first_test_images(scale: Scale, options: ReproOptions) -> tuple[Tensor, Tensor]:
-    """The first ``scale.images`` test images (the images the zoo's cards are measured on)."""
-    test = _load_split(scale, options, "test", None)
-    if scale.images > len(test.y):
-        raise RobustlabError(f"{scale.images} test images requested, {scale.dataset} has {len(test.y)}")
-    return test.x[:scale.images], test.y[:scale.images]
-
-
 # -- attacks ---------------------------------------------------------------------------------------------
 def _our_steps(row: PaperRow, scale: Scale) -> tuple[int | None, int | None]:
     """The steps and restarts this run uses for a paper row (the paper's at full scale)."""
@@ -405,8 +397,7 @@ def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, chunk: int) -> float:
 def table1(options: ReproOptions) -> tuple[dict, str]:
     scale = _scale(options)
     models = _Models(scale, options)
-    x, y = _first_test_images(scale, options)
-    x, y = x.to(options.device), y.to(options.device)
+    x, y = options.first_test_images(scale.dataset, scale.images)
     rows, every_white_box = _evaluate_rows(models, x, y, scale, options)
     # Models a --no-train run could not get (A' where it is not cached) have no clean accuracy.
     clean = {kind: clean_accuracy(models.models[kind], x, y, scale.chunk) if kind in models.models else None

@@ -226,8 +226,7 @@ def capacity(options: ReproOptions) -> tuple[dict, str]:
     train_data = load_dataset(scale.dataset, split="train", data_dir=options.data_dir, limit=scale.train_samples,
                               seed=options.seed)
     train_x, train_y = train_data.x.to(options.device), train_data.y.to(options.device)
-    test_data = load_dataset(scale.dataset, split="test", data_dir=options.data_dir)
-    test = (test_data.x[:scale.images].to(options.device), test_data.y[:scale.images].to(options.device))
+    test = options.first_test_images(scale.dataset, scale.images)
     train_points = (train_x[:scale.loss_images], train_y[:scale.loss_images])
     rows = []
     for position, (method, width) in enumerate((m, w) for m in METHODS for w in scale.widths):

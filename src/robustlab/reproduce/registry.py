@@ -16,7 +16,7 @@ from robustlab.io import header, key_digest, save_json, write_atomic
 from robustlab.registry import Registry
 
 if TYPE_CHECKING:
-    from torch import nn
+    from torch import Tensor, nn
 
     from robustlab.models import ModelCard
 
@@ -137,6 +137,16 @@ class ReproOptions:
                               "trained_here": True, "cached": cached, "sha256": file_sha256(checkpoint_paths(path)[0]),
                               "train_seconds": training_seconds(run_dir)[0], "training": card.training,
                               "metrics": card.metrics}
+
+    def first_test_images(self, dataset: str, count: int) -> tuple[Tensor, Tensor]:
+        """``(x, y)`` on ``device``: the first ``count`` images of ``dataset``'s test split, the
+        images the zoo's cards are measured on."""
+        from robustlab.data import load_dataset
+
+        test = load_dataset(dataset, split="test", data_dir=self.data_dir)
+        if count > len(test.y):
+            raise RobustlabError(f"{count} test images requested, {dataset} has {len(test.y)}")
+        return test.x[:count].to(self.device), test.y[:count].to(self.device)
 
     def scale(self, cpu: Any, full: Any, allowed: Sequence[str], reproduction: str,
               image_fields: Sequence[str] = ("images",)) -> Any:

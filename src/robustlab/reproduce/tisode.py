@@ -1,6 +1,6 @@
 """Yan, Du, Tan & Feng, "On Robustness of Neural Ordinary Differential Equations" (ICLR 2020),
-Tables 1-4 on MNIST, at CPU scale by default, and whether the ODE advantage survives a stronger
-evaluation.
+Tables 1-4 on MNIST, on the model zoo's networks by default, and whether the ODE advantage survives
+a stronger evaluation.
 
 One runner, parameterised by :class:`Table`; each table is registered as ``tisode-table1`` ...
 ``tisode-table4``:
@@ -31,17 +31,27 @@ Does the advantage survive? Every model is also evaluated with the ``standard`` 
 table's ``suite_eps``, EOT-wrapped for the IRd models; the columns ``standard-<eps>`` hold its
 robust accuracy.
 
-CPU scale (the default; :data:`CPU_SCALE`): 4,000 training images, 8 epochs (256 steps), 16
-channels instead of 64 (the ODE block's cost grows with the square of the width), Adam lr 1e-2
+Models. By default (:data:`CPU_SCALE`) every row is a model of the zoo (:mod:`robustlab.zoo`,
+:data:`ZOO_MODELS`), trained by robustlab from its recipe with the paper's network (64 channels),
+optimizer, lr schedule and noise, for 10 epochs on 57,000 images instead of 100 on 60,000; one
+model per row, so one seed (``seeds`` > 1 trains further copies from the recipes with the seeds
+after the recipe's, hours each), attacked on the first 1,000 test images (the cards' images), the
+suite on the first 200, EOT with 10 draws. ``--retrain`` rebuilds the zoo models from their
+recipes.
+
+Trained here (``zoo=False``, as the tests do, and ``--full``): each model is trained with the
+fields of :class:`Scale` and cached. Their defaults are a CPU scale measured before the zoo
+existed: 4,000 training images, 8 epochs (256 steps), 16 channels instead of 64 (the ODE block's cost grows with the square of the width), Adam lr 1e-2
 (×0.2 at 80% of training) instead of the paper's 1e-3 with steps at 30/60/90%, the steady-state
 term from epoch 1 (0-based) instead of 5, 3 seeds, 200 test images, the suite on the first 40 (so
-its numbers carry about ±8 points of sampling error) and EOT with 5 draws. The larger lr is
+its numbers carry about ±8 points of sampling error) and EOT with 5 draws (``docs/results/tisode.md``
+keeps that run's findings). The larger lr is
 needed because these nets (GroupNorm, then global average pooling into 10 logits) learn slowly at
 first: with the paper's schedule, 64 steps on 2,000 images left the CNN and ODENet at 14-23% clean
 accuracy (measured); with lr 1e-2 and 256 steps the CNN reaches 84-90% and the ODE nets 72-91%
 (still far below the paper's 99%; ``docs/results/tisode.md`` has the numbers and wall times).
 ``--full``: the paper's 60,000 images, 100 epochs, lr and schedule, 64 channels, 1,000 test
-images, EOT with 30 draws; needs a GPU and hours. Trained models are cached
+images, EOT with 30 draws, 3 seeds; needs a GPU and hours. Trained models are cached
 (``ReproOptions.cache_dir``), so the tables share the models they have in common.
 """
 
@@ -77,6 +87,14 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "TisODE-FDn": ("tisode", {"denoise": FDN}),
     "CNN-IRd": ("ode-cnn", {"input_randomization": True}),
     "TisODE-IRd": ("tisode", {"input_randomization": True}),
+}
+
+
+#: The zoo model of each row: trained on clean images (Table 1) or with Gaussian noise (Tables 2-4).
+ZOO_MODELS: dict[bool, dict[str, str]] = {
+    False: {"CNN": "mnist-ode-cnn-natural", "ODENet": "mnist-odenet-natural"},
+    True: {"CNN": "mnist-ode-cnn", "ODENet": "mnist-odenet", "TisODE": "mnist-tisode", "CNN-FDn": "mnist-ode-cnn-fdn",
+           "TisODE-FDn": "mnist-tisode-fdn", "CNN-IRd": "mnist-ode-cnn-ird", "TisODE-IRd": "mnist-tisode-ird"},
 }
 
 
@@ -153,12 +171,14 @@ TABLES: dict[str, Table] = {
 
 @dataclass(frozen=True)
 class Scale:
-    """Every size knob of the reproductions. ``models``, ``sigmas``, ``fgsm_eps``, ``pgd`` and
+    """Every size knob of the reproductions. ``zoo``: attack the zoo's models (:data:`ZOO_MODELS`;
+    the training fields are then unused) instead of training each model here. ``models``, ``sigmas``, ``fgsm_eps``, ``pgd`` and
     ``suite_eps``: ``None`` takes the table's. ``milestones``: fractions of training at which
     the lr is multiplied by ``gamma``. ``steady_from_epoch`` is 0-based (the reference's).
     ``suite``: the suite of the stronger evaluation (``None``: skip it), run on the first
     ``suite_images`` test images. ``eot_draws``: EOT samples per gradient for IRd models."""
 
+    zoo: bool = False
     dataset: str = "mnist"
     train_samples: int | None = 4000
     images: int = 200
@@ -186,8 +206,8 @@ class Scale:
     suite_eps: tuple | None = None
 
 
-#: Default: minutes on 2 CPU cores (see the module docstring for what is scaled down).
-CPU_SCALE = Scale()
+#: Default: the zoo's models, one seed, the first 1,000 test images, the suite on 200, EOT with 10 draws.
+CPU_SCALE = Scale(zoo=True, images=1000, seeds=1, suite_images=200, eot_draws=10)
 
 #: The paper's settings (``mnist/options.py``, ``main_*_gaus.py``; EOT draws from Athalye et
 #: al.'s attack on input randomization); needs a GPU and hours.
@@ -216,6 +236,14 @@ def _scale(table: Table, options: ReproOptions) -> Scale:
         raise RobustlabError(f"unknown models {bad} in the TisODE reproduction; choose from {list(MODELS)}")
     if not isinstance(scale.seeds, int) or scale.seeds < 1:
         raise RobustlabError(f"seeds must be a positive integer, got {scale.seeds!r}")
+    if scale.zoo:
+        missing = [m for m in scale.models if m not in ZOO_MODELS[table.noise_training]]
+        if missing:
+            training = "Gaussian-noise" if table.noise_training else "natural"
+            raise RobustlabError(f"the zoo has no {training}-trained model for {missing} (it has "
+                                 f"{list(ZOO_MODELS[table.noise_training])}); train them here with zoo=False")
+        if scale.dataset != "mnist":
+            raise RobustlabError(f"the zoo's TisODE models are trained on mnist, not {scale.dataset!r}")
     return scale
 
 
@@ -251,6 +279,18 @@ def _arguments(label: str, scale: Scale, shape: tuple[int, ...], seed: int) -> d
     if arguments.get("input_randomization"):
         arguments["randomization_seed"] = seed
     return arguments
+
+
+def zoo_model(label: str, table: Table, options: ReproOptions, run: int) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, record)``: the zoo model of row ``label`` (:data:`ZOO_MODELS`); run ``run`` > 0
+    is a copy trained from its recipe with the recipe's seed + ``run`` (:meth:`ReproOptions.zoo_model`)."""
+    from robustlab import zoo
+
+    name = ZOO_MODELS[table.noise_training][label]
+    seed = zoo.recipe(name).get("seed", 0) + run if run else None
+    model, info = options.zoo_model(name, seed=seed)
+    keep = ("source", "zoo", "seed", "trained_here", "cached", "sha256", "train_seconds")
+    return model, {key: info[key] for key in keep} | {"clean_accuracy": info["metrics"].get("clean_accuracy")}
 
 
 def get_model(label: str, table: Table, scale: Scale, options: ReproOptions, train_data, seed: int):
@@ -385,28 +425,36 @@ def _summary(values: list[float]) -> dict[str, Any]:
 def run_table(table: Table, options: ReproOptions) -> tuple[dict[str, Any], str]:
     """Train (or load) every model of ``table`` for each seed, evaluate it, and tabulate."""
     scale = _scale(table, options)
-    train_data = _load(scale, options, "train", scale.train_samples)
-    test = _load(scale, options, "test", scale.images)
+    train_data = None if scale.zoo else _load(scale, options, "train", scale.train_samples)
+    if scale.zoo:  # the cards' images
+        test_x, test_y = options.first_test_images(scale.dataset, scale.images)
+    else:
+        test = _load(scale, options, "test", scale.images)
+        test_x, test_y = test.x, test.y
     runs: dict[str, list[dict[str, float]]] = {label: [] for label in _given(scale.models)}
     training: dict[str, list[dict[str, Any]]] = {label: [] for label in _given(scale.models)}
     for run in range(scale.seeds):
         seed = options.seed + run
         for label in _given(scale.models):
-            model, record = get_model(label, table, scale, options, train_data, seed)
+            if scale.zoo:
+                model, record = zoo_model(label, table, options, run)
+            else:
+                model, record = get_model(label, table, scale, options, train_data, seed)
             _rewind_randomization(model, seed)
-            record["steady_state"] = _steady_state(model, test.x, options.device)
+            record["steady_state"] = _steady_state(model, test_x, options.device)
             training[label].append(record)
-            runs[label].append(evaluate_perturbations(model, test.x, test.y, scale, seed=seed, device=options.device))
+            runs[label].append(evaluate_perturbations(model, test_x, test_y, scale, seed=seed, device=options.device))
             logger.info("%s seed %d: %s", label, seed, runs[label][-1])
     columns = list(dict.fromkeys(c for label in _given(scale.models) for c in runs[label][0]))
     results = {label: {c: _summary([r[c] for r in runs[label]]) for c in columns if c in runs[label][0]}
                for label in _given(scale.models)}
     record = {"paper": PAPER, "paper_source": table.paper_source, "table": table.number, "scale": asdict(scale),
-              "full": options.full, "overrides": options.overrides, "train_samples": len(train_data.y),
-              "images": len(test.y), "results": results, "paper_table": table.paper, "training": training,
+              "full": options.full, "overrides": options.overrides,
+              "train_samples": None if train_data is None else len(train_data.y),
+              "images": len(test_y), "results": results, "paper_table": table.paper, "training": training,
               "survives": _survives(results, scale)}
-    return record, _markdown(table, results, columns, scale, options, len(train_data.y), len(test.y),
-                             record["survives"])
+    return record, _markdown(table, results, columns, scale, options, record["train_samples"], len(test_y),
+                             record["survives"], training)
 
 
 def _survives(results: dict[str, dict[str, dict]], scale: Scale) -> dict[str, dict[str, Any]]:
@@ -440,8 +488,27 @@ def _cell(summary: dict[str, Any], seeds: int) -> str:
     return f"{summary['mean']:.1f} ± {summary['std']:.1f}" if seeds > 1 else f"{summary['mean']:.1f}"
 
 
-def _markdown(table: Table, results: dict, columns: list[str], scale: Scale, options: ReproOptions, n_train: int,
-              n_test: int, survives: dict) -> str:
+def _zoo_note(table: Table, scale: Scale, training: dict[str, list[dict[str, Any]]]) -> str:
+    """Which zoo model each row is, and how the zoo trained them (from their recipes)."""
+    from robustlab import zoo
+
+    rows = []
+    for label in _given(scale.models):
+        first = training[label][0]
+        how = "as shipped" if not first["trained_here"] else f"trained here from its recipe, seed {first['seed']}"
+        rows.append(f"{label}: `{first['zoo']}` ({how}, {first['train_seconds']:.0f} s of training)")
+    recipes = [zoo.recipe(ZOO_MODELS[table.noise_training][label]) for label in _given(scale.models)]
+    settings = {(r["epochs"], r["lr"], tuple(r["milestones"]), r["gamma"]) for r in recipes}
+    epochs, lr, milestones, gamma = sorted(settings)[0]
+    common = (f"{epochs} epochs, Adam lr {lr}, lr ×{gamma} at {list(milestones)} of training" if len(settings) == 1
+              else "settings differ between the recipes")
+    return (f"Models: the model zoo's, each trained by robustlab from its recipe (`robustlab zoo train NAME`; "
+            f"64 channels, the paper's optimizer and noise, {common}; the paper trains 100 epochs): "
+            + "; ".join(rows) + ".")
+
+
+def _markdown(table: Table, results: dict, columns: list[str], scale: Scale, options: ReproOptions,
+              n_train: int | None, n_test: int, survives: dict, training_records: dict[str, list[dict]]) -> str:
     head = "| Model | " + " | ".join(f"{c}: ours | paper" if c in table.paper else f"{c}: ours" for c in columns)
     head += " |\n|" + "---|" * (1 + sum(2 if c in table.paper else 1 for c in columns)) + "\n"
     lines = []
@@ -465,10 +532,12 @@ def _markdown(table: Table, results: dict, columns: list[str], scale: Scale, opt
          "paper's sign-step coordinate Adam on a C&W margin; compare the ordering, not the values."
          + (f" IRd models: EOT-PGD with {scale.eot_draws} draws beside plain PGD." if any(
              "eot-" in c for c in columns) else "")),
-        (f"Training: {training}; Adam lr {scale.lr}, weight decay {scale.weight_decay}, "
-         f"lr ×{scale.gamma} at {list(scale.milestones)} of training."),
-        f"Budget: {budget}." + ("" if options.full else " CPU scale: far less training than the paper's 100 "
-                                                        "epochs on 60,000 images and 64 channels."),
+        *([_zoo_note(table, scale, training_records),
+           f"Budget: {scale.seeds} seed(s), the first {n_test} test images (those of the zoo's cards)."] if scale.zoo else
+          [f"Training: {training}; Adam lr {scale.lr}, weight decay {scale.weight_decay}, "
+           f"lr ×{scale.gamma} at {list(scale.milestones)} of training.",
+           f"Budget: {budget}." + ("" if options.full else " CPU scale: far less training than the paper's 100 "
+                                                          "epochs on 60,000 images and 64 channels.")]),
         f"Paper numbers: {table.paper_source}.",
     ]
     for column, verdict in survives.items():
@@ -492,9 +561,9 @@ def _markdown(table: Table, results: dict, columns: list[str], scale: Scale, opt
 def _register(name: str, table: Table) -> None:
     register(name, f"{PAPER}, Table {table.number} (MNIST): {table.title}, beside the paper's numbers, then "
                    "under the standard suite",
-             f"CPU: 4,000 training images x 8 epochs x {len(table.models)} models (16 channels) x 3 seeds, 200 test "
-             "images, the suite on 40; measured wall times in docs/results/tisode.md, less with cached models; "
-             "--full: 60k images, 100 epochs, 64 channels, GPU, hours")(lambda options: run_table(table, options))
+             f"CPU: the zoo's {len(table.models)} models as shipped, the first 1000 test images, the suite on 200; "
+             "measured wall times in docs/results/tisode.md; --retrain: rebuilds them from their recipes (CPU hours "
+             "each); --full: 60k images, 100 epochs, 64 channels, 3 seeds, GPU, hours")(lambda options: run_table(table, options))
 
 
 for _name, _table in TABLES.items():

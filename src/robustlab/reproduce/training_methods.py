@@ -410,14 +410,10 @@ def _fast_grid(model: nn.Module, x: Tensor, y: Tensor, scale: ZooScale, seed: in
           "CPU: the shipped zoo models, the first 1000 test images, about 2-3 min per model on one core; --retrain: "
           "rebuilt from their recipes (about 30-70 min each on one core)")
 def zoo_training_table(options: ReproOptions) -> tuple[dict, str]:
-    from robustlab.data import load_dataset
 
     scale = options.scale(ZooScale(), ZooScale(images=10000), ZOO_OVERRIDABLE, "training-mnist-zoo",
                           image_fields=("images",))
-    test = load_dataset("mnist", split="test", data_dir=options.data_dir)
-    if scale.images > len(test.y):
-        raise RobustlabError(f"{scale.images} test images requested, mnist has {len(test.y)}")
-    x, y = test.x[:scale.images].to(options.device), test.y[:scale.images].to(options.device)
+    x, y = options.first_test_images("mnist", scale.images)
     rows = []
     for position, name in enumerate(scale.zoo):
         row = _zoo_row(name, scale, options, x, y, options.seed * 1000 + 10 * position)

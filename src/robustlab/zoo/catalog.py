@@ -64,6 +64,16 @@ CATALOG: dict[str, Entry] = {
                               eps=0.3),
     "mnist-tisode-ird": Entry("TisODE behind input randomization (random resize and pad), as mnist-tisode; stochastic",
                               eps=0.3, labels=("stochastic",)),
+    "mnist-odenet-natural": Entry("ODENet (Yan et al.), as mnist-odenet but trained on clean images only (TisODE Table 1)",
+                                  eps=0.3),
+    "mnist-ode-cnn": Entry("the CNN of Yan et al. (ODENet's stem and head around one residual block), Gaussian-noise "
+                           "training as mnist-odenet (TisODE Tables 2-4)", eps=0.3),
+    "mnist-ode-cnn-natural": Entry("the CNN of Yan et al., as mnist-ode-cnn but trained on clean images only (TisODE "
+                                   "Table 1)", eps=0.3),
+    "mnist-ode-cnn-fdn": Entry("the CNN of Yan et al. with feature denoising (non-local means after the stem), as "
+                               "mnist-ode-cnn (TisODE Table 4)", eps=0.3),
+    "mnist-ode-cnn-ird": Entry("the CNN of Yan et al. behind input randomization (random resize and pad), as "
+                               "mnist-ode-cnn (TisODE Table 4); stochastic", eps=0.3, labels=("stochastic",)),
     "cifar10-natural": Entry("WRN-16-2, natural training with crop-flip augmentation (the CIFAR-10 baseline: not "
                              "robust)", eps=8 / 255),
     "cifar10-pgd": Entry("WRN-16-2, PGD adversarial training (Madry et al.), 7 steps of 2/255, crop-flip augmentation",
