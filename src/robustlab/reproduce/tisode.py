@@ -499,7 +499,7 @@ def _zoo_note(table: Table, scale: Scale, training: dict[str, list[dict[str, Any
         rows.append(f"{label}: `{first['zoo']}` ({how}, {first['train_seconds']:.0f} s of training)")
     recipes = [zoo.recipe(ZOO_MODELS[table.noise_training][label]) for label in _given(scale.models)]
     settings = {(r["epochs"], r["lr"], tuple(r["milestones"]), r["gamma"]) for r in recipes}
-    epochs, lr, milestones, gamma = sorted(settings)[0]
+    epochs, lr, milestones, gamma = min(settings)
     common = (f"{epochs} epochs, Adam lr {lr}, lr ×{gamma} at {list(milestones)} of training" if len(settings) == 1
               else "settings differ between the recipes")
     return (f"Models: the model zoo's, each trained by robustlab from its recipe (`robustlab zoo train NAME`; "
