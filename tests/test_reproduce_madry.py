@@ -15,7 +15,7 @@ from robustlab.errors import RobustlabError
 from robustlab.evaluation.metrics import wilson_interval
 from robustlab.models import checkpoint_paths
 from robustlab.reproduce import REPRODUCTIONS, ReproOptions, run_reproduction
-from robustlab.reproduce.madry import CPU_SCALE, FULL_SCALE, TABLE1, robust_correct
+from robustlab.reproduce.madry import CIFAR_SCALE, CPU_SCALE, FULL_SCALE, TABLE1, TABLE2, TABLES, robust_correct
 from robustlab.threat import Linf
 from robustlab.zoo.build import correct_predictions
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 #: few training and attack steps.
 TINY = {"dataset": "digits", "zoo_natural": None, "zoo_pgd": None, "model": "mlp", "model_args": {"hidden": [32]}, "train_samples": None,
         "natural_epochs": 3, "adversarial_epochs": 2, "eps_warmup_epochs": 0.0, "lr": 3e-3, "train_steps": 2,
-        "train_step_size": 0.15, "short_steps": 2, "long_steps": 3, "restarts": 2, "step_size": 0.15, "chunk": 16}
+        "train_step_size": 0.15, "steps": {40: 2, 100: 3}, "restarts": 2, "step_size": 0.15, "chunk": 16}
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,29 @@ def tiny_run(tmp_path_factory):
 
 
 def test_registered_with_a_cpu_budget():
-    description, budget, function = REPRODUCTIONS["madry-mnist"]
-    assert "Madry" in description and "CPU" in budget and callable(function)
+    for name in ("madry-mnist", "madry-cifar10"):
+        description, budget, function = REPRODUCTIONS[name]
+        assert "Madry" in description and "CPU" in budget and callable(function)
+
+
+def test_table2_is_the_papers_cifar10_table_on_the_zoo():
+    assert [(r.method, r.steps, r.source, r.accuracy) for r in TABLE2] == [
+        ("FGSM", None, "A", 0.561), ("PGD", 7, "A", 0.500), ("PGD", 20, "A", 0.458), ("CW", 30, "A", 0.468),
+        ("FGSM", None, "A'", 0.670), ("PGD", 7, "A'", 0.642), ("CW", 30, "A'", 0.787),
+        ("FGSM", None, "A_nat", 0.856), ("PGD", 7, "A_nat", 0.860)]
+    table = TABLES["madry-cifar10"]
+    assert table.rows is TABLE2 and table.natural_accuracy == 0.873 and table.kappa == {"CW": 50.0}
+    assert TABLES["madry-mnist"].kappa == {"CW": 0.0, "CW+": 50.0}
+    assert (CIFAR_SCALE.zoo_natural, CIFAR_SCALE.zoo_pgd, CIFAR_SCALE.dataset) == (
+        "cifar10-natural", "cifar10-pgd", "cifar10")
+    assert CIFAR_SCALE.eps == 8 / 255 and CIFAR_SCALE.step_size == 2 / 255 and CIFAR_SCALE.steps == {}
+    assert table.full.images == 10000 and table.full.zoo_pgd == "cifar10-pgd"
+
+
+def test_eps_is_written_on_the_255_grid_where_it_lies():
+    from robustlab.reproduce.madry import _eps_text
+
+    assert [_eps_text(e) for e in (8 / 255, 2 / 255, 0.3, 0.01, 0.04)] == ["8/255", "2/255", "0.3", "0.01", "0.04"]
 
 
 def test_tiny_run_has_every_row_with_paper_numbers(tiny_run):
@@ -119,7 +140,7 @@ needs_mnist = pytest.mark.skipif(locate("mnist") is None, reason="needs MNIST (R
 
 #: The zoo path at test size: mnist-tiny (a 784-32-32-10 MLP, seconds to train) stands for both
 #: zoo models; A' is trained from its recipe with seed 1.
-ZOO_TINY = {"zoo_natural": "mnist-tiny", "zoo_pgd": "mnist-tiny", "short_steps": 2, "long_steps": 3, "restarts": 2,
+ZOO_TINY = {"zoo_natural": "mnist-tiny", "zoo_pgd": "mnist-tiny", "steps": {40: 2, 100: 3}, "restarts": 2,
             "chunk": 20}
 
 
@@ -156,6 +177,27 @@ def test_zoo_models_are_attacked_as_shipped_and_the_copy_is_trained_from_the_rec
     assert record["first_images"] and record["images"] == 20 and not record["retrain"]
     assert "zoo:mnist-tiny as shipped" in zoo_run[0].markdown and "seed 1" in zoo_run[0].markdown
     assert 0 <= record["worst_white_box"]["per_image"] <= record["worst_white_box"]["per_row"] <= 1
+
+
+@needs_mnist
+def test_table2_runs_its_rows_with_the_cw_confidence_of_the_cifar10_code(zoo_run):
+    """Table 2's runner at test size (mnist-tiny for every model, A' read from the zoo run's cache):
+    its nine rows in order, the paper's steps mapped, CW with kappa 50, the CIFAR-10 page."""
+    _, out = zoo_run
+    small = {"dataset": "mnist", "zoo_natural": "mnist-tiny", "zoo_pgd": "mnist-tiny", "eps": 0.05,
+             "step_size": 0.0125, "steps": {7: 2, 20: 3, 30: 2}, "chunk": 20}
+    result = run_reproduction("madry-cifar10", ReproOptions(images=12, out=out / "table2", cache_dir=out / "models",
+                                                           overrides=small))
+    record, markdown = result.record, result.markdown
+    assert record["table"] == 2 and record["models"]["A'"]["cached"]
+    assert [(r["method"], r["paper_steps"], r["steps"], r["source"]) for r in record["rows"]] == [
+        (r.method, r.steps, small["steps"].get(r.steps), r.source) for r in TABLE2]
+    assert {r["kappa"] for r in record["rows"] if r["method"] == "CW"} == {50.0}
+    assert all(r["restarts"] in (None, 1) for r in record["rows"])
+    assert record["paper_clean_accuracy"] == 0.873 and "87.3%" in markdown
+    assert markdown.startswith("## Madry et al. Table 2 (CIFAR-10, L∞ eps = 0.05)")
+    assert "paper: 45.8%, PGD-20" in markdown and "(paper: 64.2%)" in markdown and "restarts" not in markdown
+    assert "w32-10" in markdown and "CW: PGD on the C&W margin loss with kappa 50" in markdown
 
 
 @needs_mnist

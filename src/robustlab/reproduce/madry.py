@@ -1,5 +1,6 @@
 """Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks" (ICLR 2018):
-Table 1 (MNIST, L∞ eps = 0.3) at CPU scale by default.
+Table 1 (MNIST, L∞ eps = 0.3; ``madry-mnist``) and Table 2 (CIFAR-10, eps = 8/255;
+``madry-cifar10``), on the model zoo's networks by default.
 
 Three models of one architecture: a naturally trained one, the PGD-trained network A
 (cross-entropy at the last iterate of PGD with a random start, no clean term; Sec. 4) and an
@@ -9,29 +10,33 @@ white-box on the model itself (source A) or crafted on A' or on the natural mode
 (transfer). An image counts as correct only if it is classified correctly both clean and under
 the attack.
 
-By default the models come from the model zoo (:mod:`robustlab.zoo`): A is ``zoo:mnist-pgd``, the
-natural model ``zoo:mnist-natural``, and A' (which the zoo does not ship) is trained here from
-``mnist-pgd``'s recipe with the recipe's seed + 1, exactly as ``robustlab train --config`` trains
-it, and cached (:meth:`ReproOptions.zoo_model`). ``--retrain`` (``ReproOptions.retrain``) rebuilds
-A and the natural model from their recipes too instead of loading the shipped weights.
+By default the models come from the model zoo (:mod:`robustlab.zoo`): A is ``zoo:mnist-pgd``
+(``zoo:cifar10-pgd``), the natural model ``zoo:mnist-natural`` (``zoo:cifar10-natural``), and A'
+(which the zoo does not ship) is trained here from A's recipe with the recipe's seed + 1, exactly
+as ``robustlab train --config`` trains it, and cached (:meth:`ReproOptions.zoo_model`; for
+CIFAR-10 that is the 11.8 CPU hours of ``cifar10-pgd``'s recipe, once). ``--retrain``
+(``ReproOptions.retrain``) rebuilds A and the natural model from their recipes too instead of
+loading the shipped weights; ``--no-train`` reports the rows from an A' not trained yet as not run.
 
-Attacks (``../shared/reference/algorithms.md`` §3): FGSM; PGD with 40 and 100 steps of 0.01 from
-a uniform random start, with 1 restart or several (an image survives only if every restart
-fails); a targeted PGD towards a random wrong class; "CW" = PGD on the C&W margin loss
-(kappa = 0) and "CW+" = the same with kappa = 50, the confidence hard-coded in the released
-``mnist_challenge`` code. Random starts and targets come from one generator per row, seeded from
+Attacks (``../shared/reference/algorithms.md`` §3): FGSM; PGD from a uniform random start (MNIST:
+40 and 100 steps of 0.01, with 1 restart or 20, where an image survives only if every restart
+fails; CIFAR-10: 7 and 20 steps of 2/255); a targeted PGD towards a random wrong class (MNIST);
+"CW" = PGD on the C&W margin loss (MNIST: kappa = 0, and "CW+" the same with kappa = 50; CIFAR-10:
+kappa = 50 for "CW", the confidence hard-coded in the released ``cifar10_challenge`` code, as in
+``mnist_challenge``). Random starts and targets come from one generator per row, seeded from
 ``options.seed`` and the row's position.
 
-Not reproduced: the transfer rows from architecture B (Tramèr et al.'s model); the natural model's
-own robustness is reported beside A instead (the paper shows it only in Fig. 4). Madry et al.'s
-Table 2 is CIFAR-10 and is not part of this reproduction; its A_nat numbers are quoted in the notes
-only, because the MNIST table has no transfer row from a natural model.
+Not reproduced: the transfer rows from architecture B (Tramèr et al.'s model, MNIST); the natural
+model's own robustness is reported beside A instead (the paper shows it only in Fig. 4). The MNIST
+table adds two transfer rows from the natural model, which only the CIFAR-10 table has.
 
-The default (:data:`CPU_SCALE`) attacks the zoo's models on the first 1000 test images with the
-paper's attacks (20 restarts); ``--full`` (:data:`FULL_SCALE`) trains the paper's CNN with the
-paper's schedule (GPU, hours) and attacks the 10,000 test images. Without zoo models
-(``zoo_natural`` / ``zoo_pgd`` set to ``None``, as the tests do) the three models are trained
-with :func:`robustlab.training.train` at the :class:`Scale`'s training settings and cached.
+The defaults (:data:`CPU_SCALE`, :data:`CIFAR_SCALE`) attack the zoo's models on the first 1000
+test images with the paper's attacks; ``--full`` (:data:`FULL_SCALE`) trains the paper's MNIST
+CNN with the paper's schedule (GPU, hours) and attacks the 10,000 test images; for CIFAR-10
+(:data:`CIFAR_FULL_SCALE`) it attacks the zoo's models on the 10,000 test images (training the
+paper's w32-10 is out of this project's reach). Without zoo models (``zoo_natural`` / ``zoo_pgd``
+set to ``None``, as the tests do) the three models are trained with
+:func:`robustlab.training.train` at the :class:`Scale`'s training settings and cached.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
 import torch
@@ -54,8 +59,6 @@ from robustlab.threat import Linf
 logger = logging.getLogger(__name__)
 
 PAPER = "Madry et al., ICLR 2018"
-PAPER_SOURCE = ("Table 1 (MNIST, eps 0.3) as transcribed in ../shared/seed; algorithms.md §3(d) lists the same "
-                "numbers marked [recalled], and the seed transcription agrees with them")
 
 SOURCES = ("A", "A'", "A_nat")
 
@@ -69,9 +72,9 @@ class Scale:
     are trained here with the training fields below, which the zoo models ignore.
     Training: ``natural_epochs`` for the natural model, ``adversarial_epochs`` for A and A'
     (PGD with ``train_steps`` steps of ``train_step_size``; eps ramped up over
-    ``eps_warmup_epochs``). Evaluation: the first ``images`` test images, ``short_steps`` /
-    ``long_steps`` for the paper's 40- and 100-step PGD, ``restarts`` for its 20-restart rows,
-    all with step ``step_size``; attacks run on ``chunk`` images at a time.
+    ``eps_warmup_epochs``). Evaluation: the first ``images`` test images at L∞ ``eps``; ``steps``
+    maps a paper row's number of steps to ours (absent: the paper's), ``restarts`` replaces the
+    paper's 20 restarts, all with step ``step_size``; attacks run on ``chunk`` images at a time.
     """
 
     dataset: str = "mnist"
@@ -90,8 +93,7 @@ class Scale:
     train_steps: int = 40
     train_step_size: float = 0.01
     images: int = 1000
-    short_steps: int = 40
-    long_steps: int = 100
+    steps: dict = field(default_factory=dict)
     restarts: int = 20
     step_size: float = 0.01
     chunk: int = 500
@@ -110,12 +112,22 @@ CPU_SCALE = Scale()
 FULL_SCALE = Scale(zoo_natural=None, zoo_pgd=None, model="madry-cnn", train_samples=None, natural_epochs=84,
                    adversarial_epochs=84, eps_warmup_epochs=0.0, batch_size=50, lr=1e-4, images=10000, restarts=20, chunk=1000)
 
+#: Table 2's default: the zoo's WRN-16-2 models (``cifar10-natural``, ``cifar10-pgd``; A' trained
+#: from ``cifar10-pgd``'s recipe with seed 1: 11.8 CPU hours, once), the paper's attacks (steps of
+#: 2/255) on the first 1000 test images. Its training fields apply only without zoo models.
+CIFAR_SCALE = Scale(dataset="cifar10", zoo_natural="cifar10-natural", zoo_pgd="cifar10-pgd", eps=8 / 255,
+                    step_size=2 / 255, restarts=1, chunk=250)
+
+#: ``--full`` for Table 2: the zoo's models on the 10,000 test images.
+CIFAR_FULL_SCALE = replace(CIFAR_SCALE, images=10000)
+
 #: Overrides a test may pass in ``ReproOptions.overrides``: any :class:`Scale` field.
 OVERRIDABLE = tuple(Scale.__dataclass_fields__)
 
 
 class PaperRow(NamedTuple):
-    """One row of Madry et al.'s Table 1: ``steps`` / ``restarts`` as printed (``None``: "-")."""
+    """One row of Madry et al.'s Table 1 or 2: ``steps`` / ``restarts`` as printed (``None``: "-";
+    Table 2 has no restarts: 1)."""
 
     method: str
     steps: int | None
@@ -143,13 +155,56 @@ TABLE1 = (
     PaperRow("FGSM", None, None, "A_nat", None),
     PaperRow("PGD", 40, 1, "A_nat", None),
 )
-PAPER_NATURAL_ACCURACY = 0.988
-#: Table 2 (CIFAR-10, eps 8/255), transfer from a naturally trained copy: quoted in the notes only.
-PAPER_CIFAR_A_NAT = {"FGSM": 0.856, "PGD-7": 0.860}
+
+#: Table 2 of the paper (CIFAR-10, eps 8/255), in its order.
+TABLE2 = (
+    PaperRow("FGSM", None, None, "A", 0.561),
+    PaperRow("PGD", 7, 1, "A", 0.500),
+    PaperRow("PGD", 20, 1, "A", 0.458),
+    PaperRow("CW", 30, 1, "A", 0.468),
+    PaperRow("FGSM", None, None, "A'", 0.670),
+    PaperRow("PGD", 7, 1, "A'", 0.642),
+    PaperRow("CW", 30, 1, "A'", 0.787),
+    PaperRow("FGSM", None, None, "A_nat", 0.856),
+    PaperRow("PGD", 7, 1, "A_nat", 0.860),
+)
 
 
-def _scale(options: ReproOptions) -> Scale:
-    return options.scale(CPU_SCALE, FULL_SCALE, OVERRIDABLE, "Madry")
+class PaperTable(NamedTuple):
+    """One of the paper's tables: its ``rows``, the clean accuracy of A, the C&W confidence of
+    each CW row method, where the numbers come from, the paper's A (for the notes) and the
+    default and ``--full`` scales."""
+
+    number: int
+    dataset: str
+    rows: tuple[PaperRow, ...]
+    natural_accuracy: float
+    kappa: dict[str, float]
+    source: str
+    paper_model: str
+    cpu: Scale
+    full: Scale
+
+
+TABLES = {
+    "madry-mnist": PaperTable(
+        1, "MNIST", TABLE1, 0.988, {"CW": 0.0, "CW+": 50.0},
+        "Table 1 (MNIST, eps 0.3) as transcribed in ../shared/seed; algorithms.md §3(d) lists the same numbers "
+        "marked [recalled], and the seed transcription agrees with them",
+        "the paper's CNN (madry-cnn) trained with PGD-40 of 0.01 for 100,000 iterations of batch 50 (Adam 1e-4)",
+        CPU_SCALE, FULL_SCALE),
+    "madry-cifar10": PaperTable(
+        2, "CIFAR-10", TABLE2, 0.873, {"CW": 50.0},
+        "Table 2 (CIFAR-10, eps 8/255) as transcribed in ../shared/seed; algorithms.md §3(d) lists the white-box rows "
+        "(marked [recalled]) with the same numbers",
+        "the paper's wide ResNet (w32-10, about 46M parameters) trained with PGD-7 of 2/255 for 80,000 iterations of "
+        "batch 128 (SGD 0.1, momentum 0.9, lr x0.1 at 40,000 and 60,000)",
+        CIFAR_SCALE, CIFAR_FULL_SCALE),
+}
+
+
+def _scale(table: PaperTable, options: ReproOptions) -> Scale:
+    return options.scale(table.cpu, table.full, OVERRIDABLE, "Madry")
 
 
 # -- models ----------------------------------------------------------------------------------------------
@@ -234,14 +289,13 @@ def _load_split(scale: Scale, options: ReproOptions, split: str, limit: int | No
 
 # -- attacks ---------------------------------------------------------------------------------------------
 def _our_steps(row: PaperRow, scale: Scale) -> tuple[int | None, int | None]:
-    """The steps and restarts this run uses for a paper row (the paper's at full scale)."""
+    """The steps and restarts this run uses for a paper row (the paper's by default)."""
     if row.steps is None:
         return None, None
-    steps = scale.short_steps if row.steps == 40 else scale.long_steps
-    return steps, (1 if row.restarts == 1 else scale.restarts)
+    return scale.steps.get(row.steps, row.steps), (1 if row.restarts == 1 else scale.restarts)
 
 
-def _attack(row: PaperRow, scale: Scale):
+def _attack(row: PaperRow, table: PaperTable, scale: Scale):
     """``(attack, targets)`` for a row; transfer rows get the surrogate wrapped in later."""
     from robustlab.attacks import FGSM, PGD
 
@@ -254,7 +308,7 @@ def _attack(row: PaperRow, scale: Scale):
         return PGD(steps=steps, step_size=scale.step_size, restarts=restarts), None
     if row.method == "Targeted":
         return PGD(steps=steps, step_size=scale.step_size, restarts=restarts), "random"
-    kappa = {"CW": 0.0, "CW+": 50.0}[row.method]
+    kappa = table.kappa[row.method]
     return PGD(steps=steps, step_size=scale.step_size, restarts=restarts, loss="margin", kappa=kappa), None
 
 
@@ -319,7 +373,7 @@ def _row_flags(models: _Models, kinds: tuple[str, ...], key: dict[str, Any], com
     return flags, False
 
 
-def _evaluate_rows(models: _Models, x: Tensor, y: Tensor, scale: Scale, options: ReproOptions,
+def _evaluate_rows(table: PaperTable, models: _Models, x: Tensor, y: Tensor, scale: Scale, options: ReproOptions,
                    ) -> tuple[list[dict[str, Any]], Tensor]:
     """The table's rows, and ``bool[N]``: A correct under every white-box row at once (per image)."""
     from robustlab.attacks import TransferAttack
@@ -329,8 +383,8 @@ def _evaluate_rows(models: _Models, x: Tensor, y: Tensor, scale: Scale, options:
     rows = []
     every_white_box = torch.ones(len(y), dtype=torch.bool, device=y.device)
     images = hashlib.sha1(x.detach().cpu().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest()
-    for position, row in enumerate(TABLE1):
-        attack, targets = _attack(row, scale)
+    for position, row in enumerate(table.rows):
+        attack, targets = _attack(row, table, scale)
         seed = options.seed * 1000 + position
         start = time.perf_counter()
         surrogate_kind = {"A": None, "A'": "A'", "A_nat": "natural"}[row.source]
@@ -395,27 +449,49 @@ def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, chunk: int) -> float:
           "(~15 min on 2 cores); --retrain: A and the natural model rebuilt from their recipes too; --full: the "
           "paper's CNN and schedule, GPU, hours")
 def table1(options: ReproOptions) -> tuple[dict, str]:
-    scale = _scale(options)
+    return run_table(TABLES["madry-mnist"], options)
+
+
+@register("madry-cifar10", "Madry et al. Table 2: PGD-trained CIFAR-10 model (and a natural one) under FGSM, PGD-7/20 "
+          "and CW-30 (kappa 50), white-box and transferred from an independent copy A' and a natural model",
+          "CPU: the zoo's cifar10-pgd (A) and cifar10-natural, A' trained once from cifar10-pgd's recipe with seed 1 "
+          "(11.8 CPU hours, cached; --no-train: its rows not run), the paper's attacks on the first 1000 test images "
+          "(about 20 CPU minutes); --retrain: A and the natural model rebuilt from their recipes too; --full: the "
+          "10,000 test images")
+def table2(options: ReproOptions) -> tuple[dict, str]:
+    return run_table(TABLES["madry-cifar10"], options)
+
+
+def _eps_text(eps: float) -> str:
+    """``0.3``, or ``8/255`` for an eps on the 0-255 grid."""
+    on_grid = abs(eps * 255 - round(eps * 255)) < 1e-6 and eps < 0.2
+    return f"{round(eps * 255)}/255" if on_grid else f"{eps:g}"
+
+
+def run_table(table: PaperTable, options: ReproOptions) -> tuple[dict, str]:
+    """Attack the three models with every row of ``table``; the record and the page."""
+    scale = _scale(table, options)
     models = _Models(scale, options)
     x, y = options.first_test_images(scale.dataset, scale.images)
-    rows, every_white_box = _evaluate_rows(models, x, y, scale, options)
+    rows, every_white_box = _evaluate_rows(table, models, x, y, scale, options)
     # Models a --no-train run could not get (A' where it is not cached) have no clean accuracy.
     clean = {kind: clean_accuracy(models.models[kind], x, y, scale.chunk) if kind in models.models else None
              for kind in KINDS}
     info = models.info
     worst = {"per_row": min(r["ours"]["A"] for r in rows if r["source"] == "A"), "per_image": _mean(every_white_box)}
-    notes = _notes(scale, options, rows, clean, worst, info)
-    md = (f"## Madry et al. Table 1 (MNIST, L∞ eps = {scale.eps:g}): ours vs {PAPER}\n\n"
+    notes = _notes(table, scale, options, rows, clean, worst, info)
+    md = (f"## Madry et al. Table {table.number} ({table.dataset}, L∞ eps = {_eps_text(scale.eps)}): ours vs {PAPER}\n\n"
           "Each cell: accuracy on the attack's adversarial examples (an image counts only if it is also classified "
           "correctly clean). Source: the network the attack is computed on (A: white-box on the evaluated network; "
           "A': an independently initialized and trained copy of A; A_nat: a naturally trained network); the "
           "natural-model column is white-box on the natural model itself.\n\n"
-          + _table(rows, clean) + "\n\n" + "\n".join(_model_line(kind, info.get(kind)) for kind in KINDS) + "\n"
-          + _settings_line(scale, options, len(y)) + "\n" + "\n".join(f"- {n}" for n in notes)
-          + f"\n- Paper numbers: {PAPER_SOURCE}.")
-    record = {"paper": PAPER, "paper_source": PAPER_SOURCE, "scale": asdict(scale), "full": options.full,
+          + _table(rows, clean, table.natural_accuracy) + "\n\n" + "\n".join(_model_line(kind, info.get(kind)) for kind in KINDS) + "\n"
+          + _settings_line(table, scale, options, len(y)) + "\n" + "\n".join(f"- {n}" for n in notes)
+          + f"\n- Paper numbers: {table.source}.")
+    record = {"paper": PAPER, "paper_source": table.source, "table": table.number, "scale": asdict(scale),
+              "full": options.full,
               "retrain": options.retrain, "overrides": options.overrides, "images": len(y), "first_images": True,
-              "models": info, "clean_accuracy": clean, "paper_clean_accuracy": PAPER_NATURAL_ACCURACY, "rows": rows,
+              "models": info, "clean_accuracy": clean, "paper_clean_accuracy": table.natural_accuracy, "rows": rows,
               "worst_white_box": worst, "notes": notes}
     return record, md
 
@@ -430,11 +506,11 @@ def _count(ours: int | None, paper: int | None) -> str:
     return f"{ours}" if ours == paper else f"{ours} (paper {paper})"
 
 
-def _table(rows: list[dict], clean: dict[str, float | None]) -> str:
+def _table(rows: list[dict], clean: dict[str, float | None], paper_clean: float) -> str:
     head = ("| Method | Steps | Restarts | Source | Natural model: ours | PGD-trained A: ours [95% CI] | A: paper |\n"
             "|---|---|---|---|---:|---:|---:|\n")
     lines = [(f"| Natural | - | - | - | {_pct(clean['natural'])} | {_pct(clean['A'])} | "
-              f"{_pct(PAPER_NATURAL_ACCURACY)} |")]
+              f"{_pct(paper_clean)} |")]
     for row in rows:
         lines.append(f"| {row['method']} | {_count(row['steps'], row['paper_steps'])} | "
                      f"{_count(row['restarts'], row['paper_restarts'])} | {row['source']} | "
@@ -469,7 +545,7 @@ def _model_line(kind: str, info: dict | None) -> str:
             f"{info.get('train_seconds', '?')} s)")
 
 
-def _settings_line(scale: Scale, options: ReproOptions, n_images: int) -> str:
+def _settings_line(table: PaperTable, scale: Scale, options: ReproOptions, n_images: int) -> str:
     where = "paper scale (--full)" if options.full else "CPU scale"
     if scale.zoo_natural is not None:
         models = (f"models from the zoo ({scale.zoo_natural}, {scale.zoo_pgd}"
@@ -479,29 +555,46 @@ def _settings_line(scale: Scale, options: ReproOptions, n_images: int) -> str:
         models = (f"{scale.dataset} {scale.model}, trained on {samples} images, {scale.optimizer} lr {scale.lr}, batch "
                   f"{scale.batch_size}; PGD training {scale.train_steps} steps of {scale.train_step_size} (eps warm-up "
                   f"{scale.eps_warmup_epochs:g} epoch(s))")
+    steps = f", steps {scale.steps} (paper: ours)" if scale.steps else ", the paper's numbers of steps"
+    restarts = (f", {scale.restarts} restarts where the paper has 20" if any(r.restarts and r.restarts > 1
+                                                                           for r in table.rows) else "")
     return (f"- Scale: {where}. {models}; the first {n_images} test images; attacks: PGD steps of "
-            f"{scale.step_size}, {scale.short_steps}/{scale.long_steps} steps, {scale.restarts} restarts."
+            f"{_eps_text(scale.step_size)}{steps}{restarts}."
             + (f"\n- Test-only overrides: {options.overrides}" if options.overrides else ""))
 
 
-def _notes(scale: Scale, options: ReproOptions, rows: list[dict], clean: dict[str, float | None], worst: dict[str, float],
-           info: dict[str, dict]) -> list[str]:
+def _row_name(method: str, steps: int | None, restarts: int | None) -> str:
+    """``PGD-100 with 20 restarts``, ``CW-30``, ``FGSM``: a paper row as the notes name it."""
+    return f"{method}{f'-{steps}' if steps else ''}{f' with {restarts} restarts' if restarts and restarts > 1 else ''}"
+
+
+def _notes(table: PaperTable, scale: Scale, options: ReproOptions, rows: list[dict], clean: dict[str, float | None],
+           worst: dict[str, float], info: dict[str, dict]) -> list[str]:
     white_box = [r["ours"]["A"] for r in rows if r["source"] == "A"]
     transfer = [r["ours"]["A"] for r in rows if r["source"] != "A" and not r.get("not_run")]
+    paper_white = min((r for r in table.rows if r.source == "A"), key=lambda r: r.accuracy or 1.0)
+    paper_transfer = min(r.accuracy for r in table.rows if r.source != "A" and r.accuracy is not None)
+    kappas = "; ".join(f"{method}: PGD on the C&W margin loss with kappa {kappa:g}" for method, kappa in table.kappa.items())
     notes = [
-        (f"Worst white-box accuracy of A: {_pct(min(white_box))} (paper: 89.3%, PGD-100 with 20 restarts); "
-         f"{_pct(worst['per_image'])} of the images survive every white-box row at once; worst transfer accuracy "
-         f"(rows run): {_pct(min(transfer, default=None))} (paper: 95.7%). The paper's pattern is white-box < transfer, and restarts and more "
-         f"steps lowering accuracy a little, not collapsing it."),
-        ("Targeted: PGD on the targeted cross-entropy towards a uniformly random wrong class (our choice; the "
-         "target rule is not in our transcription of the paper). CW: PGD on the C&W margin loss, kappa 0; CW+: "
-         "kappa 50, as hard-coded in MadryLab/mnist_challenge."),
-        ("Transfer from a natural model (A_nat) has no MNIST row in the paper; its Table 2 (CIFAR-10) reports "
-         f"FGSM {_pct(PAPER_CIFAR_A_NAT['FGSM'])} and PGD-7 {_pct(PAPER_CIFAR_A_NAT['PGD-7'])} for that source, "
-         "i.e. far above white-box. The architecture-B rows (Tramèr et al.'s network) are not reproduced."),
-        f"Natural model: clean {_pct(clean['natural'])}; it is expected near 0% under PGD at eps 0.3 (paper, Fig. 4).",
+        (f"Worst white-box accuracy of A: {_pct(min(white_box))} (paper: {_pct(paper_white.accuracy)}, "
+         f"{_row_name(paper_white.method, paper_white.steps, paper_white.restarts)}); {_pct(worst['per_image'])} of the images survive every white-box row at once; "
+         f"worst transfer accuracy (rows run): {_pct(min(transfer, default=None))} (paper: {_pct(paper_transfer)}). "
+         "The paper's pattern is white-box < transfer, and more steps"
+         + (" and restarts" if any(r.restarts and r.restarts > 1 for r in table.rows) else "")
+         + " lowering accuracy a little, not collapsing it."),
+        (f"{kappas} (50 is the confidence hard-coded in MadryLab's mnist_challenge and cifar10_challenge code)."
+         + (" Targeted: PGD on the targeted cross-entropy towards a uniformly random wrong class (our choice; the "
+            "target rule is not in our transcription of the paper)." if any(r.method == "Targeted" for r in table.rows)
+            else "")),
+        f"Natural model: clean {_pct(clean['natural'])}; white-box PGD at eps {_eps_text(scale.eps)} is expected to "
+        "break it (paper, Fig. 4).",
     ]
-    outside = [f"{r['method']} {r['paper_steps'] or ''}/{r['paper_restarts'] or ''} from {r['source']} (paper "
+    if table.number == 1:
+        cifar = {r.method: r.accuracy for r in TABLE2 if r.source == "A_nat"}
+        notes.insert(2, "Transfer from a natural model (A_nat) has no MNIST row in the paper; its Table 2 (CIFAR-10) "
+                        f"reports FGSM {_pct(cifar['FGSM'])} and PGD-7 {_pct(cifar['PGD'])} for that source, i.e. far "
+                        "above white-box. The architecture-B rows (Tramèr et al.'s network) are not reproduced.")
+    outside = [f"{_row_name(r['method'], r['paper_steps'], r['paper_restarts'])} from {r['source']} (paper "
                f"{_pct(r['paper'])}, ours {_pct(r['ours']['A'])})" for r in rows
                if r["paper"] is not None and r["ci_A"] and not r["ci_A"][0] <= r["paper"] <= r["ci_A"][1]]
     notes.append(f"The paper's number lies outside our 95% interval (Wilson, {scale.images} images) in "
@@ -513,25 +606,29 @@ def _notes(scale: Scale, options: ReproOptions, rows: list[dict], clean: dict[st
                      f"zoo:{info['A']['zoo']}) leaves {_pct(standard['robust_accuracy'])}, against "
                      f"{_pct(worst['per_image'])} for the paper's attacks together.")
     error = 100 * (0.9 * 0.1 / max(1, scale.images)) ** 0.5
-    if options.full:
+    if options.full and scale.zoo_pgd is None:
         return notes
     if scale.zoo_pgd is not None:
         config = info["A"]["training"]["config"]
-        method_options = config.get("method_options", {})
+        from robustlab.training.adversarial import PGD_PRESETS, PGDOptions
+
+        chosen = {k: v for k, v in config.get("method_options", {}).items() if k in ("steps", "step_size", "preset")}
+        train_steps, train_step = PGDOptions(**chosen).resolve(scale.eps, PGD_PRESETS, 7, 0.25)
+        warmup = config.get("eps_warmup_epochs") or 0
         notes.append(
-            f"Why our numbers differ: A is {info['A']['architecture']} (the zoo's architecture) instead of the "
-            f"paper's CNN (madry-cnn), trained with PGD-{method_options.get('steps')} of "
-            f"{method_options.get('step_size')} for {config['epochs']} epochs ({config['optimizer']} lr "
-            f"{config['lr']}, {config['schedule']} schedule, eps ramped over {config['eps_warmup_epochs']:g} epochs) "
-            f"instead of PGD-40 of 0.01 for 100,000 iterations of batch 50 (Adam 1e-4); the first {scale.images} "
-            f"test images instead of 10,000 (binomial standard error about {error:.1f} points at 90%)"
-            + ("" if scale.restarts == 20 else f"; {scale.restarts} restarts instead of 20") + ".")
+            f"Why our numbers differ: A is {info['A']['architecture']} (the zoo's architecture) trained with "
+            f"PGD-{train_steps} of {_eps_text(train_step)} for "
+            f"{config['epochs']} epochs ({config['optimizer']} lr {config['lr']}, {config['schedule']} schedule"
+            + (f", eps ramped over {warmup:g} epochs" if warmup else "") + f") instead of {table.paper_model}; the "
+            f"first {scale.images} test images instead of 10,000 (binomial standard error about {error:.1f} points "
+            "at 90%)" + ("" if scale.restarts == 20 or all(r.restarts in (None, 1) for r in table.rows) else
+                         f"; {scale.restarts} restarts instead of 20") + ".")
     else:
         notes.append(
-            f"Why our numbers differ: CPU scale. {scale.model} instead of the paper's CNN (madry-cnn; capacity "
-            f"matters for PGD training, Sec. 5 / Fig. 4), {scale.adversarial_epochs} epoch(s) on "
-            f"{scale.train_samples or 'all'} images instead of 100,000 iterations of batch 50"
-            f"{', with an eps warm-up' if scale.eps_warmup_epochs else ''}; {scale.images} test images instead of "
+            f"Why our numbers differ: CPU scale. {scale.model} trained here for {scale.adversarial_epochs} epoch(s) on "
+            f"{scale.train_samples or 'all'} images{', with an eps warm-up' if scale.eps_warmup_epochs else ''} "
+            f"instead of {table.paper_model} (capacity matters for PGD training, Sec. 5 / Fig. 4); {scale.images} "
+            "test images instead of "
             f"10,000 (binomial standard error about {error:.1f} points at 90%); {scale.restarts} restarts instead of "
             f"20.")
     return notes
