@@ -347,3 +347,20 @@ def test_tables_attack_the_zoo_models_by_default(tmp_path):
 
     with pytest.raises(RobustlabError, match="no natural-trained model"):
         run_reproduction("tisode-table1", ReproOptions(out=tmp_path, overrides={"models": ("TisODE",)}))
+
+
+def test_a_zoo_model_drawing_from_the_global_rng_gets_a_seeded_generator():
+    """An IRd model as the zoo loads it draws from torch's global RNG; the tables seed it, so two
+    evaluations with the same seed see the same draws whatever the global RNG did in between."""
+    from robustlab.models import RandomResizePad
+    from robustlab.reproduce.tisode import _rewind_randomization
+
+    model = RandomResizePad(build_model("mlp", input_shape=(1, 9, 9), num_classes=3, hidden=[4], seed=0).eval())
+    x = torch.rand(5, 1, 8, 8)
+    _rewind_randomization(model, 3)
+    first = model(x)
+    torch.rand(7)  # the global RNG moves on
+    _rewind_randomization(model, 3)
+    assert isinstance(model.generator, torch.Generator) and torch.equal(model(x), first)
+    _rewind_randomization(model, 4)
+    assert not torch.equal(model(x), first)

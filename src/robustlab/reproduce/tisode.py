@@ -399,8 +399,12 @@ def suite_accuracy(model: nn.Module, x: Tensor, y: Tensor, scale: Scale, *, eps:
 
 def _rewind_randomization(model: nn.Module, seed: int) -> None:
     """Seed every generator the model owns (input randomization) with ``seed``, so a freshly
-    trained model and the same model read back from the cache are evaluated on the same draws."""
+    trained model and the same model read back from the cache are evaluated on the same draws.
+    A stochastic defense that draws from torch's global RNG (a zoo model as loaded) gets a
+    generator of its own first."""
     for module in model.modules():
+        if getattr(module, "stochastic", False) and getattr(module, "generator", False) is None:
+            module.generator = torch.Generator()
         if isinstance(generator := getattr(module, "generator", None), torch.Generator):
             generator.manual_seed(seed)
 
