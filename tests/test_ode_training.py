@@ -284,9 +284,16 @@ def test_tisode_table4_smoke_with_eot_suite_and_cache(tmp_path):
     assert record["survives"]["quick-0.3"]["compared_with"] == "pgd-0.3"
     assert (tmp_path / "tisode-table4.json").exists()
 
+    assert not any(r["evaluation_stored"] for runs in record["training"].values() for r in runs)
     again = run_reproduction("tisode-table4", options)
-    assert all(r["cached"] for runs in again.record["training"].values() for r in runs)
+    assert all(r["cached"] and r["evaluation_stored"] for runs in again.record["training"].values() for r in runs)
     assert again.record["results"] == record["results"]
+    # The stored evaluations are computed anew, with the same numbers (the IRd draws seeded).
+    for stored in (tmp_path / "cache" / "tisode-evaluations").iterdir():
+        stored.unlink()
+    fresh = run_reproduction("tisode-table4", options).record
+    assert not any(r["evaluation_stored"] for runs in fresh["training"].values() for r in runs)
+    assert fresh["results"] == record["results"]
     assert "| TisODE-IRd |" in again.markdown and "86.8 ± 2.3" in again.markdown
 
 
@@ -338,7 +345,9 @@ def test_tables_attack_the_zoo_models_by_default(tmp_path):
     card = zoo.card("mnist-odenet")
     assert record["source"] == "zoo:mnist-odenet" and not record["trained_here"]
     assert record["sha256"] == card.extra["zoo"]["sha256"] and record["steady_state"] is None
-    assert not (tmp_path / "cache").exists() and result.record["train_samples"] is None
+    # Nothing trained: the cache holds the stored evaluation only.
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["tisode-evaluations"]
+    assert result.record["train_samples"] is None
     test = load_dataset("mnist", split="test")
     with torch.no_grad():
         correct = (zoo.load("mnist-odenet")(test.x[:8]).argmax(1) == test.y[:8]).float().mean()

@@ -42,7 +42,6 @@ set to ``None``, as the tests do) the three models are trained with
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -355,22 +354,12 @@ def _row_flags(models: _Models, kinds: tuple[str, ...], key: dict[str, Any], com
     """``({column: bool[N]}, cached)`` for one row: read from ``<model_cache>/madry-rows/`` when a
     run with the same ``key`` (the row's attack, seed, images and the sha256 of every model it
     involves) stored it, else ``compute()``'s, stored there. A killed run resumes row by row."""
-    from robustlab.io import dumps, key_digest, read_json, write_atomic
+    def as_text() -> dict[str, str]:
+        return {column: "".join("1" if f else "0" for f in values.tolist()) for column, values in compute().items()}
 
     key = {**key, "models": {kind: models.identity(kind) for kind in kinds}}
-    digest = key_digest(key, 16)
-    path = options.model_cache() / "madry-rows" / f"{digest}.json"
-    if path.is_file():
-        stored = read_json(path)
-        if stored.get("key") == json.loads(json.dumps(key, default=str)):
-            return {column: torch.tensor([c == "1" for c in flags], device=options.device)
-                    for column, flags in stored["flags"].items()}, True
-    flags = compute()
-    text = dumps({"key": json.loads(json.dumps(key, default=str)),
-                  "flags": {column: "".join("1" if f else "0" for f in values.tolist()) for column, values in flags.items()}},
-                 indent=None)
-    write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
-    return flags, False
+    flags, cached = options.stored_result("madry-rows", key, as_text)
+    return {column: torch.tensor([c == "1" for c in text], device=options.device) for column, text in flags.items()}, cached
 
 
 def _evaluate_rows(table: PaperTable, models: _Models, x: Tensor, y: Tensor, scale: Scale, options: ReproOptions,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import time
@@ -137,6 +138,24 @@ class ReproOptions:
                               "trained_here": True, "cached": cached, "sha256": file_sha256(checkpoint_paths(path)[0]),
                               "train_seconds": training_seconds(run_dir)[0], "training": card.training,
                               "metrics": card.metrics}
+
+    def stored_result(self, folder: str, key: dict[str, Any], compute: Callable[[], Any]) -> tuple[Any, bool]:
+        """``(result, stored)``: the JSON result a run with the same ``key`` stored in
+        ``<model_cache>/<folder>/`` (``stored`` True), else ``compute()``'s, stored there, so that
+        a killed reproduction resumes where it stopped. ``key`` must hold everything the result
+        depends on (the models' sha256, the images, the settings, the seed)."""
+        from robustlab.io import dumps, key_digest, read_json
+
+        key = json.loads(json.dumps(key, default=str))
+        path = self.model_cache() / folder / f"{key_digest(key, 16)}.json"
+        if path.is_file():
+            stored = read_json(path)
+            if stored.get("key") == key:
+                return stored["result"], True
+        result = compute()
+        text = dumps({"key": key, "result": result}, indent=None)
+        write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+        return result, False
 
     def first_test_images(self, dataset: str, count: int) -> tuple[Tensor, Tensor]:
         """``(x, y)`` on ``device``: the first ``count`` images of ``dataset``'s test split, the

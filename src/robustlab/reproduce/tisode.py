@@ -57,6 +57,7 @@ images, EOT with 30 draws, 3 seeds; needs a GPU and hours. Trained models are ca
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -217,6 +218,11 @@ FULL_SCALE = Scale(train_samples=None, images=1000, epochs=100, lr=1e-3, milesto
 #: Overrides a test may pass in ``ReproOptions.overrides``: any :class:`Scale` field.
 OVERRIDABLE = tuple(Scale.__dataclass_fields__)
 
+#: The :class:`Scale` fields an evaluation depends on (with the model, the images and the seed):
+#: the key under which a finished evaluation is stored, so that a killed run resumes model by model.
+EVALUATION_FIELDS = ("sigmas", "fgsm_eps", "pgd", "pgd_steps", "eot_draws", "suite", "suite_images", "suite_eps",
+                     "eval_batch")
+
 
 def _given(value: tuple[Any, ...] | None) -> tuple[Any, ...]:
     """A table setting of a scale that :func:`_scale` has filled in."""
@@ -322,8 +328,12 @@ def get_model(label: str, table: Table, scale: Scale, options: ReproOptions, tra
                                           "samples": len(train_data.y)},
                                 metrics=metrics, defenses=split_defenses(model)[1])
 
+    from robustlab.io import file_sha256
+    from robustlab.models import checkpoint_paths
+
     model, card, path, cached = options.trained_or_cached(f"tisode-{label.lower()}", key, train_model, seed=seed)
-    return model, {"seed": seed, "cache": str(path), "cached": cached, **card.metrics}
+    return model, {"seed": seed, "cache": str(path), "cached": cached, "sha256": file_sha256(checkpoint_paths(path)[0]),
+                   **card.metrics}
 
 
 # -- evaluation -------------------------------------------------------------------------------------------
@@ -404,7 +414,7 @@ def _rewind_randomization(model: nn.Module, seed: int) -> None:
     generator of its own first."""
     for module in model.modules():
         if getattr(module, "stochastic", False) and getattr(module, "generator", False) is None:
-            module.generator = torch.Generator()
+            setattr(module, "generator", torch.Generator())  # noqa: B010 (nn.Module typing)
         if isinstance(generator := getattr(module, "generator", None), torch.Generator):
             generator.manual_seed(seed)
 
@@ -435,6 +445,7 @@ def run_table(table: Table, options: ReproOptions) -> tuple[dict[str, Any], str]
     else:
         test = _load(scale, options, "test", scale.images)
         test_x, test_y = test.x, test.y
+    images = hashlib.sha1(test_x.cpu().numpy().tobytes() + test_y.cpu().numpy().tobytes()).hexdigest()
     runs: dict[str, list[dict[str, float]]] = {label: [] for label in _given(scale.models)}
     training: dict[str, list[dict[str, Any]]] = {label: [] for label in _given(scale.models)}
     for run in range(scale.seeds):
@@ -444,11 +455,18 @@ def run_table(table: Table, options: ReproOptions) -> tuple[dict[str, Any], str]
                 model, record = zoo_model(label, table, options, run)
             else:
                 model, record = get_model(label, table, scale, options, train_data, seed)
-            _rewind_randomization(model, seed)
             record["steady_state"] = _steady_state(model, test_x, options.device)
             training[label].append(record)
-            runs[label].append(evaluate_perturbations(model, test_x, test_y, scale, seed=seed, device=options.device))
-            logger.info("%s seed %d: %s", label, seed, runs[label][-1])
+
+            def evaluate(model: nn.Module = model) -> dict[str, float]:
+                _rewind_randomization(model, seed)
+                return evaluate_perturbations(model, test_x, test_y, scale, seed=seed, device=options.device)
+
+            key = {"model": record["sha256"], "seed": seed, "images": images,
+                   **{name: getattr(scale, name) for name in EVALUATION_FIELDS}}
+            result, record["evaluation_stored"] = options.stored_result("tisode-evaluations", key, evaluate)
+            runs[label].append(result)
+            logger.info("%s seed %d: %s", label, seed, result)
     columns = list(dict.fromkeys(c for label in _given(scale.models) for c in runs[label][0]))
     results = {label: {c: _summary([r[c] for r in runs[label]]) for c in columns if c in runs[label][0]}
                for label in _given(scale.models)}
