@@ -41,12 +41,12 @@ recipes.
 
 Trained here (``zoo=False``, as the tests do, and ``--full``): each model is trained with the
 fields of :class:`Scale` and cached. Their defaults are a CPU scale measured before the zoo
-existed: 4,000 training images, 8 epochs (256 steps), 16 channels instead of 64 (the ODE block's cost grows with the square of the width), Adam lr 1e-2
-(×0.2 at 80% of training) instead of the paper's 1e-3 with steps at 30/60/90%, the steady-state
-term from epoch 1 (0-based) instead of 5, 3 seeds, 200 test images, the suite on the first 40 (so
-its numbers carry about ±8 points of sampling error) and EOT with 5 draws (``docs/results/tisode.md``
-keeps that run's findings). The larger lr is
-needed because these nets (GroupNorm, then global average pooling into 10 logits) learn slowly at
+existed: 4,000 training images, 8 epochs (256 steps), 16 channels instead of 64 (the ODE block's
+cost grows with the square of the width), Adam lr 1e-2 (×0.2 at 80% of training) instead of the
+paper's 1e-3 with steps at 30/60/90%, the steady-state term from epoch 1 (0-based) instead of 5,
+3 seeds, 200 test images, the suite on the first 40 (so its numbers carry about ±8 points of
+sampling error) and EOT with 5 draws (``docs/results/tisode.md`` keeps that run's findings). The
+larger lr is needed because these nets (GroupNorm, then global average pooling into 10 logits) learn slowly at
 first: with the paper's schedule, 64 steps on 2,000 images left the CNN and ODENet at 14-23% clean
 accuracy (measured); with lr 1e-2 and 256 steps the CNN reaches 84-90% and the ODE nets 72-91%
 (still far below the paper's 99%; ``docs/results/tisode.md`` has the numbers and wall times).
@@ -173,9 +173,10 @@ TABLES: dict[str, Table] = {
 @dataclass(frozen=True)
 class Scale:
     """Every size knob of the reproductions. ``zoo``: attack the zoo's models (:data:`ZOO_MODELS`;
-    the training fields are then unused) instead of training each model here. ``models``, ``sigmas``, ``fgsm_eps``, ``pgd`` and
-    ``suite_eps``: ``None`` takes the table's. ``milestones``: fractions of training at which
-    the lr is multiplied by ``gamma``. ``steady_from_epoch`` is 0-based (the reference's).
+    the training fields are then unused) instead of training each model here. ``models``,
+    ``sigmas``, ``fgsm_eps``, ``pgd`` and ``suite_eps``: ``None`` takes the table's.
+    ``milestones``: fractions of training at which the lr is multiplied by ``gamma``.
+    ``steady_from_epoch`` is 0-based (the reference's).
     ``suite``: the suite of the stronger evaluation (``None``: skip it), run on the first
     ``suite_images`` test images. ``eot_draws``: EOT samples per gradient for IRd models."""
 
