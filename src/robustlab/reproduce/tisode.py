@@ -345,11 +345,12 @@ def _stochastic(model: nn.Module) -> bool:
 
 
 def evaluate_perturbations(model: nn.Module, x: Tensor, y: Tensor, scale: Scale, *, seed: int,
-                           device: str = "cpu") -> dict[str, float]:
+                           device: str = "cpu", progress: bool = False) -> dict[str, float]:
     """Accuracy (%) on clean images, under Gaussian noise of each ``scale.sigmas`` and under each
     FGSM/PGD setting (and EOT-PGD for stochastic models); an image misclassified before the
     perturbation counts as broken. Then the robust accuracy under ``scale.suite`` (worst case
-    over its attacks, EOT-wrapped for stochastic models) on the first ``scale.suite_images``."""
+    over its attacks, EOT-wrapped for stochastic models) on the first ``scale.suite_images``.
+    Each column is logged when done; ``progress``: the suite's progress bar."""
     from robustlab.attacks import EOT, FGSM, PGD, Attack
     from robustlab.attacks.noise import add_gaussian_noise
 
@@ -382,15 +383,18 @@ def evaluate_perturbations(model: nn.Module, x: Tensor, y: Tensor, scale: Scale,
         broken = torch.cat([attack(model, xs, ys, threat=threat_model("Linf", eps)).success
                             for xs, ys in zip(chunks(x), chunks(y))])
         results[name] = percent(clean & ~broken)
+        logger.info("%s: %.1f%%", name, results[name])
     if scale.suite is not None:
         for eps in _given(scale.suite_eps):
-            results[f"{scale.suite}-{eps:g}"] = suite_accuracy(model, x[:scale.suite_images], y[:scale.suite_images],
-                                                               scale, eps=eps, seed=seed, stochastic=stochastic)
+            column = f"{scale.suite}-{eps:g}"
+            results[column] = suite_accuracy(model, x[:scale.suite_images], y[:scale.suite_images], scale, eps=eps,
+                                             seed=seed, stochastic=stochastic, progress=progress)
+            logger.info("%s: %.1f%%", column, results[column])
     return results
 
 
 def suite_accuracy(model: nn.Module, x: Tensor, y: Tensor, scale: Scale, *, eps: float, seed: int,
-                   stochastic: bool) -> float:
+                   stochastic: bool, progress: bool = False) -> float:
     """Robust accuracy (%) of ``model`` under ``scale.suite`` at L∞ ``eps`` as a worst-case
     cascade; for a stochastic model each attack is wrapped in EOT with ``scale.eot_draws``."""
     from robustlab.attacks import EOT
@@ -403,8 +407,8 @@ def suite_accuracy(model: nn.Module, x: Tensor, y: Tensor, scale: Scale, *, eps:
     suite = build_suite(scale.suite, threat, num_classes=10)
     if stochastic:
         suite = {f"eot-{key}": EOT(attack, draws=scale.eot_draws) for key, attack in suite.items()}
-    evaluation = evaluate(model, x, y, threat=threat, attacks=suite, settings=RunSettings(seed=seed, batch_size=scale.eval_batch),
-                          cascade=True)
+    settings = RunSettings(seed=seed, batch_size=scale.eval_batch, progress=progress)
+    evaluation = evaluate(model, x, y, threat=threat, attacks=suite, settings=settings, cascade=True)
     return 100.0 * evaluation.metrics["robust_accuracy"]["value"]
 
 
@@ -461,7 +465,8 @@ def run_table(table: Table, options: ReproOptions) -> tuple[dict[str, Any], str]
 
             def evaluate(model: nn.Module = model) -> dict[str, float]:
                 _rewind_randomization(model, seed)
-                return evaluate_perturbations(model, test_x, test_y, scale, seed=seed, device=options.device)
+                return evaluate_perturbations(model, test_x, test_y, scale, seed=seed, device=options.device,
+                                              progress=options.progress)
 
             key = {"model": record["sha256"], "seed": seed, "images": images,
                    **{name: getattr(scale, name) for name in EVALUATION_FIELDS}}
