@@ -284,16 +284,23 @@ def test_tisode_table4_smoke_with_eot_suite_and_cache(tmp_path):
     assert record["survives"]["quick-0.3"]["compared_with"] == "pgd-0.3"
     assert (tmp_path / "tisode-table4.json").exists()
 
-    assert not any(r["evaluation_stored"] for runs in record["training"].values() for r in runs)
+    assert all(r["columns_stored"] == 0 for runs in record["training"].values() for r in runs)
     again = run_reproduction("tisode-table4", options)
-    assert all(r["cached"] and r["evaluation_stored"] for runs in again.record["training"].values() for r in runs)
+    for label, runs in again.record["training"].items():  # every column but the clean one read back
+        assert all(r["cached"] and r["columns_stored"] == len(record["results"][label]) - 1 for r in runs)
     assert again.record["results"] == record["results"]
-    # The stored evaluations are computed anew, with the same numbers (the IRd draws seeded).
-    for stored in (tmp_path / "cache" / "tisode-evaluations").iterdir():
+    # The stored columns computed anew give the same numbers (each column's draws seeded).
+    for stored in (tmp_path / "cache" / "tisode-columns").iterdir():
         stored.unlink()
     fresh = run_reproduction("tisode-table4", options).record
-    assert not any(r["evaluation_stored"] for runs in fresh["training"].values() for r in runs)
+    assert all(r["columns_stored"] == 0 for runs in fresh["training"].values() for r in runs)
     assert fresh["results"] == record["results"]
+    # Table 2 shares the CNN and its columns: nothing of it is trained or attacked again.
+    shared = run_reproduction("tisode-table2", ReproOptions(images=12, out=tmp_path, cache_dir=tmp_path / "cache",
+                                                            overrides={**TINY, "models": ("CNN",)})).record
+    assert shared["results"]["CNN"] == record["results"]["CNN"]
+    assert all(r["cached"] and r["columns_stored"] == len(record["results"]["CNN"]) - 1
+               for r in shared["training"]["CNN"])
     assert "| TisODE-IRd |" in again.markdown and "86.8 ± 2.3" in again.markdown
 
 
@@ -346,7 +353,7 @@ def test_tables_attack_the_zoo_models_by_default(tmp_path):
     assert record["source"] == "zoo:mnist-odenet" and not record["trained_here"]
     assert record["sha256"] == card.extra["zoo"]["sha256"] and record["steady_state"] is None
     # Nothing trained: the cache holds the stored evaluation only.
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["tisode-evaluations"]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["tisode-columns"]
     assert result.record["train_samples"] is None
     test = load_dataset("mnist", split="test")
     with torch.no_grad():

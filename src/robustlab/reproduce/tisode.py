@@ -61,7 +61,9 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -219,11 +221,6 @@ FULL_SCALE = Scale(train_samples=None, images=1000, epochs=100, lr=1e-3, milesto
 #: Overrides a test may pass in ``ReproOptions.overrides``: any :class:`Scale` field.
 OVERRIDABLE = tuple(Scale.__dataclass_fields__)
 
-#: The :class:`Scale` fields an evaluation depends on (with the model, the images and the seed):
-#: the key under which a finished evaluation is stored, so that a killed run resumes model by model.
-EVALUATION_FIELDS = ("sigmas", "fgsm_eps", "pgd", "pgd_steps", "eot_draws", "suite", "suite_images", "suite_eps",
-                     "eval_batch")
-
 
 def _given(value: tuple[Any, ...] | None) -> tuple[Any, ...]:
     """A table setting of a scale that :func:`_scale` has filled in."""
@@ -345,12 +342,19 @@ def _stochastic(model: nn.Module) -> bool:
 
 
 def evaluate_perturbations(model: nn.Module, x: Tensor, y: Tensor, scale: Scale, *, seed: int,
-                           device: str = "cpu", progress: bool = False) -> dict[str, float]:
+                           device: str = "cpu", progress: bool = False,
+                           stored: Callable[[dict[str, Any], Callable[[], float]], float] | None = None,
+                           ) -> dict[str, float]:
     """Accuracy (%) on clean images, under Gaussian noise of each ``scale.sigmas`` and under each
     FGSM/PGD setting (and EOT-PGD for stochastic models); an image misclassified before the
     perturbation counts as broken. Then the robust accuracy under ``scale.suite`` (worst case
     over its attacks, EOT-wrapped for stochastic models) on the first ``scale.suite_images``.
-    Each column is logged when done; ``progress``: the suite's progress bar."""
+
+    Each column is a function of the model, the images, ``seed`` and its own settings alone: its
+    noise and the model's random draws are seeded from ``seed`` before it. ``stored(key,
+    compute)``: where a column's value comes from (``key`` says what it depends on besides the
+    model and the images; default: compute it), so that a run can keep finished columns and
+    tables can share them. Each column is logged when done; ``progress``: the suite's progress bar."""
     from robustlab.attacks import EOT, FGSM, PGD, Attack
     from robustlab.attacks.noise import add_gaussian_noise
 
@@ -368,11 +372,22 @@ def evaluate_perturbations(model: nn.Module, x: Tensor, y: Tensor, scale: Scale,
     def percent(mask: Tensor) -> float:
         return 100.0 * float(mask.float().mean())
 
+    _rewind_randomization(model, seed)
     clean = correct(x)
-    results = {"clean": percent(clean)}
-    noise = torch.Generator(device=device).manual_seed(seed)
+    columns: list[tuple[str, dict[str, Any], Callable[[], float]]] = []
+
+    def noisy(sigma: float) -> float:
+        noise = torch.Generator(device=device).manual_seed(seed)
+        return percent(clean & correct(add_gaussian_noise(x, sigma, generator=noise)))
+
     for sigma in _given(scale.sigmas):
-        results[f"gaussian-{sigma:g}"] = percent(clean & correct(add_gaussian_noise(x, sigma, generator=noise)))
+        columns.append((f"gaussian-{sigma:g}", {"sigma": sigma}, partial(noisy, sigma)))
+
+    def attacked(attack: Attack, eps: float) -> float:
+        broken = torch.cat([attack(model, xs, ys, threat=threat_model("Linf", eps)).success
+                            for xs, ys in zip(chunks(x), chunks(y))])
+        return percent(clean & ~broken)
+
     attacks: list[tuple[str, float, Attack]] = [(f"fgsm-{eps:g}", eps, FGSM()) for eps in _given(scale.fgsm_eps)]
     for eps, step in _given(scale.pgd):
         pgd = PGD(steps=scale.pgd_steps, step_size=step, random_start=False)
@@ -380,16 +395,25 @@ def evaluate_perturbations(model: nn.Module, x: Tensor, y: Tensor, scale: Scale,
         if stochastic:
             attacks.append((f"eot-pgd-{eps:g}", eps, EOT(pgd, draws=scale.eot_draws)))
     for name, eps, attack in attacks:
-        broken = torch.cat([attack(model, xs, ys, threat=threat_model("Linf", eps)).success
-                            for xs, ys in zip(chunks(x), chunks(y))])
-        results[name] = percent(clean & ~broken)
-        logger.info("%s: %.1f%%", name, results[name])
+        columns.append((name, {"attack": repr(attack), "eps": eps, "batch": scale.eval_batch},
+                        partial(attacked, attack, eps)))
     if scale.suite is not None:
         for eps in _given(scale.suite_eps):
-            column = f"{scale.suite}-{eps:g}"
-            results[column] = suite_accuracy(model, x[:scale.suite_images], y[:scale.suite_images], scale, eps=eps,
-                                             seed=seed, stochastic=stochastic, progress=progress)
-            logger.info("%s: %.1f%%", column, results[column])
+            columns.append((f"{scale.suite}-{eps:g}",
+                            {"suite": scale.suite, "eps": eps, "images": scale.suite_images, "batch": scale.eval_batch,
+                             "eot_draws": scale.eot_draws if stochastic else None},
+                            partial(suite_accuracy, model, x[:scale.suite_images], y[:scale.suite_images], scale,
+                                    eps=eps, seed=seed, stochastic=stochastic, progress=progress)))
+    results = {"clean": percent(clean)}
+    for name, settings, compute in columns:
+
+        def seeded(compute: Callable[[], float] = compute) -> float:
+            _rewind_randomization(model, seed)
+            return compute()
+
+        key = {"column": name, "seed": seed, **settings}
+        results[name] = seeded() if stored is None else stored(key, seeded)
+        logger.info("%s: %.1f%%", name, results[name])
     return results
 
 
@@ -463,14 +487,17 @@ def run_table(table: Table, options: ReproOptions) -> tuple[dict[str, Any], str]
             record["steady_state"] = _steady_state(model, test_x, options.device)
             training[label].append(record)
 
-            def evaluate(model: nn.Module = model) -> dict[str, float]:
-                _rewind_randomization(model, seed)
-                return evaluate_perturbations(model, test_x, test_y, scale, seed=seed, device=options.device,
-                                              progress=options.progress)
+            stored_columns: list[bool] = []
 
-            key = {"model": record["sha256"], "seed": seed, "images": images,
-                   **{name: getattr(scale, name) for name in EVALUATION_FIELDS}}
-            result, record["evaluation_stored"] = options.stored_result("tisode-evaluations", key, evaluate)
+            def stored(key: dict[str, Any], compute: Callable[[], float], sha256: str = record["sha256"]) -> float:
+                value, was_stored = options.stored_result("tisode-columns", {"model": sha256, "images": images, **key},
+                                                          compute)
+                stored_columns.append(was_stored)
+                return value
+
+            result = evaluate_perturbations(model, test_x, test_y, scale, seed=seed, device=options.device,
+                                            progress=options.progress, stored=stored)
+            record["columns_stored"] = sum(stored_columns)
             runs[label].append(result)
             logger.info("%s seed %d: %s", label, seed, result)
     columns = list(dict.fromkeys(c for label in _given(scale.models) for c in runs[label][0]))
