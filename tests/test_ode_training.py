@@ -352,6 +352,7 @@ def test_tables_attack_the_zoo_models_by_default(tmp_path):
     card = zoo.card("mnist-odenet")
     assert record["source"] == "zoo:mnist-odenet" and not record["trained_here"]
     assert record["sha256"] == card.extra["zoo"]["sha256"] and record["steady_state"] is None
+    assert "epochs" not in result.record["scale"] and result.record["scale"]["zoo"]  # no training settings
     # Nothing trained: the cache holds the stored evaluation only.
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["tisode-columns"]
     assert result.record["train_samples"] is None

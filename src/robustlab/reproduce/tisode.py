@@ -221,6 +221,10 @@ FULL_SCALE = Scale(train_samples=None, images=1000, epochs=100, lr=1e-3, milesto
 #: Overrides a test may pass in ``ReproOptions.overrides``: any :class:`Scale` field.
 OVERRIDABLE = tuple(Scale.__dataclass_fields__)
 
+#: The :class:`Scale` fields that only training here uses (left out of a zoo run's record).
+TRAINING_FIELDS = ("train_samples", "epochs", "batch_size", "lr", "weight_decay", "milestones", "gamma", "channels",
+                   "steady_weight", "steady_from_epoch", "train_sigmas", "noise_probability")
+
 
 def _given(value: tuple[Any, ...] | None) -> tuple[Any, ...]:
     """A table setting of a scale that :func:`_scale` has filled in."""
@@ -503,7 +507,8 @@ def run_table(table: Table, options: ReproOptions) -> tuple[dict[str, Any], str]
     columns = list(dict.fromkeys(c for label in _given(scale.models) for c in runs[label][0]))
     results = {label: {c: _summary([r[c] for r in runs[label]]) for c in columns if c in runs[label][0]}
                for label in _given(scale.models)}
-    record = {"paper": PAPER, "paper_source": table.paper_source, "table": table.number, "scale": asdict(scale),
+    settings = {k: v for k, v in asdict(scale).items() if not (scale.zoo and k in TRAINING_FIELDS)}
+    record = {"paper": PAPER, "paper_source": table.paper_source, "table": table.number, "scale": settings,
               "full": options.full, "overrides": options.overrides,
               "train_samples": None if train_data is None else len(train_data.y),
               "images": len(test_y), "results": results, "paper_table": table.paper, "training": training,
