@@ -1,4 +1,4 @@
-"""`robustlab reproduce madry-mnist`: the plumbing at a minuscule size, the accuracy rule."""
+"""`robustlab reproduce madry-mnist` and `madry-cifar10`: the plumbing at a minuscule size, the accuracy rule."""
 
 from __future__ import annotations
 
