@@ -41,7 +41,6 @@ set to ``None``, as the tests do) the three models are trained with
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -52,7 +51,7 @@ from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
 from robustlab.formatting import percent
-from robustlab.reproduce.registry import NotTrained, ReproOptions, register
+from robustlab.reproduce.registry import NotTrained, ReproOptions, images_digest, register
 from robustlab.threat import Linf
 
 logger = logging.getLogger(__name__)
@@ -371,7 +370,7 @@ def _evaluate_rows(table: PaperTable, models: _Models, x: Tensor, y: Tensor, sca
     threat = Linf(scale.eps)
     rows = []
     every_white_box = torch.ones(len(y), dtype=torch.bool, device=y.device)
-    images = hashlib.sha1(x.detach().cpu().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest()
+    images = images_digest(x, y)
     for position, row in enumerate(table.rows):
         attack, targets = _attack(row, table, scale)
         seed = options.seed * 1000 + position

@@ -29,6 +29,14 @@ class NotTrained(RobustlabError):
     is off."""
 
 
+def images_digest(x: Tensor, y: Tensor) -> str:
+    """sha1 of a set of images and their labels: part of the key of a stored result
+    (:meth:`ReproOptions.stored_result`)."""
+    import hashlib
+
+    return hashlib.sha1(x.detach().cpu().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest()
+
+
 @dataclass
 class ReproOptions:
     """What a reproduction run may vary.

@@ -57,7 +57,6 @@ images, EOT with 30 draws, 3 seeds; needs a GPU and hours. Trained models are ca
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -70,7 +69,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
-from robustlab.reproduce.registry import ReproOptions, register
+from robustlab.reproduce.registry import ReproOptions, images_digest, register
 from robustlab.threat import threat_model
 
 logger = logging.getLogger(__name__)
@@ -478,7 +477,7 @@ def run_table(table: Table, options: ReproOptions) -> tuple[dict[str, Any], str]
     else:
         test = _load(scale, options, "test", scale.images)
         test_x, test_y = test.x, test.y
-    images = hashlib.sha1(test_x.cpu().numpy().tobytes() + test_y.cpu().numpy().tobytes()).hexdigest()
+    images = images_digest(test_x, test_y)
     runs: dict[str, list[dict[str, float]]] = {label: [] for label in _given(scale.models)}
     training: dict[str, list[dict[str, Any]]] = {label: [] for label in _given(scale.models)}
     for run in range(scale.seeds):
