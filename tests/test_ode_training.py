@@ -381,3 +381,26 @@ def test_a_zoo_model_drawing_from_the_global_rng_gets_a_seeded_generator():
     assert isinstance(model.generator, torch.Generator) and torch.equal(model(x), first)
     _rewind_randomization(model, 4)
     assert not torch.equal(model(x), first)
+
+
+@pytest.mark.skipif(locate("mnist") is None, reason="needs MNIST (ROBUSTLAB_DATA)")
+def test_a_row_whose_zoo_model_is_not_trained_is_listed_not_evaluated(tmp_path, monkeypatch):
+    """A table runs the rows the zoo has and lists the others as not trained yet (no number); with
+    none of its models trained it stops with the command that trains them."""
+    from robustlab.reproduce import ReproOptions, run_reproduction
+
+    shipped = zoo.names()
+    monkeypatch.setattr(zoo, "names", lambda: [name for name in shipped if name != "mnist-ode-cnn"])
+    small = {"models": ("CNN", "ODENet"), "sigmas": (), "fgsm_eps": (0.3,), "pgd": (), "suite": None,
+             "eval_batch": 8}
+    options = ReproOptions(images=8, out=tmp_path, cache_dir=tmp_path / "cache", overrides=small)
+    result = run_reproduction("tisode-table2", options)
+    assert result.record["not_trained"] == ["CNN"] and list(result.record["results"]) == ["ODENet"]
+    rows = [line for line in result.markdown.splitlines() if line.startswith(("| CNN |", "| ODENet |"))]
+    assert rows[0] == "| CNN | not trained yet | not trained yet | 98.7 ± 0.1 | not trained yet | 54.2 ± 1.1 |"
+    assert rows[1].startswith("| ODENet | ")
+    assert "CNN: `mnist-ode-cnn` (not trained yet" in result.markdown
+
+    only_cnn = ReproOptions(images=8, out=tmp_path, cache_dir=tmp_path / "cache", overrides={**small, "models": ("CNN",)})
+    with pytest.raises(RobustlabError, match="robustlab zoo train mnist-ode-cnn"):
+        run_reproduction("tisode-table2", only_cnn)

@@ -37,7 +37,7 @@ optimizer, lr schedule and noise, for 10 epochs on 57,000 images instead of 100 
 model per row, so one seed (``seeds`` > 1 trains further copies from the recipes with the seeds
 after the recipe's, hours each), attacked on the first 1,000 test images (the cards' images), the
 suite on the first 200, EOT with 10 draws. ``--retrain`` rebuilds the zoo models from their
-recipes.
+recipes. A row whose zoo model is not trained yet is listed as such, not evaluated.
 
 Trained here (``zoo=False``, as the tests do, and ``--full``): each model is trained with the
 fields of :class:`Scale` and cached. Their defaults are a CPU scale measured before the zoo
@@ -470,6 +470,8 @@ def _summary(values: list[float]) -> dict[str, Any]:
 
 def run_table(table: Table, options: ReproOptions) -> tuple[dict[str, Any], str]:
     """Train (or load) every model of ``table`` for each seed, evaluate it, and tabulate."""
+    from robustlab import zoo
+
     scale = _scale(table, options)
     train_data = None if scale.zoo else _load(scale, options, "train", scale.train_samples)
     if scale.zoo:  # the cards' images
@@ -478,11 +480,18 @@ def run_table(table: Table, options: ReproOptions) -> tuple[dict[str, Any], str]
         test = _load(scale, options, "test", scale.images)
         test_x, test_y = test.x, test.y
     images = images_digest(test_x, test_y)
-    runs: dict[str, list[dict[str, float]]] = {label: [] for label in _given(scale.models)}
-    training: dict[str, list[dict[str, Any]]] = {label: [] for label in _given(scale.models)}
+    not_trained = [label for label in _given(scale.models) if scale.zoo and not options.retrain
+                   and ZOO_MODELS[table.noise_training][label] not in zoo.names()]
+    labels = [label for label in _given(scale.models) if label not in not_trained]
+    if not labels:
+        raise RobustlabError(f"none of Table {table.number}'s zoo models is trained yet: train them with `robustlab "
+                             f"zoo train {' '.join(ZOO_MODELS[table.noise_training][m] for m in not_trained)}`, "
+                             "or rebuild them for this run with --retrain")
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
+    training: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
     for run in range(scale.seeds):
         seed = options.seed + run
-        for label in _given(scale.models):
+        for label in labels:
             if scale.zoo:
                 model, record = zoo_model(label, table, options, run)
             else:
@@ -503,17 +512,17 @@ def run_table(table: Table, options: ReproOptions) -> tuple[dict[str, Any], str]
             record["columns_stored"] = sum(stored_columns)
             runs[label].append(result)
             logger.info("%s seed %d: %s", label, seed, result)
-    columns = list(dict.fromkeys(c for label in _given(scale.models) for c in runs[label][0]))
+    columns = list(dict.fromkeys(c for label in labels for c in runs[label][0]))
     results = {label: {c: _summary([r[c] for r in runs[label]]) for c in columns if c in runs[label][0]}
-               for label in _given(scale.models)}
+               for label in labels}
     settings = {k: v for k, v in asdict(scale).items() if not (scale.zoo and k in TRAINING_FIELDS)}
     record = {"paper": PAPER, "paper_source": table.paper_source, "table": table.number, "scale": settings,
               "full": options.full, "overrides": options.overrides,
               "train_samples": None if train_data is None else len(train_data.y),
               "images": len(test_y), "results": results, "paper_table": table.paper, "training": training,
-              "survives": _survives(results, scale)}
+              "survives": _survives(results, scale), "not_trained": not_trained}
     return record, _markdown(table, results, columns, scale, options, record["train_samples"], len(test_y),
-                             record["survives"], training)
+                             record["survives"], training, not_trained)
 
 
 def _survives(results: dict[str, dict[str, dict]], scale: Scale) -> dict[str, dict[str, Any]]:
@@ -553,6 +562,10 @@ def _zoo_note(table: Table, scale: Scale, training: dict[str, list[dict[str, Any
 
     rows = []
     for label in _given(scale.models):
+        if label not in training:
+            rows.append(f"{label}: `{ZOO_MODELS[table.noise_training][label]}` (not trained yet: `robustlab zoo "
+                        "train` it, or rebuild it for this run with --retrain)")
+            continue
         first = training[label][0]
         how = "as shipped" if not first["trained_here"] else f"trained here from its recipe, seed {first['seed']}"
         rows.append(f"{label}: `{first['zoo']}` ({how}, {first['train_seconds']:.0f} s of training)")
@@ -567,11 +580,18 @@ def _zoo_note(table: Table, scale: Scale, training: dict[str, list[dict[str, Any
 
 
 def _markdown(table: Table, results: dict, columns: list[str], scale: Scale, options: ReproOptions,
-              n_train: int | None, n_test: int, survives: dict, training_records: dict[str, list[dict]]) -> str:
+              n_train: int | None, n_test: int, survives: dict, training_records: dict[str, list[dict]],
+              not_trained: list[str]) -> str:
     head = "| Model | " + " | ".join(f"{c}: ours | paper" if c in table.paper else f"{c}: ours" for c in columns)
     head += " |\n|" + "---|" * (1 + sum(2 if c in table.paper else 1 for c in columns)) + "\n"
     lines = []
-    for label, by_column in results.items():
+    for label in _given(scale.models):
+        if label in not_trained:
+            cells = [cell for column in columns for cell in (["not trained yet", table.paper[column].get(label, "—")]
+                                                               if column in table.paper else ["not trained yet"])]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            continue
+        by_column = results[label]
         cells = []
         for column in columns:
             cells.append(_cell(by_column[column], scale.seeds) if column in by_column else "—")
@@ -611,6 +631,8 @@ def _markdown(table: Table, results: dict, columns: list[str], scale: Scale, opt
                      + ("the ordering's winner survives." if verdict["same_best"] else
                         "the advantage does not survive the stronger evaluation."))
         notes.append(text)
+    if not_trained:
+        notes.append(f"Not trained yet, so not evaluated and left out of the comparisons above: {', '.join(not_trained)}.")
     if options.overrides:
         notes.append(f"Test-size overrides: {options.overrides}.")
     return (f"## TisODE Table {table.number} (MNIST): {table.title}, ours vs {PAPER}\n\n" + head + "\n".join(lines)
