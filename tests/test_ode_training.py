@@ -7,6 +7,7 @@ import importlib.util
 
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from robustlab import zoo
@@ -361,6 +362,11 @@ def test_tables_attack_the_zoo_models_by_default(tmp_path):
         correct = (zoo.load("mnist-odenet")(test.x[:8]).argmax(1) == test.y[:8]).float().mean()
     assert result.record["results"]["ODENet"]["clean"]["mean"] == round(100 * float(correct), 2)
     assert "`mnist-odenet` (as shipped" in result.markdown and "first 8 test images" in result.markdown
+    # The paper's attacker beside ours, at each FGSM and PGD setting, with the paper's numbers beside it.
+    columns = list(result.record["results"]["ODENet"])
+    assert columns[2:6] == ["fgsm-0.3", "paper-fgsm-0.3", "pgd-0.3", "paper-pgd-0.3"]
+    assert "| fgsm-0.3: ours | paper-fgsm-0.3: ours | paper | pgd-0.3: ours | paper-pgd-0.3: ours | paper |" in (
+        result.markdown)
 
     with pytest.raises(RobustlabError, match="no natural-trained model"):
         run_reproduction("tisode-table1", ReproOptions(out=tmp_path, overrides={"models": ("TisODE",)}))
@@ -397,10 +403,45 @@ def test_a_row_whose_zoo_model_is_not_trained_is_listed_not_evaluated(tmp_path, 
     result = run_reproduction("tisode-table2", options)
     assert result.record["not_trained"] == ["CNN"] and list(result.record["results"]) == ["ODENet"]
     rows = [line for line in result.markdown.splitlines() if line.startswith(("| CNN |", "| ODENet |"))]
-    assert rows[0] == "| CNN | not trained yet | not trained yet | 98.7 ± 0.1 | not trained yet | 54.2 ± 1.1 |"
+    # The paper's FGSM number sits beside the column of the paper's attacker.
+    assert rows[0] == ("| CNN | not trained yet | not trained yet | 98.7 ± 0.1 | not trained yet | not trained yet | "
+                       "54.2 ± 1.1 |")
     assert rows[1].startswith("| ODENet | ")
     assert "CNN: `mnist-ode-cnn` (not trained yet" in result.markdown
 
     only_cnn = ReproOptions(images=8, out=tmp_path, cache_dir=tmp_path / "cache", overrides={**small, "models": ("CNN",)})
     with pytest.raises(RobustlabError, match="robustlab zoo train mnist-ode-cnn"):
         run_reproduction("tisode-table2", only_cnn)
+
+
+def _one_pixel_model(weight: float) -> nn.Module:
+    """Two classes on one-pixel images: logits w(x - 0.5) and -w(x - 0.5), so class 0 above 0.5,
+    and half the log-probability margin has gradient ``weight`` in x."""
+
+    class Linear(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = weight * (x.flatten(1) - 0.5)
+            return torch.cat([z, -z], dim=1)
+
+    return Linear()
+
+
+@pytest.mark.parametrize(("weight", "eps", "step", "iterations", "broken"), [
+    (1.0, 0.3, 0.3, 1, True),      # FGSM: one step of eps, 0.7 -> 0.4
+    (1.0, 0.1, 0.3, 1, False),     # clipped to the eps-ball: 0.6
+    (1.0, 0.3, 0.15, 2, False),    # 0.7 -> 0.55 (evaluated) -> 0.4 (the last update is never evaluated)
+    (1.0, 0.3, 0.15, 3, True),     # ... 0.4 evaluated
+    (1e-9, 0.3, 0.3, 1, False),    # a gradient of 1e-9 shrinks the step to 1e-9 / (1e-9 + 1e-8) of it
+    (1e3, 0.3, 0.3, 1, False),     # softmax saturated in float32: no gradient, no step
+])
+def test_the_papers_attacker_follows_its_code(weight, eps, step, iterations, broken):
+    """Yan et al.'s attacker: sign steps of coordinate Adam with beta1 = beta2 = 0 (``g / (|g| + 1e-8)``)
+    on the C&W log-probability margin, clipped to the eps-ball, success judged before each update."""
+    from robustlab.reproduce.tisode import paper_attack
+
+    x, y = torch.full((1, 1, 1, 1), 0.7), torch.zeros(1, dtype=torch.long)
+    result = paper_attack(_one_pixel_model(weight), x, y, eps=eps, step=step, iterations=iterations)
+    assert result.tolist() == [broken]
+    # A misclassified clean image counts as broken.
+    assert paper_attack(_one_pixel_model(weight), x, torch.ones(1, dtype=torch.long), eps=eps, step=step,
+                        iterations=iterations).tolist() == [True]
