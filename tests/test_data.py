@@ -41,6 +41,7 @@ from robustlab.data import (
     train_val_split,
 )
 from robustlab.data.cifar import safe_unpickle
+from robustlab.data.subsets import class_interleaved_order
 from robustlab.errors import DataError, RobustlabError
 
 REAL_DATA = os.environ.get("ROBUSTLAB_DATA")
@@ -390,8 +391,10 @@ def _fake_cifar_jpeg(root: Path) -> dict:
 def test_cifar_image_folder_archive(tmp_path):
     images = _fake_cifar_jpeg(tmp_path / "cifar10-jpeg")
     ds = load_dataset("cifar10", split="test", data_dir=tmp_path)
-    keys = sorted(k for k in images if k[0] == "test")
-    assert ds.y.tolist() == [3, 3, 8, 8]  # registry indices of cat and ship
+    # Round-robin over the classes (registry indices: cat 3, ship 8), file-name order within a class.
+    keys = [("test", "cat", "0001.png"), ("test", "ship", "0001.png"), ("test", "cat", "0002.png"),
+            ("test", "ship", "0002.png")]
+    assert ds.y.tolist() == [3, 8, 3, 8]
     assert ds.classes == list(DATASETS["cifar10"].classes)
     torch.testing.assert_close(ds.x, torch.from_numpy(np.stack([images[k] for k in keys]).transpose(0, 3, 1, 2)).float() / 255)
 
@@ -677,6 +680,8 @@ def test_real_cifar10(monkeypatch):
     assert ds.x.shape == (100, 3, 32, 32) and ds.x.dtype == torch.float32
     assert 0.0 <= float(ds.x.min()) and float(ds.x.max()) <= 1.0 and float(ds.x.std()) > 0.1
     assert torch.bincount(ds.y, minlength=10).tolist() == [10] * 10
+    first = load_dataset("cifar10", split="test").y[:20]  # the first images, as protocols take them
+    assert torch.bincount(first, minlength=10).tolist() == [2] * 10
     cached = load_dataset("cifar10", split="test", limit=100)  # second load reads the cache
     assert torch.equal(cached.x, ds.x) and torch.equal(cached.indices, ds.indices)
 
@@ -688,3 +693,11 @@ def test_real_cifar10_train_full(monkeypatch):
     ds = load_dataset("cifar10", split="train")
     assert ds.x.shape == (50_000, 3, 32, 32)
     assert torch.bincount(ds.y).tolist() == [5000] * 10
+
+
+def test_class_interleaved_order_is_round_robin_and_keeps_the_order_within_a_class():
+    labels = np.array([2, 0, 0, 2, 1, 0, 2, 2])
+    order = class_interleaved_order(labels)
+    assert order.tolist() == [1, 4, 0, 2, 3, 5, 6, 7]
+    assert labels[order].tolist() == [0, 1, 2, 0, 2, 0, 2, 2]
+    assert class_interleaved_order(np.array([], dtype=np.int64)).tolist() == []

@@ -16,7 +16,7 @@ from .folders import decode_folder
 from .idx import load_idx_split
 from .lookup import Source, find_source, not_found_message
 from .registry import DatasetInfo, check_split, dataset_info
-from .subsets import stratified_subset
+from .subsets import class_interleaved_order, stratified_subset
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,9 @@ def _load_source(info: DatasetInfo, source: Source, split: str, verify: bool) ->
 
 def _load_cifar_folder(info: DatasetInfo, path: Path, split: str) -> ImageDataset:
     """CIFAR-10 JPEG/PNG folders ``<split>/<class>/<image>``: labels follow the registry's
-    class order; samples are ordered by class, then file name."""
+    class order. The folders lose the canonical order of the binary batches; the samples are put
+    in round-robin class order (file-name order within a class), so that the first N images of a
+    split, as protocols take them, are balanced over the classes as in the canonical order."""
     decoded = decode_folder(path, split=split)
     unknown = sorted(set(decoded.classes) - set(info.classes))
     if unknown:
@@ -79,4 +81,6 @@ def _load_cifar_folder(info: DatasetInfo, path: Path, split: str) -> ImageDatase
             f"{path}: CIFAR-10 images must be {info.input_shape}, found {decoded.images.shape[1:]}"
         )
     remap = np.array([info.classes.index(c) for c in decoded.classes], dtype=np.int64)
-    return from_uint8(info.name, split, decoded.images, remap[decoded.labels], info.classes)
+    labels = remap[decoded.labels]
+    order = class_interleaved_order(labels)
+    return from_uint8(info.name, split, decoded.images[order], labels[order], info.classes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from ..errors import RobustlabError
@@ -34,6 +35,18 @@ def stratified_positions(y: torch.Tensor, n: int, generator: torch.Generator) ->
         picks = torch.randperm(len(members), generator=generator)[: int(quota[label])]
         chosen.append(members[picks])
     return torch.sort(torch.cat(chosen)).values
+
+
+def class_interleaved_order(labels: np.ndarray) -> np.ndarray:
+    """Positions that put ``labels`` in round-robin class order: the first sample of each class
+    (in class-index order), then the second of each, and so on; the order within a class is kept.
+    Every prefix of the result is then as balanced as the class counts allow."""
+    labels = np.asarray(labels)
+    by_class = np.argsort(labels, kind="stable")
+    starts = np.searchsorted(labels[by_class], labels[by_class], side="left")
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[by_class] = np.arange(len(labels)) - starts
+    return np.lexsort((labels, rank))
 
 
 def _generator(seed: int) -> torch.Generator:

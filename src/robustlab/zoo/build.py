@@ -210,8 +210,9 @@ def publish(name: str, run_dir: str | Path, *, out_dir: str | Path = MODELS_DIR,
 def remeasure(name: str, suites: tuple[str, ...], *, models_dir: str | Path = MODELS_DIR, data_dir: str | None = None,
               workdir: str | Path, settings: RunSettings = CARD_SETTINGS) -> ModelCard:
     """Measure ``suites`` again on a published model and rewrite those entries of its card (after
-    a suite's protocol changed); the weights, their hash and every other entry stay as they are.
-    Same images, seed and batch size as :func:`publish`; resumable (state in ``workdir``)."""
+    a suite's protocol or the test split's order changed), and its clean-accuracy check on the
+    first ``CHECK_IMAGES`` images; the weights, their hash and every other entry stay as they
+    are. Same images, seed and batch size as :func:`publish`; resumable (state in ``workdir``)."""
     unknown = [suite for suite in suites if suite not in CARD_SUITES]
     if unknown:
         raise RobustlabError(f"the cards record the suites {list(CARD_SUITES)}, not {unknown}")
@@ -225,6 +226,8 @@ def remeasure(name: str, suites: tuple[str, ...], *, models_dir: str | Path = MO
     threat = threat_model(info.norm, info.eps, card.input_bounds)
     state_dir = Path(workdir) / name
     state_dir.mkdir(parents=True, exist_ok=True)
+    check = correct_predictions(model, test.x[:CHECK_IMAGES], test.y[:CHECK_IMAGES])
+    card.metrics["check"] = {"images": CHECK_IMAGES, "clean_accuracy": float(check.float().mean())}
     for suite in suites:
         card.metrics[suite] = _suite_metrics(name, model, test.x[:images], test.y[:images], threat, test.num_classes,
                                              suite, state_dir, settings)
