@@ -10,6 +10,11 @@ Two measurements on the zoo's CIFAR-10 network (WRN-16-2, channels-last, batch 1
    nearly 0 there), and for TRADES after one sign step of 0.007. On ``zoo:cifar10-natural`` and
    on the untrained network.
 
+3. TRADES' inner maximization (10 steps of 0.007 from its start, eval mode): the KL it reaches
+   (measured in float32) and the share of pixels where it ends where the float32 loop ends, in
+   float32, all in bfloat16, and as robustlab runs it under mixed precision (clean logits and
+   first step in float32, the other steps in bfloat16).
+
 Sign agreement near 1 means autocast changes the attack's steps little (PGD moves by the sign);
 near 0.5 means the step is noise. Recipes turn ``mixed_precision`` on from these numbers.
 
@@ -30,6 +35,8 @@ from torch import Tensor, nn
 from robustlab import zoo
 from robustlab.data import load_dataset
 from robustlab.models import build_model
+from robustlab.threat import threat_model
+from robustlab.training.adversarial import ascend
 from robustlab.training.trades import START_STD, _kl
 
 EPS = 8 / 255
@@ -77,6 +84,29 @@ def directions(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
     }
 
 
+def trades_inner(model: nn.Module, x: Tensor, start: Tensor, precision: str) -> Tensor:
+    """TRADES' 10 inner steps of 0.007 at 8/255 from ``start``; ``precision``: "float32",
+    "bfloat16" (everything under autocast) or "mixed" (clean logits and first step in float32)."""
+    threat = threat_model("Linf", EPS)
+    with autocast(precision == "bfloat16"), torch.no_grad():
+        clean = model(x)
+    kl = lambda logits: _kl(clean, logits)  # noqa: E731
+    first_steps = 1 if precision == "mixed" else 0
+    x_adv = ascend(model, x, start, kl, threat=threat, steps=first_steps, step_size=0.007)
+    with autocast(precision != "float32"):
+        return ascend(model, x, x_adv, kl, threat=threat, steps=10 - first_steps, step_size=0.007)
+
+
+def trades_strength(model: nn.Module, x: Tensor) -> dict[str, dict[str, float]]:
+    start = (x + START_STD * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    ends = {precision: trades_inner(model, x, start, precision) for precision in ("float32", "bfloat16", "mixed")}
+    with torch.no_grad():
+        clean = model(x)
+        return {precision: {"kl": float(_kl(clean, model(end)).mean()),
+                            "same_end_as_float32": float((end == ends["float32"]).float().mean())}
+                for precision, end in ends.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=6, help="timed passes per precision")
@@ -91,6 +121,7 @@ def main() -> None:
         "seconds_per_pass": {precision: seconds_per_pass(trained, test.x, test.y, precision == "bfloat16", args.repeats)
                              for precision in ("float32", "bfloat16")},
         "sign_agreement": {name: directions(model.eval(), test.x, test.y) for name, model in models.items()},
+        "trades_inner": {name: trades_strength(model.eval(), test.x) for name, model in models.items()},
     }
     speed = result["seconds_per_pass"]
     result["speedup"] = speed["float32"] / speed["bfloat16"]

@@ -91,6 +91,24 @@ def test_inner_maximization_stays_in_the_threat_set_and_raises_the_loss(digits, 
     assert all(p.grad is None for p in digits_mlp.parameters())  # input gradients only
 
 
+def test_trades_under_autocast_takes_its_clean_logits_and_first_step_in_float32(digits, digits_mlp):
+    x, y = digits[2][:50], digits[3][:50]
+    threat = threat_model("Linf", EPS)
+    batch = Batch(x, y, torch.arange(50), threat=threat)
+    dtypes = []
+    hook = digits_mlp[1].register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    plain = METHODS["trades"](config("trades")).make_inputs(digits_mlp, batch)
+    assert dtypes == [torch.float32] * 4  # the clean logits and 3 steps
+    dtypes.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = METHODS["trades"](config("trades")).make_inputs(digits_mlp, batch)
+    hook.remove()
+    # At the start the KL is nearly 0: the clean logits and the first step in float32, the rest bfloat16.
+    assert dtypes == [torch.float32, torch.float32, torch.bfloat16, torch.bfloat16]
+    assert bool(threat.contains(x, mixed).all())
+    assert float((mixed == plain).float().mean()) > 0.9  # the same start (seeded); the steps mostly agree
+
+
 def test_pgd_inner_maximization_is_as_strong_as_the_pgd_attack(digits, digits_mlp):
     x, y = digits[2][:200], digits[3][:200]
     threat = threat_model("Linf", 0.2)

@@ -9,6 +9,13 @@ from the inner maximization of the same KL:
    and its gradient are exactly 0 at ``x' = x``,
 3. ``steps`` steps of projected steepest ascent on ``sum_i KL(f(x_i) || f(x'_i))``.
 
+Under mixed precision (``TrainConfig.mixed_precision``) the clean logits of the inner KL and its
+first step are computed in float32: at the start the KL is nearly 0, and the rounding of
+low-precision logits would pick that step's direction (bfloat16 keeps the gradient's sign on 53-78%
+of the pixels there, 94-97% after one step: ``benchmarks/mixed_precision_cpu.py``). The other
+steps and the outer objective run under the autocast. Without mixed precision this is the plain
+loop.
+
 In the outer objective ``f(x)`` is *not* detached (gradients flow through both arguments of the
 KL), and the KL is summed and divided by the batch size (``reduction="batchmean"``), as
 ``KLDivLoss(size_average=False) / batch_size`` in the reference code. For L2 the reference code
@@ -90,11 +97,14 @@ class TradesTraining(RandomStartMethod):
         threat, x = batch.required_threat, batch.x
         steps, step_size = self.options.resolve(threat.eps)
         with inner_mode(model, self.config.bn_mode):
-            with torch.no_grad():
-                clean = model(x)
             noise = torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
             start = threat.project(x, x + START_STD * noise)
-            return ascend(model, x, start, lambda logits: _kl(clean, logits), threat=threat, steps=steps,
+            with torch.autocast(x.device.type, enabled=False):  # float32 (see the module docstring)
+                with torch.no_grad():
+                    clean = model(x)
+                first = ascend(model, x, start, lambda logits: _kl(clean, logits), threat=threat, steps=1,
+                               step_size=step_size, scale_loss=batch.scale_loss)
+            return ascend(model, x, first, lambda logits: _kl(clean, logits), threat=threat, steps=steps - 1,
                           step_size=step_size, scale_loss=batch.scale_loss)
 
     def loss(self, model: nn.Module, x_train: Tensor, batch: Batch) -> LossOutput:
