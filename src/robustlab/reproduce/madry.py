@@ -14,7 +14,7 @@ By default the models come from the model zoo (:mod:`robustlab.zoo`): A is ``zoo
 (``zoo:cifar10-pgd``), the natural model ``zoo:mnist-natural`` (``zoo:cifar10-natural``), and A'
 (which the zoo does not ship) is trained here from A's recipe with the recipe's seed + 1, exactly
 as ``robustlab train --config`` trains it, and cached (:meth:`ReproOptions.zoo_model`; for
-CIFAR-10 that is the 11.8 CPU hours of ``cifar10-pgd``'s recipe, once). ``--retrain``
+CIFAR-10 that is the 6.9 CPU hours (mixed precision) of ``cifar10-pgd``'s recipe, once). ``--retrain``
 (``ReproOptions.retrain``) rebuilds A and the natural model from their recipes too instead of
 loading the shipped weights; ``--no-train`` reports the rows from an A' not trained yet as not run.
 
@@ -111,7 +111,7 @@ FULL_SCALE = Scale(zoo_natural=None, zoo_pgd=None, model="madry-cnn", train_samp
                    adversarial_epochs=84, eps_warmup_epochs=0.0, batch_size=50, lr=1e-4, images=10000, restarts=20, chunk=1000)
 
 #: Table 2's default: the zoo's WRN-16-2 models (``cifar10-natural``, ``cifar10-pgd``; A' trained
-#: from ``cifar10-pgd``'s recipe with seed 1: 11.8 CPU hours, once), the paper's attacks (steps of
+#: from ``cifar10-pgd``'s recipe with seed 1: 6.9 CPU hours in mixed precision, once), the paper's attacks (steps of
 #: 2/255) on the first 1000 test images. Its training fields apply only without zoo models.
 CIFAR_SCALE = Scale(dataset="cifar10", zoo_natural="cifar10-natural", zoo_pgd="cifar10-pgd", eps=8 / 255,
                     step_size=2 / 255, restarts=1, chunk=250)
@@ -443,7 +443,7 @@ def table1(options: ReproOptions) -> tuple[dict, str]:
 @register("madry-cifar10", "Madry et al. Table 2: PGD-trained CIFAR-10 model (and a natural one) under FGSM, PGD-7/20 "
           "and CW-30 (kappa 50), white-box and transferred from an independent copy A' and a natural model",
           "CPU: the zoo's cifar10-pgd (A) and cifar10-natural, A' trained once from cifar10-pgd's recipe with seed 1 "
-          "(11.8 CPU hours, cached; --no-train: its rows not run), the paper's attacks on the first 1000 test images "
+          "(6.9 CPU hours, cached; --no-train: its rows not run), the paper's attacks on the first 1000 test images "
           "(about 15 CPU minutes, estimated from the recipe's cost per step); --retrain: A and the natural model "
           "rebuilt from their recipes too; --full: the 10,000 test images")
 def table2(options: ReproOptions) -> tuple[dict, str]:
