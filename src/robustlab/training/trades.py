@@ -102,10 +102,14 @@ class TradesTraining(RandomStartMethod):
             with torch.autocast(x.device.type, enabled=False):  # float32 (see the module docstring)
                 with torch.no_grad():
                     clean = model(x)
-                first = ascend(model, x, start, lambda logits: _kl(clean, logits), threat=threat, steps=1,
-                               step_size=step_size, scale_loss=batch.scale_loss)
-            return ascend(model, x, first, lambda logits: _kl(clean, logits), threat=threat, steps=steps - 1,
-                          step_size=step_size, scale_loss=batch.scale_loss)
+
+                def kl(logits: Tensor) -> Tensor:
+                    return _kl(clean, logits)
+
+                first = ascend(model, x, start, kl, threat=threat, steps=1, step_size=step_size,
+                               scale_loss=batch.scale_loss)
+            return ascend(model, x, first, kl, threat=threat, steps=steps - 1, step_size=step_size,
+                          scale_loss=batch.scale_loss)
 
     def loss(self, model: nn.Module, x_train: Tensor, batch: Batch) -> LossOutput:
         clean = model(batch.x)
