@@ -290,8 +290,16 @@ def test_tisode_table4_smoke_with_eot_suite_and_cache(tmp_path):
     for label, runs in again.record["training"].items():  # every column but the clean one read back
         assert all(r["cached"] and r["columns_stored"] == len(record["results"][label]) - 1 for r in runs)
     assert again.record["results"] == record["results"]
-    # The stored columns computed anew give the same numbers (each column's draws seeded).
+    # Each model's suite column kept its per-image state (2 rows x 2 seeds, each its own model; one
+    # suite eps), so a killed run resumes it; with the stored columns gone, the suite columns are
+    # read back from those states.
+    states = sorted((tmp_path / "cache" / "tisode-states").glob("*/*.json"))
+    assert len(states) == 4 and len({state.parent for state in states}) == 4
     for stored in (tmp_path / "cache" / "tisode-columns").iterdir():
+        stored.unlink()
+    assert run_reproduction("tisode-table4", options).record["results"] == record["results"]
+    # The columns computed anew, states and all, give the same numbers (each column's draws seeded).
+    for stored in [*(tmp_path / "cache" / "tisode-columns").iterdir(), *states]:
         stored.unlink()
     fresh = run_reproduction("tisode-table4", options).record
     assert all(r["columns_stored"] == 0 for runs in fresh["training"].values() for r in runs)
@@ -354,8 +362,8 @@ def test_tables_attack_the_zoo_models_by_default(tmp_path):
     assert record["source"] == "zoo:mnist-odenet" and not record["trained_here"]
     assert record["sha256"] == card.extra["zoo"]["sha256"] and record["steady_state"] is None
     assert "epochs" not in result.record["scale"] and result.record["scale"]["zoo"]  # no training settings
-    # Nothing trained: the cache holds the stored evaluation only.
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["tisode-columns"]
+    # Nothing trained: the cache holds the stored evaluation and the suite's state only.
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["tisode-columns", "tisode-states"]
     assert result.record["train_samples"] is None
     test = load_dataset("mnist", split="test")
     with torch.no_grad():

@@ -63,12 +63,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
+from robustlab.io import key_digest
 from robustlab.reproduce.registry import ReproOptions, images_digest, register
 from robustlab.threat import threat_model
 
@@ -351,7 +353,7 @@ def _stochastic(model: nn.Module) -> bool:
 def evaluate_perturbations(model: nn.Module, x: Tensor, y: Tensor, scale: Scale, *, seed: int,
                            device: str = "cpu", progress: bool = False,
                            stored: Callable[[dict[str, Any], Callable[[], float]], float] | None = None,
-                           ) -> dict[str, float]:
+                           state_dir: Path | None = None) -> dict[str, float]:
     """Accuracy (%) on clean images, under Gaussian noise of each ``scale.sigmas`` and under each
     FGSM/PGD setting (and EOT-PGD for stochastic models); an image misclassified before the
     perturbation counts as broken. Then the robust accuracy under ``scale.suite`` (worst case
@@ -361,7 +363,10 @@ def evaluate_perturbations(model: nn.Module, x: Tensor, y: Tensor, scale: Scale,
     noise and the model's random draws are seeded from ``seed`` before it. ``stored(key,
     compute)``: where a column's value comes from (``key`` says what it depends on besides the
     model and the images; default: compute it), so that a run can keep finished columns and
-    tables can share them. Each column is logged when done; ``progress``: the suite's progress bar."""
+    tables can share them. ``state_dir``: where the suite columns keep their per-image state
+    (one file per column), so that a killed run resumes a suite column where it stopped; it must
+    be this model's and these images' own folder. Each column is logged when done; ``progress``:
+    the suite's progress bar."""
     from robustlab.attacks import EOT, FGSM, PGD, Attack
     from robustlab.attacks.noise import add_gaussian_noise
 
@@ -419,11 +424,15 @@ def evaluate_perturbations(model: nn.Module, x: Tensor, y: Tensor, scale: Scale,
                             partial(attacked_as_in_paper, *paper_settings[name])))
     if scale.suite is not None:
         for eps in _given(scale.suite_eps):
-            columns.append((f"{scale.suite}-{eps:g}",
-                            {"suite": scale.suite, "eps": eps, "images": scale.suite_images, "batch": scale.eval_batch,
-                             "eot_draws": scale.eot_draws if stochastic else None},
+            name = f"{scale.suite}-{eps:g}"
+            settings = {"suite": scale.suite, "eps": eps, "images": scale.suite_images, "batch": scale.eval_batch,
+                        "eot_draws": scale.eot_draws if stochastic else None}
+            state_file = None if state_dir is None else \
+                state_dir / f"{key_digest({'column': name, 'seed': seed, **settings}, 16)}.json"
+            columns.append((name, settings,
                             partial(suite_accuracy, model, x[:scale.suite_images], y[:scale.suite_images], scale,
-                                    eps=eps, seed=seed, stochastic=stochastic, progress=progress)))
+                                    eps=eps, seed=seed, stochastic=stochastic, progress=progress,
+                                    state_file=state_file)))
     results = {"clean": percent(clean)}
     for name, settings, compute in columns:
 
@@ -468,9 +477,10 @@ def paper_attack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step: fl
 
 
 def suite_accuracy(model: nn.Module, x: Tensor, y: Tensor, scale: Scale, *, eps: float, seed: int,
-                   stochastic: bool, progress: bool = False) -> float:
+                   stochastic: bool, progress: bool = False, state_file: Path | None = None) -> float:
     """Robust accuracy (%) of ``model`` under ``scale.suite`` at L∞ ``eps`` as a worst-case
-    cascade; for a stochastic model each attack is wrapped in EOT with ``scale.eot_draws``."""
+    cascade; for a stochastic model each attack is wrapped in EOT with ``scale.eot_draws``.
+    ``state_file``: the evaluation's per-image state (resumed when it is there)."""
     from robustlab.attacks import EOT
     from robustlab.evaluation import build_suite, evaluate
     from robustlab.settings import RunSettings
@@ -482,7 +492,8 @@ def suite_accuracy(model: nn.Module, x: Tensor, y: Tensor, scale: Scale, *, eps:
     if stochastic:
         suite = {f"eot-{key}": EOT(attack, draws=scale.eot_draws) for key, attack in suite.items()}
     settings = RunSettings(seed=seed, batch_size=scale.eval_batch, progress=progress)
-    evaluation = evaluate(model, x, y, threat=threat, attacks=suite, settings=settings, cascade=True)
+    evaluation = evaluate(model, x, y, threat=threat, attacks=suite, settings=settings, cascade=True,
+                          state_file=state_file)
     return 100.0 * evaluation.metrics["robust_accuracy"]["value"]
 
 
@@ -554,8 +565,10 @@ def run_table(table: Table, options: ReproOptions) -> tuple[dict[str, Any], str]
                 stored_columns.append(was_stored)
                 return value
 
+            state_dir = options.model_cache() / "tisode-states" / key_digest({"model": record["sha256"],
+                                                                                "images": images}, 16)
             result = evaluate_perturbations(model, test_x, test_y, scale, seed=seed, device=options.device,
-                                            progress=options.progress, stored=stored)
+                                            progress=options.progress, stored=stored, state_dir=state_dir)
             record["columns_stored"] = sum(stored_columns)
             runs[label].append(result)
             logger.info("%s seed %d: %s", label, seed, result)
