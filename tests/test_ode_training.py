@@ -271,7 +271,8 @@ def test_tisode_table4_smoke_with_eot_suite_and_cache(tmp_path):
 
     tiny = {**TINY, "models": ("CNN", "TisODE-IRd")}
     options = ReproOptions(images=12, out=tmp_path, cache_dir=tmp_path / "cache", overrides=tiny)
-    record = run_reproduction("tisode-table4", options).record
+    first = run_reproduction("tisode-table4", options)
+    record = first.record
     cnn, irn = record["results"]["CNN"], record["results"]["TisODE-IRd"]
     assert "eot-pgd-0.3" in irn and "eot-pgd-0.3" not in cnn
     assert {"clean", "gaussian-100", "fgsm-0.3", "pgd-0.3", "quick-0.3"} <= set(cnn)
@@ -289,7 +290,12 @@ def test_tisode_table4_smoke_with_eot_suite_and_cache(tmp_path):
     again = run_reproduction("tisode-table4", options)
     for label, runs in again.record["training"].items():  # every column but the clean one read back
         assert all(r["cached"] and r["columns_stored"] == len(record["results"][label]) - 1 for r in runs)
+        assert all(r["stored_seconds"] > 0 for r in runs)  # how long the stored columns took when computed
     assert again.record["results"] == record["results"]
+    assert "cells were read from the column store" not in first.markdown
+    # two seeds of 6 and 9 columns, all but the 4 clean cells read back
+    assert "26 of the 30 cells were read from the column store" in again.markdown
+    assert "s of wall time when computed" in again.markdown
     # Each model's suite column kept its per-image state (2 rows x 2 seeds, each its own model; one
     # suite eps), so a killed run resumes it; with the stored columns gone, the suite columns are
     # read back from those states.

@@ -113,6 +113,9 @@ def test_rows_are_cached_per_images_attack_and_models(tiny_run):
                                                         overrides=TINY)).record
     assert all(row["cached"] for row in again["rows"])
     assert [row["ours"] for row in again["rows"]] == [row["ours"] for row in result.record["rows"]]
+    # each row says how long it took to compute, also when read back
+    assert all(row["compute_seconds"] > 0 for row in result.record["rows"])
+    assert [row["compute_seconds"] for row in again["rows"]] == [row["compute_seconds"] for row in result.record["rows"]]
     assert again["worst_white_box"] == result.record["worst_white_box"]
     assert not any(row["cached"] for row in result.record["rows"])
 

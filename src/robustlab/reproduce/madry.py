@@ -349,16 +349,18 @@ class _Models:
 
 
 def _row_flags(models: _Models, kinds: tuple[str, ...], key: dict[str, Any], compute, options: ReproOptions,
-               ) -> tuple[dict[str, Tensor], bool]:
-    """``({column: bool[N]}, cached)`` for one row: read from ``<model_cache>/madry-rows/`` when a
-    run with the same ``key`` (the row's attack, seed, images and the sha256 of every model it
-    involves) stored it, else ``compute()``'s, stored there. A killed run resumes row by row."""
+               ) -> tuple[dict[str, Tensor], bool, float | None]:
+    """``({column: bool[N]}, cached, seconds)`` for one row: read from ``<model_cache>/madry-rows/``
+    when a run with the same ``key`` (the row's attack, seed, images and the sha256 of every model
+    it involves) stored it, else ``compute()``'s, stored there; ``seconds``: how long computing it
+    took (:meth:`ReproOptions.stored_result`). A killed run resumes row by row."""
     def as_text() -> dict[str, str]:
         return {column: "".join("1" if f else "0" for f in values.tolist()) for column, values in compute().items()}
 
     key = {**key, "models": {kind: models.identity(kind) for kind in kinds}}
-    flags, cached = options.stored_result("madry-rows", key, as_text)
-    return {column: torch.tensor([c == "1" for c in text], device=options.device) for column, text in flags.items()}, cached
+    flags, cached, seconds = options.stored_result("madry-rows", key, as_text)
+    return ({column: torch.tensor([c == "1" for c in text], device=options.device) for column, text in flags.items()},
+            cached, seconds)
 
 
 def _evaluate_rows(table: PaperTable, models: _Models, x: Tensor, y: Tensor, scale: Scale, options: ReproOptions,
@@ -398,13 +400,13 @@ def _evaluate_rows(table: PaperTable, models: _Models, x: Tensor, y: Tensor, sca
                   "kappa": getattr(attack, "kappa", None) if row.method.startswith("CW") else None,
                   "paper": row.accuracy}
         try:
-            flags, cached = _row_flags(models, kinds, key, compute, options)
+            flags, cached, compute_seconds = _row_flags(models, kinds, key, compute, options)
         except NotTrained as error:
             if surrogate_kind is None:
                 raise
             logger.warning("%s from %s not run: %s", row.method, row.source, error)
             rows.append({**common, "ours": {"natural": None, "A": None}, "ci_A": None, "not_run": str(error),
-                         "seconds": 0.0, "cached": False})
+                         "seconds": 0.0, "compute_seconds": None, "cached": False})
             continue
         if surrogate_kind is None:
             every_white_box &= flags["A"]
@@ -412,7 +414,7 @@ def _evaluate_rows(table: PaperTable, models: _Models, x: Tensor, y: Tensor, sca
                                          "A": _mean(flags["A"])}
         ci = list(wilson_interval(int(flags["A"].sum()), len(y)))
         rows.append({**common, "ours": ours, "ci_A": ci, "seconds": round(time.perf_counter() - start, 1),
-                     "cached": cached})
+                     "compute_seconds": compute_seconds, "cached": cached})
         logger.info("%s %s/%s from %s: natural %s, A %s%s", row.method, steps, restarts, row.source,
                     ours["natural"], ours["A"], " (cached)" if cached else "")
     return rows, every_white_box

@@ -29,6 +29,14 @@ class NotTrained(RobustlabError):
     is off."""
 
 
+class StoredResult(NamedTuple):
+    """What :meth:`ReproOptions.stored_result` returns."""
+
+    result: Any
+    stored: bool
+    seconds: float | None
+
+
 def images_digest(x: Tensor, y: Tensor) -> str:
     """sha1 of a set of images and their labels: part of the key of a stored result
     (:meth:`ReproOptions.stored_result`)."""
@@ -147,11 +155,13 @@ class ReproOptions:
                               "train_seconds": training_seconds(run_dir)[0], "training": card.training,
                               "metrics": card.metrics}
 
-    def stored_result(self, folder: str, key: dict[str, Any], compute: Callable[[], Any]) -> tuple[Any, bool]:
-        """``(result, stored)``: the JSON result a run with the same ``key`` stored in
+    def stored_result(self, folder: str, key: dict[str, Any], compute: Callable[[], Any]) -> StoredResult:
+        """``(result, stored, seconds)``: the JSON result a run with the same ``key`` stored in
         ``<model_cache>/<folder>/`` (``stored`` True), else ``compute()``'s, stored there, so that
-        a killed reproduction resumes where it stopped. ``key`` must hold everything the result
-        depends on (the models' sha256, the images, the settings, the seed)."""
+        a killed reproduction resumes where it stopped. ``seconds``: the wall time ``compute()``
+        took, in this run or in the one that stored it (None for results stored before it was
+        recorded). ``key`` must hold everything the result depends on (the models' sha256, the
+        images, the settings, the seed)."""
         from robustlab.io import dumps, key_digest, read_json
 
         key = json.loads(json.dumps(key, default=str))
@@ -159,11 +169,13 @@ class ReproOptions:
         if path.is_file():
             stored = read_json(path)
             if stored.get("key") == key:
-                return stored["result"], True
+                return StoredResult(stored["result"], True, stored.get("seconds"))
+        start = time.perf_counter()
         result = compute()
-        text = dumps({"key": key, "result": result}, indent=None)
+        seconds = round(time.perf_counter() - start, 3)
+        text = dumps({"key": key, "result": result, "seconds": seconds}, indent=None)
         write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
-        return result, False
+        return StoredResult(result, False, seconds)
 
     def first_test_images(self, dataset: str, count: int) -> tuple[Tensor, Tensor]:
         """``(x, y)`` on ``device``: the first ``count`` images of ``dataset``'s test split, the

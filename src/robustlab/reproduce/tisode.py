@@ -557,19 +557,22 @@ def run_table(table: Table, options: ReproOptions) -> tuple[dict[str, Any], str]
             record["steady_state"] = _steady_state(model, test_x, options.device)
             training[label].append(record)
 
-            stored_columns: list[bool] = []
+            stored_columns: list[float | None] = []  # the compute seconds of the columns read from the store
 
             def stored(key: dict[str, Any], compute: Callable[[], float], sha256: str = record["sha256"]) -> float:
-                value, was_stored = options.stored_result("tisode-columns", {"model": sha256, "images": images, **key},
-                                                          compute)
-                stored_columns.append(was_stored)
+                value, was_stored, seconds = options.stored_result(
+                    "tisode-columns", {"model": sha256, "images": images, **key}, compute)
+                if was_stored:
+                    stored_columns.append(seconds)
                 return value
 
             state_dir = options.model_cache() / "tisode-states" / key_digest({"model": record["sha256"],
                                                                                 "images": images}, 16)
             result = evaluate_perturbations(model, test_x, test_y, scale, seed=seed, device=options.device,
                                             progress=options.progress, stored=stored, state_dir=state_dir)
-            record["columns_stored"] = sum(stored_columns)
+            record["columns_stored"] = len(stored_columns)
+            record["stored_seconds"] = (None if None in stored_columns else
+                                        round(sum(c for c in stored_columns if c is not None), 3))
             runs[label].append(result)
             logger.info("%s seed %d: %s", label, seed, result)
     columns = list(dict.fromkeys(c for label in labels for c in runs[label][0]))
@@ -697,6 +700,16 @@ def _markdown(table: Table, results: dict, columns: list[str], scale: Scale, opt
                      + ("the ordering's winner survives." if verdict["same_best"] else
                         "the advantage does not survive the stronger evaluation."))
         notes.append(text)
+    stored = [r for records in training_records.values() for r in records if r.get("columns_stored")]
+    if stored:
+        seconds = [r["stored_seconds"] for r in stored]
+        took = ("the runs that stored them did not record how long they took" if None in seconds else
+                f"they took {sum(seconds):.0f} s of wall time when computed")
+        notes.append(f"{sum(r['columns_stored'] for r in stored)} of the "
+                     f"{sum(len(results[label]) for label, records in training_records.items() for _ in records)} "
+                     "cells were read from the column store of earlier runs (`<cache>/reproduce/tisode-columns`, "
+                     f"keyed by the model's sha256, the images and the column's settings): {took}; the wall time "
+                     "below is this run's.")
     if not_trained:
         notes.append(f"Not trained yet, so not evaluated and left out of the comparisons above: {', '.join(not_trained)}.")
     if options.overrides:
