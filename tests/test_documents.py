@@ -21,6 +21,7 @@ from robustlab.io import (
     read_document,
     save_document,
     save_json,
+    save_safetensors,
     write_atomic,
 )
 from robustlab.models import ModelCard
@@ -117,6 +118,24 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_safetensors_files_are_the_same_bytes_for_the_same_tensors(tmp_path):
+    # The library writes the metadata in the order of a Rust hash map, different at every call:
+    # the same weights saved twice would get two sha256 on their cards.
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.tensor([1, 2], dtype=torch.int64)}
+    metadata = {key: str(i) for i, key in enumerate("pqrstu")}
+    assert len({save(tensors, metadata=metadata) for _ in range(8)}) > 1  # what this guards against
+    files = [save_safetensors(tmp_path / f"{i}.safetensors", tensors, metadata) for i in range(8)]
+    assert len({f.read_bytes() for f in files}) == 1
+    with safe_open(str(files[0]), "pt") as handle:
+        assert handle.metadata() == metadata
+        assert all(torch.equal(handle.get_tensor(k), v) for k, v in tensors.items())
+    length = int.from_bytes(files[0].read_bytes()[:8], "little")
+    assert length % 8 == 0 and list(json.loads(files[0].read_bytes()[8:8 + length])["__metadata__"]) == sorted(metadata)
 
 
 def _card() -> ModelCard:

@@ -5,7 +5,7 @@
   accuracy over zero samples; :func:`inf_from_json` reads a distance back).
 * **Atomic writes**: :func:`write_atomic` writes a temporary file in the target's folder and
   moves it into place with ``os.replace``, so a crash or a failed serialization never leaves a
-  partial file (the old file, if any, stays). :func:`save_json` and :func:`save_tensors` use it.
+  partial file (the old file, if any, stays). :func:`save_json`, :func:`save_tensors` and :func:`save_safetensors` use it.
 * **Documents**: every JSON document robustlab saves for a reader (evaluations, model cards,
   certification results, reproduction records, ...) starts with :func:`header`: its ``kind``
   and that kind's ``version``. :func:`read_document` checks both; :func:`load_document` picks
@@ -32,7 +32,7 @@ from robustlab.registry import Registry
 from robustlab.validate import is_int
 
 __all__ = ["KINDS", "DocumentKind", "check_header", "dumps", "file_sha256", "key_digest", "header", "inf_from_json", "jsonable", "load_document", "read_document",
-           "read_json", "save_document", "save_json", "save_tensors", "umask_mode", "write_atomic"]
+           "read_json", "save_document", "save_json", "save_safetensors", "save_tensors", "umask_mode", "write_atomic"]
 
 
 @dataclass(frozen=True)
@@ -239,6 +239,29 @@ def key_digest(key: Any, length: int = 12) -> str:
     JSON with sorted keys (values JSON cannot hold as their ``str``). Caches are named by it, so
     a changed setting never finds a stale entry."""
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def save_safetensors(path: str | os.PathLike[str], tensors: dict[str, Any], metadata: dict[str, str] | None = None
+                     ) -> Path:
+    """Write ``tensors`` (contiguous, on the CPU) as a safetensors file, atomically and byte for
+    byte the same for the same tensors and ``metadata``: the library writes the metadata in the
+    order of a Rust hash map, which differs between processes, so the header is written again
+    with its keys sorted (same length: only the order changes). The weights' sha256 on a model
+    card then names the weights, not the process that saved them."""
+    import struct
+
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > length:  # the library's own JSON differs in form from ours: keep its header
+        text = data[8:8 + length]
+    data = data[:8] + text.ljust(length, b" ") + data[8 + length:]  # padding with spaces is the format's
+    return write_atomic(path, lambda temporary: temporary.write_bytes(data))
 
 
 def save_tensors(path: str | os.PathLike[str], tensors: dict[str, Any]) -> Path:

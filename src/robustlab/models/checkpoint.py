@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 import robustlab
 from robustlab.errors import RobustlabError
 from robustlab.formatting import timestamp
-from robustlab.io import check_header, dumps, file_sha256, header, save_json, write_atomic
+from robustlab.io import check_header, dumps, file_sha256, header, save_json, save_safetensors
 from robustlab.models.normalize import Normalize
 from robustlab.models.preprocessing import apply_defenses, split_defenses
 from robustlab.models.registry import build_model
@@ -262,7 +262,7 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], card: ModelCard) 
     weights_path, card_path = checkpoint_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", "robustlab_version": robustlab.__version__, "architecture": card.architecture}
-    write_atomic(weights_path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+    save_safetensors(weights_path, tensors, metadata)
     card = dataclasses.replace(card, weights_sha256=file_sha256(weights_path))
     card.save(card_path)
     return weights_path
@@ -436,7 +436,7 @@ def save_network(net: nn.Module, path: str | os.PathLike[str], kind: str, settin
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    write_atomic(path, lambda temporary: save_file(state, str(temporary), metadata={"robustlab": kind, **settings}))
+    save_safetensors(path, state, {"robustlab": kind, **settings})
     return path
 
 

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from robustlab.errors import RobustlabError
+from robustlab.io import save_safetensors
 
 __all__ = ["diverging", "grid_image", "save_examples", "save_grid"]
 
@@ -180,15 +181,13 @@ def save_examples(folder: str | Path, *, x: Tensor, y: Tensor, x_adv: Tensor, cl
     ``x_adv``, ``clean_predictions``, ``predictions`` (at ``x_adv``), ``success``, ``distance``,
     ``indices``), ``summary.json`` (``summary`` with ``classes`` and ``norm``, which the report's
     captions use) and the captioned ``grid.png``. Returns the folder."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {"x": x, "y": y, "x_adv": x_adv, "clean_predictions": clean, "predictions": adversarial,
                "success": success.to(torch.uint8), "distance": distance}
     if indices is not None:
         tensors["indices"] = indices
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / "adversarial.safetensors"))
+    save_safetensors(folder / "adversarial.safetensors", {k: v.detach().cpu().contiguous() for k, v in tensors.items()})
     from robustlab.io import save_document
 
     save_document(folder / "summary.json", "attack-summary",
