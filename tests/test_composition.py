@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustlab.attacks import DDN, FGSM, PGD
+from robustlab.attacks import APGD, APGDT, DDN, FGSM, PGD
 from robustlab.attacks.composition import BPDA, EOT, Reparameterization, SingleDrawEOTWarning, TransferAttack
 from robustlab.errors import RobustlabError
 from robustlab.models.preprocessing import (
@@ -175,6 +175,23 @@ def test_eot_counts_every_draw(resize_pad_model, sample):
     # template: clean + final check; PGD: 3 gradient steps and 1 last-iterate score, each x4 draws.
     assert result.forwards == 8 * (2 + 4 * 3 + 4 * 1)
     assert result.backwards == 8 * 4 * 3
+
+
+def test_eot_runs_the_wrapped_attack_s_whole_budget(resize_pad_model, sample):
+    # A point misclassified on the average of the draws is not yet misclassified by one draw:
+    # EOT turns the wrapped attack's early stop off (and the give-up rules that need it).
+    x, y = sample[0][:8], sample[1][:8]
+    eot = EOT(APGD(loss="ce", steps=4, give_up=2.0, keep_near=0.5), draws=3)
+    assert (eot.attack.early_stop, eot.attack.give_up, eot.attack.keep_near) == (False, None, None)
+    assert eot.config()["inner"]["early_stop"] is False  # what evaluations record and fingerprint
+    assert EOT(BPDA(APGDT(steps=4)), draws=3).attack.attack.early_stop is False
+    assert EOT(PGD(steps=4, early_stop=True), draws=3).attack.early_stop is False
+    result = eot(resize_pad_model, x, y, threat=Linf(eps=0.5), generator=gen())
+    assert bool(result.success.all())  # broken early, yet attacked to the end:
+    # the start and 3 steps take a gradient (the last iterate is only scored), each x3 draws.
+    assert result.backwards == 8 * 3 * 4
+    early = APGD(loss="ce", steps=4)(resize_pad_model, x, y, threat=Linf(eps=0.5), generator=gen())
+    assert early.backwards < 8 * 4  # without EOT the early stop stays
 
 
 def test_eot_and_bpda_compose_on_a_random_non_differentiable_defense(resize_pad_model, sample):

@@ -427,6 +427,8 @@ def evaluate_perturbations(model: nn.Module, x: Tensor, y: Tensor, scale: Scale,
             name = f"{scale.suite}-{eps:g}"
             settings = {"suite": scale.suite, "eps": eps, "images": scale.suite_images, "batch": scale.eval_batch,
                         "eot_draws": scale.eot_draws if stochastic else None}
+            if stochastic:  # cells stored before EOT ran its attacks' whole budget (2026-12-07) are not reused
+                settings["eot_whole_budget"] = True
             state_file = None if state_dir is None else \
                 state_dir / f"{key_digest({'column': name, 'seed': seed, **settings}, 16)}.json"
             columns.append((name, settings,
