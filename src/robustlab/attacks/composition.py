@@ -216,8 +216,8 @@ def _whole_budget(attack: Attack) -> Attack:
         return dataclasses.replace(attack, attack=_whole_budget(attack.attack))
     names = {f.name for f in dataclasses.fields(attack)}
     if getattr(attack, "early_stop", False) and "early_stop" in names:
-        off = {name: None for name in ("give_up", "keep_near") if name in names}
-        return dataclasses.replace(attack, early_stop=False, **off)
+        off: dict[str, Any] = {"early_stop": False, **{name: None for name in ("give_up", "keep_near") if name in names}}
+        return dataclasses.replace(attack, **off)
     return attack
 
 
