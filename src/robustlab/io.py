@@ -245,7 +245,7 @@ def save_safetensors(path: str | os.PathLike[str], tensors: dict[str, Any], meta
                      ) -> Path:
     """Write ``tensors`` (contiguous, on the CPU) as a safetensors file, atomically and byte for
     byte the same for the same tensors and ``metadata``: the library writes the metadata in the
-    order of a Rust hash map, which differs between processes, so the header is written again
+    order of a Rust hash map, different at every call, so the header is written again
     with its keys sorted (same length: only the order changes). The weights' sha256 on a model
     card then names the weights, not the process that saved them."""
     import struct
@@ -254,10 +254,10 @@ def save_safetensors(path: str | os.PathLike[str], tensors: dict[str, Any], meta
 
     data = save(tensors, metadata=metadata)
     (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + length])
-    if "__metadata__" in header:
-        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    entries = json.loads(data[8:8 + length])
+    if "__metadata__" in entries:
+        entries["__metadata__"] = dict(sorted(entries["__metadata__"].items()))
+    text = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode()
     if len(text) > length:  # the library's own JSON differs in form from ours: keep its header
         text = data[8:8 + length]
     data = data[:8] + text.ljust(length, b" ") + data[8 + length:]  # padding with spaces is the format's
