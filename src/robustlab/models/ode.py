@@ -414,15 +414,6 @@ class TisODE(_FeatureNet):
                          adjoint=adjoint, rtol=rtol, atol=atol, steady_start=steady_start, steady_end=steady_end)
         super().__init__(input_shape, num_classes, channels, block, denoise, denoise_after)
 
-    def forward_with_penalty(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(logits [N, classes], penalty [N])``; see :func:`logits_and_steady_state`."""
-        return logits_and_steady_state(self, x)
-
-    def steady_state_penalty(self, x: Tensor) -> Tensor:
-        """Per-sample steady-state term ``[N]``: mean over features of the integral of ``|f(z(t))|``
-        over ``[steady_start, steady_end]`` along the trajectory of ``x``'s features."""
-        return logits_and_steady_state(self, x)[1]
-
 
 # -- gradient-masking check ---------------------------------------------------------------------------------
 #: The ways of integrating a model's ODE blocks that :func:`ode_gradient_check` compares.
