@@ -67,7 +67,7 @@ HELD_OUT: dict[str, Row] = {row.model + ":" + row.norm: row for row in (
     Row("zoo:mnist-crown-ibp", "Linf", 0.3, 500),
     Row("zoo:mnist-trades", "Linf", 0.3, 500),
     Row("zoo:mnist-mma", "Linf", 0.3, 500),
-    # 200 images: a WRN-16-2 robust to a third of them costs the reference about 7 CPU s per image.
+    # 200 images: a WRN-16-2 robust to a third of them costs the reference about 20 s per image on this CPU.
     Row("zoo:cifar10-pgd", "Linf", 8 / 255, 200),
 )}
 
