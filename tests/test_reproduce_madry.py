@@ -85,6 +85,9 @@ def test_tiny_run_has_every_row_with_paper_numbers(tiny_run):
     markdown = (out / "madry-mnist.md").read_text()
     assert markdown == result.markdown and "89.3%" in markdown and "Wall time" in markdown
     assert "Test-only overrides" in markdown and "3 (paper 100)" in markdown
+    worst = min(r["ours"]["A"] for r in rows if r["source"] == "A")
+    error = 100 * (worst * (1 - worst) / 24) ** 0.5  # the binomial standard error at the worst white-box row
+    assert f"standard error about {error:.1f} points at {100 * worst:.1f}%" in markdown
 
 
 def test_tiny_run_attacks_bite(tiny_run):

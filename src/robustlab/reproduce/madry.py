@@ -595,7 +595,8 @@ def _notes(table: PaperTable, scale: Scale, options: ReproOptions, rows: list[di
         notes.append(f"On the same {scale.images} images, AutoAttack's `standard` suite (the card of "
                      f"zoo:{info['A']['zoo']}) leaves {_pct(standard['robust_accuracy'])}, against "
                      f"{_pct(worst['per_image'])} for the paper's attacks together.")
-    error = 100 * (0.9 * 0.1 / max(1, scale.images)) ** 0.5
+    level = min(white_box)  # the binomial standard error is given at the worst white-box accuracy
+    error = 100 * (level * (1 - level) / max(1, scale.images)) ** 0.5
     if options.full and scale.zoo_pgd is None:
         return notes
     if scale.zoo_pgd is not None:
@@ -611,7 +612,7 @@ def _notes(table: PaperTable, scale: Scale, options: ReproOptions, rows: list[di
             f"{config['epochs']} epochs ({config['optimizer']} lr {config['lr']}, {config['schedule']} schedule"
             + (f", eps ramped over {warmup:g} epochs" if warmup else "") + f") instead of {table.paper_model}; the "
             f"first {scale.images} test images instead of 10,000 (binomial standard error about {error:.1f} points "
-            "at 90%)" + ("" if scale.restarts == 20 or all(r.restarts in (None, 1) for r in table.rows) else
+            f"at {_pct(level)})" + ("" if scale.restarts == 20 or all(r.restarts in (None, 1) for r in table.rows) else
                          f"; {scale.restarts} restarts instead of 20") + ".")
     else:
         notes.append(
@@ -619,6 +620,6 @@ def _notes(table: PaperTable, scale: Scale, options: ReproOptions, rows: list[di
             f"{scale.train_samples or 'all'} images{', with an eps warm-up' if scale.eps_warmup_epochs else ''} "
             f"instead of {table.paper_model} (capacity matters for PGD training, Sec. 5 / Fig. 4); {scale.images} "
             "test images instead of "
-            f"10,000 (binomial standard error about {error:.1f} points at 90%); {scale.restarts} restarts instead of "
+            f"10,000 (binomial standard error about {error:.1f} points at {_pct(level)}); {scale.restarts} restarts instead of "
             f"20.")
     return notes
