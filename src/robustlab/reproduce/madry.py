@@ -446,7 +446,7 @@ def table1(options: ReproOptions) -> tuple[dict, str]:
           "and CW-30 (kappa 50), white-box and transferred from an independent copy A' and a natural model",
           "CPU: the zoo's cifar10-pgd (A) and cifar10-natural, A' trained once from cifar10-pgd's recipe with seed 1 "
           "(6.9 CPU hours, cached; --no-train: its rows not run), the paper's attacks on the first 1000 test images "
-          "(about 15 CPU minutes, estimated from the recipe's cost per step); --retrain: A and the natural model "
+          "(about 17 minutes on one core, measured); --retrain: A and the natural model "
           "rebuilt from their recipes too; --full: the 10,000 test images")
 def table2(options: ReproOptions) -> tuple[dict, str]:
     return run_table(TABLES["madry-cifar10"], options)
