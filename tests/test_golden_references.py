@@ -319,15 +319,37 @@ def _fmn_linf_replay(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: 
     return out
 
 
+def _iterates_decided_by_the_algorithm(model: nn.Module, iterates: list[torch.Tensor], y: torch.Tensor,
+                                       tol: float = 1e-12) -> list[int]:
+    """Per sample, how many leading iterates follow from the algorithm alone: up to and including
+    the first one whose margin is within ``tol`` of 0. Which side of the boundary such an iterate
+    lies on, and so the next eps, is decided by the last bits of float64 arithmetic, which differ
+    between CPUs: on a ReLU network the published rule's first step lands exactly on the boundary."""
+    counts = [len(iterates)] * len(y)
+    with torch.no_grad():
+        for k, it in reversed(list(enumerate(iterates))):
+            z = model(it)
+            s = z.sort(dim=1, descending=True).values
+            m = z.gather(1, y[:, None]).squeeze(1) - torch.where(z.argmax(1) == y, s[:, 1], s[:, 0])
+            for i in torch.nonzero(m.abs() < tol).flatten().tolist():
+                counts[i] = k + 1
+    return counts
+
+
 def test_fmn_follows_the_published_algorithm_but_for_its_documented_eps_rule(case):
     ref = _golden("fmn_linf")
     steps = ref["config"]["steps"]
     x, y = case["x"], case["y"]
     model = _model(case)
-    # The replay of Algorithm 1 is the reference's (Foolbox's LInfFMNAttack) iterate for iterate ...
+    # The replay of Algorithm 1 is the reference's (Foolbox's LInfFMNAttack) iterate for iterate,
+    # as far as the algorithm and not rounding decides the path (most samples: all the way) ...
     published = _fmn_linf_replay(model, x, y, steps, published=True)
-    torch.testing.assert_close(torch.stack([it.flatten(1) for it in published]),
-                               torch.tensor(ref["iterates"], dtype=torch.float64), rtol=1e-9, atol=1e-12)
+    golden = torch.tensor(ref["iterates"], dtype=torch.float64)
+    decided = _iterates_decided_by_the_algorithm(model, published, y)
+    assert sum(count == steps for count in decided) >= 4 and min(decided) >= 2, decided
+    for i, count in enumerate(decided):
+        torch.testing.assert_close(torch.stack([it[i].flatten() for it in published[:count]]), golden[:count, i],
+                                   rtol=1e-9, atol=1e-12)
     # ... and with robustlab's eps rule before the first success, it is robustlab's FMN.
     recorder = InputRecorder(model)
     result = FMN(steps=steps)(recorder, x, y, threat=Linf(eps=math.inf))
