@@ -41,3 +41,19 @@ def test_an_evaluation_logs_one_line_not_one_per_batch(caplog, digits, digits_ml
     evaluate(digits_mlp, x[:64], y[:64], threat=Linf(eps=0.1), attacks={"fgsm": FGSM()}, settings=RunSettings(batch_size=8, progress=True))
     lines = [r.getMessage() for r in caplog.records if r.name == "robustlab" and " sample in " in r.getMessage()]
     assert len(lines) == 1 and "64/64 sample" in lines[0], lines  # 8 batches, one line
+
+
+def test_a_long_stage_logs_a_line_every_heartbeat(caplog, monkeypatch):
+    import robustlab._progress as progress
+
+    readings = [0.0, 100.0, 350.0, 400.0, 700.0, 710.0]  # start, then one per update and one at close
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: readings.pop(0) if len(readings) > 1 else readings[0])
+    caplog.set_level(logging.INFO, logger="robustlab")
+    with progress_bar(total=4, desc="evaluate", unit="sample") as bar:
+        bar.set_postfix(step="square")
+        for _ in range(4):
+            bar.update(1)
+    messages = [r.getMessage() for r in caplog.records if r.name == "robustlab"]
+    assert messages == ["evaluate: 2/4 sample after 350.0 s (step=square)",
+                        "evaluate: 4/4 sample after 700.0 s (step=square)",
+                        "evaluate: 4/4 sample in 710.0 s (step=square)"]

@@ -3,7 +3,9 @@
 ``progress_bar(...)`` takes tqdm's arguments. Where standard error is a terminal it is a tqdm
 bar; where it is a file, a pipe or a CI log (where every redraw of a bar would be a line of its
 own) it is a :class:`StageLog` with the same interface that logs one INFO line on the
-``robustlab`` logger when the stage ends: ``evaluate: 1000/1000 sample in 12.3 s``.
+``robustlab`` logger when the stage ends: ``evaluate: 1000/1000 sample in 12.3 s``, and, in a
+stage that runs for long, one line at the first update after every ``HEARTBEAT_S`` seconds:
+``evaluate: 250/1000 sample after 300.4 s``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from typing import Any, Self
 
 log = logging.getLogger("robustlab")
 
-__all__ = ["StageLog", "progress_bar"]
+__all__ = ["HEARTBEAT_S", "StageLog", "progress_bar"]
+
+# Seconds between a long stage's intermediate log lines (a multi-hour evaluation in a log file).
+HEARTBEAT_S = 300.0
 
 
 def _interactive() -> bool:
@@ -29,7 +34,8 @@ def _interactive() -> bool:
 
 class StageLog:
     """tqdm's interface (iteration, ``update``, ``set_postfix``, ``close``, context manager)
-    without redraws: one log line when the stage is closed (or its iterable exhausted)."""
+    without redraws: one log line when the stage is closed (or its iterable exhausted), and one
+    at the first update after each ``HEARTBEAT_S`` seconds of a long stage."""
 
     def __init__(self, iterable: Iterable[Any] | None = None, *, desc: str | None = None, total: float | None = None,
                  unit: str = "it", disable: bool = False, initial: float = 0, **_: Any) -> None:
@@ -40,14 +46,14 @@ class StageLog:
         self.total, self.unit, self.disable = total, unit, disable
         self.n = initial  # work already done (a resumed run)
         self.postfix = ""
-        self.start = time.perf_counter()
+        self.start = self.last_line = time.perf_counter()
         self.closed = False
 
     def __iter__(self) -> Iterator[Any]:
         try:
             for item in self.iterable or ():
                 yield item
-                self.n += 1
+                self.update(1)
         finally:
             self.close()
 
@@ -59,6 +65,16 @@ class StageLog:
 
     def update(self, n: float = 1) -> None:
         self.n += n
+        now = time.perf_counter()
+        if not self.disable and not self.closed and now - self.last_line >= HEARTBEAT_S:
+            self.last_line = now
+            log.info("%s: %s %s after %.1f s%s", self.desc, self._done(), self.unit, now - self.start, self._extra())
+
+    def _done(self) -> str:
+        return f"{self.n:g}/{self.total:g}" if self.total is not None else f"{self.n:g}"
+
+    def _extra(self) -> str:
+        return f" ({self.postfix})" if self.postfix else ""
 
     def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None:
         items = {**(ordered_dict or {}), **kwargs}
@@ -81,9 +97,8 @@ class StageLog:
             self.closed = True
             return
         self.closed = True
-        done = f"{self.n:g}/{self.total:g}" if self.total is not None else f"{self.n:g}"
-        extra = f" ({self.postfix})" if self.postfix else ""
-        log.info("%s: %s %s in %.1f s%s", self.desc, done, self.unit, time.perf_counter() - self.start, extra)
+        log.info("%s: %s %s in %.1f s%s", self.desc, self._done(), self.unit, time.perf_counter() - self.start,
+                 self._extra())
 
 
 def progress_bar(iterable: Iterable[Any] | None = None, **kwargs: Any) -> Any:
