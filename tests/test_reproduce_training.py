@@ -98,3 +98,4 @@ def test_zoo_table_evaluates_the_shipped_models_and_lists_the_untrained(tmp_path
     assert fast["robust"]["0.05"] < fast["robust"]["0.02"] <= tiny["ours"]["clean"]
     assert fast["avg_rob_acc"] == pytest.approx(sum(fast["robust"].values()) / 2)
     assert "`fast` at eps 0.02 / 0.05" in result.markdown
+    assert f"| {card.architecture}, 5 epochs, " in result.markdown  # each row names its network

@@ -458,7 +458,8 @@ def _zoo_table(rows: list[dict], scale: ZooScale) -> str:
         fast_cells = ("— | —" if fast is None else
                       f"{' / '.join(_pct(v) for v in fast['robust'].values())} | {_pct(fast['avg_rob_acc'])}")
         lines.append(f"| {r['zoo']} | {m['method']}{f' ({options})' if options else ''} ({r['label'] or '-'}) | "
-                     f"{m['epochs']} epochs, {m['train_seconds']:.0f} s | {cell('clean')} | {cell('pgd40')} | "
+                     f"{m['architecture']}, {m['epochs']} epochs, {m['train_seconds']:.0f} s | {cell('clean')} | "
+                     f"{cell('pgd40')} | "
                      f"{cell('cw')} | {' / '.join(_pct(v) for v in o['grid'].values())} | {_pct(o['avg_rob_acc'])} | "
                      f"{_pct(o['avg_acc'])} | {fast_cells} | {suite} |")
     return head + "\n".join(lines)
@@ -498,7 +499,7 @@ def _zoo_notes(rows: list[dict], scale: ZooScale) -> list[str]:
                      f"{_pct(pgd['robust'][top])}, AvgRobAcc {_pct(mma['avg_rob_acc'])} against {_pct(pgd['avg_rob_acc'])} "
                      "(MMA Table 1's claim, on CIFAR-10: MMA better at large eps and on average).")
     notes.append("The paper numbers are YOPO's (Table 1; MNIST, its small CNN, tens of epochs on 60,000 images, "
-                 "10,000 test images); ours: the zoo's kw-small with each recipe's budget, the first "
+                 "10,000 test images); ours: the zoo's models, each with its recipe's architecture and budget, the first "
                  f"{scale.images} test images (about ±{100 * (0.1 * 0.9 / max(1, scale.images)) ** 0.5:.1f} points of "
                  "sampling error at 90%). The papers' CW settings are not in the seed: ours is PGD on the margin loss "
                  "with the PGD-40 budget.")
