@@ -40,7 +40,7 @@ CATALOG: dict[str, Entry] = {
     "mnist-fast-fgsm-overfit": Entry(
         "kw-small, fast FGSM training with step 2 eps: catastrophic overfitting", eps=0.3,
         labels=("catastrophic-overfitting",)),
-    "mnist-trades": Entry("kw-small, TRADES (beta 6), 10 steps of 0.04", eps=0.3),
+    "mnist-trades": Entry("small-cnn (TRADES' SmallCNN), TRADES (beta 6), 10 steps of 0.04", eps=0.3),
     "mnist-fast-fgsm": Entry("kw-small, fast FGSM training with step 1.0 eps and a 5-epoch eps ramp (meant stable; it was "
                              "not: 52% under PGD-10 on validation, 20% under standard)", eps=0.3),
     "mnist-yopo": Entry("kw-small, YOPO-5-10 (the paper's MNIST setting)", eps=0.3),
