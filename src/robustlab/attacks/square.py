@@ -161,8 +161,8 @@ class SquareAttack(Attack):
             and that this search did not break, is searched once more from Square's own
             initialisation (the cold search of AutoAttack's Square: ``p_init``, the whole budget,
             the same ``give_up``); the better of the two ends is kept. Our option: the two
-            searches break different images near the boundary. On the zoo's ``mnist-trades``,
-            after ``fast``'s gradient attacks, the warm search broke 17 of the 908 survivors and
+            searches break different images near the boundary. On the zoo's first (kw-small)
+            ``mnist-trades``, after ``fast``'s gradient attacks, the warm search broke 17 of the 908 survivors and
             warm plus cold (0.3) 21, every image ``standard`` broke there, for 71% more queries.
         cold_search_queries: ``None`` (the whole budget) or the queries of that cold search, the
             initialisation included: it runs the first ones of the whole cold search (the same

@@ -41,8 +41,8 @@ and importing this module never does.
      its margin cannot plausibly reach the boundary within the budget (``give_up`` =
      ``FAST_SQUARE_GIVE_UP``, see :class:`~robustlab.attacks.SquareAttack`). The warm and the
      cold search break different images near the boundary: attacked alone with ten seeds, ``fast``
-     with the warm search only broke an image of the zoo's ``mnist-trades`` in 6 where the
-     reference's cold Square broke it in 10, and one of ``mnist-mma`` in 0 against 6
+     with the warm search only broke an image of the zoo's first (kw-small) ``mnist-trades`` in 6
+     where the reference's cold Square broke it in 10, and one of ``mnist-mma`` in 0 against 6
      (``benchmarks/autoattack_misses.py``; 8 and 1 now). So a sample the warm search
      leaves unbroken, from a start below ``FAST_SQUARE_COLD_NEAR`` (0.3) of its clean margin, is
      searched again from Square's own start for at most ``FAST_SQUARE_COLD_QUERIES`` (2000)
